@@ -1,0 +1,32 @@
+//! # aligngym-envs
+//!
+//! The environment side of aligngym: Gymnasium-style text environments ([`Env`], [`VecEnv`]), reward
+//! functions ([`RewardFn`], rule rewards and combinators), the simulated preference oracle
+//! ([`PreferenceOracle`]), preference data in the common JSONL format, the task registry with
+//! `check_env`, and the built-in tasks. It does not link libtorch: token ids are `u32`, text is `&str`,
+//! rewards are `f32`.
+
+pub mod check;
+pub mod codec;
+pub mod env;
+pub mod error;
+pub mod oracle;
+pub mod prefs;
+pub mod registry;
+pub mod reward;
+pub mod rules;
+pub mod task;
+pub mod tasks;
+pub mod testing;
+pub mod vec_env;
+
+pub use check::check_env;
+pub use codec::{ByteCodec, TextCodec};
+pub use env::{Env, Info, RewardSource, Step, TextEnv, TextEnvConfig};
+pub use error::{EnvError, Result};
+pub use oracle::{BradleyTerryOracle, OracleConfig, Preference, PreferenceOracle};
+pub use prefs::{read_pairs, write_pairs, PrefReader, PrefWriter, PreferencePair};
+pub use registry::{make, register, task, tasks};
+pub use reward::{Clip, RewardFn, Rule, RunningNorm, Scale, WeightedSum};
+pub use task::{derive_seed, Feedback, Split, Task};
+pub use vec_env::{AutoresetMode, VecEnv, VecStep};

@@ -1,0 +1,242 @@
+//! Preference data: JSONL with `prompt`, `chosen`, `rejected` (extra fields kept), as in the common
+//! preference data sets, read as a stream and written atomically.
+
+use crate::{EnvError, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Longest line accepted (bytes); a longer line is an error rather than an allocation.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// One preference: for `prompt`, `chosen` is preferred to `rejected`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreferencePair {
+    /// The prompt both completions answer.
+    pub prompt: String,
+    /// The preferred completion.
+    pub chosen: String,
+    /// The other completion.
+    pub rejected: String,
+    /// Any other fields of the line (e.g. `chosen_score`, `rejected_score`, `source`), kept as they are.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl PreferencePair {
+    /// A pair with no extra fields.
+    pub fn new(prompt: impl Into<String>, chosen: impl Into<String>, rejected: impl Into<String>) -> Self {
+        Self { prompt: prompt.into(), chosen: chosen.into(), rejected: rejected.into(), extra: Map::new() }
+    }
+}
+
+/// Streams pairs from a JSONL file; each item is a pair or an error naming `file:line` and the field.
+pub struct PrefReader<R> {
+    path: PathBuf,
+    reader: R,
+    line: usize,
+    buf: Vec<u8>,
+}
+
+impl PrefReader<BufReader<File>> {
+    /// Open `path` for reading.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let f = File::open(path).map_err(|e| EnvError::io(path, e))?;
+        Ok(Self::new(path, BufReader::new(f)))
+    }
+}
+
+impl<R: BufRead> PrefReader<R> {
+    /// Read pairs from `reader`; `path` only names the source in errors.
+    pub fn new(path: impl Into<PathBuf>, reader: R) -> Self {
+        Self { path: path.into(), reader, line: 0, buf: Vec::new() }
+    }
+
+    fn bad(&self, msg: impl Into<String>) -> EnvError {
+        EnvError::BadData { path: self.path.clone(), line: self.line, msg: msg.into() }
+    }
+
+    fn parse(&self, text: &str) -> Result<PreferencePair> {
+        let v: Value = serde_json::from_str(text).map_err(|e| self.bad(format!("invalid JSON: {e}")))?;
+        let Value::Object(mut obj) = v else {
+            return Err(self.bad("expected a JSON object with fields `prompt`, `chosen`, `rejected`"));
+        };
+        let mut take = |field: &str, allow_empty: bool| -> Result<String> {
+            match obj.remove(field) {
+                None => Err(self.bad(format!("missing field `{field}`"))),
+                Some(Value::String(s)) if s.trim().is_empty() && !allow_empty => {
+                    Err(self.bad(format!("field `{field}` is empty")))
+                }
+                Some(Value::String(s)) => Ok(s),
+                Some(other) => Err(self.bad(format!("field `{field}`: expected a string, found {}", kind(&other)))),
+            }
+        };
+        let prompt = take("prompt", true)?;
+        let chosen = take("chosen", false)?;
+        let rejected = take("rejected", false)?;
+        Ok(PreferencePair { prompt, chosen, rejected, extra: obj })
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl<R: BufRead> Iterator for PrefReader<R> {
+    type Item = Result<PreferencePair>;
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.buf.clear();
+            self.line += 1;
+            let limit = (MAX_LINE_BYTES + 1) as u64;
+            let n = match (&mut self.reader).take(limit).read_until(b'\n', &mut self.buf) {
+                Ok(n) => n,
+                Err(e) => return Some(Err(EnvError::io(&self.path, e))),
+            };
+            if n == 0 {
+                return None;
+            }
+            if self.buf.len() > MAX_LINE_BYTES {
+                // Skip the rest of this line so the next item starts on a fresh line.
+                let mut sink = Vec::new();
+                let _ = self.reader.read_until(b'\n', &mut sink);
+                return Some(Err(self.bad(format!("line longer than {MAX_LINE_BYTES} bytes"))));
+            }
+            let text = match std::str::from_utf8(&self.buf) {
+                Ok(t) => t.trim(),
+                Err(_) => return Some(Err(self.bad("not valid UTF-8"))),
+            };
+            if text.is_empty() {
+                continue;
+            }
+            return Some(self.parse(text));
+        }
+    }
+}
+
+/// Read every pair of a file; the first bad line is the error. An empty file is an error too.
+pub fn read_pairs(path: impl AsRef<Path>) -> Result<Vec<PreferencePair>> {
+    let path = path.as_ref();
+    let pairs = PrefReader::open(path)?.collect::<Result<Vec<_>>>()?;
+    if pairs.is_empty() {
+        return Err(EnvError::BadData { path: path.to_path_buf(), line: 0, msg: "no preference pairs in file".into() });
+    }
+    Ok(pairs)
+}
+
+/// Writes pairs to `<path>.tmp` and renames it to `path` on [`PrefWriter::finish`], so a failed run
+/// never leaves a half-written file under the real name.
+pub struct PrefWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl PrefWriter {
+    /// Start writing `path`.
+    pub fn create(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let f = File::create(&tmp).map_err(|e| EnvError::io(&tmp, e))?;
+        Ok(Self { path, tmp, out: BufWriter::new(f) })
+    }
+    /// Append one pair as a JSON line.
+    pub fn write(&mut self, pair: &PreferencePair) -> Result<()> {
+        let line = serde_json::to_string(pair).map_err(|e| EnvError::BadData {
+            path: self.path.clone(),
+            line: 0,
+            msg: format!("cannot serialise pair: {e}"),
+        })?;
+        writeln!(self.out, "{line}").map_err(|e| EnvError::io(&self.tmp, e))
+    }
+    /// Flush and move the file into place.
+    pub fn finish(mut self) -> Result<PathBuf> {
+        self.out.flush().map_err(|e| EnvError::io(&self.tmp, e))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| EnvError::io(&self.path, e))?;
+        Ok(self.path.clone())
+    }
+}
+
+/// Write all `pairs` to `path` atomically.
+pub fn write_pairs(path: impl AsRef<Path>, pairs: &[PreferencePair]) -> Result<PathBuf> {
+    let mut w = PrefWriter::create(path)?;
+    for p in pairs {
+        w.write(p)?;
+    }
+    w.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("aligngym-prefs-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn round_trip_keeps_extra_fields() {
+        let d = tmpdir("rt");
+        let mut p = PreferencePair::new("a film", " so good", " so bad");
+        p.extra.insert("chosen_score".into(), serde_json::json!(0.5));
+        p.extra.insert("source".into(), serde_json::json!("test"));
+        let pairs = vec![p, PreferencePair::new("", "x \"quoted\"\n", "y")];
+        let path = write_pairs(d.join("p.jsonl"), &pairs).unwrap();
+        assert!(!d.join("p.jsonl.tmp").exists());
+        assert_eq!(read_pairs(&path).unwrap(), pairs);
+    }
+
+    fn first_err(content: &[u8]) -> String {
+        let r = PrefReader::new("data.jsonl", std::io::Cursor::new(content.to_vec()));
+        r.filter_map(|x| x.err()).next().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn malformed_lines_name_file_line_and_field() {
+        let ok = r#"{"prompt":"p","chosen":"a","rejected":"b"}"#;
+        let cases: Vec<(String, &str)> = vec![
+            (format!("{ok}\n{{not json\n"), "data.jsonl:2: invalid JSON"),
+            (format!("{ok}\n\n{{\"prompt\":\"p\",\"chosen\":\"a\"}}\n"), "data.jsonl:3: missing field `rejected`"),
+            (r#"{"prompt":"p","chosen":1,"rejected":"b"}"#.to_string(), "data.jsonl:1: field `chosen`: expected a string, found a number"),
+            (r#"{"prompt":"p","chosen":"a","rejected":"  "}"#.to_string(), "data.jsonl:1: field `rejected` is empty"),
+            ("[1,2]".to_string(), "data.jsonl:1: expected a JSON object"),
+            (format!("{{\"prompt\":\"{}\"}}\n{ok}", "x".repeat(MAX_LINE_BYTES + 10)), "data.jsonl:1: line longer than"),
+        ];
+        for (content, want) in cases {
+            let got = first_err(content.as_bytes());
+            assert!(got.starts_with(want), "want `{want}`, got `{got}`");
+        }
+    }
+
+    #[test]
+    fn huge_line_does_not_poison_the_next() {
+        let ok = r#"{"prompt":"p","chosen":"a","rejected":"b"}"#;
+        let content = format!("{}\n{ok}\n", "x".repeat(MAX_LINE_BYTES + 10));
+        let items: Vec<_> = PrefReader::new("f", std::io::Cursor::new(content.into_bytes())).collect();
+        assert_eq!(items.len(), 2);
+        assert!(items[0].is_err());
+        assert_eq!(items[1].as_ref().unwrap().chosen, "a");
+    }
+
+    #[test]
+    fn empty_file_is_an_error() {
+        let d = tmpdir("empty");
+        std::fs::write(d.join("e.jsonl"), "\n\n").unwrap();
+        let e = read_pairs(d.join("e.jsonl")).unwrap_err().to_string();
+        assert!(e.contains("e.jsonl") && e.contains("no preference pairs"), "{e}");
+    }
+}

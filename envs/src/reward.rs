@@ -1,0 +1,252 @@
+//! Reward functions: batched scoring of (prompt, completion) pairs, and combinators over them.
+//!
+//! Rule rewards implement [`Rule`] (one pair at a time, thread-safe) and get [`RewardFn`] for free;
+//! learned reward models implement [`RewardFn`] directly and score a whole batch at once.
+
+use crate::{EnvError, Result};
+use std::sync::{Arc, Mutex};
+
+/// Batched scoring of completions. The learned reward model (agents crate) implements it too.
+pub trait RewardFn: Send {
+    /// A short name for logs and CSV columns.
+    fn name(&self) -> String;
+    /// The documented range of scores, `(lo, hi)`; infinite where unbounded.
+    fn range(&self) -> (f32, f32) {
+        (f32::NEG_INFINITY, f32::INFINITY)
+    }
+    /// One score per `(prompts[i], completions[i])`.
+    fn score_batch(&self, prompts: &[&str], completions: &[&str]) -> Result<Vec<f32>>;
+}
+
+/// A reward computed by a rule, one pair at a time; `Sync`, so envs can score on rayon workers.
+pub trait Rule: Send + Sync {
+    /// A short name for logs.
+    fn name(&self) -> String;
+    /// The documented range of scores.
+    fn range(&self) -> (f32, f32);
+    /// The score of one completion.
+    fn score(&self, prompt: &str, completion: &str) -> f32;
+}
+
+impl<T: Rule> RewardFn for T {
+    fn name(&self) -> String {
+        Rule::name(self)
+    }
+    fn range(&self) -> (f32, f32) {
+        Rule::range(self)
+    }
+    fn score_batch(&self, prompts: &[&str], completions: &[&str]) -> Result<Vec<f32>> {
+        check_lengths(&Rule::name(self), prompts, completions)?;
+        Ok(prompts.iter().zip(completions).map(|(p, c)| self.score(p, c)).collect())
+    }
+}
+
+impl<T: Rule + ?Sized> Rule for Arc<T> {
+    fn name(&self) -> String {
+        (**self).name()
+    }
+    fn range(&self) -> (f32, f32) {
+        (**self).range()
+    }
+    fn score(&self, prompt: &str, completion: &str) -> f32 {
+        (**self).score(prompt, completion)
+    }
+}
+
+impl RewardFn for Box<dyn RewardFn> {
+    fn name(&self) -> String {
+        (**self).name()
+    }
+    fn range(&self) -> (f32, f32) {
+        (**self).range()
+    }
+    fn score_batch(&self, prompts: &[&str], completions: &[&str]) -> Result<Vec<f32>> {
+        (**self).score_batch(prompts, completions)
+    }
+}
+
+pub(crate) fn check_lengths(name: &str, prompts: &[&str], completions: &[&str]) -> Result<()> {
+    if prompts.len() != completions.len() {
+        return Err(EnvError::Reward {
+            name: name.to_string(),
+            msg: format!("{} prompts but {} completions", prompts.len(), completions.len()),
+        });
+    }
+    Ok(())
+}
+
+/// `Σ wᵢ · rᵢ` over several reward functions.
+pub struct WeightedSum {
+    parts: Vec<(f32, Box<dyn RewardFn>)>,
+}
+
+impl WeightedSum {
+    /// A weighted sum of `parts` (`(weight, reward)`).
+    pub fn new(parts: Vec<(f32, Box<dyn RewardFn>)>) -> Self {
+        Self { parts }
+    }
+}
+
+impl RewardFn for WeightedSum {
+    fn name(&self) -> String {
+        let terms: Vec<String> = self.parts.iter().map(|(w, r)| format!("{w}*{}", r.name())).collect();
+        terms.join("+")
+    }
+    fn range(&self) -> (f32, f32) {
+        self.parts.iter().fold((0.0, 0.0), |(lo, hi), (w, r)| {
+            let (a, b) = r.range();
+            let (a, b) = if *w >= 0.0 { (w * a, w * b) } else { (w * b, w * a) };
+            (lo + a, hi + b)
+        })
+    }
+    fn score_batch(&self, prompts: &[&str], completions: &[&str]) -> Result<Vec<f32>> {
+        let mut total = vec![0.0f32; prompts.len()];
+        for (w, r) in &self.parts {
+            for (t, s) in total.iter_mut().zip(r.score_batch(prompts, completions)?) {
+                *t += w * s;
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// Clips the inner reward to `[lo, hi]`.
+pub struct Clip<R> {
+    inner: R,
+    lo: f32,
+    hi: f32,
+}
+
+impl<R: RewardFn> Clip<R> {
+    /// Clip `inner` to `[lo, hi]`.
+    pub fn new(inner: R, lo: f32, hi: f32) -> Self {
+        Self { inner, lo, hi }
+    }
+}
+
+impl<R: RewardFn> RewardFn for Clip<R> {
+    fn name(&self) -> String {
+        format!("clip({},{},{})", self.inner.name(), self.lo, self.hi)
+    }
+    fn range(&self) -> (f32, f32) {
+        let (a, b) = self.inner.range();
+        (a.max(self.lo), b.min(self.hi))
+    }
+    fn score_batch(&self, prompts: &[&str], completions: &[&str]) -> Result<Vec<f32>> {
+        Ok(self
+            .inner
+            .score_batch(prompts, completions)?
+            .into_iter()
+            .map(|s| s.clamp(self.lo, self.hi))
+            .collect())
+    }
+}
+
+/// `scale · r + shift`.
+pub struct Scale<R> {
+    inner: R,
+    scale: f32,
+    shift: f32,
+}
+
+impl<R: RewardFn> Scale<R> {
+    /// `scale · inner + shift`.
+    pub fn new(inner: R, scale: f32, shift: f32) -> Self {
+        Self { inner, scale, shift }
+    }
+}
+
+impl<R: RewardFn> RewardFn for Scale<R> {
+    fn name(&self) -> String {
+        format!("{}*{}+{}", self.scale, self.inner.name(), self.shift)
+    }
+    fn range(&self) -> (f32, f32) {
+        let (a, b) = self.inner.range();
+        let (a, b) = (self.scale * a + self.shift, self.scale * b + self.shift);
+        (a.min(b), a.max(b))
+    }
+    fn score_batch(&self, prompts: &[&str], completions: &[&str]) -> Result<Vec<f32>> {
+        Ok(self
+            .inner
+            .score_batch(prompts, completions)?
+            .into_iter()
+            .map(|s| self.scale * s + self.shift)
+            .collect())
+    }
+}
+
+/// Normalises by a running mean and standard deviation of every score seen so far
+/// (Welford's update, batch by batch): `(r − μ) / (σ + eps)`.
+pub struct RunningNorm<R> {
+    inner: R,
+    stats: Mutex<(f64, f64, f64)>, // (count, mean, M2)
+    eps: f32,
+}
+
+impl<R: RewardFn> RunningNorm<R> {
+    /// Normalise `inner` with running statistics.
+    pub fn new(inner: R) -> Self {
+        Self { inner, stats: Mutex::new((0.0, 0.0, 0.0)), eps: 1e-8 }
+    }
+    /// Current `(mean, std)` of the scores seen so far.
+    pub fn stats(&self) -> (f64, f64) {
+        let s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let var = if s.0 > 1.0 { s.2 / s.0 } else { 1.0 };
+        (s.1, var.sqrt())
+    }
+}
+
+impl<R: RewardFn> RewardFn for RunningNorm<R> {
+    fn name(&self) -> String {
+        format!("norm({})", self.inner.name())
+    }
+    fn score_batch(&self, prompts: &[&str], completions: &[&str]) -> Result<Vec<f32>> {
+        let raw = self.inner.score_batch(prompts, completions)?;
+        {
+            let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            for &x in &raw {
+                let x = x as f64;
+                s.0 += 1.0;
+                let d = x - s.1;
+                s.1 += d / s.0;
+                s.2 += d * (x - s.1);
+            }
+        }
+        let (mean, std) = self.stats();
+        Ok(raw.into_iter().map(|x| ((x as f64 - mean) / (std + self.eps as f64)) as f32).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{KeywordReward, LengthTarget};
+
+    #[test]
+    fn weighted_sum_clip_scale_compose() {
+        let ws = WeightedSum::new(vec![
+            (2.0, Box::new(KeywordReward::include(&["good"]))),
+            (-1.0, Box::new(LengthTarget::words(3, 3.0))),
+        ]);
+        // "good" found → 1.0 · 2; 1 word vs target 3 → length reward 1 − 2/3 → −(1/3)
+        let s = ws.score_batch(&["p"], &["good"]).unwrap();
+        assert!((s[0] - (2.0 - 1.0 / 3.0)).abs() < 1e-6, "{s:?}");
+        let c = Clip::new(ws, -1.0, 1.0);
+        assert_eq!(c.score_batch(&["p"], &["good"]).unwrap(), vec![1.0]);
+        let sc = Scale::new(c, 3.0, 1.0);
+        assert_eq!(sc.score_batch(&["p"], &["good"]).unwrap(), vec![4.0]);
+        assert!(sc.score_batch(&["p", "q"], &["good"]).is_err());
+    }
+
+    #[test]
+    fn running_norm_tracks_mean_and_std() {
+        let n = RunningNorm::new(LengthTarget::words(0, 10.0));
+        // scores 1 − words/10 for 0, 2, 4, 6 words → 1, .8, .6, .4: mean .7
+        let comps = ["", "a b", "a b c d", "a b c d e f"];
+        let out = n.score_batch(&["p"; 4], &comps).unwrap();
+        let (mean, std) = n.stats();
+        assert!((mean - 0.7).abs() < 1e-6);
+        assert!((std - 0.05f64.sqrt()).abs() < 1e-6);
+        assert!((out.iter().sum::<f32>()).abs() < 1e-5);
+    }
+}

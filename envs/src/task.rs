@@ -1,0 +1,75 @@
+//! A task: everything that defines an alignment problem, independent of tokenizer and agent.
+
+use crate::reward::Rule;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// What the agents may learn from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Feedback {
+    /// The reward may be shown to agents (e.g. PPO on the gold reward).
+    Reward,
+    /// Agents see only the oracle's comparisons; the gold reward is for evaluation alone.
+    PreferencesOnly,
+}
+
+/// Which prompt set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// Prompts the agents train on.
+    #[default]
+    Train,
+    /// Held-out prompts for the shared evaluation.
+    Eval,
+}
+
+/// An alignment task: a corpus for SFT, prompts, and a gold reward.
+///
+/// A new task is one type implementing this trait plus a [`crate::registry::register`] call.
+pub trait Task: Send + Sync {
+    /// Registry id, e.g. `sentiment-v0`.
+    fn id(&self) -> &str;
+    /// What a good completion is, in one sentence (the README table row).
+    fn description(&self) -> &str;
+    /// What kind of reward the gold reward is (rule, oracle-only …), for listings.
+    fn reward_kind(&self) -> &str;
+    /// Whether agents may see the gold reward, or only comparisons.
+    fn feedback(&self) -> Feedback;
+    /// `n` SFT examples (prompt and completion as one text), varied, reproducible from `seed`.
+    fn corpus(&self, n: usize, seed: u64) -> Vec<String>;
+    /// The prompts of a split; train and eval never overlap.
+    fn prompts(&self, split: Split) -> &[String];
+    /// The gold reward, never shown to agents unless a run asks for it.
+    fn gold(&self) -> Arc<dyn Rule>;
+    /// A sensible completion-length limit in tokens for this task.
+    fn max_new_tokens(&self) -> usize {
+        24
+    }
+}
+
+/// Split a prompt pool into train/eval (every `eval_every`-th prompt is held out), dropping
+/// duplicates so the two sets never overlap.
+pub fn split_prompts(pool: Vec<String>, eval_every: usize) -> (Vec<String>, Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    let unique: Vec<String> = pool.into_iter().filter(|p| seen.insert(p.clone())).collect();
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    for (i, p) in unique.into_iter().enumerate() {
+        if i % eval_every == eval_every - 1 {
+            eval.push(p)
+        } else {
+            train.push(p)
+        }
+    }
+    (train, eval)
+}
+
+/// SplitMix64: a seed for stream `index` derived from `seed`, so per-env RNGs are independent and
+/// reproducible whatever the thread schedule.
+pub fn derive_seed(seed: u64, index: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(index.wrapping_add(1)));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

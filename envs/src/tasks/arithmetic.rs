@@ -1,0 +1,115 @@
+//! `arithmetic-v0`: a verifiable reward. Prompts are `a+b=` with `a, b ∈ 0..=20`; the gold reward is 1
+//! for exactly the right number (then EOS), else 0 — no partial credit. The SFT corpus holds a
+//! controlled fraction of wrong answers (off by 1–3) so that alignment has headroom.
+
+use crate::reward::Rule;
+use crate::rules::ExactAnswer;
+use crate::task::{split_prompts, Feedback, Split, Task};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+
+/// Largest operand.
+pub const MAX_OPERAND: u32 = 20;
+
+/// The arithmetic task.
+pub struct ArithmeticTask {
+    wrong_fraction: f64,
+    train: Vec<String>,
+    eval: Vec<String>,
+}
+
+/// The answer of an `a+b=` prompt.
+pub fn answer(prompt: &str) -> Option<String> {
+    let body = prompt.trim().strip_suffix('=')?;
+    let (a, b) = body.split_once('+')?;
+    let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    Some((a + b).to_string())
+}
+
+impl ArithmeticTask {
+    /// The task with `wrong_fraction` of the SFT corpus answered wrongly (default 0.3).
+    pub fn new(wrong_fraction: f64) -> Self {
+        let mut rng = StdRng::seed_from_u64(0xa417);
+        let mut pool: Vec<String> = (0..=MAX_OPERAND)
+            .flat_map(|a| (0..=MAX_OPERAND).map(move |b| format!("{a}+{b}=")))
+            .collect();
+        // Shuffle so that the eval split covers operands evenly.
+        for i in (1..pool.len()).rev() {
+            pool.swap(i, rng.random_range(0..=i));
+        }
+        let (train, eval) = split_prompts(pool, 5);
+        Self { wrong_fraction: wrong_fraction.clamp(0.0, 1.0), train, eval }
+    }
+}
+
+impl Default for ArithmeticTask {
+    fn default() -> Self {
+        Self::new(0.3)
+    }
+}
+
+impl Task for ArithmeticTask {
+    fn id(&self) -> &str {
+        "arithmetic-v0"
+    }
+    fn description(&self) -> &str {
+        "the exact sum of the prompt `a+b=`, then EOS"
+    }
+    fn reward_kind(&self) -> &str {
+        "rule: exact answer, 1 or 0"
+    }
+    fn feedback(&self) -> Feedback {
+        Feedback::Reward
+    }
+    fn corpus(&self, n: usize, seed: u64) -> Vec<String> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| {
+                let (a, b) = (rng.random_range(0..=MAX_OPERAND), rng.random_range(0..=MAX_OPERAND));
+                let mut c = (a + b) as i64;
+                if rng.random_bool(self.wrong_fraction) {
+                    let off = rng.random_range(1..=3) as i64;
+                    c = if rng.random_bool(0.5) || c < off { c + off } else { c - off };
+                }
+                format!("{a}+{b}={c}")
+            })
+            .collect()
+    }
+    fn prompts(&self, split: Split) -> &[String] {
+        match split {
+            Split::Train => &self.train,
+            Split::Eval => &self.eval,
+        }
+    }
+    fn gold(&self) -> Arc<dyn Rule> {
+        Arc::new(ExactAnswer::new(Arc::new(answer)))
+    }
+    fn max_new_tokens(&self) -> usize {
+        6
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn answers_and_corpus_error_rate() {
+        assert_eq!(answer("17+25="), Some("42".into()));
+        assert_eq!(answer("17-25="), None);
+        let t = ArithmeticTask::default();
+        let corpus = t.corpus(4000, 1);
+        let wrong = corpus
+            .iter()
+            .filter(|l| {
+                let (p, c) = l.split_at(l.find('=').unwrap() + 1);
+                answer(p).as_deref() != Some(c)
+            })
+            .count() as f64
+            / 4000.0;
+        assert!((wrong - 0.3).abs() < 0.03, "{wrong}");
+        let g = t.gold();
+        assert_eq!(g.score("3+4=", "7"), 1.0);
+        assert_eq!(g.score("3+4=", "8"), 0.0);
+    }
+}
