@@ -7,7 +7,10 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 fn fail(rule: &'static str, msg: impl Into<String>) -> EnvError {
-    EnvError::Check { rule, msg: msg.into() }
+    EnvError::Check {
+        rule,
+        msg: msg.into(),
+    }
 }
 
 /// Episodes longer than this are reported as never ending.
@@ -16,7 +19,12 @@ const EPISODE_CAP: usize = 10_000;
 /// Run one episode with actions from `rng` (the terminal action is never chosen when `avoid_end`),
 /// checking the per-step rules; returns the steps' (reward, terminated, truncated) and observations.
 #[allow(clippy::type_complexity)]
-fn episode<E: Env>(env: &mut E, seed: u64, rng_seed: u64, avoid_end: bool) -> Result<(Vec<(f32, bool, bool)>, Vec<E::Obs>)> {
+fn episode<E: Env>(
+    env: &mut E,
+    seed: u64,
+    rng_seed: u64,
+    avoid_end: bool,
+) -> Result<(Vec<(f32, bool, bool)>, Vec<E::Obs>)> {
     let (obs0, _) = env.reset(Some(seed))?;
     let mut rng = StdRng::seed_from_u64(rng_seed);
     let (lo, hi) = env.reward_range();
@@ -33,13 +41,25 @@ fn episode<E: Env>(env: &mut E, seed: u64, rng_seed: u64, avoid_end: bool) -> Re
         }
         let s = env.step(a)?;
         if !s.reward.is_finite() {
-            return Err(fail("reward_finite", format!("step {} returned reward {}", flags.len(), s.reward)));
+            return Err(fail(
+                "reward_finite",
+                format!("step {} returned reward {}", flags.len(), s.reward),
+            ));
         }
         if s.reward < lo || s.reward > hi {
-            return Err(fail("reward_range", format!("reward {} outside the documented range [{lo}, {hi}]", s.reward)));
+            return Err(fail(
+                "reward_range",
+                format!(
+                    "reward {} outside the documented range [{lo}, {hi}]",
+                    s.reward
+                ),
+            ));
         }
         if s.terminated && s.truncated {
-            return Err(fail("terminated_xor_truncated", "a step reported both terminated and truncated"));
+            return Err(fail(
+                "terminated_xor_truncated",
+                "a step reported both terminated and truncated",
+            ));
         }
         flags.push((s.reward, s.terminated, s.truncated));
         obs.push(s.obs);
@@ -47,7 +67,10 @@ fn episode<E: Env>(env: &mut E, seed: u64, rng_seed: u64, avoid_end: bool) -> Re
             return Ok((flags, obs));
         }
         if flags.len() >= EPISODE_CAP {
-            return Err(fail("episode_ends", format!("no termination or truncation within {EPISODE_CAP} steps")));
+            return Err(fail(
+                "episode_ends",
+                format!("no termination or truncation within {EPISODE_CAP} steps"),
+            ));
         }
     }
 }
@@ -61,12 +84,18 @@ pub fn check_env<E: Env>(make: impl Fn() -> Result<E>) -> Result<()> {
         let ea = episode(&mut a, seed, seed + 7, true)?;
         let eb = episode(&mut b, seed, seed + 7, true)?;
         if ea.1 != eb.1 || ea.0 != eb.0 {
-            return Err(fail("seeded_determinism", format!("two envs reset with seed {seed} and given the same actions diverged")));
+            return Err(fail(
+                "seeded_determinism",
+                format!("two envs reset with seed {seed} and given the same actions diverged"),
+            ));
         }
         // Same env, same seed again: reset must reseed, not continue the old stream.
         let again = episode(&mut a, seed, seed + 7, true)?;
         if again.1 != ea.1 {
-            return Err(fail("reset_reseeds", format!("reset(Some({seed})) twice on one env gave different episodes")));
+            return Err(fail(
+                "reset_reseeds",
+                format!("reset(Some({seed})) twice on one env gave different episodes"),
+            ));
         }
     }
     // Running out the limit must truncate, not terminate, at exactly the declared step.
@@ -79,16 +108,28 @@ pub fn check_env<E: Env>(make: impl Fn() -> Result<E>) -> Result<()> {
     }
     if let Err(EnvError::ResetNeeded) = a.step(a.sample_action(&mut StdRng::seed_from_u64(0))) {
     } else {
-        return Err(fail("reset_needed", "stepping an ended episode must fail with ResetNeeded"));
+        return Err(fail(
+            "reset_needed",
+            "stepping an ended episode must fail with ResetNeeded",
+        ));
     }
     if let Some(t) = a.terminal_action() {
         a.reset(Some(5))?;
         let s = a.step(t)?;
         if !s.terminated || s.truncated {
-            return Err(fail("terminal_action_terminates", format!("the terminal action gave terminated={}, truncated={}", s.terminated, s.truncated)));
+            return Err(fail(
+                "terminal_action_terminates",
+                format!(
+                    "the terminal action gave terminated={}, truncated={}",
+                    s.terminated, s.truncated
+                ),
+            ));
         }
         if !matches!(a.step(t), Err(EnvError::ResetNeeded)) {
-            return Err(fail("reset_needed", "stepping a terminated episode must fail with ResetNeeded"));
+            return Err(fail(
+                "reset_needed",
+                "stepping a terminated episode must fail with ResetNeeded",
+            ));
         }
     }
     Ok(())

@@ -94,7 +94,11 @@ pub struct TextEnvConfig {
 
 impl Default for TextEnvConfig {
     fn default() -> Self {
-        Self { max_new_tokens: 0, split: Split::Train, reward: RewardSource::Gold }
+        Self {
+            max_new_tokens: 0,
+            split: Split::Train,
+            reward: RewardSource::Gold,
+        }
     }
 }
 
@@ -119,12 +123,22 @@ pub struct TextEnv {
 impl TextEnv {
     /// An env for `task` with token ids from `codec`.
     pub fn new(task: Arc<dyn Task>, codec: Arc<dyn TextCodec>, cfg: TextEnvConfig) -> Result<Self> {
-        let max_new_tokens = if cfg.max_new_tokens == 0 { task.max_new_tokens() } else { cfg.max_new_tokens };
+        let max_new_tokens = if cfg.max_new_tokens == 0 {
+            task.max_new_tokens()
+        } else {
+            cfg.max_new_tokens
+        };
         if task.prompts(cfg.split).is_empty() {
-            return Err(EnvError::InvalidConfig { field: "split", msg: format!("task {} has no {:?} prompts", task.id(), cfg.split) });
+            return Err(EnvError::InvalidConfig {
+                field: "split",
+                msg: format!("task {} has no {:?} prompts", task.id(), cfg.split),
+            });
         }
         if codec.eos_id() == codec.pad_id() {
-            return Err(EnvError::InvalidConfig { field: "codec", msg: "PAD and EOS must be different ids".into() });
+            return Err(EnvError::InvalidConfig {
+                field: "codec",
+                msg: "PAD and EOS must be different ids".into(),
+            });
         }
         let gold = task.gold();
         Ok(Self {
@@ -152,7 +166,11 @@ impl TextEnv {
     }
 
     fn info(&self) -> Info {
-        Info { prompt_index: self.prompt_index, prompt_len: self.prompt_len, ..Info::default() }
+        Info {
+            prompt_index: self.prompt_index,
+            prompt_len: self.prompt_len,
+            ..Info::default()
+        }
     }
 }
 
@@ -184,7 +202,10 @@ impl Env for TextEnv {
         if action as usize >= self.codec.vocab_size() {
             return Err(EnvError::InvalidConfig {
                 field: "action",
-                msg: format!("token id {action} outside the vocabulary 0..{}", self.codec.vocab_size()),
+                msg: format!(
+                    "token id {action} outside the vocabulary 0..{}",
+                    self.codec.vocab_size()
+                ),
             });
         }
         self.obs.push(action);
@@ -206,7 +227,13 @@ impl Env for TextEnv {
             info.prompt = Some(prompt);
             info.completion = Some(completion);
         }
-        Ok(Step { obs: self.obs.clone(), reward, terminated, truncated, info })
+        Ok(Step {
+            obs: self.obs.clone(),
+            reward,
+            terminated,
+            truncated,
+            info,
+        })
     }
 
     fn reward_range(&self) -> (f32, f32) {

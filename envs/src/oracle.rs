@@ -21,7 +21,10 @@ pub struct OracleConfig {
 
 impl Default for OracleConfig {
     fn default() -> Self {
-        Self { temperature: 0.1, flip_rate: 0.0 }
+        Self {
+            temperature: 0.1,
+            flip_rate: 0.0,
+        }
     }
 }
 
@@ -29,10 +32,16 @@ impl OracleConfig {
     /// Check the ranges: τ ≥ 0 and finite, 0 ≤ flip_rate ≤ 1.
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(EnvError::InvalidConfig { field: "temperature", msg: "expected a finite value ≥ 0".into() });
+            return Err(EnvError::InvalidConfig {
+                field: "temperature",
+                msg: "expected a finite value ≥ 0".into(),
+            });
         }
         if !(0.0..=1.0).contains(&self.flip_rate) {
-            return Err(EnvError::InvalidConfig { field: "flip_rate", msg: "expected a value in [0, 1]".into() });
+            return Err(EnvError::InvalidConfig {
+                field: "flip_rate",
+                msg: "expected a value in [0, 1]".into(),
+            });
         }
         Ok(())
     }
@@ -55,7 +64,12 @@ pub struct Preference {
 /// Compares two completions of a prompt.
 pub trait PreferenceOracle {
     /// Compare `a[i]` with `b[i]` for `prompts[i]`, for each i.
-    fn compare_batch(&mut self, prompts: &[&str], a: &[&str], b: &[&str]) -> Result<Vec<Preference>>;
+    fn compare_batch(
+        &mut self,
+        prompts: &[&str],
+        a: &[&str],
+        b: &[&str],
+    ) -> Result<Vec<Preference>>;
     /// Number of single comparisons answered so far (a budget the runner reports).
     fn queries(&self) -> u64;
 }
@@ -88,7 +102,12 @@ impl<R: RewardFn> BradleyTerryOracle<R> {
     /// An oracle over `gold`, seeded with `seed`.
     pub fn new(gold: R, cfg: OracleConfig, seed: u64) -> Result<Self> {
         cfg.validate()?;
-        Ok(Self { gold, cfg, rng: StdRng::seed_from_u64(seed), queries: AtomicU64::new(0) })
+        Ok(Self {
+            gold,
+            cfg,
+            rng: StdRng::seed_from_u64(seed),
+            queries: AtomicU64::new(0),
+        })
     }
     /// The gold reward the oracle compares with.
     pub fn gold(&self) -> &R {
@@ -101,7 +120,12 @@ impl<R: RewardFn> BradleyTerryOracle<R> {
 }
 
 impl<R: RewardFn> PreferenceOracle for BradleyTerryOracle<R> {
-    fn compare_batch(&mut self, prompts: &[&str], a: &[&str], b: &[&str]) -> Result<Vec<Preference>> {
+    fn compare_batch(
+        &mut self,
+        prompts: &[&str],
+        a: &[&str],
+        b: &[&str],
+    ) -> Result<Vec<Preference>> {
         if a.len() != prompts.len() || b.len() != prompts.len() {
             return Err(EnvError::Reward {
                 name: "oracle".into(),
@@ -110,7 +134,8 @@ impl<R: RewardFn> PreferenceOracle for BradleyTerryOracle<R> {
         }
         let ra = self.gold.score_batch(prompts, a)?;
         let rb = self.gold.score_batch(prompts, b)?;
-        self.queries.fetch_add(prompts.len() as u64, Ordering::Relaxed);
+        self.queries
+            .fetch_add(prompts.len() as u64, Ordering::Relaxed);
         Ok(ra
             .into_iter()
             .zip(rb)
@@ -120,8 +145,14 @@ impl<R: RewardFn> PreferenceOracle for BradleyTerryOracle<R> {
                 if self.rng.random::<f32>() < self.cfg.flip_rate {
                     a_wins = !a_wins;
                 }
-                let prob_a = preference_probability(x - y, self.cfg.temperature, self.cfg.flip_rate);
-                Preference { a_wins, prob_a, reward_a: x, reward_b: y }
+                let prob_a =
+                    preference_probability(x - y, self.cfg.temperature, self.cfg.flip_rate);
+                Preference {
+                    a_wins,
+                    prob_a,
+                    reward_a: x,
+                    reward_b: y,
+                }
             })
             .collect())
     }
@@ -151,7 +182,9 @@ mod tests {
 
     fn rate(cfg: OracleConfig, a: &str, b: &str, n: usize, seed: u64) -> f64 {
         let mut o = BradleyTerryOracle::new(Num, cfg, seed).unwrap();
-        let prefs = o.compare_batch(&vec!["p"; n], &vec![a; n], &vec![b; n]).unwrap();
+        let prefs = o
+            .compare_batch(&vec!["p"; n], &vec![a; n], &vec![b; n])
+            .unwrap();
         assert_eq!(o.queries(), n as u64);
         prefs.iter().filter(|p| p.a_wins).count() as f64 / n as f64
     }
@@ -160,11 +193,17 @@ mod tests {
     fn empirical_rate_matches_bradley_terry() {
         let n = 20_000;
         for (delta, tau) in [(0.1f32, 0.1f32), (0.3, 0.5), (-0.2, 0.1), (0.0, 1.0)] {
-            let cfg = OracleConfig { temperature: tau, flip_rate: 0.0 };
+            let cfg = OracleConfig {
+                temperature: tau,
+                flip_rate: 0.0,
+            };
             let p = 1.0 / (1.0 + (-(delta / tau) as f64).exp());
             let emp = rate(cfg, &format!("{delta}"), "0", n, 7);
             let se = (p * (1.0 - p) / n as f64).sqrt();
-            assert!((emp - p).abs() < 4.0 * se + 1e-9, "Δ={delta} τ={tau}: {emp} vs {p}");
+            assert!(
+                (emp - p).abs() < 4.0 * se + 1e-9,
+                "Δ={delta} τ={tau}: {emp} vs {p}"
+            );
         }
     }
 
@@ -173,7 +212,16 @@ mod tests {
         let n = 20_000;
         // τ = 0: the better completion always wins before flips, so the win rate is 1 − flip_rate.
         for f in [0.0f32, 0.1, 0.3, 0.5] {
-            let emp = rate(OracleConfig { temperature: 0.0, flip_rate: f }, "1", "0", n, 3);
+            let emp = rate(
+                OracleConfig {
+                    temperature: 0.0,
+                    flip_rate: f,
+                },
+                "1",
+                "0",
+                n,
+                3,
+            );
             let p = 1.0 - f as f64;
             let se = (p * (1.0 - p) / n as f64).sqrt();
             assert!((emp - p).abs() < 4.0 * se + 1e-9, "flip {f}: {emp}");
@@ -183,10 +231,17 @@ mod tests {
 
     #[test]
     fn same_seed_same_labels() {
-        let cfg = OracleConfig { temperature: 1.0, flip_rate: 0.2 };
+        let cfg = OracleConfig {
+            temperature: 1.0,
+            flip_rate: 0.2,
+        };
         let run = |seed| {
             let mut o = BradleyTerryOracle::new(Num, cfg, seed).unwrap();
-            o.compare_batch(&["p"; 200], &["0.2"; 200], &["0"; 200]).unwrap().iter().map(|p| p.a_wins).collect::<Vec<_>>()
+            o.compare_batch(&["p"; 200], &["0.2"; 200], &["0"; 200])
+                .unwrap()
+                .iter()
+                .map(|p| p.a_wins)
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(11), run(11));
         assert_ne!(run(11), run(12));
@@ -194,7 +249,17 @@ mod tests {
 
     #[test]
     fn bad_config_rejected() {
-        assert!(OracleConfig { temperature: -1.0, flip_rate: 0.0 }.validate().is_err());
-        assert!(OracleConfig { temperature: 1.0, flip_rate: 1.5 }.validate().is_err());
+        assert!(OracleConfig {
+            temperature: -1.0,
+            flip_rate: 0.0
+        }
+        .validate()
+        .is_err());
+        assert!(OracleConfig {
+            temperature: 1.0,
+            flip_rate: 1.5
+        }
+        .validate()
+        .is_err());
     }
 }

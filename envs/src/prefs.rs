@@ -27,8 +27,17 @@ pub struct PreferencePair {
 
 impl PreferencePair {
     /// A pair with no extra fields.
-    pub fn new(prompt: impl Into<String>, chosen: impl Into<String>, rejected: impl Into<String>) -> Self {
-        Self { prompt: prompt.into(), chosen: chosen.into(), rejected: rejected.into(), extra: Map::new() }
+    pub fn new(
+        prompt: impl Into<String>,
+        chosen: impl Into<String>,
+        rejected: impl Into<String>,
+    ) -> Self {
+        Self {
+            prompt: prompt.into(),
+            chosen: chosen.into(),
+            rejected: rejected.into(),
+            extra: Map::new(),
+        }
     }
 }
 
@@ -52,17 +61,29 @@ impl PrefReader<BufReader<File>> {
 impl<R: BufRead> PrefReader<R> {
     /// Read pairs from `reader`; `path` only names the source in errors.
     pub fn new(path: impl Into<PathBuf>, reader: R) -> Self {
-        Self { path: path.into(), reader, line: 0, buf: Vec::new() }
+        Self {
+            path: path.into(),
+            reader,
+            line: 0,
+            buf: Vec::new(),
+        }
     }
 
     fn bad(&self, msg: impl Into<String>) -> EnvError {
-        EnvError::BadData { path: self.path.clone(), line: self.line, msg: msg.into() }
+        EnvError::BadData {
+            path: self.path.clone(),
+            line: self.line,
+            msg: msg.into(),
+        }
     }
 
     fn parse(&self, text: &str) -> Result<PreferencePair> {
-        let v: Value = serde_json::from_str(text).map_err(|e| self.bad(format!("invalid JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| self.bad(format!("invalid JSON: {e}")))?;
         let Value::Object(mut obj) = v else {
-            return Err(self.bad("expected a JSON object with fields `prompt`, `chosen`, `rejected`"));
+            return Err(
+                self.bad("expected a JSON object with fields `prompt`, `chosen`, `rejected`")
+            );
         };
         let mut take = |field: &str, allow_empty: bool| -> Result<String> {
             match obj.remove(field) {
@@ -71,13 +92,21 @@ impl<R: BufRead> PrefReader<R> {
                     Err(self.bad(format!("field `{field}` is empty")))
                 }
                 Some(Value::String(s)) => Ok(s),
-                Some(other) => Err(self.bad(format!("field `{field}`: expected a string, found {}", kind(&other)))),
+                Some(other) => Err(self.bad(format!(
+                    "field `{field}`: expected a string, found {}",
+                    kind(&other)
+                ))),
             }
         };
         let prompt = take("prompt", true)?;
         let chosen = take("chosen", false)?;
         let rejected = take("rejected", false)?;
-        Ok(PreferencePair { prompt, chosen, rejected, extra: obj })
+        Ok(PreferencePair {
+            prompt,
+            chosen,
+            rejected,
+            extra: obj,
+        })
     }
 }
 
@@ -99,7 +128,10 @@ impl<R: BufRead> Iterator for PrefReader<R> {
             self.buf.clear();
             self.line += 1;
             let limit = (MAX_LINE_BYTES + 1) as u64;
-            let n = match (&mut self.reader).take(limit).read_until(b'\n', &mut self.buf) {
+            let n = match (&mut self.reader)
+                .take(limit)
+                .read_until(b'\n', &mut self.buf)
+            {
                 Ok(n) => n,
                 Err(e) => return Some(Err(EnvError::io(&self.path, e))),
             };
@@ -110,7 +142,9 @@ impl<R: BufRead> Iterator for PrefReader<R> {
                 // Skip the rest of this line so the next item starts on a fresh line.
                 let mut sink = Vec::new();
                 let _ = self.reader.read_until(b'\n', &mut sink);
-                return Some(Err(self.bad(format!("line longer than {MAX_LINE_BYTES} bytes"))));
+                return Some(Err(
+                    self.bad(format!("line longer than {MAX_LINE_BYTES} bytes"))
+                ));
             }
             let text = match std::str::from_utf8(&self.buf) {
                 Ok(t) => t.trim(),
@@ -129,7 +163,11 @@ pub fn read_pairs(path: impl AsRef<Path>) -> Result<Vec<PreferencePair>> {
     let path = path.as_ref();
     let pairs = PrefReader::open(path)?.collect::<Result<Vec<_>>>()?;
     if pairs.is_empty() {
-        return Err(EnvError::BadData { path: path.to_path_buf(), line: 0, msg: "no preference pairs in file".into() });
+        return Err(EnvError::BadData {
+            path: path.to_path_buf(),
+            line: 0,
+            msg: "no preference pairs in file".into(),
+        });
     }
     Ok(pairs)
 }
@@ -150,7 +188,11 @@ impl PrefWriter {
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         let f = File::create(&tmp).map_err(|e| EnvError::io(&tmp, e))?;
-        Ok(Self { path, tmp, out: BufWriter::new(f) })
+        Ok(Self {
+            path,
+            tmp,
+            out: BufWriter::new(f),
+        })
     }
     /// Append one pair as a JSON line.
     pub fn write(&mut self, pair: &PreferencePair) -> Result<()> {
@@ -192,7 +234,8 @@ mod tests {
     fn round_trip_keeps_extra_fields() {
         let d = tmpdir("rt");
         let mut p = PreferencePair::new("a film", " so good", " so bad");
-        p.extra.insert("chosen_score".into(), serde_json::json!(0.5));
+        p.extra
+            .insert("chosen_score".into(), serde_json::json!(0.5));
         p.extra.insert("source".into(), serde_json::json!("test"));
         let pairs = vec![p, PreferencePair::new("", "x \"quoted\"\n", "y")];
         let path = write_pairs(d.join("p.jsonl"), &pairs).unwrap();
@@ -202,7 +245,10 @@ mod tests {
 
     fn first_err(content: &[u8]) -> String {
         let r = PrefReader::new("data.jsonl", std::io::Cursor::new(content.to_vec()));
-        r.filter_map(|x| x.err()).next().map(|e| e.to_string()).unwrap_or_default()
+        r.filter_map(|x| x.err())
+            .next()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -210,11 +256,26 @@ mod tests {
         let ok = r#"{"prompt":"p","chosen":"a","rejected":"b"}"#;
         let cases: Vec<(String, &str)> = vec![
             (format!("{ok}\n{{not json\n"), "data.jsonl:2: invalid JSON"),
-            (format!("{ok}\n\n{{\"prompt\":\"p\",\"chosen\":\"a\"}}\n"), "data.jsonl:3: missing field `rejected`"),
-            (r#"{"prompt":"p","chosen":1,"rejected":"b"}"#.to_string(), "data.jsonl:1: field `chosen`: expected a string, found a number"),
-            (r#"{"prompt":"p","chosen":"a","rejected":"  "}"#.to_string(), "data.jsonl:1: field `rejected` is empty"),
+            (
+                format!("{ok}\n\n{{\"prompt\":\"p\",\"chosen\":\"a\"}}\n"),
+                "data.jsonl:3: missing field `rejected`",
+            ),
+            (
+                r#"{"prompt":"p","chosen":1,"rejected":"b"}"#.to_string(),
+                "data.jsonl:1: field `chosen`: expected a string, found a number",
+            ),
+            (
+                r#"{"prompt":"p","chosen":"a","rejected":"  "}"#.to_string(),
+                "data.jsonl:1: field `rejected` is empty",
+            ),
             ("[1,2]".to_string(), "data.jsonl:1: expected a JSON object"),
-            (format!("{{\"prompt\":\"{}\"}}\n{ok}", "x".repeat(MAX_LINE_BYTES + 10)), "data.jsonl:1: line longer than"),
+            (
+                format!(
+                    "{{\"prompt\":\"{}\"}}\n{ok}",
+                    "x".repeat(MAX_LINE_BYTES + 10)
+                ),
+                "data.jsonl:1: line longer than",
+            ),
         ];
         for (content, want) in cases {
             let got = first_err(content.as_bytes());
@@ -226,7 +287,8 @@ mod tests {
     fn huge_line_does_not_poison_the_next() {
         let ok = r#"{"prompt":"p","chosen":"a","rejected":"b"}"#;
         let content = format!("{}\n{ok}\n", "x".repeat(MAX_LINE_BYTES + 10));
-        let items: Vec<_> = PrefReader::new("f", std::io::Cursor::new(content.into_bytes())).collect();
+        let items: Vec<_> =
+            PrefReader::new("f", std::io::Cursor::new(content.into_bytes())).collect();
         assert_eq!(items.len(), 2);
         assert!(items[0].is_err());
         assert_eq!(items[1].as_ref().unwrap().chosen, "a");
@@ -237,6 +299,9 @@ mod tests {
         let d = tmpdir("empty");
         std::fs::write(d.join("e.jsonl"), "\n\n").unwrap();
         let e = read_pairs(d.join("e.jsonl")).unwrap_err().to_string();
-        assert!(e.contains("e.jsonl") && e.contains("no preference pairs"), "{e}");
+        assert!(
+            e.contains("e.jsonl") && e.contains("no preference pairs"),
+            "{e}"
+        );
     }
 }

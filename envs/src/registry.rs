@@ -3,7 +3,10 @@
 use crate::codec::TextCodec;
 use crate::env::{TextEnv, TextEnvConfig};
 use crate::task::Task;
-use crate::tasks::{arithmetic::ArithmeticTask, hh::HhTask, hidden_pref::HiddenPrefTask, instruct::InstructTask, sentiment::SentimentTask};
+use crate::tasks::{
+    arithmetic::ArithmeticTask, hh::HhTask, hidden_pref::HiddenPrefTask, instruct::InstructTask,
+    sentiment::SentimentTask,
+};
 use crate::{EnvError, Result};
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -24,7 +27,10 @@ fn table() -> &'static RwLock<Vec<Arc<dyn Task>>> {
 pub fn register(task: Arc<dyn Task>) -> Result<()> {
     let mut t = table().write().unwrap_or_else(|e| e.into_inner());
     if t.iter().any(|x| x.id() == task.id()) {
-        return Err(EnvError::InvalidConfig { field: "id", msg: format!("a task with id `{}` is already registered", task.id()) });
+        return Err(EnvError::InvalidConfig {
+            field: "id",
+            msg: format!("a task with id `{}` is already registered", task.id()),
+        });
     }
     t.push(task);
     Ok(())
@@ -38,10 +44,17 @@ pub fn tasks() -> Vec<Arc<dyn Task>> {
 /// The task registered under `id`.
 pub fn task(id: &str) -> Result<Arc<dyn Task>> {
     let all = tasks();
-    all.iter().find(|t| t.id() == id).cloned().ok_or_else(|| EnvError::UnknownEnv {
-        id: id.to_string(),
-        known: all.iter().map(|t| t.id().to_string()).collect::<Vec<_>>().join(", "),
-    })
+    all.iter()
+        .find(|t| t.id() == id)
+        .cloned()
+        .ok_or_else(|| EnvError::UnknownEnv {
+            id: id.to_string(),
+            known: all
+                .iter()
+                .map(|t| t.id().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 /// A text env for task `id`, with token ids from `codec` (Gymnasium's `make`).

@@ -37,7 +37,11 @@ impl<T: Rule> RewardFn for T {
     }
     fn score_batch(&self, prompts: &[&str], completions: &[&str]) -> Result<Vec<f32>> {
         check_lengths(&Rule::name(self), prompts, completions)?;
-        Ok(prompts.iter().zip(completions).map(|(p, c)| self.score(p, c)).collect())
+        Ok(prompts
+            .iter()
+            .zip(completions)
+            .map(|(p, c)| self.score(p, c))
+            .collect())
     }
 }
 
@@ -69,7 +73,11 @@ pub(crate) fn check_lengths(name: &str, prompts: &[&str], completions: &[&str]) 
     if prompts.len() != completions.len() {
         return Err(EnvError::Reward {
             name: name.to_string(),
-            msg: format!("{} prompts but {} completions", prompts.len(), completions.len()),
+            msg: format!(
+                "{} prompts but {} completions",
+                prompts.len(),
+                completions.len()
+            ),
         });
     }
     Ok(())
@@ -89,13 +97,21 @@ impl WeightedSum {
 
 impl RewardFn for WeightedSum {
     fn name(&self) -> String {
-        let terms: Vec<String> = self.parts.iter().map(|(w, r)| format!("{w}*{}", r.name())).collect();
+        let terms: Vec<String> = self
+            .parts
+            .iter()
+            .map(|(w, r)| format!("{w}*{}", r.name()))
+            .collect();
         terms.join("+")
     }
     fn range(&self) -> (f32, f32) {
         self.parts.iter().fold((0.0, 0.0), |(lo, hi), (w, r)| {
             let (a, b) = r.range();
-            let (a, b) = if *w >= 0.0 { (w * a, w * b) } else { (w * b, w * a) };
+            let (a, b) = if *w >= 0.0 {
+                (w * a, w * b)
+            } else {
+                (w * b, w * a)
+            };
             (lo + a, hi + b)
         })
     }
@@ -152,7 +168,11 @@ pub struct Scale<R> {
 impl<R: RewardFn> Scale<R> {
     /// `scale · inner + shift`.
     pub fn new(inner: R, scale: f32, shift: f32) -> Self {
-        Self { inner, scale, shift }
+        Self {
+            inner,
+            scale,
+            shift,
+        }
     }
 }
 
@@ -186,7 +206,11 @@ pub struct RunningNorm<R> {
 impl<R: RewardFn> RunningNorm<R> {
     /// Normalise `inner` with running statistics.
     pub fn new(inner: R) -> Self {
-        Self { inner, stats: Mutex::new((0.0, 0.0, 0.0)), eps: 1e-8 }
+        Self {
+            inner,
+            stats: Mutex::new((0.0, 0.0, 0.0)),
+            eps: 1e-8,
+        }
     }
     /// Current `(mean, std)` of the scores seen so far.
     pub fn stats(&self) -> (f64, f64) {
@@ -213,7 +237,10 @@ impl<R: RewardFn> RewardFn for RunningNorm<R> {
             }
         }
         let (mean, std) = self.stats();
-        Ok(raw.into_iter().map(|x| ((x as f64 - mean) / (std + self.eps as f64)) as f32).collect())
+        Ok(raw
+            .into_iter()
+            .map(|x| ((x as f64 - mean) / (std + self.eps as f64)) as f32)
+            .collect())
     }
 }
 

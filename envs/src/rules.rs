@@ -29,8 +29,8 @@ pub fn words(text: &str) -> Vec<String> {
 pub struct Sentiment;
 
 const NEGATIONS: &[&str] = &[
-    "not", "no", "never", "n't", "isn't", "wasn't", "didn't", "don't", "doesn't", "hardly", "without",
-    "nothing", "neither", "nor", "can't", "cannot", "won't", "aren't", "weren't",
+    "not", "no", "never", "n't", "isn't", "wasn't", "didn't", "don't", "doesn't", "hardly",
+    "without", "nothing", "neither", "nor", "can't", "cannot", "won't", "aren't", "weren't",
 ];
 const BOOST: f32 = 0.293;
 const NEGATE: f32 = -0.74;
@@ -38,9 +38,25 @@ const NEGATE: f32 = -0.74;
 fn boosters() -> &'static HashMap<&'static str, f32> {
     static B: OnceLock<HashMap<&'static str, f32>> = OnceLock::new();
     B.get_or_init(|| {
-        let up = ["very", "really", "extremely", "so", "truly", "incredibly", "absolutely", "totally", "deeply", "most"];
-        let down = ["slightly", "barely", "somewhat", "kind", "sort", "fairly", "a bit", "mildly"];
-        up.iter().map(|w| (*w, BOOST)).chain(down.iter().map(|w| (*w, -BOOST))).collect()
+        let up = [
+            "very",
+            "really",
+            "extremely",
+            "so",
+            "truly",
+            "incredibly",
+            "absolutely",
+            "totally",
+            "deeply",
+            "most",
+        ];
+        let down = [
+            "slightly", "barely", "somewhat", "kind", "sort", "fairly", "a bit", "mildly",
+        ];
+        up.iter()
+            .map(|w| (*w, BOOST))
+            .chain(down.iter().map(|w| (*w, -BOOST)))
+            .collect()
     })
 }
 
@@ -49,22 +65,86 @@ pub fn lexicon() -> &'static HashMap<&'static str, f32> {
     static L: OnceLock<HashMap<&'static str, f32>> = OnceLock::new();
     L.get_or_init(|| {
         [
-            ("good", 1.9), ("great", 3.1), ("excellent", 2.7), ("wonderful", 2.7), ("amazing", 2.8),
-            ("superb", 3.1), ("brilliant", 2.8), ("beautiful", 2.9), ("love", 3.2), ("loved", 2.9),
-            ("enjoy", 2.2), ("enjoyed", 2.3), ("fun", 2.3), ("funny", 1.9), ("best", 3.2),
-            ("perfect", 2.7), ("fantastic", 2.6), ("charming", 2.1), ("moving", 1.7), ("touching", 1.6),
-            ("delightful", 2.8), ("masterpiece", 3.0), ("fresh", 1.3), ("clever", 1.8), ("smart", 1.7),
-            ("happy", 2.7), ("like", 1.5), ("liked", 1.8), ("nice", 1.8), ("strong", 1.3),
-            ("recommend", 1.5), ("gripping", 1.8), ("stunning", 2.6), ("warm", 0.9), ("solid", 1.2),
-            ("bad", -2.5), ("terrible", -2.1), ("awful", -2.0), ("horrible", -2.5), ("boring", -1.3),
-            ("worst", -3.1), ("hate", -2.7), ("hated", -3.2), ("dull", -1.7), ("poor", -2.1),
-            ("waste", -1.8), ("stupid", -2.4), ("weak", -1.9), ("mess", -1.5), ("disappointing", -2.2),
-            ("disappointed", -1.9), ("annoying", -1.7), ("painful", -1.9), ("ugly", -2.3), ("sad", -2.1),
-            ("bland", -1.4), ("predictable", -1.1), ("slow", -0.9), ("silly", -0.8), ("lazy", -1.4),
-            ("pointless", -1.9), ("tedious", -1.8), ("flat", -1.1), ("wooden", -1.0), ("forgettable", -1.5),
-            ("harm", -2.2), ("hurt", -2.4), ("steal", -2.2), ("kill", -3.7), ("attack", -2.1),
-            ("dangerous", -2.1), ("illegal", -2.6), ("weapon", -1.9), ("sorry", -0.3), ("help", 1.7),
-            ("safe", 1.9), ("kind", 1.3), ("thanks", 1.9), ("please", 1.3), ("easy", 1.9),
+            ("good", 1.9),
+            ("great", 3.1),
+            ("excellent", 2.7),
+            ("wonderful", 2.7),
+            ("amazing", 2.8),
+            ("superb", 3.1),
+            ("brilliant", 2.8),
+            ("beautiful", 2.9),
+            ("love", 3.2),
+            ("loved", 2.9),
+            ("enjoy", 2.2),
+            ("enjoyed", 2.3),
+            ("fun", 2.3),
+            ("funny", 1.9),
+            ("best", 3.2),
+            ("perfect", 2.7),
+            ("fantastic", 2.6),
+            ("charming", 2.1),
+            ("moving", 1.7),
+            ("touching", 1.6),
+            ("delightful", 2.8),
+            ("masterpiece", 3.0),
+            ("fresh", 1.3),
+            ("clever", 1.8),
+            ("smart", 1.7),
+            ("happy", 2.7),
+            ("like", 1.5),
+            ("liked", 1.8),
+            ("nice", 1.8),
+            ("strong", 1.3),
+            ("recommend", 1.5),
+            ("gripping", 1.8),
+            ("stunning", 2.6),
+            ("warm", 0.9),
+            ("solid", 1.2),
+            ("bad", -2.5),
+            ("terrible", -2.1),
+            ("awful", -2.0),
+            ("horrible", -2.5),
+            ("boring", -1.3),
+            ("worst", -3.1),
+            ("hate", -2.7),
+            ("hated", -3.2),
+            ("dull", -1.7),
+            ("poor", -2.1),
+            ("waste", -1.8),
+            ("stupid", -2.4),
+            ("weak", -1.9),
+            ("mess", -1.5),
+            ("disappointing", -2.2),
+            ("disappointed", -1.9),
+            ("annoying", -1.7),
+            ("painful", -1.9),
+            ("ugly", -2.3),
+            ("sad", -2.1),
+            ("bland", -1.4),
+            ("predictable", -1.1),
+            ("slow", -0.9),
+            ("silly", -0.8),
+            ("lazy", -1.4),
+            ("pointless", -1.9),
+            ("tedious", -1.8),
+            ("flat", -1.1),
+            ("wooden", -1.0),
+            ("forgettable", -1.5),
+            ("harm", -2.2),
+            ("hurt", -2.4),
+            ("steal", -2.2),
+            ("kill", -3.7),
+            ("attack", -2.1),
+            ("dangerous", -2.1),
+            ("illegal", -2.6),
+            ("weapon", -1.9),
+            ("sorry", -0.3),
+            ("help", 1.7),
+            ("safe", 1.9),
+            ("kind", 1.3),
+            ("thanks", 1.9),
+            ("please", 1.3),
+            ("easy", 1.9),
         ]
         .into_iter()
         .collect()
@@ -79,7 +159,9 @@ impl Sentiment {
         let boost = boosters();
         let mut vals: Vec<f32> = vec![0.0; ws.len()];
         for (i, w) in ws.iter().enumerate() {
-            let Some(&v0) = lex.get(w.as_str()) else { continue };
+            let Some(&v0) = lex.get(w.as_str()) else {
+                continue;
+            };
             let mut v = v0;
             for back in 1..=3usize {
                 if i < back {
@@ -143,7 +225,10 @@ pub struct LengthTarget {
 impl LengthTarget {
     /// Target `target` words; the score falls to 0 at `tolerance` words away.
     pub fn words(target: usize, tolerance: f32) -> Self {
-        Self { target, tolerance: tolerance.max(1e-6) }
+        Self {
+            target,
+            tolerance: tolerance.max(1e-6),
+        }
     }
 }
 
@@ -179,7 +264,10 @@ impl RegexMatch {
     pub fn new(pattern: &str) -> crate::Result<Self> {
         regex::Regex::new(pattern)
             .map(|re| Self { re })
-            .map_err(|e| crate::EnvError::InvalidConfig { field: "pattern", msg: e.to_string() })
+            .map_err(|e| crate::EnvError::InvalidConfig {
+                field: "pattern",
+                msg: e.to_string(),
+            })
     }
 }
 
@@ -220,7 +308,10 @@ impl KeywordReward {
     /// Reward words in `include`, penalise words in `avoid`.
     pub fn new(include: &[&str], avoid: &[&str]) -> Self {
         let low = |v: &[&str]| v.iter().map(|s| s.to_lowercase()).collect();
-        Self { include: low(include), avoid: low(avoid) }
+        Self {
+            include: low(include),
+            avoid: low(avoid),
+        }
     }
     /// Only reward words in `include`.
     pub fn include(include: &[&str]) -> Self {
@@ -237,7 +328,10 @@ impl Rule for KeywordReward {
         "keywords".into()
     }
     fn range(&self) -> (f32, f32) {
-        (if self.avoid.is_empty() { 0.0 } else { -1.0 }, if self.include.is_empty() { 0.0 } else { 1.0 })
+        (
+            if self.avoid.is_empty() { 0.0 } else { -1.0 },
+            if self.include.is_empty() { 0.0 } else { 1.0 },
+        )
     }
     fn score(&self, _prompt: &str, completion: &str) -> f32 {
         let ws = words(completion);

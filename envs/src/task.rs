@@ -53,7 +53,10 @@ pub trait Task: Send + Sync {
 /// duplicates so the two sets never overlap.
 pub fn split_prompts(pool: Vec<String>, eval_every: usize) -> (Vec<String>, Vec<String>) {
     let mut seen = std::collections::HashSet::new();
-    let unique: Vec<String> = pool.into_iter().filter(|p| seen.insert(p.clone())).collect();
+    let unique: Vec<String> = pool
+        .into_iter()
+        .filter(|p| seen.insert(p.clone()))
+        .collect();
     let (mut train, mut eval) = (Vec::new(), Vec::new());
     for (i, p) in unique.into_iter().enumerate() {
         if i % eval_every == eval_every - 1 {

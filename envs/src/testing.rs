@@ -37,7 +37,12 @@ static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new
 impl FlawedEnv {
     /// An env with the given flaw.
     pub fn new(flaw: Flaw) -> Self {
-        Self { flaw, rng: StdRng::seed_from_u64(0), state: [0, 0], done: true }
+        Self {
+            flaw,
+            rng: StdRng::seed_from_u64(0),
+            state: [0, 0],
+            done: true,
+        }
     }
 }
 
@@ -62,7 +67,11 @@ impl Env for FlawedEnv {
             return Err(EnvError::ResetNeeded);
         }
         self.state[1] += 1;
-        let limit = if self.flaw == Flaw::NeverEnds { u32::MAX } else { 5 };
+        let limit = if self.flaw == Flaw::NeverEnds {
+            u32::MAX
+        } else {
+            5
+        };
         let at_limit = self.state[1] >= limit;
         let terminated = action == 0 || (self.flaw == Flaw::BothFlags && at_limit);
         let truncated = (!terminated || self.flaw == Flaw::BothFlags) && at_limit;
@@ -73,7 +82,13 @@ impl Env for FlawedEnv {
             (true, _) => 1.0,
             _ => 0.0,
         };
-        Ok(Step { obs: self.state, reward, terminated, truncated, info: Info::default() })
+        Ok(Step {
+            obs: self.state,
+            reward,
+            terminated,
+            truncated,
+            info: Info::default(),
+        })
     }
     fn reward_range(&self) -> (f32, f32) {
         (0.0, 1.0)

@@ -49,7 +49,12 @@ impl<E: Env> VecEnv<E> {
     /// Wrap `envs`; `parallel` steps them on rayon workers.
     pub fn new(envs: Vec<E>, mode: AutoresetMode, parallel: bool) -> Self {
         let n = envs.len();
-        Self { envs, mode, parallel, ended: vec![false; n] }
+        Self {
+            envs,
+            mode,
+            parallel,
+            ended: vec![false; n],
+        }
     }
     /// Number of sub-envs.
     pub fn len(&self) -> usize {
@@ -68,12 +73,23 @@ impl<E: Env> VecEnv<E> {
         &self.envs
     }
 
-    fn map<T: Send>(&mut self, f: impl Fn(usize, &mut E, bool) -> Result<T> + Sync + Send) -> Result<Vec<T>> {
+    fn map<T: Send>(
+        &mut self,
+        f: impl Fn(usize, &mut E, bool) -> Result<T> + Sync + Send,
+    ) -> Result<Vec<T>> {
         let ended = &self.ended;
         if self.parallel {
-            self.envs.par_iter_mut().enumerate().map(|(i, e)| f(i, e, ended[i])).collect()
+            self.envs
+                .par_iter_mut()
+                .enumerate()
+                .map(|(i, e)| f(i, e, ended[i]))
+                .collect()
         } else {
-            self.envs.iter_mut().enumerate().map(|(i, e)| f(i, e, ended[i])).collect()
+            self.envs
+                .iter_mut()
+                .enumerate()
+                .map(|(i, e)| f(i, e, ended[i]))
+                .collect()
         }
     }
 
@@ -86,7 +102,10 @@ impl<E: Env> VecEnv<E> {
 
     /// Reset one env (for [`AutoresetMode::Disabled`]), continuing its RNG.
     pub fn reset_one(&mut self, i: usize) -> Result<(E::Obs, Info)> {
-        let env = self.envs.get_mut(i).ok_or(EnvError::InvalidConfig { field: "index", msg: format!("no sub-env {i}") })?;
+        let env = self.envs.get_mut(i).ok_or(EnvError::InvalidConfig {
+            field: "index",
+            msg: format!("no sub-env {i}"),
+        })?;
         self.ended[i] = false;
         env.reset(None)
     }
@@ -103,7 +122,13 @@ impl<E: Env> VecEnv<E> {
         let steps: Vec<Step<E::Obs>> = self.map(|i, e, was_ended| match (mode, was_ended) {
             (AutoresetMode::NextStep, true) => {
                 let (obs, info) = e.reset(None)?;
-                Ok(Step { obs, reward: 0.0, terminated: false, truncated: false, info })
+                Ok(Step {
+                    obs,
+                    reward: 0.0,
+                    terminated: false,
+                    truncated: false,
+                    info,
+                })
             }
             (AutoresetMode::SameStep, _) => {
                 let mut s = e.step(actions[i])?;
@@ -127,19 +152,37 @@ impl<E: Env> VecEnv<E> {
         let terminated = steps.iter().map(|s| s.terminated).collect();
         let truncated = steps.iter().map(|s| s.truncated).collect();
         let (obs, infos) = steps.into_iter().map(|s| (s.obs, s.info)).unzip();
-        Ok(VecStep { obs, rewards, terminated, truncated, infos })
+        Ok(VecStep {
+            obs,
+            rewards,
+            terminated,
+            truncated,
+            infos,
+        })
     }
 
     /// Step, then fill in the rewards of the episodes that ended with `info.needs_score` using
     /// `scorer`, in one batch on the calling thread (learned reward models are not `Sync`).
-    pub fn step_scored(&mut self, actions: &[E::Action], scorer: &dyn RewardFn) -> Result<VecStep<E::Obs>> {
+    pub fn step_scored(
+        &mut self,
+        actions: &[E::Action],
+        scorer: &dyn RewardFn,
+    ) -> Result<VecStep<E::Obs>> {
         let mut out = self.step(actions)?;
-        let idx: Vec<usize> = (0..out.infos.len()).filter(|&i| out.infos[i].needs_score).collect();
+        let idx: Vec<usize> = (0..out.infos.len())
+            .filter(|&i| out.infos[i].needs_score)
+            .collect();
         if idx.is_empty() {
             return Ok(out);
         }
-        let prompts: Vec<&str> = idx.iter().map(|&i| out.infos[i].prompt.as_deref().unwrap_or("")).collect();
-        let comps: Vec<&str> = idx.iter().map(|&i| out.infos[i].completion.as_deref().unwrap_or("")).collect();
+        let prompts: Vec<&str> = idx
+            .iter()
+            .map(|&i| out.infos[i].prompt.as_deref().unwrap_or(""))
+            .collect();
+        let comps: Vec<&str> = idx
+            .iter()
+            .map(|&i| out.infos[i].completion.as_deref().unwrap_or(""))
+            .collect();
         let scores = scorer.score_batch(&prompts, &comps)?;
         for (&i, s) in idx.iter().zip(scores) {
             out.rewards[i] = s;
@@ -151,5 +194,7 @@ impl<E: Env> VecEnv<E> {
 
 /// The final observation as tokens, when the observation type is a token list.
 fn obs_as_tokens<O: std::fmt::Debug + 'static>(o: &O) -> Option<Vec<u32>> {
-    (o as &dyn std::any::Any).downcast_ref::<Vec<u32>>().cloned()
+    (o as &dyn std::any::Any)
+        .downcast_ref::<Vec<u32>>()
+        .cloned()
 }

@@ -11,12 +11,20 @@ fn check_env_passes_on_every_registered_env() {
     assert!(all.len() >= 5);
     for t in all {
         for split in [Split::Train, Split::Eval] {
-            let cfg = TextEnvConfig { split, ..Default::default() };
-            check_env(|| make(t.id(), codec.clone(), cfg.clone())).unwrap_or_else(|e| panic!("{}: {e}", t.id()));
+            let cfg = TextEnvConfig {
+                split,
+                ..Default::default()
+            };
+            check_env(|| make(t.id(), codec.clone(), cfg.clone()))
+                .unwrap_or_else(|e| panic!("{}: {e}", t.id()));
         }
         // Train and eval prompts never overlap.
         let train: std::collections::HashSet<_> = t.prompts(Split::Train).iter().collect();
-        assert!(t.prompts(Split::Eval).iter().all(|p| !train.contains(p)), "{}", t.id());
+        assert!(
+            t.prompts(Split::Eval).iter().all(|p| !train.contains(p)),
+            "{}",
+            t.id()
+        );
         // The corpus is reproducible and varied.
         let c = t.corpus(200, 9);
         assert_eq!(c, t.corpus(200, 9));
@@ -35,22 +43,52 @@ fn check_env_names_the_broken_rule() {
         (Flaw::BothFlags, "terminated_xor_truncated"),
         (Flaw::NeverEnds, "episode_ends"),
     ] {
-        let err = check_env(|| Ok(FlawedEnv::new(flaw))).expect_err(&format!("{flaw:?} not caught"));
+        let err =
+            check_env(|| Ok(FlawedEnv::new(flaw))).expect_err(&format!("{flaw:?} not caught"));
         assert!(err.to_string().contains(rule), "{flaw:?}: {err}");
     }
 }
 
-fn rollout(n: usize, parallel: bool, mode: AutoresetMode) -> Vec<(Vec<Vec<u32>>, Vec<f32>, Vec<bool>, Vec<bool>)> {
+fn rollout(
+    n: usize,
+    parallel: bool,
+    mode: AutoresetMode,
+) -> Vec<(Vec<Vec<u32>>, Vec<f32>, Vec<bool>, Vec<bool>)> {
     let codec: Arc<dyn TextCodec> = Arc::new(ByteCodec);
-    let envs = (0..n).map(|_| make("sentiment-v0", codec.clone(), TextEnvConfig { max_new_tokens: 5, ..Default::default() }).unwrap()).collect();
+    let envs = (0..n)
+        .map(|_| {
+            make(
+                "sentiment-v0",
+                codec.clone(),
+                TextEnvConfig {
+                    max_new_tokens: 5,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        })
+        .collect();
     let mut v = VecEnv::new(envs, mode, parallel);
     v.reset(Some(2024)).unwrap();
     let mut out = Vec::new();
     for t in 0..23u32 {
         // Deterministic actions that hit EOS (id 1) now and then.
-        let actions: Vec<u32> = (0..n as u32).map(|i| if (i + t) % 7 == 0 { 1 } else { 2 + (i * 31 + t * 17) % 256 }).collect();
+        let actions: Vec<u32> = (0..n as u32)
+            .map(|i| {
+                if (i + t) % 7 == 0 {
+                    1
+                } else {
+                    2 + (i * 31 + t * 17) % 256
+                }
+            })
+            .collect();
         let s = v.step(&actions).unwrap();
-        out.push((s.obs, s.rewards.to_vec(), s.terminated.to_vec(), s.truncated.to_vec()));
+        out.push((
+            s.obs,
+            s.rewards.to_vec(),
+            s.terminated.to_vec(),
+            s.truncated.to_vec(),
+        ));
     }
     out
 }
@@ -59,12 +97,17 @@ fn rollout(n: usize, parallel: bool, mode: AutoresetMode) -> Vec<(Vec<Vec<u32>>,
 fn serial_and_parallel_vec_env_rollouts_are_identical() {
     for n in [1usize, 2, 3, 8, 17, 64] {
         for mode in [AutoresetMode::NextStep, AutoresetMode::SameStep] {
-            assert_eq!(rollout(n, false, mode), rollout(n, true, mode), "n={n} {mode:?}");
+            assert_eq!(
+                rollout(n, false, mode),
+                rollout(n, true, mode),
+                "n={n} {mode:?}"
+            );
         }
     }
     // Different seeds per env: not every env draws the same prompt.
     let r = rollout(16, true, AutoresetMode::NextStep);
-    let firsts: std::collections::HashSet<_> = r[0].0.iter().map(|o| o[..o.len() - 1].to_vec()).collect();
+    let firsts: std::collections::HashSet<_> =
+        r[0].0.iter().map(|o| o[..o.len() - 1].to_vec()).collect();
     assert!(firsts.len() > 1);
 }
 
@@ -110,8 +153,14 @@ fn external_scores_are_filled_in_one_batch() {
         }
     }
     let codec: Arc<dyn TextCodec> = Arc::new(ByteCodec);
-    let cfg = TextEnvConfig { reward: RewardSource::External, max_new_tokens: 3, ..Default::default() };
-    let envs = (0..4).map(|_| make("hh-v0", codec.clone(), cfg.clone()).unwrap()).collect();
+    let cfg = TextEnvConfig {
+        reward: RewardSource::External,
+        max_new_tokens: 3,
+        ..Default::default()
+    };
+    let envs = (0..4)
+        .map(|_| make("hh-v0", codec.clone(), cfg.clone()).unwrap())
+        .collect();
     let mut v = VecEnv::new(envs, AutoresetMode::NextStep, true);
     v.reset(Some(0)).unwrap();
     let scorer = CountingScorer(std::cell::Cell::new(0));
@@ -128,7 +177,10 @@ fn external_scores_are_filled_in_one_batch() {
 
 #[test]
 fn unknown_env_id_lists_known_ones() {
-    let e = make("nope-v9", Arc::new(ByteCodec), TextEnvConfig::default()).err().unwrap().to_string();
+    let e = make("nope-v9", Arc::new(ByteCodec), TextEnvConfig::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("nope-v9") && e.contains("sentiment-v0"), "{e}");
 }
 

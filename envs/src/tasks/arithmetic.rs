@@ -39,7 +39,11 @@ impl ArithmeticTask {
             pool.swap(i, rng.random_range(0..=i));
         }
         let (train, eval) = split_prompts(pool, 5);
-        Self { wrong_fraction: wrong_fraction.clamp(0.0, 1.0), train, eval }
+        Self {
+            wrong_fraction: wrong_fraction.clamp(0.0, 1.0),
+            train,
+            eval,
+        }
     }
 }
 
@@ -66,11 +70,18 @@ impl Task for ArithmeticTask {
         let mut rng = StdRng::seed_from_u64(seed);
         (0..n)
             .map(|_| {
-                let (a, b) = (rng.random_range(0..=MAX_OPERAND), rng.random_range(0..=MAX_OPERAND));
+                let (a, b) = (
+                    rng.random_range(0..=MAX_OPERAND),
+                    rng.random_range(0..=MAX_OPERAND),
+                );
                 let mut c = (a + b) as i64;
                 if rng.random_bool(self.wrong_fraction) {
                     let off = rng.random_range(1..=3) as i64;
-                    c = if rng.random_bool(0.5) || c < off { c + off } else { c - off };
+                    c = if rng.random_bool(0.5) || c < off {
+                        c + off
+                    } else {
+                        c - off
+                    };
                 }
                 format!("{a}+{b}={c}")
             })

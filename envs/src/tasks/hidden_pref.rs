@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 const VOCAB: &[&str] = &[
-    "amber", "basil", "cedar", "delta", "ember", "fjord", "grove", "heron", "iris", "jade", "kelp", "lumen", "maple",
-    "nectar", "onyx", "pearl", "quartz", "raven", "sage", "thorn", "umber", "vale", "willow", "xenon", "yarrow",
-    "zephyr", "birch", "coral", "dune", "flint", "gale", "hazel", "ivy", "juniper", "lotus", "moss", "nova", "opal",
-    "pine", "reed",
+    "amber", "basil", "cedar", "delta", "ember", "fjord", "grove", "heron", "iris", "jade", "kelp",
+    "lumen", "maple", "nectar", "onyx", "pearl", "quartz", "raven", "sage", "thorn", "umber",
+    "vale", "willow", "xenon", "yarrow", "zephyr", "birch", "coral", "dune", "flint", "gale",
+    "hazel", "ivy", "juniper", "lotus", "moss", "nova", "opal", "pine", "reed",
 ];
 
 /// The hidden linear scorer.
@@ -30,7 +30,10 @@ impl HiddenLinear {
     /// Weights drawn from N(0, 1) with `seed`.
     pub fn new(seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let weights = VOCAB.iter().map(|w| (*w, StandardNormal.sample(&mut rng))).collect();
+        let weights = VOCAB
+            .iter()
+            .map(|w| (*w, StandardNormal.sample(&mut rng)))
+            .collect();
         Self { weights }
     }
 }
@@ -47,7 +50,10 @@ impl Rule for HiddenLinear {
         if ws.is_empty() {
             return -1.0f32.tanh();
         }
-        let total: f32 = ws.iter().map(|w| self.weights.get(w.as_str()).copied().unwrap_or(-1.0)).sum();
+        let total: f32 = ws
+            .iter()
+            .map(|w| self.weights.get(w.as_str()).copied().unwrap_or(-1.0))
+            .sum();
         (total / ws.len() as f32).tanh()
     }
 }
@@ -62,7 +68,15 @@ impl HiddenPrefTask {
     /// Build the task.
     pub fn new() -> Self {
         let mut rng = StdRng::seed_from_u64(0x41dd);
-        let pool = (0..800).map(|_| format!("topic {} {} :", pick(&mut rng, VOCAB), pick(&mut rng, VOCAB))).collect();
+        let pool = (0..800)
+            .map(|_| {
+                format!(
+                    "topic {} {} :",
+                    pick(&mut rng, VOCAB),
+                    pick(&mut rng, VOCAB)
+                )
+            })
+            .collect();
         let (train, eval) = split_prompts(pool, 5);
         Self { train, eval }
     }
@@ -91,7 +105,11 @@ impl Task for HiddenPrefTask {
         let mut rng = StdRng::seed_from_u64(seed);
         (0..n)
             .map(|_| {
-                let p = format!("topic {} {} :", pick(&mut rng, VOCAB), pick(&mut rng, VOCAB));
+                let p = format!(
+                    "topic {} {} :",
+                    pick(&mut rng, VOCAB),
+                    pick(&mut rng, VOCAB)
+                );
                 let k = rng.random_range(3..=8);
                 let c: Vec<&str> = (0..k).map(|_| *pick(&mut rng, VOCAB)).collect();
                 format!("{p} {} .", c.join(" "))

@@ -10,13 +10,19 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 
-const TOPICS: &[&str] = &["cats", "rain", "music", "the sea", "bread", "trains", "winter", "gardens", "books", "coffee"];
-const KEYWORDS: &[&str] = &["blue", "quiet", "bright", "small", "warm", "old", "green", "fast"];
-const FILLER: &[&str] = &[
-    "the", "sun", "is", "soft", "and", "we", "like", "it", "a", "lot", "day", "long", "song", "home", "light", "walk",
-    "road", "tea", "cold", "time", "good", "slow", "tree", "wind",
+const TOPICS: &[&str] = &[
+    "cats", "rain", "music", "the sea", "bread", "trains", "winter", "gardens", "books", "coffee",
 ];
-const ITEMS: &[&str] = &["apples", "boats", "chairs", "lamps", "maps", "hats", "cups", "kites", "shoes", "bells"];
+const KEYWORDS: &[&str] = &[
+    "blue", "quiet", "bright", "small", "warm", "old", "green", "fast",
+];
+const FILLER: &[&str] = &[
+    "the", "sun", "is", "soft", "and", "we", "like", "it", "a", "lot", "day", "long", "song",
+    "home", "light", "walk", "road", "tea", "cold", "time", "good", "slow", "tree", "wind",
+];
+const ITEMS: &[&str] = &[
+    "apples", "boats", "chairs", "lamps", "maps", "hats", "cups", "kites", "shoes", "bells",
+];
 
 /// The constraint a prompt carries, parsed back from its text.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,12 +52,16 @@ impl Constraint {
 
     /// How well `completion` satisfies the constraint, in [0, 1].
     pub fn satisfaction(&self, completion: &str) -> f32 {
-        let graded = |n: usize, want: usize| (1.0 - (n as f32 - want as f32).abs() / want as f32).max(0.0);
+        let graded =
+            |n: usize, want: usize| (1.0 - (n as f32 - want as f32).abs() / want as f32).max(0.0);
         match self {
             Constraint::Words(n) => graded(words(completion).len(), *n),
             Constraint::Keyword(k) => words(completion).iter().any(|w| w == k) as u8 as f32,
             Constraint::List(n) => {
-                let items = completion.split(',').filter(|s| !s.trim().is_empty()).count();
+                let items = completion
+                    .split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .count();
                 graded(items, *n)
             }
             Constraint::Question => completion.trim_end().ends_with('?') as u8 as f32,
@@ -85,7 +95,10 @@ fn prompt(rng: &mut StdRng) -> String {
     let topic = pick(rng, TOPICS);
     match rng.random_range(0..4) {
         0 => format!("write {} words about {topic} :", rng.random_range(2..=6)),
-        1 => format!("mention {} when you talk about {topic} :", pick(rng, KEYWORDS)),
+        1 => format!(
+            "mention {} when you talk about {topic} :",
+            pick(rng, KEYWORDS)
+        ),
         2 => format!("list {} things for {topic} :", rng.random_range(2..=4)),
         _ => format!("ask a question about {topic} :"),
     }
@@ -99,7 +112,11 @@ fn some_words(rng: &mut StdRng, n: usize) -> Vec<String> {
 fn completion(rng: &mut StdRng, prompt: &str, good: bool) -> String {
     match Constraint::parse(prompt) {
         Some(Constraint::Words(n)) => {
-            let m = if good { n } else { (n as i64 + if rng.random_bool(0.5) { 2 } else { -1 }).max(1) as usize };
+            let m = if good {
+                n
+            } else {
+                (n as i64 + if rng.random_bool(0.5) { 2 } else { -1 }).max(1) as usize
+            };
             some_words(rng, m).join(" ")
         }
         Some(Constraint::Keyword(k)) => {
@@ -112,8 +129,17 @@ fn completion(rng: &mut StdRng, prompt: &str, good: bool) -> String {
             ws.join(" ")
         }
         Some(Constraint::List(n)) => {
-            let m = if good { n } else if n > 2 && rng.random_bool(0.5) { n - 1 } else { n + 1 };
-            (0..m).map(|_| pick(rng, ITEMS).to_string()).collect::<Vec<_>>().join(" , ")
+            let m = if good {
+                n
+            } else if n > 2 && rng.random_bool(0.5) {
+                n - 1
+            } else {
+                n + 1
+            };
+            (0..m)
+                .map(|_| pick(rng, ITEMS).to_string())
+                .collect::<Vec<_>>()
+                .join(" , ")
         }
         Some(Constraint::Question) => {
             let n = rng.random_range(3..=5);
@@ -192,6 +218,9 @@ mod tests {
             assert!(g.score(&p, &completion(&mut rng, &p, false)) < 1.0, "{p}");
         }
         assert_eq!(g.score("write 4 words about cats :", " a b"), 0.5);
-        assert_eq!(g.score("list 3 things for rain :", " hats , cups , maps"), 1.0);
+        assert_eq!(
+            g.score("list 3 things for rain :", " hats , cups , maps"),
+            1.0
+        );
     }
 }

@@ -11,27 +11,70 @@ use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 
 const OPENINGS: &[&str] = &[
-    "this movie", "the film", "i thought this film", "the story of this movie", "the acting in this film",
-    "honestly the plot", "my friends and i found the movie", "the ending of the film", "the director made a film that",
-    "i watched this movie last night and it", "the cast of this picture", "as a fan of the genre i found it",
-    "the music in this movie", "the first half of the film", "this sequel", "the characters in this story",
+    "this movie",
+    "the film",
+    "i thought this film",
+    "the story of this movie",
+    "the acting in this film",
+    "honestly the plot",
+    "my friends and i found the movie",
+    "the ending of the film",
+    "the director made a film that",
+    "i watched this movie last night and it",
+    "the cast of this picture",
+    "as a fan of the genre i found it",
+    "the music in this movie",
+    "the first half of the film",
+    "this sequel",
+    "the characters in this story",
 ];
 const POS: &[&str] = &[
-    "was great", "was really wonderful", "is a masterpiece", "had superb acting", "was so much fun",
-    "felt fresh and clever", "was truly moving", "is the best film of the year", "was charming and funny",
-    "had a brilliant script", "was beautiful to watch", "was a delight", "had stunning music",
-    "kept me gripped", "was very good", "made me happy",
+    "was great",
+    "was really wonderful",
+    "is a masterpiece",
+    "had superb acting",
+    "was so much fun",
+    "felt fresh and clever",
+    "was truly moving",
+    "is the best film of the year",
+    "was charming and funny",
+    "had a brilliant script",
+    "was beautiful to watch",
+    "was a delight",
+    "had stunning music",
+    "kept me gripped",
+    "was very good",
+    "made me happy",
 ];
 const NEG: &[&str] = &[
-    "was terrible", "was really boring", "is a waste of time", "had wooden acting", "was dull and slow",
-    "felt predictable and lazy", "was a mess", "is the worst film of the year", "was silly and pointless",
-    "had a weak script", "was painful to watch", "was disappointing", "had awful music", "bored me",
-    "was very bad", "made me sad",
+    "was terrible",
+    "was really boring",
+    "is a waste of time",
+    "had wooden acting",
+    "was dull and slow",
+    "felt predictable and lazy",
+    "was a mess",
+    "is the worst film of the year",
+    "was silly and pointless",
+    "had a weak script",
+    "was painful to watch",
+    "was disappointing",
+    "had awful music",
+    "bored me",
+    "was very bad",
+    "made me sad",
 ];
 const TAILS: &[&str] = &[
-    "and i would recommend it", "and i loved every minute", "and the cast was excellent",
-    "and i hated every minute", "and the cast was poor", "and i would not recommend it",
-    "overall", "from start to finish", "in my opinion", "if you ask me",
+    "and i would recommend it",
+    "and i loved every minute",
+    "and the cast was excellent",
+    "and i hated every minute",
+    "and the cast was poor",
+    "and i would not recommend it",
+    "overall",
+    "from start to finish",
+    "in my opinion",
+    "if you ask me",
 ];
 
 /// The sentiment task.
@@ -48,7 +91,10 @@ impl SentimentTask {
             .map(|_| {
                 let review = Self::review(&mut rng);
                 let ws: Vec<&str> = review.split_whitespace().collect();
-                let k = rng.random_range(2..=8usize).min(ws.len().saturating_sub(1)).max(1);
+                let k = rng
+                    .random_range(2..=8usize)
+                    .min(ws.len().saturating_sub(1))
+                    .max(1);
                 ws[..k].join(" ")
             })
             .collect();

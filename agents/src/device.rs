@@ -1,0 +1,74 @@
+//! Device selection: `auto` picks CUDA when it is usable; `cuda` fails loudly when it is not.
+
+use crate::{AgentError, Result};
+use serde::{Deserialize, Serialize};
+use std::str::FromStr;
+
+/// Which device to compute on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when available, else CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The first CUDA device; an error when none is usable.
+    Cuda,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda),
+            other => Err(format!(
+                "unknown device `{other}`; expected auto, cpu or cuda"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        })
+    }
+}
+
+impl DeviceChoice {
+    /// The libtorch device for this choice.
+    pub fn resolve(self) -> Result<tch::Device> {
+        match self {
+            Self::Cpu => Ok(tch::Device::Cpu),
+            Self::Auto => Ok(if tch::Cuda::is_available() {
+                tch::Device::Cuda(0)
+            } else {
+                tch::Device::Cpu
+            }),
+            Self::Cuda => {
+                if tch::Cuda::is_available() {
+                    Ok(tch::Device::Cuda(0))
+                } else {
+                    Err(AgentError::Device(
+                        "--device cuda was asked for, but no CUDA device is usable (tch::Cuda::is_available() is false); use --device cpu or auto".into(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// A human-readable name of a device.
+pub fn describe(d: tch::Device) -> String {
+    match d {
+        tch::Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
+        tch::Device::Cuda(i) => format!("cuda:{i} ({} devices)", tch::Cuda::device_count()),
+        other => format!("{other:?}"),
+    }
+}

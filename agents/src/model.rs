@@ -1,0 +1,344 @@
+//! A GPT-2-style decoder (Radford et al. 2019): token and learned position embeddings, pre-LayerNorm
+//! blocks with causal multi-head attention and a GELU MLP, a final LayerNorm and an LM head tied to
+//! the token embedding; plus a value head and a scalar reward head over the trunk output. Incremental
+//! decoding keeps a preallocated KV cache per layer.
+
+use crate::{AgentError, Result};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+/// Shape of the transformer; serialised into `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GptConfig {
+    /// Number of token ids (the tokenizer's vocabulary size).
+    pub vocab_size: usize,
+    /// Number of transformer blocks.
+    pub n_layer: usize,
+    /// Attention heads per block; must divide `n_embd`.
+    pub n_head: usize,
+    /// Width of the residual stream.
+    pub n_embd: usize,
+    /// Longest sequence (prompt + completion) the position table covers.
+    pub block_size: usize,
+    /// Dropout probability in training; 0 by default (RLHF turns dropout off everywhere).
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+impl GptConfig {
+    /// The "tiny" size: 4 layers, 4 heads, width 128, context 128.
+    pub fn tiny(vocab_size: usize) -> Self {
+        Self {
+            vocab_size,
+            n_layer: 4,
+            n_head: 4,
+            n_embd: 128,
+            block_size: 128,
+            dropout: 0.0,
+        }
+    }
+    /// The "small" size: 6 layers, 8 heads, width 256, context 128.
+    pub fn small(vocab_size: usize) -> Self {
+        Self {
+            vocab_size,
+            n_layer: 6,
+            n_head: 8,
+            n_embd: 256,
+            block_size: 128,
+            dropout: 0.0,
+        }
+    }
+    /// Check the fields.
+    pub fn validate(&self) -> Result<()> {
+        let pos = |f: &str, v: usize| {
+            if v == 0 {
+                Err(AgentError::config(f, "must be > 0"))
+            } else {
+                Ok(())
+            }
+        };
+        pos("vocab_size", self.vocab_size)?;
+        pos("n_layer", self.n_layer)?;
+        pos("n_head", self.n_head)?;
+        pos("n_embd", self.n_embd)?;
+        pos("block_size", self.block_size)?;
+        if self.n_embd % self.n_head != 0 {
+            return Err(AgentError::config(
+                "n_head",
+                format!("{} does not divide n_embd {}", self.n_head, self.n_embd),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(AgentError::config("dropout", "expected a value in [0, 1)"));
+        }
+        Ok(())
+    }
+    /// Parameters of the trunk and tied LM head (heads excluded).
+    pub fn num_params(&self) -> usize {
+        let c = self.n_embd;
+        self.vocab_size * c + self.block_size * c + self.n_layer * (12 * c * c + 13 * c) + 2 * c
+    }
+    /// Forward FLOPs per token for a sequence of length `t` (matmuls ×2, attention included).
+    pub fn flops_per_token(&self, t: usize) -> f64 {
+        let c = self.n_embd as f64;
+        let l = self.n_layer as f64;
+        2.0 * (l * 12.0 * c * c + self.vocab_size as f64 * c) + 2.0 * l * 2.0 * t as f64 * c
+    }
+}
+
+/// One layer's cached keys and values, preallocated to the longest sequence.
+pub struct LayerCache {
+    k: Tensor, // [B, H, T_max, D]
+    v: Tensor, // [B, H, T_max, D]
+}
+
+/// The KV cache of every layer, and how many positions it holds.
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: i64,
+}
+
+impl KvCache {
+    /// An empty cache for `batch` sequences of up to `max_len` positions.
+    pub fn new(cfg: &GptConfig, batch: i64, max_len: i64, device: Device, kind: Kind) -> Self {
+        let d = (cfg.n_embd / cfg.n_head) as i64;
+        let shape = [batch, cfg.n_head as i64, max_len, d];
+        let layers = (0..cfg.n_layer)
+            .map(|_| LayerCache {
+                k: Tensor::zeros(shape, (kind, device)),
+                v: Tensor::zeros(shape, (kind, device)),
+            })
+            .collect();
+        Self { layers, len: 0 }
+    }
+    /// Positions held so far.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+    /// True when nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+struct Block {
+    ln_1: nn::LayerNorm,
+    c_attn: nn::Linear,
+    c_proj: nn::Linear,
+    ln_2: nn::LayerNorm,
+    c_fc: nn::Linear,
+    mlp_proj: nn::Linear,
+    n_head: i64,
+    dropout: f64,
+}
+
+fn linear(p: nn::Path, i: usize, o: usize, std: f64) -> nn::Linear {
+    let cfg = nn::LinearConfig {
+        ws_init: nn::Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        },
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
+    };
+    nn::linear(p, i as i64, o as i64, cfg)
+}
+
+impl Block {
+    fn new(p: nn::Path, cfg: &GptConfig) -> Self {
+        let c = cfg.n_embd;
+        // GPT-2's scaled init of the residual projections keeps the stream's variance flat in depth.
+        let proj_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
+        Self {
+            ln_1: nn::layer_norm(&p / "ln_1", vec![c as i64], Default::default()),
+            c_attn: linear(&p / "attn" / "c_attn", c, 3 * c, 0.02),
+            c_proj: linear(&p / "attn" / "c_proj", c, c, proj_std),
+            ln_2: nn::layer_norm(&p / "ln_2", vec![c as i64], Default::default()),
+            c_fc: linear(&p / "mlp" / "c_fc", c, 4 * c, 0.02),
+            mlp_proj: linear(&p / "mlp" / "c_proj", 4 * c, c, proj_std),
+            n_head: cfg.n_head as i64,
+            dropout: cfg.dropout,
+        }
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        past: i64,
+        cache: Option<&mut LayerCache>,
+        train: bool,
+    ) -> Tensor {
+        let (b, t, c) = x.size3().expect("[B, T, C]");
+        let h = self.n_head;
+        let qkv = self.c_attn.forward(&self.ln_1.forward(x)); // [B, T, 3C]
+        let parts = qkv.split(c, 2);
+        let heads = |z: &Tensor| z.view([b, t, h, c / h]).transpose(1, 2); // [B, H, T, D]
+        let (q, k, v) = (heads(&parts[0]), heads(&parts[1]), heads(&parts[2]));
+        let (k, v) = match cache {
+            Some(lc) => {
+                lc.k.narrow(2, past, t).copy_(&k);
+                lc.v.narrow(2, past, t).copy_(&v);
+                (lc.k.narrow(2, 0, past + t), lc.v.narrow(2, 0, past + t)) // [B, H, past+T, D]
+            }
+            None => (k, v),
+        };
+        let p = if train { self.dropout } else { 0.0 };
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false); // [B, H, T, D]
+        let y = y.transpose(1, 2).contiguous().view([b, t, c]); // [B, T, C]
+        let x = x + self.c_proj.forward(&y).dropout(p, train);
+        let m = self
+            .mlp_proj
+            .forward(&self.c_fc.forward(&self.ln_2.forward(&x)).gelu("none")); // [B, T, C]
+        &x + m.dropout(p, train)
+    }
+}
+
+/// The transformer with its three heads.
+pub struct Gpt {
+    cfg: GptConfig,
+    wte: Tensor, // [V, C]
+    wpe: Tensor, // [T_max, C]
+    blocks: Vec<Block>,
+    ln_f: nn::LayerNorm,
+    value_head: nn::Linear,
+    reward_head: nn::Linear,
+}
+
+impl Gpt {
+    /// Build the variables under `p` (randomly initialised; the value head starts at zero).
+    pub fn new(p: &nn::Path, cfg: &GptConfig) -> Result<Self> {
+        cfg.validate()?;
+        let c = cfg.n_embd as i64;
+        let wte = p.var(
+            "wte",
+            &[cfg.vocab_size as i64, c],
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+        );
+        let wpe = p.var(
+            "wpe",
+            &[cfg.block_size as i64, c],
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.01,
+            },
+        );
+        let blocks = (0..cfg.n_layer)
+            .map(|i| Block::new(p / "h" / i, cfg))
+            .collect();
+        let zero = nn::LinearConfig {
+            ws_init: nn::Init::Const(0.0),
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            wte,
+            wpe,
+            blocks,
+            ln_f: nn::layer_norm(p / "ln_f", vec![c], Default::default()),
+            value_head: nn::linear(p / "value_head", c, 1, zero),
+            reward_head: linear(
+                p / "reward_head",
+                cfg.n_embd,
+                1,
+                1.0 / (cfg.n_embd as f64 + 1.0).sqrt(),
+            ),
+        })
+    }
+
+    /// The dtype of the weights.
+    pub fn kind(&self) -> Kind {
+        self.wte.kind()
+    }
+    /// The device of the weights.
+    pub fn device(&self) -> Device {
+        self.wte.device()
+    }
+    /// The model's shape.
+    pub fn config(&self) -> &GptConfig {
+        &self.cfg
+    }
+
+    /// Trunk output `[B, T, C]` for `tokens [B, T]` at `positions [B, T]`, attending where
+    /// `mask [B, 1, T, T_k]` is true. With a cache, the new keys and values are written at
+    /// `cache.len()` and the cache advances by T.
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Tensor {
+        let t = tokens.size()[1];
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let p = if train { self.cfg.dropout } else { 0.0 };
+        let mut x = (self.wte.embedding_lookup(tokens) + self.wpe.embedding_lookup(positions))
+            .dropout(p, train); // [B, T, C]
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let lc = cache.as_mut().map(|c| &mut c.layers[i]);
+            x = blk.forward(&x, mask, past, lc, train);
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        self.ln_f.forward(&x)
+    }
+
+    /// Trunk output `[B, T, C]` of whole sequences with validity mask `valid [B, T]` (left or right
+    /// padding both work: positions count valid tokens).
+    pub fn forward_full(&self, tokens: &Tensor, valid: &Tensor, train: bool) -> Tensor {
+        let t = tokens.size()[1];
+        let positions = positions_from_valid(valid);
+        let mask = attention_mask(valid, 0, t);
+        self.forward(tokens, &positions, &mask, None, train)
+    }
+
+    /// LM logits `[.., V]` of trunk output `[.., C]` (head tied to the token embedding).
+    pub fn lm_logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.matmul(&self.wte.tr())
+    }
+    /// Value estimates `[..]` of trunk output `[.., C]`.
+    pub fn value(&self, hidden: &Tensor) -> Tensor {
+        self.value_head.forward(hidden).squeeze_dim(-1)
+    }
+    /// Scalar rewards `[..]` of trunk output `[.., C]`.
+    pub fn reward(&self, hidden: &Tensor) -> Tensor {
+        self.reward_head.forward(hidden).squeeze_dim(-1)
+    }
+}
+
+/// Trait-object-friendly extension: embedding lookup on a weight matrix.
+trait EmbeddingLookup {
+    fn embedding_lookup(&self, ids: &Tensor) -> Tensor;
+}
+impl EmbeddingLookup for Tensor {
+    fn embedding_lookup(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(self, ids, -1, false, false)
+    }
+}
+
+/// Position of each token: the number of valid tokens before it (0 for padding).
+pub fn positions_from_valid(valid: &Tensor) -> Tensor {
+    (valid.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0) // [B, T]
+}
+
+/// Attention mask `[B, 1, T, T_k]` for queries at absolute positions `past..past+T` over keys whose
+/// validity is `key_valid [B, T_k]`: causal and valid keys only, and every query always sees its own
+/// slot, so padding rows stay finite instead of becoming NaN.
+pub fn attention_mask(key_valid: &Tensor, past: i64, t: i64) -> Tensor {
+    let dev = key_valid.device();
+    let tk = key_valid.size()[1];
+    let q = Tensor::arange_start(past, past + t, (Kind::Int64, dev)).view([t, 1]);
+    let k = Tensor::arange(tk, (Kind::Int64, dev)).view([1, tk]);
+    let causal = k.le_tensor(&q).unsqueeze(0); // [1, T, T_k]
+    let own = k.eq_tensor(&q).unsqueeze(0); // [1, T, T_k]
+    let valid = key_valid.to_kind(Kind::Bool).unsqueeze(1); // [B, 1, T_k]
+    causal.logical_and(&valid).logical_or(&own).unsqueeze(1) // [B, 1, T, T_k]
+}

@@ -1,0 +1,267 @@
+//! Batched sampling with the KV cache: left-padded prompts of different lengths, temperature, top-k,
+//! top-p; each sequence stops at its own EOS and is padded after it.
+
+use crate::model::{attention_mask, positions_from_valid, Gpt, KvCache};
+use crate::{AgentError, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+/// How to sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplingConfig {
+    /// Softmax temperature; log-probs are reported at this temperature. 0 means greedy. Default 0.7
+    /// (the common RLHF trainer's default).
+    pub temperature: f64,
+    /// Keep only the k most likely tokens; 0 turns it off (default).
+    pub top_k: i64,
+    /// Keep the smallest set of tokens whose probability reaches p; 1 turns it off (default).
+    pub top_p: f64,
+    /// Most tokens generated per completion (EOS included). Default 24.
+    pub max_new_tokens: usize,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            temperature: 0.7,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens: 24,
+        }
+    }
+}
+
+impl SamplingConfig {
+    /// Check the ranges.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(AgentError::config(
+                "temperature",
+                "expected a finite value ≥ 0",
+            ));
+        }
+        if self.top_k < 0 {
+            return Err(AgentError::config("top_k", "expected ≥ 0"));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(AgentError::config("top_p", "expected a value in (0, 1]"));
+        }
+        if self.max_new_tokens == 0 {
+            return Err(AgentError::config("max_new_tokens", "expected > 0"));
+        }
+        Ok(())
+    }
+}
+
+/// A batch of sampled completions, all on the model's device.
+pub struct Generation {
+    /// Left-padded prompts `[B, L_p]` (i64).
+    pub prompt: Tensor,
+    /// Which prompt slots are real tokens `[B, L_p]` (bool).
+    pub prompt_valid: Tensor,
+    /// Completion tokens `[B, N]` (i64), PAD after the end.
+    pub tokens: Tensor,
+    /// Log-probs of the completion tokens at the sampling temperature `[B, N]` (f32, 0 on padding).
+    pub logprobs: Tensor,
+    /// 1 for real completion tokens (EOS included), 0 for padding `[B, N]` (f32).
+    pub mask: Tensor,
+}
+
+impl Generation {
+    /// Completion token ids per sequence, cut after EOS (EOS kept when present).
+    pub fn completions(&self) -> Vec<Vec<u32>> {
+        let toks: Vec<Vec<i64>> =
+            Vec::<Vec<i64>>::try_from(&self.tokens.to_device(Device::Cpu)).unwrap_or_default();
+        let mask: Vec<Vec<f32>> =
+            Vec::<Vec<f32>>::try_from(&self.mask.to_device(Device::Cpu)).unwrap_or_default();
+        toks.iter()
+            .zip(&mask)
+            .map(|(t, m)| {
+                t.iter()
+                    .zip(m)
+                    .filter(|(_, &m)| m > 0.5)
+                    .map(|(&x, _)| x as u32)
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// Left-pad `prompts` with `pad`: tokens `[B, L]` (i64) and validity `[B, L]` (bool).
+pub fn left_pad(prompts: &[Vec<u32>], pad: u32, device: Device) -> (Tensor, Tensor) {
+    let l = prompts.iter().map(|p| p.len()).max().unwrap_or(1).max(1);
+    let mut toks = Vec::with_capacity(prompts.len() * l);
+    let mut valid = Vec::with_capacity(prompts.len() * l);
+    for p in prompts {
+        toks.extend(
+            std::iter::repeat_n(pad as i64, l - p.len()).chain(p.iter().map(|&x| x as i64)),
+        );
+        valid.extend(
+            std::iter::repeat_n(false, l - p.len()).chain(std::iter::repeat_n(true, p.len())),
+        );
+    }
+    let b = prompts.len() as i64;
+    let t = Tensor::from_slice(&toks)
+        .view([b, l as i64])
+        .to_device(device);
+    let v = Tensor::from_slice(&valid)
+        .view([b, l as i64])
+        .to_device(device);
+    (t, v)
+}
+
+/// Keep the top-k logits and the top-p nucleus of `logits [B, V]`; the rest become −∞.
+pub fn filter_logits(logits: &Tensor, top_k: i64, top_p: f64) -> Tensor {
+    let mut out = logits.shallow_clone();
+    let v = logits.size()[1];
+    if top_k > 0 && top_k < v {
+        let (vals, _) = out.topk(top_k, -1, true, true); // [B, k]
+        let thresh = vals.narrow(1, top_k - 1, 1); // [B, 1]
+        out = out.masked_fill(&out.lt_tensor(&thresh), f64::NEG_INFINITY);
+    }
+    if top_p < 1.0 {
+        let (sorted, idx) = out.sort(-1, true); // [B, V]
+        let probs = sorted.softmax(-1, Kind::Float);
+        let before = probs.cumsum(-1, Kind::Float) - &probs; // mass strictly before each token
+        let drop_sorted = before.gt(top_p); // [B, V]
+        let drop = drop_sorted.zeros_like().scatter(1, &idx, &drop_sorted);
+        out = out.masked_fill(&drop, f64::NEG_INFINITY);
+    }
+    out
+}
+
+/// Sample up to `cfg.max_new_tokens` tokens after each prompt with the KV cache. The torch RNG must be
+/// seeded by the caller (`tch::manual_seed`) for reproducible samples.
+pub fn generate(
+    model: &Gpt,
+    prompts: &[Vec<u32>],
+    pad: u32,
+    eos: u32,
+    cfg: &SamplingConfig,
+    device: Device,
+) -> Result<Generation> {
+    cfg.validate()?;
+    if prompts.is_empty() {
+        return Err(AgentError::Data("no prompts to sample from".into()));
+    }
+    let n = cfg.max_new_tokens as i64;
+    let (prompt, prompt_valid) = left_pad(prompts, pad, device);
+    let (b, lp) = prompt.size2()?;
+    if (lp + n) as usize > model.config().block_size {
+        return Err(AgentError::config(
+            "max_new_tokens",
+            format!(
+                "prompt ({lp}) + max_new_tokens ({n}) exceeds the model's block_size {}",
+                model.config().block_size
+            ),
+        ));
+    }
+    tch::no_grad(|| {
+        let kind = model.kind();
+        let mut cache = KvCache::new(model.config(), b, lp + n, device, kind);
+        let key_valid = Tensor::zeros([b, lp + n], (Kind::Bool, device)); // [B, L_p + N]
+        key_valid.narrow(1, 0, lp).copy_(&prompt_valid);
+        let pos = positions_from_valid(&prompt_valid); // [B, L_p]
+        let mask = attention_mask(&prompt_valid, 0, lp);
+        let h = model.forward(&prompt, &pos, &mask, Some(&mut cache), false); // [B, L_p, C]
+        let mut logits = model.lm_logits(&h.select(1, lp - 1)).to_kind(Kind::Float); // [B, V]
+        let mut next_pos = pos.select(1, lp - 1) + 1; // [B]
+        let mut finished = Tensor::zeros([b], (Kind::Bool, device));
+        let pad_t = Tensor::full([b], pad as i64, (Kind::Int64, device));
+        let (mut toks, mut lps, mut masks) = (Vec::new(), Vec::new(), Vec::new());
+        for t in 0..n {
+            let (tok, lp_tok) = if cfg.temperature == 0.0 {
+                let tok = logits.argmax(-1, false);
+                (
+                    tok.shallow_clone(),
+                    logits
+                        .log_softmax(-1, Kind::Float)
+                        .gather(1, &tok.unsqueeze(1), false)
+                        .squeeze_dim(1),
+                )
+            } else {
+                let scaled = &logits / cfg.temperature; // [B, V]
+                let logp_all = scaled.log_softmax(-1, Kind::Float);
+                let probs = filter_logits(&scaled, cfg.top_k, cfg.top_p).softmax(-1, Kind::Float);
+                let tok = probs.multinomial(1, true).squeeze_dim(1); // [B]
+                let lp_tok = logp_all.gather(1, &tok.unsqueeze(1), false).squeeze_dim(1); // [B]
+                (tok, lp_tok)
+            };
+            let alive = finished.logical_not(); // [B]
+            let tok = tok.where_self(&alive, &pad_t);
+            let alive_f = alive.to_kind(Kind::Float);
+            lps.push(&lp_tok * &alive_f);
+            masks.push(alive_f);
+            finished = finished.logical_or(&tok.eq(eos as i64));
+            key_valid.select(1, lp + t).copy_(&alive);
+            toks.push(tok.shallow_clone());
+            // Checking costs a device sync; every few steps is enough to stop early.
+            if t + 1 == n || (t % 4 == 3 && bool::try_from(finished.all()).unwrap_or(false)) {
+                break;
+            }
+            let mask = attention_mask(&key_valid.narrow(1, 0, lp + t + 1), lp + t, 1); // [B, 1, 1, L_p+t+1]
+            let h = model.forward(
+                &tok.unsqueeze(1),
+                &next_pos.unsqueeze(1),
+                &mask,
+                Some(&mut cache),
+                false,
+            );
+            logits = model.lm_logits(&h.squeeze_dim(1)).to_kind(Kind::Float); // [B, V]
+            next_pos += 1;
+        }
+        Ok(Generation {
+            prompt,
+            prompt_valid,
+            tokens: Tensor::stack(&toks, 1),
+            logprobs: Tensor::stack(&lps, 1),
+            mask: Tensor::stack(&masks, 1),
+        })
+    })
+}
+
+/// Outputs of a teacher-forced pass over prompt + completion.
+pub struct SequenceOutputs {
+    /// Log-probs of the completion tokens at the given temperature `[B, N]`, 0 on padding.
+    pub logprobs: Tensor,
+    /// Entropy of the next-token distribution at each completion position `[B, N]`.
+    pub entropy: Tensor,
+    /// Trunk output at the positions that predict each completion token `[B, N, C]`.
+    pub hidden: Tensor,
+}
+
+/// Teacher-forced pass over `prompt [B, L_p]` (left-padded) + `tokens [B, N]` with `mask [B, N]`:
+/// the log-probs the model gives the completion tokens at `temperature` (as sampling reports them).
+pub fn sequence_outputs(
+    model: &Gpt,
+    prompt: &Tensor,
+    prompt_valid: &Tensor,
+    tokens: &Tensor,
+    mask: &Tensor,
+    temperature: f64,
+    train: bool,
+) -> SequenceOutputs {
+    let lp = prompt.size()[1];
+    let n = tokens.size()[1];
+    let full = Tensor::cat(&[prompt, tokens], 1); // [B, L_p + N]
+    let valid = Tensor::cat(
+        &[prompt_valid.to_kind(Kind::Bool), mask.to_kind(Kind::Bool)],
+        1,
+    );
+    let h = model.forward_full(&full, &valid, train); // [B, L_p + N, C]
+    let hidden = h.narrow(1, lp - 1, n); // [B, N, C]
+    let t = if temperature > 0.0 { temperature } else { 1.0 };
+    let logits = model.lm_logits(&hidden).to_kind(Kind::Float) / t; // [B, N, V]
+    let logp_all = logits.log_softmax(-1, Kind::Float);
+    let logprobs = logp_all
+        .gather(2, &tokens.unsqueeze(-1), false)
+        .squeeze_dim(-1)
+        * mask; // [B, N]
+    let entropy = -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float) * mask; // [B, N]
+    SequenceOutputs {
+        logprobs,
+        entropy,
+        hidden,
+    }
+}

@@ -1,0 +1,298 @@
+//! Tests of the model core: KV cache, sampling log-probs, checkpoints, SFT.
+
+use crate::checkpoint::{self, CheckpointConfig, ModelKind};
+use crate::model::{attention_mask, positions_from_valid, Gpt, GptConfig, KvCache};
+use crate::sampling::{generate, left_pad, sequence_outputs, SamplingConfig};
+use crate::sft::{self, SftConfig};
+use crate::tokenizer::Tokenizer;
+use aligngym_envs::TextCodec;
+use tch::{nn, Device, Kind, Tensor};
+
+fn small_model(seed: u64, vocab: usize) -> (nn::VarStore, Gpt) {
+    let cfg = GptConfig {
+        vocab_size: vocab,
+        n_layer: 2,
+        n_head: 4,
+        n_embd: 32,
+        block_size: 64,
+        dropout: 0.0,
+    };
+    sft::init_model(&cfg, Device::Cpu, seed).unwrap()
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn kv_cache_decoding_matches_full_forward_on_a_left_padded_batch() {
+    let (_vs, m) = small_model(1, 50);
+    let prompts: Vec<Vec<u32>> = vec![vec![3, 4, 5, 6, 7], vec![8, 9], vec![10, 11, 12]];
+    let cont: Vec<i64> = vec![13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24]; // 4 steps × 3 sequences
+    let steps = 4i64;
+    let (prompt, pvalid) = left_pad(&prompts, 0, Device::Cpu);
+    let (b, lp) = prompt.size2().unwrap();
+    let next = Tensor::from_slice(&cont).view([b, steps]); // [B, steps]
+    tch::no_grad(|| {
+        // Incremental: prefill, then one token at a time.
+        let mut cache = KvCache::new(m.config(), b, lp + steps, Device::Cpu, Kind::Float);
+        let key_valid = Tensor::cat(
+            &[
+                pvalid.shallow_clone(),
+                Tensor::ones([b, steps], (Kind::Bool, Device::Cpu)),
+            ],
+            1,
+        );
+        let pos = positions_from_valid(&pvalid);
+        let h = m.forward(
+            &prompt,
+            &pos,
+            &attention_mask(&pvalid, 0, lp),
+            Some(&mut cache),
+            false,
+        );
+        let mut inc = vec![m.lm_logits(&h.select(1, lp - 1))];
+        let mut p = pos.select(1, lp - 1) + 1;
+        for t in 0..steps - 1 {
+            let tok = next.narrow(1, t, 1);
+            let mask = attention_mask(&key_valid.narrow(1, 0, lp + t + 1), lp + t, 1);
+            let h = m.forward(&tok, &p.unsqueeze(1), &mask, Some(&mut cache), false);
+            inc.push(m.lm_logits(&h.squeeze_dim(1)));
+            p += 1;
+        }
+        let inc = Tensor::stack(&inc, 1); // [B, steps, V]
+                                          // Full forward over the same sequences.
+        let full_tokens = Tensor::cat(&[prompt.shallow_clone(), next.shallow_clone()], 1);
+        let h = m.forward_full(&full_tokens, &key_valid, false);
+        let full = m.lm_logits(&h.narrow(1, lp - 1, steps));
+        let d = max_abs(&inc, &full);
+        assert!(d < 1e-4, "max |Δlogit| = {d}");
+        // And left padding changes nothing: the short prompt alone gives the same logits.
+        let solo = Tensor::from_slice(&[8i64, 9, 17, 18, 19]).view([1, 5]);
+        let hs = m.forward_full(
+            &solo,
+            &Tensor::ones([1, 5], (Kind::Bool, Device::Cpu)),
+            false,
+        );
+        let d2 = max_abs(&m.lm_logits(&hs.narrow(1, 1, 4)), &full.get(1).unsqueeze(0));
+        assert!(d2 < 1e-4, "padding leaked: {d2}");
+    });
+}
+
+#[test]
+fn sampled_logprobs_equal_recomputed_ones_and_seed_reproduces() {
+    let (_vs, m) = small_model(2, 40);
+    let prompts: Vec<Vec<u32>> = vec![vec![3, 4, 5, 6], vec![7], vec![8, 9, 10], vec![11, 12]];
+    for cfg in [
+        SamplingConfig {
+            temperature: 0.7,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens: 10,
+        },
+        SamplingConfig {
+            temperature: 1.3,
+            top_k: 5,
+            top_p: 0.9,
+            max_new_tokens: 10,
+        },
+    ] {
+        tch::manual_seed(5);
+        let g = generate(&m, &prompts, 0, 2, &cfg, Device::Cpu).unwrap();
+        let out = tch::no_grad(|| {
+            sequence_outputs(
+                &m,
+                &g.prompt,
+                &g.prompt_valid,
+                &g.tokens,
+                &g.mask,
+                cfg.temperature,
+                false,
+            )
+        });
+        let d = max_abs(&out.logprobs, &g.logprobs);
+        assert!(d < 1e-4, "max |Δlogp| = {d}");
+        assert!(g.logprobs.le(0.0).all().int64_value(&[]) == 1);
+        tch::manual_seed(5);
+        let g2 = generate(&m, &prompts, 0, 2, &cfg, Device::Cpu).unwrap();
+        assert!(g.tokens.equal(&g2.tokens) && g.logprobs.equal(&g2.logprobs));
+        tch::manual_seed(6);
+        let g3 = generate(&m, &prompts, 0, 2, &cfg, Device::Cpu).unwrap();
+        assert!(!g.tokens.equal(&g3.tokens));
+    }
+}
+
+#[test]
+fn sequences_stop_at_their_own_eos_and_are_padded_after() {
+    let (vs, m) = small_model(3, 30);
+    // Make EOS (id 2) likely at every step: a constant final-LayerNorm bias aligned with its
+    // embedding row gives it a logit of about 0.1 · 32 = 3.2.
+    tch::no_grad(|| {
+        let vars = vs.variables();
+        let _ = vars["ln_f.bias"].shallow_clone().fill_(1.0);
+        let _ = vars["wte"].get(2).fill_(0.1);
+    });
+    tch::manual_seed(0);
+    let cfg = SamplingConfig {
+        temperature: 1.0,
+        max_new_tokens: 8,
+        ..Default::default()
+    };
+    let g = generate(&m, &[vec![5, 6], vec![7]], 0, 2, &cfg, Device::Cpu).unwrap();
+    let toks = Vec::<Vec<i64>>::try_from(&g.tokens).unwrap();
+    let mask = Vec::<Vec<f32>>::try_from(&g.mask).unwrap();
+    for (t, mk) in toks.iter().zip(&mask) {
+        if let Some(e) = t.iter().position(|&x| x == 2) {
+            assert!(mk[..=e].iter().all(|&v| v == 1.0));
+            assert!(mk[e + 1..].iter().all(|&v| v == 0.0));
+            assert!(t[e + 1..].iter().all(|&x| x == 0));
+        }
+    }
+    assert!(
+        toks.iter().any(|t| t.contains(&2)),
+        "EOS never sampled: {toks:?}"
+    );
+}
+
+fn corpus() -> Vec<String> {
+    let t = aligngym_envs::task("sentiment-v0").unwrap();
+    t.corpus(2000, 1)
+}
+
+#[test]
+fn save_load_round_trip_and_bad_checkpoints() {
+    let tok = Tokenizer::train(&corpus(), 300).unwrap();
+    let cfg = GptConfig {
+        vocab_size: tok.vocab_size(),
+        n_layer: 1,
+        n_head: 2,
+        n_embd: 16,
+        block_size: 32,
+        dropout: 0.0,
+    };
+    let (vs, m) = sft::init_model(&cfg, Device::Cpu, 4).unwrap();
+    let root = std::env::temp_dir().join(format!("aligngym-ck-{}", std::process::id()));
+    let dir = root.join("policy");
+    let ck = CheckpointConfig {
+        kind: ModelKind::Policy,
+        model: cfg.clone(),
+        reward_offset: 0.0,
+        aligngym_version: String::new(),
+    };
+    checkpoint::save(&dir, &vs, &tok, &ck).unwrap();
+    for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    let loaded = checkpoint::load(&dir, Device::Cpu).unwrap();
+    let x = Tensor::from_slice(&[3i64, 4, 5, 6]).view([1, 4]);
+    let v = Tensor::ones([1, 4], (Kind::Bool, Device::Cpu));
+    let (a, b) = tch::no_grad(|| {
+        (
+            m.lm_logits(&m.forward_full(&x, &v, false)),
+            loaded
+                .model
+                .lm_logits(&loaded.model.forward_full(&x, &v, false)),
+        )
+    });
+    assert!(a.equal(&b));
+    assert_eq!(loaded.config.kind, ModelKind::Policy);
+
+    // A tensor with the wrong shape, then a missing tensor: errors name it.
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    for (n, t) in named.iter_mut() {
+        if n == "h.0.attn.c_attn.weight" {
+            *t = Tensor::zeros([3, 3], (Kind::Float, Device::Cpu));
+        }
+    }
+    Tensor::write_safetensors(&named, dir.join("model.safetensors")).unwrap();
+    let e = checkpoint::load(&dir, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("h.0.attn.c_attn.weight") && e.contains("shape"),
+        "{e}"
+    );
+    named.retain(|(n, _)| n != "ln_f.bias" && n != "h.0.attn.c_attn.weight");
+    Tensor::write_safetensors(&named, dir.join("model.safetensors")).unwrap();
+    let e = checkpoint::load(&dir, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("missing tensor")
+            && (e.contains("ln_f.bias") || e.contains("h.0.attn.c_attn.weight")),
+        "{e}"
+    );
+
+    // Vocab mismatch between tokenizer.json and config.json.
+    checkpoint::save(&dir, &vs, &tok, &ck).unwrap();
+    let mut c2 = ck.clone();
+    c2.model.vocab_size += 1;
+    std::fs::write(dir.join("config.json"), serde_json::to_string(&c2).unwrap()).unwrap();
+    let e = checkpoint::load(&dir, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("tokenizer.json") && e.contains("vocab_size"),
+        "{e}"
+    );
+    // Missing directory; corrupt config.
+    assert!(checkpoint::load(root.join("nope"), Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("no such checkpoint"));
+    std::fs::write(dir.join("config.json"), "{").unwrap();
+    assert!(checkpoint::load(&dir, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("config.json"));
+    // No temporary directories left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn sft_beats_unigram_entropy_and_is_reproducible() {
+    let corpus = corpus();
+    let tok = Tokenizer::train(&corpus, 300).unwrap();
+    let cfg = GptConfig {
+        vocab_size: tok.vocab_size(),
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 64,
+        block_size: 32,
+        dropout: 0.0,
+    };
+    let seqs = sft::encode_corpus(&tok, &corpus, cfg.block_size).unwrap();
+    let h1 = sft::unigram_entropy(&seqs);
+    let sc = SftConfig {
+        steps: 150,
+        batch_size: 32,
+        learning_rate: 3e-3,
+        warmup_steps: 10,
+        ..Default::default()
+    };
+    let run = || {
+        let (vs, m) = sft::init_model(&cfg, Device::Cpu, 7).unwrap();
+        sft::train(&vs, &m, &seqs, tok.pad_id() as i64, &sc, 7, |_| {}).unwrap()
+    };
+    let a = run();
+    let tail: f64 = a[a.len() - 10..].iter().map(|r| r.loss).sum::<f64>() / 10.0;
+    eprintln!("sft tail loss {tail:.3} vs unigram entropy {h1:.3}");
+    assert!(
+        tail < 0.5 * h1,
+        "SFT loss {tail:.3} not well below the unigram entropy {h1:.3}"
+    );
+    let b = run();
+    assert_eq!(a, b, "same seed, different loss curve");
+    assert!(sft::encode_corpus(&tok, &["  ".to_string()], 32).is_err());
+}

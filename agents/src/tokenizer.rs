@@ -1,0 +1,198 @@
+//! A byte-level BPE tokenizer (the `tokenizers` crate) with PAD, BOS and EOS, saved as the standard
+//! `tokenizer.json`, so a tokenizer made elsewhere loads too.
+
+use crate::{AgentError, Result};
+use aligngym_envs::TextCodec;
+use std::path::Path;
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, TokenizerBuilder};
+
+/// Padding token (never EOS).
+pub const PAD: &str = "<|pad|>";
+/// Beginning of sequence.
+pub const BOS: &str = "<|bos|>";
+/// End of sequence.
+pub const EOS: &str = "<|eos|>";
+
+/// The tokenizer every model of a run shares.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pad: u32,
+    bos: u32,
+    eos: u32,
+}
+
+fn tok_err(e: impl std::fmt::Display) -> AgentError {
+    AgentError::Tokenizer(e.to_string())
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Tokenizer(vocab={}, pad={}, bos={}, eos={})",
+            self.vocab_size(),
+            self.pad,
+            self.bos,
+            self.eos
+        )
+    }
+}
+
+impl Tokenizer {
+    /// Train a byte-level BPE on `corpus` up to `vocab_size` ids (fewer if the corpus runs out of
+    /// merges). An empty corpus is an error.
+    pub fn train(corpus: &[String], vocab_size: usize) -> Result<Self> {
+        if corpus.iter().all(|l| l.trim().is_empty()) {
+            return Err(AgentError::Data(
+                "cannot train a tokenizer on an empty corpus".into(),
+            ));
+        }
+        let specials = [PAD, BOS, EOS]
+            .iter()
+            .map(|s| AddedToken::from(s.to_string(), true))
+            .collect::<Vec<_>>();
+        let mut trainer = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .show_progress(false)
+            .special_tokens(specials)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build();
+        let byte_level = ByteLevel::new(false, true, true);
+        let mut tk = TokenizerBuilder::new()
+            .with_model(BPE::default())
+            .with_normalizer(None::<tokenizers::NormalizerWrapper>)
+            .with_pre_tokenizer(Some(byte_level))
+            .with_post_processor(None::<tokenizers::PostProcessorWrapper>)
+            .with_decoder(Some(byte_level))
+            .build()
+            .map_err(tok_err)?;
+        tk.train(&mut trainer, corpus.iter().map(|s| s.as_str()))
+            .map_err(tok_err)?;
+        let inner: tokenizers::Tokenizer = tk.into();
+        Self::from_inner(inner)
+    }
+
+    fn from_inner(inner: tokenizers::Tokenizer) -> Result<Self> {
+        let id = |t: &str| {
+            inner.token_to_id(t).ok_or_else(|| {
+                AgentError::Tokenizer(format!("the tokenizer has no special token `{t}`"))
+            })
+        };
+        let (pad, bos, eos) = (id(PAD)?, id(BOS)?, id(EOS)?);
+        if pad == eos {
+            return Err(AgentError::Tokenizer(
+                "PAD and EOS must be different tokens".into(),
+            ));
+        }
+        Ok(Self {
+            inner,
+            pad,
+            bos,
+            eos,
+        })
+    }
+
+    /// Load a standard `tokenizer.json`; it must define PAD, BOS and EOS.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", path.display())))?;
+        Self::from_inner(inner)
+            .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", path.display())))
+    }
+
+    /// Save as `tokenizer.json` at `path`.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        self.inner
+            .save(path, false)
+            .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", path.display())))
+    }
+
+    /// Ids of `text` (no special tokens added).
+    pub fn encode_ids(&self, text: &str) -> Vec<u32> {
+        self.inner
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// `[BOS] + ids(prompt)`: how every prompt and training text starts.
+    pub fn encode_prompt(&self, prompt: &str) -> Vec<u32> {
+        let mut ids = vec![self.bos];
+        ids.extend(self.encode_ids(prompt));
+        ids
+    }
+
+    /// Text of `ids`, special tokens skipped.
+    pub fn decode_ids(&self, ids: &[u32]) -> String {
+        self.inner.decode(ids, true).unwrap_or_default()
+    }
+
+    /// The BOS id.
+    pub fn bos_id(&self) -> u32 {
+        self.bos
+    }
+}
+
+impl TextCodec for Tokenizer {
+    fn encode(&self, text: &str) -> Vec<u32> {
+        self.encode_ids(text)
+    }
+    fn decode(&self, ids: &[u32]) -> String {
+        self.decode_ids(ids)
+    }
+    fn eos_id(&self) -> u32 {
+        self.eos
+    }
+    fn pad_id(&self) -> u32 {
+        self.pad
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn trains_saves_and_loads() {
+        let corpus: Vec<String> = (0..200)
+            .map(|i| format!("the movie {} was great", i % 7))
+            .collect();
+        let t = Tokenizer::train(&corpus, 300).unwrap();
+        assert!(t.vocab_size() <= 300 && t.vocab_size() > 259);
+        let ids = t.encode_ids("the movie was great");
+        assert!(ids.len() < "the movie was great".len());
+        assert_eq!(t.decode_ids(&ids), "the movie was great");
+        // Prompt then continuation tokenises like the whole text.
+        let whole = t.encode_ids("the movie was great");
+        let mut parts = t.encode_ids("the movie");
+        parts.extend(t.encode_ids(" was great"));
+        assert_eq!(whole, parts);
+        let dir = std::env::temp_dir().join(format!("aligngym-tok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        t.save(dir.join("tokenizer.json")).unwrap();
+        let u = Tokenizer::load(dir.join("tokenizer.json")).unwrap();
+        assert_eq!(
+            u.encode_ids("the movie 3+3=6"),
+            t.encode_ids("the movie 3+3=6")
+        );
+        assert_eq!(
+            (u.pad_id(), u.bos_id(), u.eos_id()),
+            (t.pad_id(), t.bos_id(), t.eos_id())
+        );
+        assert_ne!(t.pad_id(), t.eos_id());
+        assert!(Tokenizer::train(&[String::new()], 300).is_err());
+        std::fs::write(dir.join("bad.json"), "{oops").unwrap();
+        assert!(Tokenizer::load(dir.join("bad.json"))
+            .unwrap_err()
+            .to_string()
+            .contains("bad.json"));
+    }
+}
