@@ -1,1 +1,340 @@
-fn main() {}
+//! The `aligngym` command line.
+
+use aligngym::commands::{self, ModelSize};
+use aligngym::eval::{EvalConfig, Evaluator};
+use aligngym::runner;
+use aligngym::spec::{build_agent, AgentKind, RewardSpec, TrainSpec};
+use aligngym_agents::sampling::SamplingConfig;
+use aligngym_agents::sft::SftConfig;
+use aligngym_agents::{AgentError, DeviceChoice, LmPolicy, Result, RmConfig};
+use aligngym_envs::{check_env, make, task, tasks, write_pairs, OracleConfig, TextEnvConfig};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// aligngym: a gym for LLM alignment algorithms. Define a task once; compare PPO, DPO and more on it
+/// under the same budget, prompts and evaluation, against a gold reward the agents never see.
+#[derive(Parser)]
+#[command(name = "aligngym", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List the registered environments (id, what a good completion is, reward range and kind).
+    Envs,
+    /// Check an environment against the API contract; exits non-zero on a violation.
+    CheckEnv {
+        /// Environment id, e.g. sentiment-v0.
+        id: String,
+    },
+    /// Train the base policy (tokenizer + supervised fine-tuning) on an env's corpus or a text file.
+    Sft {
+        /// Environment whose corpus generator provides the training text.
+        #[arg(long, required_unless_present = "corpus")]
+        env: Option<String>,
+        /// A text file with one example per line, instead of an env's corpus.
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        /// Output checkpoint directory (model.safetensors, config.json, tokenizer.json, sft_log.csv).
+        #[arg(long)]
+        out: PathBuf,
+        /// Optimiser steps.
+        #[arg(long, default_value_t = SftConfig::default().steps)]
+        steps: usize,
+        /// Model size.
+        #[arg(long, value_enum, default_value_t = ModelSize::Tiny)]
+        size: ModelSize,
+        /// Seed for the corpus, initialisation and batches.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Device: auto (CUDA when available), cpu or cuda (an error without CUDA).
+        #[arg(long, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
+    /// Print completions sampled from a checkpoint.
+    Sample {
+        /// Policy checkpoint directory.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Prompt text.
+        #[arg(long)]
+        prompt: String,
+        /// Number of completions.
+        #[arg(short = 'n', long, default_value_t = 4)]
+        n: usize,
+        /// Sampling temperature (0 = greedy).
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f64,
+        /// Keep only the k most likely tokens (0 = off).
+        #[arg(long, default_value_t = 0)]
+        top_k: i64,
+        /// Nucleus sampling mass (1 = off).
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        /// Most new tokens per completion.
+        #[arg(long, default_value_t = 32)]
+        max_new_tokens: usize,
+        /// Sampling seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Device: auto, cpu or cuda.
+        #[arg(long, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
+    /// Sample completions from a generator policy and label pairs with the env's oracle (JSONL).
+    Prefs {
+        /// Environment id.
+        #[arg(long)]
+        env: String,
+        /// Generator policy checkpoint (π_sft for on-policy data, any other for off-policy).
+        #[arg(long)]
+        policy: PathBuf,
+        /// Number of pairs to write.
+        #[arg(long, default_value_t = 512)]
+        pairs: usize,
+        /// Completions per prompt; every two form a pair (4 gives 6 pairs, as in the DPO paper).
+        #[arg(long, default_value_t = 4)]
+        per_prompt: usize,
+        /// Oracle temperature τ (0 = always the better completion).
+        #[arg(long, default_value_t = OracleConfig::default().temperature)]
+        oracle_temperature: f32,
+        /// Probability that the oracle's label is flipped (simulated rater noise).
+        #[arg(long, default_value_t = 0.0)]
+        flip_rate: f32,
+        /// Output JSONL file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed for prompts, sampling and labels.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Device: auto, cpu or cuda.
+        #[arg(long, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
+    /// Train a Bradley–Terry reward model on preference pairs.
+    TrainRm {
+        /// Preference JSONL (`prompt`, `chosen`, `rejected`).
+        #[arg(long)]
+        prefs: PathBuf,
+        /// Policy checkpoint whose trunk initialises the reward model.
+        #[arg(long)]
+        init: PathBuf,
+        /// Output reward-model directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Override a hyperparameter (learning_rate, batch_size, epochs, heldout_fraction, max_grad_norm).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Seed for the split and the batches.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Device: auto, cpu or cuda.
+        #[arg(long, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
+    /// Train an agent from a policy checkpoint, with the shared evaluation; writes a run directory.
+    Train {
+        /// Which agent.
+        #[arg(long, value_enum, required_unless_present = "resume")]
+        agent: Option<AgentKind>,
+        /// Environment id.
+        #[arg(long, required_unless_present = "resume")]
+        env: Option<String>,
+        /// Starting policy checkpoint (also the frozen reference).
+        #[arg(long, required_unless_present = "resume")]
+        policy: Option<PathBuf>,
+        /// PPO's reward: `gold` (the env's) or `rm:DIR` (a trained reward model).
+        #[arg(long, default_value = "gold")]
+        reward: String,
+        /// DPO's preference JSONL.
+        #[arg(long)]
+        prefs: Option<PathBuf>,
+        /// Run directory (config.json, metrics.csv, policy/, state/).
+        #[arg(long, required_unless_present = "resume")]
+        out: Option<PathBuf>,
+        /// Override a hyperparameter: a key of the agent's config, or run.updates, run.eval_every,
+        /// eval.prompts … (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Run seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Device: auto, cpu or cuda.
+        #[arg(long, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+        /// Continue a stopped run from its directory (weights, optimiser, KL controller, counters).
+        #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["agent", "env", "policy", "out"])]
+        resume: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Evaluate a policy on an env's held-out prompts against a reference (default: itself).
+    Eval {
+        /// Environment id.
+        #[arg(long)]
+        env: String,
+        /// Policy checkpoint.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Reference policy checkpoint (for KL and win rate).
+        #[arg(long = "ref")]
+        reference: Option<PathBuf>,
+        /// Seed of the evaluation's sampling.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Device: auto, cpu or cuda.
+        #[arg(long, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
+    /// Print the device, run forward/backward and sampling on CUDA and compare with CPU.
+    GpuCheck,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.to_string().replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Envs => {
+            println!("{:<16} {:<14} {:<12} description", "id", "reward range", "feedback");
+            for t in tasks() {
+                let (lo, hi) = t.gold().range();
+                println!("{:<16} {:<14} {:<12} {} ({})", t.id(), format!("[{lo}, {hi}]"), format!("{:?}", t.feedback()), t.description(), t.reward_kind());
+            }
+            Ok(())
+        }
+        Cmd::CheckEnv { id } => {
+            let codec = Arc::new(aligngym_envs::ByteCodec);
+            check_env(|| make(&id, codec.clone(), TextEnvConfig::default()))?;
+            println!("{id}: check_env passed");
+            Ok(())
+        }
+        Cmd::Sft { env, corpus, out, steps, size, seed, device } => {
+            let dev = device.resolve()?;
+            let cfg = SftConfig { steps, ..Default::default() };
+            let text = match (&corpus, &env) {
+                (Some(p), _) => commands::read_corpus(p)?,
+                (None, Some(id)) => task(id)?.corpus(cfg.corpus_size, seed),
+                (None, None) => return Err(AgentError::config("env", "give --env ID or --corpus FILE")),
+            };
+            let rows = commands::run_sft(&text, size, &cfg, seed, dev, &out, false)?;
+            let last = rows.last().map_or(f64::NAN, |r| r.loss);
+            println!("sft: {} steps, final loss {last:.4} nats/token; checkpoint in {}", rows.len(), out.display());
+            Ok(())
+        }
+        Cmd::Sample { policy, prompt, n, temperature, top_k, top_p, max_new_tokens, seed, device } => {
+            let p = LmPolicy::load(&policy, device.resolve()?)?;
+            let cfg = SamplingConfig { temperature, top_k, top_p, max_new_tokens };
+            for (i, c) in commands::sample_texts(&p, &prompt, n, &cfg, seed)?.iter().enumerate() {
+                println!("[{i}] {prompt}{c}");
+            }
+            Ok(())
+        }
+        Cmd::Prefs { env, policy, pairs, per_prompt, oracle_temperature, flip_rate, out, seed, device } => {
+            let t = task(&env)?;
+            let p = LmPolicy::load(&policy, device.resolve()?)?;
+            let oracle = OracleConfig { temperature: oracle_temperature, flip_rate };
+            let sampling = SamplingConfig { max_new_tokens: t.max_new_tokens(), ..Default::default() };
+            let (data, queries) = commands::build_prefs(&p, t.as_ref(), pairs, per_prompt, oracle, sampling, &policy.display().to_string(), seed)?;
+            write_pairs(&out, &data)?;
+            println!("prefs: {} pairs ({queries} oracle queries) written to {}", data.len(), out.display());
+            Ok(())
+        }
+        Cmd::TrainRm { prefs, init, out, sets, seed, device } => {
+            let mut cfg = RmConfig::default();
+            apply_plain_sets(&mut cfg, &sets)?;
+            let pairs = aligngym_envs::read_pairs(&prefs)?;
+            let p = LmPolicy::load(&init, device.resolve()?)?;
+            let r = commands::train_rm(&p, &pairs, &cfg, seed, &out, false)?;
+            println!(
+                "train-rm: {} train / {} held-out pairs; pairwise accuracy train {:.3}, held-out {:.3}; offset {:.3}; saved to {}",
+                r.pairs.0, r.pairs.1, r.train_accuracy, r.heldout_accuracy, r.offset, out.display()
+            );
+            Ok(())
+        }
+        Cmd::Train { agent, env, policy, reward, prefs, out, sets, seed, device, resume, quiet } => {
+            let dev = device.resolve()?;
+            let (spec, dir, resuming) = match resume {
+                Some(dir) => {
+                    let path = dir.join("config.json");
+                    let text = std::fs::read_to_string(&path).map_err(|e| AgentError::io(&path, e))?;
+                    let spec: TrainSpec = serde_json::from_str(&text).map_err(|e| AgentError::Data(format!("{}: {e}", path.display())))?;
+                    (spec, dir, true)
+                }
+                None => {
+                    let (agent, env, policy, out) = (agent.unwrap_or(AgentKind::Ppo), env.unwrap_or_default(), policy.unwrap_or_default(), out.unwrap_or_default());
+                    let reward: RewardSpec = reward.parse().map_err(|m: String| AgentError::config("reward", m))?;
+                    let mut spec = TrainSpec::new(agent, &env, policy, reward, prefs, seed);
+                    spec.apply_sets(&sets)?;
+                    (spec, out, false)
+                }
+            };
+            let t = task(&spec.env)?;
+            let (mut agent, start) = build_agent(&spec, t.clone(), dev)?;
+            if !resuming {
+                std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
+                let json = serde_json::to_string_pretty(&spec).map_err(|e| AgentError::Data(e.to_string()))?;
+                commands::write_atomic(&dir.join("config.json"), &json)?;
+            }
+            let ev = Evaluator::new(t.as_ref(), &start, spec.eval.clone(), spec.seed)?;
+            let pb = commands::progress(spec.run.updates, &spec.agent.to_string(), quiet);
+            let rows = runner::run(agent.as_mut(), &ev, &spec.run, &dir, resuming, |step, rows| {
+                pb.set_position(step);
+                if let Some(r) = rows.iter().find(|r| r.metric == "eval/gold_reward") {
+                    pb.set_message(format!("gold {:.3}", r.value));
+                }
+            })?;
+            pb.finish_and_clear();
+            let first = rows.iter().find(|r| r.metric == "eval/gold_reward").map_or(f64::NAN, |r| r.value);
+            let last = aligngym::metrics::last(&rows, "eval/gold_reward").unwrap_or(f64::NAN);
+            let kl = aligngym::metrics::last(&rows, "eval/kl_to_ref").unwrap_or(f64::NAN);
+            println!("train {}: eval/gold_reward {first:.3} -> {last:.3}, eval/kl_to_ref {kl:.3}; run in {}", spec.agent, dir.display());
+            Ok(())
+        }
+        Cmd::Eval { env, policy, reference, seed, device } => {
+            let dev = device.resolve()?;
+            let t = task(&env)?;
+            let p = LmPolicy::load(&policy, dev)?;
+            let r = match &reference {
+                Some(d) => LmPolicy::load(d, dev)?,
+                None => p.duplicate(false)?,
+            };
+            let ev = Evaluator::new(t.as_ref(), &r, EvalConfig::default(), seed)?;
+            for (k, v) in ev.evaluate(&p, None, 0)? {
+                println!("{k:<24} {v:.4}");
+            }
+            Ok(())
+        }
+        Cmd::GpuCheck => aligngym::commands::gpu_check(),
+    }
+}
+
+/// `--set key=value` on a flat serde config.
+fn apply_plain_sets<T: serde::Serialize + serde::de::DeserializeOwned>(cfg: &mut T, sets: &[String]) -> Result<()> {
+    let mut v = serde_json::to_value(&*cfg).map_err(|e| AgentError::Data(e.to_string()))?;
+    for s in sets {
+        let (k, raw) = s.split_once('=').ok_or_else(|| AgentError::config(s.clone(), "expected --set key=value"))?;
+        let keys: Vec<String> = v.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        let slot = v.get_mut(k).ok_or_else(|| AgentError::config(k, format!("unknown key; known keys: {}", keys.join(", "))))?;
+        let parsed: serde_json::Value = serde_json::from_str(raw).unwrap_or(serde_json::Value::String(raw.to_string()));
+        if std::mem::discriminant(&parsed) != std::mem::discriminant(slot) {
+            return Err(AgentError::config(k, format!("cannot parse `{raw}` as the type of `{k}`")));
+        }
+        *slot = parsed;
+    }
+    *cfg = serde_json::from_value(v).map_err(|e| AgentError::config("--set", e.to_string()))?;
+    Ok(())
+}

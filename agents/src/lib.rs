@@ -2,20 +2,34 @@
 //!
 //! The learning side of aligngym, on libtorch: the byte-level BPE [`tokenizer::Tokenizer`], the
 //! GPT-2-style [`model::Gpt`] with value and reward heads, batched KV-cache [`sampling`], SFT,
-//! checkpoints, and the agents.
+//! checkpoints, the pure [`losses`], and the agents ([`ppo::PpoAgent`], [`dpo::DpoAgent`]) with the
+//! learned [`reward_model::RewardModel`].
 
+pub mod agent;
 pub mod checkpoint;
 pub mod device;
+pub mod dpo;
 pub mod error;
+pub mod losses;
 pub mod model;
 pub mod optim;
+pub mod policy;
+pub mod ppo;
+pub mod preferences;
+pub mod reward_model;
 pub mod sampling;
 pub mod sft;
 pub mod tokenizer;
 
+pub use agent::{Agent, Budget, Metrics, Resumable, RunnableAgent};
 pub use device::DeviceChoice;
+pub use dpo::{DpoAgent, DpoConfig};
 pub use error::{AgentError, Result};
+pub use losses::{DpoLoss, KlEstimator};
 pub use model::{Gpt, GptConfig};
+pub use policy::{ActorCritic, LmPolicy, Policy};
+pub use ppo::{CriticKind, PpoAgent, PpoConfig};
+pub use reward_model::{RewardModel, RmConfig, RmReport};
 pub use tokenizer::Tokenizer;
 
 #[cfg(test)]

@@ -1,0 +1,247 @@
+//! Loss math as pure functions over tensors, each checked against hand-worked values.
+//!
+//! Sources: PPO (Schulman et al. 2017, arXiv 1707.06347) and its RLHF details (Huang et al. 2024,
+//! arXiv 2403.17031); GAE (Schulman et al. 2016, arXiv 1506.02438); DPO (Rafailov et al. 2023,
+//! arXiv 2305.18290); IPO (Azar et al. 2023, arXiv 2310.12036); hinge (SLiC, Zhao et al. 2023);
+//! conservative DPO / label smoothing (Mitchell 2023); Bradley–Terry reward modelling.
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// Mean of `x` over positions where `mask` is 1.
+pub fn masked_mean(x: &Tensor, mask: &Tensor) -> Tensor {
+    (x * mask).sum(Kind::Float) / mask.sum(Kind::Float).clamp_min(1e-8)
+}
+
+/// Variance of `x` over positions where `mask` is 1 (unbiased, as the RLHF trainers compute it).
+pub fn masked_var(x: &Tensor, mask: &Tensor) -> Tensor {
+    let mean = masked_mean(x, mask);
+    let n = mask.sum(Kind::Float);
+    let centred = (x - &mean) * mask;
+    (&centred * &centred).sum(Kind::Float) / (n - 1.0).clamp_min(1.0)
+}
+
+/// `(x − μ) / √(σ² + 1e-8)` over the masked positions; padding stays 0.
+pub fn whiten(x: &Tensor, mask: &Tensor) -> Tensor {
+    let mean = masked_mean(x, mask);
+    let var = masked_var(x, mask);
+    (x - mean) * (var + 1e-8).rsqrt() * mask
+}
+
+/// Per-token KL estimator between the policy and the frozen reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KlEstimator {
+    /// `k1 = log π − log π_ref` (unbiased, can be negative per token). The common default.
+    #[default]
+    K1,
+    /// `k3 = (r − 1) − log r` with `r = π_ref / π` (non-negative, lower variance).
+    K3,
+}
+
+/// Per-token KL estimate `[B, N]` from log-probs of the sampled tokens, zero on padding.
+pub fn kl_per_token(logp: &Tensor, ref_logp: &Tensor, mask: &Tensor, est: KlEstimator) -> Tensor {
+    let logr = ref_logp - logp; // log(π_ref / π)
+    let kl = match est {
+        KlEstimator::K1 => -&logr,
+        KlEstimator::K3 => logr.exp() - 1.0 - &logr,
+    };
+    kl * mask
+}
+
+/// Per-token rewards `r_t = −kl_coef · kl_t`, plus `score` at the last real token of each row.
+pub fn shaped_rewards(kl: &Tensor, score: &Tensor, mask: &Tensor, kl_coef: f64) -> Tensor {
+    let n = mask.size()[1];
+    let last = (mask.sum_dim_intlist(1, false, Kind::Int64) - 1).clamp(0, n - 1); // [B]
+    let bonus = mask.zeros_like().scatter(1, &last.unsqueeze(1), &score.unsqueeze(1).to_kind(Kind::Float)); // [B, N]
+    (-kl_coef * kl + bonus) * mask
+}
+
+/// Generalised advantage estimation over `[B, N]`, with no bootstrap past a row's last real token:
+/// `δ_t = r_t + γ V_{t+1} − V_t`, `A_t = δ_t + γ λ A_{t+1}`; returns `(advantages, returns = A + V)`.
+pub fn gae(rewards: &Tensor, values: &Tensor, mask: &Tensor, gamma: f64, lambda: f64) -> (Tensor, Tensor) {
+    let n = rewards.size()[1];
+    let values = values * mask;
+    let mut next_adv = rewards.select(1, 0).zeros_like();
+    let mut next_value = next_adv.zeros_like();
+    let mut advs = Vec::with_capacity(n as usize);
+    for t in (0..n).rev() {
+        let m = mask.select(1, t);
+        let v = values.select(1, t);
+        let delta = rewards.select(1, t) + gamma * &next_value - &v;
+        let a = (delta + gamma * lambda * &next_adv) * &m;
+        next_adv = a.shallow_clone();
+        next_value = v;
+        advs.push(a);
+    }
+    advs.reverse();
+    let adv = Tensor::stack(&advs, 1); // [B, N]
+    let ret = (&adv + &values) * mask;
+    (adv, ret)
+}
+
+/// Clipped PPO policy loss `mean(max(−A ρ, −A clip(ρ, 1−ε, 1+ε)))` over masked tokens; returns
+/// `(loss, clipfrac, approxkl = mean(½ (log ρ)²), mean ratio)`.
+pub fn ppo_policy_loss(logp: &Tensor, old_logp: &Tensor, adv: &Tensor, mask: &Tensor, clip: f64) -> (Tensor, Tensor, Tensor, Tensor) {
+    let logratio = (logp - old_logp) * mask;
+    let ratio = logratio.exp();
+    let l1 = -adv * &ratio;
+    let l2 = -adv * ratio.clamp(1.0 - clip, 1.0 + clip);
+    let loss = masked_mean(&l1.maximum(&l2), mask);
+    let clipfrac = masked_mean(&l2.gt_tensor(&l1).to_kind(Kind::Float), mask);
+    let approxkl = masked_mean(&(0.5 * &logratio * &logratio), mask);
+    let mean_ratio = masked_mean(&ratio, mask);
+    (loss, clipfrac, approxkl, mean_ratio)
+}
+
+/// Clipped value loss `½ mean(max((V − R)², (V_old + clip(V − V_old, −ε_v, ε_v) − R)²))`; returns
+/// `(loss, clipfrac)`.
+pub fn ppo_value_loss(v: &Tensor, v_old: &Tensor, returns: &Tensor, mask: &Tensor, clip: f64) -> (Tensor, Tensor) {
+    let clipped = v_old + (v - v_old).clamp(-clip, clip);
+    let a = (v - returns).square();
+    let b = (&clipped - returns).square();
+    let loss = 0.5 * masked_mean(&a.maximum(&b), mask);
+    let clipfrac = masked_mean(&b.gt_tensor(&a).to_kind(Kind::Float), mask);
+    (loss, clipfrac)
+}
+
+/// Which DPO-family loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DpoLoss {
+    /// DPO: `−log σ(h)` (with label smoothing ε: `−(1−ε) log σ(h) − ε log σ(−h)`).
+    #[default]
+    Sigmoid,
+    /// IPO: `(h/β − 1/(2β))²`.
+    Ipo,
+    /// SLiC hinge: `max(0, 1 − h)`.
+    Hinge,
+}
+
+/// DPO-family losses per pair `[B]` from summed completion log-probs; also the implicit rewards
+/// `β (log π − log π_ref)` of chosen and rejected. `h = β [(π_c − ref_c) − (π_r − ref_r)]`.
+pub fn dpo_loss(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, beta: f64, loss: DpoLoss, label_smoothing: f64) -> (Tensor, Tensor, Tensor) {
+    let chosen = beta * (pi_c - ref_c);
+    let rejected = beta * (pi_r - ref_r);
+    let h = &chosen - &rejected;
+    let l = match loss {
+        DpoLoss::Sigmoid => -(1.0 - label_smoothing) * h.log_sigmoid() - label_smoothing * (-&h).log_sigmoid(),
+        DpoLoss::Ipo => (&h / beta - 1.0 / (2.0 * beta)).square(),
+        DpoLoss::Hinge => (-&h + 1.0).relu(),
+    };
+    (l, chosen.detach(), rejected.detach())
+}
+
+/// Bradley–Terry loss `−log σ(r⁺ − r⁻)` per pair.
+pub fn bradley_terry_loss(r_chosen: &Tensor, r_rejected: &Tensor) -> Tensor {
+    -(r_chosen - r_rejected).log_sigmoid()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[f32], shape: &[i64]) -> Tensor {
+        Tensor::from_slice(v).view(shape)
+    }
+    fn close(a: &Tensor, b: &[f32]) {
+        let a: Vec<f32> = Vec::try_from(&a.flatten(0, -1)).unwrap();
+        assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+    }
+    fn scalar(a: &Tensor) -> f64 {
+        a.double_value(&[])
+    }
+
+    #[test]
+    fn gae_by_hand() {
+        // One row, 3 real tokens then padding; γ = 1, λ = 0.5; r = [0, 0, 1]; V = [0.5, 0.2, 0.4, 9].
+        // δ2 = 1 + 0 − 0.4 = 0.6 → A2 = 0.6
+        // δ1 = 0 + 0.4 − 0.2 = 0.2 → A1 = 0.2 + 0.5·0.6 = 0.5
+        // δ0 = 0 + 0.2 − 0.5 = −0.3 → A0 = −0.3 + 0.5·0.5 = −0.05
+        // returns = A + V = [0.45, 0.7, 1.0, 0]
+        let r = t(&[0.0, 0.0, 1.0, 0.0], &[1, 4]);
+        let v = t(&[0.5, 0.2, 0.4, 9.0], &[1, 4]);
+        let m = t(&[1.0, 1.0, 1.0, 0.0], &[1, 4]);
+        let (a, ret) = gae(&r, &v, &m, 1.0, 0.5);
+        close(&a, &[-0.05, 0.5, 0.6, 0.0]);
+        close(&ret, &[0.45, 0.7, 1.0, 0.0]);
+        // γ = 0.9, λ = 1: A2 = 1 − 0.4 = 0.6; A1 = 0.9·0.4 − 0.2 + 0.9·0.6 = 0.7; A0 = 0.9·0.2 − 0.5 + 0.9·0.7 = 0.31
+        let (a, _) = gae(&r, &v, &m, 0.9, 1.0);
+        close(&a, &[0.31, 0.7, 0.6, 0.0]);
+    }
+
+    #[test]
+    fn kl_estimators_by_hand() {
+        // logp = −1, ref = −2: k1 = logp − ref = 1; r = e^{−1}: k3 = e^{−1} − 1 + 1 = 0.367879
+        // logp = −2, ref = −1: k1 = −1; r = e: k3 = e − 1 − 1 = 0.718282
+        let lp = t(&[-1.0, -2.0, -3.0], &[1, 3]);
+        let rf = t(&[-2.0, -1.0, -3.0], &[1, 3]);
+        let m = t(&[1.0, 1.0, 0.0], &[1, 3]);
+        close(&kl_per_token(&lp, &rf, &m, KlEstimator::K1), &[1.0, -1.0, 0.0]);
+        close(&kl_per_token(&lp, &rf, &m, KlEstimator::K3), &[0.367_879_4, 0.718_281_8, 0.0]);
+    }
+
+    #[test]
+    fn shaped_rewards_put_the_score_on_the_last_real_token() {
+        // kl = [1, 2, 3 | pad], kl_coef 0.1, score 5 → [−0.1, −0.2, −0.3 + 5, 0]
+        let kl = t(&[1.0, 2.0, 3.0, 0.0, 1.0, 1.0, 1.0, 1.0], &[2, 4]);
+        let m = t(&[1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0], &[2, 4]);
+        let r = shaped_rewards(&kl, &t(&[5.0, -1.0], &[2]), &m, 0.1);
+        close(&r, &[-0.1, -0.2, 4.7, 0.0, -0.1, -0.1, -0.1, -1.1]);
+    }
+
+    #[test]
+    fn whiten_by_hand() {
+        // masked values [1, 2, 3]: mean 2, unbiased var 1 → [−1, 0, 1], padding 0
+        let w = whiten(&t(&[1.0, 2.0, 3.0, 100.0], &[1, 4]), &t(&[1.0, 1.0, 1.0, 0.0], &[1, 4]));
+        close(&w, &[-1.0, 0.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn ppo_losses_by_hand() {
+        // Token 1: ρ = e^{0.5} = 1.6487, A = 1 → max(−1.6487, −1.2) = −1.2 (clipped)
+        // Token 2: ρ = e^{−0.5} = 0.6065, A = 1 → max(−0.6065, −0.8) = −0.6065 (not clipped)
+        // loss = (−1.2 − 0.6065)/2 = −0.90327; clipfrac = 0.5; approxkl = ½·0.25 = 0.125
+        let lp = t(&[0.5, -0.5, 7.0], &[1, 3]);
+        let old = t(&[0.0, 0.0, 0.0], &[1, 3]);
+        let adv = t(&[1.0, 1.0, 1.0], &[1, 3]);
+        let m = t(&[1.0, 1.0, 0.0], &[1, 3]);
+        let (loss, cf, akl, ratio) = ppo_policy_loss(&lp, &old, &adv, &m, 0.2);
+        assert!((scalar(&loss) + 0.903_265).abs() < 1e-5, "{}", scalar(&loss));
+        assert!((scalar(&cf) - 0.5).abs() < 1e-6);
+        assert!((scalar(&akl) - 0.125).abs() < 1e-6);
+        assert!((scalar(&ratio) - (1.648_721 + 0.606_531) / 2.0).abs() < 1e-5);
+        // Value: V = 1, V_old = 0, R = 2, ε = 0.2: (1−2)² = 1; clipped V = 0.2 → (0.2−2)² = 3.24
+        // → ½·3.24 = 1.62, clipfrac 1
+        let (vl, vcf) = ppo_value_loss(&t(&[1.0], &[1, 1]), &t(&[0.0], &[1, 1]), &t(&[2.0], &[1, 1]), &t(&[1.0], &[1, 1]), 0.2);
+        assert!((scalar(&vl) - 1.62).abs() < 1e-5);
+        assert!((scalar(&vcf) - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn dpo_losses_by_hand() {
+        // π_c − ref_c = 1, π_r − ref_r = −1, β = 0.5 → chosen = 0.5, rejected = −0.5, h = 1
+        let (pc, pr, rc, rr) = (t(&[-1.0], &[1]), t(&[-3.0], &[1]), t(&[-2.0], &[1]), t(&[-2.0], &[1]));
+        // sigmoid: −log σ(1) = 0.3132617
+        let (l, c, r) = dpo_loss(&pc, &pr, &rc, &rr, 0.5, DpoLoss::Sigmoid, 0.0);
+        close(&l, &[0.313_261_7]);
+        close(&c, &[0.5]);
+        close(&r, &[-0.5]);
+        // label smoothing 0.1: 0.9·0.3132617 + 0.1·(−log σ(−1) = 1.3132617) = 0.4132617
+        let (l, _, _) = dpo_loss(&pc, &pr, &rc, &rr, 0.5, DpoLoss::Sigmoid, 0.1);
+        close(&l, &[0.413_261_7]);
+        // IPO: (h/β − 1/(2β))² = (2 − 1)² = 1
+        let (l, _, _) = dpo_loss(&pc, &pr, &rc, &rr, 0.5, DpoLoss::Ipo, 0.0);
+        close(&l, &[1.0]);
+        // hinge: max(0, 1 − 1) = 0; with β = 0.25, h = 0.5 → 0.5
+        let (l, _, _) = dpo_loss(&pc, &pr, &rc, &rr, 0.5, DpoLoss::Hinge, 0.0);
+        close(&l, &[0.0]);
+        let (l, _, _) = dpo_loss(&pc, &pr, &rc, &rr, 0.25, DpoLoss::Hinge, 0.0);
+        close(&l, &[0.5]);
+        // Bradley–Terry: −log σ(2 − 1) = 0.3132617
+        close(&bradley_terry_loss(&t(&[2.0], &[1]), &t(&[1.0], &[1])), &[0.313_261_7]);
+    }
+}

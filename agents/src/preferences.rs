@@ -1,0 +1,77 @@
+//! Preference data from a generator policy: sample several completions per prompt, label every pair
+//! with the oracle, write them as the common JSONL (`prompt`, `chosen`, `rejected`, plus
+//! `chosen_score`, `rejected_score`, `source`).
+
+use crate::policy::{LmPolicy, Policy};
+use crate::sampling::SamplingConfig;
+use crate::{AgentError, Result};
+use aligngym_envs::{derive_seed, PreferenceOracle, PreferencePair, Split, Task};
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::SeedableRng;
+use serde_json::json;
+
+/// How to build a preference data set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrefsConfig {
+    /// Pairs to produce.
+    pub pairs: usize,
+    /// Completions sampled per prompt; every two of them form a pair (the DPO paper: 4 → 6 pairs).
+    pub samples_per_prompt: usize,
+    /// Sampling settings of the generator.
+    pub sampling: SamplingConfig,
+    /// Written into each line's `source` field.
+    pub source: String,
+}
+
+/// Sample, label and return `cfg.pairs` pairs (pairs of identical completions are skipped: they
+/// carry no preference).
+pub fn make_pairs(generator: &LmPolicy, task: &dyn Task, oracle: &mut dyn PreferenceOracle, cfg: &PrefsConfig, seed: u64) -> Result<Vec<PreferencePair>> {
+    if cfg.samples_per_prompt < 2 {
+        return Err(AgentError::config("samples_per_prompt", "expected ≥ 2"));
+    }
+    let prompts = task.prompts(Split::Train);
+    let mut out = Vec::with_capacity(cfg.pairs);
+    let k = cfg.samples_per_prompt;
+    let per_round = 64usize.div_ceil(k).max(1);
+    let mut round = 0u64;
+    while out.len() < cfg.pairs {
+        if round > 50 + cfg.pairs as u64 {
+            return Err(AgentError::Data(format!("could only make {} distinct pairs out of {} asked for", out.len(), cfg.pairs)));
+        }
+        let s = derive_seed(seed, round);
+        let mut rng = StdRng::seed_from_u64(s);
+        let chosen: Vec<&String> = prompts.choose_multiple(&mut rng, per_round.min(prompts.len())).collect();
+        let texts: Vec<&str> = chosen.iter().flat_map(|p| std::iter::repeat_n(p.as_str(), k)).collect();
+        tch::manual_seed(s as i64);
+        let gen = generator.sample(&generator.encode_prompts(&texts), &cfg.sampling)?;
+        let comps = generator.decode(&gen);
+        let (mut ps, mut a, mut b) = (Vec::new(), Vec::new(), Vec::new());
+        for (j, _) in chosen.iter().enumerate() {
+            for x in 0..k {
+                for y in x + 1..k {
+                    let (ca, cb) = (&comps[j * k + x], &comps[j * k + y]);
+                    if ca != cb {
+                        ps.push(texts[j * k]);
+                        a.push(ca.as_str());
+                        b.push(cb.as_str());
+                    }
+                }
+            }
+        }
+        let labels = oracle.compare_batch(&ps, &a, &b)?;
+        for (i, l) in labels.iter().enumerate() {
+            if out.len() == cfg.pairs {
+                break;
+            }
+            let (c, r, cs, rs) = if l.a_wins { (a[i], b[i], l.reward_a, l.reward_b) } else { (b[i], a[i], l.reward_b, l.reward_a) };
+            let mut p = PreferencePair::new(ps[i], c, r);
+            p.extra.insert("chosen_score".into(), json!(cs));
+            p.extra.insert("rejected_score".into(), json!(rs));
+            p.extra.insert("source".into(), json!(cfg.source));
+            out.push(p);
+        }
+        round += 1;
+    }
+    Ok(out)
+}

@@ -1,0 +1,174 @@
+//! The work behind each CLI command, callable from tests and from the sweep driver.
+
+use aligngym_agents::checkpoint::{CheckpointConfig, ModelKind};
+use aligngym_agents::preferences::{make_pairs, PrefsConfig};
+use aligngym_agents::sampling::SamplingConfig;
+use aligngym_agents::sft::{self, SftConfig, SftLogRow};
+use aligngym_agents::{checkpoint, AgentError, GptConfig, LmPolicy, Result, RewardModel, RmConfig, RmReport, Tokenizer};
+use aligngym_envs::{derive_seed, BradleyTerryOracle, OracleConfig, PreferencePair, Task, TextCodec};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::Path;
+
+/// A progress bar on stderr (hidden when stderr is not a terminal or `quiet`).
+pub fn progress(len: u64, what: &str, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+/// Model sizes by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelSize {
+    /// 4 layers, 4 heads, width 128, context 128.
+    Tiny,
+    /// 6 layers, 8 heads, width 256, context 128.
+    Small,
+}
+
+impl ModelSize {
+    /// The transformer shape for a vocabulary.
+    pub fn config(self, vocab: usize) -> GptConfig {
+        match self {
+            Self::Tiny => GptConfig::tiny(vocab),
+            Self::Small => GptConfig::small(vocab),
+        }
+    }
+}
+
+/// Write text to `path` via a temporary file and a rename.
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text).map_err(|e| AgentError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| AgentError::io(path, e))
+}
+
+/// Read a corpus file: one example per line; blank lines are skipped; none at all is an error.
+pub fn read_corpus(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| AgentError::io(path, e))?;
+    let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
+    if lines.is_empty() {
+        return Err(AgentError::Data(format!("{}: the corpus is empty (expected one example per line)", path.display())));
+    }
+    Ok(lines)
+}
+
+/// Train the base policy: tokenizer on the corpus, then SFT; writes a checkpoint and `sft_log.csv`
+/// to `out` (nothing is left there on failure). Returns the loss curve.
+pub fn run_sft(corpus: &[String], size: ModelSize, cfg: &SftConfig, seed: u64, device: tch::Device, out: &Path, quiet: bool) -> Result<Vec<SftLogRow>> {
+    cfg.validate()?;
+    let tok = Tokenizer::train(corpus, cfg.vocab_size)?;
+    let gcfg = size.config(tok.vocab_size());
+    let seqs = sft::encode_corpus(&tok, corpus, gcfg.block_size)?;
+    let (vs, model) = sft::init_model(&gcfg, device, seed)?;
+    let pb = progress(cfg.steps as u64, "sft", quiet);
+    let rows = sft::train(&vs, &model, &seqs, tok.pad_id() as i64, cfg, seed, |r| {
+        pb.inc(1);
+        if r.step % 10 == 0 {
+            pb.set_message(format!("loss {:.3}", r.loss));
+        }
+    })?;
+    pb.finish_and_clear();
+    let ck = CheckpointConfig { kind: ModelKind::Policy, model: gcfg, reward_offset: 0.0, aligngym_version: String::new() };
+    // Write everything into a sibling temporary directory first, then move it into place.
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "sft".into());
+    let stage = parent.join(format!(".{name}.sft-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&stage);
+    checkpoint::save(&stage, &vs, &tok, &ck)?;
+    let mut csv = String::from("step,loss,lr,grad_norm\n");
+    for r in &rows {
+        csv.push_str(&format!("{},{},{},{}\n", r.step, r.loss, r.lr, r.grad_norm));
+    }
+    std::fs::write(stage.join("sft_log.csv"), csv).map_err(|e| AgentError::io(stage.join("sft_log.csv"), e))?;
+    let h = sft::unigram_entropy(&seqs);
+    std::fs::write(stage.join("corpus_stats.json"), format!("{{\"examples\": {}, \"unigram_entropy_nats\": {h}}}\n", seqs.len())).map_err(|e| AgentError::io(&stage, e))?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| AgentError::io(out, e))?;
+    }
+    std::fs::rename(&stage, out).map_err(|e| AgentError::io(out, e))?;
+    Ok(rows)
+}
+
+/// Sample completions from a checkpoint.
+pub fn sample_texts(policy: &LmPolicy, prompt: &str, n: usize, sampling: &SamplingConfig, seed: u64) -> Result<Vec<String>> {
+    tch::manual_seed(seed as i64);
+    let ids = vec![policy.tokenizer.encode_prompt(prompt); n];
+    let gen = aligngym_agents::Policy::sample(policy, &ids, sampling)?;
+    Ok(policy.decode(&gen))
+}
+
+/// Build `pairs` oracle-labelled preference pairs from `generator` on `task`.
+pub fn build_prefs(generator: &LmPolicy, task: &dyn Task, pairs: usize, per_prompt: usize, oracle: OracleConfig, sampling: SamplingConfig, source: &str, seed: u64) -> Result<(Vec<PreferencePair>, u64)> {
+    let mut oracle = BradleyTerryOracle::new(task.gold(), oracle, derive_seed(seed, 0x0ac1e))?;
+    let cfg = PrefsConfig { pairs, samples_per_prompt: per_prompt, sampling, source: source.to_string() };
+    let out = make_pairs(generator, task, &mut oracle, &cfg, seed)?;
+    Ok((out, aligngym_envs::PreferenceOracle::queries(&oracle)))
+}
+
+/// Train a reward model on `pairs` from `init`, save it to `out`, and return its report.
+pub fn train_rm(init: &LmPolicy, pairs: &[PreferencePair], cfg: &RmConfig, seed: u64, out: &Path, quiet: bool) -> Result<RmReport> {
+    let pb = progress(0, "rm", quiet);
+    let (rm, report) = RewardModel::train(init, pairs, cfg, seed, |s, total, loss| {
+        pb.set_length(total as u64);
+        pb.set_position(s as u64 + 1);
+        pb.set_message(format!("loss {loss:.3}"));
+    })?;
+    pb.finish_and_clear();
+    rm.save(out)?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| AgentError::Data(e.to_string()))?;
+    write_atomic(&out.join("rm_report.json"), &json)?;
+    Ok(report)
+}
+
+/// Vocabulary check used by `sample` and others: the tokenizer must match the model.
+pub fn describe_policy(dir: &Path) -> Result<String> {
+    let cfg = checkpoint::read_config(dir)?;
+    Ok(format!("{:?}: {} layers, {} heads, width {}, vocab {}, context {}", cfg.kind, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.vocab_size, cfg.model.block_size))
+}
+
+/// `make gpu-check`: print the device, run forward/backward and sampling on CUDA, compare with CPU.
+/// Fails (non-zero exit) when CUDA is not usable — it never falls back to CPU.
+pub fn gpu_check() -> Result<()> {
+    use aligngym_agents::model::Gpt;
+    use aligngym_agents::sampling::{generate, sequence_outputs};
+    use tch::{nn, Device, Kind, Tensor};
+    println!("tch::Cuda::is_available() = {}, cudnn = {}, devices = {}", tch::Cuda::is_available(), tch::Cuda::cudnn_is_available(), tch::Cuda::device_count());
+    let cuda = aligngym_agents::DeviceChoice::Cuda.resolve()?;
+    println!("device: {}", aligngym_agents::device::describe(cuda));
+    let cfg = GptConfig::tiny(512);
+    tch::manual_seed(0);
+    let vs_cpu = nn::VarStore::new(Device::Cpu);
+    let m_cpu = Gpt::new(&vs_cpu.root(), &cfg)?;
+    let mut vs_gpu = nn::VarStore::new(cuda);
+    let m_gpu = Gpt::new(&vs_gpu.root(), &cfg)?;
+    vs_gpu.copy(&vs_cpu)?;
+    let prompts: Vec<Vec<u32>> = (0..8u32).map(|i| (0..(4 + i)).map(|j| 3 + (i * 7 + j * 13) % 500).collect()).collect();
+    let s = SamplingConfig { temperature: 1.0, top_k: 0, top_p: 1.0, max_new_tokens: 24 };
+    tch::manual_seed(1);
+    let g = generate(&m_gpu, &prompts, 0, 2, &s, cuda)?;
+    let toks = g.tokens.shallow_clone();
+    // The same sequences scored on both devices: forward logits and backward gradients agree.
+    let on = |m: &Gpt, d: Device| sequence_outputs(m, &g.prompt.to_device(d), &g.prompt_valid.to_device(d), &toks.to_device(d), &g.mask.to_device(d), 1.0, true);
+    let lc = on(&m_cpu, Device::Cpu).logprobs;
+    let lg = on(&m_gpu, cuda).logprobs;
+    let dl = (&lc - lg.to_device(Device::Cpu)).abs().max().double_value(&[]);
+    lc.sum(Kind::Float).backward();
+    lg.sum(Kind::Float).backward();
+    let gc = vs_cpu.variables()["h.0.attn.c_attn.weight"].grad();
+    let gg = vs_gpu.variables()["h.0.attn.c_attn.weight"].grad().to_device(Device::Cpu);
+    let dg = (&gc - &gg).abs().max().double_value(&[]) / gc.abs().max().double_value(&[]).max(1e-12);
+    let dsample = (&g.logprobs.to_device(Device::Cpu) - lc.detach()).abs().max().double_value(&[]);
+    println!("sampled {} tokens on {cuda:?}; max |Δ log-prob| CUDA vs CPU {dl:.2e}; sampled vs recomputed {dsample:.2e}; relative max |Δ grad| {dg:.2e}", g.mask.sum(Kind::Float).double_value(&[]));
+    let _ = Tensor::zeros([1], (Kind::Float, cuda));
+    if dl > 1e-3 || dg > 1e-2 || dsample > 1e-3 {
+        return Err(AgentError::Device(format!("CUDA and CPU disagree: Δlogp {dl:.2e}, Δgrad {dg:.2e}, Δsample {dsample:.2e}")));
+    }
+    println!("gpu-check: OK");
+    Ok(())
+}

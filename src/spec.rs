@@ -1,0 +1,231 @@
+//! A training run's full specification (saved as the run's `config.json`), `--set key=value`
+//! overrides, and building the agent it describes.
+
+use crate::eval::EvalConfig;
+use crate::runner::RunConfig;
+use aligngym_agents::{AgentError, DpoAgent, DpoConfig, LmPolicy, PpoAgent, PpoConfig, Result, RewardModel, RunnableAgent};
+use aligngym_envs::{read_pairs, Feedback, RewardFn, Task};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Which agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentKind {
+    /// PPO with an actor-critic policy.
+    Ppo,
+    /// DPO on an offline preference buffer.
+    Dpo,
+}
+
+impl std::fmt::Display for AgentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Ppo => "ppo",
+            Self::Dpo => "dpo",
+        })
+    }
+}
+
+/// Where PPO's reward comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum RewardSpec {
+    /// The env's gold reward.
+    Gold,
+    /// A learned reward model checkpoint.
+    Rm(PathBuf),
+}
+
+impl From<RewardSpec> for String {
+    fn from(r: RewardSpec) -> String {
+        match r {
+            RewardSpec::Gold => "gold".into(),
+            RewardSpec::Rm(p) => format!("rm:{}", p.display()),
+        }
+    }
+}
+
+impl TryFrom<String> for RewardSpec {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for RewardSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "gold" {
+            Ok(Self::Gold)
+        } else if let Some(p) = s.strip_prefix("rm:") {
+            if p.is_empty() {
+                Err("`rm:` needs a directory, e.g. rm:runs/rm".into())
+            } else {
+                Ok(Self::Rm(PathBuf::from(p)))
+            }
+        } else {
+            Err(format!("unknown reward `{s}`; expected `gold` or `rm:DIR`"))
+        }
+    }
+}
+
+/// Everything that defines a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    /// The agent.
+    pub agent: AgentKind,
+    /// The env id.
+    pub env: String,
+    /// The starting policy (also the frozen reference).
+    pub policy: PathBuf,
+    /// PPO's reward.
+    pub reward: RewardSpec,
+    /// DPO's preference file.
+    pub prefs: Option<PathBuf>,
+    /// Oracle queries the preference file cost (default: one per pair).
+    #[serde(default)]
+    pub prefs_queries: Option<u64>,
+    /// Run seed.
+    pub seed: u64,
+    /// PPO hyperparameters (PPO runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ppo: Option<PpoConfig>,
+    /// DPO hyperparameters (DPO runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpo: Option<DpoConfig>,
+    /// Run length and evaluation cadence.
+    pub run: RunConfig,
+    /// The shared evaluation.
+    pub eval: EvalConfig,
+}
+
+impl TrainSpec {
+    /// A spec with default hyperparameters for `agent`.
+    pub fn new(agent: AgentKind, env: &str, policy: PathBuf, reward: RewardSpec, prefs: Option<PathBuf>, seed: u64) -> Self {
+        Self {
+            agent,
+            env: env.to_string(),
+            policy,
+            reward,
+            prefs,
+            prefs_queries: None,
+            seed,
+            ppo: (agent == AgentKind::Ppo).then(PpoConfig::default),
+            dpo: (agent == AgentKind::Dpo).then(DpoConfig::default),
+            run: RunConfig::default(),
+            eval: EvalConfig::default(),
+        }
+    }
+
+    /// Apply `key=value` overrides. A bare key is looked up in the agent's section, then `run`, then
+    /// `eval`; `section.key` names it fully. Unknown keys and unparsable values are errors.
+    pub fn apply_sets(&mut self, sets: &[String]) -> Result<()> {
+        let mut v = serde_json::to_value(&*self).map_err(|e| AgentError::Data(e.to_string()))?;
+        let agent_section = self.agent.to_string();
+        for s in sets {
+            let (key, raw) = s.split_once('=').ok_or_else(|| AgentError::config(s.clone(), "expected --set key=value"))?;
+            let path: Vec<String> = if key.contains('.') {
+                key.split('.').map(String::from).collect()
+            } else {
+                let found = [agent_section.as_str(), "run", "eval"].into_iter().find(|sec| v.get(sec).and_then(|x| x.get(key)).is_some());
+                match found {
+                    Some(sec) => vec![sec.to_string(), key.to_string()],
+                    None => return Err(AgentError::config(key, format!("unknown key; known keys: {}", known_keys(&v, &agent_section).join(", ")))),
+                }
+            };
+            let slot = path.iter().try_fold(&mut v, |cur, k| cur.get_mut(k.as_str())).ok_or_else(|| {
+                AgentError::config(key, format!("unknown key; known keys: {}", known_keys(&v_clone_for_keys(self), &agent_section).join(", ")))
+            })?;
+            *slot = parse_like(slot, raw).map_err(|m| AgentError::config(key, format!("cannot parse `{raw}`: {m}")))?;
+        }
+        let spec: TrainSpec = serde_json::from_value(v).map_err(|e| AgentError::config("--set", e.to_string()))?;
+        spec.validate()?;
+        *self = spec;
+        Ok(())
+    }
+
+    /// Check every section.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(p) = &self.ppo {
+            p.validate()?;
+        }
+        if let Some(d) = &self.dpo {
+            d.validate()?;
+        }
+        self.eval.sampling.clone().validate_or_default()?;
+        Ok(())
+    }
+}
+
+trait ValidateSampling {
+    fn validate_or_default(self) -> Result<()>;
+}
+impl ValidateSampling for aligngym_agents::sampling::SamplingConfig {
+    fn validate_or_default(mut self) -> Result<()> {
+        if self.max_new_tokens == 0 {
+            self.max_new_tokens = 1;
+        }
+        self.validate()
+    }
+}
+
+fn v_clone_for_keys(spec: &TrainSpec) -> Value {
+    serde_json::to_value(spec).unwrap_or(Value::Null)
+}
+
+fn known_keys(v: &Value, agent: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    for sec in [agent, "run", "eval"] {
+        if let Some(Value::Object(m)) = v.get(sec) {
+            keys.extend(m.keys().map(|k| if sec == agent { k.clone() } else { format!("{sec}.{k}") }));
+        }
+    }
+    keys
+}
+
+/// Parse `raw` as the same JSON type as `like`.
+fn parse_like(like: &Value, raw: &str) -> std::result::Result<Value, String> {
+    match like {
+        Value::Bool(_) => raw.parse::<bool>().map(Value::Bool).map_err(|_| "expected true or false".into()),
+        Value::Number(n) if n.is_u64() => raw
+            .parse::<u64>()
+            .map(Value::from)
+            .or_else(|_| raw.parse::<f64>().ok().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| Value::from(f as u64)).ok_or(()))
+            .map_err(|_| "expected a non-negative integer".into()),
+        Value::Number(_) => raw.parse::<f64>().ok().filter(|f| f.is_finite()).map(Value::from).ok_or_else(|| "expected a number".into()),
+        Value::String(_) => Ok(Value::String(raw.to_string())),
+        Value::Null => Ok(serde_json::from_str(raw).unwrap_or(Value::String(raw.to_string()))),
+        Value::Object(_) | Value::Array(_) => serde_json::from_str(raw).map_err(|e| e.to_string()),
+    }
+}
+
+/// The agent a spec describes, and the starting policy (for the evaluator's reference).
+pub fn build_agent(spec: &TrainSpec, task: Arc<dyn Task>, device: tch::Device) -> Result<(Box<dyn RunnableAgent>, LmPolicy)> {
+    let policy = LmPolicy::load(&spec.policy, device)?;
+    let start = policy.duplicate(false)?;
+    let agent: Box<dyn RunnableAgent> = match spec.agent {
+        AgentKind::Ppo => {
+            let (reward, oracle): (Box<dyn RewardFn>, bool) = match &spec.reward {
+                RewardSpec::Gold => {
+                    if task.feedback() == Feedback::PreferencesOnly {
+                        return Err(AgentError::config("reward", format!("env {} gives agents preferences only; train a reward model and pass --reward rm:DIR", task.id())));
+                    }
+                    (Box::new(task.gold()), true)
+                }
+                RewardSpec::Rm(dir) => (Box::new(RewardModel::load(dir, device)?), false),
+            };
+            Box::new(PpoAgent::new(spec.ppo.clone().unwrap_or_default(), task, policy, reward, oracle, spec.seed)?)
+        }
+        AgentKind::Dpo => {
+            let path = spec.prefs.as_ref().ok_or_else(|| AgentError::config("prefs", "DPO needs --prefs FILE (make one with `aligngym prefs`)"))?;
+            let pairs = read_pairs(path)?;
+            let queries = spec.prefs_queries.unwrap_or(pairs.len() as u64);
+            Box::new(DpoAgent::new(spec.dpo.clone().unwrap_or_default(), policy, &pairs, queries, spec.run.updates as usize, spec.seed)?)
+        }
+    };
+    Ok((agent, start))
+}
