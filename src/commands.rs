@@ -4,8 +4,12 @@ use aligngym_agents::checkpoint::{CheckpointConfig, ModelKind};
 use aligngym_agents::preferences::{make_pairs, PrefsConfig};
 use aligngym_agents::sampling::SamplingConfig;
 use aligngym_agents::sft::{self, SftConfig, SftLogRow};
-use aligngym_agents::{checkpoint, AgentError, GptConfig, LmPolicy, Result, RewardModel, RmConfig, RmReport, Tokenizer};
-use aligngym_envs::{derive_seed, BradleyTerryOracle, OracleConfig, PreferencePair, Task, TextCodec};
+use aligngym_agents::{
+    checkpoint, AgentError, GptConfig, LmPolicy, Result, RewardModel, RmConfig, RmReport, Tokenizer,
+};
+use aligngym_envs::{
+    derive_seed, BradleyTerryOracle, OracleConfig, PreferencePair, Task, TextCodec,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
 
@@ -15,13 +19,19 @@ pub fn progress(len: u64, what: &str, quiet: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(len);
-    pb.set_style(ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
     pb.set_prefix(what.to_string());
     pb
 }
 
 /// Model sizes by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelSize {
     /// 4 layers, 4 heads, width 128, context 128.
@@ -51,16 +61,31 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
 /// Read a corpus file: one example per line; blank lines are skipped; none at all is an error.
 pub fn read_corpus(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| AgentError::io(path, e))?;
-    let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect();
     if lines.is_empty() {
-        return Err(AgentError::Data(format!("{}: the corpus is empty (expected one example per line)", path.display())));
+        return Err(AgentError::Data(format!(
+            "{}: the corpus is empty (expected one example per line)",
+            path.display()
+        )));
     }
     Ok(lines)
 }
 
 /// Train the base policy: tokenizer on the corpus, then SFT; writes a checkpoint and `sft_log.csv`
 /// to `out` (nothing is left there on failure). Returns the loss curve.
-pub fn run_sft(corpus: &[String], size: ModelSize, cfg: &SftConfig, seed: u64, device: tch::Device, out: &Path, quiet: bool) -> Result<Vec<SftLogRow>> {
+pub fn run_sft(
+    corpus: &[String],
+    size: ModelSize,
+    cfg: &SftConfig,
+    seed: u64,
+    device: tch::Device,
+    out: &Path,
+    quiet: bool,
+) -> Result<Vec<SftLogRow>> {
     cfg.validate()?;
     let tok = Tokenizer::train(corpus, cfg.vocab_size)?;
     let gcfg = size.config(tok.vocab_size());
@@ -74,10 +99,21 @@ pub fn run_sft(corpus: &[String], size: ModelSize, cfg: &SftConfig, seed: u64, d
         }
     })?;
     pb.finish_and_clear();
-    let ck = CheckpointConfig { kind: ModelKind::Policy, model: gcfg, reward_offset: 0.0, aligngym_version: String::new() };
+    let ck = CheckpointConfig {
+        kind: ModelKind::Policy,
+        model: gcfg,
+        reward_offset: 0.0,
+        aligngym_version: String::new(),
+    };
     // Write everything into a sibling temporary directory first, then move it into place.
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "sft".into());
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "sft".into());
     let stage = parent.join(format!(".{name}.sft-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&stage);
     checkpoint::save(&stage, &vs, &tok, &ck)?;
@@ -85,9 +121,17 @@ pub fn run_sft(corpus: &[String], size: ModelSize, cfg: &SftConfig, seed: u64, d
     for r in &rows {
         csv.push_str(&format!("{},{},{},{}\n", r.step, r.loss, r.lr, r.grad_norm));
     }
-    std::fs::write(stage.join("sft_log.csv"), csv).map_err(|e| AgentError::io(stage.join("sft_log.csv"), e))?;
+    std::fs::write(stage.join("sft_log.csv"), csv)
+        .map_err(|e| AgentError::io(stage.join("sft_log.csv"), e))?;
     let h = sft::unigram_entropy(&seqs);
-    std::fs::write(stage.join("corpus_stats.json"), format!("{{\"examples\": {}, \"unigram_entropy_nats\": {h}}}\n", seqs.len())).map_err(|e| AgentError::io(&stage, e))?;
+    std::fs::write(
+        stage.join("corpus_stats.json"),
+        format!(
+            "{{\"examples\": {}, \"unigram_entropy_nats\": {h}}}\n",
+            seqs.len()
+        ),
+    )
+    .map_err(|e| AgentError::io(&stage, e))?;
     if out.exists() {
         std::fs::remove_dir_all(out).map_err(|e| AgentError::io(out, e))?;
     }
@@ -96,7 +140,13 @@ pub fn run_sft(corpus: &[String], size: ModelSize, cfg: &SftConfig, seed: u64, d
 }
 
 /// Sample completions from a checkpoint.
-pub fn sample_texts(policy: &LmPolicy, prompt: &str, n: usize, sampling: &SamplingConfig, seed: u64) -> Result<Vec<String>> {
+pub fn sample_texts(
+    policy: &LmPolicy,
+    prompt: &str,
+    n: usize,
+    sampling: &SamplingConfig,
+    seed: u64,
+) -> Result<Vec<String>> {
     tch::manual_seed(seed as i64);
     let ids = vec![policy.tokenizer.encode_prompt(prompt); n];
     let gen = aligngym_agents::Policy::sample(policy, &ids, sampling)?;
@@ -104,15 +154,39 @@ pub fn sample_texts(policy: &LmPolicy, prompt: &str, n: usize, sampling: &Sampli
 }
 
 /// Build `pairs` oracle-labelled preference pairs from `generator` on `task`.
-pub fn build_prefs(generator: &LmPolicy, task: &dyn Task, pairs: usize, per_prompt: usize, oracle: OracleConfig, sampling: SamplingConfig, source: &str, seed: u64) -> Result<(Vec<PreferencePair>, u64)> {
+#[allow(clippy::too_many_arguments)]
+pub fn build_prefs(
+    generator: &LmPolicy,
+    task: &dyn Task,
+    pairs: usize,
+    per_prompt: usize,
+    oracle: OracleConfig,
+    sampling: SamplingConfig,
+    source: &str,
+    skip_ties: bool,
+    seed: u64,
+) -> Result<(Vec<PreferencePair>, u64)> {
     let mut oracle = BradleyTerryOracle::new(task.gold(), oracle, derive_seed(seed, 0x0ac1e))?;
-    let cfg = PrefsConfig { pairs, samples_per_prompt: per_prompt, sampling, source: source.to_string() };
+    let cfg = PrefsConfig {
+        pairs,
+        samples_per_prompt: per_prompt,
+        sampling,
+        source: source.to_string(),
+        skip_ties,
+    };
     let out = make_pairs(generator, task, &mut oracle, &cfg, seed)?;
     Ok((out, aligngym_envs::PreferenceOracle::queries(&oracle)))
 }
 
 /// Train a reward model on `pairs` from `init`, save it to `out`, and return its report.
-pub fn train_rm(init: &LmPolicy, pairs: &[PreferencePair], cfg: &RmConfig, seed: u64, out: &Path, quiet: bool) -> Result<RmReport> {
+pub fn train_rm(
+    init: &LmPolicy,
+    pairs: &[PreferencePair],
+    cfg: &RmConfig,
+    seed: u64,
+    out: &Path,
+    quiet: bool,
+) -> Result<RmReport> {
     let pb = progress(0, "rm", quiet);
     let (rm, report) = RewardModel::train(init, pairs, cfg, seed, |s, total, loss| {
         pb.set_length(total as u64);
@@ -121,7 +195,8 @@ pub fn train_rm(init: &LmPolicy, pairs: &[PreferencePair], cfg: &RmConfig, seed:
     })?;
     pb.finish_and_clear();
     rm.save(out)?;
-    let json = serde_json::to_string_pretty(&report).map_err(|e| AgentError::Data(e.to_string()))?;
+    let json =
+        serde_json::to_string_pretty(&report).map_err(|e| AgentError::Data(e.to_string()))?;
     write_atomic(&out.join("rm_report.json"), &json)?;
     Ok(report)
 }
@@ -129,7 +204,15 @@ pub fn train_rm(init: &LmPolicy, pairs: &[PreferencePair], cfg: &RmConfig, seed:
 /// Vocabulary check used by `sample` and others: the tokenizer must match the model.
 pub fn describe_policy(dir: &Path) -> Result<String> {
     let cfg = checkpoint::read_config(dir)?;
-    Ok(format!("{:?}: {} layers, {} heads, width {}, vocab {}, context {}", cfg.kind, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.vocab_size, cfg.model.block_size))
+    Ok(format!(
+        "{:?}: {} layers, {} heads, width {}, vocab {}, context {}",
+        cfg.kind,
+        cfg.model.n_layer,
+        cfg.model.n_head,
+        cfg.model.n_embd,
+        cfg.model.vocab_size,
+        cfg.model.block_size
+    ))
 }
 
 /// `make gpu-check`: print the device, run forward/backward and sampling on CUDA, compare with CPU.
@@ -138,7 +221,12 @@ pub fn gpu_check() -> Result<()> {
     use aligngym_agents::model::Gpt;
     use aligngym_agents::sampling::{generate, sequence_outputs};
     use tch::{nn, Device, Kind, Tensor};
-    println!("tch::Cuda::is_available() = {}, cudnn = {}, devices = {}", tch::Cuda::is_available(), tch::Cuda::cudnn_is_available(), tch::Cuda::device_count());
+    println!(
+        "tch::Cuda::is_available() = {}, cudnn = {}, devices = {}",
+        tch::Cuda::is_available(),
+        tch::Cuda::cudnn_is_available(),
+        tch::Cuda::device_count()
+    );
     let cuda = aligngym_agents::DeviceChoice::Cuda.resolve()?;
     println!("device: {}", aligngym_agents::device::describe(cuda));
     let cfg = GptConfig::tiny(512);
@@ -148,26 +236,54 @@ pub fn gpu_check() -> Result<()> {
     let mut vs_gpu = nn::VarStore::new(cuda);
     let m_gpu = Gpt::new(&vs_gpu.root(), &cfg)?;
     vs_gpu.copy(&vs_cpu)?;
-    let prompts: Vec<Vec<u32>> = (0..8u32).map(|i| (0..(4 + i)).map(|j| 3 + (i * 7 + j * 13) % 500).collect()).collect();
-    let s = SamplingConfig { temperature: 1.0, top_k: 0, top_p: 1.0, max_new_tokens: 24 };
+    let prompts: Vec<Vec<u32>> = (0..8u32)
+        .map(|i| (0..(4 + i)).map(|j| 3 + (i * 7 + j * 13) % 500).collect())
+        .collect();
+    let s = SamplingConfig {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: 24,
+    };
     tch::manual_seed(1);
     let g = generate(&m_gpu, &prompts, 0, 2, &s, cuda)?;
     let toks = g.tokens.shallow_clone();
     // The same sequences scored on both devices: forward logits and backward gradients agree.
-    let on = |m: &Gpt, d: Device| sequence_outputs(m, &g.prompt.to_device(d), &g.prompt_valid.to_device(d), &toks.to_device(d), &g.mask.to_device(d), 1.0, true);
+    let on = |m: &Gpt, d: Device| {
+        sequence_outputs(
+            m,
+            &g.prompt.to_device(d),
+            &g.prompt_valid.to_device(d),
+            &toks.to_device(d),
+            &g.mask.to_device(d),
+            1.0,
+            true,
+        )
+    };
     let lc = on(&m_cpu, Device::Cpu).logprobs;
     let lg = on(&m_gpu, cuda).logprobs;
-    let dl = (&lc - lg.to_device(Device::Cpu)).abs().max().double_value(&[]);
+    let dl = (&lc - lg.to_device(Device::Cpu))
+        .abs()
+        .max()
+        .double_value(&[]);
     lc.sum(Kind::Float).backward();
     lg.sum(Kind::Float).backward();
     let gc = vs_cpu.variables()["h.0.attn.c_attn.weight"].grad();
-    let gg = vs_gpu.variables()["h.0.attn.c_attn.weight"].grad().to_device(Device::Cpu);
-    let dg = (&gc - &gg).abs().max().double_value(&[]) / gc.abs().max().double_value(&[]).max(1e-12);
-    let dsample = (&g.logprobs.to_device(Device::Cpu) - lc.detach()).abs().max().double_value(&[]);
+    let gg = vs_gpu.variables()["h.0.attn.c_attn.weight"]
+        .grad()
+        .to_device(Device::Cpu);
+    let dg =
+        (&gc - &gg).abs().max().double_value(&[]) / gc.abs().max().double_value(&[]).max(1e-12);
+    let dsample = (&g.logprobs.to_device(Device::Cpu) - lc.detach())
+        .abs()
+        .max()
+        .double_value(&[]);
     println!("sampled {} tokens on {cuda:?}; max |Δ log-prob| CUDA vs CPU {dl:.2e}; sampled vs recomputed {dsample:.2e}; relative max |Δ grad| {dg:.2e}", g.mask.sum(Kind::Float).double_value(&[]));
     let _ = Tensor::zeros([1], (Kind::Float, cuda));
     if dl > 1e-3 || dg > 1e-2 || dsample > 1e-3 {
-        return Err(AgentError::Device(format!("CUDA and CPU disagree: Δlogp {dl:.2e}, Δgrad {dg:.2e}, Δsample {dsample:.2e}")));
+        return Err(AgentError::Device(format!(
+            "CUDA and CPU disagree: Δlogp {dl:.2e}, Δgrad {dg:.2e}, Δsample {dsample:.2e}"
+        )));
     }
     println!("gpu-check: OK");
     Ok(())

@@ -42,9 +42,9 @@ enum Cmd {
         /// Output checkpoint directory (model.safetensors, config.json, tokenizer.json, sft_log.csv).
         #[arg(long)]
         out: PathBuf,
-        /// Optimiser steps.
-        #[arg(long, default_value_t = SftConfig::default().steps)]
-        steps: usize,
+        /// Optimiser steps (default: the env's recommended count, else 600).
+        #[arg(long)]
+        steps: Option<usize>,
         /// Model size.
         #[arg(long, value_enum, default_value_t = ModelSize::Tiny)]
         size: ModelSize,
@@ -105,6 +105,10 @@ enum Cmd {
         /// Probability that the oracle's label is flipped (simulated rater noise).
         #[arg(long, default_value_t = 0.0)]
         flip_rate: f32,
+        /// Keep pairs whose completions have equal gold reward (labelled by a coin flip); by default
+        /// they are dropped, as raters would say "no preference".
+        #[arg(long)]
+        keep_ties: bool,
         /// Output JSONL file.
         #[arg(long)]
         out: PathBuf,
@@ -209,10 +213,20 @@ fn main() -> ExitCode {
 fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Envs => {
-            println!("{:<16} {:<14} {:<12} description", "id", "reward range", "feedback");
+            println!(
+                "{:<16} {:<14} {:<12} description",
+                "id", "reward range", "feedback"
+            );
             for t in tasks() {
                 let (lo, hi) = t.gold().range();
-                println!("{:<16} {:<14} {:<12} {} ({})", t.id(), format!("[{lo}, {hi}]"), format!("{:?}", t.feedback()), t.description(), t.reward_kind());
+                println!(
+                    "{:<16} {:<14} {:<12} {} ({})",
+                    t.id(),
+                    format!("[{lo}, {hi}]"),
+                    format!("{:?}", t.feedback()),
+                    t.description(),
+                    t.reward_kind()
+                );
             }
             Ok(())
         }
@@ -222,38 +236,115 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             println!("{id}: check_env passed");
             Ok(())
         }
-        Cmd::Sft { env, corpus, out, steps, size, seed, device } => {
+        Cmd::Sft {
+            env,
+            corpus,
+            out,
+            steps,
+            size,
+            seed,
+            device,
+        } => {
             let dev = device.resolve()?;
-            let cfg = SftConfig { steps, ..Default::default() };
+            let mut cfg = SftConfig::default();
             let text = match (&corpus, &env) {
                 (Some(p), _) => commands::read_corpus(p)?,
-                (None, Some(id)) => task(id)?.corpus(cfg.corpus_size, seed),
-                (None, None) => return Err(AgentError::config("env", "give --env ID or --corpus FILE")),
+                (None, Some(id)) => {
+                    let t = task(id)?;
+                    cfg.steps = t.sft_steps();
+                    t.corpus(cfg.corpus_size, seed)
+                }
+                (None, None) => {
+                    return Err(AgentError::config("env", "give --env ID or --corpus FILE"))
+                }
             };
+            if let Some(s) = steps {
+                cfg.steps = s;
+            }
             let rows = commands::run_sft(&text, size, &cfg, seed, dev, &out, false)?;
             let last = rows.last().map_or(f64::NAN, |r| r.loss);
-            println!("sft: {} steps, final loss {last:.4} nats/token; checkpoint in {}", rows.len(), out.display());
+            println!(
+                "sft: {} steps, final loss {last:.4} nats/token; checkpoint in {}",
+                rows.len(),
+                out.display()
+            );
             Ok(())
         }
-        Cmd::Sample { policy, prompt, n, temperature, top_k, top_p, max_new_tokens, seed, device } => {
+        Cmd::Sample {
+            policy,
+            prompt,
+            n,
+            temperature,
+            top_k,
+            top_p,
+            max_new_tokens,
+            seed,
+            device,
+        } => {
             let p = LmPolicy::load(&policy, device.resolve()?)?;
-            let cfg = SamplingConfig { temperature, top_k, top_p, max_new_tokens };
-            for (i, c) in commands::sample_texts(&p, &prompt, n, &cfg, seed)?.iter().enumerate() {
+            let cfg = SamplingConfig {
+                temperature,
+                top_k,
+                top_p,
+                max_new_tokens,
+            };
+            for (i, c) in commands::sample_texts(&p, &prompt, n, &cfg, seed)?
+                .iter()
+                .enumerate()
+            {
                 println!("[{i}] {prompt}{c}");
             }
             Ok(())
         }
-        Cmd::Prefs { env, policy, pairs, per_prompt, oracle_temperature, flip_rate, out, seed, device } => {
+        Cmd::Prefs {
+            env,
+            policy,
+            pairs,
+            per_prompt,
+            oracle_temperature,
+            flip_rate,
+            keep_ties,
+            out,
+            seed,
+            device,
+        } => {
             let t = task(&env)?;
             let p = LmPolicy::load(&policy, device.resolve()?)?;
-            let oracle = OracleConfig { temperature: oracle_temperature, flip_rate };
-            let sampling = SamplingConfig { max_new_tokens: t.max_new_tokens(), ..Default::default() };
-            let (data, queries) = commands::build_prefs(&p, t.as_ref(), pairs, per_prompt, oracle, sampling, &policy.display().to_string(), seed)?;
+            let oracle = OracleConfig {
+                temperature: oracle_temperature,
+                flip_rate,
+            };
+            let sampling = SamplingConfig {
+                max_new_tokens: t.max_new_tokens(),
+                ..Default::default()
+            };
+            let (data, queries) = commands::build_prefs(
+                &p,
+                t.as_ref(),
+                pairs,
+                per_prompt,
+                oracle,
+                sampling,
+                &policy.display().to_string(),
+                !keep_ties,
+                seed,
+            )?;
             write_pairs(&out, &data)?;
-            println!("prefs: {} pairs ({queries} oracle queries) written to {}", data.len(), out.display());
+            println!(
+                "prefs: {} pairs ({queries} oracle queries) written to {}",
+                data.len(),
+                out.display()
+            );
             Ok(())
         }
-        Cmd::TrainRm { prefs, init, out, sets, seed, device } => {
+        Cmd::TrainRm {
+            prefs,
+            init,
+            out,
+            sets,
+            seed,
+            device,
+        } => {
             let mut cfg = RmConfig::default();
             apply_plain_sets(&mut cfg, &sets)?;
             let pairs = aligngym_envs::read_pairs(&prefs)?;
@@ -265,18 +356,39 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Train { agent, env, policy, reward, prefs, out, sets, seed, device, resume, quiet } => {
+        Cmd::Train {
+            agent,
+            env,
+            policy,
+            reward,
+            prefs,
+            out,
+            sets,
+            seed,
+            device,
+            resume,
+            quiet,
+        } => {
             let dev = device.resolve()?;
             let (spec, dir, resuming) = match resume {
                 Some(dir) => {
                     let path = dir.join("config.json");
-                    let text = std::fs::read_to_string(&path).map_err(|e| AgentError::io(&path, e))?;
-                    let spec: TrainSpec = serde_json::from_str(&text).map_err(|e| AgentError::Data(format!("{}: {e}", path.display())))?;
+                    let text =
+                        std::fs::read_to_string(&path).map_err(|e| AgentError::io(&path, e))?;
+                    let spec: TrainSpec = serde_json::from_str(&text)
+                        .map_err(|e| AgentError::Data(format!("{}: {e}", path.display())))?;
                     (spec, dir, true)
                 }
                 None => {
-                    let (agent, env, policy, out) = (agent.unwrap_or(AgentKind::Ppo), env.unwrap_or_default(), policy.unwrap_or_default(), out.unwrap_or_default());
-                    let reward: RewardSpec = reward.parse().map_err(|m: String| AgentError::config("reward", m))?;
+                    let (agent, env, policy, out) = (
+                        agent.unwrap_or(AgentKind::Ppo),
+                        env.unwrap_or_default(),
+                        policy.unwrap_or_default(),
+                        out.unwrap_or_default(),
+                    );
+                    let reward: RewardSpec = reward
+                        .parse()
+                        .map_err(|m: String| AgentError::config("reward", m))?;
                     let mut spec = TrainSpec::new(agent, &env, policy, reward, prefs, seed);
                     spec.apply_sets(&sets)?;
                     (spec, out, false)
@@ -286,25 +398,42 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             let (mut agent, start) = build_agent(&spec, t.clone(), dev)?;
             if !resuming {
                 std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
-                let json = serde_json::to_string_pretty(&spec).map_err(|e| AgentError::Data(e.to_string()))?;
+                let json = serde_json::to_string_pretty(&spec)
+                    .map_err(|e| AgentError::Data(e.to_string()))?;
                 commands::write_atomic(&dir.join("config.json"), &json)?;
             }
             let ev = Evaluator::new(t.as_ref(), &start, spec.eval.clone(), spec.seed)?;
             let pb = commands::progress(spec.run.updates, &spec.agent.to_string(), quiet);
-            let rows = runner::run(agent.as_mut(), &ev, &spec.run, &dir, resuming, |step, rows| {
-                pb.set_position(step);
-                if let Some(r) = rows.iter().find(|r| r.metric == "eval/gold_reward") {
-                    pb.set_message(format!("gold {:.3}", r.value));
-                }
-            })?;
+            let rows = runner::run(
+                agent.as_mut(),
+                &ev,
+                &spec.run,
+                &dir,
+                resuming,
+                |step, rows| {
+                    pb.set_position(step);
+                    if let Some(r) = rows.iter().find(|r| r.metric == "eval/gold_reward") {
+                        pb.set_message(format!("gold {:.3}", r.value));
+                    }
+                },
+            )?;
             pb.finish_and_clear();
-            let first = rows.iter().find(|r| r.metric == "eval/gold_reward").map_or(f64::NAN, |r| r.value);
+            let first = rows
+                .iter()
+                .find(|r| r.metric == "eval/gold_reward")
+                .map_or(f64::NAN, |r| r.value);
             let last = aligngym::metrics::last(&rows, "eval/gold_reward").unwrap_or(f64::NAN);
             let kl = aligngym::metrics::last(&rows, "eval/kl_to_ref").unwrap_or(f64::NAN);
             println!("train {}: eval/gold_reward {first:.3} -> {last:.3}, eval/kl_to_ref {kl:.3}; run in {}", spec.agent, dir.display());
             Ok(())
         }
-        Cmd::Eval { env, policy, reference, seed, device } => {
+        Cmd::Eval {
+            env,
+            policy,
+            reference,
+            seed,
+            device,
+        } => {
             let dev = device.resolve()?;
             let t = task(&env)?;
             let p = LmPolicy::load(&policy, dev)?;
@@ -323,15 +452,29 @@ fn dispatch(cmd: Cmd) -> Result<()> {
 }
 
 /// `--set key=value` on a flat serde config.
-fn apply_plain_sets<T: serde::Serialize + serde::de::DeserializeOwned>(cfg: &mut T, sets: &[String]) -> Result<()> {
+fn apply_plain_sets<T: serde::Serialize + serde::de::DeserializeOwned>(
+    cfg: &mut T,
+    sets: &[String],
+) -> Result<()> {
     let mut v = serde_json::to_value(&*cfg).map_err(|e| AgentError::Data(e.to_string()))?;
     for s in sets {
-        let (k, raw) = s.split_once('=').ok_or_else(|| AgentError::config(s.clone(), "expected --set key=value"))?;
-        let keys: Vec<String> = v.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
-        let slot = v.get_mut(k).ok_or_else(|| AgentError::config(k, format!("unknown key; known keys: {}", keys.join(", "))))?;
-        let parsed: serde_json::Value = serde_json::from_str(raw).unwrap_or(serde_json::Value::String(raw.to_string()));
+        let (k, raw) = s
+            .split_once('=')
+            .ok_or_else(|| AgentError::config(s.clone(), "expected --set key=value"))?;
+        let keys: Vec<String> = v
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        let slot = v.get_mut(k).ok_or_else(|| {
+            AgentError::config(k, format!("unknown key; known keys: {}", keys.join(", ")))
+        })?;
+        let parsed: serde_json::Value =
+            serde_json::from_str(raw).unwrap_or(serde_json::Value::String(raw.to_string()));
         if std::mem::discriminant(&parsed) != std::mem::discriminant(slot) {
-            return Err(AgentError::config(k, format!("cannot parse `{raw}` as the type of `{k}`")));
+            return Err(AgentError::config(
+                k,
+                format!("cannot parse `{raw}` as the type of `{k}`"),
+            ));
         }
         *slot = parsed;
     }

@@ -20,9 +20,11 @@ pub struct MetricRow {
 pub fn write_long_csv(path: &Path, rows: &[MetricRow]) -> Result<()> {
     let tmp = path.with_extension("csv.tmp");
     {
-        let mut w = csv::Writer::from_path(&tmp).map_err(|e| AgentError::Data(format!("{}: {e}", tmp.display())))?;
+        let mut w = csv::Writer::from_path(&tmp)
+            .map_err(|e| AgentError::Data(format!("{}: {e}", tmp.display())))?;
         for r in rows {
-            w.serialize(r).map_err(|e| AgentError::Data(format!("{}: {e}", tmp.display())))?;
+            w.serialize(r)
+                .map_err(|e| AgentError::Data(format!("{}: {e}", tmp.display())))?;
         }
         w.flush().map_err(|e| AgentError::io(&tmp, e))?;
     }
@@ -31,16 +33,28 @@ pub fn write_long_csv(path: &Path, rows: &[MetricRow]) -> Result<()> {
 
 /// Read a `step,metric,value` file.
 pub fn read_long_csv(path: &Path) -> Result<Vec<MetricRow>> {
-    let mut r = csv::Reader::from_path(path).map_err(|e| AgentError::Data(format!("{}: {e}", path.display())))?;
-    r.deserialize().enumerate().map(|(i, row)| row.map_err(|e| AgentError::Data(format!("{}:{}: {e}", path.display(), i + 2)))).collect()
+    let mut r = csv::Reader::from_path(path)
+        .map_err(|e| AgentError::Data(format!("{}: {e}", path.display())))?;
+    r.deserialize()
+        .enumerate()
+        .map(|(i, row)| {
+            row.map_err(|e| AgentError::Data(format!("{}:{}: {e}", path.display(), i + 2)))
+        })
+        .collect()
 }
 
 /// The last value of `metric` in `rows`.
 pub fn last(rows: &[MetricRow], metric: &str) -> Option<f64> {
-    rows.iter().rev().find(|r| r.metric == metric).map(|r| r.value)
+    rows.iter()
+        .rev()
+        .find(|r| r.metric == metric)
+        .map(|r| r.value)
 }
 
 /// `(step, value)` of every row of `metric`.
 pub fn series(rows: &[MetricRow], metric: &str) -> Vec<(u64, f64)> {
-    rows.iter().filter(|r| r.metric == metric).map(|r| (r.step, r.value)).collect()
+    rows.iter()
+        .filter(|r| r.metric == metric)
+        .map(|r| (r.step, r.value))
+        .collect()
 }

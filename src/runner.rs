@@ -22,7 +22,11 @@ pub struct RunConfig {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self { updates: 60, eval_every: 10, save_every: 0 }
+        Self {
+            updates: 60,
+            eval_every: 10,
+            save_every: 0,
+        }
     }
 }
 
@@ -44,17 +48,27 @@ fn budget_rows(agent: &dyn RunnableAgent, step: u64, wall: f64) -> Vec<MetricRow
         ("budget/flops", b.flops),
     ]
     .into_iter()
-    .map(|(k, v)| MetricRow { step, metric: k.to_string(), value: v })
+    .map(|(k, v)| MetricRow {
+        step,
+        metric: k.to_string(),
+        value: v,
+    })
     .collect()
 }
 
-fn checkpoint(agent: &dyn RunnableAgent, dir: &Path, rows: &[MetricRow], st: RunnerState) -> Result<()> {
+fn checkpoint(
+    agent: &dyn RunnableAgent,
+    dir: &Path,
+    rows: &[MetricRow],
+    st: RunnerState,
+) -> Result<()> {
     agent.policy().save(dir.join("policy"))?;
     let tmp = dir.join(".state.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     agent.save_state(&tmp)?;
     let s = serde_json::to_string_pretty(&st).map_err(|e| AgentError::Data(e.to_string()))?;
-    std::fs::write(tmp.join("runner.json"), s).map_err(|e| AgentError::io(tmp.join("runner.json"), e))?;
+    std::fs::write(tmp.join("runner.json"), s)
+        .map_err(|e| AgentError::io(tmp.join("runner.json"), e))?;
     let state = dir.join("state");
     let _ = std::fs::remove_dir_all(&state);
     std::fs::rename(&tmp, &state).map_err(|e| AgentError::io(&state, e))?;
@@ -63,23 +77,47 @@ fn checkpoint(agent: &dyn RunnableAgent, dir: &Path, rows: &[MetricRow], st: Run
 
 /// Run `agent` for `cfg.updates` updates into `dir` (metrics.csv, policy/, state/); with `resume`,
 /// continue from the state saved in `dir`. `on_update` sees each step (progress bars).
-pub fn run(agent: &mut dyn RunnableAgent, evaluator: &Evaluator, cfg: &RunConfig, dir: &Path, resume: bool, mut on_update: impl FnMut(u64, &[MetricRow])) -> Result<Vec<MetricRow>> {
+pub fn run(
+    agent: &mut dyn RunnableAgent,
+    evaluator: &Evaluator,
+    cfg: &RunConfig,
+    dir: &Path,
+    resume: bool,
+    mut on_update: impl FnMut(u64, &[MetricRow]),
+) -> Result<Vec<MetricRow>> {
     if cfg.eval_every == 0 {
         return Err(AgentError::config("eval_every", "expected > 0"));
     }
     std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
-    let save_every = if cfg.save_every == 0 { cfg.eval_every } else { cfg.save_every };
+    let save_every = if cfg.save_every == 0 {
+        cfg.eval_every
+    } else {
+        cfg.save_every
+    };
     let mut st = RunnerState::default();
     let mut rows: Vec<MetricRow> = Vec::new();
     if resume {
         let path = dir.join("state").join("runner.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| AgentError::Checkpoint { path: dir.to_path_buf(), msg: format!("no resumable state ({}: {e})", path.display()) })?;
-        st = serde_json::from_str(&text).map_err(|e| AgentError::Checkpoint { path: path.clone(), msg: e.to_string() })?;
+        let text = std::fs::read_to_string(&path).map_err(|e| AgentError::Checkpoint {
+            path: dir.to_path_buf(),
+            msg: format!("no resumable state ({}: {e})", path.display()),
+        })?;
+        st = serde_json::from_str(&text).map_err(|e| AgentError::Checkpoint {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
         agent.load_state(&dir.join("state"))?;
-        rows = read_long_csv(&dir.join("metrics.csv"))?.into_iter().filter(|r| r.step <= st.step).collect();
+        rows = read_long_csv(&dir.join("metrics.csv"))?
+            .into_iter()
+            .filter(|r| r.step <= st.step)
+            .collect();
     } else {
         let ev = evaluator.evaluate(agent.policy(), agent.proxy_reward(), 0)?;
-        rows.extend(ev.into_iter().map(|(k, v)| MetricRow { step: 0, metric: k, value: v }));
+        rows.extend(ev.into_iter().map(|(k, v)| MetricRow {
+            step: 0,
+            metric: k,
+            value: v,
+        }));
         rows.extend(budget_rows(agent, 0, 0.0));
         checkpoint(agent, dir, &rows, st)?;
     }
@@ -90,15 +128,31 @@ pub fn run(agent: &mut dyn RunnableAgent, evaluator: &Evaluator, cfg: &RunConfig
         wall += t0.elapsed().as_secs_f64();
         let done = step + 1;
         let start = rows.len();
-        rows.extend(m.into_iter().map(|(k, v)| MetricRow { step: done, metric: k, value: v }));
+        rows.extend(m.into_iter().map(|(k, v)| MetricRow {
+            step: done,
+            metric: k,
+            value: v,
+        }));
         if done % cfg.eval_every == 0 || done == cfg.updates {
             let ev = evaluator.evaluate(agent.policy(), agent.proxy_reward(), done)?;
-            rows.extend(ev.into_iter().map(|(k, v)| MetricRow { step: done, metric: k, value: v }));
+            rows.extend(ev.into_iter().map(|(k, v)| MetricRow {
+                step: done,
+                metric: k,
+                value: v,
+            }));
             rows.extend(budget_rows(agent, done, wall));
         }
         on_update(done, &rows[start..]);
         if done % save_every == 0 || done == cfg.updates {
-            checkpoint(agent, dir, &rows, RunnerState { step: done, wall_seconds: wall })?;
+            checkpoint(
+                agent,
+                dir,
+                &rows,
+                RunnerState {
+                    step: done,
+                    wall_seconds: wall,
+                },
+            )?;
         }
     }
     Ok(rows)

@@ -3,7 +3,10 @@
 
 use crate::eval::EvalConfig;
 use crate::runner::RunConfig;
-use aligngym_agents::{AgentError, DpoAgent, DpoConfig, LmPolicy, PpoAgent, PpoConfig, Result, RewardModel, RunnableAgent};
+use aligngym_agents::{
+    AgentError, DpoAgent, DpoConfig, LmPolicy, PpoAgent, PpoConfig, Result, RewardModel,
+    RunnableAgent,
+};
 use aligngym_envs::{read_pairs, Feedback, RewardFn, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -105,7 +108,14 @@ pub struct TrainSpec {
 
 impl TrainSpec {
     /// A spec with default hyperparameters for `agent`.
-    pub fn new(agent: AgentKind, env: &str, policy: PathBuf, reward: RewardSpec, prefs: Option<PathBuf>, seed: u64) -> Self {
+    pub fn new(
+        agent: AgentKind,
+        env: &str,
+        policy: PathBuf,
+        reward: RewardSpec,
+        prefs: Option<PathBuf>,
+        seed: u64,
+    ) -> Self {
         Self {
             agent,
             env: env.to_string(),
@@ -127,22 +137,45 @@ impl TrainSpec {
         let mut v = serde_json::to_value(&*self).map_err(|e| AgentError::Data(e.to_string()))?;
         let agent_section = self.agent.to_string();
         for s in sets {
-            let (key, raw) = s.split_once('=').ok_or_else(|| AgentError::config(s.clone(), "expected --set key=value"))?;
+            let (key, raw) = s
+                .split_once('=')
+                .ok_or_else(|| AgentError::config(s.clone(), "expected --set key=value"))?;
             let path: Vec<String> = if key.contains('.') {
                 key.split('.').map(String::from).collect()
             } else {
-                let found = [agent_section.as_str(), "run", "eval"].into_iter().find(|sec| v.get(sec).and_then(|x| x.get(key)).is_some());
+                let found = [agent_section.as_str(), "run", "eval"]
+                    .into_iter()
+                    .find(|sec| v.get(sec).and_then(|x| x.get(key)).is_some());
                 match found {
                     Some(sec) => vec![sec.to_string(), key.to_string()],
-                    None => return Err(AgentError::config(key, format!("unknown key; known keys: {}", known_keys(&v, &agent_section).join(", ")))),
+                    None => {
+                        return Err(AgentError::config(
+                            key,
+                            format!(
+                                "unknown key; known keys: {}",
+                                known_keys(&v, &agent_section).join(", ")
+                            ),
+                        ))
+                    }
                 }
             };
-            let slot = path.iter().try_fold(&mut v, |cur, k| cur.get_mut(k.as_str())).ok_or_else(|| {
-                AgentError::config(key, format!("unknown key; known keys: {}", known_keys(&v_clone_for_keys(self), &agent_section).join(", ")))
-            })?;
-            *slot = parse_like(slot, raw).map_err(|m| AgentError::config(key, format!("cannot parse `{raw}`: {m}")))?;
+            let slot = path
+                .iter()
+                .try_fold(&mut v, |cur, k| cur.get_mut(k.as_str()))
+                .ok_or_else(|| {
+                    AgentError::config(
+                        key,
+                        format!(
+                            "unknown key; known keys: {}",
+                            known_keys(&v_clone_for_keys(self), &agent_section).join(", ")
+                        ),
+                    )
+                })?;
+            *slot = parse_like(slot, raw)
+                .map_err(|m| AgentError::config(key, format!("cannot parse `{raw}`: {m}")))?;
         }
-        let spec: TrainSpec = serde_json::from_value(v).map_err(|e| AgentError::config("--set", e.to_string()))?;
+        let spec: TrainSpec =
+            serde_json::from_value(v).map_err(|e| AgentError::config("--set", e.to_string()))?;
         spec.validate()?;
         *self = spec;
         Ok(())
@@ -181,7 +214,13 @@ fn known_keys(v: &Value, agent: &str) -> Vec<String> {
     let mut keys = Vec::new();
     for sec in [agent, "run", "eval"] {
         if let Some(Value::Object(m)) = v.get(sec) {
-            keys.extend(m.keys().map(|k| if sec == agent { k.clone() } else { format!("{sec}.{k}") }));
+            keys.extend(m.keys().map(|k| {
+                if sec == agent {
+                    k.clone()
+                } else {
+                    format!("{sec}.{k}")
+                }
+            }));
         }
     }
     keys
@@ -190,13 +229,27 @@ fn known_keys(v: &Value, agent: &str) -> Vec<String> {
 /// Parse `raw` as the same JSON type as `like`.
 fn parse_like(like: &Value, raw: &str) -> std::result::Result<Value, String> {
     match like {
-        Value::Bool(_) => raw.parse::<bool>().map(Value::Bool).map_err(|_| "expected true or false".into()),
+        Value::Bool(_) => raw
+            .parse::<bool>()
+            .map(Value::Bool)
+            .map_err(|_| "expected true or false".into()),
         Value::Number(n) if n.is_u64() => raw
             .parse::<u64>()
             .map(Value::from)
-            .or_else(|_| raw.parse::<f64>().ok().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| Value::from(f as u64)).ok_or(()))
+            .or_else(|_| {
+                raw.parse::<f64>()
+                    .ok()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| Value::from(f as u64))
+                    .ok_or(())
+            })
             .map_err(|_| "expected a non-negative integer".into()),
-        Value::Number(_) => raw.parse::<f64>().ok().filter(|f| f.is_finite()).map(Value::from).ok_or_else(|| "expected a number".into()),
+        Value::Number(_) => raw
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(Value::from)
+            .ok_or_else(|| "expected a number".into()),
         Value::String(_) => Ok(Value::String(raw.to_string())),
         Value::Null => Ok(serde_json::from_str(raw).unwrap_or(Value::String(raw.to_string()))),
         Value::Object(_) | Value::Array(_) => serde_json::from_str(raw).map_err(|e| e.to_string()),
@@ -204,7 +257,11 @@ fn parse_like(like: &Value, raw: &str) -> std::result::Result<Value, String> {
 }
 
 /// The agent a spec describes, and the starting policy (for the evaluator's reference).
-pub fn build_agent(spec: &TrainSpec, task: Arc<dyn Task>, device: tch::Device) -> Result<(Box<dyn RunnableAgent>, LmPolicy)> {
+pub fn build_agent(
+    spec: &TrainSpec,
+    task: Arc<dyn Task>,
+    device: tch::Device,
+) -> Result<(Box<dyn RunnableAgent>, LmPolicy)> {
     let policy = LmPolicy::load(&spec.policy, device)?;
     let start = policy.duplicate(false)?;
     let agent: Box<dyn RunnableAgent> = match spec.agent {
@@ -218,13 +275,32 @@ pub fn build_agent(spec: &TrainSpec, task: Arc<dyn Task>, device: tch::Device) -
                 }
                 RewardSpec::Rm(dir) => (Box::new(RewardModel::load(dir, device)?), false),
             };
-            Box::new(PpoAgent::new(spec.ppo.clone().unwrap_or_default(), task, policy, reward, oracle, spec.seed)?)
+            Box::new(PpoAgent::new(
+                spec.ppo.clone().unwrap_or_default(),
+                task,
+                policy,
+                reward,
+                oracle,
+                spec.seed,
+            )?)
         }
         AgentKind::Dpo => {
-            let path = spec.prefs.as_ref().ok_or_else(|| AgentError::config("prefs", "DPO needs --prefs FILE (make one with `aligngym prefs`)"))?;
+            let path = spec.prefs.as_ref().ok_or_else(|| {
+                AgentError::config(
+                    "prefs",
+                    "DPO needs --prefs FILE (make one with `aligngym prefs`)",
+                )
+            })?;
             let pairs = read_pairs(path)?;
             let queries = spec.prefs_queries.unwrap_or(pairs.len() as u64);
-            Box::new(DpoAgent::new(spec.dpo.clone().unwrap_or_default(), policy, &pairs, queries, spec.run.updates as usize, spec.seed)?)
+            Box::new(DpoAgent::new(
+                spec.dpo.clone().unwrap_or_default(),
+                policy,
+                &pairs,
+                queries,
+                spec.run.updates as usize,
+                spec.seed,
+            )?)
         }
     };
     Ok((agent, start))

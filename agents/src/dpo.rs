@@ -43,7 +43,16 @@ pub struct DpoConfig {
 
 impl Default for DpoConfig {
     fn default() -> Self {
-        Self { learning_rate: 1e-4, batch_size: 32, beta: 0.1, loss_type: DpoLoss::Sigmoid, label_smoothing: 0.0, warmup_steps: 10, max_grad_norm: 1.0, precompute_ref_logps: true }
+        Self {
+            learning_rate: 1e-4,
+            batch_size: 32,
+            beta: 0.1,
+            loss_type: DpoLoss::Sigmoid,
+            label_smoothing: 0.0,
+            warmup_steps: 10,
+            max_grad_norm: 1.0,
+            precompute_ref_logps: true,
+        }
     }
 }
 
@@ -51,7 +60,10 @@ impl DpoConfig {
     /// Check the ranges.
     pub fn validate(&self) -> Result<()> {
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return Err(AgentError::config("learning_rate", "expected a finite value > 0"));
+            return Err(AgentError::config(
+                "learning_rate",
+                "expected a finite value > 0",
+            ));
         }
         if !(self.beta > 0.0 && self.beta.is_finite()) {
             return Err(AgentError::config("beta", "expected a finite value > 0"));
@@ -60,7 +72,10 @@ impl DpoConfig {
             return Err(AgentError::config("batch_size", "expected > 0"));
         }
         if !(0.0..0.5).contains(&self.label_smoothing) {
-            return Err(AgentError::config("label_smoothing", "expected a value in [0, 0.5)"));
+            return Err(AgentError::config(
+                "label_smoothing",
+                "expected a value in [0, 0.5)",
+            ));
         }
         Ok(())
     }
@@ -89,22 +104,38 @@ pub fn right_pad_completions(seqs: &[Vec<u32>], pad: u32, device: Device) -> (Te
     let mut toks = Vec::with_capacity(seqs.len() * n);
     let mut mask = Vec::with_capacity(seqs.len() * n);
     for s in seqs {
-        toks.extend(s.iter().map(|&x| x as i64).chain(std::iter::repeat_n(pad as i64, n - s.len())));
-        mask.extend(std::iter::repeat_n(1.0f32, s.len()).chain(std::iter::repeat_n(0.0, n - s.len())));
+        toks.extend(
+            s.iter()
+                .map(|&x| x as i64)
+                .chain(std::iter::repeat_n(pad as i64, n - s.len())),
+        );
+        mask.extend(
+            std::iter::repeat_n(1.0f32, s.len()).chain(std::iter::repeat_n(0.0, n - s.len())),
+        );
     }
     let b = seqs.len() as i64;
-    (Tensor::from_slice(&toks).view([b, n as i64]).to_device(device), Tensor::from_slice(&mask).view([b, n as i64]).to_device(device))
+    (
+        Tensor::from_slice(&toks)
+            .view([b, n as i64])
+            .to_device(device),
+        Tensor::from_slice(&mask)
+            .view([b, n as i64])
+            .to_device(device),
+    )
 }
 
 /// Tokenise pairs for `policy`, cutting completions so prompt + completion fits the context.
 pub fn encode_pairs(policy: &LmPolicy, pairs: &[PreferencePair]) -> PairBatch {
     let tok = &policy.tokenizer;
     let block = policy.model.config().block_size;
-    let prompts: Vec<Vec<u32>> = pairs.iter().map(|p| {
-        let mut ids = tok.encode_prompt(&p.prompt);
-        ids.truncate(block / 2);
-        ids
-    }).collect();
+    let prompts: Vec<Vec<u32>> = pairs
+        .iter()
+        .map(|p| {
+            let mut ids = tok.encode_prompt(&p.prompt);
+            ids.truncate(block / 2);
+            ids
+        })
+        .collect();
     let lp = prompts.iter().map(|p| p.len()).max().unwrap_or(1);
     let room = block.saturating_sub(lp).max(1);
     let comp = |text: &str| {
@@ -119,7 +150,14 @@ pub fn encode_pairs(policy: &LmPolicy, pairs: &[PreferencePair]) -> PairBatch {
     let (prompt, prompt_valid) = left_pad(&prompts, tok.pad_id(), dev);
     let (chosen, chosen_mask) = right_pad_completions(&chosen, tok.pad_id(), dev);
     let (rejected, rejected_mask) = right_pad_completions(&rejected, tok.pad_id(), dev);
-    PairBatch { prompt, prompt_valid, chosen, chosen_mask, rejected, rejected_mask }
+    PairBatch {
+        prompt,
+        prompt_valid,
+        chosen,
+        chosen_mask,
+        rejected,
+        rejected_mask,
+    }
 }
 
 /// Summed completion log-probs `[B]` of chosen and rejected under `model` at temperature 1.
@@ -131,11 +169,35 @@ fn pair_logps(policy: &LmPolicy, b: &PairBatch, idx: &Tensor, train: bool) -> (T
     let n = b.chosen.size()[1].max(b.rejected.size()[1]);
     let pad_to = |t: &Tensor| {
         let extra = n - t.size()[1];
-        if extra > 0 { t.constant_pad_nd([0, extra]) } else { t.shallow_clone() }
+        if extra > 0 {
+            t.constant_pad_nd([0, extra])
+        } else {
+            t.shallow_clone()
+        }
     };
-    let toks = Tensor::cat(&[pad_to(&b.chosen.index_select(0, idx)), pad_to(&b.rejected.index_select(0, idx))], 0); // [2k, N]
-    let mask = Tensor::cat(&[pad_to(&b.chosen_mask.index_select(0, idx)), pad_to(&b.rejected_mask.index_select(0, idx))], 0);
-    let out = sequence_outputs(&policy.model, &Tensor::cat(&[&p, &p], 0), &Tensor::cat(&[&pv, &pv], 0), &toks, &mask, 1.0, train);
+    let toks = Tensor::cat(
+        &[
+            pad_to(&b.chosen.index_select(0, idx)),
+            pad_to(&b.rejected.index_select(0, idx)),
+        ],
+        0,
+    ); // [2k, N]
+    let mask = Tensor::cat(
+        &[
+            pad_to(&b.chosen_mask.index_select(0, idx)),
+            pad_to(&b.rejected_mask.index_select(0, idx)),
+        ],
+        0,
+    );
+    let out = sequence_outputs(
+        &policy.model,
+        &Tensor::cat(&[&p, &p], 0),
+        &Tensor::cat(&[&pv, &pv], 0),
+        &toks,
+        &mask,
+        1.0,
+        train,
+    );
     let s = out.logprobs.sum_dim_intlist(1, false, Kind::Float); // [2k]
     (s.narrow(0, 0, k), s.narrow(0, k, k))
 }
@@ -157,31 +219,67 @@ pub struct DpoAgent {
 impl DpoAgent {
     /// DPO from `policy` (also the frozen reference) on `pairs`; `oracle_queries` is what the labels
     /// cost (pairs labelled by the oracle); `total_steps` shapes the warm-up schedule.
-    pub fn new(cfg: DpoConfig, policy: LmPolicy, pairs: &[PreferencePair], oracle_queries: u64, total_steps: usize, seed: u64) -> Result<Self> {
+    pub fn new(
+        cfg: DpoConfig,
+        policy: LmPolicy,
+        pairs: &[PreferencePair],
+        oracle_queries: u64,
+        total_steps: usize,
+        seed: u64,
+    ) -> Result<Self> {
         cfg.validate()?;
         if pairs.is_empty() {
-            return Err(AgentError::Data("DPO needs at least one preference pair".into()));
+            return Err(AgentError::Data(
+                "DPO needs at least one preference pair".into(),
+            ));
         }
         let reference = policy.duplicate(false)?;
         let data = encode_pairs(&policy, pairs);
-        let mut budget = Budget { oracle_queries, ..Default::default() };
+        let mut budget = Budget {
+            oracle_queries,
+            ..Default::default()
+        };
         let (ref_chosen, ref_rejected, reference) = if cfg.precompute_ref_logps {
             let n = pairs.len() as i64;
             let (mut cs, mut rs) = (Vec::new(), Vec::new());
             for start in (0..n).step_by(64) {
-                let idx = Tensor::arange_start(start, (start + 64).min(n), (Kind::Int64, policy.device()));
+                let idx = Tensor::arange_start(
+                    start,
+                    (start + 64).min(n),
+                    (Kind::Int64, policy.device()),
+                );
                 let (c, r) = tch::no_grad(|| pair_logps(&reference, &data, &idx, false));
                 cs.push(c);
                 rs.push(r);
             }
-            let per = (data.prompt.size()[1] + data.chosen.size()[1].max(data.rejected.size()[1])) as f64 * 2.0;
-            budget.flops += policy.model.config().flops_per_token(per as usize / 2) * per * n as f64;
+            let per = (data.prompt.size()[1] + data.chosen.size()[1].max(data.rejected.size()[1]))
+                as f64
+                * 2.0;
+            budget.flops +=
+                policy.model.config().flops_per_token(per as usize / 2) * per * n as f64;
             (Some(Tensor::cat(&cs, 0)), Some(Tensor::cat(&rs, 0)), None)
         } else {
             (None, None, Some(reference))
         };
-        let opt = AdamW::new(&policy.vs, AdamWConfig { eps: 1e-8, ..Default::default() });
-        Ok(Self { cfg, policy, reference, data, ref_chosen, ref_rejected, opt, seed, budget, total_steps })
+        let opt = AdamW::new(
+            &policy.vs,
+            AdamWConfig {
+                eps: 1e-8,
+                ..Default::default()
+            },
+        );
+        Ok(Self {
+            cfg,
+            policy,
+            reference,
+            data,
+            ref_chosen,
+            ref_rejected,
+            opt,
+            seed,
+            budget,
+            total_steps,
+        })
     }
 
     /// Number of pairs in the buffer.
@@ -214,15 +312,29 @@ impl Agent for DpoAgent {
         let (pc, pr) = pair_logps(&self.policy, &self.data, &idx, true);
         let (rc, rr) = match (&self.ref_chosen, &self.ref_rejected, &self.reference) {
             (Some(c), Some(r), _) => (c.index_select(0, &idx), r.index_select(0, &idx)),
-            (_, _, Some(reference)) => tch::no_grad(|| pair_logps(reference, &self.data, &idx, false)),
-            _ => return Err(AgentError::Data("DPO has neither reference log-probs nor a reference model".into())),
+            (_, _, Some(reference)) => {
+                tch::no_grad(|| pair_logps(reference, &self.data, &idx, false))
+            }
+            _ => {
+                return Err(AgentError::Data(
+                    "DPO has neither reference log-probs nor a reference model".into(),
+                ))
+            }
         };
-        let (losses, chosen_r, rejected_r) = dpo_loss(&pc, &pr, &rc, &rr, c.beta, c.loss_type, c.label_smoothing);
+        let (losses, chosen_r, rejected_r) =
+            dpo_loss(&pc, &pr, &rc, &rr, c.beta, c.loss_type, c.label_smoothing);
         let loss = losses.mean(Kind::Float);
         self.opt.zero_grad();
         loss.backward();
         let gn = self.opt.clip_grad_norm(c.max_grad_norm);
-        let lr = lr_at(step as usize, self.total_steps.max(1), c.warmup_steps, c.learning_rate, 1.0, LrSchedule::Constant);
+        let lr = lr_at(
+            step as usize,
+            self.total_steps.max(1),
+            c.warmup_steps,
+            c.learning_rate,
+            1.0,
+            LrSchedule::Constant,
+        );
         let margins = &chosen_r - &rejected_r;
         let row = Tensor::stack(
             &[
@@ -239,16 +351,47 @@ impl Agent for DpoAgent {
         );
         let v: Vec<f64> = Vec::try_from(row.to_kind(Kind::Double))?;
         if !v[0].is_finite() || !v[7].is_finite() {
-            return Err(AgentError::NonFinite { metric: if v[0].is_finite() { "grad_norm".into() } else { "loss/dpo".into() }, step });
+            return Err(AgentError::NonFinite {
+                metric: if v[0].is_finite() {
+                    "grad_norm".into()
+                } else {
+                    "loss/dpo".into()
+                },
+                step,
+            });
         }
         self.opt.step(lr);
         let k = idx_v.len() as u64;
-        let toks = (self.data.prompt.size()[1] * 2 + self.data.chosen.size()[1] + self.data.rejected.size()[1]) as u64 * k;
+        let toks = (self.data.prompt.size()[1] * 2
+            + self.data.chosen.size()[1]
+            + self.data.rejected.size()[1]) as u64
+            * k;
         self.budget.train_tokens += toks;
-        let fpt = self.policy.model.config().flops_per_token((toks / (2 * k)) as usize);
-        self.budget.flops += 3.0 * fpt * toks as f64 + if self.reference.is_some() { fpt * toks as f64 } else { 0.0 };
+        let fpt = self
+            .policy
+            .model
+            .config()
+            .flops_per_token((toks / (2 * k)) as usize);
+        self.budget.flops += 3.0 * fpt * toks as f64
+            + if self.reference.is_some() {
+                fpt * toks as f64
+            } else {
+                0.0
+            };
         let mut m = Metrics::new();
-        for (i, name) in ["loss/dpo", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected", "train/grad_norm"].iter().enumerate() {
+        for (i, name) in [
+            "loss/dpo",
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "rewards/accuracies",
+            "logps/chosen",
+            "logps/rejected",
+            "train/grad_norm",
+        ]
+        .iter()
+        .enumerate()
+        {
             m.insert(name.to_string(), v[i]);
         }
         m.insert("train/lr".into(), lr);
@@ -271,25 +414,51 @@ struct DpoState {
 impl Resumable for DpoAgent {
     fn save_state(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
-        let mut t: Vec<(String, Tensor)> = self.policy.vs.variables().into_iter().map(|(k, v)| (format!("policy.{k}"), v.to_device(Device::Cpu))).collect();
-        t.extend(self.opt.state().into_iter().map(|(k, v)| (format!("opt.{k}"), v)));
+        let mut t: Vec<(String, Tensor)> = self
+            .policy
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(k, v)| (format!("policy.{k}"), v.to_device(Device::Cpu)))
+            .collect();
+        t.extend(
+            self.opt
+                .state()
+                .into_iter()
+                .map(|(k, v)| (format!("opt.{k}"), v)),
+        );
         Tensor::write_safetensors(&t, dir.join("dpo_state.safetensors"))?;
-        let s = serde_json::to_string_pretty(&DpoState { budget: self.budget }).map_err(|e| AgentError::Data(e.to_string()))?;
-        std::fs::write(dir.join("dpo_state.json"), s).map_err(|e| AgentError::io(dir.join("dpo_state.json"), e))
+        let s = serde_json::to_string_pretty(&DpoState {
+            budget: self.budget,
+        })
+        .map_err(|e| AgentError::Data(e.to_string()))?;
+        std::fs::write(dir.join("dpo_state.json"), s)
+            .map_err(|e| AgentError::io(dir.join("dpo_state.json"), e))
     }
 
     fn load_state(&mut self, dir: &Path) -> Result<()> {
         let path = dir.join("dpo_state.safetensors");
-        let all = Tensor::read_safetensors(&path).map_err(|e| AgentError::Checkpoint { path: path.clone(), msg: e.to_string() })?;
+        let all = Tensor::read_safetensors(&path).map_err(|e| AgentError::Checkpoint {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
         let part = |prefix: &str| -> Vec<(String, Tensor)> {
             let p = format!("{prefix}.");
-            all.iter().filter_map(|(k, v)| k.strip_prefix(&p).map(|s| (s.to_string(), v.shallow_clone()))).collect()
+            all.iter()
+                .filter_map(|(k, v)| {
+                    k.strip_prefix(&p)
+                        .map(|s| (s.to_string(), v.shallow_clone()))
+                })
+                .collect()
         };
         crate::checkpoint::load_tensors_into(&mut self.policy.vs, part("policy"), &path)?;
         self.opt.load_state(part("opt"))?;
         let jp = dir.join("dpo_state.json");
         let text = std::fs::read_to_string(&jp).map_err(|e| AgentError::io(&jp, e))?;
-        let s: DpoState = serde_json::from_str(&text).map_err(|e| AgentError::Checkpoint { path: jp, msg: e.to_string() })?;
+        let s: DpoState = serde_json::from_str(&text).map_err(|e| AgentError::Checkpoint {
+            path: jp,
+            msg: e.to_string(),
+        })?;
         self.budget = s.budget;
         Ok(())
     }

@@ -53,13 +53,23 @@ pub fn kl_per_token(logp: &Tensor, ref_logp: &Tensor, mask: &Tensor, est: KlEsti
 pub fn shaped_rewards(kl: &Tensor, score: &Tensor, mask: &Tensor, kl_coef: f64) -> Tensor {
     let n = mask.size()[1];
     let last = (mask.sum_dim_intlist(1, false, Kind::Int64) - 1).clamp(0, n - 1); // [B]
-    let bonus = mask.zeros_like().scatter(1, &last.unsqueeze(1), &score.unsqueeze(1).to_kind(Kind::Float)); // [B, N]
+    let bonus = mask.zeros_like().scatter(
+        1,
+        &last.unsqueeze(1),
+        &score.unsqueeze(1).to_kind(Kind::Float),
+    ); // [B, N]
     (-kl_coef * kl + bonus) * mask
 }
 
 /// Generalised advantage estimation over `[B, N]`, with no bootstrap past a row's last real token:
 /// `δ_t = r_t + γ V_{t+1} − V_t`, `A_t = δ_t + γ λ A_{t+1}`; returns `(advantages, returns = A + V)`.
-pub fn gae(rewards: &Tensor, values: &Tensor, mask: &Tensor, gamma: f64, lambda: f64) -> (Tensor, Tensor) {
+pub fn gae(
+    rewards: &Tensor,
+    values: &Tensor,
+    mask: &Tensor,
+    gamma: f64,
+    lambda: f64,
+) -> (Tensor, Tensor) {
     let n = rewards.size()[1];
     let values = values * mask;
     let mut next_adv = rewards.select(1, 0).zeros_like();
@@ -82,7 +92,13 @@ pub fn gae(rewards: &Tensor, values: &Tensor, mask: &Tensor, gamma: f64, lambda:
 
 /// Clipped PPO policy loss `mean(max(−A ρ, −A clip(ρ, 1−ε, 1+ε)))` over masked tokens; returns
 /// `(loss, clipfrac, approxkl = mean(½ (log ρ)²), mean ratio)`.
-pub fn ppo_policy_loss(logp: &Tensor, old_logp: &Tensor, adv: &Tensor, mask: &Tensor, clip: f64) -> (Tensor, Tensor, Tensor, Tensor) {
+pub fn ppo_policy_loss(
+    logp: &Tensor,
+    old_logp: &Tensor,
+    adv: &Tensor,
+    mask: &Tensor,
+    clip: f64,
+) -> (Tensor, Tensor, Tensor, Tensor) {
     let logratio = (logp - old_logp) * mask;
     let ratio = logratio.exp();
     let l1 = -adv * &ratio;
@@ -96,7 +112,13 @@ pub fn ppo_policy_loss(logp: &Tensor, old_logp: &Tensor, adv: &Tensor, mask: &Te
 
 /// Clipped value loss `½ mean(max((V − R)², (V_old + clip(V − V_old, −ε_v, ε_v) − R)²))`; returns
 /// `(loss, clipfrac)`.
-pub fn ppo_value_loss(v: &Tensor, v_old: &Tensor, returns: &Tensor, mask: &Tensor, clip: f64) -> (Tensor, Tensor) {
+pub fn ppo_value_loss(
+    v: &Tensor,
+    v_old: &Tensor,
+    returns: &Tensor,
+    mask: &Tensor,
+    clip: f64,
+) -> (Tensor, Tensor) {
     let clipped = v_old + (v - v_old).clamp(-clip, clip);
     let a = (v - returns).square();
     let b = (&clipped - returns).square();
@@ -120,12 +142,22 @@ pub enum DpoLoss {
 
 /// DPO-family losses per pair `[B]` from summed completion log-probs; also the implicit rewards
 /// `β (log π − log π_ref)` of chosen and rejected. `h = β [(π_c − ref_c) − (π_r − ref_r)]`.
-pub fn dpo_loss(pi_c: &Tensor, pi_r: &Tensor, ref_c: &Tensor, ref_r: &Tensor, beta: f64, loss: DpoLoss, label_smoothing: f64) -> (Tensor, Tensor, Tensor) {
+pub fn dpo_loss(
+    pi_c: &Tensor,
+    pi_r: &Tensor,
+    ref_c: &Tensor,
+    ref_r: &Tensor,
+    beta: f64,
+    loss: DpoLoss,
+    label_smoothing: f64,
+) -> (Tensor, Tensor, Tensor) {
     let chosen = beta * (pi_c - ref_c);
     let rejected = beta * (pi_r - ref_r);
     let h = &chosen - &rejected;
     let l = match loss {
-        DpoLoss::Sigmoid => -(1.0 - label_smoothing) * h.log_sigmoid() - label_smoothing * (-&h).log_sigmoid(),
+        DpoLoss::Sigmoid => {
+            -(1.0 - label_smoothing) * h.log_sigmoid() - label_smoothing * (-&h).log_sigmoid()
+        }
         DpoLoss::Ipo => (&h / beta - 1.0 / (2.0 * beta)).square(),
         DpoLoss::Hinge => (-&h + 1.0).relu(),
     };
@@ -180,8 +212,14 @@ mod tests {
         let lp = t(&[-1.0, -2.0, -3.0], &[1, 3]);
         let rf = t(&[-2.0, -1.0, -3.0], &[1, 3]);
         let m = t(&[1.0, 1.0, 0.0], &[1, 3]);
-        close(&kl_per_token(&lp, &rf, &m, KlEstimator::K1), &[1.0, -1.0, 0.0]);
-        close(&kl_per_token(&lp, &rf, &m, KlEstimator::K3), &[0.367_879_4, 0.718_281_8, 0.0]);
+        close(
+            &kl_per_token(&lp, &rf, &m, KlEstimator::K1),
+            &[1.0, -1.0, 0.0],
+        );
+        close(
+            &kl_per_token(&lp, &rf, &m, KlEstimator::K3),
+            &[0.367_879_4, 0.718_281_8, 0.0],
+        );
     }
 
     #[test]
@@ -196,7 +234,10 @@ mod tests {
     #[test]
     fn whiten_by_hand() {
         // masked values [1, 2, 3]: mean 2, unbiased var 1 → [−1, 0, 1], padding 0
-        let w = whiten(&t(&[1.0, 2.0, 3.0, 100.0], &[1, 4]), &t(&[1.0, 1.0, 1.0, 0.0], &[1, 4]));
+        let w = whiten(
+            &t(&[1.0, 2.0, 3.0, 100.0], &[1, 4]),
+            &t(&[1.0, 1.0, 1.0, 0.0], &[1, 4]),
+        );
         close(&w, &[-1.0, 0.0, 1.0, 0.0]);
     }
 
@@ -210,13 +251,23 @@ mod tests {
         let adv = t(&[1.0, 1.0, 1.0], &[1, 3]);
         let m = t(&[1.0, 1.0, 0.0], &[1, 3]);
         let (loss, cf, akl, ratio) = ppo_policy_loss(&lp, &old, &adv, &m, 0.2);
-        assert!((scalar(&loss) + 0.903_265).abs() < 1e-5, "{}", scalar(&loss));
+        assert!(
+            (scalar(&loss) + 0.903_265).abs() < 1e-5,
+            "{}",
+            scalar(&loss)
+        );
         assert!((scalar(&cf) - 0.5).abs() < 1e-6);
         assert!((scalar(&akl) - 0.125).abs() < 1e-6);
         assert!((scalar(&ratio) - (1.648_721 + 0.606_531) / 2.0).abs() < 1e-5);
         // Value: V = 1, V_old = 0, R = 2, ε = 0.2: (1−2)² = 1; clipped V = 0.2 → (0.2−2)² = 3.24
         // → ½·3.24 = 1.62, clipfrac 1
-        let (vl, vcf) = ppo_value_loss(&t(&[1.0], &[1, 1]), &t(&[0.0], &[1, 1]), &t(&[2.0], &[1, 1]), &t(&[1.0], &[1, 1]), 0.2);
+        let (vl, vcf) = ppo_value_loss(
+            &t(&[1.0], &[1, 1]),
+            &t(&[0.0], &[1, 1]),
+            &t(&[2.0], &[1, 1]),
+            &t(&[1.0], &[1, 1]),
+            0.2,
+        );
         assert!((scalar(&vl) - 1.62).abs() < 1e-5);
         assert!((scalar(&vcf) - 1.0).abs() < 1e-6);
     }
@@ -224,7 +275,12 @@ mod tests {
     #[test]
     fn dpo_losses_by_hand() {
         // π_c − ref_c = 1, π_r − ref_r = −1, β = 0.5 → chosen = 0.5, rejected = −0.5, h = 1
-        let (pc, pr, rc, rr) = (t(&[-1.0], &[1]), t(&[-3.0], &[1]), t(&[-2.0], &[1]), t(&[-2.0], &[1]));
+        let (pc, pr, rc, rr) = (
+            t(&[-1.0], &[1]),
+            t(&[-3.0], &[1]),
+            t(&[-2.0], &[1]),
+            t(&[-2.0], &[1]),
+        );
         // sigmoid: −log σ(1) = 0.3132617
         let (l, c, r) = dpo_loss(&pc, &pr, &rc, &rr, 0.5, DpoLoss::Sigmoid, 0.0);
         close(&l, &[0.313_261_7]);
@@ -242,6 +298,9 @@ mod tests {
         let (l, _, _) = dpo_loss(&pc, &pr, &rc, &rr, 0.25, DpoLoss::Hinge, 0.0);
         close(&l, &[0.5]);
         // Bradley–Terry: −log σ(2 − 1) = 0.3132617
-        close(&bradley_terry_loss(&t(&[2.0], &[1]), &t(&[1.0], &[1])), &[0.313_261_7]);
+        close(
+            &bradley_terry_loss(&t(&[2.0], &[1]), &t(&[1.0], &[1])),
+            &[0.313_261_7],
+        );
     }
 }

@@ -39,14 +39,26 @@ impl LmPolicy {
         let dir = dir.as_ref();
         let l = checkpoint::load(dir, device)?;
         if l.config.kind != ModelKind::Policy {
-            return Err(AgentError::Checkpoint { path: dir.to_path_buf(), msg: "holds a reward model, not a policy".into() });
+            return Err(AgentError::Checkpoint {
+                path: dir.to_path_buf(),
+                msg: "holds a reward model, not a policy".into(),
+            });
         }
-        Ok(Self { vs: l.vs, model: l.model, tokenizer: l.tokenizer })
+        Ok(Self {
+            vs: l.vs,
+            model: l.model,
+            tokenizer: l.tokenizer,
+        })
     }
 
     /// Save as a policy checkpoint.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
-        let cfg = CheckpointConfig { kind: ModelKind::Policy, model: self.model.config().clone(), reward_offset: 0.0, aligngym_version: String::new() };
+        let cfg = CheckpointConfig {
+            kind: ModelKind::Policy,
+            model: self.model.config().clone(),
+            reward_offset: 0.0,
+            aligngym_version: String::new(),
+        };
         checkpoint::save(dir, &self.vs, &self.tokenizer, &cfg)
     }
 
@@ -59,7 +71,11 @@ impl LmPolicy {
         if !trainable {
             vs.freeze();
         }
-        Ok(Self { vs, model, tokenizer: self.tokenizer.clone() })
+        Ok(Self {
+            vs,
+            model,
+            tokenizer: self.tokenizer.clone(),
+        })
     }
 
     /// The device of the weights.
@@ -69,24 +85,40 @@ impl LmPolicy {
 
     /// `[BOS] + ids(prompt)` for each prompt.
     pub fn encode_prompts(&self, prompts: &[impl AsRef<str>]) -> Vec<Vec<u32>> {
-        prompts.iter().map(|p| self.tokenizer.encode_prompt(p.as_ref())).collect()
+        prompts
+            .iter()
+            .map(|p| self.tokenizer.encode_prompt(p.as_ref()))
+            .collect()
     }
 
     /// Completion texts of a generation (EOS and padding dropped).
     pub fn decode(&self, gen: &Generation) -> Vec<String> {
-        gen.completions().iter().map(|c| self.tokenizer.decode_ids(c)).collect()
+        gen.completions()
+            .iter()
+            .map(|c| self.tokenizer.decode_ids(c))
+            .collect()
     }
 
     /// Which completions of a generation ended with EOS.
     pub fn ended_with_eos(&self, gen: &Generation) -> Vec<bool> {
         let eos = self.tokenizer.eos_id();
-        gen.completions().iter().map(|c| c.last() == Some(&eos)).collect()
+        gen.completions()
+            .iter()
+            .map(|c| c.last() == Some(&eos))
+            .collect()
     }
 }
 
 impl Policy for LmPolicy {
     fn sample(&self, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> Result<Generation> {
-        generate(&self.model, prompts, self.tokenizer.pad_id(), self.tokenizer.eos_id(), cfg, self.device())
+        generate(
+            &self.model,
+            prompts,
+            self.tokenizer.pad_id(),
+            self.tokenizer.eos_id(),
+            cfg,
+            self.device(),
+        )
     }
     fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer

@@ -8,7 +8,10 @@
 //! bonus, gradient clipping and an optional `target_kl` early stop; fixed or adaptive `kl_coef`.
 
 use crate::agent::{Agent, Budget, Metrics, Resumable};
-use crate::losses::{gae, kl_per_token, masked_mean, masked_var, ppo_policy_loss, ppo_value_loss, shaped_rewards, whiten, KlEstimator};
+use crate::losses::{
+    gae, kl_per_token, masked_mean, masked_var, ppo_policy_loss, ppo_value_loss, shaped_rewards,
+    whiten, KlEstimator,
+};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::policy::{ActorCritic, LmPolicy, Policy};
 use crate::sampling::{sequence_outputs, Generation, SamplingConfig};
@@ -120,21 +123,39 @@ impl Default for PpoConfig {
 impl PpoConfig {
     /// Check the ranges.
     pub fn validate(&self) -> Result<()> {
-        let pos = |f: &str, v: f64| if v > 0.0 && v.is_finite() { Ok(()) } else { Err(AgentError::config(f, "expected a finite value > 0")) };
+        let pos = |f: &str, v: f64| {
+            if v > 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err(AgentError::config(f, "expected a finite value > 0"))
+            }
+        };
         pos("learning_rate", self.learning_rate)?;
         pos("temperature", self.temperature)?;
         pos("clip_coef", self.clip_coef)?;
         if self.batch_size == 0 || self.update_epochs == 0 || self.num_minibatches == 0 {
-            return Err(AgentError::config("batch_size/update_epochs/num_minibatches", "expected > 0"));
+            return Err(AgentError::config(
+                "batch_size/update_epochs/num_minibatches",
+                "expected > 0",
+            ));
         }
         if self.batch_size % self.num_minibatches != 0 {
-            return Err(AgentError::config("num_minibatches", format!("must divide batch_size {}", self.batch_size)));
+            return Err(AgentError::config(
+                "num_minibatches",
+                format!("must divide batch_size {}", self.batch_size),
+            ));
         }
         if !(0.0..=1.0).contains(&self.gamma) || !(0.0..=1.0).contains(&self.gae_lambda) {
-            return Err(AgentError::config("gamma/gae_lambda", "expected values in [0, 1]"));
+            return Err(AgentError::config(
+                "gamma/gae_lambda",
+                "expected values in [0, 1]",
+            ));
         }
         if self.kl_coef < 0.0 || self.vf_coef < 0.0 || self.ent_coef < 0.0 {
-            return Err(AgentError::config("kl_coef/vf_coef/ent_coef", "expected ≥ 0"));
+            return Err(AgentError::config(
+                "kl_coef/vf_coef/ent_coef",
+                "expected ≥ 0",
+            ));
         }
         Ok(())
     }
@@ -160,17 +181,40 @@ impl PpoAgent {
     /// PPO from `policy` (also the frozen reference and, by default, the critic's initialisation),
     /// optimising `reward` on `task`'s training prompts. `reward_counts_as_oracle`: each score is a
     /// gold-reward query (true for the gold reward, false for a learned reward model).
-    pub fn new(cfg: PpoConfig, task: Arc<dyn Task>, policy: LmPolicy, reward: Box<dyn RewardFn>, reward_counts_as_oracle: bool, seed: u64) -> Result<Self> {
+    pub fn new(
+        cfg: PpoConfig,
+        task: Arc<dyn Task>,
+        policy: LmPolicy,
+        reward: Box<dyn RewardFn>,
+        reward_counts_as_oracle: bool,
+        seed: u64,
+    ) -> Result<Self> {
         cfg.validate()?;
         let reference = policy.duplicate(false)?;
         let critic = match cfg.critic {
             CriticKind::Separate => Some(policy.duplicate(true)?),
             CriticKind::Shared => None,
         };
-        let adam = AdamWConfig { eps: cfg.adam_eps, ..Default::default() };
+        let adam = AdamWConfig {
+            eps: cfg.adam_eps,
+            ..Default::default()
+        };
         let actor_opt = AdamW::new(&policy.vs, adam);
         let critic_opt = critic.as_ref().map(|c| AdamW::new(&c.vs, adam));
-        Ok(Self { kl_coef: cfg.kl_coef, cfg, task, actor: policy, critic, reference, reward, actor_opt, critic_opt, seed, budget: Budget::default(), reward_counts_as_oracle })
+        Ok(Self {
+            kl_coef: cfg.kl_coef,
+            cfg,
+            task,
+            actor: policy,
+            critic,
+            reference,
+            reward,
+            actor_opt,
+            critic_opt,
+            seed,
+            budget: Budget::default(),
+            reward_counts_as_oracle,
+        })
     }
 
     /// The current KL coefficient.
@@ -179,8 +223,17 @@ impl PpoAgent {
     }
 
     fn sampling(&self) -> SamplingConfig {
-        let n = if self.cfg.max_new_tokens == 0 { self.task.max_new_tokens() } else { self.cfg.max_new_tokens };
-        SamplingConfig { temperature: self.cfg.temperature, top_k: 0, top_p: 1.0, max_new_tokens: n }
+        let n = if self.cfg.max_new_tokens == 0 {
+            self.task.max_new_tokens()
+        } else {
+            self.cfg.max_new_tokens
+        };
+        SamplingConfig {
+            temperature: self.cfg.temperature,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens: n,
+        }
     }
 
     fn values_of(&self, g: &Generation, train: bool) -> Tensor {
@@ -210,7 +263,15 @@ impl Policy for PpoAgent {
 impl ActorCritic for PpoAgent {
     fn values(&self, g: &Generation, train: bool) -> Tensor {
         let net = self.critic.as_ref().unwrap_or(&self.actor);
-        let out = sequence_outputs(&net.model, &g.prompt, &g.prompt_valid, &g.tokens, &g.mask, self.cfg.temperature, train);
+        let out = sequence_outputs(
+            &net.model,
+            &g.prompt,
+            &g.prompt_valid,
+            &g.tokens,
+            &g.mask,
+            self.cfg.temperature,
+            train,
+        );
         net.model.value(&out.hidden) * &g.mask // [B, N]
     }
 }
@@ -227,7 +288,9 @@ impl Agent for PpoAgent {
         let prompts = self.task.prompts(Split::Train);
         let mut order: Vec<usize> = (0..prompts.len()).collect();
         order.shuffle(&mut rng);
-        let texts: Vec<&str> = (0..c.batch_size).map(|i| prompts[order[i % order.len()]].as_str()).collect();
+        let texts: Vec<&str> = (0..c.batch_size)
+            .map(|i| prompts[order[i % order.len()]].as_str())
+            .collect();
         let ids = self.actor.encode_prompts(&texts);
         tch::manual_seed(seed as i64);
         let gen = self.actor.sample(&ids, &self.sampling())?;
@@ -235,16 +298,37 @@ impl Agent for PpoAgent {
         let eos = self.actor.ended_with_eos(&gen);
         let comp_refs: Vec<&str> = completions.iter().map(|s| s.as_str()).collect();
         let raw = self.reward.score_batch(&texts, &comp_refs)?;
-        let scores: Vec<f32> = raw.iter().zip(&eos).map(|(&s, &e)| if e { s } else { s - c.missing_eos_penalty as f32 }).collect();
+        let scores: Vec<f32> = raw
+            .iter()
+            .zip(&eos)
+            .map(|(&s, &e)| {
+                if e {
+                    s
+                } else {
+                    s - c.missing_eos_penalty as f32
+                }
+            })
+            .collect();
         if let Some(bad) = scores.iter().position(|s| !s.is_finite()) {
-            return Err(AgentError::NonFinite { metric: format!("objective/scores (sample {bad})"), step });
+            return Err(AgentError::NonFinite {
+                metric: format!("objective/scores (sample {bad})"),
+                step,
+            });
         }
         let dev = self.actor.device();
         let score = Tensor::from_slice(&scores).to_device(dev); // [B]
         let mask = &gen.mask; // [B, N]
         let (b, n) = mask.size2()?;
         let (ref_logp, old_values) = tch::no_grad(|| {
-            let r = sequence_outputs(&self.reference.model, &gen.prompt, &gen.prompt_valid, &gen.tokens, mask, c.temperature, false);
+            let r = sequence_outputs(
+                &self.reference.model,
+                &gen.prompt,
+                &gen.prompt_valid,
+                &gen.tokens,
+                mask,
+                c.temperature,
+                false,
+            );
             (r.logprobs, self.values_of(&gen, false))
         });
         let old_logp = gen.logprobs.shallow_clone(); // [B, N]
@@ -265,10 +349,30 @@ impl Agent for PpoAgent {
             for chunk in perm.chunks(mb as usize) {
                 let idx = Tensor::from_slice(chunk).to_device(dev);
                 let g = select(&gen, &idx);
-                let out = sequence_outputs(&self.actor.model, &g.prompt, &g.prompt_valid, &g.tokens, &g.mask, c.temperature, true);
-                let (pg, clipfrac, approxkl, ratio) = ppo_policy_loss(&out.logprobs, &old_logp.index_select(0, &idx), &adv.index_select(0, &idx), &g.mask, c.clip_coef);
+                let out = sequence_outputs(
+                    &self.actor.model,
+                    &g.prompt,
+                    &g.prompt_valid,
+                    &g.tokens,
+                    &g.mask,
+                    c.temperature,
+                    true,
+                );
+                let (pg, clipfrac, approxkl, ratio) = ppo_policy_loss(
+                    &out.logprobs,
+                    &old_logp.index_select(0, &idx),
+                    &adv.index_select(0, &idx),
+                    &g.mask,
+                    c.clip_coef,
+                );
                 let v = self.values_of(&g, true);
-                let (vf, vclip) = ppo_value_loss(&v, &old_values.index_select(0, &idx), &returns.index_select(0, &idx), &g.mask, c.vf_clip_coef);
+                let (vf, vclip) = ppo_value_loss(
+                    &v,
+                    &old_values.index_select(0, &idx),
+                    &returns.index_select(0, &idx),
+                    &g.mask,
+                    c.vf_clip_coef,
+                );
                 let ent = masked_mean(&out.entropy, &g.mask);
                 let loss = &pg + c.vf_coef * &vf - c.ent_coef * &ent;
                 self.actor_opt.zero_grad();
@@ -277,17 +381,36 @@ impl Agent for PpoAgent {
                 }
                 loss.backward();
                 let gn = self.actor_opt.clip_grad_norm(c.max_grad_norm);
-                let cgn = self.critic_opt.as_mut().map(|o| o.clip_grad_norm(c.max_grad_norm));
+                let cgn = self
+                    .critic_opt
+                    .as_mut()
+                    .map(|o| o.clip_grad_norm(c.max_grad_norm));
                 let finite = gn.isfinite().logical_and(&loss.isfinite());
-                let finite = cgn.map_or(finite.shallow_clone(), |x| finite.logical_and(&x.isfinite()));
+                let finite = cgn.map_or(finite.shallow_clone(), |x| {
+                    finite.logical_and(&x.isfinite())
+                });
                 if !bool::try_from(&finite).unwrap_or(false) {
-                    return Err(AgentError::NonFinite { metric: "loss/policy_avg or gradient".into(), step });
+                    return Err(AgentError::NonFinite {
+                        metric: "loss/policy_avg or gradient".into(),
+                        step,
+                    });
                 }
                 self.actor_opt.step(c.learning_rate);
                 if let Some(o) = self.critic_opt.as_mut() {
                     o.step(c.learning_rate);
                 }
-                let row = Tensor::stack(&[pg.detach(), vf.detach(), clipfrac, approxkl.detach(), ratio.detach(), vclip, ent.detach()], 0);
+                let row = Tensor::stack(
+                    &[
+                        pg.detach(),
+                        vf.detach(),
+                        clipfrac,
+                        approxkl.detach(),
+                        ratio.detach(),
+                        vclip,
+                        ent.detach(),
+                    ],
+                    0,
+                );
                 stats.push(row);
                 if c.target_kl > 0.0 && approxkl.double_value(&[]) > c.target_kl {
                     stopped_early = 1.0;
@@ -296,21 +419,42 @@ impl Agent for PpoAgent {
             }
         }
         let minibatches_run = stats.len() as f64;
-        let stats: Vec<f64> = Vec::try_from(Tensor::stack(&stats, 0).mean_dim(0, false, Kind::Float).to_kind(Kind::Double))?;
+        let stats: Vec<f64> = Vec::try_from(
+            Tensor::stack(&stats, 0)
+                .mean_dim(0, false, Kind::Float)
+                .to_kind(Kind::Double),
+        )?;
 
         // Rollout statistics (sequence-level sums, batch means), one transfer.
         let seq_kl = kl.sum_dim_intlist(1, false, Kind::Float); // [B]
         let ent_seq = (-&old_logp * mask).sum_dim_intlist(1, false, Kind::Float); // [B]
-        let ev = 1.0 - masked_var(&(&returns - &old_values), mask) / masked_var(&returns, mask).clamp_min(1e-8);
+        let ev = 1.0
+            - masked_var(&(&returns - &old_values), mask)
+                / masked_var(&returns, mask).clamp_min(1e-8);
         let roll: Vec<f64> = Vec::try_from(
-            Tensor::stack(&[seq_kl.mean(Kind::Float), ent_seq.mean(Kind::Float), score.mean(Kind::Float), mask.sum(Kind::Float), ev], 0).to_kind(Kind::Double),
+            Tensor::stack(
+                &[
+                    seq_kl.mean(Kind::Float),
+                    ent_seq.mean(Kind::Float),
+                    score.mean(Kind::Float),
+                    mask.sum(Kind::Float),
+                    ev,
+                ],
+                0,
+            )
+            .to_kind(Kind::Double),
         )?;
-        let (mean_kl, mean_ent, mean_score, n_tokens, explained) = (roll[0], roll[1], roll[2], roll[3], roll[4]);
+        let (mean_kl, mean_ent, mean_score, n_tokens, explained) =
+            (roll[0], roll[1], roll[2], roll[3], roll[4]);
         if c.adaptive_kl {
             let err = (mean_kl / c.kl_target - 1.0).clamp(-0.2, 0.2);
             self.kl_coef *= 1.0 + err * b as f64 / c.kl_horizon;
         }
-        let kl_coef_used = if c.adaptive_kl { self.kl_coef } else { c.kl_coef };
+        let kl_coef_used = if c.adaptive_kl {
+            self.kl_coef
+        } else {
+            c.kl_coef
+        };
         // Budget: sampling (1 forward per token), reference + critic forwards, and training passes.
         let cfgm = self.actor.model.config();
         let lp = gen.prompt.size()[1];
@@ -324,14 +468,19 @@ impl Agent for PpoAgent {
         if self.reward_counts_as_oracle {
             self.budget.oracle_queries += b as u64;
         }
-        self.budget.flops += fpt * (b as f64 * lp as f64 + n_tokens) + 2.0 * fpt * seq_tokens + 3.0 * fpt * train_tokens * nets;
+        self.budget.flops += fpt * (b as f64 * lp as f64 + n_tokens)
+            + 2.0 * fpt * seq_tokens
+            + 3.0 * fpt * train_tokens * nets;
 
         let mut m = Metrics::new();
         m.insert("objective/kl".into(), mean_kl);
         m.insert("objective/entropy".into(), mean_ent);
         m.insert("objective/scores".into(), mean_score);
         m.insert("objective/non_score_reward".into(), -kl_coef_used * mean_kl);
-        m.insert("objective/rlhf_reward".into(), mean_score - kl_coef_used * mean_kl);
+        m.insert(
+            "objective/rlhf_reward".into(),
+            mean_score - kl_coef_used * mean_kl,
+        );
         m.insert("objective/kl_coef".into(), self.kl_coef);
         m.insert("loss/policy_avg".into(), stats[0]);
         m.insert("loss/value_avg".into(), stats[1]);
@@ -340,13 +489,19 @@ impl Agent for PpoAgent {
         m.insert("val/ratio".into(), stats[4]);
         m.insert("val/clipfrac_avg".into(), stats[5]);
         m.insert("policy/entropy_avg".into(), stats[6]);
-        m.insert("val/num_eos_tokens".into(), eos.iter().filter(|&&e| e).count() as f64);
+        m.insert(
+            "val/num_eos_tokens".into(),
+            eos.iter().filter(|&&e| e).count() as f64,
+        );
         m.insert("val/explained_variance".into(), explained);
         m.insert("policy/early_stop".into(), stopped_early);
         m.insert("train/lr".into(), c.learning_rate);
         for (k, v) in &m {
             if !v.is_finite() && k != "val/explained_variance" {
-                return Err(AgentError::NonFinite { metric: k.clone(), step });
+                return Err(AgentError::NonFinite {
+                    metric: k.clone(),
+                    step,
+                });
             }
         }
         Ok(m)
@@ -363,7 +518,6 @@ impl Agent for PpoAgent {
     }
 }
 
-
 /// Training state saved next to the policy checkpoint.
 #[derive(Debug, Serialize, Deserialize)]
 struct PpoState {
@@ -375,24 +529,46 @@ impl Resumable for PpoAgent {
     fn save_state(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
         let mut t: Vec<(String, Tensor)> = Vec::new();
-        let push = |t: &mut Vec<(String, Tensor)>, prefix: &str, v: Vec<(String, Tensor)>| t.extend(v.into_iter().map(|(k, x)| (format!("{prefix}.{k}"), x.to_device(tch::Device::Cpu))));
-        push(&mut t, "actor", self.actor.vs.variables().into_iter().collect());
+        let push = |t: &mut Vec<(String, Tensor)>, prefix: &str, v: Vec<(String, Tensor)>| {
+            t.extend(
+                v.into_iter()
+                    .map(|(k, x)| (format!("{prefix}.{k}"), x.to_device(tch::Device::Cpu))),
+            )
+        };
+        push(
+            &mut t,
+            "actor",
+            self.actor.vs.variables().into_iter().collect(),
+        );
         push(&mut t, "actor_opt", self.actor_opt.state());
         if let (Some(cr), Some(o)) = (&self.critic, &self.critic_opt) {
             push(&mut t, "critic", cr.vs.variables().into_iter().collect());
             push(&mut t, "critic_opt", o.state());
         }
         Tensor::write_safetensors(&t, dir.join("ppo_state.safetensors"))?;
-        let s = serde_json::to_string_pretty(&PpoState { kl_coef: self.kl_coef, budget: self.budget }).map_err(|e| AgentError::Data(e.to_string()))?;
-        std::fs::write(dir.join("ppo_state.json"), s).map_err(|e| AgentError::io(dir.join("ppo_state.json"), e))
+        let s = serde_json::to_string_pretty(&PpoState {
+            kl_coef: self.kl_coef,
+            budget: self.budget,
+        })
+        .map_err(|e| AgentError::Data(e.to_string()))?;
+        std::fs::write(dir.join("ppo_state.json"), s)
+            .map_err(|e| AgentError::io(dir.join("ppo_state.json"), e))
     }
 
     fn load_state(&mut self, dir: &Path) -> Result<()> {
         let path = dir.join("ppo_state.safetensors");
-        let all = Tensor::read_safetensors(&path).map_err(|e| AgentError::Checkpoint { path: path.clone(), msg: e.to_string() })?;
+        let all = Tensor::read_safetensors(&path).map_err(|e| AgentError::Checkpoint {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
         let part = |prefix: &str| -> Vec<(String, Tensor)> {
             let p = format!("{prefix}.");
-            all.iter().filter_map(|(k, v)| k.strip_prefix(&p).map(|s| (s.to_string(), v.shallow_clone()))).collect()
+            all.iter()
+                .filter_map(|(k, v)| {
+                    k.strip_prefix(&p)
+                        .map(|s| (s.to_string(), v.shallow_clone()))
+                })
+                .collect()
         };
         crate::checkpoint::load_tensors_into(&mut self.actor.vs, part("actor"), &path)?;
         self.actor_opt.load_state(part("actor_opt"))?;
@@ -402,7 +578,10 @@ impl Resumable for PpoAgent {
         }
         let jp = dir.join("ppo_state.json");
         let text = std::fs::read_to_string(&jp).map_err(|e| AgentError::io(&jp, e))?;
-        let s: PpoState = serde_json::from_str(&text).map_err(|e| AgentError::Checkpoint { path: jp, msg: e.to_string() })?;
+        let s: PpoState = serde_json::from_str(&text).map_err(|e| AgentError::Checkpoint {
+            path: jp,
+            msg: e.to_string(),
+        })?;
         self.kl_coef = s.kl_coef;
         self.budget = s.budget;
         Ok(())

@@ -22,11 +22,20 @@ pub struct PrefsConfig {
     pub sampling: SamplingConfig,
     /// Written into each line's `source` field.
     pub source: String,
+    /// Drop pairs the oracle finds exactly tied (equal gold reward, so `P(a ≻ b) = ½`): raters
+    /// would answer "no preference", and a coin-flip label only adds noise. The query still counts.
+    pub skip_ties: bool,
 }
 
 /// Sample, label and return `cfg.pairs` pairs (pairs of identical completions are skipped: they
-/// carry no preference).
-pub fn make_pairs(generator: &LmPolicy, task: &dyn Task, oracle: &mut dyn PreferenceOracle, cfg: &PrefsConfig, seed: u64) -> Result<Vec<PreferencePair>> {
+/// carry no preference; so are ties when `cfg.skip_ties`).
+pub fn make_pairs(
+    generator: &LmPolicy,
+    task: &dyn Task,
+    oracle: &mut dyn PreferenceOracle,
+    cfg: &PrefsConfig,
+    seed: u64,
+) -> Result<Vec<PreferencePair>> {
     if cfg.samples_per_prompt < 2 {
         return Err(AgentError::config("samples_per_prompt", "expected ≥ 2"));
     }
@@ -37,12 +46,21 @@ pub fn make_pairs(generator: &LmPolicy, task: &dyn Task, oracle: &mut dyn Prefer
     let mut round = 0u64;
     while out.len() < cfg.pairs {
         if round > 50 + cfg.pairs as u64 {
-            return Err(AgentError::Data(format!("could only make {} distinct pairs out of {} asked for", out.len(), cfg.pairs)));
+            return Err(AgentError::Data(format!(
+                "could only make {} distinct pairs out of {} asked for",
+                out.len(),
+                cfg.pairs
+            )));
         }
         let s = derive_seed(seed, round);
         let mut rng = StdRng::seed_from_u64(s);
-        let chosen: Vec<&String> = prompts.choose_multiple(&mut rng, per_round.min(prompts.len())).collect();
-        let texts: Vec<&str> = chosen.iter().flat_map(|p| std::iter::repeat_n(p.as_str(), k)).collect();
+        let chosen: Vec<&String> = prompts
+            .choose_multiple(&mut rng, per_round.min(prompts.len()))
+            .collect();
+        let texts: Vec<&str> = chosen
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.as_str(), k))
+            .collect();
         tch::manual_seed(s as i64);
         let gen = generator.sample(&generator.encode_prompts(&texts), &cfg.sampling)?;
         let comps = generator.decode(&gen);
@@ -64,7 +82,14 @@ pub fn make_pairs(generator: &LmPolicy, task: &dyn Task, oracle: &mut dyn Prefer
             if out.len() == cfg.pairs {
                 break;
             }
-            let (c, r, cs, rs) = if l.a_wins { (a[i], b[i], l.reward_a, l.reward_b) } else { (b[i], a[i], l.reward_b, l.reward_a) };
+            if cfg.skip_ties && l.reward_a == l.reward_b {
+                continue;
+            }
+            let (c, r, cs, rs) = if l.a_wins {
+                (a[i], b[i], l.reward_a, l.reward_b)
+            } else {
+                (b[i], a[i], l.reward_b, l.reward_a)
+            };
             let mut p = PreferencePair::new(ps[i], c, r);
             p.extra.insert("chosen_score".into(), json!(cs));
             p.extra.insert("rejected_score".into(), json!(rs));

@@ -35,7 +35,13 @@ pub struct RmConfig {
 
 impl Default for RmConfig {
     fn default() -> Self {
-        Self { learning_rate: 1e-4, batch_size: 32, epochs: 3, heldout_fraction: 0.1, max_grad_norm: 1.0 }
+        Self {
+            learning_rate: 1e-4,
+            batch_size: 32,
+            epochs: 3,
+            heldout_fraction: 0.1,
+            max_grad_norm: 1.0,
+        }
     }
 }
 
@@ -61,22 +67,48 @@ pub struct RewardModel {
 }
 
 /// Scores `[B]` at the last real token of each completion (raw, before centring).
-fn raw_scores(net: &LmPolicy, prompt: &Tensor, prompt_valid: &Tensor, toks: &Tensor, mask: &Tensor, train: bool) -> Tensor {
+fn raw_scores(
+    net: &LmPolicy,
+    prompt: &Tensor,
+    prompt_valid: &Tensor,
+    toks: &Tensor,
+    mask: &Tensor,
+    train: bool,
+) -> Tensor {
     let lp = prompt.size()[1];
     let full = Tensor::cat(&[prompt, toks], 1);
-    let valid = Tensor::cat(&[prompt_valid.to_kind(Kind::Bool), mask.to_kind(Kind::Bool)], 1);
+    let valid = Tensor::cat(
+        &[prompt_valid.to_kind(Kind::Bool), mask.to_kind(Kind::Bool)],
+        1,
+    );
     let h = net.model.forward_full(&full, &valid, train); // [B, L_p + N, C]
     let last = mask.sum_dim_intlist(1, false, Kind::Int64) - 1 + lp; // [B] index of the last real token
     let c = h.size()[2];
-    let at = h.gather(1, &last.view([-1, 1, 1]).expand([-1, 1, c], false), false).squeeze_dim(1); // [B, C]
+    let at = h
+        .gather(1, &last.view([-1, 1, 1]).expand([-1, 1, c], false), false)
+        .squeeze_dim(1); // [B, C]
     net.model.reward(&at) // [B]
 }
 
 fn pair_scores(net: &LmPolicy, d: &PairBatch, idx: &Tensor, train: bool) -> (Tensor, Tensor) {
     let p = d.prompt.index_select(0, idx);
     let pv = d.prompt_valid.index_select(0, idx);
-    let rc = raw_scores(net, &p, &pv, &d.chosen.index_select(0, idx), &d.chosen_mask.index_select(0, idx), train);
-    let rr = raw_scores(net, &p, &pv, &d.rejected.index_select(0, idx), &d.rejected_mask.index_select(0, idx), train);
+    let rc = raw_scores(
+        net,
+        &p,
+        &pv,
+        &d.chosen.index_select(0, idx),
+        &d.chosen_mask.index_select(0, idx),
+        train,
+    );
+    let rr = raw_scores(
+        net,
+        &p,
+        &pv,
+        &d.rejected.index_select(0, idx),
+        &d.rejected_mask.index_select(0, idx),
+        train,
+    );
     (rc, rr)
 }
 
@@ -88,7 +120,11 @@ fn accuracy(net: &LmPolicy, d: &PairBatch, ids: &[i64]) -> (f64, f64, f64) {
     for chunk in ids.chunks(64) {
         let idx = Tensor::from_slice(chunk).to_device(net.device());
         let (c, r) = tch::no_grad(|| pair_scores(net, d, &idx, false));
-        correct += c.gt_tensor(&r).to_kind(Kind::Float).sum(Kind::Float).double_value(&[]);
+        correct += c
+            .gt_tensor(&r)
+            .to_kind(Kind::Float)
+            .sum(Kind::Float)
+            .double_value(&[]);
         sum += (c.sum(Kind::Float) + r.sum(Kind::Float)).double_value(&[]);
         count += 2.0 * chunk.len() as f64;
     }
@@ -97,18 +133,34 @@ fn accuracy(net: &LmPolicy, d: &PairBatch, ids: &[i64]) -> (f64, f64, f64) {
 
 impl RewardModel {
     /// Train a reward model whose trunk starts from `init` on `pairs`; `seed` shuffles and splits.
-    pub fn train(init: &LmPolicy, pairs: &[PreferencePair], cfg: &RmConfig, seed: u64, mut on_step: impl FnMut(usize, usize, f64)) -> Result<(Self, RmReport)> {
+    pub fn train(
+        init: &LmPolicy,
+        pairs: &[PreferencePair],
+        cfg: &RmConfig,
+        seed: u64,
+        mut on_step: impl FnMut(usize, usize, f64),
+    ) -> Result<(Self, RmReport)> {
         if pairs.len() < 2 {
-            return Err(AgentError::Data(format!("a reward model needs at least 2 preference pairs, got {}", pairs.len())));
+            return Err(AgentError::Data(format!(
+                "a reward model needs at least 2 preference pairs, got {}",
+                pairs.len()
+            )));
         }
         let net = init.duplicate(true)?;
         let data = encode_pairs(&net, pairs);
         let mut ids: Vec<i64> = (0..pairs.len() as i64).collect();
         ids.shuffle(&mut StdRng::seed_from_u64(seed));
-        let n_held = ((pairs.len() as f64 * cfg.heldout_fraction).round() as usize).min(pairs.len() - 1);
+        let n_held =
+            ((pairs.len() as f64 * cfg.heldout_fraction).round() as usize).min(pairs.len() - 1);
         let (held, train) = ids.split_at(n_held);
         let (held, train) = (held.to_vec(), train.to_vec());
-        let mut opt = AdamW::new(&net.vs, AdamWConfig { eps: 1e-8, ..Default::default() });
+        let mut opt = AdamW::new(
+            &net.vs,
+            AdamWConfig {
+                eps: 1e-8,
+                ..Default::default()
+            },
+        );
         let bs = cfg.batch_size.min(train.len()).max(1);
         let steps_per_epoch = train.len().div_ceil(bs);
         let total = steps_per_epoch * cfg.epochs.max(1);
@@ -116,7 +168,10 @@ impl RewardModel {
         for step in 0..total {
             let epoch = step / steps_per_epoch;
             let mut perm = train.clone();
-            perm.shuffle(&mut StdRng::seed_from_u64(derive_seed(seed, epoch as u64 + 1)));
+            perm.shuffle(&mut StdRng::seed_from_u64(derive_seed(
+                seed,
+                epoch as u64 + 1,
+            )));
             let k = step % steps_per_epoch;
             let chunk = &perm[k * bs..((k + 1) * bs).min(perm.len())];
             let idx = Tensor::from_slice(chunk).to_device(net.device());
@@ -125,17 +180,33 @@ impl RewardModel {
             opt.zero_grad();
             loss.backward();
             let _ = opt.clip_grad_norm(cfg.max_grad_norm);
-            opt.step(lr_at(step, total, total / 10, cfg.learning_rate, 0.1, LrSchedule::Cosine));
+            opt.step(lr_at(
+                step,
+                total,
+                total / 10,
+                cfg.learning_rate,
+                0.1,
+                LrSchedule::Cosine,
+            ));
             final_loss = loss.double_value(&[]);
             if !final_loss.is_finite() {
-                return Err(AgentError::NonFinite { metric: "rm/loss".into(), step: step as u64 });
+                return Err(AgentError::NonFinite {
+                    metric: "rm/loss".into(),
+                    step: step as u64,
+                });
             }
             on_step(step, total, final_loss);
         }
         let (train_accuracy, sum, count) = accuracy(&net, &data, &train);
         let (heldout_accuracy, _, _) = accuracy(&net, &data, &held);
         let offset = sum / count.max(1.0);
-        let report = RmReport { train_accuracy, heldout_accuracy, offset, final_loss, pairs: (train.len(), held.len()) };
+        let report = RmReport {
+            train_accuracy,
+            heldout_accuracy,
+            offset,
+            final_loss,
+            pairs: (train.len(), held.len()),
+        };
         Ok((Self { net, offset }, report))
     }
 
@@ -144,27 +215,58 @@ impl RewardModel {
         let dir = dir.as_ref();
         let l = checkpoint::load(dir, device)?;
         if l.config.kind != ModelKind::RewardModel {
-            return Err(AgentError::Checkpoint { path: dir.to_path_buf(), msg: "holds a policy, not a reward model (train one with `aligngym train-rm`)".into() });
+            return Err(AgentError::Checkpoint {
+                path: dir.to_path_buf(),
+                msg: "holds a policy, not a reward model (train one with `aligngym train-rm`)"
+                    .into(),
+            });
         }
         let mut vs = l.vs;
         vs.freeze();
-        Ok(Self { net: LmPolicy { vs, model: l.model, tokenizer: l.tokenizer }, offset: l.config.reward_offset })
+        Ok(Self {
+            net: LmPolicy {
+                vs,
+                model: l.model,
+                tokenizer: l.tokenizer,
+            },
+            offset: l.config.reward_offset,
+        })
     }
 
     /// Save as a reward-model checkpoint.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
-        let cfg = CheckpointConfig { kind: ModelKind::RewardModel, model: self.net.model.config().clone(), reward_offset: self.offset, aligngym_version: String::new() };
+        let cfg = CheckpointConfig {
+            kind: ModelKind::RewardModel,
+            model: self.net.model.config().clone(),
+            reward_offset: self.offset,
+            aligngym_version: String::new(),
+        };
         checkpoint::save(dir, &self.net.vs, &self.net.tokenizer, &cfg)
     }
 
     /// Centred scores of preference-style completions.
     pub fn score_texts(&self, prompts: &[&str], completions: &[&str]) -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(prompts.len());
-        let pairs: Vec<PreferencePair> = prompts.iter().zip(completions).map(|(p, c)| PreferencePair::new(*p, *c, *c)).collect();
+        let pairs: Vec<PreferencePair> = prompts
+            .iter()
+            .zip(completions)
+            .map(|(p, c)| PreferencePair::new(*p, *c, *c))
+            .collect();
         for chunk in pairs.chunks(64) {
             let d = encode_pairs(&self.net, chunk);
-            let s = tch::no_grad(|| raw_scores(&self.net, &d.prompt, &d.prompt_valid, &d.chosen, &d.chosen_mask, false)) - self.offset;
-            out.extend(Vec::<f32>::try_from(&s.to_kind(Kind::Float).to_device(tch::Device::Cpu))?);
+            let s = tch::no_grad(|| {
+                raw_scores(
+                    &self.net,
+                    &d.prompt,
+                    &d.prompt_valid,
+                    &d.chosen,
+                    &d.chosen_mask,
+                    false,
+                )
+            }) - self.offset;
+            out.extend(Vec::<f32>::try_from(
+                &s.to_kind(Kind::Float).to_device(tch::Device::Cpu),
+            )?);
         }
         Ok(out)
     }
@@ -174,10 +276,21 @@ impl RewardFn for RewardModel {
     fn name(&self) -> String {
         "reward_model".into()
     }
-    fn score_batch(&self, prompts: &[&str], completions: &[&str]) -> aligngym_envs::Result<Vec<f32>> {
+    fn score_batch(
+        &self,
+        prompts: &[&str],
+        completions: &[&str],
+    ) -> aligngym_envs::Result<Vec<f32>> {
         if prompts.len() != completions.len() {
-            return Err(EnvError::Reward { name: "reward_model".into(), msg: "prompts and completions differ in number".into() });
+            return Err(EnvError::Reward {
+                name: "reward_model".into(),
+                msg: "prompts and completions differ in number".into(),
+            });
         }
-        self.score_texts(prompts, completions).map_err(|e| EnvError::Reward { name: "reward_model".into(), msg: e.to_string() })
+        self.score_texts(prompts, completions)
+            .map_err(|e| EnvError::Reward {
+                name: "reward_model".into(),
+                msg: e.to_string(),
+            })
     }
 }

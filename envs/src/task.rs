@@ -47,6 +47,10 @@ pub trait Task: Send + Sync {
     fn max_new_tokens(&self) -> usize {
         24
     }
+    /// SFT steps that make a good starting policy for this task with the tiny model.
+    fn sft_steps(&self) -> usize {
+        600
+    }
 }
 
 /// Split a prompt pool into train/eval (every `eval_every`-th prompt is held out), dropping

@@ -1,6 +1,8 @@
 //! `arithmetic-v0`: a verifiable reward. Prompts are `a+b=` with `a, b ∈ 0..=20`; the gold reward is 1
 //! for exactly the right number (then EOS), else 0 — no partial credit. The SFT corpus holds a
-//! controlled fraction of wrong answers (off by 1–3) so that alignment has headroom.
+//! controlled fraction of wrong answers (off by 1–3, default 30%) and of chatty tails after the
+//! answer (`17+25=42 i think`, default 50%), so that alignment has headroom: the tail habit is one
+//! that RL on the training prompts can remove everywhere, held-out prompts included.
 
 use crate::reward::Rule;
 use crate::rules::ExactAnswer;
@@ -9,12 +11,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 
+const TAILS: &[&str] = &["i think", "maybe", "or so", "probably"];
+
 /// Largest operand.
 pub const MAX_OPERAND: u32 = 20;
 
 /// The arithmetic task.
 pub struct ArithmeticTask {
     wrong_fraction: f64,
+    tail_fraction: f64,
     train: Vec<String>,
     eval: Vec<String>,
 }
@@ -28,8 +33,9 @@ pub fn answer(prompt: &str) -> Option<String> {
 }
 
 impl ArithmeticTask {
-    /// The task with `wrong_fraction` of the SFT corpus answered wrongly (default 0.3).
-    pub fn new(wrong_fraction: f64) -> Self {
+    /// The task with `wrong_fraction` of the SFT corpus answered wrongly (default 0.3) and
+    /// `tail_fraction` of it followed by a chatty tail (default 0.5).
+    pub fn new(wrong_fraction: f64, tail_fraction: f64) -> Self {
         let mut rng = StdRng::seed_from_u64(0xa417);
         let mut pool: Vec<String> = (0..=MAX_OPERAND)
             .flat_map(|a| (0..=MAX_OPERAND).map(move |b| format!("{a}+{b}=")))
@@ -41,6 +47,7 @@ impl ArithmeticTask {
         let (train, eval) = split_prompts(pool, 5);
         Self {
             wrong_fraction: wrong_fraction.clamp(0.0, 1.0),
+            tail_fraction: tail_fraction.clamp(0.0, 1.0),
             train,
             eval,
         }
@@ -49,7 +56,7 @@ impl ArithmeticTask {
 
 impl Default for ArithmeticTask {
     fn default() -> Self {
-        Self::new(0.3)
+        Self::new(0.3, 0.5)
     }
 }
 
@@ -83,7 +90,11 @@ impl Task for ArithmeticTask {
                         c - off
                     };
                 }
-                format!("{a}+{b}={c}")
+                if rng.random_bool(self.tail_fraction) {
+                    format!("{a}+{b}={c} {}", TAILS[rng.random_range(0..TAILS.len())])
+                } else {
+                    format!("{a}+{b}={c}")
+                }
             })
             .collect()
     }
@@ -99,6 +110,9 @@ impl Task for ArithmeticTask {
     fn max_new_tokens(&self) -> usize {
         6
     }
+    fn sft_steps(&self) -> usize {
+        1500
+    }
 }
 
 #[cfg(test)]
@@ -109,17 +123,20 @@ mod tests {
         assert_eq!(answer("17+25="), Some("42".into()));
         assert_eq!(answer("17-25="), None);
         let t = ArithmeticTask::default();
+        let g = t.gold();
         let corpus = t.corpus(4000, 1);
         let wrong = corpus
             .iter()
             .filter(|l| {
                 let (p, c) = l.split_at(l.find('=').unwrap() + 1);
-                answer(p).as_deref() != Some(c)
+                answer(p).as_deref() != c.split(' ').next()
             })
             .count() as f64
             / 4000.0;
         assert!((wrong - 0.3).abs() < 0.03, "{wrong}");
-        let g = t.gold();
+        let tails = corpus.iter().filter(|l| l.contains(' ')).count() as f64 / 4000.0;
+        assert!((tails - 0.5).abs() < 0.03, "{tails}");
+        assert_eq!(g.score("3+4=", "7 i think"), 0.0);
         assert_eq!(g.score("3+4=", "7"), 1.0);
         assert_eq!(g.score("3+4=", "8"), 0.0);
     }
