@@ -161,7 +161,7 @@ enum Cmd {
         #[arg(long, required_unless_present = "resume")]
         out: Option<PathBuf>,
         /// Override a hyperparameter: a key of the agent's config, or run.updates, run.eval_every,
-        /// eval.prompts … (repeatable).
+        /// eval.prompts … (repeatable). With --resume, only run.* keys (e.g. to extend a run).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
         /// Run seed.
@@ -375,8 +375,19 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     let path = dir.join("config.json");
                     let text =
                         std::fs::read_to_string(&path).map_err(|e| AgentError::io(&path, e))?;
-                    let spec: TrainSpec = serde_json::from_str(&text)
+                    let mut spec: TrainSpec = serde_json::from_str(&text)
                         .map_err(|e| AgentError::Data(format!("{}: {e}", path.display())))?;
+                    if let Some(bad) = sets.iter().find(|s| !s.starts_with("run.")) {
+                        return Err(AgentError::config(
+                            bad.clone(),
+                            "with --resume only run.* keys may be changed",
+                        ));
+                    }
+                    spec.apply_sets(&sets)?;
+                    // Keep the extended length in the run's record.
+                    let json = serde_json::to_string_pretty(&spec)
+                        .map_err(|e| AgentError::Data(e.to_string()))?;
+                    commands::write_atomic(&path, &json)?;
                     (spec, dir, true)
                 }
                 None => {

@@ -8,6 +8,14 @@ use crate::tokenizer::Tokenizer;
 use aligngym_envs::TextCodec;
 use tch::{nn, Device, Kind, Tensor};
 
+/// Tests share libtorch's global RNG; each test holds this lock so seeds stay meaningful when the
+/// harness runs tests on several threads.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn small_model(seed: u64, vocab: usize) -> (nn::VarStore, Gpt) {
     let cfg = GptConfig {
         vocab_size: vocab,
@@ -26,6 +34,7 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn kv_cache_decoding_matches_full_forward_on_a_left_padded_batch() {
+    let _guard = lock();
     let (_vs, m) = small_model(1, 50);
     let prompts: Vec<Vec<u32>> = vec![vec![3, 4, 5, 6, 7], vec![8, 9], vec![10, 11, 12]];
     let cont: Vec<i64> = vec![13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24]; // 4 steps × 3 sequences
@@ -81,6 +90,7 @@ fn kv_cache_decoding_matches_full_forward_on_a_left_padded_batch() {
 
 #[test]
 fn sampled_logprobs_equal_recomputed_ones_and_seed_reproduces() {
+    let _guard = lock();
     let (_vs, m) = small_model(2, 40);
     let prompts: Vec<Vec<u32>> = vec![vec![3, 4, 5, 6], vec![7], vec![8, 9, 10], vec![11, 12]];
     for cfg in [
@@ -124,6 +134,7 @@ fn sampled_logprobs_equal_recomputed_ones_and_seed_reproduces() {
 
 #[test]
 fn sequences_stop_at_their_own_eos_and_are_padded_after() {
+    let _guard = lock();
     let (vs, m) = small_model(3, 30);
     // Make EOS (id 2) likely at every step: a constant final-LayerNorm bias aligned with its
     // embedding row gives it a logit of about 0.1 · 32 = 3.2.
@@ -161,6 +172,7 @@ fn corpus() -> Vec<String> {
 
 #[test]
 fn save_load_round_trip_and_bad_checkpoints() {
+    let _guard = lock();
     let tok = Tokenizer::train(&corpus(), 300).unwrap();
     let cfg = GptConfig {
         vocab_size: tok.vocab_size(),
@@ -262,6 +274,7 @@ fn save_load_round_trip_and_bad_checkpoints() {
 
 #[test]
 fn sft_beats_unigram_entropy_and_is_reproducible() {
+    let _guard = lock();
     let corpus = corpus();
     let tok = Tokenizer::train(&corpus, 300).unwrap();
     let cfg = GptConfig {
