@@ -20,7 +20,12 @@ fn root() -> &'static Path {
 
 fn run(args: &[&str]) -> Output {
     let out = bin().args(args).output().expect("run aligngym");
-    assert!(out.status.success(), "aligngym {args:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "aligngym {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -29,20 +34,36 @@ fn fails(args: &[&str], needle: &str) {
     let out = bin().args(args).output().expect("run aligngym");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "aligngym {args:?} should fail");
-    assert_eq!(err.trim_end().lines().count(), 1, "expected one line, got:\n{err}");
-    assert!(err.contains(needle), "aligngym {args:?}: `{needle}` not in `{err}`");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "expected one line, got:\n{err}"
+    );
+    assert!(
+        err.contains(needle),
+        "aligngym {args:?}: `{needle}` not in `{err}`"
+    );
 }
 
 /// SFT checkpoints, built once per env and shared by the tests.
 fn sft(env: &str) -> PathBuf {
-    static DONE: OnceLock<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
+    static DONE: OnceLock<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>> =
+        OnceLock::new();
     let m = DONE.get_or_init(Default::default);
     let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(p) = g.get(env) {
         return p.clone();
     }
     let out = root().join(format!("sft-{env}"));
-    run(&["sft", "--env", env, "--out", out.to_str().unwrap(), "--device", "cpu"]);
+    run(&[
+        "sft",
+        "--env",
+        env,
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
     g.insert(env.to_string(), out.clone());
     out
 }
@@ -51,7 +72,19 @@ fn prefs(env: &str) -> PathBuf {
     let sft = sft(env);
     let out = root().join(format!("prefs-{env}.jsonl"));
     if !out.exists() {
-        run(&["prefs", "--env", env, "--policy", sft.to_str().unwrap(), "--pairs", "1024", "--out", out.to_str().unwrap(), "--device", "cpu"]);
+        run(&[
+            "prefs",
+            "--env",
+            env,
+            "--policy",
+            sft.to_str().unwrap(),
+            "--pairs",
+            "1024",
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]);
     }
     out
 }
@@ -59,23 +92,52 @@ fn prefs(env: &str) -> PathBuf {
 /// `(step, metric, value)` rows of a run's metrics.csv.
 fn metrics(dir: &Path) -> Vec<(u64, String, f64)> {
     let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
-    text.lines().skip(1).map(|l| {
-        let mut it = l.splitn(3, ',');
-        (it.next().unwrap().parse().unwrap(), it.next().unwrap().to_string(), it.next().unwrap().parse().unwrap())
-    }).collect()
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let mut it = l.splitn(3, ',');
+            (
+                it.next().unwrap().parse().unwrap(),
+                it.next().unwrap().to_string(),
+                it.next().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
 }
 
 fn gold_first_last(dir: &Path) -> (f64, f64, f64) {
     let m = metrics(dir);
-    let gold: Vec<f64> = m.iter().filter(|r| r.1 == "eval/gold_reward").map(|r| r.2).collect();
-    let kl = m.iter().rev().find(|r| r.1 == "eval/kl_to_ref").map(|r| r.2).unwrap();
+    let gold: Vec<f64> = m
+        .iter()
+        .filter(|r| r.1 == "eval/gold_reward")
+        .map(|r| r.2)
+        .collect();
+    let kl = m
+        .iter()
+        .rev()
+        .find(|r| r.1 == "eval/kl_to_ref")
+        .map(|r| r.2)
+        .unwrap();
     (gold[0], *gold.last().unwrap(), kl)
 }
 
 fn train(agent: &str, env: &str, name: &str, extra: &[&str]) -> PathBuf {
     let out = root().join(name);
     let policy = sft(env);
-    let mut args = vec!["train", "--agent", agent, "--env", env, "--policy", policy.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu", "--quiet"];
+    let mut args = vec![
+        "train",
+        "--agent",
+        agent,
+        "--env",
+        env,
+        "--policy",
+        policy.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--quiet",
+    ];
     args.extend_from_slice(extra);
     run(&args);
     out
@@ -83,16 +145,35 @@ fn train(agent: &str, env: &str, name: &str, extra: &[&str]) -> PathBuf {
 
 #[test]
 fn ppo_on_gold_and_dpo_on_oracle_pairs_beat_sft_with_defaults() {
-    for (env, ppo_margin, dpo_margin) in [("sentiment-v0", 0.3, 0.2), ("arithmetic-v0", 0.08, 0.03)] {
+    for (env, ppo_margin, dpo_margin) in [("sentiment-v0", 0.3, 0.2), ("arithmetic-v0", 0.08, 0.03)]
+    {
         let p = prefs(env);
         let ppo = train("ppo", env, &format!("ppo-{env}"), &[]);
-        let dpo = train("dpo", env, &format!("dpo-{env}"), &["--prefs", p.to_str().unwrap()]);
+        let dpo = train(
+            "dpo",
+            env,
+            &format!("dpo-{env}"),
+            &["--prefs", p.to_str().unwrap()],
+        );
         for (dir, margin) in [(ppo, ppo_margin), (dpo, dpo_margin)] {
             let (first, last, kl) = gold_first_last(&dir);
-            eprintln!("{}: eval/gold_reward {first:.3} -> {last:.3}, eval/kl_to_ref {kl:.2}", dir.display());
-            assert!(last > first + margin, "{}: gold {first:.3} -> {last:.3}, wanted +{margin}", dir.display());
+            eprintln!(
+                "{}: eval/gold_reward {first:.3} -> {last:.3}, eval/kl_to_ref {kl:.2}",
+                dir.display()
+            );
+            assert!(
+                last > first + margin,
+                "{}: gold {first:.3} -> {last:.3}, wanted +{margin}",
+                dir.display()
+            );
             assert!(kl.is_finite() && kl > 0.0);
-            for f in ["config.json", "metrics.csv", "policy/model.safetensors", "policy/config.json", "policy/tokenizer.json"] {
+            for f in [
+                "config.json",
+                "metrics.csv",
+                "policy/model.safetensors",
+                "policy/config.json",
+                "policy/tokenizer.json",
+            ] {
                 assert!(dir.join(f).exists(), "{f}");
             }
         }
@@ -104,31 +185,95 @@ fn ppo_with_a_reward_model_trained_on_dpos_pairs_runs_end_to_end() {
     let env = "sentiment-v0";
     let p = prefs(env);
     let rm = root().join("rm-sentiment");
-    let out = run(&["train-rm", "--prefs", p.to_str().unwrap(), "--init", sft(env).to_str().unwrap(), "--out", rm.to_str().unwrap(), "--device", "cpu"]);
+    let out = run(&[
+        "train-rm",
+        "--prefs",
+        p.to_str().unwrap(),
+        "--init",
+        sft(env).to_str().unwrap(),
+        "--out",
+        rm.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(rm.join("rm_report.json")).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rm.join("rm_report.json")).unwrap()).unwrap();
     let acc = report["heldout_accuracy"].as_f64().unwrap();
     assert!(acc > 0.6, "held-out pairwise accuracy {acc}: {text}");
     let reward = format!("rm:{}", rm.display());
-    let dir = train("ppo", env, "ppo-rm", &["--reward", &reward, "--set", "run.updates=6", "--set", "run.eval_every=3"]);
+    let dir = train(
+        "ppo",
+        env,
+        "ppo-rm",
+        &[
+            "--reward",
+            &reward,
+            "--set",
+            "run.updates=6",
+            "--set",
+            "run.eval_every=3",
+        ],
+    );
     let m = metrics(&dir);
     assert!(m.iter().any(|r| r.1 == "eval/proxy_reward" && r.0 == 6));
     assert!(m.iter().any(|r| r.1 == "objective/scores"));
     // A reward-model directory is not a policy, and a policy is not a reward model.
-    fails(&["train", "--agent", "ppo", "--env", env, "--policy", rm.to_str().unwrap(), "--out", root().join("x").to_str().unwrap(), "--device", "cpu"], "not a policy");
+    fails(
+        &[
+            "train",
+            "--agent",
+            "ppo",
+            "--env",
+            env,
+            "--policy",
+            rm.to_str().unwrap(),
+            "--out",
+            root().join("x").to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        "not a policy",
+    );
     let as_rm = format!("rm:{}", sft(env).display());
-    fails(&["train", "--agent", "ppo", "--env", env, "--policy", sft(env).to_str().unwrap(), "--reward", &as_rm, "--out", root().join("y").to_str().unwrap(), "--device", "cpu"], "not a reward model");
+    fails(
+        &[
+            "train",
+            "--agent",
+            "ppo",
+            "--env",
+            env,
+            "--policy",
+            sft(env).to_str().unwrap(),
+            "--reward",
+            &as_rm,
+            "--out",
+            root().join("y").to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        "not a reward model",
+    );
 }
 
 fn without_wall(rows: Vec<(u64, String, f64)>) -> Vec<(u64, String, f64)> {
-    rows.into_iter().filter(|r| r.1 != "budget/wall_seconds").collect()
+    rows.into_iter()
+        .filter(|r| r.1 != "budget/wall_seconds")
+        .collect()
 }
 
 #[test]
 fn same_seed_same_metrics_and_resume_equals_uninterrupted() {
     let env = "arithmetic-v0";
     let p = prefs(env);
-    let short = ["--set", "run.updates=4", "--set", "run.eval_every=2", "--set", "batch_size=16"];
+    let short = [
+        "--set",
+        "run.updates=4",
+        "--set",
+        "run.eval_every=2",
+        "--set",
+        "batch_size=16",
+    ];
     for agent in ["ppo", "dpo"] {
         let mut extra: Vec<&str> = short.to_vec();
         if agent == "dpo" {
@@ -143,8 +288,21 @@ fn same_seed_same_metrics_and_resume_equals_uninterrupted() {
         let mut half = extra.clone();
         half[1] = "run.updates=2";
         let c = train(agent, env, &format!("det-c-{agent}"), &half);
-        run(&["train", "--resume", c.to_str().unwrap(), "--set", "run.updates=4", "--device", "cpu", "--quiet"]);
-        assert_eq!(without_wall(metrics(&c)), ma, "{agent}: resumed run differs from the uninterrupted one");
+        run(&[
+            "train",
+            "--resume",
+            c.to_str().unwrap(),
+            "--set",
+            "run.updates=4",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]);
+        assert_eq!(
+            without_wall(metrics(&c)),
+            ma,
+            "{agent}: resumed run differs from the uninterrupted one"
+        );
         // A different seed differs.
         let mut other = extra.clone();
         other.extend_from_slice(&["--seed", "9"]);
@@ -163,32 +321,154 @@ fn bad_input_gets_one_line_and_a_nonzero_exit() {
     let empty = dir.join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();
     let notpairs = dir.join("notpairs.jsonl");
-    std::fs::write(&notpairs, "{\"prompt\":\"1+1=\",\"chosen\":\"2\",\"rejected\":\"3\"}\n{\"text\":\"hello\"}\n").unwrap();
+    std::fs::write(
+        &notpairs,
+        "{\"prompt\":\"1+1=\",\"chosen\":\"2\",\"rejected\":\"3\"}\n{\"text\":\"hello\"}\n",
+    )
+    .unwrap();
     let out = dir.join("run");
     let o = out.to_str().unwrap();
-    fails(&["train", "--agent", "dpo", "--env", env, "--policy", pol, "--prefs", empty.to_str().unwrap(), "--out", o, "--device", "cpu"], "empty.jsonl");
-    fails(&["train", "--agent", "dpo", "--env", env, "--policy", pol, "--prefs", notpairs.to_str().unwrap(), "--out", o, "--device", "cpu"], "notpairs.jsonl:2: missing field `prompt`");
-    fails(&["train", "--agent", "ppo", "--env", env, "--policy", pol, "--out", o, "--set", "not_a_key=1", "--device", "cpu"], "not_a_key");
-    fails(&["train", "--agent", "ppo", "--env", env, "--policy", pol, "--out", o, "--set", "learning_rate=fast", "--device", "cpu"], "learning_rate");
-    fails(&["train", "--agent", "ppo", "--env", "nope-v0", "--policy", pol, "--out", o, "--device", "cpu"], "nope-v0");
-    fails(&["train", "--agent", "ppo", "--env", "hh-v0", "--policy", pol, "--out", o, "--device", "cpu"], "preferences only");
-    fails(&["sample", "--policy", dir.join("missing").to_str().unwrap(), "--prompt", "1+1=", "--device", "cpu"], "no such checkpoint");
+    fails(
+        &[
+            "train",
+            "--agent",
+            "dpo",
+            "--env",
+            env,
+            "--policy",
+            pol,
+            "--prefs",
+            empty.to_str().unwrap(),
+            "--out",
+            o,
+            "--device",
+            "cpu",
+        ],
+        "empty.jsonl",
+    );
+    fails(
+        &[
+            "train",
+            "--agent",
+            "dpo",
+            "--env",
+            env,
+            "--policy",
+            pol,
+            "--prefs",
+            notpairs.to_str().unwrap(),
+            "--out",
+            o,
+            "--device",
+            "cpu",
+        ],
+        "notpairs.jsonl:2: missing field `prompt`",
+    );
+    fails(
+        &[
+            "train",
+            "--agent",
+            "ppo",
+            "--env",
+            env,
+            "--policy",
+            pol,
+            "--out",
+            o,
+            "--set",
+            "not_a_key=1",
+            "--device",
+            "cpu",
+        ],
+        "not_a_key",
+    );
+    fails(
+        &[
+            "train",
+            "--agent",
+            "ppo",
+            "--env",
+            env,
+            "--policy",
+            pol,
+            "--out",
+            o,
+            "--set",
+            "learning_rate=fast",
+            "--device",
+            "cpu",
+        ],
+        "learning_rate",
+    );
+    fails(
+        &[
+            "train", "--agent", "ppo", "--env", "nope-v0", "--policy", pol, "--out", o, "--device",
+            "cpu",
+        ],
+        "nope-v0",
+    );
+    fails(
+        &[
+            "train", "--agent", "ppo", "--env", "hh-v0", "--policy", pol, "--out", o, "--device",
+            "cpu",
+        ],
+        "preferences only",
+    );
+    fails(
+        &[
+            "sample",
+            "--policy",
+            dir.join("missing").to_str().unwrap(),
+            "--prompt",
+            "1+1=",
+            "--device",
+            "cpu",
+        ],
+        "no such checkpoint",
+    );
     // A corrupt checkpoint: config.json that is not JSON.
     let corrupt = dir.join("corrupt");
     std::fs::create_dir_all(&corrupt).unwrap();
     std::fs::write(corrupt.join("config.json"), "{oops").unwrap();
-    fails(&["sample", "--policy", corrupt.to_str().unwrap(), "--prompt", "1+1=", "--device", "cpu"], "config.json");
+    fails(
+        &[
+            "sample",
+            "--policy",
+            corrupt.to_str().unwrap(),
+            "--prompt",
+            "1+1=",
+            "--device",
+            "cpu",
+        ],
+        "config.json",
+    );
     // An empty corpus: an error, and no output directory left behind.
     let corpus = dir.join("corpus.txt");
     std::fs::write(&corpus, "\n \n").unwrap();
     let sft_out = dir.join("sft-empty");
-    fails(&["sft", "--corpus", corpus.to_str().unwrap(), "--out", sft_out.to_str().unwrap(), "--device", "cpu"], "empty");
+    fails(
+        &[
+            "sft",
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--out",
+            sft_out.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        "empty",
+    );
     assert!(!sft_out.exists());
     assert!(!out.exists(), "a failed run left its directory behind");
     // --device cuda without CUDA fails loudly rather than falling back.
     let has_cuda = tch::Cuda::is_available();
     if !has_cuda {
-        fails(&["sample", "--policy", pol, "--prompt", "1+1=", "--device", "cuda"], "CUDA");
+        fails(
+            &[
+                "sample", "--policy", pol, "--prompt", "1+1=", "--device", "cuda",
+            ],
+            "CUDA",
+        );
         fails(&["gpu-check"], "CUDA");
     }
 }
@@ -196,17 +476,65 @@ fn bad_input_gets_one_line_and_a_nonzero_exit() {
 #[test]
 fn sample_and_eval_and_envs_commands_work() {
     let pol = sft("arithmetic-v0");
-    let a = run(&["sample", "--policy", pol.to_str().unwrap(), "--prompt", "3+4=", "-n", "3", "--seed", "1", "--device", "cpu"]);
-    let b = run(&["sample", "--policy", pol.to_str().unwrap(), "--prompt", "3+4=", "-n", "3", "--seed", "1", "--device", "cpu"]);
-    assert_eq!(a.stdout, b.stdout, "sampling is not reproducible from a seed");
+    let a = run(&[
+        "sample",
+        "--policy",
+        pol.to_str().unwrap(),
+        "--prompt",
+        "3+4=",
+        "-n",
+        "3",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+    ]);
+    let b = run(&[
+        "sample",
+        "--policy",
+        pol.to_str().unwrap(),
+        "--prompt",
+        "3+4=",
+        "-n",
+        "3",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(
+        a.stdout, b.stdout,
+        "sampling is not reproducible from a seed"
+    );
     assert_eq!(String::from_utf8_lossy(&a.stdout).lines().count(), 3);
-    let e = run(&["eval", "--env", "arithmetic-v0", "--policy", pol.to_str().unwrap(), "--device", "cpu"]);
+    let e = run(&[
+        "eval",
+        "--env",
+        "arithmetic-v0",
+        "--policy",
+        pol.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
     let text = String::from_utf8_lossy(&e.stdout);
-    for k in ["eval/gold_reward", "eval/kl_to_ref", "eval/win_rate_vs_ref", "eval/distinct_2", "eval/response_len", "eval/entropy"] {
+    for k in [
+        "eval/gold_reward",
+        "eval/kl_to_ref",
+        "eval/win_rate_vs_ref",
+        "eval/distinct_2",
+        "eval/response_len",
+        "eval/entropy",
+    ] {
         assert!(text.contains(k), "{k} missing from {text}");
     }
     let envs = run(&["envs"]);
-    for id in ["sentiment-v0", "arithmetic-v0", "instruct-v0", "hh-v0", "hidden-pref-v0"] {
+    for id in [
+        "sentiment-v0",
+        "arithmetic-v0",
+        "instruct-v0",
+        "hh-v0",
+        "hidden-pref-v0",
+    ] {
         assert!(String::from_utf8_lossy(&envs.stdout).contains(id));
         run(&["check-env", id]);
     }

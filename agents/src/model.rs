@@ -64,7 +64,7 @@ impl GptConfig {
         pos("n_head", self.n_head)?;
         pos("n_embd", self.n_embd)?;
         pos("block_size", self.block_size)?;
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(AgentError::config(
                 "n_head",
                 format!("{} does not divide n_embd {}", self.n_head, self.n_embd),

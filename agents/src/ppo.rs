@@ -139,7 +139,7 @@ impl PpoConfig {
                 "expected > 0",
             ));
         }
-        if self.batch_size % self.num_minibatches != 0 {
+        if !self.batch_size.is_multiple_of(self.num_minibatches) {
             return Err(AgentError::config(
                 "num_minibatches",
                 format!("must divide batch_size {}", self.batch_size),

@@ -166,7 +166,7 @@ pub fn generate(
         let mask = attention_mask(&prompt_valid, 0, lp);
         let h = model.forward(&prompt, &pos, &mask, Some(&mut cache), false); // [B, L_p, C]
         let mut logits = model.lm_logits(&h.select(1, lp - 1)).to_kind(Kind::Float); // [B, V]
-        let mut next_pos = pos.select(1, lp - 1) + 1; // [B]
+        let last_prompt_pos = pos.select(1, lp - 1); // [B]
         let mut finished = Tensor::zeros([b], (Kind::Bool, device));
         let pad_t = Tensor::full([b], pad as i64, (Kind::Int64, device));
         let (mut toks, mut lps, mut masks) = (Vec::new(), Vec::new(), Vec::new());
@@ -203,13 +203,12 @@ pub fn generate(
             let mask = attention_mask(&key_valid.narrow(1, 0, lp + t + 1), lp + t, 1); // [B, 1, 1, L_p+t+1]
             let h = model.forward(
                 &tok.unsqueeze(1),
-                &next_pos.unsqueeze(1),
+                &(&last_prompt_pos + (t + 1)).unsqueeze(1),
                 &mask,
                 Some(&mut cache),
                 false,
             );
             logits = model.lm_logits(&h.squeeze_dim(1)).to_kind(Kind::Float); // [B, V]
-            next_pos += 1;
         }
         Ok(Generation {
             prompt,

@@ -61,16 +61,16 @@ fn kv_cache_decoding_matches_full_forward_on_a_left_padded_batch() {
             false,
         );
         let mut inc = vec![m.lm_logits(&h.select(1, lp - 1))];
-        let mut p = pos.select(1, lp - 1) + 1;
+        let last = pos.select(1, lp - 1);
         for t in 0..steps - 1 {
+            let p = &last + (t + 1);
             let tok = next.narrow(1, t, 1);
             let mask = attention_mask(&key_valid.narrow(1, 0, lp + t + 1), lp + t, 1);
             let h = m.forward(&tok, &p.unsqueeze(1), &mask, Some(&mut cache), false);
             inc.push(m.lm_logits(&h.squeeze_dim(1)));
-            p += 1;
         }
+        // Full forward over the same sequences.
         let inc = Tensor::stack(&inc, 1); // [B, steps, V]
-                                          // Full forward over the same sequences.
         let full_tokens = Tensor::cat(&[prompt.shallow_clone(), next.shallow_clone()], 1);
         let h = m.forward_full(&full_tokens, &key_valid, false);
         let full = m.lm_logits(&h.narrow(1, lp - 1, steps));

@@ -49,11 +49,10 @@ fn check_env_names_the_broken_rule() {
     }
 }
 
-fn rollout(
-    n: usize,
-    parallel: bool,
-    mode: AutoresetMode,
-) -> Vec<(Vec<Vec<u32>>, Vec<f32>, Vec<bool>, Vec<bool>)> {
+/// Observations, rewards, terminated and truncated flags of one vector step.
+type StepRecord = (Vec<Vec<u32>>, Vec<f32>, Vec<bool>, Vec<bool>);
+
+fn rollout(n: usize, parallel: bool, mode: AutoresetMode) -> Vec<StepRecord> {
     let codec: Arc<dyn TextCodec> = Arc::new(ByteCodec);
     let envs = (0..n)
         .map(|_| {
