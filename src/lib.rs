@@ -13,5 +13,8 @@ pub use aligngym_envs as envs;
 pub mod commands;
 pub mod eval;
 pub mod metrics;
+pub mod plot;
+pub mod report;
 pub mod runner;
 pub mod spec;
+pub mod sweep;

@@ -4,6 +4,7 @@ use aligngym::commands::{self, ModelSize};
 use aligngym::eval::{EvalConfig, Evaluator};
 use aligngym::runner;
 use aligngym::spec::{build_agent, AgentKind, RewardSpec, TrainSpec};
+use aligngym::sweep::{run_sweep, SweepOptions, SweepSpec};
 use aligngym_agents::sampling::SamplingConfig;
 use aligngym_agents::sft::SftConfig;
 use aligngym_agents::{AgentError, DeviceChoice, LmPolicy, Result, RmConfig};
@@ -174,6 +175,68 @@ enum Cmd {
         #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["agent", "env", "policy", "out"])]
         resume: Option<PathBuf>,
         /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+        /// libtorch intra-op threads (0 = libtorch's default); sweeps running several runs at
+        /// once pass 1.
+        #[arg(long, default_value_t = 0)]
+        threads: i32,
+    },
+    /// Run a sweep spec (TOML): envs × agents × hyperparameter grid × seeds, with shared stages.
+    Sweep {
+        /// The sweep spec (see src/sweeps/*.toml).
+        spec: PathBuf,
+        /// Output folder (runs/, stages/, runs.csv, metrics.csv); default results/<sweep name>.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Runs executed at once (each with one libtorch thread when > 1).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Only shard I of N (`I/N`, 0-based): machines can share a sweep and merge by copying.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+        /// Multiply updates and preference pairs (for GPU-sized runs).
+        #[arg(long)]
+        scale: Option<f64>,
+        /// Device: auto, cpu or cuda.
+        #[arg(long, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Draw the figures of a sweep folder (PNG and SVG in <DIR>/plots).
+    Plot {
+        /// A sweep output folder.
+        dir: PathBuf,
+    },
+    /// Write <DIR>/report.md: the measured answer to each claim the sweep covers.
+    Report {
+        /// A sweep output folder.
+        dir: PathBuf,
+    },
+    /// The default comparison: SFT, on-policy preferences, a reward model, then PPO on the gold
+    /// reward, PPO on the reward model and DPO on the same pairs, 3 seeds each; CSV, plots, report.
+    Compare {
+        /// Environment id.
+        #[arg(long, default_value = "sentiment-v0")]
+        env: String,
+        /// Output folder.
+        #[arg(long, default_value = "results")]
+        out: PathBuf,
+        /// Seeds per agent.
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Runs executed at once.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Multiply updates and preference pairs (for GPU-sized runs).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Device: auto, cpu or cuda.
+        #[arg(long, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+        /// No progress bars.
         #[arg(long)]
         quiet: bool,
     },
@@ -368,8 +431,12 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             device,
             resume,
             quiet,
+            threads,
         } => {
             let dev = device.resolve()?;
+            if threads > 0 {
+                tch::set_num_threads(threads);
+            }
             let (spec, dir, resuming) = match resume {
                 Some(dir) => {
                     let path = dir.join("config.json");
@@ -459,7 +526,103 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::GpuCheck => aligngym::commands::gpu_check(),
+        Cmd::Sweep {
+            spec,
+            out,
+            jobs,
+            shard,
+            scale,
+            device,
+            quiet,
+        } => {
+            let mut s = SweepSpec::load(&spec)?;
+            if let Some(x) = scale {
+                s.scale = x;
+                s.validate()?;
+            }
+            let shard = match shard {
+                None => None,
+                Some(t) => Some(parse_shard(&t)?),
+            };
+            let out = out.unwrap_or_else(|| PathBuf::from("results").join(&s.name));
+            let n = run_sweep(
+                &s,
+                &out,
+                &SweepOptions {
+                    jobs,
+                    shard,
+                    device,
+                    quiet,
+                },
+            )?;
+            println!(
+                "sweep {}: {n} run(s) executed now; runs.csv and metrics.csv in {}",
+                s.name,
+                out.display()
+            );
+            Ok(())
+        }
+        Cmd::Plot { dir } => {
+            for f in aligngym::plot::plot_sweep(&dir)? {
+                println!("{}", f.display());
+            }
+            Ok(())
+        }
+        Cmd::Report { dir } => {
+            aligngym::plot::plot_sweep(&dir)?;
+            aligngym::report::write_report(&dir)?;
+            println!("{}", dir.join("report.md").display());
+            Ok(())
+        }
+        Cmd::Compare {
+            env,
+            out,
+            seeds,
+            jobs,
+            scale,
+            device,
+            quiet,
+        } => {
+            let s = aligngym::sweep::compare_spec(&env, seeds, scale)?;
+            run_sweep(
+                &s,
+                &out,
+                &SweepOptions {
+                    jobs,
+                    shard: None,
+                    device,
+                    quiet,
+                },
+            )?;
+            aligngym::plot::plot_sweep(&out)?;
+            aligngym::report::write_report(&out)?;
+            print!("{}", aligngym::report::summary_table(&out)?);
+            println!(
+                "CSV: {0}/runs.csv, {0}/metrics.csv; plots: {0}/plots; report: {0}/report.md",
+                out.display()
+            );
+            Ok(())
+        }
     }
+}
+
+/// `I/N` with I < N.
+fn parse_shard(t: &str) -> Result<(usize, usize)> {
+    let bad = || {
+        AgentError::config(
+            "--shard",
+            format!("`{t}`: expected I/N with 0 ≤ I < N, e.g. 0/2"),
+        )
+    };
+    let (i, n) = t.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
 }
 
 /// `--set key=value` on a flat serde config.

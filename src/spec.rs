@@ -148,6 +148,7 @@ impl TrainSpec {
                     .find(|sec| v.get(sec).and_then(|x| x.get(key)).is_some());
                 match found {
                     Some(sec) => vec![sec.to_string(), key.to_string()],
+                    None if matches!(key, "seed" | "prefs_queries") => vec![key.to_string()],
                     None => {
                         return Err(AgentError::config(
                             key,
@@ -275,14 +276,23 @@ pub fn build_agent(
                 }
                 RewardSpec::Rm(dir) => (Box::new(RewardModel::load(dir, device)?), false),
             };
-            Box::new(PpoAgent::new(
-                spec.ppo.clone().unwrap_or_default(),
-                task,
-                policy,
-                reward,
-                oracle,
-                spec.seed,
-            )?)
+            Box::new(
+                PpoAgent::new(
+                    spec.ppo.clone().unwrap_or_default(),
+                    task,
+                    policy,
+                    reward,
+                    oracle,
+                    spec.seed,
+                )?
+                .with_prior_oracle_queries(
+                    if matches!(spec.reward, RewardSpec::Rm(_)) {
+                        spec.prefs_queries.unwrap_or(0)
+                    } else {
+                        0
+                    },
+                ),
+            )
         }
         AgentKind::Dpo => {
             let path = spec.prefs.as_ref().ok_or_else(|| {

@@ -239,6 +239,16 @@ impl DpoAgent {
             oracle_queries,
             ..Default::default()
         };
+        // The completions behind the pairs were sampled for this data set: count them once.
+        let mut seen = std::collections::HashSet::new();
+        for p in pairs {
+            for c in [&p.chosen, &p.rejected] {
+                if seen.insert((p.prompt.as_str(), c.as_str())) {
+                    budget.samples += 1;
+                    budget.tokens_generated += policy.tokenizer.encode_ids(c).len() as u64 + 1;
+                }
+            }
+        }
         let (ref_chosen, ref_rejected, reference) = if cfg.precompute_ref_logps {
             let n = pairs.len() as i64;
             let (mut cs, mut rs) = (Vec::new(), Vec::new());

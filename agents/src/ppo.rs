@@ -217,6 +217,13 @@ impl PpoAgent {
         })
     }
 
+    /// Count `queries` oracle queries already spent on this agent's reward (e.g. the preference
+    /// labels a reward model was trained on), so budgets compare with DPO's.
+    pub fn with_prior_oracle_queries(mut self, queries: u64) -> Self {
+        self.budget.oracle_queries += queries;
+        self
+    }
+
     /// The current KL coefficient.
     pub fn kl_coef(&self) -> f64 {
         self.kl_coef

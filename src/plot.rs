@@ -1,0 +1,344 @@
+//! Figures from a sweep folder (PNG and SVG): learning curves (gold reward against updates, samples
+//! and wall seconds: median over seeds with a min–max band), the gold-reward-vs-KL frontier (the DPO
+//! paper's figure), and proxy vs gold reward against √KL (over-optimisation, Gao et al. 2022).
+
+use crate::metrics::MetricRow;
+use crate::sweep::{load_sweep_dir, SweepSpec};
+use aligngym_agents::{AgentError, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Rows of a sweep's long `metrics.csv`, grouped by run id.
+pub fn read_sweep_metrics(dir: &Path) -> Result<BTreeMap<String, Vec<MetricRow>>> {
+    let path = dir.join("metrics.csv");
+    let mut r = csv::Reader::from_path(&path)
+        .map_err(|e| AgentError::Data(format!("{}: {e}", path.display())))?;
+    let mut out: BTreeMap<String, Vec<MetricRow>> = BTreeMap::new();
+    for (i, rec) in r.records().enumerate() {
+        let rec =
+            rec.map_err(|e| AgentError::Data(format!("{}:{}: {e}", path.display(), i + 2)))?;
+        let bad = |f: &str| AgentError::Data(format!("{}:{}: bad `{f}`", path.display(), i + 2));
+        let step: u64 = rec
+            .get(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("step"))?;
+        let value: f64 = rec
+            .get(3)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("value"))?;
+        out.entry(rec.get(0).unwrap_or("").to_string())
+            .or_default()
+            .push(MetricRow {
+                step,
+                metric: rec.get(2).unwrap_or("").to_string(),
+                value,
+            });
+    }
+    Ok(out)
+}
+
+/// A run's series key: its id without the seed, so seeds of one configuration pool together.
+pub fn series_key(run_id: &str) -> String {
+    match run_id.rfind(".s") {
+        Some(i) if run_id[i + 2..].chars().all(|c| c.is_ascii_digit()) => run_id[..i].to_string(),
+        _ => run_id.to_string(),
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Points `(x, median y, min y, max y)` of `y_metric` against `x_metric` over the runs of a series,
+/// at the eval steps.
+fn curve(runs: &[&Vec<MetricRow>], x_metric: &str, y_metric: &str) -> Vec<(f64, f64, f64, f64)> {
+    let mut by_step: BTreeMap<u64, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for rows in runs {
+        let xs: BTreeMap<u64, f64> = rows
+            .iter()
+            .filter(|r| r.metric == x_metric)
+            .map(|r| (r.step, r.value))
+            .collect();
+        for r in rows.iter().filter(|r| r.metric == y_metric) {
+            let x = if x_metric == "step" {
+                Some(r.step as f64)
+            } else {
+                xs.get(&r.step).copied()
+            };
+            if let Some(x) = x {
+                let e = by_step.entry(r.step).or_default();
+                e.0.push(x);
+                e.1.push(r.value);
+            }
+        }
+    }
+    by_step
+        .into_values()
+        .map(|(mut xs, mut ys)| {
+            let lo = ys.iter().cloned().fold(f64::INFINITY, f64::min);
+            let hi = ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            (median(&mut xs), median(&mut ys), lo, hi)
+        })
+        .collect()
+}
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Embedded so plots render on machines without system fonts.
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
+    });
+}
+
+type Series = Vec<(String, Vec<(f64, f64, f64, f64)>)>;
+
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &Series,
+    band: bool,
+    lines: bool,
+) -> Result<()> {
+    let err = |e: String| AgentError::Data(format!("plot: {e}"));
+    let pts = series
+        .iter()
+        .flat_map(|(_, s)| s.iter())
+        .filter(|p| p.0.is_finite() && p.1.is_finite());
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
+    for p in pts {
+        x0 = x0.min(p.0);
+        x1 = x1.max(p.0);
+        y0 = y0.min(if band { p.2 } else { p.1 });
+        y1 = y1.max(if band { p.3 } else { p.1 });
+    }
+    if !x0.is_finite() {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    let pad = |a: f64, b: f64| {
+        if (b - a).abs() < 1e-9 {
+            (a - 0.5, b + 0.5)
+        } else {
+            (a - 0.05 * (b - a), b + 0.05 * (b - a))
+        }
+    };
+    let ((x0, x1), (y0, y1)) = (pad(x0, x1), pad(y0, y1));
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(52)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc(xlabel)
+        .y_desc(ylabel)
+        .label_style(("sans-serif", 12))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    for (i, (name, s)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        if band && s.len() > 1 {
+            let mut poly: Vec<(f64, f64)> = s.iter().map(|p| (p.0, p.3)).collect();
+            poly.extend(s.iter().rev().map(|p| (p.0, p.2)));
+            chart
+                .draw_series(std::iter::once(Polygon::new(
+                    poly,
+                    color.mix(0.15).filled(),
+                )))
+                .map_err(|e| err(e.to_string()))?;
+        }
+        let line: Vec<(f64, f64)> = s.iter().map(|p| (p.0, p.1)).collect();
+        let drawn = if lines {
+            chart
+                .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
+                .map_err(|e| err(e.to_string()))?
+        } else {
+            chart
+                .draw_series(
+                    line.iter()
+                        .map(|&(x, y)| Circle::new((x, y), 3, color.filled())),
+                )
+                .map_err(|e| err(e.to_string()))?
+        };
+        drawn.label(name.clone()).legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+        });
+        if lines {
+            chart
+                .draw_series(
+                    line.iter()
+                        .map(|&(x, y)| Circle::new((x, y), 2, color.filled())),
+                )
+                .map_err(|e| err(e.to_string()))?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 11))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+/// One figure: panels side by side, written as `<stem>.png` and `<stem>.svg`.
+fn figure(
+    stem: &Path,
+    panels: &[(String, String, String, Series, bool, bool)],
+) -> Result<Vec<PathBuf>> {
+    register_font();
+    let w = 520 * panels.len() as u32;
+    let (png, svg) = (stem.with_extension("png"), stem.with_extension("svg"));
+    let err = |e: String| AgentError::Data(format!("plot {}: {e}", stem.display()));
+    {
+        let root = BitMapBackend::new(&png, (w, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        for (a, p) in root.split_evenly((1, panels.len())).iter().zip(panels) {
+            draw_panel(a, &p.0, &p.1, &p.2, &p.3, p.4, p.5)?;
+        }
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    {
+        let root = SVGBackend::new(&svg, (w, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        for (a, p) in root.split_evenly((1, panels.len())).iter().zip(panels) {
+            draw_panel(a, &p.0, &p.1, &p.2, &p.3, p.4, p.5)?;
+        }
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    Ok(vec![png, svg])
+}
+
+/// Write every figure of the sweep in `dir` into `dir/plots`; returns the files.
+pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
+    let spec: SweepSpec = load_sweep_dir(dir)?;
+    let metrics = read_sweep_metrics(dir)?;
+    if metrics.is_empty() {
+        return Err(AgentError::Data(format!(
+            "{}: no finished runs to plot",
+            dir.display()
+        )));
+    }
+    let out = dir.join("plots");
+    std::fs::create_dir_all(&out).map_err(|e| AgentError::io(&out, e))?;
+    let mut files = Vec::new();
+    for env in &spec.envs {
+        let mut groups: BTreeMap<String, Vec<&Vec<MetricRow>>> = BTreeMap::new();
+        for (id, rows) in &metrics {
+            if id.starts_with(&format!("{env}.")) {
+                groups
+                    .entry(
+                        series_key(id)
+                            .trim_start_matches(&format!("{env}."))
+                            .to_string(),
+                    )
+                    .or_default()
+                    .push(rows);
+            }
+        }
+        if groups.is_empty() {
+            continue;
+        }
+        let ser = |x: &str, y: &str| -> Series {
+            groups
+                .iter()
+                .map(|(k, runs)| (k.clone(), curve(runs, x, y)))
+                .filter(|(_, c)| !c.is_empty())
+                .collect()
+        };
+        let g = "eval/gold_reward";
+        files.extend(figure(
+            &out.join(format!("{env}-curves")),
+            &[
+                (
+                    format!("{env}: gold reward vs updates"),
+                    "updates".into(),
+                    g.into(),
+                    ser("step", g),
+                    true,
+                    true,
+                ),
+                (
+                    format!("{env}: gold reward vs samples"),
+                    "budget/samples".into(),
+                    g.into(),
+                    ser("budget/samples", g),
+                    true,
+                    true,
+                ),
+                (
+                    format!("{env}: gold reward vs wall seconds"),
+                    "budget/wall_seconds".into(),
+                    g.into(),
+                    ser("budget/wall_seconds", g),
+                    true,
+                    true,
+                ),
+            ],
+        )?);
+        files.extend(figure(
+            &out.join(format!("{env}-frontier")),
+            &[(
+                format!("{env}: gold reward vs KL(π‖π_ref)"),
+                "eval/kl_to_ref".into(),
+                g.into(),
+                ser("eval/kl_to_ref", g),
+                false,
+                true,
+            )],
+        )?);
+        // Over-optimisation: proxy and gold against √KL, for runs that optimise a proxy.
+        let mut over: Series = Vec::new();
+        for (k, runs) in &groups {
+            let proxy = curve(runs, "eval/kl_to_ref", "eval/proxy_reward");
+            if proxy.is_empty() || k.contains("gold") {
+                continue;
+            }
+            let sq = |c: Vec<(f64, f64, f64, f64)>| {
+                c.into_iter()
+                    .map(|(x, y, lo, hi)| (x.max(0.0).sqrt(), y, lo, hi))
+                    .collect::<Vec<_>>()
+            };
+            over.push((format!("{k} proxy"), sq(proxy)));
+            over.push((format!("{k} gold"), sq(curve(runs, "eval/kl_to_ref", g))));
+        }
+        if !over.is_empty() {
+            files.extend(figure(
+                &out.join(format!("{env}-overoptimisation")),
+                &[(
+                    format!("{env}: proxy and gold reward vs √KL"),
+                    "√KL".into(),
+                    "reward".into(),
+                    over,
+                    false,
+                    true,
+                )],
+            )?);
+        }
+    }
+    Ok(files)
+}

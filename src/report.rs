@@ -1,0 +1,258 @@
+//! `aligngym report`: a markdown answer to the claims a sweep covers — medians and spread over
+//! seeds of the final comparison metrics, the cost to reach a common gold-reward level, the spread
+//! over hyperparameter grids, and the figures.
+
+use crate::metrics::MetricRow;
+use crate::plot::{read_sweep_metrics, series_key};
+use crate::sweep::load_sweep_dir;
+use aligngym_agents::Result;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::Path;
+
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let pos = q * (s.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
+}
+
+fn last(rows: &[MetricRow], m: &str) -> f64 {
+    crate::metrics::last(rows, m).unwrap_or(f64::NAN)
+}
+
+/// Per-series statistics of one env.
+pub struct SeriesStats {
+    /// Series name (agent and grid point).
+    pub name: String,
+    /// Runs (seeds) in it.
+    pub runs: usize,
+    /// Final gold reward of each run.
+    pub gold: Vec<f64>,
+    /// Final KL to the reference of each run.
+    pub kl: Vec<f64>,
+    /// Final win rate of each run.
+    pub win: Vec<f64>,
+    /// Training wall seconds of each run.
+    pub wall: Vec<f64>,
+    /// FLOPs of each run.
+    pub flops: Vec<f64>,
+    /// Oracle queries of each run.
+    pub queries: Vec<f64>,
+}
+
+/// Statistics per series for `env`, plus the starting gold reward (step 0).
+pub fn env_stats(metrics: &BTreeMap<String, Vec<MetricRow>>, env: &str) -> (Vec<SeriesStats>, f64) {
+    let mut groups: BTreeMap<String, Vec<&Vec<MetricRow>>> = BTreeMap::new();
+    for (id, rows) in metrics {
+        if let Some(rest) = id.strip_prefix(&format!("{env}.")) {
+            groups.entry(series_key(rest)).or_default().push(rows);
+        }
+    }
+    let mut start = Vec::new();
+    let stats = groups
+        .into_iter()
+        .map(|(name, runs)| {
+            for r in &runs {
+                if let Some(x) = r
+                    .iter()
+                    .find(|x| x.step == 0 && x.metric == "eval/gold_reward")
+                {
+                    start.push(x.value);
+                }
+            }
+            let col = |m: &str| runs.iter().map(|r| last(r, m)).collect::<Vec<_>>();
+            SeriesStats {
+                name,
+                runs: runs.len(),
+                gold: col("eval/gold_reward"),
+                kl: col("eval/kl_to_ref"),
+                win: col("eval/win_rate_vs_ref"),
+                wall: col("budget/wall_seconds"),
+                flops: col("budget/flops"),
+                queries: col("budget/oracle_queries"),
+            }
+        })
+        .collect();
+    (stats, quantile(&start, 0.5))
+}
+
+fn fmt_med(v: &[f64]) -> String {
+    format!(
+        "{:.3} [{:.3}, {:.3}]",
+        quantile(v, 0.5),
+        quantile(v, 0.25),
+        quantile(v, 0.75)
+    )
+}
+
+/// Cost (median over runs) for a series to first reach `target` gold at an evaluation.
+fn cost_to_reach(
+    metrics: &BTreeMap<String, Vec<MetricRow>>,
+    env: &str,
+    series: &str,
+    target: f64,
+) -> Option<(f64, f64, f64)> {
+    let mut walls = Vec::new();
+    let mut flops = Vec::new();
+    let mut toks = Vec::new();
+    for (id, rows) in metrics {
+        let Some(rest) = id.strip_prefix(&format!("{env}.")) else {
+            continue;
+        };
+        if series_key(rest) != series {
+            continue;
+        }
+        let step = rows
+            .iter()
+            .filter(|r| r.metric == "eval/gold_reward" && r.step > 0 && r.value >= target)
+            .map(|r| r.step)
+            .min()?;
+        let at = |m: &str| {
+            rows.iter()
+                .find(|r| r.step == step && r.metric == m)
+                .map(|r| r.value)
+                .unwrap_or(f64::NAN)
+        };
+        walls.push(at("budget/wall_seconds"));
+        flops.push(at("budget/flops"));
+        toks.push(at("budget/train_tokens") + at("budget/tokens_generated"));
+    }
+    if walls.is_empty() {
+        return None;
+    }
+    Some((
+        quantile(&walls, 0.5),
+        quantile(&flops, 0.5),
+        quantile(&toks, 0.5),
+    ))
+}
+
+/// Write `dir/report.md`; returns its text.
+pub fn write_report(dir: &Path) -> Result<String> {
+    let spec = load_sweep_dir(dir)?;
+    let metrics = read_sweep_metrics(dir)?;
+    let mut md = String::new();
+    let _ = writeln!(md, "# {}\n", spec.name);
+    if !spec.claim.is_empty() {
+        let _ = writeln!(md, "**Claim tested:** {}\n", spec.claim);
+    }
+    let _ = writeln!(md, "Seeds: {:?}; updates per run: {}; scale {}. Values are median [IQR] over seeds of the final evaluation.\n", spec.seeds, spec.scaled_updates(), spec.scale);
+    for env in &spec.envs {
+        let (stats, start) = env_stats(&metrics, env);
+        if stats.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "## {env}\n\nStarting policy (SFT): eval/gold_reward {start:.3}.\n"
+        );
+        let _ = writeln!(md, "| series | runs | eval/gold_reward | eval/kl_to_ref | eval/win_rate_vs_ref | wall s | GFLOPs | oracle queries |\n|---|---|---|---|---|---|---|---|");
+        for s in &stats {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.0} |",
+                s.name,
+                s.runs,
+                fmt_med(&s.gold),
+                fmt_med(&s.kl),
+                fmt_med(&s.win),
+                quantile(&s.wall, 0.5),
+                quantile(&s.flops, 0.5) / 1e9,
+                quantile(&s.queries, 0.5)
+            );
+        }
+        // A common level every series improved to reaches: half the smallest median gain.
+        let gains: Vec<f64> = stats
+            .iter()
+            .map(|s| quantile(&s.gold, 0.5) - start)
+            .collect();
+        let min_gain = gains.iter().cloned().fold(f64::INFINITY, f64::min);
+        if min_gain > 0.0 {
+            let target = start + 0.5 * min_gain;
+            let _ = writeln!(md, "\n**Cost to reach eval/gold_reward ≥ {target:.3}** (half the smallest median gain), median over seeds:\n\n| series | wall s | GFLOPs | tokens (generated + trained) |\n|---|---|---|---|");
+            for s in &stats {
+                match cost_to_reach(&metrics, env, &s.name, target) {
+                    Some((w, f, t)) => {
+                        let _ = writeln!(md, "| {} | {w:.1} | {:.1} | {t:.0} |", s.name, f / 1e9);
+                    }
+                    None => {
+                        let _ = writeln!(md, "| {} | not reached by every seed | | |", s.name);
+                    }
+                }
+            }
+        } else {
+            let _ = writeln!(md, "\nNot every series improved on the starting policy, so no common level to compare costs at.");
+        }
+        // Spread over hyperparameter grids, per agent kind.
+        let mut by_agent: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for s in &stats {
+            let agent = s.name.split('.').next().unwrap_or(&s.name).to_string();
+            by_agent
+                .entry(agent)
+                .or_default()
+                .extend(s.gold.iter().copied());
+        }
+        if stats.len() > by_agent.len() {
+            let _ = writeln!(md, "\n**Sensitivity** (spread of final gold reward over every grid point and seed):\n\n| agent | runs | median | IQR |\n|---|---|---|---|");
+            for (a, v) in &by_agent {
+                let _ = writeln!(
+                    md,
+                    "| {a} | {} | {:.3} | {:.3} |",
+                    v.len(),
+                    quantile(v, 0.5),
+                    quantile(v, 0.75) - quantile(v, 0.25)
+                );
+            }
+        }
+        let best = stats.iter().max_by(|a, b| {
+            quantile(&a.gold, 0.5)
+                .partial_cmp(&quantile(&b.gold, 0.5))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        if let Some(b) = best {
+            let _ = writeln!(md, "\n**Answer on {env}:** `{}` reached the highest median gold reward ({:.3}, KL {:.2}).", b.name, quantile(&b.gold, 0.5), quantile(&b.kl, 0.5));
+        }
+        for fig in ["curves", "frontier", "overoptimisation"] {
+            if dir.join("plots").join(format!("{env}-{fig}.png")).exists() {
+                let _ = writeln!(md, "\n![{env} {fig}](plots/{env}-{fig}.png)");
+            }
+        }
+        let _ = writeln!(md);
+    }
+    crate::commands::write_atomic(&dir.join("report.md"), &md)?;
+    Ok(md)
+}
+
+/// A plain-text summary table (printed at the end of `compare`).
+pub fn summary_table(dir: &Path) -> Result<String> {
+    let spec = load_sweep_dir(dir)?;
+    let metrics = read_sweep_metrics(dir)?;
+    let mut out = String::new();
+    for env in &spec.envs {
+        let (stats, start) = env_stats(&metrics, env);
+        let _ = writeln!(out, "{env} (SFT start: gold {start:.3})");
+        let _ = writeln!(
+            out,
+            "  {:<28} {:>5} {:>22} {:>9} {:>9} {:>8}",
+            "series", "runs", "gold median [IQR]", "KL", "win rate", "wall s"
+        );
+        for s in &stats {
+            let _ = writeln!(
+                out,
+                "  {:<28} {:>5} {:>22} {:>9.3} {:>9.3} {:>8.1}",
+                s.name,
+                s.runs,
+                fmt_med(&s.gold),
+                quantile(&s.kl, 0.5),
+                quantile(&s.win, 0.5),
+                quantile(&s.wall, 0.5)
+            );
+        }
+    }
+    Ok(out)
+}
