@@ -88,7 +88,7 @@ pub struct SweepSpec {
     pub envs: Vec<String>,
     /// Seeds of every run.
     pub seeds: Vec<u64>,
-    /// Multiplies updates and preference pairs (1 = CPU size; larger for GPU-sized runs).
+    /// Multiplies updates, SFT steps and preference pairs (1 = CPU size; larger for GPU-sized runs).
     #[serde(default = "one")]
     pub scale: f64,
     /// Updates per run before scaling. Default 60.
@@ -318,11 +318,12 @@ fn stage_sft(
     quiet: bool,
 ) -> Result<PathBuf> {
     let t = task(env)?;
-    let steps = if spec.sft_steps == 0 {
+    let base = if spec.sft_steps == 0 {
         t.sft_steps()
     } else {
         spec.sft_steps
     };
+    let steps = ((base as f64 * spec.scale).round() as usize).max(50);
     let cfg = SftConfig {
         steps,
         ..Default::default()

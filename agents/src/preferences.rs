@@ -69,7 +69,8 @@ pub fn make_pairs(
             for x in 0..k {
                 for y in x + 1..k {
                     let (ca, cb) = (&comps[j * k + x], &comps[j * k + y]);
-                    if ca != cb {
+                    // Identical completions carry no preference; empty ones are not valid preference data.
+                    if ca != cb && !ca.trim().is_empty() && !cb.trim().is_empty() {
                         ps.push(texts[j * k]);
                         a.push(ca.as_str());
                         b.push(cb.as_str());
