@@ -539,3 +539,219 @@ fn sample_and_eval_and_envs_commands_work() {
         run(&["check-env", id]);
     }
 }
+
+const TEST_SWEEP: &str = r#"
+name = "test-sweep"
+claim = "a test-sized comparison"
+envs = ["arithmetic-v0"]
+seeds = [0, 1]
+updates = 4
+eval_every = 2
+sft_steps = 200
+
+[[prefs]]
+name = "on"
+pairs = 128
+
+[[agents]]
+name = "ppo-gold"
+agent = "ppo"
+reward = "gold"
+[agents.set]
+batch_size = 16
+
+[[agents]]
+name = "dpo"
+agent = "dpo"
+"#;
+
+fn csv_header(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .split(',')
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn sweeps_write_csvs_skip_finished_runs_shard_and_plot() {
+    let dir = root().join("sweep");
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("spec.toml");
+    std::fs::write(&spec, TEST_SWEEP).unwrap();
+    let out = dir.join("out");
+    let o = out.to_str().unwrap();
+    let first = run(&[
+        "sweep",
+        spec.to_str().unwrap(),
+        "--out",
+        o,
+        "--device",
+        "cpu",
+        "--jobs",
+        "2",
+        "--quiet",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("4 run(s) executed now"),
+        "{}",
+        String::from_utf8_lossy(&first.stdout)
+    );
+    // runs.csv: one row per run with the documented columns; metrics.csv: long format.
+    let runs_header = csv_header(&out.join("runs.csv"));
+    for c in [
+        "run_id",
+        "env",
+        "agent",
+        "agent_kind",
+        "reward",
+        "prefs",
+        "seed",
+        "eval/gold_reward",
+        "eval/proxy_reward",
+        "eval/kl_to_ref",
+        "eval/win_rate_vs_ref",
+        "eval/entropy",
+        "eval/response_len",
+        "eval/distinct_2",
+        "budget/samples",
+        "budget/tokens_generated",
+        "budget/train_tokens",
+        "budget/oracle_queries",
+        "budget/wall_seconds",
+        "budget/flops",
+        "final_step",
+    ] {
+        assert!(
+            runs_header.iter().any(|h| h == c),
+            "runs.csv lacks {c}: {runs_header:?}"
+        );
+    }
+    let rows = std::fs::read_to_string(out.join("runs.csv")).unwrap();
+    assert_eq!(rows.lines().count(), 5, "{rows}");
+    assert_eq!(
+        csv_header(&out.join("metrics.csv")),
+        vec!["run_id", "step", "metric", "value"]
+    );
+    // Interrupted after the first run: the rest is redone, the first is not touched.
+    let ids: Vec<String> = rows
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
+    let kept = out.join("runs").join(&ids[0]).join("metrics.csv");
+    let before = std::fs::metadata(&kept).unwrap().modified().unwrap();
+    for id in &ids[1..] {
+        std::fs::remove_dir_all(out.join("runs").join(id)).unwrap();
+    }
+    let again = run(&[
+        "sweep",
+        spec.to_str().unwrap(),
+        "--out",
+        o,
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("3 run(s) executed now"));
+    assert_eq!(
+        std::fs::metadata(&kept).unwrap().modified().unwrap(),
+        before
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("runs.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        5
+    );
+    // Shards 0/2 and 1/2 into one folder cover every run exactly once.
+    let sh = dir.join("sharded");
+    let s = sh.to_str().unwrap();
+    let a = run(&[
+        "sweep",
+        spec.to_str().unwrap(),
+        "--out",
+        s,
+        "--shard",
+        "0/2",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
+    let b = run(&[
+        "sweep",
+        spec.to_str().unwrap(),
+        "--out",
+        s,
+        "--shard",
+        "1/2",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(String::from_utf8_lossy(&a.stdout).contains("2 run(s) executed now"));
+    assert!(String::from_utf8_lossy(&b.stdout).contains("2 run(s) executed now"));
+    let mut merged: Vec<String> = std::fs::read_to_string(sh.join("runs.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
+    merged.sort();
+    let mut all = ids.clone();
+    all.sort();
+    assert_eq!(merged, all);
+    fails(
+        &[
+            "sweep",
+            spec.to_str().unwrap(),
+            "--out",
+            s,
+            "--shard",
+            "2/2",
+        ],
+        "--shard",
+    );
+    // Plots and the report.
+    run(&["plot", o]);
+    for f in ["arithmetic-v0-curves", "arithmetic-v0-frontier"] {
+        for ext in ["png", "svg"] {
+            let p = out.join("plots").join(format!("{f}.{ext}"));
+            assert!(
+                std::fs::metadata(&p)
+                    .map(|m| m.len() > 1000)
+                    .unwrap_or(false),
+                "{} missing or empty",
+                p.display()
+            );
+        }
+    }
+    run(&["report", o]);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("ppo-gold")
+            && report.contains("dpo")
+            && report.contains("eval/gold_reward")
+    );
+    fails(&["plot", dir.to_str().unwrap()], "not a sweep directory");
+}
+
+#[test]
+fn shards_partition_the_run_list() {
+    let spec: aligngym::sweep::SweepSpec = toml::from_str(TEST_SWEEP).unwrap();
+    let all: Vec<String> = spec.runs().into_iter().map(|r| r.id).collect();
+    for n in 1..=5 {
+        let mut got: Vec<String> = (0..n)
+            .flat_map(|i| aligngym::sweep::shard(spec.runs(), i, n))
+            .map(|r| r.id)
+            .collect();
+        got.sort();
+        let mut want = all.clone();
+        want.sort();
+        assert_eq!(got, want, "n = {n}");
+    }
+}
