@@ -260,6 +260,21 @@ enum Cmd {
     },
     /// Print the device, run forward/backward and sampling on CUDA and compare with CPU.
     GpuCheck,
+    /// Time the fixed workloads W1–W4 (median after warm-up) against the machine's matmul peak.
+    Bench {
+        /// Model size: tiny (vocab 512, 4×128) or small (vocab 4096, 6×256).
+        #[arg(long, value_enum, default_value_t = ModelSize::Tiny)]
+        size: ModelSize,
+        /// Device: auto, cpu or cuda.
+        #[arg(long, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+        /// Timed repetitions per workload (after one warm-up).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -526,6 +541,21 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::GpuCheck => aligngym::commands::gpu_check(),
+        Cmd::Bench {
+            size,
+            device,
+            repeats,
+            json,
+        } => {
+            let r = aligngym::bench::run_bench(size, device.resolve()?, repeats)?;
+            print!("{}", aligngym::bench::format_report(&r));
+            if let Some(p) = json {
+                let text = serde_json::to_string_pretty(&r)
+                    .map_err(|e| AgentError::Data(e.to_string()))?;
+                commands::write_atomic(&p, &text)?;
+            }
+            Ok(())
+        }
         Cmd::Sweep {
             spec,
             out,

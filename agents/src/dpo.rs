@@ -160,8 +160,9 @@ pub fn encode_pairs(policy: &LmPolicy, pairs: &[PreferencePair]) -> PairBatch {
     }
 }
 
-/// Summed completion log-probs `[B]` of chosen and rejected under `model` at temperature 1.
-fn pair_logps(policy: &LmPolicy, b: &PairBatch, idx: &Tensor, train: bool) -> (Tensor, Tensor) {
+/// Summed completion log-probs `[B]` of chosen and rejected under `policy` at temperature 1, for the
+/// pairs `idx` of `b`.
+pub fn pair_logps(policy: &LmPolicy, b: &PairBatch, idx: &Tensor, train: bool) -> (Tensor, Tensor) {
     let p = b.prompt.index_select(0, idx);
     let pv = b.prompt_valid.index_select(0, idx);
     let k = idx.size()[0];

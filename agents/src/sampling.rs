@@ -264,3 +264,55 @@ pub fn sequence_outputs(
         hidden,
     }
 }
+
+/// Sampling without the KV cache: every step recomputes the whole prefix. Same results as
+/// [`generate`] up to float rounding; kept as the baseline the cache is measured against.
+pub fn generate_without_cache(
+    model: &Gpt,
+    prompts: &[Vec<u32>],
+    pad: u32,
+    eos: u32,
+    cfg: &SamplingConfig,
+    device: Device,
+) -> Result<Generation> {
+    cfg.validate()?;
+    let n = cfg.max_new_tokens as i64;
+    let (prompt, prompt_valid) = left_pad(prompts, pad, device);
+    let b = prompt.size()[0];
+    tch::no_grad(|| {
+        let mut seq = prompt.shallow_clone();
+        let mut valid = prompt_valid.shallow_clone();
+        let mut finished = Tensor::zeros([b], (Kind::Bool, device));
+        let pad_t = Tensor::full([b], pad as i64, (Kind::Int64, device));
+        let (mut toks, mut lps, mut masks) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..n {
+            let h = model.forward_full(&seq, &valid, false); // [B, T, C]
+            let t = seq.size()[1];
+            let logits = model.lm_logits(&h.select(1, t - 1)).to_kind(Kind::Float)
+                / cfg.temperature.max(1e-6); // [B, V]
+            let logp_all = logits.log_softmax(-1, Kind::Float);
+            let tok = filter_logits(&logits, cfg.top_k, cfg.top_p)
+                .softmax(-1, Kind::Float)
+                .multinomial(1, true)
+                .squeeze_dim(1);
+            let alive = finished.logical_not();
+            let tok = tok.where_self(&alive, &pad_t);
+            lps.push(
+                logp_all.gather(1, &tok.unsqueeze(1), false).squeeze_dim(1)
+                    * alive.to_kind(Kind::Float),
+            );
+            masks.push(alive.to_kind(Kind::Float));
+            finished = finished.logical_or(&tok.eq(eos as i64));
+            seq = Tensor::cat(&[&seq, &tok.unsqueeze(1)], 1);
+            valid = Tensor::cat(&[&valid, &alive.unsqueeze(1)], 1);
+            toks.push(tok);
+        }
+        Ok(Generation {
+            prompt,
+            prompt_valid,
+            tokens: Tensor::stack(&toks, 1),
+            logprobs: Tensor::stack(&lps, 1),
+            mask: Tensor::stack(&masks, 1),
+        })
+    })
+}

@@ -1,0 +1,340 @@
+//! `aligngym bench`: fixed workloads (so figures compare across tools at equal work), each timed as
+//! the median of repeated runs after a warm-up, with achieved GFLOP/s and its ratio to an fp32
+//! 1024³ matmul measured in the same process (the machine's practical peak).
+//!
+//! W1 sampling: 32 prompts × 16 tokens, 48 new tokens each, temperature 1, KV cache (and, for
+//! reference, the same without the cache). W2 DPO step: 32 pairs, prompt 16, chosen and rejected 48
+//! tokens, AdamW; (a) reference log-probs from a reference model each step, (b) precomputed.
+//! W3 PPO iteration: sample 32 × 48 from 16-token prompts, rule reward, reference and value forward
+//! passes, GAE, 4 epochs × 1 minibatch, separate value network. W4 SFT step: 32 × 64 tokens.
+
+use crate::commands::ModelSize;
+use aligngym_agents::dpo::{pair_logps, PairBatch};
+use aligngym_agents::losses::{dpo_loss, DpoLoss};
+use aligngym_agents::optim::{AdamW, AdamWConfig};
+use aligngym_agents::sampling::{generate, generate_without_cache, SamplingConfig};
+use aligngym_agents::sft::{init_model, lm_loss};
+use aligngym_agents::{Agent, LmPolicy, PpoAgent, PpoConfig, Result, Tokenizer};
+use aligngym_envs::rules::LengthTarget;
+use aligngym_envs::{Feedback, Rule, Split, Task};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// One measured workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    /// Workload name.
+    pub workload: String,
+    /// Throughput unit.
+    pub unit: String,
+    /// Median throughput.
+    pub throughput: f64,
+    /// Median seconds per repetition.
+    pub seconds: f64,
+    /// Achieved GFLOP/s (model FLOPs / median time).
+    pub gflops: f64,
+    /// GFLOP/s as a fraction of the measured matmul peak.
+    pub of_peak: f64,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Model size.
+    pub size: String,
+    /// Device.
+    pub device: String,
+    /// libtorch threads.
+    pub threads: i32,
+    /// fp32 1024³ matmul GFLOP/s.
+    pub matmul_gflops: f64,
+    /// The workloads.
+    pub rows: Vec<BenchRow>,
+}
+
+fn median_secs(repeats: usize, device: Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // warm-up
+    sync(device);
+    let mut t = Vec::with_capacity(repeats);
+    for _ in 0..repeats.max(1) {
+        let t0 = Instant::now();
+        f()?;
+        sync(device);
+        t.push(t0.elapsed().as_secs_f64());
+    }
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    Ok(t[t.len() / 2])
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// fp32 `n³` matmul GFLOP/s (median of `repeats`).
+pub fn matmul_gflops(n: i64, repeats: usize, device: Device) -> Result<f64> {
+    let a = Tensor::randn([n, n], (Kind::Float, device));
+    let b = Tensor::randn([n, n], (Kind::Float, device));
+    let s = median_secs(repeats, device, || {
+        let _ = a.matmul(&b);
+        Ok(())
+    })?;
+    Ok(2.0 * (n as f64).powi(3) / s / 1e9)
+}
+
+struct BenchTask {
+    prompts: Vec<String>,
+}
+
+const WORDS: &[&str] = &[
+    "alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta", "lambda", "zeta", "eta",
+    "iota", "rho", "tau", "phi", "chi",
+];
+
+impl Task for BenchTask {
+    fn id(&self) -> &str {
+        "bench-v0"
+    }
+    fn description(&self) -> &str {
+        "benchmark prompts"
+    }
+    fn reward_kind(&self) -> &str {
+        "rule: length target"
+    }
+    fn feedback(&self) -> Feedback {
+        Feedback::Reward
+    }
+    fn corpus(&self, n: usize, _seed: u64) -> Vec<String> {
+        self.prompts.iter().cycle().take(n).cloned().collect()
+    }
+    fn prompts(&self, _split: Split) -> &[String] {
+        &self.prompts
+    }
+    fn gold(&self) -> Arc<dyn Rule> {
+        Arc::new(LengthTarget::words(20, 20.0))
+    }
+    fn max_new_tokens(&self) -> usize {
+        48
+    }
+}
+
+fn random_ids(b: i64, t: i64, vocab: i64, device: Device) -> Tensor {
+    Tensor::randint_low(3, vocab, [b, t], (Kind::Int64, device))
+}
+
+/// Run every workload at `size` on `device`, `repeats` timed repetitions each.
+pub fn run_bench(size: ModelSize, device: Device, repeats: usize) -> Result<BenchReport> {
+    tch::manual_seed(0);
+    let vocab: i64 = match size {
+        ModelSize::Tiny => 512,
+        ModelSize::Small => 4096,
+    };
+    let cfg = size.config(vocab as usize);
+    let peak = matmul_gflops(1024, repeats.max(3), device)?;
+    let (b, lp, n, sft_t) = (32i64, 16i64, 48i64, 64i64);
+    let fpt = |t: i64| cfg.flops_per_token(t as usize);
+    let mut rows = Vec::new();
+    let mut push = |name: &str, unit: &str, work: f64, secs: f64, flops: f64| {
+        let g = flops / secs / 1e9;
+        rows.push(BenchRow {
+            workload: name.into(),
+            unit: unit.into(),
+            throughput: work / secs,
+            seconds: secs,
+            gflops: g,
+            of_peak: g / peak,
+        });
+    };
+
+    // A tokenizer and policy for the agent-level workloads (prompts of 16 tokens: BOS + 15 words).
+    let prompts: Vec<String> = (0..b as usize)
+        .map(|i| {
+            (0..15)
+                .map(|j| WORDS[(i * 7 + j * 3) % WORDS.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let mut corpus = prompts.clone();
+    corpus.extend((0..200).map(|i| format!("{} {}", WORDS[i % WORDS.len()], i)));
+    let tokenizer = Tokenizer::train(&corpus, 300)?;
+    let (vs, model) = init_model(&cfg, device, 0)?;
+    let policy = LmPolicy {
+        vs,
+        model,
+        tokenizer,
+    };
+    let never = u32::MAX; // no early stop: an EOS id the model can never emit
+    let prompt_ids: Vec<Vec<u32>> = (0..b)
+        .map(|i| {
+            (0..lp)
+                .map(|j| (3 + (i * 31 + j * 17) % (vocab - 3)) as u32)
+                .collect()
+        })
+        .collect();
+    let sampling = SamplingConfig {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: n as usize,
+    };
+
+    // W1: sampling with and without the KV cache.
+    let w1_flops = (b * lp) as f64 * fpt(lp) + (0..n).map(|t| b as f64 * fpt(lp + t)).sum::<f64>();
+    let s = median_secs(repeats, device, || {
+        generate(&policy.model, &prompt_ids, 0, never, &sampling, device).map(|_| ())
+    })?;
+    push(
+        "W1 sampling (KV cache)",
+        "new tokens/s",
+        (b * n) as f64,
+        s,
+        w1_flops,
+    );
+    let w1_nocache_flops = (0..n)
+        .map(|t| (b * (lp + t)) as f64 * fpt(lp + t))
+        .sum::<f64>();
+    let s = median_secs(repeats.min(3), device, || {
+        generate_without_cache(&policy.model, &prompt_ids, 0, never, &sampling, device).map(|_| ())
+    })?;
+    push(
+        "W1 sampling (no cache)",
+        "new tokens/s",
+        (b * n) as f64,
+        s,
+        w1_nocache_flops,
+    );
+
+    // W2: DPO steps.
+    let pairs = PairBatch {
+        prompt: random_ids(b, lp, vocab, device),
+        prompt_valid: Tensor::ones([b, lp], (Kind::Bool, device)),
+        chosen: random_ids(b, n, vocab, device),
+        chosen_mask: Tensor::ones([b, n], (Kind::Float, device)),
+        rejected: random_ids(b, n, vocab, device),
+        rejected_mask: Tensor::ones([b, n], (Kind::Float, device)),
+    };
+    let reference = policy.duplicate(false)?;
+    let idx = Tensor::arange(b, (Kind::Int64, device));
+    let (ref_c, ref_r) = tch::no_grad(|| pair_logps(&reference, &pairs, &idx, false));
+    let mut opt = AdamW::new(
+        &policy.vs,
+        AdamWConfig {
+            eps: 1e-8,
+            ..Default::default()
+        },
+    );
+    let seq_tokens = (2 * b * (lp + n)) as f64;
+    for with_ref in [true, false] {
+        let s = median_secs(repeats, device, || {
+            let (pc, pr) = pair_logps(&policy, &pairs, &idx, true);
+            let (rc, rr) = if with_ref {
+                tch::no_grad(|| pair_logps(&reference, &pairs, &idx, false))
+            } else {
+                (ref_c.shallow_clone(), ref_r.shallow_clone())
+            };
+            let (l, _, _) = dpo_loss(&pc, &pr, &rc, &rr, 0.1, DpoLoss::Sigmoid, 0.0);
+            opt.zero_grad();
+            l.mean(Kind::Float).backward();
+            let _ = opt.clip_grad_norm(1.0);
+            opt.step(1e-6);
+            Ok(())
+        })?;
+        let mult = if with_ref { 4.0 } else { 3.0 };
+        push(
+            if with_ref {
+                "W2 DPO step (reference model)"
+            } else {
+                "W2 DPO step (precomputed ref)"
+            },
+            "pairs/s",
+            b as f64,
+            s,
+            mult * seq_tokens * fpt(lp + n),
+        );
+    }
+
+    // W4: SFT step.
+    let toks = random_ids(b, sft_t, vocab, device);
+    let valid = Tensor::ones([b, sft_t], (Kind::Bool, device));
+    let s = median_secs(repeats, device, || {
+        let l = lm_loss(&policy.model, &toks, &valid, true);
+        opt.zero_grad();
+        l.backward();
+        let _ = opt.clip_grad_norm(1.0);
+        opt.step(1e-6);
+        Ok(())
+    })?;
+    push(
+        "W4 SFT step",
+        "tokens/s",
+        (b * sft_t) as f64,
+        s,
+        3.0 * (b * sft_t) as f64 * fpt(sft_t),
+    );
+
+    // W3: PPO iterations through the real agent.
+    let task: Arc<dyn Task> = Arc::new(BenchTask { prompts });
+    let ppo_cfg = PpoConfig {
+        batch_size: b as usize,
+        max_new_tokens: n as usize,
+        temperature: 1.0,
+        learning_rate: 1e-6,
+        ..Default::default()
+    };
+    let mut agent = PpoAgent::new(
+        ppo_cfg,
+        task.clone(),
+        policy.duplicate(true)?,
+        Box::new(task.gold()),
+        true,
+        0,
+    )?;
+    let mut step = 0u64;
+    let mut flops_before = agent.budget().flops;
+    let mut flops_per_iter = 0.0;
+    let s = median_secs(repeats.min(5), device, || {
+        agent.update(step)?;
+        step += 1;
+        let f = agent.budget().flops;
+        flops_per_iter = f - flops_before;
+        flops_before = f;
+        Ok(())
+    })?;
+    push("W3 PPO iteration", "iterations/s", 1.0, s, flops_per_iter);
+
+    Ok(BenchReport {
+        size: format!("{size:?}").to_lowercase(),
+        device: aligngym_agents::device::describe(device),
+        threads: tch::get_num_threads(),
+        matmul_gflops: peak,
+        rows,
+    })
+}
+
+/// The report as a table.
+pub fn format_report(r: &BenchReport) -> String {
+    let mut s = format!(
+        "aligngym bench — size {}, device {}, fp32 1024³ matmul {:.1} GFLOP/s\n",
+        r.size, r.device, r.matmul_gflops
+    );
+    s.push_str(&format!(
+        "{:<32} {:>14} {:<14} {:>10} {:>9} {:>8}\n",
+        "workload", "throughput", "unit", "s/rep", "GFLOP/s", "of peak"
+    ));
+    for x in &r.rows {
+        s.push_str(&format!(
+            "{:<32} {:>14.2} {:<14} {:>10.4} {:>9.1} {:>7.1}%\n",
+            x.workload,
+            x.throughput,
+            x.unit,
+            x.seconds,
+            x.gflops,
+            100.0 * x.of_peak
+        ));
+    }
+    s
+}
