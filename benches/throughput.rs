@@ -13,13 +13,31 @@ use tch::{Device, Kind, Tensor};
 fn sampling(c: &mut Criterion) {
     let cfg = GptConfig::tiny(512);
     let (_vs, model) = init_model(&cfg, Device::Cpu, 0).expect("model");
-    let prompts: Vec<Vec<u32>> = (0..64u32).map(|i| (0..(8 + i % 9)).map(|j| 3 + (i * 31 + j * 17) % 500).collect()).collect();
-    let s = SamplingConfig { temperature: 1.0, top_k: 0, top_p: 1.0, max_new_tokens: 48 };
+    let prompts: Vec<Vec<u32>> = (0..64u32)
+        .map(|i| {
+            (0..(8 + i % 9))
+                .map(|j| 3 + (i * 31 + j * 17) % 500)
+                .collect()
+        })
+        .collect();
+    let s = SamplingConfig {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: 48,
+    };
     let mut g = c.benchmark_group("sampling_64x48_tiny");
     g.throughput(Throughput::Elements(64 * 48));
     g.sample_size(10);
-    g.bench_function("kv_cache", |b| b.iter(|| generate(&model, &prompts, 0, u32::MAX, &s, Device::Cpu).expect("generate")));
-    g.bench_function("recompute_prefix", |b| b.iter(|| generate_without_cache(&model, &prompts, 0, u32::MAX, &s, Device::Cpu).expect("generate")));
+    g.bench_function("kv_cache", |b| {
+        b.iter(|| generate(&model, &prompts, 0, u32::MAX, &s, Device::Cpu).expect("generate"))
+    });
+    g.bench_function("recompute_prefix", |b| {
+        b.iter(|| {
+            generate_without_cache(&model, &prompts, 0, u32::MAX, &s, Device::Cpu)
+                .expect("generate")
+        })
+    });
     g.finish();
 }
 
@@ -48,17 +66,26 @@ fn vec_env(c: &mut Criterion) {
     let mut g = c.benchmark_group("vec_env_64_sentiment");
     g.throughput(Throughput::Elements(64 * 24));
     for parallel in [false, true] {
-        let envs = (0..64).map(|_| make("sentiment-v0", codec.clone(), TextEnvConfig::default()).expect("env")).collect();
+        let envs = (0..64)
+            .map(|_| make("sentiment-v0", codec.clone(), TextEnvConfig::default()).expect("env"))
+            .collect();
         let mut v = VecEnv::new(envs, AutoresetMode::NextStep, parallel);
         v.reset(Some(0)).expect("reset");
         let actions: Vec<u32> = (0..64u32).map(|i| 2 + (b'a' as u32) + i % 26).collect();
-        g.bench_function(if parallel { "parallel_24_steps" } else { "serial_24_steps" }, |b| {
-            b.iter(|| {
-                for _ in 0..24 {
-                    v.step(&actions).expect("step");
-                }
-            })
-        });
+        g.bench_function(
+            if parallel {
+                "parallel_24_steps"
+            } else {
+                "serial_24_steps"
+            },
+            |b| {
+                b.iter(|| {
+                    for _ in 0..24 {
+                        v.step(&actions).expect("step");
+                    }
+                })
+            },
+        );
     }
     g.finish();
 }

@@ -124,7 +124,14 @@ pub fn run(
     let mut wall = st.wall_seconds;
     for step in st.step..cfg.updates {
         let t0 = Instant::now();
-        let m = agent.update(step)?;
+        // Errors name the update by the step its metrics would have carried (updates done).
+        let m = agent.update(step).map_err(|e| match e {
+            AgentError::NonFinite { metric, .. } => AgentError::NonFinite {
+                metric,
+                step: step + 1,
+            },
+            other => other,
+        })?;
         wall += t0.elapsed().as_secs_f64();
         let done = step + 1;
         let start = rows.len();

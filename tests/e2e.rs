@@ -460,6 +460,38 @@ fn bad_input_gets_one_line_and_a_nonzero_exit() {
     );
     assert!(!sft_out.exists());
     assert!(!out.exists(), "a failed run left its directory behind");
+    // A blow-up stops the run naming the metric and step, and the last good checkpoint stays usable.
+    let p = prefs(env);
+    let nan = dir.join("nan");
+    fails(
+        &[
+            "train",
+            "--agent",
+            "dpo",
+            "--env",
+            env,
+            "--policy",
+            pol,
+            "--prefs",
+            p.to_str().unwrap(),
+            "--out",
+            nan.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--set",
+            "learning_rate=1e30",
+        ],
+        "non-finite `loss/dpo` at step 2",
+    );
+    run(&[
+        "sample",
+        "--policy",
+        nan.join("policy").to_str().unwrap(),
+        "--prompt",
+        "1+1=",
+        "--device",
+        "cpu",
+    ]);
     // --device cuda without CUDA fails loudly rather than falling back.
     let has_cuda = tch::Cuda::is_available();
     if !has_cuda {

@@ -392,13 +392,19 @@ impl Agent for PpoAgent {
                     .critic_opt
                     .as_mut()
                     .map(|o| o.clip_grad_norm(c.max_grad_norm));
-                let finite = gn.isfinite().logical_and(&loss.isfinite());
-                let finite = cgn.map_or(finite.shallow_clone(), |x| {
-                    finite.logical_and(&x.isfinite())
-                });
-                if !bool::try_from(&finite).unwrap_or(false) {
+                // One host read tells which quantity (if any) went non-finite.
+                let cgn = cgn.unwrap_or_else(|| Tensor::from(0.0f32));
+                let checks = Tensor::stack(&[pg.detach(), vf.detach(), gn, cgn], 0).isfinite();
+                let ok: Vec<bool> = Vec::try_from(&checks)?;
+                if let Some(i) = ok.iter().position(|&x| !x) {
+                    let metric = [
+                        "loss/policy_avg",
+                        "loss/value_avg",
+                        "policy/grad_norm",
+                        "val/grad_norm",
+                    ][i];
                     return Err(AgentError::NonFinite {
-                        metric: "loss/policy_avg or gradient".into(),
+                        metric: metric.into(),
                         step,
                     });
                 }
