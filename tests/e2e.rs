@@ -787,3 +787,140 @@ fn shards_partition_the_run_list() {
         assert_eq!(got, want, "n = {n}");
     }
 }
+
+fn readme() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap()
+}
+
+#[test]
+fn readme_shows_the_custom_env_example_verbatim() {
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("envs/examples/custom_task.rs"),
+    )
+    .unwrap();
+    assert!(
+        readme().contains(&example),
+        "README's 'Define your own env' block differs from envs/examples/custom_task.rs"
+    );
+}
+
+/// Test-size versions of the README's quickstart lines.
+fn at_test_size(args: &mut Vec<String>) {
+    match args[0].as_str() {
+        "sft" => args.extend(["--steps".into(), "300".into()]),
+        "prefs" => {
+            let i = args.iter().position(|a| a == "--pairs").unwrap();
+            args[i + 1] = "96".into();
+        }
+        "train" => args.extend(
+            [
+                "--set",
+                "run.updates=4",
+                "--set",
+                "run.eval_every=2",
+                "--quiet",
+            ]
+            .map(String::from),
+        ),
+        "train-rm" => args.extend(["--set", "epochs=1"].map(String::from)),
+        "sweep" => {
+            let i = args.iter().position(|a| a == "--scale").unwrap();
+            args[i + 1] = "0.05".into();
+            args[1] = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(&args[1])
+                .display()
+                .to_string();
+            args.push("--quiet".into());
+        }
+        _ => {}
+    }
+    if !matches!(args[0].as_str(), "envs" | "report") {
+        args.extend(["--device".into(), "cpu".into()]);
+    }
+}
+
+#[test]
+fn readme_quickstart_runs_at_test_size() {
+    let text = readme();
+    let start = text.find("## Quickstart").expect("a Quickstart section");
+    let block = &text[start..];
+    let body = &block[block.find("```sh").unwrap() + 5..];
+    let body = &body[..body.find("```").unwrap()];
+    let cwd = root().join("quickstart");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let mut n = 0;
+    for line in body
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("aligngym "))
+    {
+        let mut args: Vec<String> = split_shell(&line["aligngym ".len()..]);
+        at_test_size(&mut args);
+        let out = bin().args(&args).current_dir(&cwd).output().unwrap();
+        assert!(
+            out.status.success(),
+            "quickstart `{line}` failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        n += 1;
+    }
+    assert!(n >= 8, "only {n} quickstart commands found");
+    assert!(cwd.join("runs/sweep/report.md").exists());
+}
+
+/// Split a command line on spaces, keeping "double-quoted" words together.
+fn split_shell(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in s.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[test]
+fn bench_runs_and_prints_finite_positive_numbers() {
+    let json = root().join("bench.json");
+    let out = run(&[
+        "bench",
+        "--size",
+        "tiny",
+        "--repeats",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for w in [
+        "W1 sampling (KV cache)",
+        "W2 DPO step (reference model)",
+        "W2 DPO step (precomputed ref)",
+        "W3 PPO iteration",
+        "W4 SFT step",
+    ] {
+        assert!(text.contains(w), "{w} missing:\n{text}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(v["matmul_gflops"].as_f64().unwrap() > 0.0);
+    for row in v["rows"].as_array().unwrap() {
+        for k in ["throughput", "seconds", "gflops", "of_peak"] {
+            let x = row[k].as_f64().unwrap();
+            assert!(x.is_finite() && x > 0.0, "{}: {k} = {x}", row["workload"]);
+        }
+    }
+}
