@@ -53,3 +53,68 @@ pub trait Resumable {
 /// An agent the runner can drive: trainable and resumable.
 pub trait RunnableAgent: Agent + Resumable {}
 impl<T: Agent + Resumable> RunnableAgent for T {}
+
+/// Training state on disk: named tensor groups in `<name>.safetensors` and scalars in `<name>.json`.
+pub(crate) struct StateFile {
+    tensors: Vec<(String, tch::Tensor)>,
+}
+
+impl StateFile {
+    /// An empty state.
+    pub(crate) fn new() -> Self {
+        Self {
+            tensors: Vec::new(),
+        }
+    }
+
+    /// Add a group of tensors under `prefix` (copied to the CPU).
+    pub(crate) fn add(&mut self, prefix: &str, group: Vec<(String, tch::Tensor)>) {
+        self.tensors.extend(
+            group
+                .into_iter()
+                .map(|(k, v)| (format!("{prefix}.{k}"), v.to_device(tch::Device::Cpu))),
+        );
+    }
+
+    /// Write `<dir>/<name>.safetensors` and `<dir>/<name>.json`.
+    pub(crate) fn write(&self, dir: &Path, name: &str, scalars: &impl Serialize) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| crate::AgentError::io(dir, e))?;
+        tch::Tensor::write_safetensors(&self.tensors, dir.join(format!("{name}.safetensors")))?;
+        let json = serde_json::to_string_pretty(scalars)
+            .map_err(|e| crate::AgentError::Data(e.to_string()))?;
+        let jp = dir.join(format!("{name}.json"));
+        std::fs::write(&jp, json).map_err(|e| crate::AgentError::io(&jp, e))
+    }
+
+    /// Read a state written by [`StateFile::write`]: the tensors and the scalars.
+    pub(crate) fn read<T: serde::de::DeserializeOwned>(
+        dir: &Path,
+        name: &str,
+    ) -> Result<(Self, T, std::path::PathBuf)> {
+        let path = dir.join(format!("{name}.safetensors"));
+        let tensors =
+            tch::Tensor::read_safetensors(&path).map_err(|e| crate::AgentError::Checkpoint {
+                path: path.clone(),
+                msg: e.to_string(),
+            })?;
+        let jp = dir.join(format!("{name}.json"));
+        let text = std::fs::read_to_string(&jp).map_err(|e| crate::AgentError::io(&jp, e))?;
+        let scalars = serde_json::from_str(&text).map_err(|e| crate::AgentError::Checkpoint {
+            path: jp,
+            msg: e.to_string(),
+        })?;
+        Ok((Self { tensors }, scalars, path))
+    }
+
+    /// The tensors of group `prefix`, names without the prefix.
+    pub(crate) fn group(&self, prefix: &str) -> Vec<(String, tch::Tensor)> {
+        let p = format!("{prefix}.");
+        self.tensors
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix(&p)
+                    .map(|s| (s.to_string(), v.shallow_clone()))
+            })
+            .collect()
+    }
+}

@@ -3,7 +3,7 @@
 //! Mitchell 2023). Reference log-probs are computed once up front (the reference is frozen), which
 //! halves the forward work of every step.
 
-use crate::agent::{Agent, Budget, Metrics, Resumable};
+use crate::agent::{Agent, Budget, Metrics, Resumable, StateFile};
 use crate::losses::{dpo_loss, DpoLoss};
 use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
 use crate::policy::LmPolicy;
@@ -424,52 +424,22 @@ struct DpoState {
 
 impl Resumable for DpoAgent {
     fn save_state(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
-        let mut t: Vec<(String, Tensor)> = self
-            .policy
-            .vs
-            .variables()
-            .into_iter()
-            .map(|(k, v)| (format!("policy.{k}"), v.to_device(Device::Cpu)))
-            .collect();
-        t.extend(
-            self.opt
-                .state()
-                .into_iter()
-                .map(|(k, v)| (format!("opt.{k}"), v)),
-        );
-        Tensor::write_safetensors(&t, dir.join("dpo_state.safetensors"))?;
-        let s = serde_json::to_string_pretty(&DpoState {
-            budget: self.budget,
-        })
-        .map_err(|e| AgentError::Data(e.to_string()))?;
-        std::fs::write(dir.join("dpo_state.json"), s)
-            .map_err(|e| AgentError::io(dir.join("dpo_state.json"), e))
+        let mut st = StateFile::new();
+        st.add("policy", self.policy.vs.variables().into_iter().collect());
+        st.add("opt", self.opt.state());
+        st.write(
+            dir,
+            "dpo_state",
+            &DpoState {
+                budget: self.budget,
+            },
+        )
     }
 
     fn load_state(&mut self, dir: &Path) -> Result<()> {
-        let path = dir.join("dpo_state.safetensors");
-        let all = Tensor::read_safetensors(&path).map_err(|e| AgentError::Checkpoint {
-            path: path.clone(),
-            msg: e.to_string(),
-        })?;
-        let part = |prefix: &str| -> Vec<(String, Tensor)> {
-            let p = format!("{prefix}.");
-            all.iter()
-                .filter_map(|(k, v)| {
-                    k.strip_prefix(&p)
-                        .map(|s| (s.to_string(), v.shallow_clone()))
-                })
-                .collect()
-        };
-        crate::checkpoint::load_tensors_into(&mut self.policy.vs, part("policy"), &path)?;
-        self.opt.load_state(part("opt"))?;
-        let jp = dir.join("dpo_state.json");
-        let text = std::fs::read_to_string(&jp).map_err(|e| AgentError::io(&jp, e))?;
-        let s: DpoState = serde_json::from_str(&text).map_err(|e| AgentError::Checkpoint {
-            path: jp,
-            msg: e.to_string(),
-        })?;
+        let (st, s, path): (StateFile, DpoState, _) = StateFile::read(dir, "dpo_state")?;
+        crate::checkpoint::load_tensors_into(&mut self.policy.vs, st.group("policy"), &path)?;
+        self.opt.load_state(st.group("opt"))?;
         self.budget = s.budget;
         Ok(())
     }

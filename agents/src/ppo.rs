@@ -7,7 +7,7 @@
 //! advantages → `update_epochs` × `num_minibatches` clipped policy and value updates with an entropy
 //! bonus, gradient clipping and an optional `target_kl` early stop; fixed or adaptive `kl_coef`.
 
-use crate::agent::{Agent, Budget, Metrics, Resumable};
+use crate::agent::{Agent, Budget, Metrics, Resumable, StateFile};
 use crate::losses::{
     gae, kl_per_token, masked_mean, masked_var, ppo_policy_loss, ppo_value_loss, shaped_rewards,
     whiten, KlEstimator,
@@ -540,61 +540,31 @@ struct PpoState {
 
 impl Resumable for PpoAgent {
     fn save_state(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
-        let mut t: Vec<(String, Tensor)> = Vec::new();
-        let push = |t: &mut Vec<(String, Tensor)>, prefix: &str, v: Vec<(String, Tensor)>| {
-            t.extend(
-                v.into_iter()
-                    .map(|(k, x)| (format!("{prefix}.{k}"), x.to_device(tch::Device::Cpu))),
-            )
-        };
-        push(
-            &mut t,
-            "actor",
-            self.actor.vs.variables().into_iter().collect(),
-        );
-        push(&mut t, "actor_opt", self.actor_opt.state());
+        let mut st = StateFile::new();
+        st.add("actor", self.actor.vs.variables().into_iter().collect());
+        st.add("actor_opt", self.actor_opt.state());
         if let (Some(cr), Some(o)) = (&self.critic, &self.critic_opt) {
-            push(&mut t, "critic", cr.vs.variables().into_iter().collect());
-            push(&mut t, "critic_opt", o.state());
+            st.add("critic", cr.vs.variables().into_iter().collect());
+            st.add("critic_opt", o.state());
         }
-        Tensor::write_safetensors(&t, dir.join("ppo_state.safetensors"))?;
-        let s = serde_json::to_string_pretty(&PpoState {
-            kl_coef: self.kl_coef,
-            budget: self.budget,
-        })
-        .map_err(|e| AgentError::Data(e.to_string()))?;
-        std::fs::write(dir.join("ppo_state.json"), s)
-            .map_err(|e| AgentError::io(dir.join("ppo_state.json"), e))
+        st.write(
+            dir,
+            "ppo_state",
+            &PpoState {
+                kl_coef: self.kl_coef,
+                budget: self.budget,
+            },
+        )
     }
 
     fn load_state(&mut self, dir: &Path) -> Result<()> {
-        let path = dir.join("ppo_state.safetensors");
-        let all = Tensor::read_safetensors(&path).map_err(|e| AgentError::Checkpoint {
-            path: path.clone(),
-            msg: e.to_string(),
-        })?;
-        let part = |prefix: &str| -> Vec<(String, Tensor)> {
-            let p = format!("{prefix}.");
-            all.iter()
-                .filter_map(|(k, v)| {
-                    k.strip_prefix(&p)
-                        .map(|s| (s.to_string(), v.shallow_clone()))
-                })
-                .collect()
-        };
-        crate::checkpoint::load_tensors_into(&mut self.actor.vs, part("actor"), &path)?;
-        self.actor_opt.load_state(part("actor_opt"))?;
+        let (st, s, path): (StateFile, PpoState, _) = StateFile::read(dir, "ppo_state")?;
+        crate::checkpoint::load_tensors_into(&mut self.actor.vs, st.group("actor"), &path)?;
+        self.actor_opt.load_state(st.group("actor_opt"))?;
         if let (Some(cr), Some(o)) = (self.critic.as_mut(), self.critic_opt.as_mut()) {
-            crate::checkpoint::load_tensors_into(&mut cr.vs, part("critic"), &path)?;
-            o.load_state(part("critic_opt"))?;
+            crate::checkpoint::load_tensors_into(&mut cr.vs, st.group("critic"), &path)?;
+            o.load_state(st.group("critic_opt"))?;
         }
-        let jp = dir.join("ppo_state.json");
-        let text = std::fs::read_to_string(&jp).map_err(|e| AgentError::io(&jp, e))?;
-        let s: PpoState = serde_json::from_str(&text).map_err(|e| AgentError::Checkpoint {
-            path: jp,
-            msg: e.to_string(),
-        })?;
         self.kl_coef = s.kl_coef;
         self.budget = s.budget;
         Ok(())

@@ -131,6 +131,34 @@ pub fn filter_logits(logits: &Tensor, top_k: i64, top_p: f64) -> Tensor {
     out
 }
 
+/// One decoding step over `logits [B, V]`: the next token of each sequence (PAD once it has
+/// ended), its log-prob at the sampling temperature (0 once ended), and which sequences were alive.
+fn pick_tokens(
+    logits: &Tensor,
+    cfg: &SamplingConfig,
+    finished: &Tensor,
+    pad: &Tensor,
+) -> (Tensor, Tensor, Tensor) {
+    let (tok, logp_all) = if cfg.temperature == 0.0 {
+        (
+            logits.argmax(-1, false),
+            logits.log_softmax(-1, Kind::Float),
+        )
+    } else {
+        let scaled = logits / cfg.temperature; // [B, V]
+        let probs = filter_logits(&scaled, cfg.top_k, cfg.top_p).softmax(-1, Kind::Float);
+        (
+            probs.multinomial(1, true).squeeze_dim(1),
+            scaled.log_softmax(-1, Kind::Float),
+        ) // [B], [B, V]
+    };
+    let alive = finished.logical_not(); // [B]
+    let tok = tok.where_self(&alive, pad);
+    let lp =
+        logp_all.gather(1, &tok.unsqueeze(1), false).squeeze_dim(1) * alive.to_kind(Kind::Float); // [B]
+    (tok, lp, alive)
+}
+
 /// Sample up to `cfg.max_new_tokens` tokens after each prompt with the KV cache. The torch RNG must be
 /// seeded by the caller (`tch::manual_seed`) for reproducible samples.
 pub fn generate(
@@ -171,28 +199,9 @@ pub fn generate(
         let pad_t = Tensor::full([b], pad as i64, (Kind::Int64, device));
         let (mut toks, mut lps, mut masks) = (Vec::new(), Vec::new(), Vec::new());
         for t in 0..n {
-            let (tok, lp_tok) = if cfg.temperature == 0.0 {
-                let tok = logits.argmax(-1, false);
-                (
-                    tok.shallow_clone(),
-                    logits
-                        .log_softmax(-1, Kind::Float)
-                        .gather(1, &tok.unsqueeze(1), false)
-                        .squeeze_dim(1),
-                )
-            } else {
-                let scaled = &logits / cfg.temperature; // [B, V]
-                let logp_all = scaled.log_softmax(-1, Kind::Float);
-                let probs = filter_logits(&scaled, cfg.top_k, cfg.top_p).softmax(-1, Kind::Float);
-                let tok = probs.multinomial(1, true).squeeze_dim(1); // [B]
-                let lp_tok = logp_all.gather(1, &tok.unsqueeze(1), false).squeeze_dim(1); // [B]
-                (tok, lp_tok)
-            };
-            let alive = finished.logical_not(); // [B]
-            let tok = tok.where_self(&alive, &pad_t);
-            let alive_f = alive.to_kind(Kind::Float);
-            lps.push(&lp_tok * &alive_f);
-            masks.push(alive_f);
+            let (tok, lp_tok, alive) = pick_tokens(&logits, cfg, &finished, &pad_t);
+            lps.push(lp_tok);
+            masks.push(alive.to_kind(Kind::Float));
             finished = finished.logical_or(&tok.eq(eos as i64));
             key_valid.select(1, lp + t).copy_(&alive);
             toks.push(tok.shallow_clone());
@@ -288,19 +297,9 @@ pub fn generate_without_cache(
         for _ in 0..n {
             let h = model.forward_full(&seq, &valid, false); // [B, T, C]
             let t = seq.size()[1];
-            let logits = model.lm_logits(&h.select(1, t - 1)).to_kind(Kind::Float)
-                / cfg.temperature.max(1e-6); // [B, V]
-            let logp_all = logits.log_softmax(-1, Kind::Float);
-            let tok = filter_logits(&logits, cfg.top_k, cfg.top_p)
-                .softmax(-1, Kind::Float)
-                .multinomial(1, true)
-                .squeeze_dim(1);
-            let alive = finished.logical_not();
-            let tok = tok.where_self(&alive, &pad_t);
-            lps.push(
-                logp_all.gather(1, &tok.unsqueeze(1), false).squeeze_dim(1)
-                    * alive.to_kind(Kind::Float),
-            );
+            let logits = model.lm_logits(&h.select(1, t - 1)).to_kind(Kind::Float); // [B, V]
+            let (tok, lp_tok, alive) = pick_tokens(&logits, cfg, &finished, &pad_t);
+            lps.push(lp_tok);
             masks.push(alive.to_kind(Kind::Float));
             finished = finished.logical_or(&tok.eq(eos as i64));
             seq = Tensor::cat(&[&seq, &tok.unsqueeze(1)], 1);
