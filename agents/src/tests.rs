@@ -309,3 +309,35 @@ fn sft_beats_unigram_entropy_and_is_reproducible() {
     assert_eq!(a, b, "same seed, different loss curve");
     assert!(sft::encode_corpus(&tok, &["  ".to_string()], 32).is_err());
 }
+
+#[test]
+fn categorical_sampling_matches_its_probabilities() {
+    let _guard = lock();
+    tch::manual_seed(3);
+    // Three rows: a skewed distribution, one with zero-probability tokens, a one-hot.
+    let probs = Tensor::from_slice(&[
+        0.7f32, 0.2, 0.1, 0.0, 0.0, 0.5, 0.0, 0.5, 0.0, 0.0, 1.0, 0.0,
+    ])
+    .view([3, 4]);
+    let n = 20000;
+    let mut counts = vec![[0usize; 4]; 3];
+    for _ in 0..n / 100 {
+        let batch = probs.repeat([100, 1]); // [300, 4]
+        let toks = Vec::<i64>::try_from(&crate::sampling::sample_categorical(&batch)).unwrap();
+        for (i, t) in toks.iter().enumerate() {
+            counts[i % 3][*t as usize] += 1;
+        }
+    }
+    let p: Vec<Vec<f32>> = Vec::try_from(&probs).unwrap();
+    for r in 0..3 {
+        for c in 0..4 {
+            let emp = counts[r][c] as f64 / n as f64;
+            let want = p[r][c] as f64;
+            let se = (want * (1.0 - want) / n as f64).sqrt();
+            assert!(
+                (emp - want).abs() <= 4.0 * se + 1e-12,
+                "row {r} token {c}: {emp} vs {want}"
+            );
+        }
+    }
+}
