@@ -5,7 +5,10 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_aligngym"))
+    // Tests run side by side on few cores: one libtorch thread per process avoids oversubscription.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_aligngym"));
+    c.env("OMP_NUM_THREADS", "1");
+    c
 }
 
 fn root() -> &'static Path {
