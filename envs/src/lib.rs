@@ -28,5 +28,5 @@ pub use oracle::{BradleyTerryOracle, OracleConfig, Preference, PreferenceOracle}
 pub use prefs::{read_pairs, write_pairs, PrefReader, PrefWriter, PreferencePair};
 pub use registry::{make, register, task, tasks};
 pub use reward::{Clip, RewardFn, Rule, RunningNorm, Scale, WeightedSum};
-pub use task::{derive_seed, Feedback, Split, Task};
+pub use task::{derive_seed, Feedback, PromptSplit, Split, Task};
 pub use vec_env::{AutoresetMode, VecEnv, VecStep};

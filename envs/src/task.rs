@@ -53,23 +53,40 @@ pub trait Task: Send + Sync {
     }
 }
 
-/// Split a prompt pool into train/eval (every `eval_every`-th prompt is held out), dropping
-/// duplicates so the two sets never overlap.
-pub fn split_prompts(pool: Vec<String>, eval_every: usize) -> (Vec<String>, Vec<String>) {
-    let mut seen = std::collections::HashSet::new();
-    let unique: Vec<String> = pool
-        .into_iter()
-        .filter(|p| seen.insert(p.clone()))
-        .collect();
-    let (mut train, mut eval) = (Vec::new(), Vec::new());
-    for (i, p) in unique.into_iter().enumerate() {
-        if i % eval_every == eval_every - 1 {
-            eval.push(p)
-        } else {
-            train.push(p)
+/// A task's prompts, split into train and eval sets that never overlap.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PromptSplit {
+    train: Vec<String>,
+    eval: Vec<String>,
+}
+
+impl PromptSplit {
+    /// Split a pool (every `eval_every`-th prompt is held out), dropping duplicates so the two sets
+    /// never overlap.
+    pub fn from_pool(pool: Vec<String>, eval_every: usize) -> Self {
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<String> = pool
+            .into_iter()
+            .filter(|p| seen.insert(p.clone()))
+            .collect();
+        let (mut train, mut eval) = (Vec::new(), Vec::new());
+        for (i, p) in unique.into_iter().enumerate() {
+            if i % eval_every == eval_every - 1 {
+                eval.push(p)
+            } else {
+                train.push(p)
+            }
+        }
+        Self { train, eval }
+    }
+
+    /// The prompts of one split.
+    pub fn get(&self, split: Split) -> &[String] {
+        match split {
+            Split::Train => &self.train,
+            Split::Eval => &self.eval,
         }
     }
-    (train, eval)
 }
 
 /// SplitMix64: a seed for stream `index` derived from `seed`, so per-env RNGs are independent and

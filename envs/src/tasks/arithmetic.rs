@@ -6,7 +6,7 @@
 
 use crate::reward::Rule;
 use crate::rules::ExactAnswer;
-use crate::task::{split_prompts, Feedback, Split, Task};
+use crate::task::{Feedback, PromptSplit, Split, Task};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -20,8 +20,7 @@ pub const MAX_OPERAND: u32 = 20;
 pub struct ArithmeticTask {
     wrong_fraction: f64,
     tail_fraction: f64,
-    train: Vec<String>,
-    eval: Vec<String>,
+    prompts: PromptSplit,
 }
 
 /// The answer of an `a+b=` prompt.
@@ -44,12 +43,11 @@ impl ArithmeticTask {
         for i in (1..pool.len()).rev() {
             pool.swap(i, rng.random_range(0..=i));
         }
-        let (train, eval) = split_prompts(pool, 5);
+        let prompts = PromptSplit::from_pool(pool, 5);
         Self {
             wrong_fraction: wrong_fraction.clamp(0.0, 1.0),
             tail_fraction: tail_fraction.clamp(0.0, 1.0),
-            train,
-            eval,
+            prompts,
         }
     }
 }
@@ -99,10 +97,7 @@ impl Task for ArithmeticTask {
             .collect()
     }
     fn prompts(&self, split: Split) -> &[String] {
-        match split {
-            Split::Train => &self.train,
-            Split::Eval => &self.eval,
-        }
+        self.prompts.get(split)
     }
     fn gold(&self) -> Arc<dyn Rule> {
         Arc::new(ExactAnswer::new(Arc::new(answer)))

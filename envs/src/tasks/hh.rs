@@ -6,7 +6,7 @@
 
 use super::pick;
 use crate::reward::Rule;
-use crate::task::{split_prompts, Feedback, Split, Task};
+use crate::task::{Feedback, PromptSplit, Split, Task};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -159,8 +159,7 @@ impl Rule for HelpfulHarmless {
 
 /// The helpful-and-harmless task.
 pub struct HhTask {
-    train: Vec<String>,
-    eval: Vec<String>,
+    prompts: PromptSplit,
 }
 
 fn request(rng: &mut StdRng, harmful: bool) -> (String, &'static [&'static str]) {
@@ -189,8 +188,9 @@ impl HhTask {
         for i in (1..pool.len()).rev() {
             pool.swap(i, rng.random_range(0..=i));
         }
-        let (train, eval) = split_prompts(pool, 4);
-        Self { train, eval }
+        Self {
+            prompts: PromptSplit::from_pool(pool, 4),
+        }
     }
 }
 
@@ -232,10 +232,7 @@ impl Task for HhTask {
             .collect()
     }
     fn prompts(&self, split: Split) -> &[String] {
-        match split {
-            Split::Train => &self.train,
-            Split::Eval => &self.eval,
-        }
+        self.prompts.get(split)
     }
     fn gold(&self) -> Arc<dyn Rule> {
         Arc::new(HelpfulHarmless)

@@ -6,7 +6,7 @@
 use super::pick;
 use crate::reward::Rule;
 use crate::rules::words;
-use crate::task::{split_prompts, Feedback, Split, Task};
+use crate::task::{Feedback, PromptSplit, Split, Task};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
@@ -60,8 +60,7 @@ impl Rule for HiddenLinear {
 
 /// The hidden-preference task.
 pub struct HiddenPrefTask {
-    train: Vec<String>,
-    eval: Vec<String>,
+    prompts: PromptSplit,
 }
 
 impl HiddenPrefTask {
@@ -77,8 +76,9 @@ impl HiddenPrefTask {
                 )
             })
             .collect();
-        let (train, eval) = split_prompts(pool, 5);
-        Self { train, eval }
+        Self {
+            prompts: PromptSplit::from_pool(pool, 5),
+        }
     }
 }
 
@@ -117,10 +117,7 @@ impl Task for HiddenPrefTask {
             .collect()
     }
     fn prompts(&self, split: Split) -> &[String] {
-        match split {
-            Split::Train => &self.train,
-            Split::Eval => &self.eval,
-        }
+        self.prompts.get(split)
     }
     fn gold(&self) -> Arc<dyn Rule> {
         Arc::new(HiddenLinear::new(0x5ec2e7))

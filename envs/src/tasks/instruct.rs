@@ -5,7 +5,7 @@
 use super::pick;
 use crate::reward::Rule;
 use crate::rules::words;
-use crate::task::{split_prompts, Feedback, Split, Task};
+use crate::task::{Feedback, PromptSplit, Split, Task};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -87,8 +87,7 @@ impl Rule for ConstraintReward {
 
 /// The instruction-following task.
 pub struct InstructTask {
-    train: Vec<String>,
-    eval: Vec<String>,
+    prompts: PromptSplit,
 }
 
 fn prompt(rng: &mut StdRng) -> String {
@@ -159,8 +158,9 @@ impl InstructTask {
     pub fn new() -> Self {
         let mut rng = StdRng::seed_from_u64(0x1757);
         let pool = (0..1200).map(|_| prompt(&mut rng)).collect();
-        let (train, eval) = split_prompts(pool, 5);
-        Self { train, eval }
+        Self {
+            prompts: PromptSplit::from_pool(pool, 5),
+        }
     }
 }
 
@@ -195,10 +195,7 @@ impl Task for InstructTask {
             .collect()
     }
     fn prompts(&self, split: Split) -> &[String] {
-        match split {
-            Split::Train => &self.train,
-            Split::Eval => &self.eval,
-        }
+        self.prompts.get(split)
     }
     fn gold(&self) -> Arc<dyn Rule> {
         Arc::new(ConstraintReward)

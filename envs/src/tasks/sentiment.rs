@@ -5,7 +5,7 @@
 use super::pick;
 use crate::reward::Rule;
 use crate::rules::Sentiment;
-use crate::task::{split_prompts, Feedback, Split, Task};
+use crate::task::{Feedback, PromptSplit, Split, Task};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -79,8 +79,7 @@ const TAILS: &[&str] = &[
 
 /// The sentiment task.
 pub struct SentimentTask {
-    train: Vec<String>,
-    eval: Vec<String>,
+    prompts: PromptSplit,
 }
 
 impl SentimentTask {
@@ -98,8 +97,9 @@ impl SentimentTask {
                 ws[..k].join(" ")
             })
             .collect();
-        let (train, eval) = split_prompts(pool, 5);
-        Self { train, eval }
+        Self {
+            prompts: PromptSplit::from_pool(pool, 5),
+        }
     }
 
     fn review(rng: &mut StdRng) -> String {
@@ -145,10 +145,7 @@ impl Task for SentimentTask {
         (0..n).map(|_| Self::review(&mut rng)).collect()
     }
     fn prompts(&self, split: Split) -> &[String] {
-        match split {
-            Split::Train => &self.train,
-            Split::Eval => &self.eval,
-        }
+        self.prompts.get(split)
     }
     fn gold(&self) -> Arc<dyn Rule> {
         Arc::new(Sentiment)
