@@ -529,9 +529,18 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
         let sft = stage_sft(spec, env, out, dev, opts.quiet)?;
         let prefs = stage_prefs(spec, env, &sft, out, dev)?;
         for a in spec.agents.iter().filter(|a| a.reward == "rm") {
-            if !rms.contains_key(&(env.clone(), a.prefs.clone())) {
-                let rm = stage_rm(env, &a.prefs, &prefs[&a.prefs], &sft, out, dev, opts.quiet)?;
-                rms.insert((env.clone(), a.prefs.clone()), rm);
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                rms.entry((env.clone(), a.prefs.clone()))
+            {
+                slot.insert(stage_rm(
+                    env,
+                    &a.prefs,
+                    &prefs[&a.prefs],
+                    &sft,
+                    out,
+                    dev,
+                    opts.quiet,
+                )?);
             }
         }
         stages.insert(env.clone(), EnvStages { sft, prefs });
