@@ -320,7 +320,7 @@ fn categorical_sampling_matches_its_probabilities() {
     ])
     .view([3, 4]);
     let n = 20000;
-    let mut counts = vec![[0usize; 4]; 3];
+    let mut counts = [[0usize; 4]; 3];
     for _ in 0..n / 100 {
         let batch = probs.repeat([100, 1]); // [300, 4]
         let toks = Vec::<i64>::try_from(&crate::sampling::sample_categorical(&batch)).unwrap();
