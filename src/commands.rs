@@ -92,7 +92,7 @@ pub fn run_sft(
     let seqs = sft::encode_corpus(&tok, corpus, gcfg.block_size)?;
     let (vs, model) = sft::init_model(&gcfg, device, seed)?;
     let pb = progress(cfg.steps as u64, "sft", quiet);
-    let rows = sft::train(&vs, &model, &seqs, tok.pad_id() as i64, cfg, seed, |r| {
+    let rows = sft::train(&vs, &model, &seqs, tok.pad_id(), cfg, seed, |r| {
         pb.inc(1);
         if r.step % 10 == 0 {
             pb.set_message(format!("loss {:.3}", r.loss));
@@ -201,25 +201,11 @@ pub fn train_rm(
     Ok(report)
 }
 
-/// Vocabulary check used by `sample` and others: the tokenizer must match the model.
-pub fn describe_policy(dir: &Path) -> Result<String> {
-    let cfg = checkpoint::read_config(dir)?;
-    Ok(format!(
-        "{:?}: {} layers, {} heads, width {}, vocab {}, context {}",
-        cfg.kind,
-        cfg.model.n_layer,
-        cfg.model.n_head,
-        cfg.model.n_embd,
-        cfg.model.vocab_size,
-        cfg.model.block_size
-    ))
-}
-
 /// `make gpu-check`: print the device, run forward/backward and sampling on CUDA, compare with CPU.
 /// Fails (non-zero exit) when CUDA is not usable — it never falls back to CPU.
 pub fn gpu_check() -> Result<()> {
     use aligngym_agents::model::Gpt;
-    use aligngym_agents::sampling::{generate, sequence_outputs};
+    use aligngym_agents::sampling::{generate, sequence_logprobs};
     use tch::{nn, Device, Kind, Tensor};
     println!(
         "tch::Cuda::is_available() = {}, cudnn = {}, devices = {}",
@@ -250,7 +236,7 @@ pub fn gpu_check() -> Result<()> {
     let toks = g.tokens.shallow_clone();
     // The same sequences scored on both devices: forward logits and backward gradients agree.
     let on = |m: &Gpt, d: Device| {
-        sequence_outputs(
+        sequence_logprobs(
             m,
             &g.prompt.to_device(d),
             &g.prompt_valid.to_device(d),
@@ -260,8 +246,8 @@ pub fn gpu_check() -> Result<()> {
             true,
         )
     };
-    let lc = on(&m_cpu, Device::Cpu).logprobs;
-    let lg = on(&m_gpu, cuda).logprobs;
+    let lc = on(&m_cpu, Device::Cpu);
+    let lg = on(&m_gpu, cuda);
     let dl = (&lc - lg.to_device(Device::Cpu))
         .abs()
         .max()

@@ -2,7 +2,7 @@
 //! the same sampling settings and the same sampling seed (common random numbers), against the same
 //! frozen reference samples.
 
-use aligngym_agents::sampling::{sequence_outputs, SamplingConfig};
+use aligngym_agents::sampling::{sequence_logprobs, sequence_outputs, SamplingConfig};
 use aligngym_agents::{LmPolicy, Metrics, Policy, Result};
 use aligngym_envs::{
     derive_seed, BradleyTerryOracle, OracleConfig, PreferenceOracle, RewardFn, Rule, Split, Task,
@@ -169,7 +169,7 @@ impl Evaluator {
                 t,
                 false,
             );
-            let rf = sequence_outputs(
+            let rf = sequence_logprobs(
                 &self.reference.model,
                 &gen.prompt,
                 &gen.prompt_valid,
@@ -178,7 +178,8 @@ impl Evaluator {
                 t,
                 false,
             );
-            let kl = ((&pi.logprobs - &rf.logprobs) * &gen.mask)
+            // Both log-prob tensors are already zero on padding.
+            let kl = (&pi.logprobs - &rf)
                 .sum_dim_intlist(1, false, Kind::Float)
                 .mean(Kind::Float);
             let ent = aligngym_agents::losses::masked_mean(&pi.entropy, &gen.mask);

@@ -424,7 +424,16 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             device,
         } => {
             let mut cfg = RmConfig::default();
-            apply_plain_sets(&mut cfg, &sets)?;
+            cfg = aligngym::spec::apply_overrides(
+                &cfg,
+                &sets,
+                |v, k| v.get(k).map(|_| vec![k.to_string()]),
+                |v| {
+                    v.as_object()
+                        .map(|m| m.keys().cloned().collect())
+                        .unwrap_or_default()
+                },
+            )?;
             let pairs = aligngym_envs::read_pairs(&prefs)?;
             let p = LmPolicy::load(&init, device.resolve()?)?;
             let r = commands::train_rm(&p, &pairs, &cfg, seed, &out, false)?;
@@ -653,35 +662,4 @@ fn parse_shard(t: &str) -> Result<(usize, usize)> {
         return Err(bad());
     }
     Ok((i, n))
-}
-
-/// `--set key=value` on a flat serde config.
-fn apply_plain_sets<T: serde::Serialize + serde::de::DeserializeOwned>(
-    cfg: &mut T,
-    sets: &[String],
-) -> Result<()> {
-    let mut v = serde_json::to_value(&*cfg).map_err(|e| AgentError::Data(e.to_string()))?;
-    for s in sets {
-        let (k, raw) = s
-            .split_once('=')
-            .ok_or_else(|| AgentError::config(s.clone(), "expected --set key=value"))?;
-        let keys: Vec<String> = v
-            .as_object()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
-        let slot = v.get_mut(k).ok_or_else(|| {
-            AgentError::config(k, format!("unknown key; known keys: {}", keys.join(", ")))
-        })?;
-        let parsed: serde_json::Value =
-            serde_json::from_str(raw).unwrap_or(serde_json::Value::String(raw.to_string()));
-        if std::mem::discriminant(&parsed) != std::mem::discriminant(slot) {
-            return Err(AgentError::config(
-                k,
-                format!("cannot parse `{raw}` as the type of `{k}`"),
-            ));
-        }
-        *slot = parsed;
-    }
-    *cfg = serde_json::from_value(v).map_err(|e| AgentError::config("--set", e.to_string()))?;
-    Ok(())
 }

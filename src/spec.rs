@@ -134,49 +134,21 @@ impl TrainSpec {
     /// Apply `key=value` overrides. A bare key is looked up in the agent's section, then `run`, then
     /// `eval`; `section.key` names it fully. Unknown keys and unparsable values are errors.
     pub fn apply_sets(&mut self, sets: &[String]) -> Result<()> {
-        let mut v = serde_json::to_value(&*self).map_err(|e| AgentError::Data(e.to_string()))?;
-        let agent_section = self.agent.to_string();
-        for s in sets {
-            let (key, raw) = s
-                .split_once('=')
-                .ok_or_else(|| AgentError::config(s.clone(), "expected --set key=value"))?;
-            let path: Vec<String> = if key.contains('.') {
-                key.split('.').map(String::from).collect()
-            } else {
-                let found = [agent_section.as_str(), "run", "eval"]
-                    .into_iter()
-                    .find(|sec| v.get(sec).and_then(|x| x.get(key)).is_some());
-                match found {
-                    Some(sec) => vec![sec.to_string(), key.to_string()],
-                    None if matches!(key, "seed" | "prefs_queries") => vec![key.to_string()],
-                    None => {
-                        return Err(AgentError::config(
-                            key,
-                            format!(
-                                "unknown key; known keys: {}",
-                                known_keys(&v, &agent_section).join(", ")
-                            ),
-                        ))
-                    }
-                }
-            };
-            let slot = path
-                .iter()
-                .try_fold(&mut v, |cur, k| cur.get_mut(k.as_str()))
-                .ok_or_else(|| {
-                    AgentError::config(
-                        key,
-                        format!(
-                            "unknown key; known keys: {}",
-                            known_keys(&v_clone_for_keys(self), &agent_section).join(", ")
-                        ),
-                    )
-                })?;
-            *slot = parse_like(slot, raw)
-                .map_err(|m| AgentError::config(key, format!("cannot parse `{raw}`: {m}")))?;
-        }
-        let spec: TrainSpec =
-            serde_json::from_value(v).map_err(|e| AgentError::config("--set", e.to_string()))?;
+        let agent = self.agent.to_string();
+        let resolve = |v: &Value, key: &str| -> Option<Vec<String>> {
+            if key.contains('.') {
+                return Some(key.split('.').map(String::from).collect());
+            }
+            match [agent.as_str(), "run", "eval"]
+                .into_iter()
+                .find(|sec| v.get(sec).and_then(|x| x.get(key)).is_some())
+            {
+                Some(sec) => Some(vec![sec.to_string(), key.to_string()]),
+                None if matches!(key, "seed" | "prefs_queries") => Some(vec![key.to_string()]),
+                None => None,
+            }
+        };
+        let spec: TrainSpec = apply_overrides(&*self, sets, resolve, |v| known_keys(v, &agent))?;
         spec.validate()?;
         *self = spec;
         Ok(())
@@ -190,25 +162,12 @@ impl TrainSpec {
         if let Some(d) = &self.dpo {
             d.validate()?;
         }
-        self.eval.sampling.clone().validate_or_default()?;
+        // max_new_tokens 0 means "the task's own limit", filled in when the evaluator is built.
+        let mut sampling = self.eval.sampling.clone();
+        sampling.max_new_tokens = sampling.max_new_tokens.max(1);
+        sampling.validate()?;
         Ok(())
     }
-}
-
-trait ValidateSampling {
-    fn validate_or_default(self) -> Result<()>;
-}
-impl ValidateSampling for aligngym_agents::sampling::SamplingConfig {
-    fn validate_or_default(mut self) -> Result<()> {
-        if self.max_new_tokens == 0 {
-            self.max_new_tokens = 1;
-        }
-        self.validate()
-    }
-}
-
-fn v_clone_for_keys(spec: &TrainSpec) -> Value {
-    serde_json::to_value(spec).unwrap_or(Value::Null)
 }
 
 fn known_keys(v: &Value, agent: &str) -> Vec<String> {
@@ -225,6 +184,45 @@ fn known_keys(v: &Value, agent: &str) -> Vec<String> {
         }
     }
     keys
+}
+
+/// `cfg` with `key=value` overrides applied: `resolve` maps a key to its path in the serde tree
+/// (`None`: unknown), and each value is parsed as the type already at that path. Unknown keys list
+/// `known`; unparsable values name the key.
+pub fn apply_overrides<T: Serialize + serde::de::DeserializeOwned>(
+    cfg: &T,
+    sets: &[String],
+    resolve: impl Fn(&Value, &str) -> Option<Vec<String>>,
+    known: impl Fn(&Value) -> Vec<String>,
+) -> Result<T> {
+    let mut v = serde_json::to_value(cfg).map_err(|e| AgentError::Data(e.to_string()))?;
+    for s in sets {
+        let (key, raw) = s
+            .split_once('=')
+            .ok_or_else(|| AgentError::config(s.clone(), "expected --set key=value"))?;
+        let unknown = |v: &Value| {
+            AgentError::config(
+                key,
+                format!("unknown key; known keys: {}", known(v).join(", ")),
+            )
+        };
+        let path = resolve(&v, key).ok_or_else(|| unknown(&v))?;
+        if path
+            .iter()
+            .try_fold(&v, |cur, k| cur.get(k.as_str()))
+            .is_none()
+        {
+            return Err(unknown(&v));
+        }
+        if let Some(slot) = path
+            .iter()
+            .try_fold(&mut v, |cur, k| cur.get_mut(k.as_str()))
+        {
+            *slot = parse_like(slot, raw)
+                .map_err(|m| AgentError::config(key, format!("cannot parse `{raw}`: {m}")))?;
+        }
+    }
+    serde_json::from_value(v).map_err(|e| AgentError::config("--set", e.to_string()))
 }
 
 /// Parse `raw` as the same JSON type as `like`.

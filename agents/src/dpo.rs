@@ -7,7 +7,7 @@ use crate::agent::{Agent, Budget, Metrics, Resumable, StateFile};
 use crate::losses::{dpo_loss, DpoLoss};
 use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
 use crate::policy::LmPolicy;
-use crate::sampling::{left_pad, sequence_outputs};
+use crate::sampling::{left_pad, right_pad, sequence_logprobs};
 use crate::{AgentError, Result};
 use aligngym_envs::{derive_seed, PreferencePair, TextCodec};
 use rand::rngs::StdRng;
@@ -15,7 +15,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// DPO hyperparameters (names as in the common RLHF trainers).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,58 +98,15 @@ pub struct PairBatch {
     pub rejected_mask: Tensor,
 }
 
-/// Right-pad completions: tokens `[B, N]` (i64) and mask `[B, N]` (f32).
-pub fn right_pad_completions(seqs: &[Vec<u32>], pad: u32, device: Device) -> (Tensor, Tensor) {
-    let n = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
-    let mut toks = Vec::with_capacity(seqs.len() * n);
-    let mut mask = Vec::with_capacity(seqs.len() * n);
-    for s in seqs {
-        toks.extend(
-            s.iter()
-                .map(|&x| x as i64)
-                .chain(std::iter::repeat_n(pad as i64, n - s.len())),
-        );
-        mask.extend(
-            std::iter::repeat_n(1.0f32, s.len()).chain(std::iter::repeat_n(0.0, n - s.len())),
-        );
-    }
-    let b = seqs.len() as i64;
-    (
-        Tensor::from_slice(&toks)
-            .view([b, n as i64])
-            .to_device(device),
-        Tensor::from_slice(&mask)
-            .view([b, n as i64])
-            .to_device(device),
-    )
-}
-
 /// Tokenise pairs for `policy`, cutting completions so prompt + completion fits the context.
 pub fn encode_pairs(policy: &LmPolicy, pairs: &[PreferencePair]) -> PairBatch {
-    let tok = &policy.tokenizer;
-    let block = policy.model.config().block_size;
-    let prompts: Vec<Vec<u32>> = pairs
-        .iter()
-        .map(|p| {
-            let mut ids = tok.encode_prompt(&p.prompt);
-            ids.truncate(block / 2);
-            ids
-        })
-        .collect();
-    let lp = prompts.iter().map(|p| p.len()).max().unwrap_or(1);
-    let room = block.saturating_sub(lp).max(1);
-    let comp = |text: &str| {
-        let mut ids = tok.encode_ids(text);
-        ids.push(tok.eos_id());
-        ids.truncate(room);
-        ids
-    };
-    let chosen: Vec<Vec<u32>> = pairs.iter().map(|p| comp(&p.chosen)).collect();
-    let rejected: Vec<Vec<u32>> = pairs.iter().map(|p| comp(&p.rejected)).collect();
-    let dev = policy.device();
-    let (prompt, prompt_valid) = left_pad(&prompts, tok.pad_id(), dev);
-    let (chosen, chosen_mask) = right_pad_completions(&chosen, tok.pad_id(), dev);
-    let (rejected, rejected_mask) = right_pad_completions(&rejected, tok.pad_id(), dev);
+    let prompts: Vec<&str> = pairs.iter().map(|p| p.prompt.as_str()).collect();
+    let chosen: Vec<&str> = pairs.iter().map(|p| p.chosen.as_str()).collect();
+    let rejected: Vec<&str> = pairs.iter().map(|p| p.rejected.as_str()).collect();
+    let (prompt, prompt_valid, mut sets) =
+        encode_completions(policy, &prompts, &[chosen, rejected]);
+    let (rejected, rejected_mask) = sets.pop().expect("two completion sets");
+    let (chosen, chosen_mask) = sets.pop().expect("two completion sets");
     PairBatch {
         prompt,
         prompt_valid,
@@ -158,6 +115,47 @@ pub fn encode_pairs(policy: &LmPolicy, pairs: &[PreferencePair]) -> PairBatch {
         rejected,
         rejected_mask,
     }
+}
+
+/// `[BOS]` prompts, left-padded (`[P, L_p]` tokens and validity), and for each set of completions
+/// their tokens `+ [EOS]`, right-padded (`[P, N]` tokens and f32 mask); prompts are cut to half the
+/// context and completions to what is left.
+pub(crate) fn encode_completions(
+    policy: &LmPolicy,
+    prompts: &[&str],
+    sets: &[Vec<&str>],
+) -> (Tensor, Tensor, Vec<(Tensor, Tensor)>) {
+    let tok = &policy.tokenizer;
+    let block = policy.model.config().block_size;
+    let prompt_ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            let mut ids = tok.encode_prompt(p);
+            ids.truncate(block / 2);
+            ids
+        })
+        .collect();
+    let lp = prompt_ids.iter().map(|p| p.len()).max().unwrap_or(1);
+    let room = block.saturating_sub(lp).max(1);
+    let dev = policy.device();
+    let (prompt, prompt_valid) = left_pad(&prompt_ids, tok.pad_id(), dev);
+    let encoded = sets
+        .iter()
+        .map(|texts| {
+            let ids: Vec<Vec<u32>> = texts
+                .iter()
+                .map(|t| {
+                    let mut ids = tok.encode_ids(t);
+                    ids.push(tok.eos_id());
+                    ids.truncate(room);
+                    ids
+                })
+                .collect();
+            let (toks, valid) = right_pad(&ids, tok.pad_id(), dev);
+            (toks, valid.to_kind(Kind::Float))
+        })
+        .collect();
+    (prompt, prompt_valid, encoded)
 }
 
 /// Summed completion log-probs `[B]` of chosen and rejected under `policy` at temperature 1, for the
@@ -190,7 +188,7 @@ pub fn pair_logps(policy: &LmPolicy, b: &PairBatch, idx: &Tensor, train: bool) -
         ],
         0,
     );
-    let out = sequence_outputs(
+    let logprobs = sequence_logprobs(
         &policy.model,
         &Tensor::cat(&[&p, &p], 0),
         &Tensor::cat(&[&pv, &pv], 0),
@@ -199,7 +197,7 @@ pub fn pair_logps(policy: &LmPolicy, b: &PairBatch, idx: &Tensor, train: bool) -
         1.0,
         train,
     );
-    let s = out.logprobs.sum_dim_intlist(1, false, Kind::Float); // [2k]
+    let s = logprobs.sum_dim_intlist(1, false, Kind::Float); // [2k]
     (s.narrow(0, 0, k), s.narrow(0, k, k))
 }
 

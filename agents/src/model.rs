@@ -279,8 +279,9 @@ impl Gpt {
         let t = tokens.size()[1];
         let past = cache.as_ref().map_or(0, |c| c.len);
         let p = if train { self.cfg.dropout } else { 0.0 };
-        let mut x = (self.wte.embedding_lookup(tokens) + self.wpe.embedding_lookup(positions))
-            .dropout(p, train); // [B, T, C]
+        let mut x = (Tensor::embedding(&self.wte, tokens, -1, false, false)
+            + Tensor::embedding(&self.wpe, positions, -1, false, false))
+        .dropout(p, train); // [B, T, C]
         for (i, blk) in self.blocks.iter().enumerate() {
             let lc = cache.as_mut().map(|c| &mut c.layers[i]);
             x = blk.forward(&x, mask, past, lc, train);
@@ -311,16 +312,6 @@ impl Gpt {
     /// Scalar rewards `[..]` of trunk output `[.., C]`.
     pub fn reward(&self, hidden: &Tensor) -> Tensor {
         self.reward_head.forward(hidden).squeeze_dim(-1)
-    }
-}
-
-/// Trait-object-friendly extension: embedding lookup on a weight matrix.
-trait EmbeddingLookup {
-    fn embedding_lookup(&self, ids: &Tensor) -> Tensor;
-}
-impl EmbeddingLookup for Tensor {
-    fn embedding_lookup(&self, ids: &Tensor) -> Tensor {
-        Tensor::embedding(self, ids, -1, false, false)
     }
 }
 

@@ -98,15 +98,6 @@ impl LmPolicy {
             .map(|c| self.tokenizer.decode_ids(c))
             .collect()
     }
-
-    /// Which completions of a generation ended with EOS.
-    pub fn ended_with_eos(&self, gen: &Generation) -> Vec<bool> {
-        let eos = self.tokenizer.eos_id();
-        gen.completions()
-            .iter()
-            .map(|c| c.last() == Some(&eos))
-            .collect()
-    }
 }
 
 impl Policy for LmPolicy {

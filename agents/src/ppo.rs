@@ -14,10 +14,12 @@ use crate::losses::{
 };
 use crate::optim::{AdamW, AdamWConfig};
 use crate::policy::{ActorCritic, LmPolicy, Policy};
-use crate::sampling::{sequence_outputs, Generation, SamplingConfig};
+use crate::sampling::{
+    completion_hidden, sequence_logprobs, sequence_outputs, Generation, SamplingConfig,
+};
 use crate::tokenizer::Tokenizer;
 use crate::{AgentError, Result};
-use aligngym_envs::{derive_seed, RewardFn, Split, Task};
+use aligngym_envs::{derive_seed, RewardFn, Split, Task, TextCodec};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -242,10 +244,6 @@ impl PpoAgent {
             max_new_tokens: n,
         }
     }
-
-    fn values_of(&self, g: &Generation, train: bool) -> Tensor {
-        self.values(g, train)
-    }
 }
 
 fn select(g: &Generation, idx: &Tensor) -> Generation {
@@ -270,16 +268,15 @@ impl Policy for PpoAgent {
 impl ActorCritic for PpoAgent {
     fn values(&self, g: &Generation, train: bool) -> Tensor {
         let net = self.critic.as_ref().unwrap_or(&self.actor);
-        let out = sequence_outputs(
+        let hidden = completion_hidden(
             &net.model,
             &g.prompt,
             &g.prompt_valid,
             &g.tokens,
             &g.mask,
-            self.cfg.temperature,
             train,
-        );
-        net.model.value(&out.hidden) * &g.mask // [B, N]
+        ); // [B, N, C]
+        net.model.value(&hidden) * &g.mask // [B, N]
     }
 }
 
@@ -301,8 +298,14 @@ impl Agent for PpoAgent {
         let ids = self.actor.encode_prompts(&texts);
         tch::manual_seed(seed as i64);
         let gen = self.actor.sample(&ids, &self.sampling())?;
-        let completions = self.actor.decode(&gen);
-        let eos = self.actor.ended_with_eos(&gen);
+        // One device→host copy of the completions serves both the texts and the EOS flags.
+        let ids = gen.completions();
+        let tok = &self.actor.tokenizer;
+        let completions: Vec<String> = ids.iter().map(|c| tok.decode_ids(c)).collect();
+        let eos: Vec<bool> = ids
+            .iter()
+            .map(|c| c.last() == Some(&tok.eos_id()))
+            .collect();
         let comp_refs: Vec<&str> = completions.iter().map(|s| s.as_str()).collect();
         let raw = self.reward.score_batch(&texts, &comp_refs)?;
         let scores: Vec<f32> = raw
@@ -327,7 +330,7 @@ impl Agent for PpoAgent {
         let mask = &gen.mask; // [B, N]
         let (b, n) = mask.size2()?;
         let (ref_logp, old_values) = tch::no_grad(|| {
-            let r = sequence_outputs(
+            let r = sequence_logprobs(
                 &self.reference.model,
                 &gen.prompt,
                 &gen.prompt_valid,
@@ -336,7 +339,7 @@ impl Agent for PpoAgent {
                 c.temperature,
                 false,
             );
-            (r.logprobs, self.values_of(&gen, false))
+            (r, self.values(&gen, false))
         });
         let old_logp = gen.logprobs.shallow_clone(); // [B, N]
         let kl = kl_per_token(&old_logp, &ref_logp, mask, c.kl_estimator); // [B, N]
@@ -372,7 +375,7 @@ impl Agent for PpoAgent {
                     &g.mask,
                     c.clip_coef,
                 );
-                let v = self.values_of(&g, true);
+                let v = self.values(&g, true);
                 let (vf, vclip) = ppo_value_loss(
                     &v,
                     &old_values.index_select(0, &idx),

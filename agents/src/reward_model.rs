@@ -4,7 +4,7 @@
 //! can use it.
 
 use crate::checkpoint::{self, CheckpointConfig, ModelKind};
-use crate::dpo::{encode_pairs, PairBatch};
+use crate::dpo::{encode_completions, encode_pairs, PairBatch};
 use crate::losses::bradley_terry_loss;
 use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
 use crate::policy::LmPolicy;
@@ -247,23 +247,12 @@ impl RewardModel {
     /// Centred scores of preference-style completions.
     pub fn score_texts(&self, prompts: &[&str], completions: &[&str]) -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(prompts.len());
-        let pairs: Vec<PreferencePair> = prompts
-            .iter()
-            .zip(completions)
-            .map(|(p, c)| PreferencePair::new(*p, *c, *c))
-            .collect();
-        for chunk in pairs.chunks(64) {
-            let d = encode_pairs(&self.net, chunk);
-            let s = tch::no_grad(|| {
-                raw_scores(
-                    &self.net,
-                    &d.prompt,
-                    &d.prompt_valid,
-                    &d.chosen,
-                    &d.chosen_mask,
-                    false,
-                )
-            }) - self.offset;
+        for (p, c) in prompts.chunks(64).zip(completions.chunks(64)) {
+            let (prompt, prompt_valid, mut sets) = encode_completions(&self.net, p, &[c.to_vec()]);
+            let (toks, mask) = sets.pop().expect("one completion set");
+            let s =
+                tch::no_grad(|| raw_scores(&self.net, &prompt, &prompt_valid, &toks, &mask, false))
+                    - self.offset;
             out.extend(Vec::<f32>::try_from(
                 &s.to_kind(Kind::Float).to_device(tch::Device::Cpu),
             )?);

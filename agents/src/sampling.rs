@@ -111,6 +111,38 @@ pub fn left_pad(prompts: &[Vec<u32>], pad: u32, device: Device) -> (Tensor, Tens
     (t, v)
 }
 
+/// Right-pad `seqs` with `pad`: tokens `[B, T]` (i64) and validity `[B, T]` (bool), T ≥ 1.
+pub fn right_pad<S: AsRef<[u32]>>(seqs: &[S], pad: u32, device: Device) -> (Tensor, Tensor) {
+    let t = seqs
+        .iter()
+        .map(|s| s.as_ref().len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let mut toks = Vec::with_capacity(seqs.len() * t);
+    let mut valid = Vec::with_capacity(seqs.len() * t);
+    for s in seqs {
+        let s = s.as_ref();
+        toks.extend(
+            s.iter()
+                .map(|&x| x as i64)
+                .chain(std::iter::repeat_n(pad as i64, t - s.len())),
+        );
+        valid.extend(
+            std::iter::repeat_n(true, s.len()).chain(std::iter::repeat_n(false, t - s.len())),
+        );
+    }
+    let b = seqs.len() as i64;
+    (
+        Tensor::from_slice(&toks)
+            .view([b, t as i64])
+            .to_device(device),
+        Tensor::from_slice(&valid)
+            .view([b, t as i64])
+            .to_device(device),
+    )
+}
+
 /// Keep the top-k logits and the top-p nucleus of `logits [B, V]`; the rest become −∞.
 pub fn filter_logits(logits: &Tensor, top_k: i64, top_p: f64) -> Tensor {
     let mut out = logits.shallow_clone();
@@ -258,8 +290,63 @@ pub struct SequenceOutputs {
     pub hidden: Tensor,
 }
 
-/// Teacher-forced pass over `prompt [B, L_p]` (left-padded) + `tokens [B, N]` with `mask [B, N]`:
-/// the log-probs the model gives the completion tokens at `temperature` (as sampling reports them).
+/// Trunk output `[B, N, C]` at the positions that predict each completion token, from a
+/// teacher-forced pass over `prompt [B, L_p]` (left-padded) + `tokens [B, N]` with `mask [B, N]`.
+/// Heads that read the trunk (the critic) need nothing more.
+pub fn completion_hidden(
+    model: &Gpt,
+    prompt: &Tensor,
+    prompt_valid: &Tensor,
+    tokens: &Tensor,
+    mask: &Tensor,
+    train: bool,
+) -> Tensor {
+    let lp = prompt.size()[1];
+    let n = tokens.size()[1];
+    let full = Tensor::cat(&[prompt, tokens], 1); // [B, L_p + N]
+    let valid = Tensor::cat(
+        &[prompt_valid.to_kind(Kind::Bool), mask.to_kind(Kind::Bool)],
+        1,
+    );
+    let h = model.forward_full(&full, &valid, train); // [B, L_p + N, C]
+    h.narrow(1, lp - 1, n) // [B, N, C]
+}
+
+/// Next-token log-distributions `[B, N, V]` at `temperature` (0 reads as 1, as greedy sampling
+/// reports log-probs) and the log-probs of `tokens`, zeroed where `mask` is 0.
+fn completion_logp(
+    model: &Gpt,
+    hidden: &Tensor,
+    tokens: &Tensor,
+    mask: &Tensor,
+    temperature: f64,
+) -> (Tensor, Tensor) {
+    let t = if temperature > 0.0 { temperature } else { 1.0 };
+    let logp_all = (model.lm_logits(hidden).to_kind(Kind::Float) / t).log_softmax(-1, Kind::Float); // [B, N, V]
+    let logprobs = logp_all
+        .gather(2, &tokens.unsqueeze(-1), false)
+        .squeeze_dim(-1)
+        * mask; // [B, N]
+    (logprobs, logp_all)
+}
+
+/// The log-probs `[B, N]` the model gives the completion tokens at `temperature` (as sampling
+/// reports them), 0 on padding.
+pub fn sequence_logprobs(
+    model: &Gpt,
+    prompt: &Tensor,
+    prompt_valid: &Tensor,
+    tokens: &Tensor,
+    mask: &Tensor,
+    temperature: f64,
+    train: bool,
+) -> Tensor {
+    let hidden = completion_hidden(model, prompt, prompt_valid, tokens, mask, train);
+    completion_logp(model, &hidden, tokens, mask, temperature).0
+}
+
+/// Log-probs, per-position entropies and trunk output of a teacher-forced pass (see
+/// [`sequence_logprobs`]; this one also pays for the entropy).
 pub fn sequence_outputs(
     model: &Gpt,
     prompt: &Tensor,
@@ -269,22 +356,8 @@ pub fn sequence_outputs(
     temperature: f64,
     train: bool,
 ) -> SequenceOutputs {
-    let lp = prompt.size()[1];
-    let n = tokens.size()[1];
-    let full = Tensor::cat(&[prompt, tokens], 1); // [B, L_p + N]
-    let valid = Tensor::cat(
-        &[prompt_valid.to_kind(Kind::Bool), mask.to_kind(Kind::Bool)],
-        1,
-    );
-    let h = model.forward_full(&full, &valid, train); // [B, L_p + N, C]
-    let hidden = h.narrow(1, lp - 1, n); // [B, N, C]
-    let t = if temperature > 0.0 { temperature } else { 1.0 };
-    let logits = model.lm_logits(&hidden).to_kind(Kind::Float) / t; // [B, N, V]
-    let logp_all = logits.log_softmax(-1, Kind::Float);
-    let logprobs = logp_all
-        .gather(2, &tokens.unsqueeze(-1), false)
-        .squeeze_dim(-1)
-        * mask; // [B, N]
+    let hidden = completion_hidden(model, prompt, prompt_valid, tokens, mask, train);
+    let (logprobs, logp_all) = completion_logp(model, &hidden, tokens, mask, temperature);
     let entropy = -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float) * mask; // [B, N]
     SequenceOutputs {
         logprobs,

@@ -3,6 +3,7 @@
 
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
+use crate::sampling::right_pad;
 use crate::tokenizer::Tokenizer;
 use crate::{AgentError, Result};
 use aligngym_envs::TextCodec;
@@ -84,13 +85,13 @@ pub fn encode_corpus(
     tok: &Tokenizer,
     corpus: &[String],
     block_size: usize,
-) -> Result<Vec<Vec<i64>>> {
-    let seqs: Vec<Vec<i64>> = corpus
+) -> Result<Vec<Vec<u32>>> {
+    let seqs: Vec<Vec<u32>> = corpus
         .iter()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            let mut ids: Vec<i64> = tok.encode_prompt(l).into_iter().map(|x| x as i64).collect();
-            ids.push(tok.eos_id() as i64);
+            let mut ids = tok.encode_prompt(l);
+            ids.push(tok.eos_id());
             ids.truncate(block_size);
             ids
         })
@@ -105,7 +106,7 @@ pub fn encode_corpus(
 
 /// Entropy (nats per token) of the unigram distribution of the tokens SFT predicts: a baseline a
 /// model that learned nothing about context would reach.
-pub fn unigram_entropy(seqs: &[Vec<i64>]) -> f64 {
+pub fn unigram_entropy(seqs: &[Vec<u32>]) -> f64 {
     let mut counts = std::collections::HashMap::new();
     let mut n = 0usize;
     for s in seqs {
@@ -121,32 +122,6 @@ pub fn unigram_entropy(seqs: &[Vec<i64>]) -> f64 {
             -p * p.ln()
         })
         .sum()
-}
-
-/// A right-padded batch: tokens `[B, T]` and validity `[B, T]`.
-pub fn right_pad(seqs: &[&Vec<i64>], pad: i64, device: Device) -> (Tensor, Tensor) {
-    let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1);
-    let mut toks = Vec::with_capacity(seqs.len() * t);
-    let mut valid = Vec::with_capacity(seqs.len() * t);
-    for s in seqs {
-        toks.extend(
-            s.iter()
-                .copied()
-                .chain(std::iter::repeat_n(pad, t - s.len())),
-        );
-        valid.extend(
-            std::iter::repeat_n(true, s.len()).chain(std::iter::repeat_n(false, t - s.len())),
-        );
-    }
-    let b = seqs.len() as i64;
-    (
-        Tensor::from_slice(&toks)
-            .view([b, t as i64])
-            .to_device(device),
-        Tensor::from_slice(&valid)
-            .view([b, t as i64])
-            .to_device(device),
-    )
 }
 
 /// Mean next-token cross-entropy over valid targets of a right-padded batch.
@@ -181,8 +156,8 @@ pub struct SftLogRow {
 pub fn train(
     vs: &nn::VarStore,
     model: &Gpt,
-    seqs: &[Vec<i64>],
-    pad: i64,
+    seqs: &[Vec<u32>],
+    pad: u32,
     cfg: &SftConfig,
     seed: u64,
     mut on_step: impl FnMut(&SftLogRow),
@@ -200,7 +175,7 @@ pub fn train(
     );
     let mut rows = Vec::with_capacity(cfg.steps);
     for step in 0..cfg.steps {
-        let batch: Vec<&Vec<i64>> = (0..cfg.batch_size)
+        let batch: Vec<&Vec<u32>> = (0..cfg.batch_size)
             .map(|_| &seqs[rng.random_range(0..seqs.len())])
             .collect();
         let (tokens, valid) = right_pad(&batch, pad, device);

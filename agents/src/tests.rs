@@ -2,7 +2,7 @@
 
 use crate::checkpoint::{self, CheckpointConfig, ModelKind};
 use crate::model::{attention_mask, positions_from_valid, Gpt, GptConfig, KvCache};
-use crate::sampling::{generate, left_pad, sequence_outputs, SamplingConfig};
+use crate::sampling::{generate, left_pad, sequence_logprobs, SamplingConfig};
 use crate::sft::{self, SftConfig};
 use crate::tokenizer::Tokenizer;
 use aligngym_envs::TextCodec;
@@ -109,8 +109,8 @@ fn sampled_logprobs_equal_recomputed_ones_and_seed_reproduces() {
     ] {
         tch::manual_seed(5);
         let g = generate(&m, &prompts, 0, 2, &cfg, Device::Cpu).unwrap();
-        let out = tch::no_grad(|| {
-            sequence_outputs(
+        let logprobs = tch::no_grad(|| {
+            sequence_logprobs(
                 &m,
                 &g.prompt,
                 &g.prompt_valid,
@@ -120,7 +120,7 @@ fn sampled_logprobs_equal_recomputed_ones_and_seed_reproduces() {
                 false,
             )
         });
-        let d = max_abs(&out.logprobs, &g.logprobs);
+        let d = max_abs(&logprobs, &g.logprobs);
         assert!(d < 1e-4, "max |Δlogp| = {d}");
         assert!(g.logprobs.le(0.0).all().int64_value(&[]) == 1);
         tch::manual_seed(5);
@@ -296,7 +296,7 @@ fn sft_beats_unigram_entropy_and_is_reproducible() {
     };
     let run = || {
         let (vs, m) = sft::init_model(&cfg, Device::Cpu, 7).unwrap();
-        sft::train(&vs, &m, &seqs, tok.pad_id() as i64, &sc, 7, |_| {}).unwrap()
+        sft::train(&vs, &m, &seqs, tok.pad_id(), &sc, 7, |_| {}).unwrap()
     };
     let a = run();
     let tail: f64 = a[a.len() - 10..].iter().map(|r| r.loss).sum::<f64>() / 10.0;

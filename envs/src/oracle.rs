@@ -6,7 +6,6 @@ use crate::{EnvError, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Settings of the Bradley–Terry oracle.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -95,7 +94,7 @@ pub struct BradleyTerryOracle<R> {
     gold: R,
     cfg: OracleConfig,
     rng: StdRng,
-    queries: AtomicU64,
+    queries: u64,
 }
 
 impl<R: RewardFn> BradleyTerryOracle<R> {
@@ -106,7 +105,7 @@ impl<R: RewardFn> BradleyTerryOracle<R> {
             gold,
             cfg,
             rng: StdRng::seed_from_u64(seed),
-            queries: AtomicU64::new(0),
+            queries: 0,
         })
     }
     /// The gold reward the oracle compares with.
@@ -134,8 +133,7 @@ impl<R: RewardFn> PreferenceOracle for BradleyTerryOracle<R> {
         }
         let ra = self.gold.score_batch(prompts, a)?;
         let rb = self.gold.score_batch(prompts, b)?;
-        self.queries
-            .fetch_add(prompts.len() as u64, Ordering::Relaxed);
+        self.queries += prompts.len() as u64;
         Ok(ra
             .into_iter()
             .zip(rb)
@@ -157,7 +155,7 @@ impl<R: RewardFn> PreferenceOracle for BradleyTerryOracle<R> {
             .collect())
     }
     fn queries(&self) -> u64 {
-        self.queries.load(Ordering::Relaxed)
+        self.queries
     }
 }
 
