@@ -11,7 +11,7 @@ CARGO ?= cargo
 BIN := target/release/aligngym
 OUT ?= results
 
-.PHONY: run test build venv gpu-check bench lint fmt clean
+.PHONY: run test build venv gpu-check bench bench-reference lint fmt clean
 
 run: build
 	$(BIN) compare --out $(OUT)
@@ -37,6 +37,25 @@ gpu-check: build
 
 bench: build
 	$(BIN) bench --size tiny
+
+# The Python trainers, side by side with `aligngym bench` (issue 6): transformers `generate`, TRL's
+# DPO trainer and TRL 1.12's PPO trainer (the last TRL with one) at the same sizes, fp32 and bf16.
+# Installed on demand into .venv (TRL 1.12 in a folder of its own); writes $(BENCH_OUT)/comparison.md.
+REF_STAMP := $(VENV)/.reference-installed
+BENCH_OUT ?= results/bench
+REPEATS ?= 5
+$(REF_STAMP): $(TORCH_STAMP) benches/reference/requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) -r benches/reference/requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --upgrade --target $(VENV)/reference/trl-1.12 trl==1.12.0
+	touch $@
+
+bench-reference: build $(REF_STAMP)
+	mkdir -p $(BENCH_OUT)
+	set -e; for size in tiny small; do for dtype in fp32 bf16; do \
+	  $(BIN) bench --size $$size --dtype $$dtype --repeats $(REPEATS) --json $(BENCH_OUT)/aligngym-$$size-$$dtype.json; \
+	  $(VENV)/bin/python benches/reference/reference.py --size $$size --dtype $$dtype --repeats $(REPEATS) --json $(BENCH_OUT)/python-$$size-$$dtype.json 2>/dev/null; \
+	done; done
+	$(VENV)/bin/python benches/reference/compare.py $(BENCH_OUT) | tee $(BENCH_OUT)/comparison.md
 
 lint: $(TORCH_STAMP)
 	$(CARGO) fmt --all -- --check

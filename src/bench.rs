@@ -1,6 +1,6 @@
 //! `aligngym bench`: fixed workloads (so figures compare across tools at equal work), each timed as
-//! the median of repeated runs after a warm-up, with achieved GFLOP/s and its ratio to an fp32
-//! 1024³ matmul measured in the same process (the machine's practical peak).
+//! the median of repeated runs after a warm-up, with achieved GFLOP/s and its ratio to a 1024³
+//! matmul in the same precision measured in the same process (the machine's practical peak).
 //!
 //! W1 sampling: 32 prompts × 16 tokens, 48 new tokens each, temperature 1, KV cache (and, for
 //! reference, the same without the cache). W2 DPO step: 32 pairs, prompt 16, chosen and rejected 48
@@ -14,7 +14,7 @@ use aligngym_agents::losses::{dpo_loss, DpoLoss};
 use aligngym_agents::optim::{AdamW, AdamWConfig};
 use aligngym_agents::sampling::{generate, generate_without_cache, SamplingConfig};
 use aligngym_agents::sft::{init_model, lm_loss};
-use aligngym_agents::{Agent, LmPolicy, PpoAgent, PpoConfig, Result, Tokenizer};
+use aligngym_agents::{Agent, LmPolicy, PpoAgent, PpoConfig, Precision, Result, Tokenizer};
 use aligngym_envs::rules::LengthTarget;
 use aligngym_envs::{Feedback, Rule, Split, Task};
 use serde::Serialize;
@@ -48,7 +48,9 @@ pub struct BenchReport {
     pub device: String,
     /// libtorch threads.
     pub threads: i32,
-    /// fp32 1024³ matmul GFLOP/s.
+    /// Compute precision of the workloads (`fp32` or `bf16`).
+    pub dtype: String,
+    /// 1024³ matmul GFLOP/s in that precision (the peak `of_peak` divides by).
     pub matmul_gflops: f64,
     /// The workloads.
     pub rows: Vec<BenchRow>,
@@ -74,10 +76,10 @@ fn sync(device: Device) {
     }
 }
 
-/// fp32 `n³` matmul GFLOP/s (median of `repeats`).
-pub fn matmul_gflops(n: i64, repeats: usize, device: Device) -> Result<f64> {
-    let a = Tensor::randn([n, n], (Kind::Float, device));
-    let b = Tensor::randn([n, n], (Kind::Float, device));
+/// `n³` matmul GFLOP/s in `kind` (median of `repeats`).
+pub fn matmul_gflops(n: i64, repeats: usize, device: Device, kind: Kind) -> Result<f64> {
+    let a = Tensor::randn([n, n], (kind, device));
+    let b = Tensor::randn([n, n], (kind, device));
     let s = median_secs(repeats, device, || {
         let _ = a.matmul(&b);
         Ok(())
@@ -125,15 +127,20 @@ fn random_ids(b: i64, t: i64, vocab: i64, device: Device) -> Tensor {
     Tensor::randint_low(3, vocab, [b, t], (Kind::Int64, device))
 }
 
-/// Run every workload at `size` on `device`, `repeats` timed repetitions each.
-pub fn run_bench(size: ModelSize, device: Device, repeats: usize) -> Result<BenchReport> {
+/// Run every workload at `size` on `device` in `dtype`, `repeats` timed repetitions each.
+pub fn run_bench(
+    size: ModelSize,
+    device: Device,
+    dtype: Precision,
+    repeats: usize,
+) -> Result<BenchReport> {
     tch::manual_seed(0);
     let vocab: i64 = match size {
         ModelSize::Tiny => 512,
         ModelSize::Small => 4096,
     };
     let cfg = size.config(vocab as usize);
-    let peak = matmul_gflops(1024, repeats.max(3), device)?;
+    let peak = matmul_gflops(1024, repeats.max(3), device, dtype.kind())?;
     let (b, lp, n, sft_t) = (32i64, 16i64, 48i64, 64i64);
     let fpt = |t: i64| cfg.flops_per_token(t as usize);
     let mut rows = Vec::new();
@@ -161,7 +168,8 @@ pub fn run_bench(size: ModelSize, device: Device, repeats: usize) -> Result<Benc
     let mut corpus = prompts.clone();
     corpus.extend((0..200).map(|i| format!("{} {}", WORDS[i % WORDS.len()], i)));
     let tokenizer = Tokenizer::train(&corpus, 300)?;
-    let (vs, model) = init_model(&cfg, device, 0)?;
+    let (vs, mut model) = init_model(&cfg, device, 0)?;
+    model.set_precision(dtype);
     let policy = LmPolicy {
         vs,
         model,
@@ -310,6 +318,7 @@ pub fn run_bench(size: ModelSize, device: Device, repeats: usize) -> Result<Benc
         size: format!("{size:?}").to_lowercase(),
         device: aligngym_agents::device::describe(device),
         threads: tch::get_num_threads(),
+        dtype: dtype.to_string(),
         matmul_gflops: peak,
         rows,
     })
@@ -318,8 +327,8 @@ pub fn run_bench(size: ModelSize, device: Device, repeats: usize) -> Result<Benc
 /// The report as a table.
 pub fn format_report(r: &BenchReport) -> String {
     let mut s = format!(
-        "aligngym bench — size {}, device {}, fp32 1024³ matmul {:.1} GFLOP/s\n",
-        r.size, r.device, r.matmul_gflops
+        "aligngym bench — size {}, device {}, {} (1024³ matmul {:.1} GFLOP/s)\n",
+        r.size, r.device, r.dtype, r.matmul_gflops
     );
     s.push_str(&format!(
         "{:<32} {:>14} {:<14} {:>10} {:>9} {:>8}\n",

@@ -90,7 +90,8 @@ pub fn run_sft(
     let tok = Tokenizer::train(corpus, cfg.vocab_size)?;
     let gcfg = size.config(tok.vocab_size());
     let seqs = sft::encode_corpus(&tok, corpus, gcfg.block_size)?;
-    let (vs, model) = sft::init_model(&gcfg, device, seed)?;
+    let (vs, mut model) = sft::init_model(&gcfg, device, seed)?;
+    model.set_precision(cfg.dtype);
     let pb = progress(cfg.steps as u64, "sft", quiet);
     let rows = sft::train(&vs, &model, &seqs, tok.pad_id(), cfg, seed, |r| {
         pb.inc(1);
@@ -269,6 +270,24 @@ pub fn gpu_check() -> Result<()> {
     if dl > 1e-3 || dg > 1e-2 || dsample > 1e-3 {
         return Err(AgentError::Device(format!(
             "CUDA and CPU disagree: Δlogp {dl:.2e}, Δgrad {dg:.2e}, Δsample {dsample:.2e}"
+        )));
+    }
+    // bf16 on the GPU (fp32 master weights) tracks the fp32 CPU pass to bf16's precision.
+    let mut m_bf16 = m_gpu;
+    m_bf16.set_precision(aligngym_agents::Precision::Bf16);
+    let g16 = generate(&m_bf16, &prompts, 0, 2, &s, cuda)?;
+    let l16 = tch::no_grad(|| on(&m_bf16, cuda));
+    let d16 = (&lc.detach() - l16.to_device(Device::Cpu))
+        .abs()
+        .max()
+        .double_value(&[]);
+    println!(
+        "bf16: sampled {} tokens; max |Δ log-prob| bf16 CUDA vs fp32 CPU {d16:.2e}",
+        g16.mask.sum(Kind::Float).double_value(&[])
+    );
+    if d16.is_nan() || d16 >= 0.1 {
+        return Err(AgentError::Device(format!(
+            "bf16 on CUDA strays from fp32: Δlogp {d16:.2e}"
         )));
     }
     println!("gpu-check: OK");

@@ -7,7 +7,7 @@ use aligngym::spec::{build_agent, AgentKind, RewardSpec, TrainSpec};
 use aligngym::sweep::{run_sweep, SweepOptions, SweepSpec};
 use aligngym_agents::sampling::SamplingConfig;
 use aligngym_agents::sft::SftConfig;
-use aligngym_agents::{AgentError, DeviceChoice, LmPolicy, Result, RmConfig};
+use aligngym_agents::{AgentError, DeviceChoice, LmPolicy, Precision, Result, RmConfig};
 use aligngym_envs::{check_env, make, task, tasks, write_pairs, OracleConfig, TextEnvConfig};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -55,6 +55,10 @@ enum Cmd {
         /// Device: auto (CUDA when available), cpu or cuda (an error without CUDA).
         #[arg(long, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
+        /// Compute precision: fp32, or bf16 (bf16 matmuls and attention; fp32 master weights,
+        /// LayerNorms, softmaxes and losses).
+        #[arg(long, default_value_t = Precision::Fp32)]
+        dtype: Precision,
     },
     /// Print completions sampled from a checkpoint.
     Sample {
@@ -85,6 +89,10 @@ enum Cmd {
         /// Device: auto, cpu or cuda.
         #[arg(long, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
+        /// Compute precision: fp32, or bf16 (bf16 matmuls and attention; fp32 master weights,
+        /// LayerNorms, softmaxes and losses).
+        #[arg(long, default_value_t = Precision::Fp32)]
+        dtype: Precision,
     },
     /// Sample completions from a generator policy and label pairs with the env's oracle (JSONL).
     Prefs {
@@ -171,6 +179,11 @@ enum Cmd {
         /// Device: auto, cpu or cuda.
         #[arg(long, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
+        /// Compute precision: fp32 or bf16 (bf16 matmuls and attention; fp32 master weights,
+        /// LayerNorms, softmaxes and losses). Same as `--set run.dtype=…`; default fp32, or the
+        /// resumed run's.
+        #[arg(long)]
+        dtype: Option<Precision>,
         /// Continue a stopped run from its directory (weights, optimiser, KL controller, counters).
         #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["agent", "env", "policy", "out"])]
         resume: Option<PathBuf>,
@@ -236,6 +249,10 @@ enum Cmd {
         /// Device: auto, cpu or cuda.
         #[arg(long, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
+        /// Compute precision: fp32, or bf16 (bf16 matmuls and attention; fp32 master weights,
+        /// LayerNorms, softmaxes and losses).
+        #[arg(long, default_value_t = Precision::Fp32)]
+        dtype: Precision,
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
@@ -257,6 +274,10 @@ enum Cmd {
         /// Device: auto, cpu or cuda.
         #[arg(long, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
+        /// Compute precision: fp32, or bf16 (bf16 matmuls and attention; fp32 master weights,
+        /// LayerNorms, softmaxes and losses).
+        #[arg(long, default_value_t = Precision::Fp32)]
+        dtype: Precision,
     },
     /// Print the device, run forward/backward and sampling on CUDA and compare with CPU.
     GpuCheck,
@@ -268,6 +289,10 @@ enum Cmd {
         /// Device: auto, cpu or cuda.
         #[arg(long, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
+        /// Compute precision: fp32, or bf16 (bf16 matmuls and attention; fp32 master weights,
+        /// LayerNorms, softmaxes and losses).
+        #[arg(long, default_value_t = Precision::Fp32)]
+        dtype: Precision,
         /// Timed repetitions per workload (after one warm-up).
         #[arg(long, default_value_t = 5)]
         repeats: usize,
@@ -322,6 +347,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             size,
             seed,
             device,
+            dtype,
         } => {
             let dev = device.resolve()?;
             let mut cfg = SftConfig::default();
@@ -339,6 +365,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             if let Some(s) = steps {
                 cfg.steps = s;
             }
+            cfg.dtype = dtype;
             let rows = commands::run_sft(&text, size, &cfg, seed, dev, &out, false)?;
             let last = rows.last().map_or(f64::NAN, |r| r.loss);
             println!(
@@ -358,8 +385,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             max_new_tokens,
             seed,
             device,
+            dtype,
         } => {
-            let p = LmPolicy::load(&policy, device.resolve()?)?;
+            let p = LmPolicy::load(&policy, device.resolve()?)?.with_precision(dtype);
             let cfg = SamplingConfig {
                 temperature,
                 top_k,
@@ -456,6 +484,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             resume,
             quiet,
             threads,
+            dtype,
         } => {
             let dev = device.resolve()?;
             if threads > 0 {
@@ -475,6 +504,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                         ));
                     }
                     spec.apply_sets(&sets)?;
+                    if let Some(d) = dtype {
+                        spec.run.dtype = d;
+                    }
                     // Keep the extended length in the run's record.
                     let json = serde_json::to_string_pretty(&spec)
                         .map_err(|e| AgentError::Data(e.to_string()))?;
@@ -493,6 +525,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                         .map_err(|m: String| AgentError::config("reward", m))?;
                     let mut spec = TrainSpec::new(agent, &env, policy, reward, prefs, seed);
                     spec.apply_sets(&sets)?;
+                    if let Some(d) = dtype {
+                        spec.run.dtype = d;
+                    }
                     (spec, out, false)
                 }
             };
@@ -535,12 +570,13 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             reference,
             seed,
             device,
+            dtype,
         } => {
             let dev = device.resolve()?;
             let t = task(&env)?;
-            let p = LmPolicy::load(&policy, dev)?;
+            let p = LmPolicy::load(&policy, dev)?.with_precision(dtype);
             let r = match &reference {
-                Some(d) => LmPolicy::load(d, dev)?,
+                Some(d) => LmPolicy::load(d, dev)?.with_precision(dtype),
                 None => p.duplicate(false)?,
             };
             let ev = Evaluator::new(t.as_ref(), &r, EvalConfig::default(), seed)?;
@@ -555,8 +591,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             device,
             repeats,
             json,
+            dtype,
         } => {
-            let r = aligngym::bench::run_bench(size, device.resolve()?, repeats)?;
+            let r = aligngym::bench::run_bench(size, device.resolve()?, dtype, repeats)?;
             print!("{}", aligngym::bench::format_report(&r));
             if let Some(p) = json {
                 let text = serde_json::to_string_pretty(&r)
@@ -621,8 +658,14 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             scale,
             device,
             quiet,
+            dtype,
         } => {
-            let s = aligngym::sweep::compare_spec(&env, seeds, scale)?;
+            let mut s = aligngym::sweep::compare_spec(&env, seeds, scale)?;
+            if dtype != Precision::Fp32 {
+                for a in &mut s.agents {
+                    a.set.insert("run.dtype".into(), dtype.to_string().into());
+                }
+            }
             run_sweep(
                 &s,
                 &out,

@@ -3,7 +3,7 @@
 
 use crate::eval::Evaluator;
 use crate::metrics::{read_long_csv, write_long_csv, MetricRow};
-use aligngym_agents::{AgentError, Result, RunnableAgent};
+use aligngym_agents::{AgentError, Precision, Result, RunnableAgent};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -18,6 +18,9 @@ pub struct RunConfig {
     pub eval_every: u64,
     /// Checkpoint every this many updates; 0 means at every evaluation. Default 0.
     pub save_every: u64,
+    /// Compute precision of training, sampling and evaluation: `fp32` (default) or `bf16` (bf16
+    /// matmuls and attention; fp32 master weights, LayerNorms, softmaxes and losses).
+    pub dtype: Precision,
 }
 
 impl Default for RunConfig {
@@ -26,6 +29,7 @@ impl Default for RunConfig {
             updates: 60,
             eval_every: 10,
             save_every: 0,
+            dtype: Precision::Fp32,
         }
     }
 }

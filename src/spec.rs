@@ -261,7 +261,7 @@ pub fn build_agent(
     task: Arc<dyn Task>,
     device: tch::Device,
 ) -> Result<(Box<dyn RunnableAgent>, LmPolicy)> {
-    let policy = LmPolicy::load(&spec.policy, device)?;
+    let policy = LmPolicy::load(&spec.policy, device)?.with_precision(spec.run.dtype);
     let start = policy.duplicate(false)?;
     let agent: Box<dyn RunnableAgent> = match spec.agent {
         AgentKind::Ppo => {
@@ -272,7 +272,10 @@ pub fn build_agent(
                     }
                     (Box::new(task.gold()), true)
                 }
-                RewardSpec::Rm(dir) => (Box::new(RewardModel::load(dir, device)?), false),
+                RewardSpec::Rm(dir) => (
+                    Box::new(RewardModel::load(dir, device)?.with_precision(spec.run.dtype)),
+                    false,
+                ),
             };
             Box::new(
                 PpoAgent::new(

@@ -184,6 +184,32 @@ fn ppo_on_gold_and_dpo_on_oracle_pairs_beat_sft_with_defaults() {
 }
 
 #[test]
+fn ppo_in_bf16_learns_like_fp32_and_records_its_dtype() {
+    let env = "sentiment-v0";
+    let dir = train(
+        "ppo",
+        env,
+        "ppo-bf16",
+        &["--dtype", "bf16", "--set", "run.updates=30"],
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["run"]["dtype"], "bf16");
+    // The checkpoint keeps fp32 master weights.
+    let st = std::fs::read(dir.join("policy/model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8_lossy(&st[8..8 + header_len]);
+    assert!(
+        header.contains("F32") && !header.contains("BF16"),
+        "{header}"
+    );
+    let (first, last, kl) = gold_first_last(&dir);
+    eprintln!("bf16 ppo: eval/gold_reward {first:.3} -> {last:.3}, eval/kl_to_ref {kl:.2}");
+    assert!(last > first + 0.3, "bf16 PPO: gold {first:.3} -> {last:.3}");
+    assert!(kl.is_finite() && kl > 0.0);
+}
+
+#[test]
 fn ppo_with_a_reward_model_trained_on_dpos_pairs_runs_end_to_end() {
     let env = "sentiment-v0";
     let p = prefs(env);
@@ -895,35 +921,40 @@ fn split_shell(s: &str) -> Vec<String> {
 
 #[test]
 fn bench_runs_and_prints_finite_positive_numbers() {
-    let json = root().join("bench.json");
-    let out = run(&[
-        "bench",
-        "--size",
-        "tiny",
-        "--repeats",
-        "1",
-        "--device",
-        "cpu",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    for w in [
-        "W1 sampling (KV cache)",
-        "W2 DPO step (reference model)",
-        "W2 DPO step (precomputed ref)",
-        "W3 PPO iteration",
-        "W4 SFT step",
-    ] {
-        assert!(text.contains(w), "{w} missing:\n{text}");
-    }
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert!(v["matmul_gflops"].as_f64().unwrap() > 0.0);
-    for row in v["rows"].as_array().unwrap() {
-        for k in ["throughput", "seconds", "gflops", "of_peak"] {
-            let x = row[k].as_f64().unwrap();
-            assert!(x.is_finite() && x > 0.0, "{}: {k} = {x}", row["workload"]);
+    for dtype in ["fp32", "bf16"] {
+        let json = root().join(format!("bench-{dtype}.json"));
+        let out = run(&[
+            "bench",
+            "--size",
+            "tiny",
+            "--repeats",
+            "1",
+            "--device",
+            "cpu",
+            "--dtype",
+            dtype,
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        for w in [
+            "W1 sampling (KV cache)",
+            "W2 DPO step (reference model)",
+            "W2 DPO step (precomputed ref)",
+            "W3 PPO iteration",
+            "W4 SFT step",
+        ] {
+            assert!(text.contains(w), "{w} missing:\n{text}");
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(v["dtype"], dtype);
+        assert!(v["matmul_gflops"].as_f64().unwrap() > 0.0);
+        for row in v["rows"].as_array().unwrap() {
+            for k in ["throughput", "seconds", "gflops", "of_peak"] {
+                let x = row[k].as_f64().unwrap();
+                assert!(x.is_finite() && x > 0.0, "{}: {k} = {x}", row["workload"]);
+            }
         }
     }
 }

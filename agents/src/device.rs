@@ -72,3 +72,45 @@ pub fn describe(d: tch::Device) -> String {
         other => format!("{other:?}"),
     }
 }
+
+/// Arithmetic precision of forward and backward passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// fp32 everywhere: the default, and the one the determinism tests use.
+    #[default]
+    Fp32,
+    /// bf16 matmuls, attention and KV cache; the weights the optimiser updates, the LayerNorms,
+    /// the residual stream, softmaxes and losses stay fp32 (mixed precision with master weights).
+    Bf16,
+}
+
+impl Precision {
+    /// The tensor kind matmuls run in.
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            Self::Fp32 => tch::Kind::Float,
+            Self::Bf16 => tch::Kind::BFloat16,
+        }
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "fp32" | "float32" | "f32" => Ok(Self::Fp32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            other => Err(format!("unknown dtype `{other}`; expected fp32 or bf16")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Fp32 => "fp32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}

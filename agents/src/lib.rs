@@ -22,7 +22,7 @@ pub mod sft;
 pub mod tokenizer;
 
 pub use agent::{Agent, Budget, Metrics, Resumable, RunnableAgent};
-pub use device::DeviceChoice;
+pub use device::{DeviceChoice, Precision};
 pub use dpo::{DpoAgent, DpoConfig};
 pub use error::{AgentError, Result};
 pub use losses::{DpoLoss, KlEstimator};

@@ -3,7 +3,7 @@
 //! the token embedding; plus a value head and a scalar reward head over the trunk output. Incremental
 //! decoding keeps a preallocated KV cache per layer.
 
-use crate::{AgentError, Result};
+use crate::{AgentError, Precision, Result};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
@@ -163,8 +163,29 @@ impl Block {
         }
     }
 
+    /// The matmul weights in `kind`: the variables themselves for fp32, differentiable casts
+    /// otherwise (gradients flow back into the fp32 variables).
+    fn weights(&self, kind: Kind) -> BlockWeights {
+        let cast = |l: &nn::Linear| LinearWeights {
+            w: l.ws.to_kind(kind),
+            b: l.bs
+                .as_ref()
+                .expect("linear layers have a bias")
+                .to_kind(kind),
+        };
+        BlockWeights {
+            c_attn: cast(&self.c_attn),
+            c_proj: cast(&self.c_proj),
+            c_fc: cast(&self.c_fc),
+            mlp_proj: cast(&self.mlp_proj),
+        }
+    }
+
+    /// The residual stream `x` and the LayerNorms stay fp32; the matmuls and attention run in the
+    /// weights' kind, and adding their outputs back promotes to fp32.
     fn forward(
         &self,
+        w: &BlockWeights,
         x: &Tensor,
         mask: &Tensor,
         past: i64,
@@ -173,7 +194,16 @@ impl Block {
     ) -> Tensor {
         let (b, t, c) = x.size3().expect("[B, T, C]");
         let h = self.n_head;
-        let qkv = self.c_attn.forward(&self.ln_1.forward(x)); // [B, T, 3C]
+        let kind = w.c_attn.w.kind();
+        let qkv = w.c_attn.apply(&self.ln_1.forward(x).to_kind(kind)); // [B, T, 3C]
+                                                                       // Without a cache (training and scoring passes) attention runs in fp32: libtorch's CPU
+                                                                       // backward of bf16 attention is ~6× slower than fp32's, and attention's FLOPs are few.
+                                                                       // Decoding (no backward) keeps the bf16 cache and attends in bf16.
+        let qkv = if cache.is_none() {
+            qkv.to_kind(Kind::Float)
+        } else {
+            qkv
+        };
         let parts = qkv.split(c, 2);
         let heads = |z: &Tensor| z.view([b, t, h, c / h]).transpose(1, 2); // [B, H, T, D]
         let (q, k, v) = (heads(&parts[0]), heads(&parts[1]), heads(&parts[2]));
@@ -186,14 +216,52 @@ impl Block {
             None => (k, v),
         };
         let p = if train { self.dropout } else { 0.0 };
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false); // [B, H, T, D]
-        let y = y.transpose(1, 2).contiguous().view([b, t, c]); // [B, T, C]
-        let x = x + self.c_proj.forward(&y).dropout(p, train);
-        let m = self
-            .mlp_proj
-            .forward(&self.c_fc.forward(&self.ln_2.forward(&x)).gelu("none")); // [B, T, C]
+        let y = if t == 1 && mask.is_floating_point() && p == 0.0 && kind == Kind::Float {
+            // One fp32 query per sequence (decoding) with an additive mask: two small matmuls beat
+            // SDPA, whose CPU path for masked single queries costs 1.3–1.5× as much. In bf16 it is
+            // the other way round (small bf16 matmuls have no fast kernel), so bf16 keeps SDPA.
+            let scale = 1.0 / ((c / h) as f64).sqrt();
+            let scores = q.matmul(&k.transpose(-2, -1)) * scale + mask; // [B, H, 1, T_k]
+            scores.softmax(-1, Kind::Float).to_kind(v.kind()).matmul(&v) // [B, H, 1, D]
+        } else {
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false)
+            // [B, H, T, D]
+        };
+        let y = y.transpose(1, 2).contiguous().view([b, t, c]).to_kind(kind); // [B, T, C]
+        let x = x + w.c_proj.apply(&y).dropout(p, train); // fp32 [B, T, C]
+        let m = w.mlp_proj.apply(
+            &w.c_fc
+                .apply(&self.ln_2.forward(&x).to_kind(kind))
+                .gelu("none"),
+        ); // [B, T, C]
         &x + m.dropout(p, train)
     }
+}
+
+/// A linear layer's weight `[O, I]` and bias `[O]` in the compute kind.
+struct LinearWeights {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl LinearWeights {
+    fn apply(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.w, Some(&self.b))
+    }
+}
+
+struct BlockWeights {
+    c_attn: LinearWeights,
+    c_proj: LinearWeights,
+    c_fc: LinearWeights,
+    mlp_proj: LinearWeights,
+}
+
+/// The weights one or more forward passes read, in the model's compute precision. Sampling builds
+/// them once per call, so bf16 decoding casts the weights once rather than at every token.
+pub struct ComputeWeights {
+    blocks: Vec<BlockWeights>,
+    wte: Tensor, // [V, C], for the LM head
 }
 
 /// The transformer with its three heads.
@@ -205,6 +273,7 @@ pub struct Gpt {
     ln_f: nn::LayerNorm,
     value_head: nn::Linear,
     reward_head: nn::Linear,
+    precision: Precision,
 }
 
 impl Gpt {
@@ -249,13 +318,10 @@ impl Gpt {
                 1,
                 1.0 / (cfg.n_embd as f64 + 1.0).sqrt(),
             ),
+            precision: Precision::Fp32,
         })
     }
 
-    /// The dtype of the weights.
-    pub fn kind(&self) -> Kind {
-        self.wte.kind()
-    }
     /// The device of the weights.
     pub fn device(&self) -> Device {
         self.wte.device()
@@ -265,11 +331,53 @@ impl Gpt {
         &self.cfg
     }
 
-    /// Trunk output `[B, T, C]` for `tokens [B, T]` at `positions [B, T]`, attending where
-    /// `mask [B, 1, T, T_k]` is true. With a cache, the new keys and values are written at
+    /// The precision forward passes compute in (the weights themselves stay fp32).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+    /// Compute in `precision` from now on.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+    /// The kind activations and the KV cache are stored in.
+    pub fn compute_kind(&self) -> Kind {
+        self.precision.kind()
+    }
+
+    /// The weights in the compute precision (differentiable; under `no_grad` a plain cast).
+    pub fn compute_weights(&self) -> ComputeWeights {
+        let kind = self.compute_kind();
+        ComputeWeights {
+            blocks: self.blocks.iter().map(|b| b.weights(kind)).collect(),
+            wte: self.wte.to_kind(kind),
+        }
+    }
+
+    /// Trunk output `[B, T, C]` (fp32) for `tokens [B, T]` at `positions [B, T]`, attending where
+    /// `mask [B, 1, T, T_k]` is true (or, for a float mask, adding it to the attention scores). With a cache, the new keys and values are written at
     /// `cache.len()` and the cache advances by T.
     pub fn forward(
         &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Tensor {
+        self.forward_with(
+            &self.compute_weights(),
+            tokens,
+            positions,
+            mask,
+            cache,
+            train,
+        )
+    }
+
+    /// [`Gpt::forward`] with weights from [`Gpt::compute_weights`].
+    pub fn forward_with(
+        &self,
+        w: &ComputeWeights,
         tokens: &Tensor,
         positions: &Tensor,
         mask: &Tensor,
@@ -282,9 +390,9 @@ impl Gpt {
         let mut x = (Tensor::embedding(&self.wte, tokens, -1, false, false)
             + Tensor::embedding(&self.wpe, positions, -1, false, false))
         .dropout(p, train); // [B, T, C]
-        for (i, blk) in self.blocks.iter().enumerate() {
+        for (i, (blk, bw)) in self.blocks.iter().zip(&w.blocks).enumerate() {
             let lc = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = blk.forward(&x, mask, past, lc, train);
+            x = blk.forward(bw, &x, mask, past, lc, train);
         }
         if let Some(c) = cache {
             c.len += t;
@@ -301,9 +409,18 @@ impl Gpt {
         self.forward(tokens, &positions, &mask, None, train)
     }
 
-    /// LM logits `[.., V]` of trunk output `[.., C]` (head tied to the token embedding).
+    /// fp32 LM logits `[.., V]` of trunk output `[.., C]` (head tied to the token embedding; the
+    /// matmul runs in the compute precision, the softmaxes that follow in fp32).
     pub fn lm_logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.matmul(&self.wte.tr())
+        self.lm_logits_with(&self.wte.to_kind(self.compute_kind()), hidden)
+    }
+    /// [`Gpt::lm_logits`] with the embedding from [`Gpt::compute_weights`].
+    pub fn lm_logits_from(&self, w: &ComputeWeights, hidden: &Tensor) -> Tensor {
+        self.lm_logits_with(&w.wte, hidden)
+    }
+    fn lm_logits_with(&self, wte: &Tensor, hidden: &Tensor) -> Tensor {
+        let logits = hidden.to_kind(wte.kind()).matmul(&wte.tr()); // [.., V]
+        logits.to_kind(Kind::Float)
     }
     /// Value estimates `[..]` of trunk output `[.., C]`.
     pub fn value(&self, hidden: &Tensor) -> Tensor {

@@ -4,7 +4,7 @@ use crate::checkpoint::{self, CheckpointConfig, ModelKind};
 use crate::model::Gpt;
 use crate::sampling::{generate, Generation, SamplingConfig};
 use crate::tokenizer::Tokenizer;
-use crate::{AgentError, Result};
+use crate::{AgentError, Precision, Result};
 use aligngym_envs::TextCodec;
 use std::path::Path;
 use tch::{nn, Device, Tensor};
@@ -66,7 +66,8 @@ impl LmPolicy {
     /// the policy); `trainable` false freezes it.
     pub fn duplicate(&self, trainable: bool) -> Result<Self> {
         let mut vs = nn::VarStore::new(self.vs.device());
-        let model = Gpt::new(&vs.root(), self.model.config())?;
+        let mut model = Gpt::new(&vs.root(), self.model.config())?;
+        model.set_precision(self.model.precision());
         vs.copy(&self.vs)?;
         if !trainable {
             vs.freeze();
@@ -81,6 +82,12 @@ impl LmPolicy {
     /// The device of the weights.
     pub fn device(&self) -> Device {
         self.vs.device()
+    }
+
+    /// This policy, computing in `precision`.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.model.set_precision(precision);
+        self
     }
 
     /// `[BOS] + ids(prompt)` for each prompt.

@@ -132,6 +132,12 @@ fn accuracy(net: &LmPolicy, d: &PairBatch, ids: &[i64]) -> (f64, f64, f64) {
 }
 
 impl RewardModel {
+    /// This reward model, scoring in `precision`.
+    pub fn with_precision(mut self, precision: crate::Precision) -> Self {
+        self.net.model.set_precision(precision);
+        self
+    }
+
     /// Train a reward model whose trunk starts from `init` on `pairs`; `seed` shuffles and splits.
     pub fn train(
         init: &LmPolicy,

@@ -230,45 +230,53 @@ pub fn generate(
         ));
     }
     tch::no_grad(|| {
-        let kind = model.kind();
-        let mut cache = KvCache::new(model.config(), b, lp + n, device, kind);
+        let w = model.compute_weights();
+        let mut cache = KvCache::new(model.config(), b, lp + n, device, model.compute_kind());
         // Decoding masks only the prompt's left padding: a live sequence has no padding after its
-        // prompt, and an ended one's outputs are discarded, so one precomputed row serves every step.
-        let key_valid = Tensor::cat(
+        // prompt, and an ended one's outputs are discarded, so one precomputed row serves every
+        // step, as an additive mask (0 or −∞) that the attention adds to its scores.
+        let padding = Tensor::cat(
             &[
-                prompt_valid.shallow_clone(),
-                Tensor::ones([b, n], (Kind::Bool, device)),
+                prompt_valid.logical_not(),
+                Tensor::zeros([b, n], (Kind::Bool, device)),
             ],
             1,
-        )
-        .view([b, 1, 1, lp + n]); // [B, 1, 1, L_p + N]
+        ); // [B, L_p + N]
+        let key_bias = Tensor::zeros([b, lp + n], (model.compute_kind(), device))
+            .masked_fill(&padding, f64::NEG_INFINITY)
+            .view([b, 1, 1, lp + n]); // [B, 1, 1, L_p + N]
         let pos = positions_from_valid(&prompt_valid); // [B, L_p]
         let mask = attention_mask(&prompt_valid, 0, lp);
-        let h = model.forward(&prompt, &pos, &mask, Some(&mut cache), false); // [B, L_p, C]
-        let mut logits = model.lm_logits(&h.select(1, lp - 1)).to_kind(Kind::Float); // [B, V]
+        let h = model.forward_with(&w, &prompt, &pos, &mask, Some(&mut cache), false); // [B, L_p, C]
+        let mut logits = model.lm_logits_from(&w, &h.select(1, lp - 1)); // [B, V]
         let last_prompt_pos = pos.select(1, lp - 1); // [B]
         let mut finished = Tensor::zeros([b], (Kind::Bool, device));
         let pad_t = Tensor::full([b], pad as i64, (Kind::Int64, device));
         let (mut toks, mut lps, mut masks) = (Vec::new(), Vec::new(), Vec::new());
+        let check_every = if device.is_cuda() { 16 } else { 4 };
         for t in 0..n {
             let (tok, lp_tok, alive) = pick_tokens(&logits, cfg, &finished, &pad_t);
             lps.push(lp_tok);
             masks.push(alive.to_kind(Kind::Float));
             finished = finished.logical_or(&tok.eq(eos as i64));
             toks.push(tok.shallow_clone());
-            // Checking costs a device sync; every few steps is enough to stop early.
-            if t + 1 == n || (t % 4 == 3 && bool::try_from(finished.all()).unwrap_or(false)) {
+            // Checking costs a device sync, which on CUDA also stalls the queue of launched
+            // kernels: every few steps is enough to stop early (a few more on a GPU).
+            if t + 1 == n
+                || ((t + 1) % check_every == 0 && bool::try_from(finished.all()).unwrap_or(false))
+            {
                 break;
             }
-            let mask = key_valid.narrow(3, 0, lp + t + 1); // [B, 1, 1, L_p+t+1]
-            let h = model.forward(
+            let mask = key_bias.narrow(3, 0, lp + t + 1); // [B, 1, 1, L_p+t+1]
+            let h = model.forward_with(
+                &w,
                 &tok.unsqueeze(1),
                 &(&last_prompt_pos + (t + 1)).unsqueeze(1),
                 &mask,
                 Some(&mut cache),
                 false,
             );
-            logits = model.lm_logits(&h.squeeze_dim(1)).to_kind(Kind::Float); // [B, V]
+            logits = model.lm_logits_from(&w, &h.squeeze_dim(1)); // [B, V]
         }
         Ok(Generation {
             prompt,
@@ -322,7 +330,7 @@ fn completion_logp(
     temperature: f64,
 ) -> (Tensor, Tensor) {
     let t = if temperature > 0.0 { temperature } else { 1.0 };
-    let logp_all = (model.lm_logits(hidden).to_kind(Kind::Float) / t).log_softmax(-1, Kind::Float); // [B, N, V]
+    let logp_all = (model.lm_logits(hidden) / t).log_softmax(-1, Kind::Float); // [B, N, V]
     let logprobs = logp_all
         .gather(2, &tokens.unsqueeze(-1), false)
         .squeeze_dim(-1)
@@ -389,7 +397,7 @@ pub fn generate_without_cache(
         for _ in 0..n {
             let h = model.forward_full(&seq, &valid, false); // [B, T, C]
             let t = seq.size()[1];
-            let logits = model.lm_logits(&h.select(1, t - 1)).to_kind(Kind::Float); // [B, V]
+            let logits = model.lm_logits(&h.select(1, t - 1)); // [B, V]
             let (tok, lp_tok, alive) = pick_tokens(&logits, cfg, &finished, &pad_t);
             lps.push(lp_tok);
             masks.push(alive.to_kind(Kind::Float));

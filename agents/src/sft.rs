@@ -36,6 +36,8 @@ pub struct SftConfig {
     pub corpus_size: usize,
     /// Target BPE vocabulary size. Default 512.
     pub vocab_size: usize,
+    /// Compute precision: fp32 (default) or bf16 with fp32 master weights.
+    pub dtype: crate::Precision,
 }
 
 impl Default for SftConfig {
@@ -51,6 +53,7 @@ impl Default for SftConfig {
             max_grad_norm: 1.0,
             corpus_size: 8000,
             vocab_size: 512,
+            dtype: crate::Precision::Fp32,
         }
     }
 }
@@ -128,7 +131,7 @@ pub fn unigram_entropy(seqs: &[Vec<u32>]) -> f64 {
 pub fn lm_loss(model: &Gpt, tokens: &Tensor, valid: &Tensor, train: bool) -> Tensor {
     let t = tokens.size()[1];
     let h = model.forward_full(tokens, valid, train); // [B, T, C]
-    let logits = model.lm_logits(&h.narrow(1, 0, t - 1)).to_kind(Kind::Float); // [B, T-1, V]
+    let logits = model.lm_logits(&h.narrow(1, 0, t - 1)); // [B, T-1, V]
     let targets = tokens.narrow(1, 1, t - 1); // [B, T-1]
     let tmask = valid.narrow(1, 1, t - 1).to_kind(Kind::Float); // [B, T-1]
     let nll = -logits

@@ -1,0 +1,56 @@
+"""Side-by-side table of `aligngym bench --json` and `reference.py --json` files from one folder.
+
+Usage: compare.py DIR — reads DIR/aligngym-SIZE-DTYPE.json and DIR/python-SIZE-DTYPE.json and
+prints a Markdown table: throughput of each, the speed-up, issue 6's target, and aligngym's share of
+the matmul peak measured in its own process.
+"""
+
+import json
+import os
+import sys
+
+TARGETS = {"W1": 5.0, "W2": 2.0, "W3": 3.0}
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def main():
+    d = sys.argv[1]
+    lines = [
+        "| size | dtype | workload | aligngym | Python | speed-up | target | aligngym % of peak |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    meta = []
+    for size in ("tiny", "small"):
+        for dtype in ("fp32", "bf16"):
+            a_path = os.path.join(d, f"aligngym-{size}-{dtype}.json")
+            p_path = os.path.join(d, f"python-{size}-{dtype}.json")
+            if not (os.path.exists(a_path) and os.path.exists(p_path)):
+                continue
+            a, p = load(a_path), load(p_path)
+            meta.append(
+                f"{size}/{dtype}: {a['dtype']} matmul peak {a['matmul_gflops']:.0f} GFLOP/s on {a['device']}; Python {p['versions']}"
+            )
+            py = {r["workload"]: r for r in p["rows"]}
+            for r in a["rows"]:
+                q = py.get(r["workload"])
+                if q is None:
+                    continue
+                ratio = r["throughput"] / q["throughput"]
+                target = TARGETS.get(r["workload"][:2])
+                mark = "" if target is None else f"≥ {target:g}× {'✓' if ratio >= target else '✗'}"
+                lines.append(
+                    f"| {size} | {dtype} | {r['workload']} | {r['throughput']:.1f} {r['unit']} | "
+                    f"{q['throughput']:.1f} | {ratio:.2f}× | {mark} | {100 * r['of_peak']:.0f}% |"
+                )
+    print("\n".join(lines))
+    print()
+    for m in meta:
+        print(f"- {m}")
+
+
+if __name__ == "__main__":
+    main()
