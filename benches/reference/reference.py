@@ -317,9 +317,14 @@ def main():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     import transformers
-    import trl
 
-    versions = dict(torch=torch.__version__, transformers=transformers.__version__, trl_dpo=trl.__version__, trl_ppo="1.12.0")
+    try:  # W1 and W4 need transformers alone
+        import trl
+
+        trl_version = trl.__version__
+    except ImportError:
+        trl_version = None
+    versions = dict(torch=torch.__version__, transformers=transformers.__version__, trl_dpo=trl_version, trl_ppo="1.12.0" if trl_version else None)
     rows = []
     wanted = a.workloads.upper().split(",")
     quiet = io.StringIO()
