@@ -129,7 +129,7 @@ impl AdamW {
                 return Tensor::from(0.0f32);
             }
             let mut g = self.flat_grad(); // [P]
-            let norm = g.square().sum(Kind::Float).sqrt();
+            let norm = g.norm(); // 0-d
             if max_norm > 0.0 {
                 let coef = (max_norm / (&norm + 1e-6)).clamp_max(1.0);
                 let _ = g.g_mul_(&coef);
@@ -164,17 +164,19 @@ impl AdamW {
                 Some(g) => g,
                 None => self.flat_grad(),
             }; // [P]
-            self.m *= c.beta1;
-            self.m += &g * (1.0 - c.beta1);
-            self.v *= c.beta2;
-            self.v += &g * &g * (1.0 - c.beta2);
+               // In-place, fused where libtorch offers it: each op is a pass over every parameter.
+            let _ = self.m.lerp_(&g, 1.0 - c.beta1); // β₁m + (1−β₁)g
+            let _ = self.v.lerp_(&g.square(), 1.0 - c.beta2); // β₂v + (1−β₂)g²
             if let Some(d) = &self.decay {
-                self.flat *= 1.0 - (d * (lr * c.weight_decay));
+                let p = self.flat.shallow_clone();
+                let _ = self.flat.addcmul_(&p, &(d * (-lr * c.weight_decay)));
             }
             // Where a variable never had a gradient, m = v = 0: the floor keeps 0/0 (ε = 0) at 0.
-            let denom = ((&self.v / bc2).sqrt() + c.eps).clamp_min(f64::from(f32::MIN_POSITIVE));
-            let update = &self.m / denom * (lr / bc1);
-            self.flat -= update;
+            let mut denom = self.v.sqrt(); // [P]
+            let _ = denom.g_div_scalar_(bc2.sqrt());
+            let _ = denom.g_add_scalar_(c.eps);
+            let _ = denom.clamp_min_(f64::from(f32::MIN_POSITIVE));
+            let _ = self.flat.addcdiv_(&(&self.m * (-lr / bc1)), &denom);
         });
     }
 

@@ -12,6 +12,13 @@ import sys
 TARGETS = {"W1": 5.0, "W2": 2.0, "W3": 3.0}
 
 
+def figure(row):
+    """Throughput with its unit; a PPO iteration reads better as seconds per iteration."""
+    if row["unit"] == "iterations/s":
+        return f"{row['seconds']:.2f} s/iteration"
+    return f"{row['throughput']:,.1f} {row['unit']}"
+
+
 def load(path):
     with open(path) as f:
         return json.load(f)
@@ -43,8 +50,8 @@ def main():
                 target = TARGETS.get(r["workload"][:2])
                 mark = "" if target is None else f"≥ {target:g}× {'✓' if ratio >= target else '✗'}"
                 lines.append(
-                    f"| {size} | {dtype} | {r['workload']} | {r['throughput']:.1f} {r['unit']} | "
-                    f"{q['throughput']:.1f} | {ratio:.2f}× | {mark} | {100 * r['of_peak']:.0f}% |"
+                    f"| {size} | {dtype} | {r['workload']} | {figure(r)} | {figure(q)} | "
+                    f"{ratio:.2f}× | {mark} | {100 * r['of_peak']:.0f}% |"
                 )
     print("\n".join(lines))
     print()
