@@ -1,10 +1,13 @@
 //! Criterion benchmarks of the hot paths: batched sampling with and without the KV cache (64 prompts
-//! × 48 new tokens, the tiny model), a DPO step, an SFT step, and VecEnv stepping (64 envs, a rule
-//! reward) serial vs parallel. `aligngym bench` runs the full fixed workloads W1–W4.
+//! × 48 new tokens, the tiny model), the fixed workloads' SFT step (W4), DPO step (W2, with a
+//! reference model and precomputed) and PPO iteration (W3) at the tiny size, and VecEnv stepping (64
+//! envs, a rule reward) serial vs parallel. `aligngym bench` runs W1–W4 at either size.
 
 use aligngym::agents::sampling::{generate, generate_without_cache, SamplingConfig};
-use aligngym::agents::sft::{init_model, lm_loss};
-use aligngym::agents::GptConfig;
+use aligngym::agents::sft::init_model;
+use aligngym::agents::{Agent, GptConfig, Precision};
+use aligngym::bench::{DpoReference, Fixture, BATCH, SFT_LEN};
+use aligngym::commands::ModelSize;
 use aligngym::envs::{make, AutoresetMode, ByteCodec, TextCodec, TextEnvConfig, VecEnv};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::sync::Arc;
@@ -41,21 +44,40 @@ fn sampling(c: &mut Criterion) {
     g.finish();
 }
 
+/// W2, W3 and W4 at the tiny size, through the same fixture as `aligngym bench`.
 fn training(c: &mut Criterion) {
-    let cfg = GptConfig::tiny(512);
-    let (vs, model) = init_model(&cfg, Device::Cpu, 0).expect("model");
-    let mut opt = aligngym::agents::optim::AdamW::new(&vs, Default::default());
-    let toks = Tensor::randint_low(3, 512, [32, 64], (Kind::Int64, Device::Cpu));
-    let valid = Tensor::ones([32, 64], (Kind::Bool, Device::Cpu));
+    let fx = Fixture::new(ModelSize::Tiny, Device::Cpu, Precision::Fp32).expect("fixture");
+    let mut opt = fx.optimizer();
+    let toks = Tensor::randint_low(3, 512, [BATCH, SFT_LEN], (Kind::Int64, Device::Cpu));
     let mut g = c.benchmark_group("sft_step_32x64_tiny");
-    g.throughput(Throughput::Elements(32 * 64));
+    g.throughput(Throughput::Elements((BATCH * SFT_LEN) as u64));
     g.sample_size(10);
     g.bench_function("forward_backward_adamw", |b| {
+        b.iter(|| fx.sft_step(&mut opt, &toks))
+    });
+    g.finish();
+
+    let reference = fx.policy.duplicate(false).expect("reference");
+    let (rc, rr) = fx.reference_logps(&reference);
+    let mut g = c.benchmark_group("dpo_step_32_pairs_tiny");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.sample_size(10);
+    g.bench_function("reference_model", |b| {
+        b.iter(|| fx.dpo_step(&mut opt, DpoReference::Model(&reference)))
+    });
+    g.bench_function("precomputed_reference", |b| {
+        b.iter(|| fx.dpo_step(&mut opt, DpoReference::Precomputed(&rc, &rr)))
+    });
+    g.finish();
+
+    let mut agent = fx.ppo_agent().expect("agent");
+    let mut step = 0u64;
+    let mut g = c.benchmark_group("ppo_iteration_32x48_tiny");
+    g.sample_size(10);
+    g.bench_function("sample_score_4_epochs", |b| {
         b.iter(|| {
-            let l = lm_loss(&model, &toks, &valid, true);
-            opt.zero_grad();
-            l.backward();
-            opt.step(1e-6);
+            agent.update(step).expect("update");
+            step += 1;
         })
     });
     g.finish();

@@ -14,7 +14,9 @@ use aligngym_agents::losses::{dpo_loss, DpoLoss};
 use aligngym_agents::optim::{AdamW, AdamWConfig};
 use aligngym_agents::sampling::{generate, generate_without_cache, SamplingConfig};
 use aligngym_agents::sft::{init_model, lm_loss};
-use aligngym_agents::{Agent, LmPolicy, PpoAgent, PpoConfig, Precision, Result, Tokenizer};
+use aligngym_agents::{
+    Agent, GptConfig, LmPolicy, PpoAgent, PpoConfig, Precision, Result, Tokenizer,
+};
 use aligngym_envs::rules::LengthTarget;
 use aligngym_envs::{Feedback, Rule, Split, Task};
 use serde::Serialize;
@@ -127,6 +129,176 @@ fn random_ids(b: i64, t: i64, vocab: i64, device: Device) -> Tensor {
     Tensor::randint_low(3, vocab, [b, t], (Kind::Int64, device))
 }
 
+/// Sequences per batch in every workload.
+pub const BATCH: i64 = 32;
+/// Prompt tokens (W1–W3).
+pub const PROMPT_LEN: i64 = 16;
+/// New tokens per sequence (W1, W3) and completion tokens per DPO response (W2).
+pub const NEW_TOKENS: i64 = 48;
+/// Tokens per SFT sequence (W4).
+pub const SFT_LEN: i64 = 64;
+
+/// The model and inputs the workloads share; `cargo bench` builds the same one.
+pub struct Fixture {
+    /// The model's shape.
+    pub cfg: GptConfig,
+    /// Where it runs.
+    pub device: Device,
+    /// The policy (random weights; a tokenizer trained on the prompts).
+    pub policy: LmPolicy,
+    /// W3's prompt texts (16 tokens each: BOS + 15 words).
+    pub prompts: Vec<String>,
+    /// W1's prompt ids.
+    pub prompt_ids: Vec<Vec<u32>>,
+    /// W1's sampling: temperature 1, no top-k/top-p, 48 new tokens.
+    pub sampling: SamplingConfig,
+    /// W2's batch of pairs.
+    pub pairs: PairBatch,
+}
+
+impl Fixture {
+    /// The fixture at `size` on `device`, computing in `dtype`, from a fixed seed.
+    pub fn new(size: ModelSize, device: Device, dtype: Precision) -> Result<Self> {
+        tch::manual_seed(0);
+        let vocab: i64 = match size {
+            ModelSize::Tiny => 512,
+            ModelSize::Small => 4096,
+        };
+        let cfg = size.config(vocab as usize);
+        let prompts: Vec<String> = (0..BATCH as usize)
+            .map(|i| {
+                (0..15)
+                    .map(|j| WORDS[(i * 7 + j * 3) % WORDS.len()])
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        let mut corpus = prompts.clone();
+        corpus.extend((0..200).map(|i| format!("{} {}", WORDS[i % WORDS.len()], i)));
+        let tokenizer = Tokenizer::train(&corpus, 300)?;
+        let (vs, mut model) = init_model(&cfg, device, 0)?;
+        model.set_precision(dtype);
+        let prompt_ids: Vec<Vec<u32>> = (0..BATCH)
+            .map(|i| {
+                (0..PROMPT_LEN)
+                    .map(|j| (3 + (i * 31 + j * 17) % (vocab - 3)) as u32)
+                    .collect()
+            })
+            .collect();
+        let pairs = PairBatch {
+            prompt: random_ids(BATCH, PROMPT_LEN, vocab, device),
+            prompt_valid: Tensor::ones([BATCH, PROMPT_LEN], (Kind::Bool, device)),
+            chosen: random_ids(BATCH, NEW_TOKENS, vocab, device),
+            chosen_mask: Tensor::ones([BATCH, NEW_TOKENS], (Kind::Float, device)),
+            rejected: random_ids(BATCH, NEW_TOKENS, vocab, device),
+            rejected_mask: Tensor::ones([BATCH, NEW_TOKENS], (Kind::Float, device)),
+        };
+        Ok(Self {
+            cfg,
+            device,
+            policy: LmPolicy {
+                vs,
+                model,
+                tokenizer,
+            },
+            prompts,
+            prompt_ids,
+            sampling: SamplingConfig {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 1.0,
+                max_new_tokens: NEW_TOKENS as usize,
+            },
+            pairs,
+        })
+    }
+
+    /// W1: sample 48 tokens after every prompt (an EOS id the model never emits: no early stop).
+    pub fn sample(&self, cache: bool) -> Result<()> {
+        let f = if cache {
+            generate
+        } else {
+            generate_without_cache
+        };
+        f(
+            &self.policy.model,
+            &self.prompt_ids,
+            0,
+            u32::MAX,
+            &self.sampling,
+            self.device,
+        )
+        .map(|_| ())
+    }
+
+    /// The reference log-probs `[B]` of the chosen and rejected responses.
+    pub fn reference_logps(&self, reference: &LmPolicy) -> (Tensor, Tensor) {
+        let idx = Tensor::arange(BATCH, (Kind::Int64, self.device));
+        tch::no_grad(|| pair_logps(reference, &self.pairs, &idx, false))
+    }
+
+    /// W2: one DPO step (sigmoid loss, β = 0.1), the reference log-probs computed by `reference`
+    /// now or given.
+    pub fn dpo_step(&self, opt: &mut AdamW, reference: DpoReference<'_>) {
+        let idx = Tensor::arange(BATCH, (Kind::Int64, self.device));
+        let (pc, pr) = pair_logps(&self.policy, &self.pairs, &idx, true);
+        let (rc, rr) = match reference {
+            DpoReference::Model(m) => self.reference_logps(m),
+            DpoReference::Precomputed(c, r) => (c.shallow_clone(), r.shallow_clone()),
+        };
+        let (l, _, _) = dpo_loss(&pc, &pr, &rc, &rr, 0.1, DpoLoss::Sigmoid, 0.0);
+        opt.zero_grad();
+        l.mean(Kind::Float).backward();
+        let _ = opt.clip_grad_norm(1.0);
+        opt.step(1e-6);
+    }
+
+    /// W4: one SFT step on `tokens [32, 64]`.
+    pub fn sft_step(&self, opt: &mut AdamW, tokens: &Tensor) {
+        let valid = Tensor::ones([BATCH, SFT_LEN], (Kind::Bool, self.device));
+        let l = lm_loss(&self.policy.model, tokens, &valid, true);
+        opt.zero_grad();
+        l.backward();
+        let _ = opt.clip_grad_norm(1.0);
+        opt.step(1e-6);
+    }
+
+    /// W3's agent: PPO on a length rule, batch 32 × 48, separate critic, 4 epochs × 1 minibatch.
+    pub fn ppo_agent(&self) -> Result<PpoAgent> {
+        let task: Arc<dyn Task> = Arc::new(BenchTask {
+            prompts: self.prompts.clone(),
+        });
+        let cfg = PpoConfig {
+            batch_size: BATCH as usize,
+            max_new_tokens: NEW_TOKENS as usize,
+            temperature: 1.0,
+            learning_rate: 1e-6,
+            ..Default::default()
+        };
+        let reward = Box::new(task.gold());
+        PpoAgent::new(cfg, task, self.policy.duplicate(true)?, reward, true, 0)
+    }
+
+    /// A fresh AdamW over the policy (ε = 1e-8, as the Python trainers use).
+    pub fn optimizer(&self) -> AdamW {
+        AdamW::new(
+            &self.policy.vs,
+            AdamWConfig {
+                eps: 1e-8,
+                ..Default::default()
+            },
+        )
+    }
+}
+
+/// Where W2's reference log-probs come from.
+pub enum DpoReference<'a> {
+    /// A forward pass of this reference model each step.
+    Model(&'a LmPolicy),
+    /// Precomputed chosen and rejected log-probs `[B]`.
+    Precomputed(&'a Tensor, &'a Tensor),
+}
+
 /// Run every workload at `size` on `device` in `dtype`, `repeats` timed repetitions each.
 pub fn run_bench(
     size: ModelSize,
@@ -134,15 +306,10 @@ pub fn run_bench(
     dtype: Precision,
     repeats: usize,
 ) -> Result<BenchReport> {
-    tch::manual_seed(0);
-    let vocab: i64 = match size {
-        ModelSize::Tiny => 512,
-        ModelSize::Small => 4096,
-    };
-    let cfg = size.config(vocab as usize);
+    let fx = Fixture::new(size, device, dtype)?;
     let peak = matmul_gflops(1024, repeats.max(3), device, dtype.kind())?;
-    let (b, lp, n, sft_t) = (32i64, 16i64, 48i64, 64i64);
-    let fpt = |t: i64| cfg.flops_per_token(t as usize);
+    let (b, lp, n, sft_t) = (BATCH, PROMPT_LEN, NEW_TOKENS, SFT_LEN);
+    let fpt = |t: i64| fx.cfg.flops_per_token(t as usize);
     let mut rows = Vec::new();
     let mut push = |name: &str, unit: &str, work: f64, secs: f64, flops: f64| {
         let g = flops / secs / 1e9;
@@ -156,45 +323,9 @@ pub fn run_bench(
         });
     };
 
-    // A tokenizer and policy for the agent-level workloads (prompts of 16 tokens: BOS + 15 words).
-    let prompts: Vec<String> = (0..b as usize)
-        .map(|i| {
-            (0..15)
-                .map(|j| WORDS[(i * 7 + j * 3) % WORDS.len()])
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect();
-    let mut corpus = prompts.clone();
-    corpus.extend((0..200).map(|i| format!("{} {}", WORDS[i % WORDS.len()], i)));
-    let tokenizer = Tokenizer::train(&corpus, 300)?;
-    let (vs, mut model) = init_model(&cfg, device, 0)?;
-    model.set_precision(dtype);
-    let policy = LmPolicy {
-        vs,
-        model,
-        tokenizer,
-    };
-    let never = u32::MAX; // no early stop: an EOS id the model can never emit
-    let prompt_ids: Vec<Vec<u32>> = (0..b)
-        .map(|i| {
-            (0..lp)
-                .map(|j| (3 + (i * 31 + j * 17) % (vocab - 3)) as u32)
-                .collect()
-        })
-        .collect();
-    let sampling = SamplingConfig {
-        temperature: 1.0,
-        top_k: 0,
-        top_p: 1.0,
-        max_new_tokens: n as usize,
-    };
-
     // W1: sampling with and without the KV cache.
     let w1_flops = (b * lp) as f64 * fpt(lp) + (0..n).map(|t| b as f64 * fpt(lp + t)).sum::<f64>();
-    let s = median_secs(repeats, device, || {
-        generate(&policy.model, &prompt_ids, 0, never, &sampling, device).map(|_| ())
-    })?;
+    let s = median_secs(repeats, device, || fx.sample(true))?;
     push(
         "W1 sampling (KV cache)",
         "new tokens/s",
@@ -205,9 +336,7 @@ pub fn run_bench(
     let w1_nocache_flops = (0..n)
         .map(|t| (b * (lp + t)) as f64 * fpt(lp + t))
         .sum::<f64>();
-    let s = median_secs(repeats.min(3), device, || {
-        generate_without_cache(&policy.model, &prompt_ids, 0, never, &sampling, device).map(|_| ())
-    })?;
+    let s = median_secs(repeats.min(3), device, || fx.sample(false))?;
     push(
         "W1 sampling (no cache)",
         "new tokens/s",
@@ -217,38 +346,18 @@ pub fn run_bench(
     );
 
     // W2: DPO steps.
-    let pairs = PairBatch {
-        prompt: random_ids(b, lp, vocab, device),
-        prompt_valid: Tensor::ones([b, lp], (Kind::Bool, device)),
-        chosen: random_ids(b, n, vocab, device),
-        chosen_mask: Tensor::ones([b, n], (Kind::Float, device)),
-        rejected: random_ids(b, n, vocab, device),
-        rejected_mask: Tensor::ones([b, n], (Kind::Float, device)),
-    };
-    let reference = policy.duplicate(false)?;
-    let idx = Tensor::arange(b, (Kind::Int64, device));
-    let (ref_c, ref_r) = tch::no_grad(|| pair_logps(&reference, &pairs, &idx, false));
-    let mut opt = AdamW::new(
-        &policy.vs,
-        AdamWConfig {
-            eps: 1e-8,
-            ..Default::default()
-        },
-    );
+    let reference = fx.policy.duplicate(false)?;
+    let (ref_c, ref_r) = fx.reference_logps(&reference);
+    let mut opt = fx.optimizer();
     let seq_tokens = (2 * b * (lp + n)) as f64;
     for with_ref in [true, false] {
         let s = median_secs(repeats, device, || {
-            let (pc, pr) = pair_logps(&policy, &pairs, &idx, true);
-            let (rc, rr) = if with_ref {
-                tch::no_grad(|| pair_logps(&reference, &pairs, &idx, false))
+            let r = if with_ref {
+                DpoReference::Model(&reference)
             } else {
-                (ref_c.shallow_clone(), ref_r.shallow_clone())
+                DpoReference::Precomputed(&ref_c, &ref_r)
             };
-            let (l, _, _) = dpo_loss(&pc, &pr, &rc, &rr, 0.1, DpoLoss::Sigmoid, 0.0);
-            opt.zero_grad();
-            l.mean(Kind::Float).backward();
-            let _ = opt.clip_grad_norm(1.0);
-            opt.step(1e-6);
+            fx.dpo_step(&mut opt, r);
             Ok(())
         })?;
         let mult = if with_ref { 4.0 } else { 3.0 };
@@ -266,14 +375,9 @@ pub fn run_bench(
     }
 
     // W4: SFT step.
-    let toks = random_ids(b, sft_t, vocab, device);
-    let valid = Tensor::ones([b, sft_t], (Kind::Bool, device));
+    let toks = random_ids(b, sft_t, fx.cfg.vocab_size as i64, device);
     let s = median_secs(repeats, device, || {
-        let l = lm_loss(&policy.model, &toks, &valid, true);
-        opt.zero_grad();
-        l.backward();
-        let _ = opt.clip_grad_norm(1.0);
-        opt.step(1e-6);
+        fx.sft_step(&mut opt, &toks);
         Ok(())
     })?;
     push(
@@ -285,22 +389,7 @@ pub fn run_bench(
     );
 
     // W3: PPO iterations through the real agent.
-    let task: Arc<dyn Task> = Arc::new(BenchTask { prompts });
-    let ppo_cfg = PpoConfig {
-        batch_size: b as usize,
-        max_new_tokens: n as usize,
-        temperature: 1.0,
-        learning_rate: 1e-6,
-        ..Default::default()
-    };
-    let mut agent = PpoAgent::new(
-        ppo_cfg,
-        task.clone(),
-        policy.duplicate(true)?,
-        Box::new(task.gold()),
-        true,
-        0,
-    )?;
+    let mut agent = fx.ppo_agent()?;
     let mut step = 0u64;
     let mut flops_before = agent.budget().flops;
     let mut flops_per_iter = 0.0;
