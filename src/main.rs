@@ -55,8 +55,8 @@ enum Cmd {
         /// Device: auto (CUDA when available), cpu or cuda (an error without CUDA).
         #[arg(long, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
-        /// Compute precision: fp32, or bf16 (bf16 matmuls and attention; fp32 master weights,
-        /// LayerNorms, softmaxes and losses).
+        /// Compute precision: fp32, or bf16 (bf16 matmuls and KV cache; fp32 master weights,
+        /// LayerNorms, softmaxes, losses and attention under training).
         #[arg(long, default_value_t = Precision::Fp32)]
         dtype: Precision,
     },
@@ -89,8 +89,8 @@ enum Cmd {
         /// Device: auto, cpu or cuda.
         #[arg(long, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
-        /// Compute precision: fp32, or bf16 (bf16 matmuls and attention; fp32 master weights,
-        /// LayerNorms, softmaxes and losses).
+        /// Compute precision: fp32, or bf16 (bf16 matmuls and KV cache; fp32 master weights,
+        /// LayerNorms, softmaxes, losses and attention under training).
         #[arg(long, default_value_t = Precision::Fp32)]
         dtype: Precision,
     },
@@ -169,7 +169,7 @@ enum Cmd {
         /// Run directory (config.json, metrics.csv, policy/, state/).
         #[arg(long, required_unless_present = "resume")]
         out: Option<PathBuf>,
-        /// Override a hyperparameter: a key of the agent's config, or run.updates, run.eval_every,
+        /// Override a hyperparameter: a key of the agent's config, or run.updates, run.eval_every, run.dtype,
         /// eval.prompts … (repeatable). With --resume, only run.* keys (e.g. to extend a run).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
@@ -179,9 +179,9 @@ enum Cmd {
         /// Device: auto, cpu or cuda.
         #[arg(long, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
-        /// Compute precision: fp32 or bf16 (bf16 matmuls and attention; fp32 master weights,
-        /// LayerNorms, softmaxes and losses). Same as `--set run.dtype=…`; default fp32, or the
-        /// resumed run's.
+        /// Compute precision: fp32 or bf16 (bf16 matmuls and KV cache; fp32 master weights,
+        /// LayerNorms, softmaxes, losses and attention under training). Same as
+        /// `--set run.dtype=…`; default fp32, or the resumed run's.
         #[arg(long)]
         dtype: Option<Precision>,
         /// Continue a stopped run from its directory (weights, optimiser, KL controller, counters).
@@ -249,8 +249,8 @@ enum Cmd {
         /// Device: auto, cpu or cuda.
         #[arg(long, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
-        /// Compute precision: fp32, or bf16 (bf16 matmuls and attention; fp32 master weights,
-        /// LayerNorms, softmaxes and losses).
+        /// Compute precision: fp32, or bf16 (bf16 matmuls and KV cache; fp32 master weights,
+        /// LayerNorms, softmaxes, losses and attention under training).
         #[arg(long, default_value_t = Precision::Fp32)]
         dtype: Precision,
         /// No progress bars.
@@ -274,8 +274,8 @@ enum Cmd {
         /// Device: auto, cpu or cuda.
         #[arg(long, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
-        /// Compute precision: fp32, or bf16 (bf16 matmuls and attention; fp32 master weights,
-        /// LayerNorms, softmaxes and losses).
+        /// Compute precision: fp32, or bf16 (bf16 matmuls and KV cache; fp32 master weights,
+        /// LayerNorms, softmaxes, losses and attention under training).
         #[arg(long, default_value_t = Precision::Fp32)]
         dtype: Precision,
     },
@@ -289,8 +289,8 @@ enum Cmd {
         /// Device: auto, cpu or cuda.
         #[arg(long, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
-        /// Compute precision: fp32, or bf16 (bf16 matmuls and attention; fp32 master weights,
-        /// LayerNorms, softmaxes and losses).
+        /// Compute precision: fp32, or bf16 (bf16 matmuls and KV cache; fp32 master weights,
+        /// LayerNorms, softmaxes, losses and attention under training).
         #[arg(long, default_value_t = Precision::Fp32)]
         dtype: Precision,
         /// Timed repetitions per workload (after one warm-up).

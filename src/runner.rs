@@ -19,7 +19,7 @@ pub struct RunConfig {
     /// Checkpoint every this many updates; 0 means at every evaluation. Default 0.
     pub save_every: u64,
     /// Compute precision of training, sampling and evaluation: `fp32` (default) or `bf16` (bf16
-    /// matmuls and attention; fp32 master weights, LayerNorms, softmaxes and losses).
+    /// matmuls and KV cache; fp32 master weights, LayerNorms, softmaxes and losses).
     pub dtype: Precision,
 }
 

@@ -80,8 +80,9 @@ pub enum Precision {
     /// fp32 everywhere: the default, and the one the determinism tests use.
     #[default]
     Fp32,
-    /// bf16 matmuls, attention and KV cache; the weights the optimiser updates, the LayerNorms,
-    /// the residual stream, softmaxes and losses stay fp32 (mixed precision with master weights).
+    /// bf16 matmuls and KV cache (and attention while decoding); the weights the optimiser
+    /// updates, the LayerNorms, the residual stream, softmaxes, losses and attention in passes that
+    /// take a backward stay fp32 (mixed precision with master weights).
     Bf16,
 }
 

@@ -196,9 +196,10 @@ impl Block {
         let h = self.n_head;
         let kind = w.c_attn.w.kind();
         let qkv = w.c_attn.apply(&self.ln_1.forward(x).to_kind(kind)); // [B, T, 3C]
-                                                                       // Without a cache (training and scoring passes) attention runs in fp32: libtorch's CPU
-                                                                       // backward of bf16 attention is ~6× slower than fp32's, and attention's FLOPs are few.
-                                                                       // Decoding (no backward) keeps the bf16 cache and attends in bf16.
+
+        // Without a cache (training and scoring passes) attention runs in fp32: libtorch's CPU
+        // backward of bf16 attention is ~6× slower than fp32's, and attention's FLOPs are few.
+        // Decoding (no backward) keeps the bf16 cache and attends in bf16.
         let qkv = if cache.is_none() {
             qkv.to_kind(Kind::Float)
         } else {
