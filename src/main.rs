@@ -169,8 +169,9 @@ enum Cmd {
         /// Run directory (config.json, metrics.csv, policy/, state/).
         #[arg(long, required_unless_present = "resume")]
         out: Option<PathBuf>,
-        /// Override a hyperparameter: a key of the agent's config, or run.updates, run.eval_every, run.dtype,
-        /// eval.prompts … (repeatable). With --resume, only run.* keys (e.g. to extend a run).
+        /// Override a hyperparameter: a key of the agent's config, or run.updates, run.eval_every,
+        /// run.dtype, eval.prompts … (repeatable). With --resume, only run.* keys (e.g. to extend
+        /// a run).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
         /// Run seed.
