@@ -1,45 +1,25 @@
-//! Criterion benchmarks of the hot paths: batched sampling with and without the KV cache (64 prompts
-//! × 48 new tokens, the tiny model), the fixed workloads' SFT step (W4), DPO step (W2, with a
-//! reference model and precomputed) and PPO iteration (W3) at the tiny size, and VecEnv stepping (64
-//! envs, a rule reward) serial vs parallel. `aligngym bench` runs W1–W4 at either size.
+//! Criterion benchmarks of the fixed workloads at the tiny size — W1 sampling with and without the
+//! KV cache, W2 DPO step (with a reference model and precomputed), W3 PPO iteration, W4 SFT step,
+//! through the same fixture as `aligngym bench` (which runs them at either size) — and of VecEnv
+//! stepping (64 envs, a rule reward), serial vs parallel.
 
-use aligngym::agents::sampling::{generate, generate_without_cache, SamplingConfig};
-use aligngym::agents::sft::init_model;
-use aligngym::agents::{Agent, GptConfig, Precision};
-use aligngym::bench::{DpoReference, Fixture, BATCH, SFT_LEN};
+use aligngym::agents::{Agent, Precision};
+use aligngym::bench::{DpoReference, Fixture, BATCH, NEW_TOKENS, SFT_LEN};
 use aligngym::commands::ModelSize;
 use aligngym::envs::{make, AutoresetMode, ByteCodec, TextCodec, TextEnvConfig, VecEnv};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
+/// W1 at the tiny size: 32 prompts × 16 tokens, 48 new tokens, with and without the KV cache.
 fn sampling(c: &mut Criterion) {
-    let cfg = GptConfig::tiny(512);
-    let (_vs, model) = init_model(&cfg, Device::Cpu, 0).expect("model");
-    let prompts: Vec<Vec<u32>> = (0..64u32)
-        .map(|i| {
-            (0..(8 + i % 9))
-                .map(|j| 3 + (i * 31 + j * 17) % 500)
-                .collect()
-        })
-        .collect();
-    let s = SamplingConfig {
-        temperature: 1.0,
-        top_k: 0,
-        top_p: 1.0,
-        max_new_tokens: 48,
-    };
-    let mut g = c.benchmark_group("sampling_64x48_tiny");
-    g.throughput(Throughput::Elements(64 * 48));
+    let fx = Fixture::new(ModelSize::Tiny, Device::Cpu, Precision::Fp32).expect("fixture");
+    let mut g = c.benchmark_group("sampling_32x48_tiny");
+    g.throughput(Throughput::Elements((BATCH * NEW_TOKENS) as u64));
     g.sample_size(10);
-    g.bench_function("kv_cache", |b| {
-        b.iter(|| generate(&model, &prompts, 0, u32::MAX, &s, Device::Cpu).expect("generate"))
-    });
+    g.bench_function("kv_cache", |b| b.iter(|| fx.sample(true).expect("sample")));
     g.bench_function("recompute_prefix", |b| {
-        b.iter(|| {
-            generate_without_cache(&model, &prompts, 0, u32::MAX, &s, Device::Cpu)
-                .expect("generate")
-        })
+        b.iter(|| fx.sample(false).expect("sample"))
     });
     g.finish();
 }
