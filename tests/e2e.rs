@@ -431,6 +431,24 @@ fn bad_input_gets_one_line_and_a_nonzero_exit() {
     );
     fails(
         &[
+            "train",
+            "--agent",
+            "ppo",
+            "--env",
+            env,
+            "--policy",
+            pol,
+            "--out",
+            o,
+            "--set",
+            "run.dtype=fp16",
+            "--device",
+            "cpu",
+        ],
+        "unknown variant `fp16`, expected `fp32` or `bf16`",
+    );
+    fails(
+        &[
             "train", "--agent", "ppo", "--env", "nope-v0", "--policy", pol, "--out", o, "--device",
             "cpu",
         ],
