@@ -103,7 +103,7 @@ def median_step(cb):
     return statistics.median(gaps[1:] if len(gaps) > 2 else gaps)  # the first gap is a warm-up
 
 
-def common_args(dtype, steps, lr):
+def common_args(dtype, lr):
     return dict(
         per_device_train_batch_size=B,
         gradient_accumulation_steps=1,
@@ -180,7 +180,7 @@ def w2(size, dtype, repeats, device):
                 beta=0.1,
                 max_length=LP + N,
                 precompute_ref_log_probs=precompute,
-                **common_args(dtype, repeats + 2, 1e-6),
+                **common_args(dtype, 1e-6),
             )
             trainer = DPOTrainer(
                 model=model,
@@ -252,7 +252,7 @@ def w3(size, dtype, repeats, device, trl_ppo_path):
             missing_eos_penalty=None,
             local_rollout_forward_batch_size=B,
             num_sample_generations=0,
-            **common_args(dtype, iters, 1e-6),
+            **common_args(dtype, 1e-6),
         )
         trainer = PPOTrainer(
             args=cfg,
