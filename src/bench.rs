@@ -154,6 +154,10 @@ pub struct Fixture {
     pub sampling: SamplingConfig,
     /// W2's batch of pairs.
     pub pairs: PairBatch,
+    /// Every pair's index `[B]` (W2 steps on the whole batch).
+    all_pairs: Tensor,
+    /// W4's validity mask `[B, 64]` (no padding).
+    sft_valid: Tensor,
 }
 
 impl Fixture {
@@ -210,6 +214,8 @@ impl Fixture {
                 max_new_tokens: NEW_TOKENS as usize,
             },
             pairs,
+            all_pairs: Tensor::arange(BATCH, (Kind::Int64, device)),
+            sft_valid: Tensor::ones([BATCH, SFT_LEN], (Kind::Bool, device)),
         })
     }
 
@@ -233,15 +239,13 @@ impl Fixture {
 
     /// The reference log-probs `[B]` of the chosen and rejected responses.
     pub fn reference_logps(&self, reference: &LmPolicy) -> (Tensor, Tensor) {
-        let idx = Tensor::arange(BATCH, (Kind::Int64, self.device));
-        tch::no_grad(|| pair_logps(reference, &self.pairs, &idx, false))
+        tch::no_grad(|| pair_logps(reference, &self.pairs, &self.all_pairs, false))
     }
 
     /// W2: one DPO step (sigmoid loss, β = 0.1), the reference log-probs computed by `reference`
     /// now or given.
     pub fn dpo_step(&self, opt: &mut AdamW, reference: DpoReference<'_>) {
-        let idx = Tensor::arange(BATCH, (Kind::Int64, self.device));
-        let (pc, pr) = pair_logps(&self.policy, &self.pairs, &idx, true);
+        let (pc, pr) = pair_logps(&self.policy, &self.pairs, &self.all_pairs, true);
         let (rc, rr) = match reference {
             DpoReference::Model(m) => self.reference_logps(m),
             DpoReference::Precomputed(c, r) => (c.shallow_clone(), r.shallow_clone()),
@@ -255,8 +259,7 @@ impl Fixture {
 
     /// W4: one SFT step on `tokens [32, 64]`.
     pub fn sft_step(&self, opt: &mut AdamW, tokens: &Tensor) {
-        let valid = Tensor::ones([BATCH, SFT_LEN], (Kind::Bool, self.device));
-        let l = lm_loss(&self.policy.model, tokens, &valid, true);
+        let l = lm_loss(&self.policy.model, tokens, &self.sft_valid, true);
         opt.zero_grad();
         l.backward();
         let _ = opt.clip_grad_norm(1.0);

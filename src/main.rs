@@ -16,6 +16,18 @@ use std::sync::Arc;
 
 /// aligngym: a gym for LLM alignment algorithms. Define a task once; compare PPO, DPO and more on it
 /// under the same budget, prompts and evaluation, against a gold reward the agents never see.
+/// Where and in what precision a command computes.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct Compute {
+    /// Device: auto (CUDA when available), cpu or cuda (an error without CUDA).
+    #[arg(long, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// Compute precision: fp32, or bf16 (bf16 matmuls and KV cache; fp32 master weights,
+    /// LayerNorms, softmaxes, losses and attention under training).
+    #[arg(long, default_value_t = Precision::Fp32)]
+    dtype: Precision,
+}
+
 #[derive(Parser)]
 #[command(name = "aligngym", version, about, long_about = None)]
 struct Cli {
@@ -52,13 +64,8 @@ enum Cmd {
         /// Seed for the corpus, initialisation and batches.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Device: auto (CUDA when available), cpu or cuda (an error without CUDA).
-        #[arg(long, default_value_t = DeviceChoice::Auto)]
-        device: DeviceChoice,
-        /// Compute precision: fp32, or bf16 (bf16 matmuls and KV cache; fp32 master weights,
-        /// LayerNorms, softmaxes, losses and attention under training).
-        #[arg(long, default_value_t = Precision::Fp32)]
-        dtype: Precision,
+        #[command(flatten)]
+        compute: Compute,
     },
     /// Print completions sampled from a checkpoint.
     Sample {
@@ -86,13 +93,8 @@ enum Cmd {
         /// Sampling seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Device: auto, cpu or cuda.
-        #[arg(long, default_value_t = DeviceChoice::Auto)]
-        device: DeviceChoice,
-        /// Compute precision: fp32, or bf16 (bf16 matmuls and KV cache; fp32 master weights,
-        /// LayerNorms, softmaxes, losses and attention under training).
-        #[arg(long, default_value_t = Precision::Fp32)]
-        dtype: Precision,
+        #[command(flatten)]
+        compute: Compute,
     },
     /// Sample completions from a generator policy and label pairs with the env's oracle (JSONL).
     Prefs {
@@ -247,13 +249,8 @@ enum Cmd {
         /// Multiply updates and preference pairs (for GPU-sized runs).
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
-        /// Device: auto, cpu or cuda.
-        #[arg(long, default_value_t = DeviceChoice::Auto)]
-        device: DeviceChoice,
-        /// Compute precision: fp32, or bf16 (bf16 matmuls and KV cache; fp32 master weights,
-        /// LayerNorms, softmaxes, losses and attention under training).
-        #[arg(long, default_value_t = Precision::Fp32)]
-        dtype: Precision,
+        #[command(flatten)]
+        compute: Compute,
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
@@ -272,13 +269,8 @@ enum Cmd {
         /// Seed of the evaluation's sampling.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Device: auto, cpu or cuda.
-        #[arg(long, default_value_t = DeviceChoice::Auto)]
-        device: DeviceChoice,
-        /// Compute precision: fp32, or bf16 (bf16 matmuls and KV cache; fp32 master weights,
-        /// LayerNorms, softmaxes, losses and attention under training).
-        #[arg(long, default_value_t = Precision::Fp32)]
-        dtype: Precision,
+        #[command(flatten)]
+        compute: Compute,
     },
     /// Print the device, run forward/backward and sampling on CUDA and compare with CPU.
     GpuCheck,
@@ -287,13 +279,8 @@ enum Cmd {
         /// Model size: tiny (vocab 512, 4×128) or small (vocab 4096, 6×256).
         #[arg(long, value_enum, default_value_t = ModelSize::Tiny)]
         size: ModelSize,
-        /// Device: auto, cpu or cuda.
-        #[arg(long, default_value_t = DeviceChoice::Auto)]
-        device: DeviceChoice,
-        /// Compute precision: fp32, or bf16 (bf16 matmuls and KV cache; fp32 master weights,
-        /// LayerNorms, softmaxes, losses and attention under training).
-        #[arg(long, default_value_t = Precision::Fp32)]
-        dtype: Precision,
+        #[command(flatten)]
+        compute: Compute,
         /// Timed repetitions per workload (after one warm-up).
         #[arg(long, default_value_t = 5)]
         repeats: usize,
@@ -347,8 +334,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             steps,
             size,
             seed,
-            device,
-            dtype,
+            compute: Compute { device, dtype },
         } => {
             let dev = device.resolve()?;
             let mut cfg = SftConfig::default();
@@ -385,8 +371,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             top_p,
             max_new_tokens,
             seed,
-            device,
-            dtype,
+            compute: Compute { device, dtype },
         } => {
             let p = LmPolicy::load(&policy, device.resolve()?)?.with_precision(dtype);
             let cfg = SamplingConfig {
@@ -491,6 +476,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             if threads > 0 {
                 tch::set_num_threads(threads);
             }
+            // `--dtype` is `--set run.dtype=…`, so a resumed run records it the same way.
+            let mut sets = sets;
+            if let Some(d) = dtype {
+                sets.push(format!("run.dtype={d}"));
+            }
             let (spec, dir, resuming) = match resume {
                 Some(dir) => {
                     let path = dir.join("config.json");
@@ -505,9 +495,6 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                         ));
                     }
                     spec.apply_sets(&sets)?;
-                    if let Some(d) = dtype {
-                        spec.run.dtype = d;
-                    }
                     // Keep the extended length in the run's record.
                     let json = serde_json::to_string_pretty(&spec)
                         .map_err(|e| AgentError::Data(e.to_string()))?;
@@ -526,9 +513,6 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                         .map_err(|m: String| AgentError::config("reward", m))?;
                     let mut spec = TrainSpec::new(agent, &env, policy, reward, prefs, seed);
                     spec.apply_sets(&sets)?;
-                    if let Some(d) = dtype {
-                        spec.run.dtype = d;
-                    }
                     (spec, out, false)
                 }
             };
@@ -570,8 +554,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             policy,
             reference,
             seed,
-            device,
-            dtype,
+            compute: Compute { device, dtype },
         } => {
             let dev = device.resolve()?;
             let t = task(&env)?;
@@ -589,10 +572,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::GpuCheck => aligngym::commands::gpu_check(),
         Cmd::Bench {
             size,
-            device,
+            compute: Compute { device, dtype },
             repeats,
             json,
-            dtype,
         } => {
             let r = aligngym::bench::run_bench(size, device.resolve()?, dtype, repeats)?;
             print!("{}", aligngym::bench::format_report(&r));
@@ -657,9 +639,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             seeds,
             jobs,
             scale,
-            device,
+            compute: Compute { device, dtype },
             quiet,
-            dtype,
         } => {
             let mut s = aligngym::sweep::compare_spec(&env, seeds, scale)?;
             if dtype != Precision::Fp32 {

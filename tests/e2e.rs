@@ -124,23 +124,26 @@ fn gold_first_last(dir: &Path) -> (f64, f64, f64) {
     (gold[0], *gold.last().unwrap(), kl)
 }
 
+/// `aligngym train --agent AGENT --env ENV --policy POL --out OUT --device cpu EXTRA…`
+fn train_cmd<'a>(
+    agent: &'a str,
+    env: &'a str,
+    pol: &'a str,
+    out: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut v = vec![
+        "train", "--agent", agent, "--env", env, "--policy", pol, "--out", out, "--device", "cpu",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
 fn train(agent: &str, env: &str, name: &str, extra: &[&str]) -> PathBuf {
     let out = root().join(name);
     let policy = sft(env);
-    let mut args = vec![
-        "train",
-        "--agent",
-        agent,
-        "--env",
-        env,
-        "--policy",
-        policy.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--quiet",
-    ];
+    let (p, o) = (policy.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = train_cmd(agent, env, p, o, &["--quiet"]);
     args.extend_from_slice(extra);
     run(&args);
     out
@@ -358,109 +361,27 @@ fn bad_input_gets_one_line_and_a_nonzero_exit() {
     let out = dir.join("run");
     let o = out.to_str().unwrap();
     fails(
-        &[
-            "train",
-            "--agent",
-            "dpo",
-            "--env",
-            env,
-            "--policy",
-            pol,
-            "--prefs",
-            empty.to_str().unwrap(),
-            "--out",
-            o,
-            "--device",
-            "cpu",
-        ],
+        &train_cmd("dpo", env, pol, o, &["--prefs", empty.to_str().unwrap()]),
         "empty.jsonl",
     );
     fails(
-        &[
-            "train",
-            "--agent",
-            "dpo",
-            "--env",
-            env,
-            "--policy",
-            pol,
-            "--prefs",
-            notpairs.to_str().unwrap(),
-            "--out",
-            o,
-            "--device",
-            "cpu",
-        ],
+        &train_cmd("dpo", env, pol, o, &["--prefs", notpairs.to_str().unwrap()]),
         "notpairs.jsonl:2: missing field `prompt`",
     );
     fails(
-        &[
-            "train",
-            "--agent",
-            "ppo",
-            "--env",
-            env,
-            "--policy",
-            pol,
-            "--out",
-            o,
-            "--set",
-            "not_a_key=1",
-            "--device",
-            "cpu",
-        ],
+        &train_cmd("ppo", env, pol, o, &["--set", "not_a_key=1"]),
         "not_a_key",
     );
     fails(
-        &[
-            "train",
-            "--agent",
-            "ppo",
-            "--env",
-            env,
-            "--policy",
-            pol,
-            "--out",
-            o,
-            "--set",
-            "learning_rate=fast",
-            "--device",
-            "cpu",
-        ],
+        &train_cmd("ppo", env, pol, o, &["--set", "learning_rate=fast"]),
         "learning_rate",
     );
     fails(
-        &[
-            "train",
-            "--agent",
-            "ppo",
-            "--env",
-            env,
-            "--policy",
-            pol,
-            "--out",
-            o,
-            "--set",
-            "run.dtype=fp16",
-            "--device",
-            "cpu",
-        ],
+        &train_cmd("ppo", env, pol, o, &["--set", "run.dtype=fp16"]),
         "unknown variant `fp16`, expected `fp32` or `bf16`",
     );
-    fails(
-        &[
-            "train", "--agent", "ppo", "--env", "nope-v0", "--policy", pol, "--out", o, "--device",
-            "cpu",
-        ],
-        "nope-v0",
-    );
-    fails(
-        &[
-            "train", "--agent", "ppo", "--env", "hh-v0", "--policy", pol, "--out", o, "--device",
-            "cpu",
-        ],
-        "preferences only",
-    );
+    fails(&train_cmd("ppo", "nope-v0", pol, o, &[]), "nope-v0");
+    fails(&train_cmd("ppo", "hh-v0", pol, o, &[]), "preferences only");
     fails(
         &[
             "sample",
@@ -511,23 +432,18 @@ fn bad_input_gets_one_line_and_a_nonzero_exit() {
     let p = prefs(env);
     let nan = dir.join("nan");
     fails(
-        &[
-            "train",
-            "--agent",
+        &train_cmd(
             "dpo",
-            "--env",
             env,
-            "--policy",
             pol,
-            "--prefs",
-            p.to_str().unwrap(),
-            "--out",
             nan.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--set",
-            "learning_rate=1e30",
-        ],
+            &[
+                "--prefs",
+                p.to_str().unwrap(),
+                "--set",
+                "learning_rate=1e30",
+            ],
+        ),
         "non-finite `loss/dpo` at step 2",
     );
     run(&[

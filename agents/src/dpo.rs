@@ -158,13 +158,12 @@ pub(crate) fn encode_completions(
     (prompt, prompt_valid, encoded)
 }
 
-/// Summed completion log-probs `[B]` of chosen and rejected under `policy` at temperature 1, for the
-/// pairs `idx` of `b`.
-pub fn pair_logps(policy: &LmPolicy, b: &PairBatch, idx: &Tensor, train: bool) -> (Tensor, Tensor) {
+/// The pairs at `idx` as one batch of `2k` rows, chosen first then rejected: the prompt `[2k, L_p]`
+/// and its validity repeated, the completions `[2k, N]` and masks padded to the longer length, so
+/// one forward pass scores both sides.
+pub fn stack_pairs(b: &PairBatch, idx: &Tensor) -> (Tensor, Tensor, Tensor, Tensor) {
     let p = b.prompt.index_select(0, idx);
     let pv = b.prompt_valid.index_select(0, idx);
-    let k = idx.size()[0];
-    // Chosen and rejected in one forward: [2k, ..].
     let n = b.chosen.size()[1].max(b.rejected.size()[1]);
     let pad_to = |t: &Tensor| {
         let extra = n - t.size()[1];
@@ -174,24 +173,32 @@ pub fn pair_logps(policy: &LmPolicy, b: &PairBatch, idx: &Tensor, train: bool) -
             t.shallow_clone()
         }
     };
-    let toks = Tensor::cat(
-        &[
-            pad_to(&b.chosen.index_select(0, idx)),
-            pad_to(&b.rejected.index_select(0, idx)),
-        ],
-        0,
-    ); // [2k, N]
-    let mask = Tensor::cat(
-        &[
-            pad_to(&b.chosen_mask.index_select(0, idx)),
-            pad_to(&b.rejected_mask.index_select(0, idx)),
-        ],
-        0,
-    );
+    let stack = |c: &Tensor, r: &Tensor| {
+        Tensor::cat(
+            &[
+                pad_to(&c.index_select(0, idx)),
+                pad_to(&r.index_select(0, idx)),
+            ],
+            0,
+        )
+    };
+    (
+        Tensor::cat(&[&p, &p], 0),
+        Tensor::cat(&[&pv, &pv], 0),
+        stack(&b.chosen, &b.rejected),
+        stack(&b.chosen_mask, &b.rejected_mask),
+    )
+}
+
+/// Summed completion log-probs `[B]` of chosen and rejected under `policy` at temperature 1, for the
+/// pairs `idx` of `b`.
+pub fn pair_logps(policy: &LmPolicy, b: &PairBatch, idx: &Tensor, train: bool) -> (Tensor, Tensor) {
+    let k = idx.size()[0];
+    let (prompt, prompt_valid, toks, mask) = stack_pairs(b, idx); // [2k, ..]
     let logprobs = sequence_logprobs(
         &policy.model,
-        &Tensor::cat(&[&p, &p], 0),
-        &Tensor::cat(&[&pv, &pv], 0),
+        &prompt,
+        &prompt_valid,
         &toks,
         &mask,
         1.0,

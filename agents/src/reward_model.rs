@@ -4,7 +4,7 @@
 //! can use it.
 
 use crate::checkpoint::{self, CheckpointConfig, ModelKind};
-use crate::dpo::{encode_completions, encode_pairs, PairBatch};
+use crate::dpo::{encode_completions, encode_pairs, stack_pairs, PairBatch};
 use crate::losses::bradley_terry_loss;
 use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
 use crate::policy::LmPolicy;
@@ -91,25 +91,10 @@ fn raw_scores(
 }
 
 fn pair_scores(net: &LmPolicy, d: &PairBatch, idx: &Tensor, train: bool) -> (Tensor, Tensor) {
-    let p = d.prompt.index_select(0, idx);
-    let pv = d.prompt_valid.index_select(0, idx);
-    let rc = raw_scores(
-        net,
-        &p,
-        &pv,
-        &d.chosen.index_select(0, idx),
-        &d.chosen_mask.index_select(0, idx),
-        train,
-    );
-    let rr = raw_scores(
-        net,
-        &p,
-        &pv,
-        &d.rejected.index_select(0, idx),
-        &d.rejected_mask.index_select(0, idx),
-        train,
-    );
-    (rc, rr)
+    let k = idx.size()[0];
+    let (prompt, prompt_valid, toks, mask) = stack_pairs(d, idx); // [2k, ..]
+    let s = raw_scores(net, &prompt, &prompt_valid, &toks, &mask, train); // [2k]
+    (s.narrow(0, 0, k), s.narrow(0, k, k))
 }
 
 fn accuracy(net: &LmPolicy, d: &PairBatch, ids: &[i64]) -> (f64, f64, f64) {
