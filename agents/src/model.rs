@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
+mod decode;
+pub use decode::{key_bias, DecodeWeights};
+
 /// Shape of the transformer; serialised into `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,12 +106,11 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `batch` sequences of up to `max_len` positions.
     pub fn new(cfg: &GptConfig, batch: i64, max_len: i64, device: Device, kind: Kind) -> Self {
-        let d = (cfg.n_embd / cfg.n_head) as i64;
-        let shape = [batch, cfg.n_head as i64, max_len, d];
+        let (h, d) = (cfg.n_head as i64, (cfg.n_embd / cfg.n_head) as i64);
         let layers = (0..cfg.n_layer)
             .map(|_| LayerCache {
-                k: Tensor::zeros(shape, (kind, device)),
-                v: Tensor::zeros(shape, (kind, device)),
+                k: Tensor::zeros([batch, h, max_len, d], (kind, device)),
+                v: Tensor::zeros([batch, h, max_len, d], (kind, device)),
             })
             .collect();
         Self { layers, len: 0 }
@@ -217,17 +219,7 @@ impl Block {
             None => (k, v),
         };
         let p = if train { self.dropout } else { 0.0 };
-        let y = if t == 1 && mask.is_floating_point() && p == 0.0 && kind == Kind::Float {
-            // One fp32 query per sequence (decoding) with an additive mask: two small matmuls beat
-            // SDPA, whose CPU path for masked single queries costs 1.3–1.5× as much. In bf16 it is
-            // the other way round (small bf16 matmuls have no fast kernel), so bf16 keeps SDPA.
-            let scale = 1.0 / ((c / h) as f64).sqrt();
-            let scores = q.matmul(&k.transpose(-2, -1)) * scale + mask; // [B, H, 1, T_k]
-            scores.softmax(-1, Kind::Float).to_kind(v.kind()).matmul(&v) // [B, H, 1, D]
-        } else {
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false)
-            // [B, H, T, D]
-        };
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false); // [B, H, T, D]
         let y = y.transpose(1, 2).contiguous().view([b, t, c]).to_kind(kind); // [B, T, C]
         let x = x + w.c_proj.apply(&y).dropout(p, train); // fp32 [B, T, C]
         let m = w.mlp_proj.apply(

@@ -1,7 +1,7 @@
 //! Batched sampling with the KV cache: left-padded prompts of different lengths, temperature, top-k,
 //! top-p; each sequence stops at its own EOS and is padded after it.
 
-use crate::model::{attention_mask, positions_from_valid, Gpt, KvCache};
+use crate::model::{attention_mask, key_bias, positions_from_valid, Gpt, KvCache};
 use crate::{AgentError, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -235,20 +235,23 @@ pub fn generate(
         // Decoding masks only the prompt's left padding: a live sequence has no padding after its
         // prompt, and an ended one's outputs are discarded, so one precomputed row serves every
         // step, as an additive mask (0 or −∞) that the attention adds to its scores.
-        let padding = Tensor::cat(
+        let key_valid = Tensor::cat(
             &[
-                prompt_valid.logical_not(),
-                Tensor::zeros([b, n], (Kind::Bool, device)),
+                prompt_valid.shallow_clone(),
+                Tensor::ones([b, n], (Kind::Bool, device)),
             ],
             1,
         ); // [B, L_p + N]
-        let key_bias = Tensor::zeros([b, lp + n], (model.compute_kind(), device))
-            .masked_fill(&padding, f64::NEG_INFINITY)
-            .view([b, 1, 1, lp + n]); // [B, 1, 1, L_p + N]
+        let key_bias = key_bias(
+            &key_valid,
+            model.config().n_head as i64,
+            model.compute_kind(),
+        ); // [B·H, 1, L_p + N]
         let pos = positions_from_valid(&prompt_valid); // [B, L_p]
         let mask = attention_mask(&prompt_valid, 0, lp);
         let h = model.forward_with(&w, &prompt, &pos, &mask, Some(&mut cache), false); // [B, L_p, C]
         let mut logits = model.lm_logits_from(&w, &h.select(1, lp - 1)); // [B, V]
+        let dw = model.decode_weights();
         let last_prompt_pos = pos.select(1, lp - 1); // [B]
         let mut finished = Tensor::zeros([b], (Kind::Bool, device));
         let pad_t = Tensor::full([b], pad as i64, (Kind::Int64, device));
@@ -267,16 +270,13 @@ pub fn generate(
             {
                 break;
             }
-            let mask = key_bias.narrow(3, 0, lp + t + 1); // [B, 1, 1, L_p+t+1]
-            let h = model.forward_with(
-                &w,
-                &tok.unsqueeze(1),
-                &(&last_prompt_pos + (t + 1)).unsqueeze(1),
-                &mask,
-                Some(&mut cache),
-                false,
-            );
-            logits = model.lm_logits_from(&w, &h.squeeze_dim(1)); // [B, V]
+            logits = model.decode_step(
+                &dw,
+                &tok,
+                &(&last_prompt_pos + (t + 1)),
+                &key_bias,
+                &mut cache,
+            ); // [B, V]
         }
         Ok(Generation {
             prompt,

@@ -1,7 +1,7 @@
 //! Tests of the model core: KV cache, sampling log-probs, checkpoints, SFT.
 
 use crate::checkpoint::{self, CheckpointConfig, ModelKind};
-use crate::model::{attention_mask, positions_from_valid, Gpt, GptConfig, KvCache};
+use crate::model::{attention_mask, key_bias, positions_from_valid, Gpt, GptConfig, KvCache};
 use crate::sampling::{generate, left_pad, sequence_logprobs, SamplingConfig};
 use crate::sft::{self, SftConfig};
 use crate::tokenizer::Tokenizer;
@@ -35,7 +35,15 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
 #[test]
 fn kv_cache_decoding_matches_full_forward_on_a_left_padded_batch() {
     let _guard = lock();
-    let (_vs, m) = small_model(1, 50);
+    let (vs, m) = small_model(1, 50);
+    // Biases start at 0 and LayerNorms at identity: perturb every variable so that a bias or a
+    // LayerNorm parameter read wrongly shows.
+    tch::no_grad(|| {
+        for (_, mut v) in vs.variables() {
+            let noise = v.randn_like() * 0.1;
+            v += noise;
+        }
+    });
     let prompts: Vec<Vec<u32>> = vec![vec![3, 4, 5, 6, 7], vec![8, 9], vec![10, 11, 12]];
     let cont: Vec<i64> = vec![13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24]; // 4 steps × 3 sequences
     let steps = 4i64;
@@ -76,6 +84,30 @@ fn kv_cache_decoding_matches_full_forward_on_a_left_padded_batch() {
         let full = m.lm_logits(&h.narrow(1, lp - 1, steps));
         let d = max_abs(&inc, &full);
         assert!(d < 1e-4, "max |Δlogit| = {d}");
+        // Sampling's decoding step, by both of its routes, gives the same logits.
+        for host in [true, false] {
+            let w = m.decode_weights();
+            let w = if host { w } else { w.tensor_ops_only() };
+            let mut cache = KvCache::new(m.config(), b, lp + steps, Device::Cpu, Kind::Float);
+            let h = m.forward(
+                &prompt,
+                &pos,
+                &attention_mask(&pvalid, 0, lp),
+                Some(&mut cache),
+                false,
+            );
+            let bias = key_bias(&key_valid, m.config().n_head as i64, Kind::Float);
+            let mut dec = vec![m.lm_logits(&h.select(1, lp - 1))];
+            for t in 0..steps - 1 {
+                let p = &last + (t + 1);
+                dec.push(m.decode_step(&w, &next.select(1, t), &p, &bias, &mut cache));
+            }
+            let d = max_abs(&Tensor::stack(&dec, 1), &full);
+            assert!(
+                d < 1e-4,
+                "decode_step (host route: {host}): max |Δlogit| = {d}"
+            );
+        }
         // And left padding changes nothing: the short prompt alone gives the same logits.
         let solo = Tensor::from_slice(&[8i64, 9, 17, 18, 19]).view([1, 5]);
         let hs = m.forward_full(

@@ -1,0 +1,345 @@
+//! One decoding step: one new token per sequence through the trunk and the LM head, reading and
+//! extending the KV cache. The same math as [`Gpt::forward`] with a cache followed by
+//! [`Gpt::lm_logits`], in as few libtorch calls as it takes, by one of two routes:
+//!
+//! - **Tensor ops** (any device, any precision): 2-D activations, weights pre-transposed once per
+//!   `generate`, the additive mask fused into the score matmul, residual adds in place.
+//! - **CPU fp32**: libtorch only for the matmuls, attention's batched matmuls and softmax, and GELU;
+//!   embeddings, LayerNorms, biases and the cache writes are Rust loops over the tensors' memory.
+//!   Measured on a 2-core CPU at the tiny size, each libtorch call costs 3–5 µs beyond its
+//!   arithmetic once the matmuls have pushed the dispatcher out of the caches, and a step of ~140
+//!   such calls spent more time in calls than in arithmetic.
+
+use super::{Block, Gpt, KvCache, LayerCache};
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+/// LayerNorm's epsilon (`nn::layer_norm`'s default, which [`Gpt`] uses).
+const LN_EPS: f32 = 1e-5;
+
+/// A linear layer as decoding reads it: the weight transposed to `[I, O]` and contiguous (at a
+/// decoding step's few rows a plain matmul on it is 1.2–2× faster on CPU than `linear`'s
+/// transposed read) and the bias `[O]`, both in the compute kind.
+struct DecodeLinear {
+    w_t: Tensor,
+    b: Tensor,
+}
+
+impl DecodeLinear {
+    fn new(l: &nn::Linear, kind: Kind) -> Self {
+        Self {
+            w_t: l.ws.to_kind(kind).tr().contiguous(),
+            b: l.bs
+                .as_ref()
+                .expect("linear layers have a bias")
+                .to_kind(kind),
+        }
+    }
+    /// `x·Wᵀ + b` `[B, O]` for `x [B, I]`.
+    fn apply(&self, x: &Tensor) -> Tensor {
+        let mut y = x.mm(&self.w_t);
+        y += &self.b;
+        y
+    }
+    /// Adds `x·Wᵀ + b` into the fp32 stream `acc [B, O]`.
+    fn add_into(&self, acc: &mut Tensor, x: &Tensor) {
+        if x.kind() == acc.kind() {
+            let _ = acc.addmm_(x, &self.w_t);
+        } else {
+            *acc += x.mm(&self.w_t);
+        }
+        *acc += &self.b;
+    }
+}
+
+struct DecodeBlock {
+    c_attn: DecodeLinear,
+    c_proj: DecodeLinear,
+    c_fc: DecodeLinear,
+    mlp_proj: DecodeLinear,
+}
+
+/// The weights a decoding step reads, laid out for it; built once per `generate` call.
+pub struct DecodeWeights {
+    blocks: Vec<DecodeBlock>,
+    wte_t: Tensor, // [C, V], for the LM head
+    /// Whether the CPU fp32 route applies.
+    host: bool,
+}
+
+impl DecodeWeights {
+    /// Take the tensor-ops route even where the CPU route applies (to test one against the other).
+    #[cfg(test)]
+    pub(crate) fn tensor_ops_only(mut self) -> Self {
+        self.host = false;
+        self
+    }
+}
+
+/// The additive attention mask a decoding step reads, `[B·H, 1, L]` in `kind`: 0 where
+/// `key_valid [B, L]` is true, −∞ where not.
+pub fn key_bias(key_valid: &Tensor, n_head: i64, kind: Kind) -> Tensor {
+    let (b, l) = key_valid.size2().expect("[B, L]");
+    Tensor::zeros([b, l], (kind, key_valid.device()))
+        .masked_fill(&key_valid.logical_not(), f64::NEG_INFINITY)
+        .unsqueeze(1)
+        .expand([b, n_head, l], false)
+        .reshape([b * n_head, 1, l])
+}
+
+impl Gpt {
+    /// The weights in the layout [`Gpt::decode_step`] reads, in the compute precision. Call it
+    /// under `no_grad`.
+    pub fn decode_weights(&self) -> DecodeWeights {
+        let kind = self.compute_kind();
+        let lin = |l: &nn::Linear| DecodeLinear::new(l, kind);
+        DecodeWeights {
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| DecodeBlock {
+                    c_attn: lin(&b.c_attn),
+                    c_proj: lin(&b.c_proj),
+                    c_fc: lin(&b.c_fc),
+                    mlp_proj: lin(&b.mlp_proj),
+                })
+                .collect(),
+            wte_t: self.wte.to_kind(kind).tr().contiguous(),
+            host: self.device() == Device::Cpu && kind == Kind::Float,
+        }
+    }
+
+    /// One decoding step for `tokens [B]` (i64) at `positions [B]` (i64): writes their keys and
+    /// values at the cache's next slot, advances it, and returns the fp32 LM logits `[B, V]`.
+    /// `key_bias [B·H, 1, ≥ slot+1]` (compute kind) is added to the attention scores: 0 where a
+    /// key may be read, −∞ where not. Call it under `no_grad`.
+    pub fn decode_step(
+        &self,
+        w: &DecodeWeights,
+        tokens: &Tensor,
+        positions: &Tensor,
+        key_bias: &Tensor,
+        cache: &mut KvCache,
+    ) -> Tensor {
+        let logits = if w.host {
+            self.decode_on_host(w, tokens, positions, key_bias, cache)
+        } else {
+            self.decode_with_tensor_ops(w, tokens, positions, key_bias, cache)
+        };
+        cache.len += 1;
+        logits
+    }
+
+    fn decode_with_tensor_ops(
+        &self,
+        w: &DecodeWeights,
+        tokens: &Tensor,
+        positions: &Tensor,
+        key_bias: &Tensor,
+        cache: &mut KvCache,
+    ) -> Tensor {
+        let slot = cache.len;
+        let mut x = Tensor::embedding(&self.wte, tokens, -1, false, false); // [B, C]
+        x += Tensor::embedding(&self.wpe, positions, -1, false, false);
+        for ((blk, bw), lc) in self.blocks.iter().zip(&w.blocks).zip(&mut cache.layers) {
+            blk.decode(bw, &mut x, key_bias, slot, lc);
+        }
+        let h = self.ln_f.forward(&x).to_kind(w.wte_t.kind()); // [B, C]
+        h.mm(&w.wte_t).to_kind(Kind::Float) // [B, V]
+    }
+
+    fn decode_on_host(
+        &self,
+        w: &DecodeWeights,
+        tokens: &Tensor,
+        positions: &Tensor,
+        key_bias: &Tensor,
+        cache: &mut KvCache,
+    ) -> Tensor {
+        let slot = cache.len;
+        let b = tokens.size()[0];
+        let c = self.cfg.n_embd as i64;
+        let (h, d) = (self.cfg.n_head as i64, c / self.cfg.n_head as i64);
+        let opts = (Kind::Float, Device::Cpu);
+        let mut x = Tensor::empty([b, c], opts); // [B, C], the fp32 residual stream
+        {
+            let tokens = tokens.contiguous();
+            let positions = positions.contiguous();
+            let (tok, pos) = (host_i64(&tokens), host_i64(&positions));
+            let (wte, wpe) = (host(&self.wte), host(&self.wpe));
+            let c = c as usize;
+            for (row, (&t, &p)) in host_mut(&mut x)
+                .chunks_exact_mut(c)
+                .zip(tok.iter().zip(pos))
+            {
+                let (e, q) = (&wte[t as usize * c..][..c], &wpe[p as usize * c..][..c]);
+                for ((o, e), q) in row.iter_mut().zip(e).zip(q) {
+                    *o = e + q;
+                }
+            }
+        }
+        let mut a = Tensor::empty([b, c], opts); // [B, C], LayerNorm output
+        let mut q = Tensor::empty([b * h, 1, d], opts); // [B·H, 1, D]
+        let scale = 1.0 / (d as f64).sqrt();
+        // The MLP's output bias of the block before, added with the next LayerNorm.
+        let mut pending: Option<&Tensor> = None;
+        for ((blk, bw), lc) in self.blocks.iter().zip(&w.blocks).zip(&mut cache.layers) {
+            add_and_layer_norm(&mut x, pending, &blk.ln_1, &mut a);
+            let qkv = a.mm(&bw.c_attn.w_t); // [B, 3C]
+            scatter_qkv(&qkv, &bw.c_attn.b, &mut q, lc, slot, h);
+            let t_max = lc.v.size()[2];
+            let keys =
+                lc.k.view([b * h, t_max, d])
+                    .narrow(1, 0, slot + 1)
+                    .transpose(1, 2); // [B·H, D, L]
+            let values = lc.v.view([b * h, t_max, d]).narrow(1, 0, slot + 1); // [B·H, L, D]
+            let y = key_bias
+                .narrow(2, 0, slot + 1)
+                .baddbmm(&q, &keys, 1.0, scale) // [B·H, 1, L]
+                .softmax(-1, Kind::Float)
+                .bmm(&values)
+                .view([b, c]); // [B, C]
+            let _ = x.addmm_(&y, &bw.c_proj.w_t);
+            add_and_layer_norm(&mut x, Some(&bw.c_proj.b), &blk.ln_2, &mut a);
+            let mut hidden = a.mm(&bw.c_fc.w_t); // [B, 4C]
+            add_rows(&mut hidden, &bw.c_fc.b);
+            let _ = hidden.gelu_("none");
+            let _ = x.addmm_(&hidden, &bw.mlp_proj.w_t);
+            pending = Some(&bw.mlp_proj.b);
+        }
+        add_and_layer_norm(&mut x, pending, &self.ln_f, &mut a);
+        a.mm(&w.wte_t) // [B, V]
+    }
+}
+
+impl Block {
+    /// The tensor-ops route through one block: adds its output for one new token per sequence to
+    /// the fp32 residual stream `x [B, C]`, writing the token's key and value at cache slot `slot`.
+    fn decode(
+        &self,
+        w: &DecodeBlock,
+        x: &mut Tensor,
+        key_bias: &Tensor,
+        slot: i64,
+        lc: &mut LayerCache,
+    ) {
+        let (b, c) = x.size2().expect("[B, C]");
+        let (h, d) = (self.n_head, c / self.n_head);
+        let kind = w.c_attn.w_t.kind();
+        let qkv = w.c_attn.apply(&self.ln_1.forward(x).to_kind(kind)); // [B, 3C]
+        let q = qkv.narrow(1, 0, c).view([b, h, 1, d]); // [B, H, 1, D]
+        lc.k.select(2, slot)
+            .copy_(&qkv.narrow(1, c, c).view([b, h, d]));
+        lc.v.select(2, slot)
+            .copy_(&qkv.narrow(1, 2 * c, c).view([b, h, d]));
+        let t_max = lc.v.size()[2];
+        let mask = key_bias.view([b, h, 1, t_max]).narrow(3, 0, slot + 1); // [B, H, 1, L]
+        let (keys, values) = (lc.k.narrow(2, 0, slot + 1), lc.v.narrow(2, 0, slot + 1)); // [B, H, L, D]
+                                                                                         // SDPA here rather than the CPU route's two batched matmuls: one fused kernel on a GPU, and
+                                                                                         // in bf16 on CPU the batched matmuls made sampling 1.2–1.4× slower.
+        let y = Tensor::scaled_dot_product_attention(
+            &q,
+            &keys,
+            &values,
+            Some(mask),
+            0.0,
+            false,
+            None,
+            false,
+        )
+        .reshape([b, c]); // [B, C]
+        w.c_proj.add_into(x, &y);
+        let mut hidden = w.c_fc.apply(&self.ln_2.forward(x).to_kind(kind)); // [B, 4C]
+        let hidden = hidden.gelu_("none");
+        w.mlp_proj.add_into(x, &hidden);
+    }
+}
+
+/// The elements of a contiguous fp32 CPU tensor, read in place.
+fn host(t: &Tensor) -> &[f32] {
+    assert!(t.kind() == Kind::Float && t.device() == Device::Cpu && t.is_contiguous());
+    // SAFETY: a contiguous fp32 CPU tensor holds numel f32s at data_ptr, alive while `t` is.
+    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel()) }
+}
+
+/// The elements of a contiguous fp32 CPU tensor, written in place.
+fn host_mut(t: &mut Tensor) -> &mut [f32] {
+    assert!(t.kind() == Kind::Float && t.device() == Device::Cpu && t.is_contiguous());
+    // SAFETY: as in `host`; the &mut borrow keeps this the only Rust view of the memory.
+    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) }
+}
+
+/// The elements of a contiguous i64 CPU tensor, read in place.
+fn host_i64(t: &Tensor) -> &[i64] {
+    assert!(t.kind() == Kind::Int64 && t.device() == Device::Cpu && t.is_contiguous());
+    // SAFETY: as in `host`, for i64.
+    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const i64, t.numel()) }
+}
+
+/// `m [B, N] += bias [N]` on every row.
+fn add_rows(m: &mut Tensor, bias: &Tensor) {
+    let bias = host(bias);
+    for row in host_mut(m).chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// `x [B, C] += bias` (when given), then `out = LayerNorm(x)` row by row.
+fn add_and_layer_norm(x: &mut Tensor, bias: Option<&Tensor>, ln: &nn::LayerNorm, out: &mut Tensor) {
+    if let Some(bias) = bias {
+        add_rows(x, bias);
+    }
+    let gamma = host(ln.ws.as_ref().expect("LayerNorm has a weight"));
+    let beta = host(ln.bs.as_ref().expect("LayerNorm has a bias"));
+    let c = gamma.len();
+    for (row, o) in host(x)
+        .chunks_exact(c)
+        .zip(host_mut(out).chunks_exact_mut(c))
+    {
+        let mean = row.iter().sum::<f32>() / c as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+        let inv = 1.0 / (var + LN_EPS).sqrt();
+        for (((o, v), g), b) in o.iter_mut().zip(row).zip(gamma).zip(beta) {
+            *o = (v - mean) * inv * g + b;
+        }
+    }
+}
+
+/// Adds the attention bias to `qkv [B, 3C]` and scatters it: queries into `q [B·H, 1, D]`, keys
+/// and values into the cache at `slot` (both `[B, H, T_max, D]`).
+fn scatter_qkv(
+    qkv: &Tensor,
+    bias: &Tensor,
+    q: &mut Tensor,
+    lc: &mut LayerCache,
+    slot: i64,
+    h: i64,
+) {
+    let (qkv, bias) = (host(qkv), host(bias));
+    let c = bias.len() / 3;
+    let d = c / h as usize;
+    let t_max = lc.v.size()[2] as usize;
+    let slot = slot as usize;
+    let (q, keys, values) = (host_mut(q), host_mut(&mut lc.k), host_mut(&mut lc.v));
+    let add = |out: &mut [f32], x: &[f32], b: &[f32]| {
+        for ((o, x), b) in out.iter_mut().zip(x).zip(b) {
+            *o = x + b;
+        }
+    };
+    for (i, (row, q)) in qkv
+        .chunks_exact(3 * c)
+        .zip(q.chunks_exact_mut(c))
+        .enumerate()
+    {
+        add(q, &row[..c], &bias[..c]);
+        for j in 0..h as usize {
+            // Head j's channels are columns j·D..(j+1)·D of the key and value parts of the row.
+            let at = ((i * h as usize + j) * t_max + slot) * d;
+            let (kc, vc) = (c + j * d, 2 * c + j * d);
+            add(&mut keys[at..at + d], &row[kc..kc + d], &bias[kc..kc + d]);
+            add(&mut values[at..at + d], &row[vc..vc + d], &bias[vc..vc + d]);
+        }
+    }
+}
