@@ -163,6 +163,8 @@ pub struct Fixture {
 impl Fixture {
     /// The fixture at `size` on `device`, computing in `dtype`, from a fixed seed.
     pub fn new(size: ModelSize, device: Device, dtype: Precision) -> Result<Self> {
+        // The binary sets this at start-up; the criterion benches get here without it.
+        aligngym_agents::device::keep_freed_memory();
         tch::manual_seed(0);
         let vocab: i64 = match size {
             ModelSize::Tiny => 512,

@@ -1,4 +1,5 @@
-//! Device selection: `auto` picks CUDA when it is usable; `cuda` fails loudly when it is not.
+//! Device selection: `auto` picks CUDA when it is usable; `cuda` fails loudly when it is not. Also
+//! the compute precision, and how the process's CPU memory is recycled.
 
 use crate::{AgentError, Result};
 use serde::{Deserialize, Serialize};
@@ -113,5 +114,23 @@ impl std::fmt::Display for Precision {
             Self::Fp32 => "fp32",
             Self::Bf16 => "bf16",
         })
+    }
+}
+
+/// Keep freed CPU memory in the process for reuse instead of handing it back to the kernel.
+///
+/// libtorch's CPU tensors come from glibc's `malloc`, which by default returns large freed blocks
+/// to the kernel (unmapping them, or trimming the top of the heap) and gets fresh zeroed pages at
+/// the next step: measured on a 2-core CPU, page faults and their locks were ≈10% of a bf16 SFT step
+/// at the small size, and raising these thresholds made that step 1.12× faster (tiny fp32: 1.08×).
+/// Process-wide; call it once at start-up. Elsewhere than glibc it does nothing.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator tunables; glibc accepts these values (the mmap threshold
+    // at its 32 MiB maximum) and leaves existing allocations as they are.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
