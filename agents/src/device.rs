@@ -123,8 +123,8 @@ impl std::fmt::Display for Precision {
 /// to the kernel (unmapping them, or trimming the top of the heap) and gets fresh zeroed pages at
 /// the next step: measured on a 2-core CPU, page faults and their locks were ≈10% of a bf16 SFT step
 /// at the small size, and raising these thresholds made that step 1.17× faster (fp32 SFT tiny 1.09×,
-/// DPO tiny 1.04×; sampling unchanged).
-/// Process-wide; call it once at start-up. Elsewhere than glibc it does nothing.
+/// DPO tiny 1.04×; sampling unchanged). Process-wide; call it once at start-up. Elsewhere than
+/// glibc it does nothing.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator tunables; glibc accepts these values (the mmap threshold

@@ -219,7 +219,8 @@ impl Block {
             None => (k, v),
         };
         let p = if train { self.dropout } else { 0.0 };
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false); // [B, H, T, D]
+        // [B, H, T, D]
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false);
         let y = y.transpose(1, 2).contiguous().view([b, t, c]).to_kind(kind); // [B, T, C]
         let x = x + w.c_proj.apply(&y).dropout(p, train); // fp32 [B, T, C]
         let m = w.mlp_proj.apply(

@@ -3,9 +3,10 @@
 //! [`Gpt::lm_logits`], in as few libtorch calls as it takes, by one of two routes:
 //!
 //! - **Tensor ops** (any device, any precision): 2-D activations, weights pre-transposed once per
-//!   `generate`, the additive mask fused into the score matmul, residual adds in place.
-//! - **CPU fp32**: libtorch only for the matmuls, attention's batched matmuls and softmax, and GELU;
-//!   embeddings, LayerNorms, biases and the cache writes are Rust loops over the tensors' memory.
+//!   `generate`, SDPA over the cache, residual adds in place.
+//! - **CPU fp32**: libtorch only for the matmuls, attention (a batched matmul with the mask fused
+//!   in, softmax, a second batched matmul) and GELU; embeddings, LayerNorms, biases and the cache
+//!   writes are Rust loops over the tensors' memory.
 //!   Measured on a 2-core CPU at the tiny size, each libtorch call costs 3–5 µs beyond its
 //!   arithmetic once the matmuls have pushed the dispatcher out of the caches, and a step of ~140
 //!   such calls spent more time in calls than in arithmetic.
@@ -232,11 +233,12 @@ impl Block {
             .copy_(&qkv.narrow(1, c, c).view([b, h, d]));
         lc.v.select(2, slot)
             .copy_(&qkv.narrow(1, 2 * c, c).view([b, h, d]));
-        let t_max = lc.v.size()[2];
-        let mask = key_bias.view([b, h, 1, t_max]).narrow(3, 0, slot + 1); // [B, H, 1, L]
-        let (keys, values) = (lc.k.narrow(2, 0, slot + 1), lc.v.narrow(2, 0, slot + 1)); // [B, H, L, D]
-                                                                                         // SDPA here rather than the CPU route's two batched matmuls: one fused kernel on a GPU, and
-                                                                                         // in bf16 on CPU the batched matmuls made sampling 1.2–1.4× slower.
+        // SDPA here rather than the CPU route's two batched matmuls: one fused kernel on a GPU, and
+        // in bf16 on CPU the batched matmuls made sampling 1.2–1.4× slower.
+        let t_bias = key_bias.size()[2];
+        let mask = key_bias.view([b, h, 1, t_bias]).narrow(3, 0, slot + 1); // [B, H, 1, L]
+        let keys = lc.k.narrow(2, 0, slot + 1); // [B, H, L, D]
+        let values = lc.v.narrow(2, 0, slot + 1); // [B, H, L, D]
         let y = Tensor::scaled_dot_product_attention(
             &q,
             &keys,
