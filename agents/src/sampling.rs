@@ -251,7 +251,7 @@ pub fn generate(
         let mask = attention_mask(&prompt_valid, 0, lp);
         let h = model.forward_with(&w, &prompt, &pos, &mask, Some(&mut cache), false); // [B, L_p, C]
         let mut logits = model.lm_logits_from(&w, &h.select(1, lp - 1)); // [B, V]
-        let dw = model.decode_weights();
+        let dw = model.decode_weights(&w);
         let last_prompt_pos = pos.select(1, lp - 1); // [B]
         let mut finished = Tensor::zeros([b], (Kind::Bool, device));
         let pad_t = Tensor::full([b], pad as i64, (Kind::Int64, device));

@@ -2,7 +2,7 @@
 
 use crate::checkpoint::{self, CheckpointConfig, ModelKind};
 use crate::model::{attention_mask, key_bias, positions_from_valid, Gpt, GptConfig, KvCache};
-use crate::sampling::{generate, left_pad, sequence_logprobs, SamplingConfig};
+use crate::sampling::{generate, left_pad, sequence_logprobs, Generation, SamplingConfig};
 use crate::sft::{self, SftConfig};
 use crate::tokenizer::Tokenizer;
 use aligngym_envs::TextCodec;
@@ -30,6 +30,21 @@ fn small_model(seed: u64, vocab: usize) -> (nn::VarStore, Gpt) {
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
+}
+
+/// The log-probs of a generation's tokens from a teacher-forced pass at `temperature`.
+fn recomputed_logprobs(m: &Gpt, g: &Generation, temperature: f64) -> Tensor {
+    tch::no_grad(|| {
+        sequence_logprobs(
+            m,
+            &g.prompt,
+            &g.prompt_valid,
+            &g.tokens,
+            &g.mask,
+            temperature,
+            false,
+        )
+    })
 }
 
 #[test]
@@ -87,7 +102,7 @@ fn kv_cache_decoding_matches_full_forward_on_a_left_padded_batch() {
         // Sampling's decoding step, by both of its routes, gives the same logits (with a cache
         // longer than the mask, which the step must not confuse).
         for host in [true, false] {
-            let w = m.decode_weights();
+            let w = m.decode_weights(&m.compute_weights());
             let w = if host { w } else { w.tensor_ops_only() };
             let mut cache = KvCache::new(m.config(), b, lp + steps + 3, Device::Cpu, Kind::Float);
             let h = m.forward(
@@ -142,18 +157,7 @@ fn sampled_logprobs_equal_recomputed_ones_and_seed_reproduces() {
     ] {
         tch::manual_seed(5);
         let g = generate(&m, &prompts, 0, 2, &cfg, Device::Cpu).unwrap();
-        let logprobs = tch::no_grad(|| {
-            sequence_logprobs(
-                &m,
-                &g.prompt,
-                &g.prompt_valid,
-                &g.tokens,
-                &g.mask,
-                cfg.temperature,
-                false,
-            )
-        });
-        let d = max_abs(&logprobs, &g.logprobs);
+        let d = max_abs(&recomputed_logprobs(&m, &g, cfg.temperature), &g.logprobs);
         assert!(d < 1e-4, "max |Δlogp| = {d}");
         assert!(g.logprobs.le(0.0).all().int64_value(&[]) == 1);
         tch::manual_seed(5);
@@ -425,18 +429,7 @@ fn bf16_compute_tracks_fp32_and_trains_fp32_master_weights() {
         max_new_tokens: 6,
     };
     let g = generate(&m, &prompts, 0, 2, &cfg, Device::Cpu).unwrap();
-    let re = tch::no_grad(|| {
-        sequence_logprobs(
-            &m,
-            &g.prompt,
-            &g.prompt_valid,
-            &g.tokens,
-            &g.mask,
-            1.0,
-            false,
-        )
-    });
-    let d = max_abs(&g.logprobs, &re);
+    let d = max_abs(&g.logprobs, &recomputed_logprobs(&m, &g, 1.0));
     assert!(
         d < 5e-2,
         "bf16 sampled vs recomputed log-probs differ by {d}"

@@ -11,7 +11,7 @@
 //!   arithmetic once the matmuls have pushed the dispatcher out of the caches, and a step of ~140
 //!   such calls spent more time in calls than in arithmetic.
 
-use super::{Block, Gpt, KvCache, LayerCache};
+use super::{Block, ComputeWeights, Gpt, KvCache, LayerCache, LinearWeights};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
@@ -27,13 +27,10 @@ struct DecodeLinear {
 }
 
 impl DecodeLinear {
-    fn new(l: &nn::Linear, kind: Kind) -> Self {
+    fn new(l: &LinearWeights) -> Self {
         Self {
-            w_t: l.ws.to_kind(kind).tr().contiguous(),
-            b: l.bs
-                .as_ref()
-                .expect("linear layers have a bias")
-                .to_kind(kind),
+            w_t: l.w.tr().contiguous(),
+            b: l.b.shallow_clone(),
         }
     }
     /// `x·Wᵀ + b` `[B, O]` for `x [B, I]`.
@@ -89,24 +86,22 @@ pub fn key_bias(key_valid: &Tensor, n_head: i64, kind: Kind) -> Tensor {
 }
 
 impl Gpt {
-    /// The weights in the layout [`Gpt::decode_step`] reads, in the compute precision. Call it
-    /// under `no_grad`.
-    pub fn decode_weights(&self) -> DecodeWeights {
-        let kind = self.compute_kind();
-        let lin = |l: &nn::Linear| DecodeLinear::new(l, kind);
+    /// The weights in the layout [`Gpt::decode_step`] reads, from the compute-precision weights
+    /// `w` (the prefill's; so bf16 casts once per `generate`). Call it under `no_grad`.
+    pub fn decode_weights(&self, w: &ComputeWeights) -> DecodeWeights {
         DecodeWeights {
-            blocks: self
+            blocks: w
                 .blocks
                 .iter()
                 .map(|b| DecodeBlock {
-                    c_attn: lin(&b.c_attn),
-                    c_proj: lin(&b.c_proj),
-                    c_fc: lin(&b.c_fc),
-                    mlp_proj: lin(&b.mlp_proj),
+                    c_attn: DecodeLinear::new(&b.c_attn),
+                    c_proj: DecodeLinear::new(&b.c_proj),
+                    c_fc: DecodeLinear::new(&b.c_fc),
+                    mlp_proj: DecodeLinear::new(&b.mlp_proj),
                 })
                 .collect(),
-            wte_t: self.wte.to_kind(kind).tr().contiguous(),
-            host: self.device() == Device::Cpu && kind == Kind::Float,
+            wte_t: w.wte.tr().contiguous(),
+            host: self.device() == Device::Cpu && w.wte.kind() == Kind::Float,
         }
     }
 
