@@ -195,8 +195,10 @@ impl Fixture {
             prompt: random_ids(BATCH, PROMPT_LEN, vocab, device),
             prompt_valid: Tensor::ones([BATCH, PROMPT_LEN], (Kind::Bool, device)),
             chosen: random_ids(BATCH, NEW_TOKENS, vocab, device),
+            chosen_valid: Tensor::ones([BATCH, NEW_TOKENS], (Kind::Bool, device)),
             chosen_mask: Tensor::ones([BATCH, NEW_TOKENS], (Kind::Float, device)),
             rejected: random_ids(BATCH, NEW_TOKENS, vocab, device),
+            rejected_valid: Tensor::ones([BATCH, NEW_TOKENS], (Kind::Bool, device)),
             rejected_mask: Tensor::ones([BATCH, NEW_TOKENS], (Kind::Float, device)),
         };
         Ok(Self {
@@ -280,8 +282,13 @@ impl Fixture {
             learning_rate: 1e-6,
             ..Default::default()
         };
-        let reward = Box::new(task.gold());
-        PpoAgent::new(cfg, task, self.policy.duplicate(true)?, reward, true, 0)
+        PpoAgent::new(
+            cfg,
+            task,
+            self.policy.duplicate(true)?,
+            aligngym_agents::ppo::RewardSignal::Gold,
+            0,
+        )
     }
 
     /// A fresh AdamW over the policy (ε = 1e-8, as the Python trainers use).

@@ -12,6 +12,7 @@ use aligngym_envs::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
+use std::sync::Arc;
 
 /// A progress bar on stderr (hidden when stderr is not a terminal or `quiet`).
 pub fn progress(len: u64, what: &str, quiet: bool) -> ProgressBar {
@@ -158,7 +159,7 @@ pub fn sample_texts(
 #[allow(clippy::too_many_arguments)]
 pub fn build_prefs(
     generator: &LmPolicy,
-    task: &dyn Task,
+    task: Arc<dyn Task>,
     pairs: usize,
     per_prompt: usize,
     oracle: OracleConfig,
@@ -237,15 +238,14 @@ pub fn gpu_check() -> Result<()> {
     let toks = g.tokens.shallow_clone();
     // The same sequences scored on both devices: forward logits and backward gradients agree.
     let on = |m: &Gpt, d: Device| {
-        sequence_logprobs(
-            m,
-            &g.prompt.to_device(d),
-            &g.prompt_valid.to_device(d),
-            &toks.to_device(d),
-            &g.mask.to_device(d),
-            1.0,
-            true,
-        )
+        let s = aligngym_agents::sampling::Sequences {
+            prompt: g.prompt.to_device(d),
+            prompt_valid: g.prompt_valid.to_device(d),
+            tokens: toks.to_device(d),
+            valid: g.mask.to_device(d).to_kind(Kind::Bool),
+            mask: g.mask.to_device(d),
+        };
+        sequence_logprobs(m, &s, 1.0, true)
     };
     let lc = on(&m_cpu, Device::Cpu);
     let lg = on(&m_gpu, cuda);

@@ -1,11 +1,14 @@
-//! The shared evaluation: every agent is measured the same way, on the same held-out prompts with
+//! The shared evaluation: every agent is measured the same way, on the same held-out episodes with
 //! the same sampling settings and the same sampling seed (common random numbers), against the same
-//! frozen reference samples.
+//! frozen reference episodes. Episodes run through the rollout collector, so a multi-turn env is
+//! evaluated on whole conversations and the KL and entropy count the policy's tokens only.
 
+use aligngym_agents::rollout::{chat_envs, collect, Rollout, Start};
 use aligngym_agents::sampling::{sequence_logprobs, sequence_outputs, SamplingConfig};
-use aligngym_agents::{LmPolicy, Metrics, Policy, Result};
+use aligngym_agents::{LmPolicy, Metrics, Result};
 use aligngym_envs::{
-    derive_seed, BradleyTerryOracle, OracleConfig, PreferenceOracle, RewardFn, Rule, Split, Task,
+    derive_seed, BradleyTerryOracle, ChatEnvConfig, OracleConfig, PreferenceOracle, RewardFn,
+    RewardSource, Rule, Split, Task,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -40,14 +43,17 @@ impl Default for EvalConfig {
     }
 }
 
-/// Evaluates policies against the frozen reference on fixed eval prompts.
+/// Evaluates policies against the frozen reference on fixed eval episodes, through the rollout
+/// collector (the same path the agents train on).
 pub struct Evaluator {
     cfg: EvalConfig,
     sampling: SamplingConfig,
-    prompts: Vec<String>,
+    task: Arc<dyn Task>,
+    /// The eval split's prompt index of each episode.
+    indices: Vec<usize>,
     gold: Arc<dyn Rule>,
     reference: LmPolicy,
-    ref_completions: Vec<String>,
+    ref_transcripts: Vec<String>,
     ref_gold: f64,
     seed: u64,
 }
@@ -69,20 +75,27 @@ pub fn distinct_2(completions: &[Vec<u32>]) -> f64 {
     }
 }
 
+fn mean(v: impl ExactSizeIterator<Item = f64>) -> f64 {
+    let n = v.len().max(1) as f64;
+    v.sum::<f64>() / n
+}
+
 impl Evaluator {
     /// An evaluator for `task` against `reference` (the SFT policy); `seed` fixes the sampling noise.
-    pub fn new(task: &dyn Task, reference: &LmPolicy, cfg: EvalConfig, seed: u64) -> Result<Self> {
-        let all = task.prompts(Split::Eval);
+    pub fn new(
+        task: Arc<dyn Task>,
+        reference: &LmPolicy,
+        cfg: EvalConfig,
+        seed: u64,
+    ) -> Result<Self> {
+        let all = task.prompts(Split::Eval).len();
         let n = if cfg.prompts == 0 {
-            all.len()
+            all
         } else {
-            cfg.prompts.min(all.len())
+            cfg.prompts.min(all)
         };
         let k = cfg.samples_per_prompt.max(1);
-        let prompts: Vec<String> = all[..n]
-            .iter()
-            .flat_map(|p| std::iter::repeat_n(p.clone(), k))
-            .collect();
+        let indices: Vec<usize> = (0..n).flat_map(|i| std::iter::repeat_n(i, k)).collect();
         let mut sampling = cfg.sampling.clone();
         if sampling.max_new_tokens == 0 {
             sampling.max_new_tokens = task.max_new_tokens();
@@ -92,49 +105,50 @@ impl Evaluator {
         let mut ev = Self {
             cfg,
             sampling,
-            prompts,
+            task,
+            indices,
             gold,
             reference,
-            ref_completions: Vec::new(),
+            ref_transcripts: Vec::new(),
             ref_gold: 0.0,
             seed,
         };
-        let (comps, _, _) = ev.sample(&ev.reference)?;
-        let refs: Vec<&str> = ev.prompts.iter().map(|s| s.as_str()).collect();
-        let cr: Vec<&str> = comps.iter().map(|s| s.as_str()).collect();
-        let g = ev.gold.score_batch(&refs, &cr)?;
-        ev.ref_gold = g.iter().map(|&x| x as f64).sum::<f64>() / g.len().max(1) as f64;
-        ev.ref_completions = comps;
+        let r = ev.sample(&ev.reference)?;
+        ev.ref_gold = mean(r.episodes.iter().map(|e| e.gold as f64));
+        ev.ref_transcripts = r.episodes.into_iter().map(|e| e.transcript).collect();
         Ok(ev)
     }
 
-    /// The eval prompts, each repeated `samples_per_prompt` times.
-    pub fn prompts(&self) -> &[String] {
-        &self.prompts
+    /// The eval prompts, one per episode (each repeated `samples_per_prompt` times).
+    pub fn prompts(&self) -> Vec<&str> {
+        let p = self.task.prompts(Split::Eval);
+        self.indices.iter().map(|&i| p[i].as_str()).collect()
     }
-    /// Mean gold reward of the reference's samples.
+    /// Mean gold reward of the reference's episodes.
     pub fn reference_gold(&self) -> f64 {
         self.ref_gold
     }
 
-    fn sample(
-        &self,
-        policy: &LmPolicy,
-    ) -> Result<(
-        Vec<String>,
-        Vec<Vec<u32>>,
-        aligngym_agents::sampling::Generation,
-    )> {
+    /// The eval episodes of `policy`, with the same sampling noise for every policy.
+    pub fn sample(&self, policy: &LmPolicy) -> Result<Rollout> {
+        let mut envs = chat_envs(
+            self.task.clone(),
+            self.indices.len(),
+            ChatEnvConfig {
+                split: Split::Eval,
+                reward: RewardSource::Gold,
+                max_turns: 0,
+            },
+            true,
+        )?;
         tch::manual_seed(derive_seed(self.seed, 0xe7a1) as i64);
-        let ids = policy.encode_prompts(&self.prompts);
-        let mut out_texts = Vec::new();
-        let mut out_ids = Vec::new();
-        let gen = policy.sample(&ids, &self.sampling)?;
-        for c in gen.completions() {
-            out_texts.push(policy.tokenizer.decode_ids(&c));
-            out_ids.push(c);
-        }
-        Ok((out_texts, out_ids, gen))
+        collect(
+            policy,
+            &mut envs,
+            Start::Prompts(&self.indices),
+            &self.sampling,
+            None,
+        )
     }
 
     /// The comparison-axis metrics of `policy` (`eval/*`), with `proxy` scored where given;
@@ -145,56 +159,43 @@ impl Evaluator {
         proxy: Option<&dyn RewardFn>,
         step: u64,
     ) -> Result<Metrics> {
-        let (texts, ids, gen) = self.sample(policy)?;
-        let prompts: Vec<&str> = self.prompts.iter().map(|s| s.as_str()).collect();
-        let comps: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
-        let gold = self.gold.score_batch(&prompts, &comps)?;
-        let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
+        let roll = self.sample(policy)?;
+        let eps = &roll.episodes;
+        let prompts: Vec<&str> = eps.iter().map(|e| e.prompt.as_str()).collect();
+        let comps: Vec<&str> = eps.iter().map(|e| e.transcript.as_str()).collect();
         let mut m = Metrics::new();
-        m.insert("eval/gold_reward".into(), mean(&gold));
+        m.insert(
+            "eval/gold_reward".into(),
+            mean(eps.iter().map(|e| e.gold as f64)),
+        );
         if let Some(p) = proxy {
+            let s = p.score_batch(&prompts, &comps)?;
             m.insert(
                 "eval/proxy_reward".into(),
-                mean(&p.score_batch(&prompts, &comps)?),
+                mean(s.iter().map(|&x| x as f64)),
             );
         }
         let t = self.sampling.temperature;
         let (kl, ent) = tch::no_grad(|| {
-            let pi = sequence_outputs(
-                &policy.model,
-                &gen.prompt,
-                &gen.prompt_valid,
-                &gen.tokens,
-                &gen.mask,
-                t,
-                false,
-            );
-            let rf = sequence_logprobs(
-                &self.reference.model,
-                &gen.prompt,
-                &gen.prompt_valid,
-                &gen.tokens,
-                &gen.mask,
-                t,
-                false,
-            );
-            // Both log-prob tensors are already zero on padding.
+            let pi = sequence_outputs(&policy.model, &roll.seqs, t, false);
+            let rf = sequence_logprobs(&self.reference.model, &roll.seqs, t, false);
+            // Both log-prob tensors are zero off the policy's tokens.
             let kl = (&pi.logprobs - &rf)
                 .sum_dim_intlist(1, false, Kind::Float)
                 .mean(Kind::Float);
-            let ent = aligngym_agents::losses::masked_mean(&pi.entropy, &gen.mask);
+            let ent = aligngym_agents::losses::masked_mean(&pi.entropy, &roll.seqs.mask);
             (kl.double_value(&[]), ent.double_value(&[]))
         });
         m.insert("eval/kl_to_ref".into(), kl);
         m.insert("eval/entropy".into(), ent);
-        let refs: Vec<&str> = self.ref_completions.iter().map(|s| s.as_str()).collect();
+        let refs: Vec<&str> = self.ref_transcripts.iter().map(|s| s.as_str()).collect();
         let mut oracle = BradleyTerryOracle::new(
             self.gold.clone(),
             self.cfg.oracle,
             derive_seed(self.seed, step ^ 0x0a11),
         )?;
         let prefs = oracle.compare_batch(&prompts, &comps, &refs)?;
-        let wins: f64 = prefs
+        let wins = prefs
             .iter()
             .zip(comps.iter().zip(&refs))
             .map(|(p, (a, b))| {
@@ -205,15 +206,12 @@ impl Evaluator {
                 } else {
                     0.0
                 }
-            })
-            .sum();
-        m.insert(
-            "eval/win_rate_vs_ref".into(),
-            wins / prefs.len().max(1) as f64,
-        );
+            });
+        m.insert("eval/win_rate_vs_ref".into(), mean(wins));
+        let ids: Vec<Vec<u32>> = eps.iter().map(|e| e.policy_tokens()).collect();
         m.insert(
             "eval/response_len".into(),
-            ids.iter().map(|c| c.len() as f64).sum::<f64>() / ids.len().max(1) as f64,
+            mean(ids.iter().map(|c| c.len() as f64)),
         );
         m.insert("eval/distinct_2".into(), distinct_2(&ids));
         Ok(m)

@@ -11,6 +11,7 @@ pub use aligngym_agents as agents;
 pub use aligngym_envs as envs;
 
 pub mod bench;
+pub mod cli;
 pub mod commands;
 pub mod eval;
 pub mod metrics;

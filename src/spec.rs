@@ -5,9 +5,9 @@ use crate::eval::EvalConfig;
 use crate::runner::RunConfig;
 use aligngym_agents::{
     AgentError, DpoAgent, DpoConfig, LmPolicy, PpoAgent, PpoConfig, Result, RewardModel,
-    RunnableAgent,
+    RewardSignal, RunnableAgent,
 };
-use aligngym_envs::{read_pairs, Feedback, RewardFn, Task};
+use aligngym_envs::{read_pairs, Feedback, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -265,17 +265,16 @@ pub fn build_agent(
     let start = policy.duplicate(false)?;
     let agent: Box<dyn RunnableAgent> = match spec.agent {
         AgentKind::Ppo => {
-            let (reward, oracle): (Box<dyn RewardFn>, bool) = match &spec.reward {
+            let reward = match &spec.reward {
                 RewardSpec::Gold => {
                     if task.feedback() == Feedback::PreferencesOnly {
                         return Err(AgentError::config("reward", format!("env {} gives agents preferences only; train a reward model and pass --reward rm:DIR", task.id())));
                     }
-                    (Box::new(task.gold()), true)
+                    RewardSignal::Gold
                 }
-                RewardSpec::Rm(dir) => (
-                    Box::new(RewardModel::load(dir, device)?.with_precision(spec.run.dtype)),
-                    false,
-                ),
+                RewardSpec::Rm(dir) => RewardSignal::Scorer(Box::new(
+                    RewardModel::load(dir, device)?.with_precision(spec.run.dtype),
+                )),
             };
             Box::new(
                 PpoAgent::new(
@@ -283,7 +282,6 @@ pub fn build_agent(
                     task,
                     policy,
                     reward,
-                    oracle,
                     spec.seed,
                 )?
                 .with_prior_oracle_queries(

@@ -378,7 +378,7 @@ fn stage_prefs(
             };
             let (pairs, q) = commands::build_prefs(
                 &g,
-                t.as_ref(),
+                t.clone(),
                 scaled(p.pairs),
                 4,
                 oracle,

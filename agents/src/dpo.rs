@@ -7,9 +7,11 @@ use crate::agent::{Agent, Budget, Metrics, Resumable, StateFile};
 use crate::losses::{dpo_loss, DpoLoss};
 use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
 use crate::policy::LmPolicy;
-use crate::sampling::{left_pad, right_pad, sequence_logprobs};
+use crate::sampling::{left_pad, right_pad, sequence_logprobs, Sequences};
+use crate::tokenizer::Tokenizer;
 use crate::{AgentError, Result};
-use aligngym_envs::{derive_seed, PreferencePair, TextCodec};
+use aligngym_envs::chat::render_reply;
+use aligngym_envs::{derive_seed, Message, PreferencePair, Role, TextCodec};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -81,38 +83,108 @@ impl DpoConfig {
     }
 }
 
-/// Tokenised preference pairs: left-padded prompts, right-padded completions (`[BOS]` prompt,
-/// completion `+ [EOS]`), on the device.
+/// Tokenised preference pairs: left-padded prompts, right-padded continuations (`[BOS]` prompt;
+/// a plain completion `+ [EOS]`; a conversation's assistant turns each `+ [end of turn]`, its other
+/// messages rendered as the rollout collector renders an env's reply), on the device.
 pub struct PairBatch {
     /// `[P, L_p]` prompts (i64), left-padded.
     pub prompt: Tensor,
     /// `[P, L_p]` prompt validity (bool).
     pub prompt_valid: Tensor,
-    /// `[P, N]` chosen completion tokens.
+    /// `[P, N]` chosen tokens.
     pub chosen: Tensor,
-    /// `[P, N]` chosen mask (f32).
+    /// `[P, N]` which chosen tokens are real (bool).
+    pub chosen_valid: Tensor,
+    /// `[P, N]` which chosen tokens are the policy's (f32): the only ones scored.
     pub chosen_mask: Tensor,
-    /// `[P, N]` rejected completion tokens.
+    /// `[P, N]` rejected tokens.
     pub rejected: Tensor,
-    /// `[P, N]` rejected mask (f32).
+    /// `[P, N]` which rejected tokens are real (bool).
+    pub rejected_valid: Tensor,
+    /// `[P, N]` which rejected tokens are the policy's (f32).
     pub rejected_mask: Tensor,
 }
 
-/// Tokenise pairs for `policy`, cutting completions so prompt + completion fits the context.
+/// Token ids of a continuation and which of them are the policy's: a plain completion is all the
+/// policy's, then EOS; in a conversation only the assistant turns are (each then end-of-turn, or
+/// EOS for a tokenizer without one), and the other messages are context.
+fn continuation(tok: &Tokenizer, text: &str, msgs: Option<&[Message]>) -> (Vec<u32>, Vec<bool>) {
+    let Some(msgs) = msgs else {
+        let mut ids = tok.encode_ids(text);
+        ids.push(tok.eos_id());
+        let n = ids.len();
+        return (ids, vec![true; n]);
+    };
+    let end = tok.eot_id().unwrap_or(tok.eos_id());
+    let (mut ids, mut policy) = (Vec::new(), Vec::new());
+    for m in msgs {
+        let part = if m.role == Role::Assistant {
+            let mut p = tok.encode_ids(&m.content);
+            p.push(end);
+            p
+        } else {
+            tok.encode_ids(&render_reply(m))
+        };
+        policy.extend(std::iter::repeat_n(m.role == Role::Assistant, part.len()));
+        ids.extend(part);
+    }
+    (ids, policy)
+}
+
+/// Tokenise pairs for `policy`, cutting prompts to half the context and continuations to what is
+/// left.
 pub fn encode_pairs(policy: &LmPolicy, pairs: &[PreferencePair]) -> PairBatch {
-    let prompts: Vec<&str> = pairs.iter().map(|p| p.prompt.as_str()).collect();
-    let chosen: Vec<&str> = pairs.iter().map(|p| p.chosen.as_str()).collect();
-    let rejected: Vec<&str> = pairs.iter().map(|p| p.rejected.as_str()).collect();
-    let (prompt, prompt_valid, mut sets) =
-        encode_completions(policy, &prompts, &[chosen, rejected]);
-    let (rejected, rejected_mask) = sets.pop().expect("two completion sets");
-    let (chosen, chosen_mask) = sets.pop().expect("two completion sets");
+    let tok = &policy.tokenizer;
+    let block = policy.model.config().block_size;
+    let prompt_ids: Vec<Vec<u32>> = pairs
+        .iter()
+        .map(|p| {
+            let mut ids = tok.encode_prompt(&p.prompt);
+            ids.truncate(block / 2);
+            ids
+        })
+        .collect();
+    let lp = prompt_ids.iter().map(|p| p.len()).max().unwrap_or(1);
+    let room = block.saturating_sub(lp).max(1);
+    let dev = policy.device();
+    let (prompt, prompt_valid) = left_pad(&prompt_ids, tok.pad_id(), dev);
+    let side = |chosen: bool| {
+        let (ids, pol): (Vec<Vec<u32>>, Vec<Vec<bool>>) = pairs
+            .iter()
+            .map(|p| {
+                let c = p.conversation.as_ref();
+                let (text, msgs) = if chosen {
+                    (&p.chosen, c.map(|c| c.chosen.as_slice()))
+                } else {
+                    (&p.rejected, c.map(|c| c.rejected.as_slice()))
+                };
+                let (mut ids, mut pol) = continuation(tok, text, msgs);
+                ids.truncate(room);
+                pol.truncate(room);
+                (ids, pol)
+            })
+            .unzip();
+        let (toks, valid) = right_pad(&ids, tok.pad_id(), dev); // [P, N]
+        let n = toks.size()[1] as usize;
+        let mask: Vec<f32> = pol
+            .iter()
+            .flat_map(|p| (0..n).map(move |t| p.get(t).map_or(0.0, |&x| x as u8 as f32)))
+            .collect();
+        let mask = Tensor::from_slice(&mask)
+            .view([pairs.len() as i64, n as i64])
+            .to_device(dev); // [P, N]
+        (toks, valid, mask)
+    };
+    let (chosen, chosen_valid, chosen_mask) = side(true);
+    let (rejected, rejected_valid, rejected_mask) = side(false);
     PairBatch {
         prompt,
         prompt_valid,
         chosen,
+        chosen_valid,
         chosen_mask,
         rejected,
+        rejected_valid,
         rejected_mask,
     }
 }
@@ -159,9 +231,9 @@ pub(crate) fn encode_completions(
 }
 
 /// The pairs at `idx` as one batch of `2k` rows, chosen first then rejected: the prompt `[2k, L_p]`
-/// and its validity repeated, the completions `[2k, N]` and masks padded to the longer length, so
-/// one forward pass scores both sides.
-pub fn stack_pairs(b: &PairBatch, idx: &Tensor) -> (Tensor, Tensor, Tensor, Tensor) {
+/// repeated, the continuations `[2k, N]` with their validity and masks padded to the longer length,
+/// so one forward pass scores both sides.
+pub fn stack_pairs(b: &PairBatch, idx: &Tensor) -> Sequences {
     let p = b.prompt.index_select(0, idx);
     let pv = b.prompt_valid.index_select(0, idx);
     let n = b.chosen.size()[1].max(b.rejected.size()[1]);
@@ -182,28 +254,21 @@ pub fn stack_pairs(b: &PairBatch, idx: &Tensor) -> (Tensor, Tensor, Tensor, Tens
             0,
         )
     };
-    (
-        Tensor::cat(&[&p, &p], 0),
-        Tensor::cat(&[&pv, &pv], 0),
-        stack(&b.chosen, &b.rejected),
-        stack(&b.chosen_mask, &b.rejected_mask),
-    )
+    Sequences {
+        prompt: Tensor::cat(&[&p, &p], 0),
+        prompt_valid: Tensor::cat(&[&pv, &pv], 0),
+        tokens: stack(&b.chosen, &b.rejected),
+        valid: stack(&b.chosen_valid, &b.rejected_valid),
+        mask: stack(&b.chosen_mask, &b.rejected_mask),
+    }
 }
 
 /// Summed completion log-probs `[B]` of chosen and rejected under `policy` at temperature 1, for the
 /// pairs `idx` of `b`.
 pub fn pair_logps(policy: &LmPolicy, b: &PairBatch, idx: &Tensor, train: bool) -> (Tensor, Tensor) {
     let k = idx.size()[0];
-    let (prompt, prompt_valid, toks, mask) = stack_pairs(b, idx); // [2k, ..]
-    let logprobs = sequence_logprobs(
-        &policy.model,
-        &prompt,
-        &prompt_valid,
-        &toks,
-        &mask,
-        1.0,
-        train,
-    );
+    let seqs = stack_pairs(b, idx); // [2k, ..]
+    let logprobs = sequence_logprobs(&policy.model, &seqs, 1.0, train); // [2k, N]
     let s = logprobs.sum_dim_intlist(1, false, Kind::Float); // [2k]
     (s.narrow(0, 0, k), s.narrow(0, k, k))
 }

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod ppo;
 pub mod preferences;
 pub mod reward_model;
+pub mod rollout;
 pub mod sampling;
 pub mod sft;
 pub mod tokenizer;
@@ -28,7 +29,7 @@ pub use error::{AgentError, Result};
 pub use losses::{DpoLoss, KlEstimator};
 pub use model::{Gpt, GptConfig};
 pub use policy::{ActorCritic, LmPolicy, Policy};
-pub use ppo::{CriticKind, PpoAgent, PpoConfig};
+pub use ppo::{CriticKind, PpoAgent, PpoConfig, RewardSignal};
 pub use reward_model::{RewardModel, RmConfig, RmReport};
 pub use tokenizer::Tokenizer;
 

@@ -49,20 +49,29 @@ pub fn kl_per_token(logp: &Tensor, ref_logp: &Tensor, mask: &Tensor, est: KlEsti
     kl * mask
 }
 
-/// Per-token rewards `r_t = −kl_coef · kl_t`, plus `score` at the last real token of each row.
-pub fn shaped_rewards(kl: &Tensor, score: &Tensor, mask: &Tensor, kl_coef: f64) -> Tensor {
-    let n = mask.size()[1];
-    let last = (mask.sum_dim_intlist(1, false, Kind::Int64) - 1).clamp(0, n - 1); // [B]
+/// Per-token rewards `r_t = −kl_coef · kl_t` on policy tokens, plus each row's `score [B]` at its
+/// position `score_pos [B]` (i64: the last policy token of the episode — its EOS, or the last token
+/// when cut off; in a multi-turn row env tokens may follow it).
+pub fn shaped_rewards(
+    kl: &Tensor,
+    score: &Tensor,
+    score_pos: &Tensor,
+    mask: &Tensor,
+    kl_coef: f64,
+) -> Tensor {
     let bonus = mask.zeros_like().scatter(
         1,
-        &last.unsqueeze(1),
+        &score_pos.unsqueeze(1),
         &score.unsqueeze(1).to_kind(Kind::Float),
     ); // [B, N]
     (-kl_coef * kl + bonus) * mask
 }
 
-/// Generalised advantage estimation over `[B, N]`, with no bootstrap past a row's last real token:
-/// `δ_t = r_t + γ V_{t+1} − V_t`, `A_t = δ_t + γ λ A_{t+1}`; returns `(advantages, returns = A + V)`.
+/// Generalised advantage estimation over `[B, N]`: `δ_t = r_t + γ V_{t'} − V_t`,
+/// `A_t = δ_t + γ λ A_{t'}`, where t' is the next *policy* token of the row (`mask` 1): tokens with
+/// mask 0 — an env's reply inside a multi-turn episode, padding after it — are not time steps of
+/// the policy and are skipped, and nothing is bootstrapped past a row's last policy token. Returns
+/// `(advantages, returns = A + V)`, both 0 where `mask` is 0.
 pub fn gae(
     rewards: &Tensor,
     values: &Tensor,
@@ -72,16 +81,18 @@ pub fn gae(
 ) -> (Tensor, Tensor) {
     let n = rewards.size()[1];
     let values = values * mask;
-    let mut next_adv = rewards.select(1, 0).zeros_like();
-    let mut next_value = next_adv.zeros_like();
+    let mut next_adv = rewards.select(1, 0).zeros_like(); // [B]
+    let mut next_value = next_adv.zeros_like(); // [B]
     let mut advs = Vec::with_capacity(n as usize);
     for t in (0..n).rev() {
-        let m = mask.select(1, t);
+        let m = mask.select(1, t); // [B]
         let v = values.select(1, t);
         let delta = rewards.select(1, t) + gamma * &next_value - &v;
         let a = (delta + gamma * lambda * &next_adv) * &m;
-        next_adv = a.shallow_clone();
-        next_value = v;
+        // Where m is 0 the carried values pass through unchanged.
+        let keep = 1.0 - &m;
+        next_adv = &a + &next_adv * &keep;
+        next_value = &v + &next_value * &keep;
         advs.push(a);
     }
     advs.reverse();
@@ -206,6 +217,25 @@ mod tests {
     }
 
     #[test]
+    fn gae_over_a_two_turn_episode_skips_env_tokens() {
+        // Policy turn 1 = tokens 0, 1; the env's reply = tokens 2, 3 (mask 0); policy turn 2 =
+        // tokens 4, 5; padding 6. γ = 1, λ = 0.5; the score 1 sits on token 5 (the last policy
+        // token); r = [0, 0, 0, 0, 0, 1, 0]; V = [0.5, 0.2, 7, 7, 0.4, 0.3, 9] (V on env tokens and
+        // padding must not matter).
+        // δ5 = 1 − 0.3 = 0.7 → A5 = 0.7
+        // δ4 = 0 + 0.3 − 0.4 = −0.1 → A4 = −0.1 + 0.5·0.7 = 0.25
+        // token 1's next policy token is 4: δ1 = 0 + 0.4 − 0.2 = 0.2 → A1 = 0.2 + 0.5·0.25 = 0.325
+        // δ0 = 0 + 0.2 − 0.5 = −0.3 → A0 = −0.3 + 0.5·0.325 = −0.1375
+        // returns = A + V on policy tokens: [0.3625, 0.525, 0, 0, 0.65, 1.0, 0]
+        let r = t(&[0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0], &[1, 7]);
+        let v = t(&[0.5, 0.2, 7.0, 7.0, 0.4, 0.3, 9.0], &[1, 7]);
+        let m = t(&[1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0], &[1, 7]);
+        let (a, ret) = gae(&r, &v, &m, 1.0, 0.5);
+        close(&a, &[-0.1375, 0.325, 0.0, 0.0, 0.25, 0.7, 0.0]);
+        close(&ret, &[0.3625, 0.525, 0.0, 0.0, 0.65, 1.0, 0.0]);
+    }
+
+    #[test]
     fn kl_estimators_by_hand() {
         // logp = −1, ref = −2: k1 = logp − ref = 1; r = e^{−1}: k3 = e^{−1} − 1 + 1 = 0.367879
         // logp = −2, ref = −1: k1 = −1; r = e: k3 = e − 1 − 1 = 0.718282
@@ -223,12 +253,19 @@ mod tests {
     }
 
     #[test]
-    fn shaped_rewards_put_the_score_on_the_last_real_token() {
+    fn shaped_rewards_put_the_score_on_the_last_policy_token() {
         // kl = [1, 2, 3 | pad], kl_coef 0.1, score 5 → [−0.1, −0.2, −0.3 + 5, 0]
         let kl = t(&[1.0, 2.0, 3.0, 0.0, 1.0, 1.0, 1.0, 1.0], &[2, 4]);
         let m = t(&[1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0], &[2, 4]);
-        let r = shaped_rewards(&kl, &t(&[5.0, -1.0], &[2]), &m, 0.1);
+        let pos = Tensor::from_slice(&[2i64, 3]);
+        let r = shaped_rewards(&kl, &t(&[5.0, -1.0], &[2]), &pos, &m, 0.1);
         close(&r, &[-0.1, -0.2, 4.7, 0.0, -0.1, -0.1, -0.1, -1.1]);
+        // Two turns: policy tokens 0 and 2, an env token at 1; the score goes on token 2 and the
+        // env token gets neither KL nor score.
+        let m = t(&[1.0, 0.0, 1.0, 0.0], &[1, 4]);
+        let kl = t(&[1.0, 0.0, 2.0, 0.0], &[1, 4]);
+        let r = shaped_rewards(&kl, &t(&[1.0], &[1]), &Tensor::from_slice(&[2i64]), &m, 0.5);
+        close(&r, &[-0.5, 0.0, 0.0, 0.0]);
     }
 
     #[test]

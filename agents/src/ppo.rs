@@ -1,11 +1,14 @@
 //! PPO for language models (Schulman et al. 2017, arXiv 1707.06347; Ziegler et al. 2019,
 //! arXiv 1909.08593; the RLHF implementation details of Huang et al. 2024, arXiv 2403.17031).
 //!
-//! Per update: sample a completion per prompt (KV cache, on the device) → truncate after EOS → score
-//! with any `RewardFn` (missing-EOS penalty) → per-token KL to the frozen reference (k1 or k3) →
-//! KL-shaped rewards with the score at the last real token → critic values → GAE → whitened
-//! advantages → `update_epochs` × `num_minibatches` clipped policy and value updates with an entropy
-//! bonus, gradient clipping and an optional `target_kl` early stop; fixed or adaptive `kl_coef`.
+//! Per update, in named phases: **collect** an episode per env through the rollout collector (one
+//! turn or many; KV-cache sampling on the device, env steps on rayon workers, scores from the env or
+//! a batched scorer) → **advantages**: missing-EOS penalty, per-token KL to the frozen reference (k1
+//! or k3) on the policy's tokens, the score on the episode's last policy token, critic values, GAE
+//! over the policy's tokens (an env's replies skipped), whitened advantages → **optimise**:
+//! `update_epochs` × `num_minibatches` clipped policy and value steps with an entropy bonus,
+//! gradient clipping and an optional `target_kl` stop → **KL control** (fixed or adaptive
+//! `kl_coef`) → **budget**.
 
 use crate::agent::{Agent, Budget, Metrics, Resumable, StateFile};
 use crate::losses::{
@@ -14,12 +17,15 @@ use crate::losses::{
 };
 use crate::optim::{AdamW, AdamWConfig};
 use crate::policy::{ActorCritic, LmPolicy, Policy};
+use crate::rollout::{chat_envs, collect, Rollout, Start};
 use crate::sampling::{
-    completion_hidden, sequence_logprobs, sequence_outputs, Generation, SamplingConfig,
+    completion_hidden, sequence_logprobs, sequence_outputs, Generation, SamplingConfig, Sequences,
 };
 use crate::tokenizer::Tokenizer;
 use crate::{AgentError, Result};
-use aligngym_envs::{derive_seed, RewardFn, Split, Task, TextCodec};
+use aligngym_envs::{
+    derive_seed, ChatEnv, ChatEnvConfig, RewardFn, RewardSource, Split, Task, VecEnv,
+};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -159,39 +165,184 @@ impl PpoConfig {
                 "expected ≥ 0",
             ));
         }
+        // Both divide in the adaptive controller, even when it is off (a later --set turns it on).
+        pos("kl_target", self.kl_target)?;
+        pos("kl_horizon", self.kl_horizon)?;
+        pos("vf_clip_coef", self.vf_clip_coef)?;
+        pos("max_grad_norm", self.max_grad_norm)?;
+        pos("adam_eps", self.adam_eps)?;
+        if !(self.target_kl >= 0.0 && self.target_kl.is_finite())
+            || !self.missing_eos_penalty.is_finite()
+        {
+            return Err(AgentError::config(
+                "target_kl/missing_eos_penalty",
+                "expected finite values (target_kl ≥ 0)",
+            ));
+        }
         Ok(())
     }
+}
+
+/// The reward an online agent trains on.
+pub enum RewardSignal {
+    /// The env's gold reward, computed by the env on its rayon worker; each score is a gold query.
+    Gold,
+    /// A batched scorer on the calling thread (a learned reward model, an external judge).
+    Scorer(Box<dyn RewardFn>),
 }
 
 /// The PPO agent.
 pub struct PpoAgent {
     cfg: PpoConfig,
     task: Arc<dyn Task>,
+    envs: VecEnv<ChatEnv>,
     actor: LmPolicy,
     critic: Option<LmPolicy>,
     reference: LmPolicy,
-    reward: Box<dyn RewardFn>,
+    reward: RewardSignal,
+    gold: Arc<dyn RewardFn>,
     actor_opt: AdamW,
     critic_opt: Option<AdamW>,
     kl_coef: f64,
     seed: u64,
     budget: Budget,
-    reward_counts_as_oracle: bool,
+}
+
+/// A collected rollout with everything the optimisation phase needs (all `[B, N]` unless noted).
+pub struct PpoBatch {
+    /// The episodes and their tokens.
+    pub rollout: Rollout,
+    /// Episode scores after the missing-EOS penalty `[B]`.
+    pub score: Tensor,
+    /// Reference log-probs of the policy's tokens.
+    pub ref_logp: Tensor,
+    /// Critic values before the update.
+    pub old_values: Tensor,
+    /// Per-token KL to the reference (policy tokens only).
+    pub kl: Tensor,
+    /// GAE advantages, whitened over the policy tokens.
+    pub advantages: Tensor,
+    /// Value targets.
+    pub returns: Tensor,
+    /// The KL coefficient these rewards were shaped with.
+    pub kl_coef: f64,
+}
+
+/// Means over the minibatches of one update.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OptimiseStats {
+    /// Clipped policy loss.
+    pub policy_loss: f64,
+    /// Clipped value loss.
+    pub value_loss: f64,
+    /// Fraction of policy tokens whose ratio was clipped.
+    pub clipfrac: f64,
+    /// ½ mean (log ρ)².
+    pub approxkl: f64,
+    /// Mean ratio ρ.
+    pub ratio: f64,
+    /// Fraction of values clipped.
+    pub value_clipfrac: f64,
+    /// Mean entropy over policy tokens.
+    pub entropy: f64,
+    /// Minibatches run (fewer than epochs × minibatches after a `target_kl` stop).
+    pub minibatches: usize,
+    /// The epochs stopped early on `target_kl`.
+    pub stopped_early: bool,
+}
+
+impl OptimiseStats {
+    /// The `loss/*`, `policy/*` and `val/*` metrics.
+    pub fn to_metrics(&self, m: &mut Metrics) {
+        m.insert("loss/policy_avg".into(), self.policy_loss);
+        m.insert("loss/value_avg".into(), self.value_loss);
+        m.insert("policy/clipfrac_avg".into(), self.clipfrac);
+        m.insert("policy/approxkl_avg".into(), self.approxkl);
+        m.insert("val/ratio".into(), self.ratio);
+        m.insert("val/clipfrac_avg".into(), self.value_clipfrac);
+        m.insert("policy/entropy_avg".into(), self.entropy);
+        m.insert(
+            "policy/early_stop".into(),
+            if self.stopped_early { 1.0 } else { 0.0 },
+        );
+    }
+}
+
+/// Statistics of a rollout (sequence-level sums, batch means).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RolloutStats {
+    /// Mean sequence KL to the reference.
+    pub kl: f64,
+    /// Mean sequence entropy estimate (−Σ log π of the sampled policy tokens).
+    pub entropy: f64,
+    /// Mean score after the missing-EOS penalty.
+    pub scores: f64,
+    /// Policy tokens sampled.
+    pub policy_tokens: f64,
+    /// 1 − Var(returns − V) / Var(returns).
+    pub explained_variance: f64,
+    /// Episodes whose last turn ended with a stop token.
+    pub num_eos: f64,
+    /// Mean policy turns per episode.
+    pub turns: f64,
+}
+
+impl RolloutStats {
+    /// The `objective/*` metrics, with the KL coefficient the rewards were shaped with.
+    pub fn to_metrics(&self, kl_coef: f64, m: &mut Metrics) {
+        m.insert("objective/kl".into(), self.kl);
+        m.insert("objective/entropy".into(), self.entropy);
+        m.insert("objective/scores".into(), self.scores);
+        m.insert("objective/non_score_reward".into(), -kl_coef * self.kl);
+        m.insert(
+            "objective/rlhf_reward".into(),
+            self.scores - kl_coef * self.kl,
+        );
+        m.insert("objective/kl_coef".into(), kl_coef);
+        m.insert("val/num_eos_tokens".into(), self.num_eos);
+        m.insert("val/explained_variance".into(), self.explained_variance);
+        m.insert("objective/turns".into(), self.turns);
+    }
 }
 
 impl PpoAgent {
     /// PPO from `policy` (also the frozen reference and, by default, the critic's initialisation),
-    /// optimising `reward` on `task`'s training prompts. `reward_counts_as_oracle`: each score is a
-    /// gold-reward query (true for the gold reward, false for a learned reward model).
+    /// optimising `reward` on episodes of `task`'s training prompts, stepped in `batch_size`
+    /// turn-level envs (rayon workers).
     pub fn new(
         cfg: PpoConfig,
         task: Arc<dyn Task>,
         policy: LmPolicy,
-        reward: Box<dyn RewardFn>,
-        reward_counts_as_oracle: bool,
+        reward: RewardSignal,
         seed: u64,
     ) -> Result<Self> {
+        Self::with_envs(cfg, task, policy, reward, seed, true)
+    }
+
+    /// [`PpoAgent::new`], stepping the envs serially or on rayon workers (the results are equal).
+    pub fn with_envs(
+        cfg: PpoConfig,
+        task: Arc<dyn Task>,
+        policy: LmPolicy,
+        reward: RewardSignal,
+        seed: u64,
+        parallel: bool,
+    ) -> Result<Self> {
         cfg.validate()?;
+        let source = match reward {
+            RewardSignal::Gold => RewardSource::Gold,
+            RewardSignal::Scorer(_) => RewardSource::External,
+        };
+        let envs = chat_envs(
+            task.clone(),
+            cfg.batch_size,
+            ChatEnvConfig {
+                split: Split::Train,
+                reward: source,
+                max_turns: 0,
+            },
+            parallel,
+        )?;
         let reference = policy.duplicate(false)?;
         let critic = match cfg.critic {
             CriticKind::Separate => Some(policy.duplicate(true)?),
@@ -205,8 +356,10 @@ impl PpoAgent {
         let critic_opt = critic.as_ref().map(|c| AdamW::new(&c.vs, adam));
         Ok(Self {
             kl_coef: cfg.kl_coef,
+            gold: Arc::new(task.gold()),
             cfg,
             task,
+            envs,
             actor: policy,
             critic,
             reference,
@@ -215,7 +368,6 @@ impl PpoAgent {
             critic_opt,
             seed,
             budget: Budget::default(),
-            reward_counts_as_oracle,
         })
     }
 
@@ -244,15 +396,239 @@ impl PpoAgent {
             max_new_tokens: n,
         }
     }
-}
 
-fn select(g: &Generation, idx: &Tensor) -> Generation {
-    Generation {
-        prompt: g.prompt.index_select(0, idx),
-        prompt_valid: g.prompt_valid.index_select(0, idx),
-        tokens: g.tokens.index_select(0, idx),
-        logprobs: g.logprobs.index_select(0, idx),
-        mask: g.mask.index_select(0, idx),
+    /// Phase 1: one episode per env, through the collector (seeded by `step`).
+    pub fn collect(&mut self, step: u64) -> Result<Rollout> {
+        let seed = derive_seed(self.seed, step);
+        tch::manual_seed(seed as i64);
+        let scorer = match &self.reward {
+            RewardSignal::Gold => None,
+            RewardSignal::Scorer(s) => Some(s.as_ref()),
+        };
+        let sampling = self.sampling();
+        collect(
+            &self.actor,
+            &mut self.envs,
+            Start::Seed(seed),
+            &sampling,
+            scorer,
+        )
+    }
+
+    /// Phase 2: scores with the missing-EOS penalty, reference log-probs, values, KL-shaped rewards
+    /// on the policy tokens, GAE over them and whitened advantages.
+    pub fn advantages(&self, rollout: Rollout, step: u64) -> Result<PpoBatch> {
+        let c = &self.cfg;
+        let scores: Vec<f32> = rollout
+            .episodes
+            .iter()
+            .map(|e| {
+                if e.ended_turn {
+                    e.reward
+                } else {
+                    e.reward - c.missing_eos_penalty as f32
+                }
+            })
+            .collect();
+        if let Some(bad) = scores.iter().position(|s| !s.is_finite()) {
+            return Err(AgentError::NonFinite {
+                metric: format!("objective/scores (sample {bad})"),
+                step,
+            });
+        }
+        let score = Tensor::from_slice(&scores).to_device(self.actor.device()); // [B]
+        let mask = &rollout.seqs.mask; // [B, N]
+        let (ref_logp, old_values) = tch::no_grad(|| {
+            let r = sequence_logprobs(&self.reference.model, &rollout.seqs, c.temperature, false);
+            (r, self.values(&rollout.seqs, false))
+        }); // [B, N], [B, N]
+        let kl = kl_per_token(&rollout.logprobs, &ref_logp, mask, c.kl_estimator); // [B, N]
+        let mut rewards = shaped_rewards(&kl, &score, &rollout.score_pos, mask, self.kl_coef); // [B, N]
+        if c.whiten_rewards {
+            rewards = whiten(&rewards, mask);
+        }
+        let (adv, returns) = gae(&rewards, &old_values, mask, c.gamma, c.gae_lambda); // [B, N]
+        Ok(PpoBatch {
+            advantages: whiten(&adv, mask),
+            returns,
+            score,
+            ref_logp,
+            old_values,
+            kl,
+            rollout,
+            kl_coef: self.kl_coef,
+        })
+    }
+
+    /// Phase 3: `update_epochs` × `num_minibatches` clipped policy and value steps.
+    pub fn optimise(&mut self, batch: &PpoBatch, step: u64) -> Result<OptimiseStats> {
+        let c = self.cfg.clone();
+        let mut rng = StdRng::seed_from_u64(derive_seed(self.seed, step) ^ 0x0b7);
+        let dev = self.actor.device();
+        let b = batch.rollout.episodes.len() as i64;
+        let mb = (b / c.num_minibatches as i64).max(1);
+        let mut rows: Vec<Tensor> = Vec::new(); // per minibatch: the 7 OptimiseStats means
+        let mut stopped_early = false;
+        'epochs: for _ in 0..c.update_epochs {
+            let mut perm: Vec<i64> = (0..b).collect();
+            perm.shuffle(&mut rng);
+            for chunk in perm.chunks(mb as usize) {
+                let idx = Tensor::from_slice(chunk).to_device(dev); // [mb]
+                let s = batch.rollout.seqs.select(&idx);
+                let out = sequence_outputs(&self.actor.model, &s, c.temperature, true);
+                let (pg, clipfrac, approxkl, ratio) = ppo_policy_loss(
+                    &out.logprobs,
+                    &batch.rollout.logprobs.index_select(0, &idx),
+                    &batch.advantages.index_select(0, &idx),
+                    &s.mask,
+                    c.clip_coef,
+                );
+                let v = self.values(&s, true); // [mb, N]
+                let (vf, vclip) = ppo_value_loss(
+                    &v,
+                    &batch.old_values.index_select(0, &idx),
+                    &batch.returns.index_select(0, &idx),
+                    &s.mask,
+                    c.vf_clip_coef,
+                );
+                let ent = masked_mean(&out.entropy, &s.mask);
+                let loss = &pg + c.vf_coef * &vf - c.ent_coef * &ent;
+                self.actor_opt.zero_grad();
+                if let Some(o) = self.critic_opt.as_mut() {
+                    o.zero_grad();
+                }
+                loss.backward();
+                let gn = self.actor_opt.clip_grad_norm(c.max_grad_norm);
+                let cgn = self
+                    .critic_opt
+                    .as_mut()
+                    .map(|o| o.clip_grad_norm(c.max_grad_norm))
+                    .unwrap_or_else(|| Tensor::from(0.0f32));
+                // One host read tells which quantity (if any) went non-finite.
+                let checks = Tensor::stack(&[pg.detach(), vf.detach(), gn, cgn], 0).isfinite();
+                let ok: Vec<bool> = Vec::try_from(&checks)?;
+                const NAMES: [&str; 4] = [
+                    "loss/policy_avg",
+                    "loss/value_avg",
+                    "policy/grad_norm",
+                    "val/grad_norm",
+                ];
+                if let Some(i) = ok.iter().position(|&x| !x) {
+                    return Err(AgentError::NonFinite {
+                        metric: NAMES[i].into(),
+                        step,
+                    });
+                }
+                self.actor_opt.step(c.learning_rate);
+                if let Some(o) = self.critic_opt.as_mut() {
+                    o.step(c.learning_rate);
+                }
+                rows.push(Tensor::stack(
+                    &[
+                        pg.detach(),
+                        vf.detach(),
+                        clipfrac,
+                        approxkl.detach(),
+                        ratio.detach(),
+                        vclip,
+                        ent.detach(),
+                    ],
+                    0,
+                ));
+                if c.target_kl > 0.0 && approxkl.double_value(&[]) > c.target_kl {
+                    stopped_early = true;
+                    break 'epochs;
+                }
+            }
+        }
+        let mean: Vec<f64> = Vec::try_from(
+            Tensor::stack(&rows, 0)
+                .mean_dim(0, false, Kind::Float)
+                .to_kind(Kind::Double),
+        )?;
+        Ok(OptimiseStats {
+            policy_loss: mean[0],
+            value_loss: mean[1],
+            clipfrac: mean[2],
+            approxkl: mean[3],
+            ratio: mean[4],
+            value_clipfrac: mean[5],
+            entropy: mean[6],
+            minibatches: rows.len(),
+            stopped_early,
+        })
+    }
+
+    /// The rollout's statistics, one device→host transfer.
+    pub fn rollout_stats(&self, batch: &PpoBatch) -> Result<RolloutStats> {
+        let mask = &batch.rollout.seqs.mask;
+        let seq_kl = batch.kl.sum_dim_intlist(1, false, Kind::Float); // [B]
+        let ent_seq = (-&batch.rollout.logprobs * mask).sum_dim_intlist(1, false, Kind::Float); // [B]
+        let ev = 1.0
+            - masked_var(&(&batch.returns - &batch.old_values), mask)
+                / masked_var(&batch.returns, mask).clamp_min(1e-8);
+        let v: Vec<f64> = Vec::try_from(
+            Tensor::stack(
+                &[
+                    seq_kl.mean(Kind::Float),
+                    ent_seq.mean(Kind::Float),
+                    batch.score.mean(Kind::Float),
+                    mask.sum(Kind::Float),
+                    ev,
+                ],
+                0,
+            )
+            .to_kind(Kind::Double),
+        )?;
+        let eps = &batch.rollout.episodes;
+        Ok(RolloutStats {
+            kl: v[0],
+            entropy: v[1],
+            scores: v[2],
+            policy_tokens: v[3],
+            explained_variance: v[4],
+            num_eos: eps.iter().filter(|e| e.ended_turn).count() as f64,
+            turns: eps.iter().map(|e| e.policy_turns as f64).sum::<f64>() / eps.len().max(1) as f64,
+        })
+    }
+
+    /// Phase 4: the adaptive KL controller (Ziegler et al.) sees this rollout's KL; the next
+    /// update's rewards use the new coefficient.
+    pub fn control_kl(&mut self, mean_kl: f64, samples: usize) {
+        let c = &self.cfg;
+        if c.adaptive_kl {
+            let err = (mean_kl / c.kl_target - 1.0).clamp(-0.2, 0.2);
+            self.kl_coef *= 1.0 + err * samples as f64 / c.kl_horizon;
+        }
+    }
+
+    /// Phase 5: what the update spent: sampling (one forward per token, prompt included),
+    /// reference and critic forwards, and the training passes.
+    pub fn spend(&mut self, batch: &PpoBatch, roll: &RolloutStats, opt: &OptimiseStats) {
+        let c = &self.cfg;
+        let s = &batch.rollout.seqs;
+        let b = batch.rollout.episodes.len() as f64;
+        let (lp, n) = (s.prompt.size()[1], s.tokens.size()[1]);
+        let seq_tokens = b * (lp + n) as f64;
+        let fpt = self.actor.model.config().flops_per_token((lp + n) as usize);
+        let nets = if self.critic.is_some() { 2.0 } else { 1.0 };
+        let train_tokens = seq_tokens * opt.minibatches as f64 / c.num_minibatches as f64;
+        self.budget.samples += b as u64;
+        self.budget.tokens_generated += roll.policy_tokens as u64;
+        self.budget.train_tokens += train_tokens as u64;
+        if matches!(self.reward, RewardSignal::Gold) {
+            self.budget.oracle_queries += b as u64;
+        }
+        self.budget.flops += fpt * (b * lp as f64 + roll.policy_tokens)
+            + 2.0 * fpt * seq_tokens
+            + 3.0 * fpt * train_tokens * nets;
+    }
+
+    /// Values `[B, N]` for the states before each token after the prompt (0 off the policy's).
+    fn values(&self, s: &Sequences, train: bool) -> Tensor {
+        let net = self.critic.as_ref().unwrap_or(&self.actor);
+        let hidden = completion_hidden(&net.model, s, train); // [B, N, C]
+        net.model.value(&hidden) * &s.mask // [B, N]
     }
 }
 
@@ -267,16 +643,7 @@ impl Policy for PpoAgent {
 
 impl ActorCritic for PpoAgent {
     fn values(&self, g: &Generation, train: bool) -> Tensor {
-        let net = self.critic.as_ref().unwrap_or(&self.actor);
-        let hidden = completion_hidden(
-            &net.model,
-            &g.prompt,
-            &g.prompt_valid,
-            &g.tokens,
-            &g.mask,
-            train,
-        ); // [B, N, C]
-        net.model.value(&hidden) * &g.mask // [B, N]
+        PpoAgent::values(self, &g.sequences(), train)
     }
 }
 
@@ -286,232 +653,16 @@ impl Agent for PpoAgent {
     }
 
     fn update(&mut self, step: u64) -> Result<Metrics> {
-        let c = self.cfg.clone();
-        let seed = derive_seed(self.seed, step);
-        let mut rng = StdRng::seed_from_u64(seed);
-        let prompts = self.task.prompts(Split::Train);
-        let mut order: Vec<usize> = (0..prompts.len()).collect();
-        order.shuffle(&mut rng);
-        let texts: Vec<&str> = (0..c.batch_size)
-            .map(|i| prompts[order[i % order.len()]].as_str())
-            .collect();
-        let ids = self.actor.encode_prompts(&texts);
-        tch::manual_seed(seed as i64);
-        let gen = self.actor.sample(&ids, &self.sampling())?;
-        // One device→host copy of the completions serves both the texts and the EOS flags.
-        let ids = gen.completions();
-        let tok = &self.actor.tokenizer;
-        let completions: Vec<String> = ids.iter().map(|c| tok.decode_ids(c)).collect();
-        let eos: Vec<bool> = ids
-            .iter()
-            .map(|c| c.last() == Some(&tok.eos_id()))
-            .collect();
-        let comp_refs: Vec<&str> = completions.iter().map(|s| s.as_str()).collect();
-        let raw = self.reward.score_batch(&texts, &comp_refs)?;
-        let scores: Vec<f32> = raw
-            .iter()
-            .zip(&eos)
-            .map(|(&s, &e)| {
-                if e {
-                    s
-                } else {
-                    s - c.missing_eos_penalty as f32
-                }
-            })
-            .collect();
-        if let Some(bad) = scores.iter().position(|s| !s.is_finite()) {
-            return Err(AgentError::NonFinite {
-                metric: format!("objective/scores (sample {bad})"),
-                step,
-            });
-        }
-        let dev = self.actor.device();
-        let score = Tensor::from_slice(&scores).to_device(dev); // [B]
-        let mask = &gen.mask; // [B, N]
-        let (b, n) = mask.size2()?;
-        let (ref_logp, old_values) = tch::no_grad(|| {
-            let r = sequence_logprobs(
-                &self.reference.model,
-                &gen.prompt,
-                &gen.prompt_valid,
-                &gen.tokens,
-                mask,
-                c.temperature,
-                false,
-            );
-            (r, self.values(&gen, false))
-        });
-        let old_logp = gen.logprobs.shallow_clone(); // [B, N]
-        let kl = kl_per_token(&old_logp, &ref_logp, mask, c.kl_estimator); // [B, N]
-        let mut rewards = shaped_rewards(&kl, &score, mask, self.kl_coef); // [B, N]
-        if c.whiten_rewards {
-            rewards = whiten(&rewards, mask);
-        }
-        let (adv, returns) = gae(&rewards, &old_values, mask, c.gamma, c.gae_lambda);
-        let adv = whiten(&adv, mask);
-
-        let mb = b / c.num_minibatches as i64;
-        let mut stats: Vec<Tensor> = Vec::new(); // [pg, vf, clipfrac, approxkl, ratio, vclipfrac, entropy] per minibatch
-        let mut stopped_early = 0.0;
-        'epochs: for _ in 0..c.update_epochs {
-            let mut perm: Vec<i64> = (0..b).collect();
-            perm.shuffle(&mut rng);
-            for chunk in perm.chunks(mb as usize) {
-                let idx = Tensor::from_slice(chunk).to_device(dev);
-                let g = select(&gen, &idx);
-                let out = sequence_outputs(
-                    &self.actor.model,
-                    &g.prompt,
-                    &g.prompt_valid,
-                    &g.tokens,
-                    &g.mask,
-                    c.temperature,
-                    true,
-                );
-                let (pg, clipfrac, approxkl, ratio) = ppo_policy_loss(
-                    &out.logprobs,
-                    &old_logp.index_select(0, &idx),
-                    &adv.index_select(0, &idx),
-                    &g.mask,
-                    c.clip_coef,
-                );
-                let v = self.values(&g, true);
-                let (vf, vclip) = ppo_value_loss(
-                    &v,
-                    &old_values.index_select(0, &idx),
-                    &returns.index_select(0, &idx),
-                    &g.mask,
-                    c.vf_clip_coef,
-                );
-                let ent = masked_mean(&out.entropy, &g.mask);
-                let loss = &pg + c.vf_coef * &vf - c.ent_coef * &ent;
-                self.actor_opt.zero_grad();
-                if let Some(o) = self.critic_opt.as_mut() {
-                    o.zero_grad();
-                }
-                loss.backward();
-                let gn = self.actor_opt.clip_grad_norm(c.max_grad_norm);
-                let cgn = self
-                    .critic_opt
-                    .as_mut()
-                    .map(|o| o.clip_grad_norm(c.max_grad_norm));
-                // One host read tells which quantity (if any) went non-finite.
-                let cgn = cgn.unwrap_or_else(|| Tensor::from(0.0f32));
-                let checks = Tensor::stack(&[pg.detach(), vf.detach(), gn, cgn], 0).isfinite();
-                let ok: Vec<bool> = Vec::try_from(&checks)?;
-                if let Some(i) = ok.iter().position(|&x| !x) {
-                    let metric = [
-                        "loss/policy_avg",
-                        "loss/value_avg",
-                        "policy/grad_norm",
-                        "val/grad_norm",
-                    ][i];
-                    return Err(AgentError::NonFinite {
-                        metric: metric.into(),
-                        step,
-                    });
-                }
-                self.actor_opt.step(c.learning_rate);
-                if let Some(o) = self.critic_opt.as_mut() {
-                    o.step(c.learning_rate);
-                }
-                let row = Tensor::stack(
-                    &[
-                        pg.detach(),
-                        vf.detach(),
-                        clipfrac,
-                        approxkl.detach(),
-                        ratio.detach(),
-                        vclip,
-                        ent.detach(),
-                    ],
-                    0,
-                );
-                stats.push(row);
-                if c.target_kl > 0.0 && approxkl.double_value(&[]) > c.target_kl {
-                    stopped_early = 1.0;
-                    break 'epochs;
-                }
-            }
-        }
-        let minibatches_run = stats.len() as f64;
-        let stats: Vec<f64> = Vec::try_from(
-            Tensor::stack(&stats, 0)
-                .mean_dim(0, false, Kind::Float)
-                .to_kind(Kind::Double),
-        )?;
-
-        // Rollout statistics (sequence-level sums, batch means), one transfer.
-        let seq_kl = kl.sum_dim_intlist(1, false, Kind::Float); // [B]
-        let ent_seq = (-&old_logp * mask).sum_dim_intlist(1, false, Kind::Float); // [B]
-        let ev = 1.0
-            - masked_var(&(&returns - &old_values), mask)
-                / masked_var(&returns, mask).clamp_min(1e-8);
-        let roll: Vec<f64> = Vec::try_from(
-            Tensor::stack(
-                &[
-                    seq_kl.mean(Kind::Float),
-                    ent_seq.mean(Kind::Float),
-                    score.mean(Kind::Float),
-                    mask.sum(Kind::Float),
-                    ev,
-                ],
-                0,
-            )
-            .to_kind(Kind::Double),
-        )?;
-        let (mean_kl, mean_ent, mean_score, n_tokens, explained) =
-            (roll[0], roll[1], roll[2], roll[3], roll[4]);
-        if c.adaptive_kl {
-            let err = (mean_kl / c.kl_target - 1.0).clamp(-0.2, 0.2);
-            self.kl_coef *= 1.0 + err * b as f64 / c.kl_horizon;
-        }
-        let kl_coef_used = if c.adaptive_kl {
-            self.kl_coef
-        } else {
-            c.kl_coef
-        };
-        // Budget: sampling (1 forward per token), reference + critic forwards, and training passes.
-        let cfgm = self.actor.model.config();
-        let lp = gen.prompt.size()[1];
-        let seq_tokens = (b * (lp + n)) as f64;
-        let fpt = cfgm.flops_per_token((lp + n) as usize);
-        let nets = if self.critic.is_some() { 2.0 } else { 1.0 };
-        let train_tokens = seq_tokens * minibatches_run / c.num_minibatches as f64;
-        self.budget.samples += b as u64;
-        self.budget.tokens_generated += n_tokens as u64;
-        self.budget.train_tokens += train_tokens as u64;
-        if self.reward_counts_as_oracle {
-            self.budget.oracle_queries += b as u64;
-        }
-        self.budget.flops += fpt * (b as f64 * lp as f64 + n_tokens)
-            + 2.0 * fpt * seq_tokens
-            + 3.0 * fpt * train_tokens * nets;
-
+        let rollout = self.collect(step)?;
+        let batch = self.advantages(rollout, step)?;
+        let opt = self.optimise(&batch, step)?;
+        let roll = self.rollout_stats(&batch)?;
+        self.control_kl(roll.kl, batch.rollout.episodes.len());
+        self.spend(&batch, &roll, &opt);
         let mut m = Metrics::new();
-        m.insert("objective/kl".into(), mean_kl);
-        m.insert("objective/entropy".into(), mean_ent);
-        m.insert("objective/scores".into(), mean_score);
-        m.insert("objective/non_score_reward".into(), -kl_coef_used * mean_kl);
-        m.insert(
-            "objective/rlhf_reward".into(),
-            mean_score - kl_coef_used * mean_kl,
-        );
-        m.insert("objective/kl_coef".into(), self.kl_coef);
-        m.insert("loss/policy_avg".into(), stats[0]);
-        m.insert("loss/value_avg".into(), stats[1]);
-        m.insert("policy/clipfrac_avg".into(), stats[2]);
-        m.insert("policy/approxkl_avg".into(), stats[3]);
-        m.insert("val/ratio".into(), stats[4]);
-        m.insert("val/clipfrac_avg".into(), stats[5]);
-        m.insert("policy/entropy_avg".into(), stats[6]);
-        m.insert(
-            "val/num_eos_tokens".into(),
-            eos.iter().filter(|&&e| e).count() as f64,
-        );
-        m.insert("val/explained_variance".into(), explained);
-        m.insert("policy/early_stop".into(), stopped_early);
-        m.insert("train/lr".into(), c.learning_rate);
+        roll.to_metrics(batch.kl_coef, &mut m);
+        opt.to_metrics(&mut m);
+        m.insert("train/lr".into(), self.cfg.learning_rate);
         for (k, v) in &m {
             if !v.is_finite() && k != "val/explained_variance" {
                 return Err(AgentError::NonFinite {
@@ -530,7 +681,10 @@ impl Agent for PpoAgent {
         self.budget
     }
     fn proxy_reward(&self) -> Option<&dyn RewardFn> {
-        Some(self.reward.as_ref())
+        Some(match &self.reward {
+            RewardSignal::Gold => self.gold.as_ref(),
+            RewardSignal::Scorer(s) => s.as_ref(),
+        })
     }
 }
 

@@ -2,14 +2,18 @@
 //! with the oracle, write them as the common JSONL (`prompt`, `chosen`, `rejected`, plus
 //! `chosen_score`, `rejected_score`, `source`).
 
-use crate::policy::{LmPolicy, Policy};
+use crate::policy::LmPolicy;
+use crate::rollout::{chat_envs, collect, Start};
 use crate::sampling::SamplingConfig;
 use crate::{AgentError, Result};
-use aligngym_envs::{derive_seed, PreferenceOracle, PreferencePair, Split, Task};
+use aligngym_envs::{
+    derive_seed, ChatEnvConfig, PreferenceOracle, PreferencePair, RewardSource, Split, Task,
+};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::SeedableRng;
 use serde_json::json;
+use std::sync::Arc;
 
 /// How to build a preference data set.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,10 +32,11 @@ pub struct PrefsConfig {
 }
 
 /// Sample, label and return `cfg.pairs` pairs (pairs of identical completions are skipped: they
-/// carry no preference; so are ties when `cfg.skip_ties`).
+/// carry no preference; so are ties when `cfg.skip_ties`). Episodes run through the rollout
+/// collector on the task's training prompts.
 pub fn make_pairs(
     generator: &LmPolicy,
-    task: &dyn Task,
+    task: Arc<dyn Task>,
     oracle: &mut dyn PreferenceOracle,
     cfg: &PrefsConfig,
     seed: u64,
@@ -39,11 +44,27 @@ pub fn make_pairs(
     if cfg.samples_per_prompt < 2 {
         return Err(AgentError::config("samples_per_prompt", "expected ≥ 2"));
     }
-    let prompts = task.prompts(Split::Train);
+    if task.max_turns() > 1 {
+        return Err(AgentError::config(
+            "env",
+            format!(
+                "{} is multi-turn: its preference pairs need the conversational JSONL format, \
+                 which `prefs` does not write yet",
+                task.id()
+            ),
+        ));
+    }
+    let n_prompts = task.prompts(Split::Train).len();
+    let all: Vec<usize> = (0..n_prompts).collect();
     let mut out = Vec::with_capacity(cfg.pairs);
     let k = cfg.samples_per_prompt;
     let per_round = 64usize.div_ceil(k).max(1);
     let mut round = 0u64;
+    let env_cfg = ChatEnvConfig {
+        split: Split::Train,
+        reward: RewardSource::Gold,
+        max_turns: 0,
+    };
     while out.len() < cfg.pairs {
         if round > 50 + cfg.pairs as u64 {
             return Err(AgentError::Data(format!(
@@ -54,26 +75,39 @@ pub fn make_pairs(
         }
         let s = derive_seed(seed, round);
         let mut rng = StdRng::seed_from_u64(s);
-        let chosen: Vec<&String> = prompts
-            .choose_multiple(&mut rng, per_round.min(prompts.len()))
+        let chosen: Vec<usize> = all
+            .choose_multiple(&mut rng, per_round.min(n_prompts))
+            .copied()
             .collect();
-        let texts: Vec<&str> = chosen
+        let indices: Vec<usize> = chosen
             .iter()
-            .flat_map(|p| std::iter::repeat_n(p.as_str(), k))
+            .flat_map(|&p| std::iter::repeat_n(p, k))
             .collect();
+        let mut envs = chat_envs(task.clone(), indices.len(), env_cfg.clone(), true)?;
         tch::manual_seed(s as i64);
-        let gen = generator.sample(&generator.encode_prompts(&texts), &cfg.sampling)?;
-        let comps = generator.decode(&gen);
+        let roll = collect(
+            generator,
+            &mut envs,
+            Start::Prompts(&indices),
+            &cfg.sampling,
+            None,
+        )?;
+        let texts: Vec<&str> = roll.episodes.iter().map(|e| e.prompt.as_str()).collect();
+        let comps: Vec<&str> = roll
+            .episodes
+            .iter()
+            .map(|e| e.transcript.as_str())
+            .collect();
         let (mut ps, mut a, mut b) = (Vec::new(), Vec::new(), Vec::new());
-        for (j, _) in chosen.iter().enumerate() {
+        for j in 0..chosen.len() {
             for x in 0..k {
                 for y in x + 1..k {
-                    let (ca, cb) = (&comps[j * k + x], &comps[j * k + y]);
+                    let (ca, cb) = (comps[j * k + x], comps[j * k + y]);
                     // Identical completions carry no preference; empty ones are not valid preference data.
                     if ca != cb && !ca.trim().is_empty() && !cb.trim().is_empty() {
                         ps.push(texts[j * k]);
-                        a.push(ca.as_str());
-                        b.push(cb.as_str());
+                        a.push(ca);
+                        b.push(cb);
                     }
                 }
             }

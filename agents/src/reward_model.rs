@@ -8,6 +8,7 @@ use crate::dpo::{encode_completions, encode_pairs, stack_pairs, PairBatch};
 use crate::losses::bradley_terry_loss;
 use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
 use crate::policy::LmPolicy;
+use crate::sampling::Sequences;
 use crate::{AgentError, Result};
 use aligngym_envs::{derive_seed, EnvError, PreferencePair, RewardFn};
 use rand::rngs::StdRng;
@@ -66,23 +67,17 @@ pub struct RewardModel {
     offset: f64,
 }
 
-/// Scores `[B]` at the last real token of each completion (raw, before centring).
-fn raw_scores(
-    net: &LmPolicy,
-    prompt: &Tensor,
-    prompt_valid: &Tensor,
-    toks: &Tensor,
-    mask: &Tensor,
-    train: bool,
-) -> Tensor {
-    let lp = prompt.size()[1];
-    let full = Tensor::cat(&[prompt, toks], 1);
-    let valid = Tensor::cat(
-        &[prompt_valid.to_kind(Kind::Bool), mask.to_kind(Kind::Bool)],
-        1,
-    );
-    let h = net.model.forward_full(&full, &valid, train); // [B, L_p + N, C]
-    let last = mask.sum_dim_intlist(1, false, Kind::Int64) - 1 + lp; // [B] index of the last real token
+/// Scores `[B]` at the last real token of each continuation (raw, before centring).
+fn raw_scores(net: &LmPolicy, s: &Sequences, train: bool) -> Tensor {
+    let lp = s.prompt.size()[1];
+    let h = completion_trunk(net, s, train); // [B, L_p + N, C]
+                                             // Right-padded: the last real token sits at (number of real tokens − 1).
+    let last = s
+        .valid
+        .to_kind(Kind::Int64)
+        .sum_dim_intlist(1, false, Kind::Int64)
+        - 1
+        + lp; // [B]
     let c = h.size()[2];
     let at = h
         .gather(1, &last.view([-1, 1, 1]).expand([-1, 1, c], false), false)
@@ -90,10 +85,22 @@ fn raw_scores(
     net.model.reward(&at) // [B]
 }
 
+/// The trunk over prompt and continuation `[B, L_p + N, C]`.
+fn completion_trunk(net: &LmPolicy, s: &Sequences, train: bool) -> Tensor {
+    let full = Tensor::cat(&[&s.prompt, &s.tokens], 1); // [B, L_p + N]
+    let valid = Tensor::cat(
+        &[
+            s.prompt_valid.to_kind(Kind::Bool),
+            s.valid.to_kind(Kind::Bool),
+        ],
+        1,
+    );
+    net.model.forward_full(&full, &valid, train)
+}
+
 fn pair_scores(net: &LmPolicy, d: &PairBatch, idx: &Tensor, train: bool) -> (Tensor, Tensor) {
     let k = idx.size()[0];
-    let (prompt, prompt_valid, toks, mask) = stack_pairs(d, idx); // [2k, ..]
-    let s = raw_scores(net, &prompt, &prompt_valid, &toks, &mask, train); // [2k]
+    let s = raw_scores(net, &stack_pairs(d, idx), train); // [2k]
     (s.narrow(0, 0, k), s.narrow(0, k, k))
 }
 
@@ -240,10 +247,15 @@ impl RewardModel {
         let mut out = Vec::with_capacity(prompts.len());
         for (p, c) in prompts.chunks(64).zip(completions.chunks(64)) {
             let (prompt, prompt_valid, mut sets) = encode_completions(&self.net, p, &[c.to_vec()]);
-            let (toks, mask) = sets.pop().expect("one completion set");
-            let s =
-                tch::no_grad(|| raw_scores(&self.net, &prompt, &prompt_valid, &toks, &mask, false))
-                    - self.offset;
+            let (tokens, mask) = sets.pop().expect("one completion set");
+            let seqs = Sequences {
+                prompt,
+                prompt_valid,
+                tokens,
+                valid: mask.to_kind(Kind::Bool),
+                mask,
+            };
+            let s = tch::no_grad(|| raw_scores(&self.net, &seqs, false)) - self.offset;
             out.extend(Vec::<f32>::try_from(
                 &s.to_kind(Kind::Float).to_device(tch::Device::Cpu),
             )?);

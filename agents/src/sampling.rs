@@ -54,6 +54,35 @@ impl SamplingConfig {
     }
 }
 
+/// Prompts and what follows them, for a teacher-forced pass (every scoring function takes one).
+pub struct Sequences {
+    /// Left-padded prompts `[B, L_p]` (i64).
+    pub prompt: Tensor,
+    /// Which prompt slots are real tokens `[B, L_p]` (bool).
+    pub prompt_valid: Tensor,
+    /// The tokens after the prompt `[B, N]` (i64), PAD after the end.
+    pub tokens: Tensor,
+    /// Which of them are real tokens, the policy's and an env's alike `[B, N]` (bool): attention
+    /// reads these.
+    pub valid: Tensor,
+    /// Which of them the policy produced `[B, N]` (f32): only these are scored, trained on, or
+    /// counted in KL, entropy and means.
+    pub mask: Tensor,
+}
+
+impl Sequences {
+    /// Rows `idx [k]` of every tensor.
+    pub fn select(&self, idx: &Tensor) -> Sequences {
+        Sequences {
+            prompt: self.prompt.index_select(0, idx),
+            prompt_valid: self.prompt_valid.index_select(0, idx),
+            tokens: self.tokens.index_select(0, idx),
+            valid: self.valid.index_select(0, idx),
+            mask: self.mask.index_select(0, idx),
+        }
+    }
+}
+
 /// A batch of sampled completions, all on the model's device.
 pub struct Generation {
     /// Left-padded prompts `[B, L_p]` (i64).
@@ -69,6 +98,17 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// The sampled sequences, for a teacher-forced pass (every completion token is the policy's).
+    pub fn sequences(&self) -> Sequences {
+        Sequences {
+            prompt: self.prompt.shallow_clone(),
+            prompt_valid: self.prompt_valid.shallow_clone(),
+            tokens: self.tokens.shallow_clone(),
+            valid: self.mask.to_kind(Kind::Bool),
+            mask: self.mask.shallow_clone(),
+        }
+    }
+
     /// Completion token ids per sequence, cut after EOS (EOS kept when present).
     pub fn completions(&self) -> Vec<Vec<u32>> {
         let toks: Vec<Vec<i64>> =
@@ -203,8 +243,9 @@ fn pick_tokens(
     (tok, lp, alive)
 }
 
-/// Sample up to `cfg.max_new_tokens` tokens after each prompt with the KV cache. The torch RNG must be
-/// seeded by the caller (`tch::manual_seed`) for reproducible samples.
+/// Sample up to `cfg.max_new_tokens` tokens after each prompt with the KV cache, each sequence
+/// stopping at its EOS. The torch RNG must be seeded by the caller (`tch::manual_seed`) for
+/// reproducible samples.
 pub fn generate(
     model: &Gpt,
     prompts: &[Vec<u32>],
@@ -213,9 +254,27 @@ pub fn generate(
     cfg: &SamplingConfig,
     device: Device,
 ) -> Result<Generation> {
+    generate_until(model, prompts, pad, &[eos], cfg, device)
+}
+
+/// [`generate`], each sequence stopping at the first of `stops` it samples (EOS, end of turn).
+pub fn generate_until(
+    model: &Gpt,
+    prompts: &[Vec<u32>],
+    pad: u32,
+    stops: &[u32],
+    cfg: &SamplingConfig,
+    device: Device,
+) -> Result<Generation> {
     cfg.validate()?;
     if prompts.is_empty() {
         return Err(AgentError::Data("no prompts to sample from".into()));
+    }
+    if stops.is_empty() {
+        return Err(AgentError::config(
+            "stops",
+            "expected at least one stop token",
+        ));
     }
     let n = cfg.max_new_tokens as i64;
     let (prompt, prompt_valid) = left_pad(prompts, pad, device);
@@ -257,11 +316,15 @@ pub fn generate(
         let pad_t = Tensor::full([b], pad as i64, (Kind::Int64, device));
         let (mut toks, mut lps, mut masks) = (Vec::new(), Vec::new(), Vec::new());
         let check_every = if device.is_cuda() { 16 } else { 4 };
+        let stop_ids: Vec<i64> = stops.iter().map(|&s| s as i64).collect();
         for t in 0..n {
             let (tok, lp_tok, alive) = pick_tokens(&logits, cfg, &finished, &pad_t);
             lps.push(lp_tok);
             masks.push(alive.to_kind(Kind::Float));
-            finished = finished.logical_or(&tok.eq(eos as i64));
+            let stopped = stop_ids[1..]
+                .iter()
+                .fold(tok.eq(stop_ids[0]), |acc, &s| acc.logical_or(&tok.eq(s))); // [B]
+            finished = finished.logical_or(&stopped);
             toks.push(tok.shallow_clone());
             // Checking costs a device sync, which on CUDA also stalls the queue of launched
             // kernels: every few steps is enough to stop early (a few more on a GPU).
@@ -298,24 +361,20 @@ pub struct SequenceOutputs {
     pub hidden: Tensor,
 }
 
-/// Trunk output `[B, N, C]` at the positions that predict each completion token, from a
-/// teacher-forced pass over `prompt [B, L_p]` (left-padded) + `tokens [B, N]` with `mask [B, N]`.
-/// Heads that read the trunk (the critic) need nothing more.
-pub fn completion_hidden(
-    model: &Gpt,
-    prompt: &Tensor,
-    prompt_valid: &Tensor,
-    tokens: &Tensor,
-    mask: &Tensor,
-    train: bool,
-) -> Tensor {
-    let lp = prompt.size()[1];
-    let n = tokens.size()[1];
-    let full = Tensor::cat(&[prompt, tokens], 1); // [B, L_p + N]
+/// Trunk output `[B, N, C]` at the positions that predict each token after the prompt, from a
+/// teacher-forced pass over `s.prompt` + `s.tokens` (attention over `s.valid`). Heads that read the
+/// trunk (the critic) need nothing more.
+pub fn completion_hidden(model: &Gpt, s: &Sequences, train: bool) -> Tensor {
+    let lp = s.prompt.size()[1];
+    let n = s.tokens.size()[1];
+    let full = Tensor::cat(&[&s.prompt, &s.tokens], 1); // [B, L_p + N]
     let valid = Tensor::cat(
-        &[prompt_valid.to_kind(Kind::Bool), mask.to_kind(Kind::Bool)],
+        &[
+            s.prompt_valid.to_kind(Kind::Bool),
+            s.valid.to_kind(Kind::Bool),
+        ],
         1,
-    );
+    ); // [B, L_p + N]
     let h = model.forward_full(&full, &valid, train); // [B, L_p + N, C]
     h.narrow(1, lp - 1, n) // [B, N, C]
 }
@@ -338,35 +397,24 @@ fn completion_logp(
     (logprobs, logp_all)
 }
 
-/// The log-probs `[B, N]` the model gives the completion tokens at `temperature` (as sampling
-/// reports them), 0 on padding.
-pub fn sequence_logprobs(
-    model: &Gpt,
-    prompt: &Tensor,
-    prompt_valid: &Tensor,
-    tokens: &Tensor,
-    mask: &Tensor,
-    temperature: f64,
-    train: bool,
-) -> Tensor {
-    let hidden = completion_hidden(model, prompt, prompt_valid, tokens, mask, train);
-    completion_logp(model, &hidden, tokens, mask, temperature).0
+/// The log-probs `[B, N]` the model gives the policy's tokens at `temperature` (as sampling
+/// reports them), 0 elsewhere.
+pub fn sequence_logprobs(model: &Gpt, s: &Sequences, temperature: f64, train: bool) -> Tensor {
+    let hidden = completion_hidden(model, s, train);
+    completion_logp(model, &hidden, &s.tokens, &s.mask, temperature).0
 }
 
 /// Log-probs, per-position entropies and trunk output of a teacher-forced pass (see
 /// [`sequence_logprobs`]; this one also pays for the entropy).
 pub fn sequence_outputs(
     model: &Gpt,
-    prompt: &Tensor,
-    prompt_valid: &Tensor,
-    tokens: &Tensor,
-    mask: &Tensor,
+    s: &Sequences,
     temperature: f64,
     train: bool,
 ) -> SequenceOutputs {
-    let hidden = completion_hidden(model, prompt, prompt_valid, tokens, mask, train);
-    let (logprobs, logp_all) = completion_logp(model, &hidden, tokens, mask, temperature);
-    let entropy = -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float) * mask; // [B, N]
+    let hidden = completion_hidden(model, s, train);
+    let (logprobs, logp_all) = completion_logp(model, &hidden, &s.tokens, &s.mask, temperature);
+    let entropy = -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float) * &s.mask; // [B, N]
     SequenceOutputs {
         logprobs,
         entropy,

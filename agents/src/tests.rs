@@ -34,17 +34,7 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
 
 /// The log-probs of a generation's tokens from a teacher-forced pass at `temperature`.
 fn recomputed_logprobs(m: &Gpt, g: &Generation, temperature: f64) -> Tensor {
-    tch::no_grad(|| {
-        sequence_logprobs(
-            m,
-            &g.prompt,
-            &g.prompt_valid,
-            &g.tokens,
-            &g.mask,
-            temperature,
-            false,
-        )
-    })
+    tch::no_grad(|| sequence_logprobs(m, &g.sequences(), temperature, false))
 }
 
 #[test]

@@ -14,6 +14,8 @@ pub const PAD: &str = "<|pad|>";
 pub const BOS: &str = "<|bos|>";
 /// End of sequence.
 pub const EOS: &str = "<|eos|>";
+/// End of a policy turn in a multi-turn conversation (the built-in chat format; never EOS or PAD).
+pub const EOT: &str = aligngym_envs::chat::END_OF_TURN;
 
 /// The tokenizer every model of a run shares.
 #[derive(Clone)]
@@ -22,6 +24,7 @@ pub struct Tokenizer {
     pad: u32,
     bos: u32,
     eos: u32,
+    eot: Option<u32>,
 }
 
 fn tok_err(e: impl std::fmt::Display) -> AgentError {
@@ -50,7 +53,7 @@ impl Tokenizer {
                 "cannot train a tokenizer on an empty corpus".into(),
             ));
         }
-        let specials = [PAD, BOS, EOS]
+        let specials = [PAD, BOS, EOS, EOT]
             .iter()
             .map(|s| AddedToken::from(s.to_string(), true))
             .collect::<Vec<_>>();
@@ -88,11 +91,15 @@ impl Tokenizer {
                 "PAD and EOS must be different tokens".into(),
             ));
         }
+        // Tokenizers from before multi-turn support have no end-of-turn token: their models end
+        // every turn with EOS.
+        let eot = inner.token_to_id(EOT).filter(|&t| t != pad && t != eos);
         Ok(Self {
             inner,
             pad,
             bos,
             eos,
+            eot,
         })
     }
 
@@ -136,6 +143,16 @@ impl Tokenizer {
     /// The BOS id.
     pub fn bos_id(&self) -> u32 {
         self.bos
+    }
+
+    /// The end-of-turn id, when the tokenizer has one.
+    pub fn eot_id(&self) -> Option<u32> {
+        self.eot
+    }
+
+    /// The ids that end a policy turn: EOS and, where there is one, end-of-turn.
+    pub fn turn_stops(&self) -> Vec<u32> {
+        std::iter::once(self.eos).chain(self.eot).collect()
     }
 }
 

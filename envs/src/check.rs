@@ -1,10 +1,14 @@
 //! `check_env`: verifies that an environment follows the API contract (Gymnasium's env checker, for
 //! our `Env`). Each violation names the rule it breaks.
 
+use crate::chat::{Message, Role};
+use crate::chat_env::{ChatEnv, ChatEnvConfig};
 use crate::env::Env;
+use crate::task::Task;
 use crate::{EnvError, Result};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use std::sync::Arc;
 
 fn fail(rule: &'static str, msg: impl Into<String>) -> EnvError {
     EnvError::Check {
@@ -34,7 +38,7 @@ fn episode<E: Env>(
         let mut a = env.sample_action(&mut rng);
         if avoid_end {
             let mut tries = 0;
-            while Some(a) == env.terminal_action() && tries < 100 {
+            while Some(&a) == env.terminal_action().as_ref() && tries < 100 {
                 a = env.sample_action(&mut rng);
                 tries += 1;
             }
@@ -102,7 +106,10 @@ pub fn check_env<E: Env>(make: impl Fn() -> Result<E>) -> Result<()> {
     let (flags, _) = episode(&mut a, 3, 4, true)?;
     let last = flags.last().copied().unwrap_or((0.0, false, false));
     if let Some(max) = a.max_episode_steps() {
-        if !last.2 || flags.len() != max {
+        // An env may end on its own before the limit (a single-turn chat); it may not run past the
+        // limit, nor truncate anywhere else.
+        let ended_early = last.1 && flags.len() < max;
+        if !ended_early && (!last.2 || flags.len() != max) {
             return Err(fail("truncation_at_limit", format!("expected truncation at step {max}, got an end at step {} (terminated={}, truncated={})", flags.len(), last.1, last.2)));
         }
     }
@@ -115,7 +122,7 @@ pub fn check_env<E: Env>(make: impl Fn() -> Result<E>) -> Result<()> {
     }
     if let Some(t) = a.terminal_action() {
         a.reset(Some(5))?;
-        let s = a.step(t)?;
+        let s = a.step(t.clone())?;
         if !s.terminated || s.truncated {
             return Err(fail(
                 "terminal_action_terminates",
@@ -130,6 +137,61 @@ pub fn check_env<E: Env>(make: impl Fn() -> Result<E>) -> Result<()> {
                 "reset_needed",
                 "stepping a terminated episode must fail with ResetNeeded",
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Check a task at the turn level: the [`Env`] rules above on its [`ChatEnv`], plus the rules of a
+/// conversation — the observation starts with the prompt as a user message; after a turn that the
+/// env answers, the observation is the previous one, the policy's turn as an assistant message, and
+/// one reply that is not the assistant's; the episode ends by the task's turn limit at the latest.
+pub fn check_chat_env(task: Arc<dyn Task>) -> Result<()> {
+    let make = || ChatEnv::new(task.clone(), ChatEnvConfig::default());
+    check_env(make)?;
+    let mut env = make()?;
+    for seed in 0..8u64 {
+        let (mut obs, _) = env.reset(Some(seed))?;
+        if obs.len() != 1 || obs[0].role != Role::User {
+            return Err(fail(
+                "prompt_observation",
+                "reset must observe exactly the prompt, as one user message",
+            ));
+        }
+        let mut rng = StdRng::seed_from_u64(seed);
+        for turn in 1.. {
+            let action = env.sample_action(&mut rng);
+            let s = env.step(action.clone())?;
+            let mut expect = obs.clone();
+            expect.push(Message::assistant(action));
+            if s.obs.len() < expect.len() || s.obs[..expect.len()] != expect[..] {
+                return Err(fail(
+                    "turn_in_observation",
+                    format!("turn {turn}: the observation must extend the last one by the policy's turn"),
+                ));
+            }
+            if s.terminated || s.truncated {
+                if s.info.gold_reward.is_none_or(|g| !g.is_finite()) {
+                    return Err(fail(
+                        "gold_reward_at_end",
+                        format!("turn {turn}: an ended episode must carry a finite gold reward"),
+                    ));
+                }
+                break;
+            }
+            if s.obs.len() != expect.len() + 1 || s.obs[expect.len()].role == Role::Assistant {
+                return Err(fail(
+                    "reply_in_observation",
+                    format!("turn {turn}: a continuing episode must add exactly one env reply"),
+                ));
+            }
+            if turn >= task.max_turns().max(1) {
+                return Err(fail(
+                    "truncation_at_limit",
+                    format!("still going after the turn limit {}", task.max_turns()),
+                ));
+            }
+            obs = s.obs;
         }
     }
     Ok(())

@@ -27,6 +27,9 @@ pub struct Info {
     pub needs_score: bool,
     /// With `AutoresetMode::SameStep`: the observation that ended the episode.
     pub final_obs: Option<Vec<u32>>,
+    /// Why an episode was cut short when it was not the task's own limit (e.g. "the env's reply
+    /// overflowed the context").
+    pub note: Option<String>,
 }
 
 /// The result of one `step` (Gymnasium's 5-tuple).
@@ -49,7 +52,7 @@ pub trait Env: Send {
     /// What the agent sees.
     type Obs: Clone + PartialEq + std::fmt::Debug + Send + 'static;
     /// What the agent does.
-    type Action: Copy + PartialEq + std::fmt::Debug + Send + Sync;
+    type Action: Clone + PartialEq + std::fmt::Debug + Send + Sync;
     /// Start a new episode; `Some(seed)` reseeds the env's RNG, `None` continues it.
     fn reset(&mut self, seed: Option<u64>) -> Result<(Self::Obs, Info)>;
     /// Take one action. Stepping an ended episode is [`EnvError::ResetNeeded`].

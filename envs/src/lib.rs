@@ -6,6 +6,8 @@
 //! `check_env`, and the built-in tasks. It does not link libtorch: token ids are `u32`, text is `&str`,
 //! rewards are `f32`.
 
+pub mod chat;
+pub mod chat_env;
 pub mod check;
 pub mod codec;
 pub mod env;
@@ -20,12 +22,16 @@ pub mod tasks;
 pub mod testing;
 pub mod vec_env;
 
-pub use check::check_env;
+pub use chat::{Message, Role};
+pub use chat_env::{ChatEnv, ChatEnvConfig};
+pub use check::{check_chat_env, check_env};
 pub use codec::{ByteCodec, TextCodec};
 pub use env::{Env, Info, RewardSource, Step, TextEnv, TextEnvConfig};
 pub use error::{EnvError, Result};
 pub use oracle::{BradleyTerryOracle, OracleConfig, Preference, PreferenceOracle};
-pub use prefs::{read_pairs, write_pairs, PrefReader, PrefWriter, PreferencePair};
+pub use prefs::{
+    read_pairs, write_pairs, ConversationPair, PrefReader, PrefWriter, PreferencePair,
+};
 pub use registry::{make, register, task, tasks};
 pub use reward::{Clip, RewardFn, Rule, RunningNorm, Scale, WeightedSum};
 pub use task::{derive_seed, Feedback, PromptSplit, Split, Task};

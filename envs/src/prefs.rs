@@ -1,6 +1,10 @@
 //! Preference data: JSONL with `prompt`, `chosen`, `rejected` (extra fields kept), as in the common
-//! preference data sets, read as a stream and written atomically.
+//! preference data sets, read as a stream and written atomically. Two forms, both read by every
+//! reader: plain text, and the conversational form TRL reads, where each field is a list of
+//! `{"role", "content"}` messages (`chosen`/`rejected` may also hold the whole conversation, the
+//! prompt then being their shared part before the first assistant message).
 
+use crate::chat::{render_reply, transcript, Message, Role};
 use crate::{EnvError, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -20,9 +24,37 @@ pub struct PreferencePair {
     pub chosen: String,
     /// The other completion.
     pub rejected: String,
+    /// The conversational form, when the pair is one; `prompt`, `chosen` and `rejected` then hold
+    /// its text as rewards read it (the prompt's first message, then the transcript).
+    #[serde(skip)]
+    pub conversation: Option<ConversationPair>,
     /// Any other fields of the line (e.g. `chosen_score`, `rejected_score`, `source`), kept as they are.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// A preference between two continuations of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationPair {
+    /// The conversation so far: system/user messages first, not ending with the assistant.
+    pub prompt: Vec<Message>,
+    /// The preferred continuation: assistant turns (and the env's replies between them).
+    pub chosen: Vec<Message>,
+    /// The other continuation.
+    pub rejected: Vec<Message>,
+}
+
+/// The text of a prompt conversation as the built-in format reads it: the first message, then the
+/// rest as replies.
+pub fn prompt_text(prompt: &[Message]) -> String {
+    let mut out = prompt
+        .first()
+        .map(|m| m.content.clone())
+        .unwrap_or_default();
+    for m in prompt.iter().skip(1) {
+        out.push_str(&render_reply(m));
+    }
+    out
 }
 
 impl PreferencePair {
@@ -36,7 +68,40 @@ impl PreferencePair {
             prompt: prompt.into(),
             chosen: chosen.into(),
             rejected: rejected.into(),
+            conversation: None,
             extra: Map::new(),
+        }
+    }
+
+    /// A conversational pair (its text fields derived from the messages).
+    pub fn conversational(c: ConversationPair) -> Self {
+        Self {
+            prompt: prompt_text(&c.prompt),
+            chosen: transcript(&c.chosen),
+            rejected: transcript(&c.rejected),
+            conversation: Some(c),
+            extra: Map::new(),
+        }
+    }
+
+    /// One JSONL line: plain, or conversational when the pair is one (fields in the usual order).
+    pub fn to_line(&self) -> serde_json::Result<String> {
+        #[derive(Serialize)]
+        struct Line<'a, T> {
+            prompt: T,
+            chosen: T,
+            rejected: T,
+            #[serde(flatten)]
+            extra: &'a Map<String, Value>,
+        }
+        match &self.conversation {
+            Some(c) => serde_json::to_string(&Line {
+                prompt: &c.prompt,
+                chosen: &c.chosen,
+                rejected: &c.rejected,
+                extra: &self.extra,
+            }),
+            None => serde_json::to_string(self),
         }
     }
 }
@@ -85,6 +150,15 @@ impl<R: BufRead> PrefReader<R> {
                 self.bad("expected a JSON object with fields `prompt`, `chosen`, `rejected`")
             );
         };
+        let conversational = ["prompt", "chosen", "rejected"]
+            .iter()
+            .any(|f| matches!(obj.get(*f), Some(Value::Array(_))));
+        if conversational {
+            let c = self.conversation(&mut obj)?;
+            let mut p = PreferencePair::conversational(c);
+            p.extra = obj;
+            return Ok(p);
+        }
         let mut take = |field: &str, allow_empty: bool| -> Result<String> {
             match obj.remove(field) {
                 None => Err(self.bad(format!("missing field `{field}`"))),
@@ -105,7 +179,134 @@ impl<R: BufRead> PrefReader<R> {
             prompt,
             chosen,
             rejected,
+            conversation: None,
             extra: obj,
+        })
+    }
+
+    /// A list of `{role, content}` messages.
+    fn messages(&self, field: &str, v: Value) -> Result<Vec<Message>> {
+        let Value::Array(items) = v else {
+            return Err(self.bad(format!(
+                "field `{field}`: expected a list of messages, found {} (a pair is all text or all messages)",
+                kind(&v)
+            )));
+        };
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let Value::Object(mut m) = m else {
+                    return Err(self.bad(format!(
+                        "field `{field}[{i}]`: expected a message {{\"role\", \"content\"}}, found {}",
+                        kind(&m)
+                    )));
+                };
+                let role = match m.remove("role") {
+                    Some(Value::String(r)) => match r.as_str() {
+                        "system" => Role::System,
+                        "user" => Role::User,
+                        "assistant" => Role::Assistant,
+                        "tool" => Role::Tool,
+                        _ => {
+                            return Err(self.bad(format!(
+                                "field `{field}[{i}].role`: unknown role `{r}` (expected system, user, assistant or tool)"
+                            )))
+                        }
+                    },
+                    Some(other) => {
+                        return Err(self.bad(format!(
+                            "field `{field}[{i}].role`: expected a string, found {}",
+                            kind(&other)
+                        )))
+                    }
+                    None => return Err(self.bad(format!("field `{field}[{i}]`: missing `role`"))),
+                };
+                match m.remove("content") {
+                    Some(Value::String(content)) => Ok(Message { role, content }),
+                    Some(other) => Err(self.bad(format!(
+                        "field `{field}[{i}].content`: expected a string, found {}",
+                        kind(&other)
+                    ))),
+                    None => Err(self.bad(format!("field `{field}[{i}]`: missing `content`"))),
+                }
+            })
+            .collect()
+    }
+
+    /// The conversational form: explicit prompt, or the shared part of whole conversations.
+    fn conversation(&self, obj: &mut Map<String, Value>) -> Result<ConversationPair> {
+        let mut field = |f: &str| -> Result<Vec<Message>> {
+            let v = obj
+                .remove(f)
+                .ok_or_else(|| self.bad(format!("missing field `{f}`")))?;
+            self.messages(f, v)
+        };
+        let (mut chosen, mut rejected) = (field("chosen")?, field("rejected")?);
+        let prompt = match obj.remove("prompt") {
+            Some(v) => self.messages("prompt", v)?,
+            None => {
+                let split = |m: &[Message]| m.iter().position(|x| x.role == Role::Assistant);
+                let (Some(a), Some(b)) = (split(&chosen), split(&rejected)) else {
+                    return Err(self.bad(
+                        "field `chosen`/`rejected`: no assistant turn to prefer (and no `prompt`)",
+                    ));
+                };
+                if chosen[..a] != rejected[..b] {
+                    return Err(self.bad(
+                        "field `rejected`: without a `prompt`, chosen and rejected must share the messages before the first assistant turn",
+                    ));
+                }
+                rejected.drain(..b);
+                chosen.drain(..a).collect()
+            }
+        };
+        match prompt.first() {
+            None => return Err(self.bad("field `prompt`: no messages")),
+            Some(m) if !matches!(m.role, Role::System | Role::User) => {
+                return Err(self.bad(format!(
+                    "field `prompt[0]`: turns out of order: a conversation starts with a system or user message, not {}",
+                    m.role.as_str()
+                )))
+            }
+            _ => {}
+        }
+        if prompt.last().is_some_and(|m| m.role == Role::Assistant) {
+            return Err(self.bad(
+                "field `prompt`: turns out of order: the prompt ends with an assistant message (it belongs in chosen/rejected)",
+            ));
+        }
+        for (f, msgs) in [("chosen", &chosen), ("rejected", &rejected)] {
+            if !msgs.iter().any(|m| m.role == Role::Assistant) {
+                return Err(self.bad(format!("field `{f}`: no assistant turn")));
+            }
+            if msgs[0].role != Role::Assistant {
+                return Err(self.bad(format!(
+                    "field `{f}[0]`: turns out of order: a continuation starts with the assistant, not {}",
+                    msgs[0].role.as_str()
+                )));
+            }
+            for (i, w) in msgs.windows(2).enumerate() {
+                if (w[0].role == Role::Assistant) == (w[1].role == Role::Assistant) {
+                    return Err(self.bad(format!(
+                        "field `{f}[{}]`: turns out of order: the assistant and the others must alternate ({} after {})",
+                        i + 1,
+                        w[1].role.as_str(),
+                        w[0].role.as_str()
+                    )));
+                }
+            }
+            if msgs
+                .iter()
+                .all(|m| m.role != Role::Assistant || m.content.trim().is_empty())
+            {
+                return Err(self.bad(format!("field `{f}`: every assistant turn is empty")));
+            }
+        }
+        Ok(ConversationPair {
+            prompt,
+            chosen,
+            rejected,
         })
     }
 }
@@ -196,7 +397,7 @@ impl PrefWriter {
     }
     /// Append one pair as a JSON line.
     pub fn write(&mut self, pair: &PreferencePair) -> Result<()> {
-        let line = serde_json::to_string(pair).map_err(|e| EnvError::BadData {
+        let line = pair.to_line().map_err(|e| EnvError::BadData {
             path: self.path.clone(),
             line: 0,
             msg: format!("cannot serialise pair: {e}"),
@@ -275,6 +476,75 @@ mod tests {
                     "x".repeat(MAX_LINE_BYTES + 10)
                 ),
                 "data.jsonl:1: line longer than",
+            ),
+        ];
+        for (content, want) in cases {
+            let got = first_err(content.as_bytes());
+            assert!(got.starts_with(want), "want `{want}`, got `{got}`");
+        }
+    }
+
+    #[test]
+    fn conversational_pairs_round_trip_and_bad_ones_name_the_field() {
+        let d = tmpdir("conv");
+        let c = ConversationPair {
+            prompt: vec![
+                Message::new(Role::System, "be brief"),
+                Message::user("guess"),
+            ],
+            chosen: vec![
+                Message::assistant(" 8"),
+                Message::user("higher"),
+                Message::assistant(" 12"),
+            ],
+            rejected: vec![Message::assistant(" 1")],
+        };
+        let mut p = PreferencePair::conversational(c.clone());
+        p.extra.insert("source".into(), serde_json::json!("t"));
+        assert_eq!(p.prompt, "be brief\nuser: guess\n");
+        assert_eq!(p.chosen, " 8\nuser: higher\n 12");
+        let path = write_pairs(
+            d.join("c.jsonl"),
+            &[p.clone(), PreferencePair::new("a", "b", "c")],
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with(r#"{"prompt":[{"role":"system","content":"be brief"}"#),
+            "{text}"
+        );
+        assert_eq!(read_pairs(&path).unwrap()[0], p);
+        // The whole conversation in chosen/rejected: the shared part becomes the prompt.
+        let whole = r#"{"chosen":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}],"rejected":[{"role":"user","content":"q"},{"role":"assistant","content":"b"}]}"#;
+        let r: Vec<_> =
+            PrefReader::new("w", std::io::Cursor::new(whole.as_bytes().to_vec())).collect();
+        let got = r[0].as_ref().unwrap().conversation.clone().unwrap();
+        assert_eq!(got.prompt, vec![Message::user("q")]);
+        assert_eq!(got.rejected, vec![Message::assistant("b")]);
+        let cases = [
+            (
+                r#"{"prompt":[{"role":"user","content":"q"}],"chosen":[{"role":"bot","content":"a"}],"rejected":[{"role":"assistant","content":"b"}]}"#,
+                "data.jsonl:1: field `chosen[0].role`: unknown role `bot`",
+            ),
+            (
+                r#"{"prompt":[{"role":"user","content":"q"}],"chosen":[{"role":"user","content":"a"}],"rejected":[{"role":"assistant","content":"b"}]}"#,
+                "data.jsonl:1: field `chosen`: no assistant turn",
+            ),
+            (
+                r#"{"prompt":[{"role":"user","content":"q"}],"chosen":[{"role":"assistant","content":"a"},{"role":"assistant","content":"c"}],"rejected":[{"role":"assistant","content":"b"}]}"#,
+                "data.jsonl:1: field `chosen[1]`: turns out of order",
+            ),
+            (
+                r#"{"prompt":[{"role":"assistant","content":"q"}],"chosen":[{"role":"assistant","content":"a"}],"rejected":[{"role":"assistant","content":"b"}]}"#,
+                "data.jsonl:1: field `prompt[0]`: turns out of order",
+            ),
+            (
+                r#"{"prompt":[{"role":"user","content":"q"}],"chosen":"a","rejected":[{"role":"assistant","content":"b"}]}"#,
+                "data.jsonl:1: field `chosen`: expected a list of messages",
+            ),
+            (
+                r#"{"prompt":[{"role":"user"}],"chosen":[{"role":"assistant","content":"a"}],"rejected":[{"role":"assistant","content":"b"}]}"#,
+                "data.jsonl:1: field `prompt[0]`: missing `content`",
             ),
         ];
         for (content, want) in cases {

@@ -4,7 +4,8 @@ use crate::codec::TextCodec;
 use crate::env::{TextEnv, TextEnvConfig};
 use crate::task::Task;
 use crate::tasks::{
-    arithmetic::ArithmeticTask, hh::HhTask, hidden_pref::HiddenPrefTask, instruct::InstructTask,
+    arithmetic::ArithmeticTask, calculator::CalculatorTask, clarify::ClarifyTask,
+    guess_number::GuessNumberTask, hh::HhTask, hidden_pref::HiddenPrefTask, instruct::InstructTask,
     sentiment::SentimentTask,
 };
 use crate::{EnvError, Result};
@@ -19,6 +20,9 @@ fn table() -> &'static RwLock<Vec<Arc<dyn Task>>> {
             Arc::new(InstructTask::new()),
             Arc::new(HhTask::new()),
             Arc::new(HiddenPrefTask::new()),
+            Arc::new(GuessNumberTask::new()),
+            Arc::new(CalculatorTask::new()),
+            Arc::new(ClarifyTask::new()),
         ])
     })
 }

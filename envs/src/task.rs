@@ -1,5 +1,6 @@
 //! A task: everything that defines an alignment problem, independent of tokenizer and agent.
 
+use crate::chat::Message;
 use crate::reward::Rule;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -50,6 +51,18 @@ pub trait Task: Send + Sync {
     /// SFT steps that make a good starting policy for this task with the tiny model.
     fn sft_steps(&self) -> usize {
         600
+    }
+    /// The env's answer to the policy's latest turn, for multi-turn tasks: `turns` is the
+    /// conversation after the prompt (assistant turns and earlier replies alternating, the policy's
+    /// last); `None` ends the episode. Single-turn tasks keep the default (end after one turn).
+    /// Anything hidden (a secret number, a preference) is derived from the prompt, so the gold
+    /// reward can score the transcript.
+    fn reply(&self, _prompt: &str, _turns: &[Message]) -> Option<Message> {
+        None
+    }
+    /// Most policy turns per episode; an episode still going after them is truncated. Default 1.
+    fn max_turns(&self) -> usize {
+        1
     }
 }
 

@@ -110,6 +110,42 @@ impl<E: Env> VecEnv<E> {
         env.reset(None)
     }
 
+    /// Reset every env with `f(i, env)` (e.g. to a chosen prompt), on the workers like `step`.
+    pub fn reset_with(
+        &mut self,
+        f: impl Fn(usize, &mut E) -> Result<(E::Obs, Info)> + Sync + Send,
+    ) -> Result<(Vec<E::Obs>, Vec<Info>)> {
+        let out = self.map(|i, e, _| f(i, e))?;
+        self.ended.iter_mut().for_each(|d| *d = false);
+        Ok(out.into_iter().unzip())
+    }
+
+    /// Step only the envs given an action (`None` leaves an env as it is: an episode that has
+    /// ended and waits for the rest of the batch); no autoreset.
+    pub fn step_some(
+        &mut self,
+        actions: &[Option<E::Action>],
+    ) -> Result<Vec<Option<Step<E::Obs>>>> {
+        if actions.len() != self.envs.len() {
+            return Err(EnvError::InvalidConfig {
+                field: "actions",
+                msg: format!("{} actions for {} envs", actions.len(), self.envs.len()),
+            });
+        }
+        let steps = self.map(|i, e, _| actions[i].clone().map(|a| e.step(a)).transpose())?;
+        for (d, s) in self.ended.iter_mut().zip(&steps) {
+            if let Some(s) = s {
+                *d = s.terminated || s.truncated;
+            }
+        }
+        Ok(steps)
+    }
+
+    /// The sub-envs, mutably (to end an episode from outside, e.g. [`crate::ChatEnv::truncate`]).
+    pub fn envs_mut(&mut self) -> &mut [E] {
+        &mut self.envs
+    }
+
     /// Step every env with its action.
     pub fn step(&mut self, actions: &[E::Action]) -> Result<VecStep<E::Obs>> {
         if actions.len() != self.envs.len() {
@@ -131,7 +167,7 @@ impl<E: Env> VecEnv<E> {
                 })
             }
             (AutoresetMode::SameStep, _) => {
-                let mut s = e.step(actions[i])?;
+                let mut s = e.step(actions[i].clone())?;
                 if s.terminated || s.truncated {
                     let (obs, info) = e.reset(None)?;
                     let final_obs = std::mem::replace(&mut s.obs, obs);
@@ -141,7 +177,7 @@ impl<E: Env> VecEnv<E> {
                 }
                 Ok(s)
             }
-            _ => e.step(actions[i]),
+            _ => e.step(actions[i].clone()),
         })?;
         if mode != AutoresetMode::SameStep {
             for (d, s) in self.ended.iter_mut().zip(&steps) {

@@ -1,0 +1,346 @@
+//! The rollout collector: the one path by which agents, preference generation and the shared
+//! evaluation get experience. It steps a [`VecEnv`] of turn-level [`ChatEnv`]s with the policy:
+//! each round samples the next turn of every live episode in one batch (KV cache, on the device),
+//! steps the envs with the decoded turns (rayon workers: replies and rule rewards), and appends each
+//! env reply's tokens to its episode; episodes end when their env says so.
+//!
+//! The collector never re-tokenises a conversation: it keeps the exact ids it sampled and the exact
+//! ids of each reply as it was encoded, so a teacher-forced pass over the batch sees what sampling
+//! saw. Whether a token is the policy's comes from where it came from, never from its id: `mask` is
+//! 1 on sampled tokens only, and a reply's tokens (mask 0) are context, never trained on and never
+//! in KL, entropy or a mean. Each round re-reads the whole conversation so far (left-padded) rather
+//! than continuing a per-sequence KV cache across turns: simpler, exactly the same log-probs, at
+//! the cost of one prefill per turn.
+
+use crate::policy::LmPolicy;
+use crate::sampling::{generate_until, left_pad, right_pad, SamplingConfig, Sequences};
+use crate::{AgentError, Result};
+use aligngym_envs::chat::render_reply;
+use aligngym_envs::{
+    AutoresetMode, ChatEnv, ChatEnvConfig, Message, RewardFn, Task, TextCodec, VecEnv,
+};
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor};
+
+/// Which episodes to start.
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
+    /// Reset every env with a seed derived from this one (each picks its own prompt).
+    Seed(u64),
+    /// Env i starts on prompt `indices[i]` of its split (evaluation, preference data).
+    Prompts(&'a [usize]),
+}
+
+/// One finished episode, on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Episode {
+    /// Index of its prompt in the env's split.
+    pub prompt_index: usize,
+    /// The prompt text.
+    pub prompt: String,
+    /// The conversation after the prompt (the policy's turns and the env's replies).
+    pub turns: Vec<Message>,
+    /// What rewards read: the transcript of `turns` (for one turn, the completion).
+    pub transcript: String,
+    /// The env's reward (the gold reward, or the external scorer's where the env asked for one).
+    pub reward: f32,
+    /// The gold reward, for evaluation.
+    pub gold: f32,
+    /// The env ended it (`terminated`); otherwise a limit did (`truncated`).
+    pub terminated: bool,
+    /// The policy's last turn ended with a stop token (EOS or end of turn) rather than the token limit.
+    pub ended_turn: bool,
+    /// Why it was cut short, where it was not the task's own limit.
+    pub note: Option<String>,
+    /// The policy's number of turns.
+    pub policy_turns: usize,
+    /// Token ids after the prompt: the policy's and the env's, in order.
+    pub tokens: Vec<u32>,
+    /// Which of `tokens` the policy sampled (the rest are the env's).
+    pub policy: Vec<bool>,
+    /// Position in `tokens` of the last policy token of each policy turn.
+    pub turn_ends: Vec<usize>,
+}
+
+impl Episode {
+    /// The policy's tokens, in order.
+    pub fn policy_tokens(&self) -> Vec<u32> {
+        self.tokens
+            .iter()
+            .zip(&self.policy)
+            .filter(|(_, &p)| p)
+            .map(|(&t, _)| t)
+            .collect()
+    }
+}
+
+/// A collected batch: the episodes, and their tokens as tensors on the policy's device.
+pub struct Rollout {
+    /// The episodes, in env order.
+    pub episodes: Vec<Episode>,
+    /// Prompts and the tokens after them; `mask` marks the policy's tokens.
+    pub seqs: Sequences,
+    /// Sampling log-probs of the policy's tokens `[B, N]`, 0 elsewhere.
+    pub logprobs: Tensor,
+    /// Position of each row's last policy token `[B]` (i64): where the episode's score goes.
+    pub score_pos: Tensor,
+}
+
+impl Rollout {
+    /// The env rewards `[B]` (f32, host).
+    pub fn rewards(&self) -> Vec<f32> {
+        self.episodes.iter().map(|e| e.reward).collect()
+    }
+}
+
+/// `n` turn-level envs of `task`, stepped on rayon workers when `parallel` (same results either way).
+pub fn chat_envs(
+    task: Arc<dyn Task>,
+    n: usize,
+    cfg: ChatEnvConfig,
+    parallel: bool,
+) -> Result<VecEnv<ChatEnv>> {
+    let envs = (0..n)
+        .map(|_| ChatEnv::new(task.clone(), cfg.clone()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(VecEnv::new(envs, AutoresetMode::Disabled, parallel))
+}
+
+/// Per-episode state while collecting.
+struct Running {
+    prompt_ids: Vec<u32>,
+    tokens: Vec<u32>,
+    policy: Vec<bool>,
+    logprobs: Vec<f32>,
+    turn_ends: Vec<usize>,
+    ended_turn: bool,
+    done: Option<Episode>,
+}
+
+impl Running {
+    fn context_len(&self) -> usize {
+        self.prompt_ids.len() + self.tokens.len()
+    }
+    fn context(&self) -> Vec<u32> {
+        let mut c = self.prompt_ids.clone();
+        c.extend_from_slice(&self.tokens);
+        c
+    }
+}
+
+/// Collect one episode per env of `envs` with `policy`, sampling each turn with `sampling`
+/// (`max_new_tokens` is per turn). Episodes whose env asks for an external score
+/// (`RewardSource::External`) are scored by `scorer` in one batch at the end. The torch RNG must be
+/// seeded by the caller for reproducible samples.
+pub fn collect(
+    policy: &LmPolicy,
+    envs: &mut VecEnv<ChatEnv>,
+    start: Start,
+    sampling: &SamplingConfig,
+    scorer: Option<&dyn RewardFn>,
+) -> Result<Rollout> {
+    let tok = &policy.tokenizer;
+    let block = policy.model.config().block_size;
+    let (obs, _) = match start {
+        Start::Seed(s) => envs.reset(Some(s))?,
+        Start::Prompts(idx) => {
+            if idx.len() != envs.len() {
+                return Err(AgentError::config(
+                    "prompts",
+                    format!("{} prompt indices for {} envs", idx.len(), envs.len()),
+                ));
+            }
+            envs.reset_with(|i, e| e.reset_to(idx[i]))?
+        }
+    };
+    let mut eps: Vec<Running> = obs
+        .iter()
+        .map(|o| Running {
+            prompt_ids: tok.encode_prompt(o.first().map_or("", |m| m.content.as_str())),
+            tokens: Vec::new(),
+            policy: Vec::new(),
+            logprobs: Vec::new(),
+            turn_ends: Vec::new(),
+            ended_turn: false,
+            done: None,
+        })
+        .collect();
+    let stops = tok.turn_stops();
+    let mut round_cfg = sampling.clone();
+    loop {
+        let live: Vec<usize> = (0..eps.len()).filter(|&i| eps[i].done.is_none()).collect();
+        if live.is_empty() {
+            break;
+        }
+        // The longest live context bounds this round's token budget (sequences are left-padded
+        // to it); the episodes it leaves no room for are cut off first.
+        let mut actions: Vec<Option<String>> = vec![None; eps.len()];
+        let mut room: Vec<usize> = Vec::new();
+        for &i in &live {
+            if eps[i].context_len() + 1 > block {
+                let s = envs.envs_mut()[i].truncate(&format!(
+                    "the conversation filled the model's context ({block} tokens)"
+                ))?;
+                eps[i].done = Some(finish(&eps[i], s)?);
+            } else {
+                room.push(i);
+            }
+        }
+        if room.is_empty() {
+            continue;
+        }
+        let longest = room
+            .iter()
+            .map(|&i| eps[i].context_len())
+            .max()
+            .unwrap_or(0);
+        round_cfg.max_new_tokens = sampling.max_new_tokens.min(block - longest);
+        let contexts: Vec<Vec<u32>> = room.iter().map(|&i| eps[i].context()).collect();
+        let gen = generate_until(
+            &policy.model,
+            &contexts,
+            tok.pad_id(),
+            &stops,
+            &round_cfg,
+            policy.device(),
+        )?;
+        // One device→host copy of the turn's tokens, mask and log-probs.
+        let host = |t: &Tensor, k: Kind| t.to_device(Device::Cpu).to_kind(k);
+        let toks: Vec<Vec<i64>> = Vec::try_from(host(&gen.tokens, Kind::Int64))?;
+        let mask: Vec<Vec<f32>> = Vec::try_from(host(&gen.mask, Kind::Float))?;
+        let lps: Vec<Vec<f32>> = Vec::try_from(host(&gen.logprobs, Kind::Float))?;
+        for (j, &i) in room.iter().enumerate() {
+            let e = &mut eps[i];
+            let turn: Vec<u32> = toks[j]
+                .iter()
+                .zip(&mask[j])
+                .filter(|(_, &m)| m > 0.5)
+                .map(|(&t, _)| t as u32)
+                .collect();
+            e.ended_turn = turn.last().is_some_and(|t| stops.contains(t));
+            e.tokens.extend_from_slice(&turn);
+            e.policy.extend(std::iter::repeat_n(true, turn.len()));
+            e.logprobs.extend(
+                lps[j]
+                    .iter()
+                    .zip(&mask[j])
+                    .filter(|(_, &m)| m > 0.5)
+                    .map(|(&l, _)| l),
+            );
+            e.turn_ends.push(e.tokens.len().saturating_sub(1));
+            actions[i] = Some(tok.decode_ids(&turn));
+        }
+        let steps = envs.step_some(&actions)?;
+        for (i, s) in steps.into_iter().enumerate() {
+            let Some(s) = s else { continue };
+            if s.terminated || s.truncated {
+                eps[i].done = Some(finish(&eps[i], s)?);
+                continue;
+            }
+            let reply = s
+                .obs
+                .last()
+                .ok_or_else(|| AgentError::Data("an env continued with no reply".into()))?;
+            let ids = tok.encode_ids(&render_reply(reply));
+            if eps[i].context_len() + ids.len() + 1 > block {
+                let s = envs.envs_mut()[i].truncate(&format!(
+                    "the env's reply ({} tokens) overflowed the model's context ({block} tokens)",
+                    ids.len()
+                ))?;
+                eps[i].done = Some(finish(&eps[i], s)?);
+                continue;
+            }
+            let e = &mut eps[i];
+            e.tokens.extend_from_slice(&ids);
+            e.policy.extend(std::iter::repeat_n(false, ids.len()));
+            e.logprobs.extend(std::iter::repeat_n(0.0, ids.len()));
+        }
+    }
+    let mut episodes: Vec<Episode> = eps.iter_mut().filter_map(|e| e.done.take()).collect();
+    if let Some(scorer) = scorer {
+        let need: Vec<usize> = (0..episodes.len())
+            .filter(|&i| episodes[i].reward.is_nan())
+            .collect();
+        if !need.is_empty() {
+            let p: Vec<&str> = need.iter().map(|&i| episodes[i].prompt.as_str()).collect();
+            let c: Vec<&str> = need
+                .iter()
+                .map(|&i| episodes[i].transcript.as_str())
+                .collect();
+            let scores = scorer.score_batch(&p, &c)?;
+            for (&i, s) in need.iter().zip(scores) {
+                episodes[i].reward = s;
+            }
+        }
+    }
+    if let Some(e) = episodes.iter().find(|e| e.reward.is_nan()) {
+        return Err(AgentError::Data(format!(
+            "episode on prompt {:?} asked for an external score and no scorer was given",
+            e.prompt
+        )));
+    }
+    batch(policy, &eps, episodes)
+}
+
+/// The finished episode of `e`, from the env's last step.
+fn finish(e: &Running, s: aligngym_envs::Step<Vec<Message>>) -> Result<Episode> {
+    let info = s.info;
+    Ok(Episode {
+        prompt_index: info.prompt_index,
+        prompt: info.prompt.unwrap_or_default(),
+        turns: s.obs.get(1..).map(|t| t.to_vec()).unwrap_or_default(),
+        transcript: info.completion.unwrap_or_default(),
+        reward: if info.needs_score { f32::NAN } else { s.reward },
+        gold: info.gold_reward.unwrap_or(f32::NAN),
+        terminated: s.terminated,
+        ended_turn: e.ended_turn,
+        note: info.note,
+        policy_turns: e.turn_ends.len(),
+        tokens: e.tokens.clone(),
+        policy: e.policy.clone(),
+        turn_ends: e.turn_ends.clone(),
+    })
+}
+
+/// The tensors of a rollout: one host→device copy each.
+fn batch(policy: &LmPolicy, eps: &[Running], episodes: Vec<Episode>) -> Result<Rollout> {
+    let dev = policy.device();
+    let pad = policy.tokenizer.pad_id();
+    let prompts: Vec<Vec<u32>> = eps.iter().map(|e| e.prompt_ids.clone()).collect();
+    let (prompt, prompt_valid) = left_pad(&prompts, pad, dev); // [B, L_p]
+    let conts: Vec<&[u32]> = eps.iter().map(|e| e.tokens.as_slice()).collect();
+    let (tokens, valid) = right_pad(&conts, pad, dev); // [B, N]
+    let n = tokens.size()[1] as usize;
+    let row = |v: &[f32]| {
+        let mut r = v.to_vec();
+        r.resize(n, 0.0);
+        r
+    };
+    let mask: Vec<f32> = eps
+        .iter()
+        .flat_map(|e| row(&e.policy.iter().map(|&p| p as u8 as f32).collect::<Vec<_>>()))
+        .collect();
+    let lps: Vec<f32> = eps.iter().flat_map(|e| row(&e.logprobs)).collect();
+    let b = eps.len() as i64;
+    let mask = Tensor::from_slice(&mask).view([b, n as i64]).to_device(dev); // [B, N]
+    let logprobs = Tensor::from_slice(&lps).view([b, n as i64]).to_device(dev); // [B, N]
+    let pos: Vec<i64> = episodes
+        .iter()
+        .map(|e| e.turn_ends.last().copied().unwrap_or(0) as i64)
+        .collect();
+    Ok(Rollout {
+        episodes,
+        seqs: Sequences {
+            prompt,
+            prompt_valid,
+            tokens,
+            valid,
+            mask,
+        },
+        logprobs,
+        score_pos: Tensor::from_slice(&pos).to_device(dev),
+    })
+}
+
+#[cfg(test)]
+mod tests;

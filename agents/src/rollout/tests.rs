@@ -1,0 +1,227 @@
+//! The collector's contract on a multi-turn env: recorded log-probs equal a teacher-forced pass
+//! over the whole conversation, env tokens are masked out and get no gradient, rewards sit on the
+//! last policy token of the episode, an overflowing reply truncates, and serial and rayon envs give
+//! identical PPO updates.
+
+use super::{chat_envs, collect, Start};
+use crate::losses::ppo_policy_loss;
+use crate::model::GptConfig;
+use crate::policy::LmPolicy;
+use crate::ppo::{PpoAgent, PpoConfig, RewardSignal};
+use crate::sampling::{sequence_logprobs, SamplingConfig};
+use crate::sft;
+use crate::tokenizer::Tokenizer;
+use crate::Agent;
+use aligngym_envs::chat::END_OF_TURN;
+use aligngym_envs::tasks::guess_number::GuessNumberTask;
+use aligngym_envs::{ChatEnvConfig, Feedback, Message, Rule, Split, Task};
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor};
+
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn policy(task: &dyn Task, block_size: usize, seed: u64) -> LmPolicy {
+    let tokenizer = Tokenizer::train(&task.corpus(300, 0), 400).unwrap();
+    let cfg = GptConfig {
+        vocab_size: tokenizer.vocab_size(),
+        n_layer: 2,
+        n_head: 4,
+        n_embd: 32,
+        block_size,
+        dropout: 0.0,
+    };
+    let (vs, model) = sft::init_model(&cfg, Device::Cpu, seed).unwrap();
+    // Perturb every variable so biases and LayerNorms matter too.
+    tch::manual_seed(seed as i64);
+    let mut vars: Vec<_> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    tch::no_grad(|| {
+        for (_, mut v) in vars {
+            let noise = v.randn_like() * 0.05;
+            v += noise;
+        }
+    });
+    LmPolicy {
+        vs,
+        model,
+        tokenizer,
+    }
+}
+
+fn sampling() -> SamplingConfig {
+    SamplingConfig {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: 4,
+    }
+}
+
+use aligngym_envs::TextCodec;
+
+#[test]
+fn multi_turn_logprobs_masks_gradients_and_reward_positions() {
+    let _g = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let task: Arc<dyn Task> = Arc::new(GuessNumberTask::new());
+    let pi = policy(task.as_ref(), 128, 3);
+    assert!(pi.tokenizer.eot_id().is_some());
+    let mut envs = chat_envs(task.clone(), 12, ChatEnvConfig::default(), true).unwrap();
+    tch::manual_seed(7);
+    let roll = collect(&pi, &mut envs, Start::Seed(11), &sampling(), None).unwrap();
+    assert_eq!(roll.episodes.len(), 12);
+    assert!(
+        roll.episodes.iter().any(|e| e.policy_turns >= 2),
+        "a random policy should be asked again at least once"
+    );
+    // The mask is exactly where the tokens came from.
+    let mask: Vec<Vec<f32>> = Vec::try_from(&roll.seqs.mask).unwrap();
+    let toks: Vec<Vec<i64>> = Vec::try_from(&roll.seqs.tokens).unwrap();
+    let mut env_tokens = 0;
+    for (i, e) in roll.episodes.iter().enumerate() {
+        for (t, (&id, &p)) in e.tokens.iter().zip(&e.policy).enumerate() {
+            assert_eq!(toks[i][t], id as i64);
+            assert_eq!(mask[i][t], if p { 1.0 } else { 0.0 });
+            env_tokens += usize::from(!p);
+        }
+        // Each turn's last token is the policy's; what follows it is the env's reply or padding.
+        for &end in &e.turn_ends {
+            assert_eq!(mask[i][end], 1.0);
+            if end + 1 < mask[i].len() {
+                assert_eq!(mask[i][end + 1], 0.0, "episode {i}, turn end {end}");
+            }
+        }
+        // The replies are in the tokens exactly as the env said them.
+        let replies: Vec<&Message> = e
+            .turns
+            .iter()
+            .filter(|m| m.role != aligngym_envs::Role::Assistant)
+            .collect();
+        let env_ids: Vec<u32> = e
+            .tokens
+            .iter()
+            .zip(&e.policy)
+            .filter(|(_, &p)| !p)
+            .map(|(&t, _)| t)
+            .collect();
+        let expect: Vec<u32> = replies
+            .iter()
+            .flat_map(|m| {
+                pi.tokenizer
+                    .encode_ids(&aligngym_envs::chat::render_reply(m))
+            })
+            .collect();
+        assert_eq!(env_ids, expect);
+        // The score goes on the last policy token, and the gold reward reads the transcript.
+        assert_eq!(e.gold, task.gold().score(&e.prompt, &e.transcript));
+    }
+    assert!(env_tokens > 0);
+    let pos: Vec<i64> = Vec::try_from(&roll.score_pos).unwrap();
+    for (e, &p) in roll.episodes.iter().zip(&pos) {
+        assert_eq!(p as usize, *e.turn_ends.last().unwrap());
+    }
+    // Teacher-forced over the whole conversation: the recorded log-probs.
+    let lp = tch::no_grad(|| sequence_logprobs(&pi.model, &roll.seqs, 1.0, false));
+    let d = (&lp - &roll.logprobs).abs().max().double_value(&[]);
+    assert!(d < 1e-4, "max |Δ log-prob| = {d}");
+    // Env tokens get no gradient: changing the advantages there changes nothing.
+    let grads = |adv: &Tensor| {
+        for (_, mut v) in pi.vs.variables() {
+            v.zero_grad();
+        }
+        let lp = sequence_logprobs(&pi.model, &roll.seqs, 1.0, true);
+        let (loss, ..) = ppo_policy_loss(&lp, &roll.logprobs, adv, &roll.seqs.mask, 0.2);
+        loss.backward();
+        let mut v: Vec<_> = pi.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        Tensor::cat(
+            &v.iter()
+                .map(|(_, t)| t.grad().flatten(0, -1))
+                .collect::<Vec<_>>(),
+            0,
+        )
+    };
+    let adv = Tensor::randn(roll.seqs.mask.size(), (Kind::Float, Device::Cpu)) * &roll.seqs.mask;
+    let noise = Tensor::randn(roll.seqs.mask.size(), (Kind::Float, Device::Cpu)) * 100.0;
+    let adv_env = &adv + noise * (1.0 - &roll.seqs.mask);
+    let g1 = grads(&adv);
+    let g2 = grads(&adv_env);
+    assert!(g1.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    assert_eq!((&g1 - &g2).abs().max().double_value(&[]), 0.0);
+}
+
+/// A multi-turn task whose reply is too long for a small context.
+struct Chatty;
+
+impl Task for Chatty {
+    fn id(&self) -> &str {
+        "chatty-test"
+    }
+    fn description(&self) -> &str {
+        "replies at length"
+    }
+    fn reward_kind(&self) -> &str {
+        "rule"
+    }
+    fn feedback(&self) -> Feedback {
+        Feedback::Reward
+    }
+    fn corpus(&self, n: usize, _seed: u64) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("say {i} {END_OF_TURN} and then some more words"))
+            .collect()
+    }
+    fn prompts(&self, _split: Split) -> &[String] {
+        static P: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        P.get_or_init(|| vec!["say something".to_string()])
+    }
+    fn gold(&self) -> Arc<dyn Rule> {
+        Arc::new(aligngym_envs::rules::LengthTarget::words(3, 2.0))
+    }
+    fn reply(&self, _prompt: &str, _turns: &[Message]) -> Option<Message> {
+        Some(Message::user("and then some more words ".repeat(30)))
+    }
+    fn max_turns(&self) -> usize {
+        4
+    }
+}
+
+#[test]
+fn a_reply_that_overflows_the_context_truncates_the_episode() {
+    let _g = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let task: Arc<dyn Task> = Arc::new(Chatty);
+    let pi = policy(task.as_ref(), 32, 1);
+    let mut envs = chat_envs(task, 3, ChatEnvConfig::default(), false).unwrap();
+    tch::manual_seed(0);
+    let roll = collect(&pi, &mut envs, Start::Seed(0), &sampling(), None).unwrap();
+    for e in &roll.episodes {
+        assert!(!e.terminated);
+        assert_eq!(e.policy_turns, 1);
+        let note = e.note.as_deref().unwrap_or("");
+        assert!(note.contains("overflowed the model's context"), "{note}");
+        assert!(e.gold.is_finite());
+    }
+    assert!(roll.seqs.tokens.size()[1] <= 4);
+}
+
+#[test]
+fn serial_and_rayon_envs_give_identical_ppo_updates() {
+    let _g = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let task: Arc<dyn Task> = Arc::new(GuessNumberTask::new());
+    let run = |parallel: bool| {
+        let pi = policy(task.as_ref(), 128, 5);
+        let cfg = PpoConfig {
+            batch_size: 8,
+            learning_rate: 1e-3,
+            ..Default::default()
+        };
+        let mut a =
+            PpoAgent::with_envs(cfg, task.clone(), pi, RewardSignal::Gold, 9, parallel).unwrap();
+        (0..2).map(|s| a.update(s).unwrap()).collect::<Vec<_>>()
+    };
+    let serial = run(false);
+    let again = run(false);
+    assert_eq!(serial, again, "serial twice");
+    let rayon = run(true);
+    assert_eq!(serial, rayon);
+    assert!(serial[1]["objective/turns"] > 1.0);
+}

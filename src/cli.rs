@@ -1,0 +1,842 @@
+//! The `aligngym` command line, one function per command, callable as a library function
+//! ([`main`], [`run`]) so a user's own binary with its own tasks has every command.
+
+use crate::commands::{self, ModelSize};
+use crate::eval::{EvalConfig, Evaluator};
+use crate::runner;
+use crate::spec::{build_agent, AgentKind, RewardSpec, TrainSpec};
+use crate::sweep::{run_sweep, SweepOptions, SweepSpec};
+use aligngym_agents::sampling::SamplingConfig;
+use aligngym_agents::sft::SftConfig;
+use aligngym_agents::{AgentError, DeviceChoice, LmPolicy, Precision, Result, RmConfig};
+use aligngym_envs::{
+    check_chat_env, check_env, make, task, tasks, write_pairs, OracleConfig, TextEnvConfig,
+};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Where and in what precision a command computes.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct Compute {
+    /// Device: auto (CUDA when available), cpu or cuda (an error without CUDA).
+    #[arg(long, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Compute precision: fp32 (the default; for `train --resume`, the run's own), or bf16 (bf16
+    /// matmuls and KV cache; fp32 master weights, LayerNorms, softmaxes, losses and attention
+    /// under training).
+    #[arg(long)]
+    pub dtype: Option<Precision>,
+}
+
+impl Compute {
+    /// The precision asked for, fp32 when none was.
+    pub fn precision(&self) -> Precision {
+        self.dtype.unwrap_or(Precision::Fp32)
+    }
+}
+
+/// aligngym: a gym for LLM alignment algorithms. Define a task once; compare PPO, DPO and more on it
+/// under the same budget, prompts and evaluation, against a gold reward the agents never see.
+#[derive(Parser)]
+#[command(name = "aligngym", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List the registered environments (id, what a good completion is, reward range and kind).
+    Envs,
+    /// Check an environment against the API contract; exits non-zero on a violation.
+    CheckEnv(CheckEnvArgs),
+    /// Train the base policy (tokenizer + supervised fine-tuning) on an env's corpus or a text file.
+    Sft(SftArgs),
+    /// Print completions sampled from a checkpoint.
+    Sample(SampleArgs),
+    /// Sample completions from a generator policy and label pairs with the env's oracle (JSONL).
+    Prefs(PrefsArgs),
+    /// Train a Bradley–Terry reward model on preference pairs.
+    TrainRm(TrainRmArgs),
+    /// Train an agent from a policy checkpoint, with the shared evaluation; writes a run directory.
+    Train(TrainArgs),
+    /// Run a sweep spec (TOML): envs × agents × hyperparameter grid × seeds, with shared stages.
+    Sweep(SweepArgs),
+    /// Draw the figures of a sweep folder (PNG and SVG in <DIR>/plots).
+    Plot(PlotArgs),
+    /// Write <DIR>/report.md: the measured answer to each claim the sweep covers.
+    Report(ReportArgs),
+    /// The default comparison: SFT, on-policy preferences, a reward model, then PPO on the gold
+    /// reward, PPO on the reward model and DPO on the same pairs, 3 seeds each; CSV, plots, report.
+    Compare(CompareArgs),
+    /// Evaluate a policy on an env's held-out prompts against a reference (default: itself).
+    Eval(EvalArgs),
+    /// Print the device, run forward/backward and sampling on CUDA and compare with CPU.
+    GpuCheck,
+    /// Time the fixed workloads W1–W4 (median after warm-up) against the machine's matmul peak.
+    Bench(BenchArgs),
+}
+
+/// The arguments of `aligngym check-env`.
+#[derive(clap::Args)]
+pub struct CheckEnvArgs {
+    /// Environment id, e.g. sentiment-v0.
+    pub id: String,
+}
+
+/// The arguments of `aligngym sft`.
+#[derive(clap::Args)]
+pub struct SftArgs {
+    /// Environment whose corpus generator provides the training text.
+    #[arg(long, required_unless_present = "corpus")]
+    pub env: Option<String>,
+    /// A text file with one example per line, instead of an env's corpus.
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// Output checkpoint directory (model.safetensors, config.json, tokenizer.json, sft_log.csv).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Optimiser steps (default: the env's recommended count, else 600).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Model size.
+    #[arg(long, value_enum, default_value_t = ModelSize::Tiny)]
+    pub size: ModelSize,
+    /// Seed for the corpus, initialisation and batches.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub compute: Compute,
+}
+
+/// The arguments of `aligngym sample`.
+#[derive(clap::Args)]
+pub struct SampleArgs {
+    /// Policy checkpoint directory.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Prompt text.
+    #[arg(long)]
+    pub prompt: String,
+    /// Number of completions.
+    #[arg(short = 'n', long, default_value_t = 4)]
+    pub n: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f64,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: i64,
+    /// Nucleus sampling mass (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Most new tokens per completion.
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub compute: Compute,
+}
+
+/// The arguments of `aligngym prefs`.
+#[derive(clap::Args)]
+pub struct PrefsArgs {
+    /// Environment id.
+    #[arg(long)]
+    pub env: String,
+    /// Generator policy checkpoint (π_sft for on-policy data, any other for off-policy).
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Number of pairs to write.
+    #[arg(long, default_value_t = 512)]
+    pub pairs: usize,
+    /// Completions per prompt; every two form a pair (4 gives 6 pairs, as in the DPO paper).
+    #[arg(long, default_value_t = 4)]
+    pub per_prompt: usize,
+    /// Oracle temperature τ (0 = always the better completion).
+    #[arg(long, default_value_t = OracleConfig::default().temperature)]
+    pub oracle_temperature: f32,
+    /// Probability that the oracle's label is flipped (simulated rater noise).
+    #[arg(long, default_value_t = 0.0)]
+    pub flip_rate: f32,
+    /// Keep pairs whose completions have equal gold reward (labelled by a coin flip); by default
+    /// they are dropped, as raters would say "no preference".
+    #[arg(long)]
+    pub keep_ties: bool,
+    /// Output JSONL file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed for prompts, sampling and labels.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub compute: Compute,
+}
+
+/// The arguments of `aligngym train-rm`.
+#[derive(clap::Args)]
+pub struct TrainRmArgs {
+    /// Preference JSONL (`prompt`, `chosen`, `rejected`).
+    #[arg(long)]
+    pub prefs: PathBuf,
+    /// Policy checkpoint whose trunk initialises the reward model.
+    #[arg(long)]
+    pub init: PathBuf,
+    /// Output reward-model directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Override a hyperparameter (learning_rate, batch_size, epochs, heldout_fraction, max_grad_norm).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Seed for the split and the batches.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub compute: Compute,
+}
+
+/// The arguments of `aligngym train`.
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Which agent.
+    #[arg(long, value_enum, required_unless_present = "resume")]
+    pub agent: Option<AgentKind>,
+    /// Environment id.
+    #[arg(long, required_unless_present = "resume")]
+    pub env: Option<String>,
+    /// Starting policy checkpoint (also the frozen reference).
+    #[arg(long, required_unless_present = "resume")]
+    pub policy: Option<PathBuf>,
+    /// PPO's reward: `gold` (the env's) or `rm:DIR` (a trained reward model).
+    #[arg(long, default_value = "gold")]
+    pub reward: String,
+    /// DPO's preference JSONL.
+    #[arg(long)]
+    pub prefs: Option<PathBuf>,
+    /// Run directory (config.json, metrics.csv, policy/, state/).
+    #[arg(long, required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
+    /// Override a hyperparameter: a key of the agent's config, or run.updates, run.eval_every,
+    /// run.dtype, eval.prompts … (repeatable). With --resume, only run.* keys (e.g. to extend
+    /// a run).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Run seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub compute: Compute,
+    /// Continue a stopped run from its directory (weights, optimiser, KL controller, counters).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["agent", "env", "policy", "out"])]
+    pub resume: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// libtorch intra-op threads (0 = libtorch's default); sweeps running several runs at
+    /// once pass 1.
+    #[arg(long, default_value_t = 0)]
+    pub threads: i32,
+}
+
+/// The arguments of `aligngym sweep`.
+#[derive(clap::Args)]
+pub struct SweepArgs {
+    /// The sweep spec (see src/sweeps/*.toml).
+    pub spec: PathBuf,
+    /// Output folder (runs/, stages/, runs.csv, metrics.csv); default results/<sweep name>.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Runs executed at once (each with one libtorch thread when > 1).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Only shard I of N (`I/N`, 0-based): machines can share a sweep and merge by copying.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Multiply updates and preference pairs (for GPU-sized runs).
+    #[arg(long)]
+    pub scale: Option<f64>,
+    #[command(flatten)]
+    pub compute: Compute,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The arguments of `aligngym plot`.
+#[derive(clap::Args)]
+pub struct PlotArgs {
+    /// A sweep output folder.
+    pub dir: PathBuf,
+}
+
+/// The arguments of `aligngym report`.
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// A sweep output folder.
+    pub dir: PathBuf,
+}
+
+/// The arguments of `aligngym compare`.
+#[derive(clap::Args)]
+pub struct CompareArgs {
+    /// Environment id.
+    #[arg(long, default_value = "sentiment-v0")]
+    pub env: String,
+    /// Output folder.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Seeds per agent.
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// Runs executed at once.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Multiply updates and preference pairs (for GPU-sized runs).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    #[command(flatten)]
+    pub compute: Compute,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The arguments of `aligngym eval`.
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// Environment id.
+    #[arg(long)]
+    pub env: String,
+    /// Policy checkpoint.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Reference policy checkpoint (for KL and win rate).
+    #[arg(long = "ref")]
+    pub reference: Option<PathBuf>,
+    /// Seed of the evaluation's sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub compute: Compute,
+}
+
+/// The arguments of `aligngym bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Model size: tiny (vocab 512, 4×128) or small (vocab 4096, 6×256).
+    #[arg(long, value_enum, default_value_t = ModelSize::Tiny)]
+    pub size: ModelSize,
+    #[command(flatten)]
+    pub compute: Compute,
+    /// Timed repetitions per workload (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// The whole command line as a library function: parse `std::env::args()`, run the command, print
+/// any error as one line, and return the exit code. A binary of the user's own that registers its
+/// tasks (`aligngym::envs::register`) and then calls this has every command for them:
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     // aligngym::envs::register(std::sync::Arc::new(MyTask::new())).unwrap();
+///     aligngym::cli::main()
+/// }
+/// ```
+pub fn main() -> ExitCode {
+    run(std::env::args_os())
+}
+
+/// [`main`] with explicit arguments (the first is the program name).
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version print and succeed; usage errors exit 2, as clap's do.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    aligngym_agents::device::keep_freed_memory();
+    match dispatch(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.to_string().replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Envs => cmd_envs(),
+        Cmd::CheckEnv(a) => cmd_check_env(a),
+        Cmd::Sft(a) => cmd_sft(a),
+        Cmd::Sample(a) => cmd_sample(a),
+        Cmd::Prefs(a) => cmd_prefs(a),
+        Cmd::TrainRm(a) => cmd_train_rm(a),
+        Cmd::Train(a) => cmd_train(a),
+        Cmd::Sweep(a) => cmd_sweep(a),
+        Cmd::Plot(a) => cmd_plot(a),
+        Cmd::Report(a) => cmd_report(a),
+        Cmd::Compare(a) => cmd_compare(a),
+        Cmd::Eval(a) => cmd_eval(a),
+        Cmd::GpuCheck => cmd_gpu_check(),
+        Cmd::Bench(a) => cmd_bench(a),
+    }
+}
+
+/// `aligngym envs`.
+fn cmd_envs() -> Result<()> {
+    println!(
+        "{:<16} {:<14} {:<12} description",
+        "id", "reward range", "feedback"
+    );
+    for t in tasks() {
+        let (lo, hi) = t.gold().range();
+        println!(
+            "{:<16} {:<14} {:<12} {} ({})",
+            t.id(),
+            format!("[{lo}, {hi}]"),
+            format!("{:?}", t.feedback()),
+            t.description(),
+            t.reward_kind()
+        );
+    }
+    Ok(())
+}
+
+/// `aligngym check-env`.
+fn cmd_check_env(args: CheckEnvArgs) -> Result<()> {
+    let CheckEnvArgs { id } = args;
+    let codec = Arc::new(aligngym_envs::ByteCodec);
+    // The token-level env (for outside agents) and the turn-level one (what the agents train on).
+    check_env(|| make(&id, codec.clone(), TextEnvConfig::default()))?;
+    let t = task(&id)?;
+    check_chat_env(t.clone())?;
+    println!(
+        "{id}: check_env passed (token level, and turn level with up to {} turn(s))",
+        t.max_turns().max(1)
+    );
+    Ok(())
+}
+
+/// `aligngym sft`.
+fn cmd_sft(args: SftArgs) -> Result<()> {
+    let SftArgs {
+        env,
+        corpus,
+        out,
+        steps,
+        size,
+        seed,
+        compute,
+    } = args;
+    let (device, dtype) = (compute.device, compute.precision());
+    let dev = device.resolve()?;
+    let mut cfg = SftConfig::default();
+    let text = match (&corpus, &env) {
+        (Some(p), _) => commands::read_corpus(p)?,
+        (None, Some(id)) => {
+            let t = task(id)?;
+            cfg.steps = t.sft_steps();
+            t.corpus(cfg.corpus_size, seed)
+        }
+        (None, None) => return Err(AgentError::config("env", "give --env ID or --corpus FILE")),
+    };
+    if let Some(s) = steps {
+        cfg.steps = s;
+    }
+    cfg.dtype = dtype;
+    let rows = commands::run_sft(&text, size, &cfg, seed, dev, &out, false)?;
+    let last = rows.last().map_or(f64::NAN, |r| r.loss);
+    println!(
+        "sft: {} steps, final loss {last:.4} nats/token; checkpoint in {}",
+        rows.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `aligngym sample`.
+fn cmd_sample(args: SampleArgs) -> Result<()> {
+    let SampleArgs {
+        policy,
+        prompt,
+        n,
+        temperature,
+        top_k,
+        top_p,
+        max_new_tokens,
+        seed,
+        compute,
+    } = args;
+    let (device, dtype) = (compute.device, compute.precision());
+    let p = LmPolicy::load(&policy, device.resolve()?)?.with_precision(dtype);
+    let cfg = SamplingConfig {
+        temperature,
+        top_k,
+        top_p,
+        max_new_tokens,
+    };
+    for (i, c) in commands::sample_texts(&p, &prompt, n, &cfg, seed)?
+        .iter()
+        .enumerate()
+    {
+        println!("[{i}] {prompt}{c}");
+    }
+    Ok(())
+}
+
+/// `aligngym prefs`.
+fn cmd_prefs(args: PrefsArgs) -> Result<()> {
+    let PrefsArgs {
+        env,
+        policy,
+        pairs,
+        per_prompt,
+        oracle_temperature,
+        flip_rate,
+        keep_ties,
+        out,
+        seed,
+        compute,
+    } = args;
+    let (device, dtype) = (compute.device, compute.precision());
+    let t = task(&env)?;
+    let p = LmPolicy::load(&policy, device.resolve()?)?.with_precision(dtype);
+    let oracle = OracleConfig {
+        temperature: oracle_temperature,
+        flip_rate,
+    };
+    let sampling = SamplingConfig {
+        max_new_tokens: t.max_new_tokens(),
+        ..Default::default()
+    };
+    let (data, queries) = commands::build_prefs(
+        &p,
+        t.clone(),
+        pairs,
+        per_prompt,
+        oracle,
+        sampling,
+        &policy.display().to_string(),
+        !keep_ties,
+        seed,
+    )?;
+    write_pairs(&out, &data)?;
+    println!(
+        "prefs: {} pairs ({queries} oracle queries) written to {}",
+        data.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `aligngym train-rm`.
+fn cmd_train_rm(args: TrainRmArgs) -> Result<()> {
+    let TrainRmArgs {
+        prefs,
+        init,
+        out,
+        sets,
+        seed,
+        compute,
+    } = args;
+    let (device, dtype) = (compute.device, compute.precision());
+    let mut cfg = RmConfig::default();
+    cfg = crate::spec::apply_overrides(
+        &cfg,
+        &sets,
+        |v, k| v.get(k).map(|_| vec![k.to_string()]),
+        |v| {
+            v.as_object()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default()
+        },
+    )?;
+    let pairs = aligngym_envs::read_pairs(&prefs)?;
+    let p = LmPolicy::load(&init, device.resolve()?)?.with_precision(dtype);
+    let r = commands::train_rm(&p, &pairs, &cfg, seed, &out, false)?;
+    println!(
+        "train-rm: {} train / {} held-out pairs; pairwise accuracy train {:.3}, held-out {:.3}; offset {:.3}; saved to {}",
+        r.pairs.0, r.pairs.1, r.train_accuracy, r.heldout_accuracy, r.offset, out.display()
+    );
+    Ok(())
+}
+
+/// `aligngym train`.
+fn cmd_train(args: TrainArgs) -> Result<()> {
+    let TrainArgs {
+        agent,
+        env,
+        policy,
+        reward,
+        prefs,
+        out,
+        sets,
+        seed,
+        compute,
+        resume,
+        quiet,
+        threads,
+    } = args;
+    let (device, dtype) = (compute.device, compute.dtype);
+    let dev = device.resolve()?;
+    if threads > 0 {
+        tch::set_num_threads(threads);
+    }
+    // `--dtype` is `--set run.dtype=…`, so a resumed run records it the same way.
+    let mut sets = sets;
+    if let Some(d) = dtype {
+        sets.push(format!("run.dtype={d}"));
+    }
+    let (spec, dir, resuming) = match resume {
+        Some(dir) => {
+            let path = dir.join("config.json");
+            let text = std::fs::read_to_string(&path).map_err(|e| AgentError::io(&path, e))?;
+            let mut spec: TrainSpec = serde_json::from_str(&text)
+                .map_err(|e| AgentError::Data(format!("{}: {e}", path.display())))?;
+            if let Some(bad) = sets.iter().find(|s| !s.starts_with("run.")) {
+                return Err(AgentError::config(
+                    bad.clone(),
+                    "with --resume only run.* keys may be changed",
+                ));
+            }
+            spec.apply_sets(&sets)?;
+            // Keep the extended length in the run's record.
+            let json =
+                serde_json::to_string_pretty(&spec).map_err(|e| AgentError::Data(e.to_string()))?;
+            commands::write_atomic(&path, &json)?;
+            (spec, dir, true)
+        }
+        None => {
+            let (agent, env, policy, out) = (
+                agent.unwrap_or(AgentKind::Ppo),
+                env.unwrap_or_default(),
+                policy.unwrap_or_default(),
+                out.unwrap_or_default(),
+            );
+            let reward: RewardSpec = reward
+                .parse()
+                .map_err(|m: String| AgentError::config("reward", m))?;
+            let mut spec = TrainSpec::new(agent, &env, policy, reward, prefs, seed);
+            spec.apply_sets(&sets)?;
+            (spec, out, false)
+        }
+    };
+    let t = task(&spec.env)?;
+    let (mut agent, start) = build_agent(&spec, t.clone(), dev)?;
+    if !resuming {
+        std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
+        let json =
+            serde_json::to_string_pretty(&spec).map_err(|e| AgentError::Data(e.to_string()))?;
+        commands::write_atomic(&dir.join("config.json"), &json)?;
+    }
+    let ev = Evaluator::new(t.clone(), &start, spec.eval.clone(), spec.seed)?;
+    let pb = commands::progress(spec.run.updates, &spec.agent.to_string(), quiet);
+    let rows = runner::run(
+        agent.as_mut(),
+        &ev,
+        &spec.run,
+        &dir,
+        resuming,
+        |step, rows| {
+            pb.set_position(step);
+            if let Some(r) = rows.iter().find(|r| r.metric == "eval/gold_reward") {
+                pb.set_message(format!("gold {:.3}", r.value));
+            }
+        },
+    )?;
+    pb.finish_and_clear();
+    let first = rows
+        .iter()
+        .find(|r| r.metric == "eval/gold_reward")
+        .map_or(f64::NAN, |r| r.value);
+    let last = crate::metrics::last(&rows, "eval/gold_reward").unwrap_or(f64::NAN);
+    let kl = crate::metrics::last(&rows, "eval/kl_to_ref").unwrap_or(f64::NAN);
+    println!(
+        "train {}: eval/gold_reward {first:.3} -> {last:.3}, eval/kl_to_ref {kl:.3}; run in {}",
+        spec.agent,
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `aligngym sweep`.
+fn cmd_sweep(args: SweepArgs) -> Result<()> {
+    let SweepArgs {
+        spec,
+        out,
+        jobs,
+        shard,
+        scale,
+        compute,
+        quiet,
+    } = args;
+    let device = compute.device;
+    let mut s = SweepSpec::load(&spec)?;
+    if let Some(x) = scale {
+        s.scale = x;
+        s.validate()?;
+    }
+    if let Some(d) = compute.dtype {
+        for a in &mut s.agents {
+            a.set.insert("run.dtype".into(), d.to_string().into());
+        }
+    }
+    let shard = match shard {
+        None => None,
+        Some(t) => Some(parse_shard(&t)?),
+    };
+    let out = out.unwrap_or_else(|| PathBuf::from("results").join(&s.name));
+    let n = run_sweep(
+        &s,
+        &out,
+        &SweepOptions {
+            jobs,
+            shard,
+            device,
+            quiet,
+        },
+    )?;
+    println!(
+        "sweep {}: {n} run(s) executed now; runs.csv and metrics.csv in {}",
+        s.name,
+        out.display()
+    );
+    Ok(())
+}
+
+/// `aligngym plot`.
+fn cmd_plot(args: PlotArgs) -> Result<()> {
+    let PlotArgs { dir } = args;
+    for f in crate::plot::plot_sweep(&dir)? {
+        println!("{}", f.display());
+    }
+    Ok(())
+}
+
+/// `aligngym report`.
+fn cmd_report(args: ReportArgs) -> Result<()> {
+    let ReportArgs { dir } = args;
+    crate::plot::plot_sweep(&dir)?;
+    crate::report::write_report(&dir)?;
+    println!("{}", dir.join("report.md").display());
+    Ok(())
+}
+
+/// `aligngym compare`.
+fn cmd_compare(args: CompareArgs) -> Result<()> {
+    let CompareArgs {
+        env,
+        out,
+        seeds,
+        jobs,
+        scale,
+        compute,
+        quiet,
+    } = args;
+    let (device, dtype) = (compute.device, compute.precision());
+    let mut s = crate::sweep::compare_spec(&env, seeds, scale)?;
+    if dtype != Precision::Fp32 {
+        for a in &mut s.agents {
+            a.set.insert("run.dtype".into(), dtype.to_string().into());
+        }
+    }
+    run_sweep(
+        &s,
+        &out,
+        &SweepOptions {
+            jobs,
+            shard: None,
+            device,
+            quiet,
+        },
+    )?;
+    crate::plot::plot_sweep(&out)?;
+    crate::report::write_report(&out)?;
+    print!("{}", crate::report::summary_table(&out)?);
+    println!(
+        "CSV: {0}/runs.csv, {0}/metrics.csv; plots: {0}/plots; report: {0}/report.md",
+        out.display()
+    );
+    Ok(())
+}
+
+/// `aligngym eval`.
+fn cmd_eval(args: EvalArgs) -> Result<()> {
+    let EvalArgs {
+        env,
+        policy,
+        reference,
+        seed,
+        compute,
+    } = args;
+    let (device, dtype) = (compute.device, compute.precision());
+    let dev = device.resolve()?;
+    let t = task(&env)?;
+    let p = LmPolicy::load(&policy, dev)?.with_precision(dtype);
+    let r = match &reference {
+        Some(d) => LmPolicy::load(d, dev)?.with_precision(dtype),
+        None => p.duplicate(false)?,
+    };
+    let ev = Evaluator::new(t.clone(), &r, EvalConfig::default(), seed)?;
+    for (k, v) in ev.evaluate(&p, None, 0)? {
+        println!("{k:<24} {v:.4}");
+    }
+    Ok(())
+}
+
+/// `aligngym gpu-check`.
+fn cmd_gpu_check() -> Result<()> {
+    crate::commands::gpu_check()
+}
+
+/// `aligngym bench`.
+fn cmd_bench(args: BenchArgs) -> Result<()> {
+    let BenchArgs {
+        size,
+        compute,
+        repeats,
+        json,
+    } = args;
+    let (device, dtype) = (compute.device, compute.precision());
+    let r = crate::bench::run_bench(size, device.resolve()?, dtype, repeats)?;
+    print!("{}", crate::bench::format_report(&r));
+    if let Some(p) = json {
+        let text = serde_json::to_string_pretty(&r).map_err(|e| AgentError::Data(e.to_string()))?;
+        commands::write_atomic(&p, &text)?;
+    }
+    Ok(())
+}
+
+/// `I/N` with I < N.
+fn parse_shard(t: &str) -> Result<(usize, usize)> {
+    let bad = || {
+        AgentError::config(
+            "--shard",
+            format!("`{t}`: expected I/N with 0 ≤ I < N, e.g. 0/2"),
+        )
+    };
+    let (i, n) = t.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
