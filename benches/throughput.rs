@@ -1,12 +1,16 @@
 //! Criterion benchmarks of the fixed workloads at the tiny size — W1 sampling with and without the
 //! KV cache, W2 DPO step (with a reference model and precomputed), W3 PPO iteration, W4 SFT step,
-//! through the same fixture as `aligngym bench` (which runs them at either size) — and of VecEnv
-//! stepping (64 envs, a rule reward), serial vs parallel.
+//! through the same fixture as `aligngym bench` (which runs them at either size) — of VecEnv
+//! stepping (64 envs, a rule reward), serial vs parallel, of the rollout collector against the same
+//! sampling with no env, and of finishing episodes with an expensive reward, serial vs rayon.
 
+use aligngym::agents::rollout::chat_envs;
 use aligngym::agents::{Agent, Precision};
 use aligngym::bench::{DpoReference, Fixture, BATCH, NEW_TOKENS, SFT_LEN};
 use aligngym::commands::ModelSize;
-use aligngym::envs::{make, AutoresetMode, ByteCodec, TextCodec, TextEnvConfig, VecEnv};
+use aligngym::envs::{
+    make, AutoresetMode, ByteCodec, ChatEnvConfig, TextCodec, TextEnvConfig, VecEnv,
+};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
@@ -92,5 +96,67 @@ fn vec_env(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, sampling, training, vec_env);
+/// The rollout collector's cost: W3's rollout (32 episodes × up to 48 tokens, tiny) through a
+/// `VecEnv` of turn-level envs (env steps, detokenising, the rule reward, host copies) against the
+/// same sampling with no env.
+fn rollout(c: &mut Criterion) {
+    let fx = Fixture::new(ModelSize::Tiny, Device::Cpu, Precision::Fp32).expect("fixture");
+    let cfg = ChatEnvConfig::default();
+    let mut envs = chat_envs(fx.task(), BATCH as usize, cfg, true).expect("envs");
+    let ids: Vec<Vec<u32>> = fx
+        .prompts
+        .iter()
+        .map(|p| fx.policy.tokenizer.encode_prompt(p))
+        .collect();
+    let mut g = c.benchmark_group("rollout_32x48_tiny");
+    g.throughput(Throughput::Elements((BATCH * NEW_TOKENS) as u64));
+    g.sample_size(20);
+    let mut seed = 0;
+    g.bench_function("collector_with_vec_env", |b| {
+        b.iter(|| {
+            seed += 1;
+            fx.rollout(&mut envs, seed % 4).expect("rollout")
+        })
+    });
+    g.bench_function("sampling_without_env", |b| {
+        b.iter(|| {
+            seed += 1;
+            fx.rollout_without_env(&ids, seed % 4).expect("sample")
+        })
+    });
+    g.finish();
+}
+
+/// Where rayon pays: finishing 64 episodes whose rule reward is expensive (long completions through
+/// `instruct-v0`'s constraint checks and `calculator-v0`'s transcript parsing), serial vs rayon.
+fn expensive_rewards(c: &mut Criterion) {
+    let words: Vec<String> = (0..3000).map(|i| format!("word{}", i % 97)).collect();
+    let long = format!(" {} ?", words.join(" "));
+    for id in ["instruct-v0", "calculator-v0"] {
+        let mut g = c.benchmark_group(format!("finish_64_long_episodes_{id}"));
+        g.throughput(Throughput::Elements(64));
+        g.sample_size(20);
+        for parallel in [false, true] {
+            let task = aligngym::envs::task(id).expect("task");
+            let mut envs = chat_envs(task, 64, ChatEnvConfig::default(), parallel).expect("envs");
+            let actions: Vec<Option<String>> = vec![Some(long.clone()); 64];
+            g.bench_function(if parallel { "rayon" } else { "serial" }, |b| {
+                b.iter(|| {
+                    envs.reset(Some(0)).expect("reset");
+                    envs.step_some(&actions).expect("step")
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(
+    benches,
+    sampling,
+    training,
+    vec_env,
+    rollout,
+    expensive_rewards
+);
 criterion_main!(benches);

@@ -12,13 +12,14 @@ use crate::commands::ModelSize;
 use aligngym_agents::dpo::{pair_logps, PairBatch};
 use aligngym_agents::losses::{dpo_loss, DpoLoss};
 use aligngym_agents::optim::{AdamW, AdamWConfig};
-use aligngym_agents::sampling::{generate, generate_without_cache, SamplingConfig};
+use aligngym_agents::rollout::{collect, Start};
+use aligngym_agents::sampling::{generate, generate_until, generate_without_cache, SamplingConfig};
 use aligngym_agents::sft::{init_model, lm_loss};
 use aligngym_agents::{
     Agent, GptConfig, LmPolicy, PpoAgent, PpoConfig, Precision, Result, Tokenizer,
 };
 use aligngym_envs::rules::LengthTarget;
-use aligngym_envs::{Feedback, Rule, Split, Task};
+use aligngym_envs::{ChatEnv, Feedback, Rule, Split, Task, TextCodec, VecEnv};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
@@ -270,11 +271,42 @@ impl Fixture {
         opt.step(1e-6);
     }
 
+    /// W3's task: its prompts and a length rule.
+    pub fn task(&self) -> Arc<dyn Task> {
+        Arc::new(BenchTask {
+            prompts: self.prompts.clone(),
+        })
+    }
+
+    /// W3's rollout through the collector: one episode per env of `envs` (W3's task; made with
+    /// [`aligngym_agents::rollout::chat_envs`]), W1's sampling settings.
+    pub fn rollout(&self, envs: &mut VecEnv<ChatEnv>, seed: u64) -> Result<()> {
+        tch::manual_seed(seed as i64);
+        collect(&self.policy, envs, Start::Seed(seed), &self.sampling, None).map(|_| ())
+    }
+
+    /// The same sampling as [`Fixture::rollout`] with no env: the prompts encoded once, then
+    /// `generate` with the same stop tokens (what the collector adds is the env side).
+    pub fn rollout_without_env(&self, prompt_ids: &[Vec<u32>], seed: u64) -> Result<()> {
+        tch::manual_seed(seed as i64);
+        let tok = &self.policy.tokenizer;
+        generate_until(
+            &self.policy.model,
+            prompt_ids,
+            tok.pad_id(),
+            &tok.turn_stops(),
+            &self.sampling,
+            self.device,
+        )
+        .map(|g| {
+            // The collector copies each round's tokens, mask and log-probs to the host.
+            let _ = g.completions();
+        })
+    }
+
     /// W3's agent: PPO on a length rule, batch 32 × 48, separate critic, 4 epochs × 1 minibatch.
     pub fn ppo_agent(&self) -> Result<PpoAgent> {
-        let task: Arc<dyn Task> = Arc::new(BenchTask {
-            prompts: self.prompts.clone(),
-        });
+        let task = self.task();
         let cfg = PpoConfig {
             batch_size: BATCH as usize,
             max_new_tokens: NEW_TOKENS as usize,

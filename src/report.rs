@@ -224,8 +224,66 @@ pub fn write_report(dir: &Path) -> Result<String> {
         }
         let _ = writeln!(md);
     }
+    if let Some(gap) = &spec.gap {
+        gap_section(&mut md, &spec.envs, &metrics, gap);
+    }
     crate::commands::write_atomic(&dir.join("report.md"), &md)?;
     Ok(md)
+}
+
+/// The difference in final gold reward between two agents per env, and its mean over the
+/// single-turn and the multi-turn envs (the "PPO for long-horizon tasks" claim).
+fn gap_section(
+    md: &mut String,
+    envs: &[String],
+    metrics: &BTreeMap<String, Vec<MetricRow>>,
+    [a, b]: &[String; 2],
+) {
+    let _ = writeln!(md, "## Gap by kind of task: `{a}` − `{b}`\n\nFinal eval/gold_reward, median over seeds; the gap is the difference of the medians.\n\n| env | kind | SFT start | {a} | {b} | gap |\n|---|---|---|---|---|---|");
+    let mut by_kind: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for env in envs {
+        let (stats, start) = env_stats(metrics, env);
+        let med = |name: &str| {
+            stats
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| quantile(&s.gold, 0.5))
+        };
+        let (Some(x), Some(y)) = (med(a), med(b)) else {
+            continue;
+        };
+        let turns = aligngym_envs::task(env).map_or(1, |t| t.max_turns());
+        let kind = if turns > 1 {
+            "multi-turn"
+        } else {
+            "single-turn"
+        };
+        by_kind.entry(kind).or_default().push(x - y);
+        let _ = writeln!(
+            md,
+            "| {env} | {kind} | {start:.3} | {x:.3} | {y:.3} | {:+.3} |",
+            x - y
+        );
+    }
+    let _ = writeln!(md);
+    for (kind, gaps) in &by_kind {
+        let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+        let _ = writeln!(
+            md,
+            "Mean gap over the {} {kind} env(s): {mean:+.3}.",
+            gaps.len()
+        );
+    }
+    if let (Some(s), Some(m)) = (by_kind.get("single-turn"), by_kind.get("multi-turn")) {
+        let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+        let (s, m) = (mean(s), mean(m));
+        let _ = writeln!(
+            md,
+            "\n**Answer:** `{a}`'s lead over `{b}` is {} on the multi-turn envs ({m:+.3}) than on the single-turn ones ({s:+.3}).",
+            if m > s { "larger" } else { "not larger" }
+        );
+    }
+    let _ = writeln!(md);
 }
 
 /// A plain-text summary table (printed at the end of `compare`).

@@ -105,6 +105,10 @@ pub struct SweepSpec {
     pub prefs: Vec<PrefsSpec>,
     /// The agents.
     pub agents: Vec<AgentSpec>,
+    /// Two agent names whose difference in final gold reward (first − second) the report tabulates
+    /// per env and compares between single-turn and multi-turn envs, e.g. `["ppo-rm", "dpo"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<[String; 2]>,
 }
 
 fn one() -> f64 {
@@ -173,6 +177,23 @@ impl SweepSpec {
                     format!("agents.{}.reward", a.name),
                     "expected `gold` or `rm`",
                 ));
+            }
+        }
+        if let Some(gap) = &self.gap {
+            for g in gap {
+                if !self.agents.iter().any(|a| &a.name == g) {
+                    return Err(AgentError::config(
+                        "gap",
+                        format!(
+                            "no agent named `{g}`; the agents are {}",
+                            self.agents
+                                .iter()
+                                .map(|a| a.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
             }
         }
         for p in &self.prefs {
@@ -762,6 +783,7 @@ pub fn compare_spec(env: &str, seeds: u64, scale: f64) -> Result<SweepSpec> {
         sft_steps: 0,
         prefs: vec![],
         agents,
+        gap: None,
     };
     s.fill_defaults();
     s.validate()?;

@@ -767,6 +767,17 @@ fn readme_shows_the_custom_env_example_verbatim() {
     );
 }
 
+#[test]
+fn readme_shows_the_users_binary_verbatim() {
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/my_gym.rs"))
+            .unwrap();
+    assert!(
+        readme().contains(example.trim_end()),
+        "README's multi-turn env block differs from tests/my_gym.rs"
+    );
+}
+
 /// Test-size versions of the README's quickstart lines.
 fn at_test_size(args: &mut Vec<String>) {
     match args[0].as_str() {
@@ -890,5 +901,190 @@ fn bench_runs_and_prints_finite_positive_numbers() {
                 assert!(x.is_finite() && x > 0.0, "{}: {k} = {x}", row["workload"]);
             }
         }
+    }
+}
+
+/// The README's user binary (`tests/my_gym.rs`, built by `cargo test` as an example).
+fn my_gym() -> Command {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/e2e-… → target/<profile>/examples/my_gym
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let mut c = Command::new(dir.join("examples").join("my_gym"));
+    c.env("OMP_NUM_THREADS", "1");
+    c
+}
+
+#[test]
+fn a_users_binary_with_its_own_multi_turn_env_has_every_command() {
+    let dir = root().join("my-gym");
+    let go = |args: &[&str]| {
+        let out = my_gym().args(args).output().expect("run my_gym");
+        assert!(
+            out.status.success(),
+            "my_gym {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(go(&["envs"]).contains("countdown-v0"));
+    assert!(go(&["check-env", "countdown-v0"]).contains("turn level with up to 7 turn(s)"));
+    let sft = dir.join("sft");
+    let s = sft.to_str().unwrap();
+    go(&[
+        "sft",
+        "--env",
+        "countdown-v0",
+        "--out",
+        s,
+        "--steps",
+        "100",
+        "--device",
+        "cpu",
+    ]);
+    let ppo = dir.join("ppo");
+    go(&train_cmd(
+        "ppo",
+        "countdown-v0",
+        s,
+        ppo.to_str().unwrap(),
+        &["--quiet", "--set", "run.updates=2", "--set", "batch_size=8"],
+    ));
+    let m = metrics(&ppo);
+    let turns = m.iter().find(|r| r.1 == "objective/turns").unwrap().2;
+    assert!(turns > 1.0, "a countdown takes several turns, got {turns}");
+    // Multi-turn preference pairs are whole conversations in the conversational format.
+    let p = dir.join("prefs.jsonl");
+    go(&[
+        "prefs",
+        "--env",
+        "countdown-v0",
+        "--policy",
+        s,
+        "--pairs",
+        "8",
+        "--out",
+        p.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    let line = std::fs::read_to_string(&p).unwrap();
+    let first: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(first["prompt"][0]["role"], "user");
+    assert_eq!(first["chosen"][0]["role"], "assistant");
+}
+
+#[test]
+fn ppo_and_dpo_on_guess_number_through_the_cli() {
+    let dir = root().join("guess-number");
+    let sft = dir.join("sft");
+    let s = sft.to_str().unwrap();
+    run(&[
+        "sft",
+        "--env",
+        "guess-number-v0",
+        "--out",
+        s,
+        "--steps",
+        "800",
+        "--device",
+        "cpu",
+    ]);
+    let ppo = dir.join("ppo");
+    let eval = ["--set", "eval.prompts=96", "--set", "run.eval_every=10"];
+    let mut args = train_cmd("ppo", "guess-number-v0", s, ppo.to_str().unwrap(), &eval);
+    args.extend([
+        "--quiet",
+        "--set",
+        "run.updates=40",
+        "--set",
+        "batch_size=64",
+    ]);
+    run(&args);
+    let (first, last, kl) = gold_first_last(&ppo);
+    eprintln!("guess-number-v0 PPO: eval/gold_reward {first:.3} -> {last:.3}, KL {kl:.2}");
+    assert!(last > first + 0.05, "PPO gold {first:.3} -> {last:.3}");
+    // DPO on pairs of whole conversations, read back from the conversational JSONL.
+    let p = dir.join("prefs.jsonl");
+    run(&[
+        "prefs",
+        "--env",
+        "guess-number-v0",
+        "--policy",
+        s,
+        "--pairs",
+        "512",
+        "--out",
+        p.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+    ]);
+    let dpo = dir.join("dpo");
+    let mut args = train_cmd("dpo", "guess-number-v0", s, dpo.to_str().unwrap(), &eval);
+    args.extend([
+        "--quiet",
+        "--prefs",
+        p.to_str().unwrap(),
+        "--set",
+        "run.updates=10",
+    ]);
+    run(&args);
+    let m = metrics(&dpo);
+    let acc = m
+        .iter()
+        .rev()
+        .find(|r| r.1 == "rewards/accuracies")
+        .unwrap()
+        .2;
+    assert!(
+        acc > 0.5,
+        "DPO separates chosen from rejected conversations: {acc}"
+    );
+}
+
+#[test]
+fn bad_conversational_jsonl_gets_one_line_naming_file_line_and_field() {
+    let sft = sft("arithmetic-v0");
+    let dir = root().join("bad-conv");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ok = r#"{"prompt":[{"role":"user","content":"1+1="}],"chosen":[{"role":"assistant","content":"2"}],"rejected":[{"role":"assistant","content":"3"}]}"#;
+    let cases = [
+        (
+            ok.replace(
+                r#""role":"assistant","content":"2""#,
+                r#""role":"robot","content":"2""#,
+            ),
+            "bad.jsonl:2: field `chosen[0].role`: unknown role `robot`",
+        ),
+        (
+            ok.replace(
+                r#""role":"assistant","content":"3""#,
+                r#""role":"user","content":"3""#,
+            ),
+            "bad.jsonl:2: field `rejected`: no assistant turn",
+        ),
+        (
+            ok.replace(
+                r#""chosen":[{"role":"assistant","content":"2"}]"#,
+                r#""chosen":[{"role":"tool","content":"= 2"},{"role":"assistant","content":"2"}]"#,
+            ),
+            "bad.jsonl:2: field `chosen[0]`: turns out of order",
+        ),
+    ];
+    for (line, want) in cases {
+        let path = dir.join("bad.jsonl");
+        std::fs::write(&path, format!("{ok}\n{line}\n")).unwrap();
+        let out = dir.join("run");
+        let mut args = train_cmd(
+            "dpo",
+            "arithmetic-v0",
+            sft.to_str().unwrap(),
+            out.to_str().unwrap(),
+            &["--prefs"],
+        );
+        args.push(path.to_str().unwrap());
+        fails(&args, want);
     }
 }

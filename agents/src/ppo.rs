@@ -171,9 +171,8 @@ impl PpoConfig {
         pos("vf_clip_coef", self.vf_clip_coef)?;
         pos("max_grad_norm", self.max_grad_norm)?;
         pos("adam_eps", self.adam_eps)?;
-        if !(self.target_kl >= 0.0 && self.target_kl.is_finite())
-            || !self.missing_eos_penalty.is_finite()
-        {
+        let finite = self.target_kl.is_finite() && self.missing_eos_penalty.is_finite();
+        if !(finite && self.target_kl >= 0.0) {
             return Err(AgentError::config(
                 "target_kl/missing_eos_penalty",
                 "expected finite values (target_kl ≥ 0)",

@@ -1,13 +1,15 @@
-//! Preference data from a generator policy: sample several completions per prompt, label every pair
-//! with the oracle, write them as the common JSONL (`prompt`, `chosen`, `rejected`, plus
-//! `chosen_score`, `rejected_score`, `source`).
+//! Preference data from a generator policy: sample several episodes per prompt through the rollout
+//! collector, label every pair with the oracle, write them as the common JSONL (`prompt`, `chosen`,
+//! `rejected`, plus `chosen_score`, `rejected_score`, `source`) — plain text for single-turn tasks,
+//! the conversational form (whole conversations) for multi-turn ones.
 
 use crate::policy::LmPolicy;
 use crate::rollout::{chat_envs, collect, Start};
 use crate::sampling::SamplingConfig;
 use crate::{AgentError, Result};
 use aligngym_envs::{
-    derive_seed, ChatEnvConfig, PreferenceOracle, PreferencePair, RewardSource, Split, Task,
+    derive_seed, ChatEnvConfig, ConversationPair, Message, PreferenceOracle, PreferencePair,
+    RewardSource, Split, Task,
 };
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -44,16 +46,7 @@ pub fn make_pairs(
     if cfg.samples_per_prompt < 2 {
         return Err(AgentError::config("samples_per_prompt", "expected ≥ 2"));
     }
-    if task.max_turns() > 1 {
-        return Err(AgentError::config(
-            "env",
-            format!(
-                "{} is multi-turn: its preference pairs need the conversational JSONL format, \
-                 which `prefs` does not write yet",
-                task.id()
-            ),
-        ));
-    }
+    let multi_turn = task.max_turns() > 1;
     let n_prompts = task.prompts(Split::Train).len();
     let all: Vec<usize> = (0..n_prompts).collect();
     let mut out = Vec::with_capacity(cfg.pairs);
@@ -98,7 +91,7 @@ pub fn make_pairs(
             .iter()
             .map(|e| e.transcript.as_str())
             .collect();
-        let (mut ps, mut a, mut b) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ps, mut a, mut b, mut eps) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for j in 0..chosen.len() {
             for x in 0..k {
                 for y in x + 1..k {
@@ -108,6 +101,7 @@ pub fn make_pairs(
                         ps.push(texts[j * k]);
                         a.push(ca);
                         b.push(cb);
+                        eps.push((j * k + x, j * k + y));
                     }
                 }
             }
@@ -120,12 +114,22 @@ pub fn make_pairs(
             if cfg.skip_ties && l.reward_a == l.reward_b {
                 continue;
             }
-            let (c, r, cs, rs) = if l.a_wins {
-                (a[i], b[i], l.reward_a, l.reward_b)
+            let (c, r, cs, rs, (ec, er)) = if l.a_wins {
+                (a[i], b[i], l.reward_a, l.reward_b, eps[i])
             } else {
-                (b[i], a[i], l.reward_b, l.reward_a)
+                (b[i], a[i], l.reward_b, l.reward_a, (eps[i].1, eps[i].0))
             };
-            let mut p = PreferencePair::new(ps[i], c, r);
+            // A multi-turn pair is two whole conversations from the same first user message, in
+            // the conversational format (the env's replies stay context in DPO's loss).
+            let mut p = if multi_turn {
+                PreferencePair::conversational(ConversationPair {
+                    prompt: vec![Message::user(ps[i])],
+                    chosen: roll.episodes[ec].turns.clone(),
+                    rejected: roll.episodes[er].turns.clone(),
+                })
+            } else {
+                PreferencePair::new(ps[i], c, r)
+            };
             p.extra.insert("chosen_score".into(), json!(cs));
             p.extra.insert("rejected_score".into(), json!(rs));
             p.extra.insert("source".into(), json!(cfg.source));

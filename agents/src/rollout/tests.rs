@@ -225,3 +225,39 @@ fn serial_and_rayon_envs_give_identical_ppo_updates() {
     assert_eq!(serial, rayon);
     assert!(serial[1]["objective/turns"] > 1.0);
 }
+
+#[test]
+fn the_built_in_chat_format_is_append_only() {
+    // Rendering a conversation turn by turn (what the collector appends) gives the ids of
+    // rendering it whole (what SFT trains on), for every multi-turn built-in task.
+    for task in aligngym_envs::tasks()
+        .into_iter()
+        .filter(|t| t.max_turns() > 1)
+    {
+        let tok = Tokenizer::train(&task.corpus(300, 0), 400).unwrap();
+        let eot = tok.eot_id().unwrap();
+        for line in task.corpus(40, 1) {
+            let whole = tok.encode_prompt(&line);
+            // The corpus line is the prompt, then turns each ending with <|eot|>, replies between.
+            let (prompt, rest) = line.split_at(line.find('.').unwrap() + 1);
+            let mut pieces = tok.encode_prompt(prompt);
+            for (k, part) in rest.split(END_OF_TURN).enumerate() {
+                if k > 0 {
+                    // What follows a turn's end: the env's reply, then the next turn.
+                    let (reply, turn) = match part.rfind('\n') {
+                        Some(i) if part.starts_with('\n') => part.split_at(i + 1),
+                        _ => ("", part),
+                    };
+                    pieces.extend(tok.encode_ids(reply));
+                    pieces.extend(tok.encode_ids(turn));
+                } else {
+                    pieces.extend(tok.encode_ids(part));
+                }
+                if k + 1 < rest.split(END_OF_TURN).count() {
+                    pieces.push(eot);
+                }
+            }
+            assert_eq!(pieces, whole, "{}: {line:?}", task.id());
+        }
+    }
+}

@@ -156,10 +156,15 @@ impl Task for ClarifyTask {
     }
     fn corpus(&self, n: usize, seed: u64) -> Vec<String> {
         let mut rng = StdRng::seed_from_u64(seed);
-        let prompts = self.prompts.get(Split::Train);
         (0..n)
             .map(|_| {
-                let p = pick(&mut rng, prompts).clone();
+                // Customers the agents never see: the preference follows from the prompt, so SFT
+                // on the training prompts would teach their preferences by heart.
+                let p = format!(
+                    "customer {} wants a {}.",
+                    rng.random_range(100_000..1_000_000),
+                    pick(&mut rng, TOPICS).name
+                );
                 play(&p, &mut rng)
             })
             .collect()

@@ -16,6 +16,9 @@ use std::sync::Arc;
 /// Policy turns before truncation.
 pub const MAX_TURNS: usize = 6;
 const RANGES: &[u32] = &[8, 16];
+/// Game numbers of the train and eval prompts; the SFT corpus draws from the next range.
+const GAMES: std::ops::Range<u32> = 0..1000;
+const CORPUS_GAMES: std::ops::Range<u32> = 100_000..1_000_000;
 
 /// The range and secret of a prompt, or `None` if it is not this task's.
 pub fn game(prompt: &str) -> Option<(u32, u32)> {
@@ -78,7 +81,7 @@ pub struct GuessNumberTask {
 impl GuessNumberTask {
     /// The task with its fixed prompt pool (ranges 8 and 16, 1,000 games each).
     pub fn new() -> Self {
-        let pool = (0..1000)
+        let pool = GAMES
             .flat_map(|g| {
                 RANGES
                     .iter()
@@ -159,10 +162,15 @@ impl Task for GuessNumberTask {
     }
     fn corpus(&self, n: usize, seed: u64) -> Vec<String> {
         let mut rng = StdRng::seed_from_u64(seed);
-        let prompts = self.prompts.get(Split::Train);
         (0..n)
             .map(|_| {
-                let p = pick(&mut rng, prompts).clone();
+                // Games the agents never see: the secret follows from the prompt, so SFT on the
+                // training prompts would teach it their secrets by heart.
+                let p = format!(
+                    "game {}: guess my number from 1 to {}.",
+                    rng.random_range(CORPUS_GAMES),
+                    pick(&mut rng, RANGES)
+                );
                 let s = *pick(
                     &mut rng,
                     &[
@@ -211,7 +219,10 @@ mod tests {
         let g = t.gold();
         let low = Message::assistant(format!(" {}", secret - 1));
         if secret > 1 {
-            assert_eq!(t.reply(p, &[low.clone()]), Some(Message::user("higher")));
+            assert_eq!(
+                t.reply(p, std::slice::from_ref(&low)),
+                Some(Message::user("higher"))
+            );
             let tr = transcript(&[
                 low,
                 Message::user("higher"),
