@@ -13,7 +13,7 @@ use aligngym_envs::{
     check_chat_env, check_env, make, task, tasks, write_pairs, OracleConfig, TextEnvConfig,
 };
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -98,6 +98,10 @@ pub struct SftArgs {
     /// Output checkpoint directory (model.safetensors, config.json, tokenizer.json, sft_log.csv).
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace `--out` when it exists and is not empty (never when it is, holds or sits inside an
+    /// input, the current directory or /).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Optimiser steps (default: the env's recommended count, else 600).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -170,6 +174,10 @@ pub struct PrefsArgs {
     /// Output JSONL file.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace `--out` when it exists and is not empty (never when it is, holds or sits inside an
+    /// input, the current directory or /).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Seed for prompts, sampling and labels.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -189,6 +197,10 @@ pub struct TrainRmArgs {
     /// Output reward-model directory.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace `--out` when it exists and is not empty (never when it is, holds or sits inside an
+    /// input, the current directory or /).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Override a hyperparameter (learning_rate, batch_size, epochs, heldout_fraction, max_grad_norm).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
@@ -220,6 +232,10 @@ pub struct TrainArgs {
     /// Run directory (config.json, metrics.csv, policy/, state/).
     #[arg(long, required_unless_present = "resume")]
     pub out: Option<PathBuf>,
+    /// Replace `--out` when it exists and is not empty (never when it is, holds or sits inside an
+    /// input, the current directory or /).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Override a hyperparameter: a key of the agent's config, or run.updates, run.eval_every,
     /// run.dtype, eval.prompts … (repeatable). With --resume, only run.* keys (e.g. to extend
     /// a run).
@@ -250,6 +266,10 @@ pub struct SweepArgs {
     /// Output folder (runs/, stages/, runs.csv, metrics.csv); default results/<sweep name>.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Replace `--out` when it exists and is not empty (never when it is, holds or sits inside an
+    /// input, the current directory or /).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Runs executed at once (each with one libtorch thread when > 1).
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
@@ -289,6 +309,10 @@ pub struct CompareArgs {
     /// Output folder.
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
+    /// Replace `--out` when it exists and is not empty (never when it is, holds or sits inside an
+    /// input, the current directory or /).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Seeds per agent.
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
@@ -369,12 +393,30 @@ where
         }
     };
     aligngym_agents::device::keep_freed_memory();
-    match dispatch(cli.cmd) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    // A panic is a bug of ours, not the user's: one line and a hint, no backtrace, exit 1.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "error: internal error ({}{at}); please report it with the command you ran",
+            msg.replace('\n', " ")
+        );
+    }));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(cli.cmd))) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("error: {}", e.to_string().replace('\n', " "));
             ExitCode::FAILURE
         }
+        Err(_) => ExitCode::FAILURE,
     }
 }
 
@@ -442,9 +484,12 @@ fn cmd_sft(args: SftArgs) -> Result<()> {
         size,
         seed,
         compute,
+        overwrite,
     } = args;
     let (device, dtype) = (compute.device, compute.precision());
     let dev = device.resolve()?;
+    let inputs: Vec<(&str, &Path)> = corpus.iter().map(|c| ("--corpus", c.as_path())).collect();
+    commands::check_out(&out, &inputs, overwrite, |_| false)?;
     let mut cfg = SftConfig::default();
     let text = match (&corpus, &env) {
         (Some(p), _) => commands::read_corpus(p)?,
@@ -512,9 +557,11 @@ fn cmd_prefs(args: PrefsArgs) -> Result<()> {
         out,
         seed,
         compute,
+        overwrite,
     } = args;
     let (device, dtype) = (compute.device, compute.precision());
     let t = task(&env)?;
+    commands::check_out(&out, &[("--policy", &policy)], overwrite, |_| false)?;
     let p = LmPolicy::load(&policy, device.resolve()?)?.with_precision(dtype);
     let oracle = OracleConfig {
         temperature: oracle_temperature,
@@ -553,8 +600,15 @@ fn cmd_train_rm(args: TrainRmArgs) -> Result<()> {
         sets,
         seed,
         compute,
+        overwrite,
     } = args;
     let (device, dtype) = (compute.device, compute.precision());
+    commands::check_out(
+        &out,
+        &[("--prefs", &prefs), ("--init", &init)],
+        overwrite,
+        |_| false,
+    )?;
     let mut cfg = RmConfig::default();
     cfg = crate::spec::apply_overrides(
         &cfg,
@@ -591,6 +645,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         resume,
         quiet,
         threads,
+        overwrite,
     } = args;
     let (device, dtype) = (compute.device, compute.dtype);
     let dev = device.resolve()?;
@@ -633,6 +688,14 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
                 .map_err(|m: String| AgentError::config("reward", m))?;
             let mut spec = TrainSpec::new(agent, &env, policy, reward, prefs, seed);
             spec.apply_sets(&sets)?;
+            let mut inputs: Vec<(&str, &Path)> = vec![("--policy", &spec.policy)];
+            if let Some(p) = &spec.prefs {
+                inputs.push(("--prefs", p));
+            }
+            if let RewardSpec::Rm(d) = &spec.reward {
+                inputs.push(("--reward", d));
+            }
+            commands::check_out(&out, &inputs, overwrite, |_| false)?;
             (spec, out, false)
         }
     };
@@ -684,6 +747,7 @@ fn cmd_sweep(args: SweepArgs) -> Result<()> {
         scale,
         compute,
         quiet,
+        overwrite,
     } = args;
     let device = compute.device;
     let mut s = SweepSpec::load(&spec)?;
@@ -701,6 +765,10 @@ fn cmd_sweep(args: SweepArgs) -> Result<()> {
         Some(t) => Some(parse_shard(&t)?),
     };
     let out = out.unwrap_or_else(|| PathBuf::from("results").join(&s.name));
+    // A sweep folder is resumable: re-running the same sweep into it finishes what is missing.
+    commands::check_out(&out, &[("SPEC", &spec)], overwrite, |d| {
+        d.join("sweep.json").exists()
+    })?;
     let n = run_sweep(
         &s,
         &out,
@@ -747,8 +815,10 @@ fn cmd_compare(args: CompareArgs) -> Result<()> {
         scale,
         compute,
         quiet,
+        overwrite,
     } = args;
     let (device, dtype) = (compute.device, compute.precision());
+    commands::check_out(&out, &[], overwrite, |d| d.join("sweep.json").exists())?;
     let mut s = crate::sweep::compare_spec(&env, seeds, scale)?;
     if dtype != Precision::Fp32 {
         for a in &mut s.agents {

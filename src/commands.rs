@@ -11,7 +11,7 @@ use aligngym_envs::{
     derive_seed, BradleyTerryOracle, OracleConfig, PreferencePair, Task, TextCodec,
 };
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 /// A progress bar on stderr (hidden when stderr is not a terminal or `quiet`).
@@ -49,6 +49,94 @@ impl ModelSize {
             Self::Small => GptConfig::small(vocab),
         }
     }
+}
+
+/// `path` made absolute and normalised lexically (`.` and `..` resolved), without touching the
+/// disk beyond the current directory and the longest existing prefix (symlinks there resolved).
+pub fn absolute(path: &Path) -> Result<PathBuf> {
+    let cwd = std::env::current_dir().map_err(|e| AgentError::io(".", e))?;
+    let joined = cwd.join(path);
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    // Resolve symlinks in the part that exists, so two spellings of one folder compare equal.
+    let mut existing = out.clone();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match existing.file_name() {
+            Some(n) => rest.push(n.to_os_string()),
+            None => break,
+        }
+        existing.pop();
+    }
+    let mut resolved = existing.canonicalize().unwrap_or(existing);
+    resolved.extend(rest.iter().rev());
+    Ok(resolved)
+}
+
+/// The `--out` contract: `out` may never be `/`, the current directory or a folder above it, nor
+/// be, contain or sit inside one of the command's `inputs`; it must not exist or be an empty
+/// directory, unless `overwrite` (or `ours(out)`: a folder this command made and may continue,
+/// such as a sweep's). Checked before anything is written.
+pub fn check_out(
+    out: &Path,
+    inputs: &[(&str, &Path)],
+    overwrite: bool,
+    ours: impl Fn(&Path) -> bool,
+) -> Result<()> {
+    let refuse = |why: String| {
+        Err(AgentError::config(
+            "--out",
+            format!("refusing to write to {}: {why}", out.display()),
+        ))
+    };
+    let abs = absolute(out)?;
+    let cwd = absolute(Path::new("."))?;
+    if abs.parent().is_none() {
+        return refuse("it is the root folder".into());
+    }
+    if cwd.starts_with(&abs) {
+        return refuse(if cwd == abs {
+            "it is the current directory".into()
+        } else {
+            "it holds the current directory".into()
+        });
+    }
+    for (flag, input) in inputs {
+        let i = absolute(input)?;
+        if i == abs {
+            return refuse(format!("it is the input {flag} {}", input.display()));
+        }
+        if i.starts_with(&abs) {
+            return refuse(format!("it holds the input {flag} {}", input.display()));
+        }
+        if abs.starts_with(&i) {
+            return refuse(format!("it is inside the input {flag} {}", input.display()));
+        }
+    }
+    if !out.exists() || overwrite || ours(out) {
+        return Ok(());
+    }
+    if out.is_dir() {
+        let n = std::fs::read_dir(out)
+            .map_err(|e| AgentError::io(out, e))?
+            .count();
+        if n == 0 {
+            return Ok(());
+        }
+        return refuse(format!(
+            "it is a folder with {n} entr{} this command did not make; choose a new or empty folder, or pass --overwrite to replace it",
+            if n == 1 { "y" } else { "ies" }
+        ));
+    }
+    refuse("it already exists; choose a new name, or pass --overwrite to replace it".into())
 }
 
 /// Write text to `path` via a temporary file and a rename.

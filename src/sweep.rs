@@ -179,6 +179,30 @@ impl SweepSpec {
                 ));
             }
         }
+        // Names become folder names: one plain path component each, so nothing lands outside
+        // the sweep's folder.
+        let component = |field: String, n: &str| {
+            let ok = !n.is_empty()
+                && n != "."
+                && n != ".."
+                && !n.contains(['/', '\\', '\0'])
+                && n.trim() == n;
+            if ok {
+                Ok(())
+            } else {
+                Err(AgentError::config(
+                    field,
+                    format!("`{n}` must be a plain folder name (no `/`, `\\`, `..`, surrounding spaces)"),
+                ))
+            }
+        };
+        component("name".into(), &self.name)?;
+        for a in &self.agents {
+            component(format!("agents.{}.name", a.name), &a.name)?;
+        }
+        for p in &self.prefs {
+            component(format!("prefs.{}.name", p.name), &p.name)?;
+        }
         if let Some(gap) = &self.gap {
             for g in gap {
                 if !self.agents.iter().any(|a| &a.name == g) {

@@ -1,5 +1,7 @@
 //! End-to-end tests through the CLI (one integration binary: each test binary relinks libtorch).
 
+mod reliability;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -529,6 +531,9 @@ fn sample_and_eval_and_envs_commands_work() {
         "instruct-v0",
         "hh-v0",
         "hidden-pref-v0",
+        "guess-number-v0",
+        "calculator-v0",
+        "clarify-v0",
     ] {
         assert!(String::from_utf8_lossy(&envs.stdout).contains(id));
         run(&["check-env", id]);

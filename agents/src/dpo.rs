@@ -10,7 +10,6 @@ use crate::policy::LmPolicy;
 use crate::sampling::{left_pad, right_pad, sequence_logprobs, Sequences};
 use crate::tokenizer::Tokenizer;
 use crate::{AgentError, Result};
-use aligngym_envs::chat::render_reply;
 use aligngym_envs::{derive_seed, Message, PreferencePair, Role, TextCodec};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -107,33 +106,40 @@ pub struct PairBatch {
 
 /// Token ids of a continuation and which of them are the policy's: a plain completion is all the
 /// policy's, then EOS; in a conversation only the assistant turns are (each then end-of-turn, or
-/// EOS for a tokenizer without one), and the other messages are context.
-fn continuation(tok: &Tokenizer, text: &str, msgs: Option<&[Message]>) -> (Vec<u32>, Vec<bool>) {
-    let Some(msgs) = msgs else {
+/// EOS for a tokenizer without one), and the other messages are context, as the chat template adds
+/// them after the conversation so far (`prompt` first) — the tokens the rollout collector records.
+fn continuation(
+    tok: &Tokenizer,
+    text: &str,
+    conv: Option<(&[Message], &[Message])>,
+) -> Result<(Vec<u32>, Vec<bool>)> {
+    let Some((prompt, msgs)) = conv else {
         let mut ids = tok.encode_ids(text);
         ids.push(tok.eos_id());
         let n = ids.len();
-        return (ids, vec![true; n]);
+        return Ok((ids, vec![true; n]));
     };
     let end = tok.eot_id().unwrap_or(tok.eos_id());
     let (mut ids, mut policy) = (Vec::new(), Vec::new());
+    let mut so_far = prompt.to_vec();
     for m in msgs {
         let part = if m.role == Role::Assistant {
             let mut p = tok.encode_ids(&m.content);
             p.push(end);
             p
         } else {
-            tok.encode_ids(&render_reply(m))
+            tok.message_ids(&so_far, m)?
         };
         policy.extend(std::iter::repeat_n(m.role == Role::Assistant, part.len()));
         ids.extend(part);
+        so_far.push(m.clone());
     }
-    (ids, policy)
+    Ok((ids, policy))
 }
 
 /// Tokenise pairs for `policy`, cutting prompts to half the context and continuations to what is
 /// left.
-pub fn encode_pairs(policy: &LmPolicy, pairs: &[PreferencePair]) -> PairBatch {
+pub fn encode_pairs(policy: &LmPolicy, pairs: &[PreferencePair]) -> Result<PairBatch> {
     let tok = &policy.tokenizer;
     let block = policy.model.config().block_size;
     let prompt_ids: Vec<Vec<u32>> = pairs
@@ -148,21 +154,29 @@ pub fn encode_pairs(policy: &LmPolicy, pairs: &[PreferencePair]) -> PairBatch {
     let room = block.saturating_sub(lp).max(1);
     let dev = policy.device();
     let (prompt, prompt_valid) = left_pad(&prompt_ids, tok.pad_id(), dev);
-    let side = |chosen: bool| {
+    let side = |chosen: bool| -> Result<(Tensor, Tensor, Tensor)> {
         let (ids, pol): (Vec<Vec<u32>>, Vec<Vec<bool>>) = pairs
             .iter()
             .map(|p| {
                 let c = p.conversation.as_ref();
-                let (text, msgs) = if chosen {
-                    (&p.chosen, c.map(|c| c.chosen.as_slice()))
+                let (text, conv) = if chosen {
+                    (
+                        &p.chosen,
+                        c.map(|c| (c.prompt.as_slice(), c.chosen.as_slice())),
+                    )
                 } else {
-                    (&p.rejected, c.map(|c| c.rejected.as_slice()))
+                    (
+                        &p.rejected,
+                        c.map(|c| (c.prompt.as_slice(), c.rejected.as_slice())),
+                    )
                 };
-                let (mut ids, mut pol) = continuation(tok, text, msgs);
+                let (mut ids, mut pol) = continuation(tok, text, conv)?;
                 ids.truncate(room);
                 pol.truncate(room);
-                (ids, pol)
+                Ok((ids, pol))
             })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
             .unzip();
         let (toks, valid) = right_pad(&ids, tok.pad_id(), dev); // [P, N]
         let n = toks.size()[1] as usize;
@@ -173,11 +187,11 @@ pub fn encode_pairs(policy: &LmPolicy, pairs: &[PreferencePair]) -> PairBatch {
         let mask = Tensor::from_slice(&mask)
             .view([pairs.len() as i64, n as i64])
             .to_device(dev); // [P, N]
-        (toks, valid, mask)
+        Ok((toks, valid, mask))
     };
-    let (chosen, chosen_valid, chosen_mask) = side(true);
-    let (rejected, rejected_valid, rejected_mask) = side(false);
-    PairBatch {
+    let (chosen, chosen_valid, chosen_mask) = side(true)?;
+    let (rejected, rejected_valid, rejected_mask) = side(false)?;
+    Ok(PairBatch {
         prompt,
         prompt_valid,
         chosen,
@@ -186,7 +200,7 @@ pub fn encode_pairs(policy: &LmPolicy, pairs: &[PreferencePair]) -> PairBatch {
         rejected,
         rejected_valid,
         rejected_mask,
-    }
+    })
 }
 
 /// `[BOS]` prompts, left-padded (`[P, L_p]` tokens and validity), and for each set of completions
@@ -305,7 +319,7 @@ impl DpoAgent {
             ));
         }
         let reference = policy.duplicate(false)?;
-        let data = encode_pairs(&policy, pairs);
+        let data = encode_pairs(&policy, pairs)?;
         let mut budget = Budget {
             oracle_queries,
             ..Default::default()

@@ -6,6 +6,7 @@
 //! learned [`reward_model::RewardModel`].
 
 pub mod agent;
+pub mod chat_template;
 pub mod checkpoint;
 pub mod device;
 pub mod dpo;

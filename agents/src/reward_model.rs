@@ -145,7 +145,7 @@ impl RewardModel {
             )));
         }
         let net = init.duplicate(true)?;
-        let data = encode_pairs(&net, pairs);
+        let data = encode_pairs(&net, pairs)?;
         let mut ids: Vec<i64> = (0..pairs.len() as i64).collect();
         ids.shuffle(&mut StdRng::seed_from_u64(seed));
         let n_held =

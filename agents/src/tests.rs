@@ -12,7 +12,7 @@ use tch::{nn, Device, Kind, Tensor};
 /// harness runs tests on several threads.
 static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn lock() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn lock() -> std::sync::MutexGuard<'static, ()> {
     TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
 

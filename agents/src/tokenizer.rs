@@ -1,8 +1,9 @@
 //! A byte-level BPE tokenizer (the `tokenizers` crate) with PAD, BOS and EOS, saved as the standard
 //! `tokenizer.json`, so a tokenizer made elsewhere loads too.
 
+use crate::chat_template::ChatTemplate;
 use crate::{AgentError, Result};
-use aligngym_envs::TextCodec;
+use aligngym_envs::{Message, TextCodec};
 use std::path::Path;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -14,6 +15,8 @@ pub const PAD: &str = "<|pad|>";
 pub const BOS: &str = "<|bos|>";
 /// End of sequence.
 pub const EOS: &str = "<|eos|>";
+/// The Hugging Face file beside `tokenizer.json` with the special tokens and the chat template.
+pub const CONFIG_FILE: &str = "tokenizer_config.json";
 /// End of a policy turn in a multi-turn conversation (the built-in chat format; never EOS or PAD).
 pub const EOT: &str = aligngym_envs::chat::END_OF_TURN;
 
@@ -25,6 +28,7 @@ pub struct Tokenizer {
     bos: u32,
     eos: u32,
     eot: Option<u32>,
+    template: ChatTemplate,
 }
 
 fn tok_err(e: impl std::fmt::Display) -> AgentError {
@@ -100,24 +104,71 @@ impl Tokenizer {
             bos,
             eos,
             eot,
+            template: ChatTemplate::builtin(),
         })
     }
 
-    /// Load a standard `tokenizer.json`; it must define PAD, BOS and EOS.
+    /// Load a standard `tokenizer.json`; it must define PAD, BOS and EOS. A `chat_template` in the
+    /// `tokenizer_config.json` beside it replaces the built-in one.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", path.display())))?;
-        Self::from_inner(inner)
-            .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", path.display())))
+        let mut tok = Self::from_inner(inner)
+            .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let cfg = path.with_file_name(CONFIG_FILE);
+        if cfg.exists() {
+            let text = std::fs::read_to_string(&cfg).map_err(|e| AgentError::io(&cfg, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", cfg.display())))?;
+            match v.get("chat_template") {
+                None | Some(serde_json::Value::Null) => {}
+                Some(serde_json::Value::String(t)) => {
+                    tok.template = ChatTemplate::new(t)
+                        .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", cfg.display())))?;
+                }
+                Some(_) => {
+                    return Err(AgentError::Tokenizer(format!(
+                        "{}: field `chat_template`: expected a string",
+                        cfg.display()
+                    )))
+                }
+            }
+        }
+        Ok(tok)
     }
 
-    /// Save as `tokenizer.json` at `path`.
+    /// Save as `tokenizer.json` at `path`, with `tokenizer_config.json` (special tokens and the
+    /// chat template, as Hugging Face checkpoints carry them) beside it.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         self.inner
             .save(path, false)
-            .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", path.display())))
+            .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let cfg = path.with_file_name(CONFIG_FILE);
+        let v = serde_json::json!({
+            "bos_token": BOS,
+            "eos_token": EOS,
+            "pad_token": PAD,
+            "additional_special_tokens": self.eot.map(|_| vec![EOT]).unwrap_or_default(),
+            "chat_template": self.template.source(),
+            "model_max_length": serde_json::Value::Null,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        });
+        let text = serde_json::to_string_pretty(&v).map_err(|e| AgentError::Data(e.to_string()))?;
+        std::fs::write(&cfg, text).map_err(|e| AgentError::io(&cfg, e))
+    }
+
+    /// The chat template (the checkpoint's, else the built-in one).
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// The ids an env's `message` adds after the conversation `before` (prompt first), rendered
+    /// by the chat template: what the rollout collector appends, never re-tokenising the rest.
+    pub fn message_ids(&self, before: &[Message], message: &Message) -> Result<Vec<u32>> {
+        let text = self.template.appended(before, message, BOS, EOS)?;
+        Ok(self.encode_ids(&text))
     }
 
     /// Ids of `text` (no special tokens added).
@@ -201,9 +252,42 @@ mod tests {
             t.encode_ids("the movie 3+3=6")
         );
         assert_eq!(
-            (u.pad_id(), u.bos_id(), u.eos_id()),
-            (t.pad_id(), t.bos_id(), t.eos_id())
+            (u.pad_id(), u.bos_id(), u.eos_id(), u.eot_id()),
+            (t.pad_id(), t.bos_id(), t.eos_id(), t.eot_id())
         );
+        assert!(t.eot_id().is_some());
+        assert_eq!(u.chat_template().source(), crate::chat_template::BUILTIN);
+        // A checkpoint's own template replaces the built-in one; a broken one names the file.
+        std::fs::write(
+            dir.join(CONFIG_FILE),
+            r#"{"chat_template": "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"}"#,
+        )
+        .unwrap();
+        let v = Tokenizer::load(dir.join("tokenizer.json")).unwrap();
+        let hi = aligngym_envs::Message::user("hi");
+        assert_eq!(
+            v.chat_template()
+                .render(std::slice::from_ref(&hi), false, "", "")
+                .unwrap(),
+            "<user>hi"
+        );
+        assert_eq!(
+            v.message_ids(
+                std::slice::from_ref(&hi),
+                &aligngym_envs::Message::assistant("yo")
+            )
+            .unwrap(),
+            v.encode_ids("<assistant>yo")
+        );
+        std::fs::write(dir.join(CONFIG_FILE), r#"{"chat_template": "{% if %}"}"#).unwrap();
+        let e = Tokenizer::load(dir.join("tokenizer.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(CONFIG_FILE) && e.contains("chat_template"),
+            "{e}"
+        );
+        std::fs::remove_file(dir.join(CONFIG_FILE)).unwrap();
         assert_ne!(t.pad_id(), t.eos_id());
         assert!(Tokenizer::train(&[String::new()], 300).is_err());
         std::fs::write(dir.join("bad.json"), "{oops").unwrap();

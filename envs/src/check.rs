@@ -108,8 +108,12 @@ pub fn check_env<E: Env>(make: impl Fn() -> Result<E>) -> Result<()> {
     if let Some(max) = a.max_episode_steps() {
         // An env may end on its own before the limit (a single-turn chat); it may not run past the
         // limit, nor truncate anywhere else.
-        let ended_early = last.1 && flags.len() < max;
-        if !ended_early && (!last.2 || flags.len() != max) {
+        let ok = if last.1 {
+            flags.len() <= max
+        } else {
+            last.2 && flags.len() == max
+        };
+        if !ok {
             return Err(fail("truncation_at_limit", format!("expected truncation at step {max}, got an end at step {} (terminated={}, truncated={})", flags.len(), last.1, last.2)));
         }
     }

@@ -347,6 +347,10 @@ impl<R: BufRead> Iterator for PrefReader<R> {
                     self.bad(format!("line longer than {MAX_LINE_BYTES} bytes"))
                 ));
             }
+            // A byte-order mark (as some editors write) is not part of the first line's JSON.
+            if self.line == 1 && self.buf.starts_with(b"\xEF\xBB\xBF") {
+                self.buf.drain(..3);
+            }
             let text = match std::str::from_utf8(&self.buf) {
                 Ok(t) => t.trim(),
                 Err(_) => return Some(Err(self.bad("not valid UTF-8"))),
@@ -551,6 +555,14 @@ mod tests {
             let got = first_err(content.as_bytes());
             assert!(got.starts_with(want), "want `{want}`, got `{got}`");
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let ok = "\u{feff}{\"prompt\":\"p\",\"chosen\":\"a\",\"rejected\":\"b\"}\n";
+        let items: Vec<_> =
+            PrefReader::new("bom", std::io::Cursor::new(ok.as_bytes().to_vec())).collect();
+        assert_eq!(items[0].as_ref().unwrap().prompt, "p");
     }
 
     #[test]

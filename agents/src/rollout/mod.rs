@@ -10,12 +10,12 @@
 //! 1 on sampled tokens only, and a reply's tokens (mask 0) are context, never trained on and never
 //! in KL, entropy or a mean. Each round re-reads the whole conversation so far (left-padded) rather
 //! than continuing a per-sequence KV cache across turns: simpler, exactly the same log-probs, at
-//! the cost of one prefill per turn.
+//! the cost of one prefill per turn. A reply's tokens are what the checkpoint's chat template adds
+//! for it (rendered with and without it), so a template that is not append-only is refused.
 
 use crate::policy::LmPolicy;
 use crate::sampling::{generate_until, left_pad, right_pad, SamplingConfig, Sequences};
 use crate::{AgentError, Result};
-use aligngym_envs::chat::render_reply;
 use aligngym_envs::{
     AutoresetMode, ChatEnv, ChatEnvConfig, Message, RewardFn, Task, TextCodec, VecEnv,
 };
@@ -237,11 +237,11 @@ pub fn collect(
                 eps[i].done = Some(finish(&eps[i], s)?);
                 continue;
             }
-            let reply = s
+            let (reply, before) = s
                 .obs
-                .last()
+                .split_last()
                 .ok_or_else(|| AgentError::Data("an env continued with no reply".into()))?;
-            let ids = tok.encode_ids(&render_reply(reply));
+            let ids = tok.message_ids(before, reply)?;
             if eps[i].context_len() + ids.len() + 1 > block {
                 let s = envs.envs_mut()[i].truncate(&format!(
                     "the env's reply ({} tokens) overflowed the model's context ({block} tokens)",

@@ -18,8 +18,6 @@ use aligngym_envs::{ChatEnvConfig, Feedback, Message, Rule, Split, Task};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
-static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn policy(task: &dyn Task, block_size: usize, seed: u64) -> LmPolicy {
     let tokenizer = Tokenizer::train(&task.corpus(300, 0), 400).unwrap();
     let cfg = GptConfig {
@@ -61,7 +59,8 @@ use aligngym_envs::TextCodec;
 
 #[test]
 fn multi_turn_logprobs_masks_gradients_and_reward_positions() {
-    let _g = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    // libtorch's RNG is global: hold the crate's test lock.
+    let _g = crate::tests::lock();
     let task: Arc<dyn Task> = Arc::new(GuessNumberTask::new());
     let pi = policy(task.as_ref(), 128, 3);
     assert!(pi.tokenizer.eot_id().is_some());
@@ -187,7 +186,8 @@ impl Task for Chatty {
 
 #[test]
 fn a_reply_that_overflows_the_context_truncates_the_episode() {
-    let _g = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    // libtorch's RNG is global: hold the crate's test lock.
+    let _g = crate::tests::lock();
     let task: Arc<dyn Task> = Arc::new(Chatty);
     let pi = policy(task.as_ref(), 32, 1);
     let mut envs = chat_envs(task, 3, ChatEnvConfig::default(), false).unwrap();
@@ -205,7 +205,8 @@ fn a_reply_that_overflows_the_context_truncates_the_episode() {
 
 #[test]
 fn serial_and_rayon_envs_give_identical_ppo_updates() {
-    let _g = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    // libtorch's RNG is global: hold the crate's test lock.
+    let _g = crate::tests::lock();
     let task: Arc<dyn Task> = Arc::new(GuessNumberTask::new());
     let run = |parallel: bool| {
         let pi = policy(task.as_ref(), 128, 5);
@@ -259,5 +260,84 @@ fn the_built_in_chat_format_is_append_only() {
             }
             assert_eq!(pieces, whole, "{}: {line:?}", task.id());
         }
+    }
+}
+
+#[test]
+fn adaptive_kl_metrics_use_the_coefficient_the_rewards_used() {
+    // libtorch's RNG is global: hold the crate's test lock.
+    let _g = crate::tests::lock();
+    let task: Arc<dyn Task> = Arc::new(GuessNumberTask::new());
+    let cfg = PpoConfig {
+        batch_size: 8,
+        learning_rate: 1e-3,
+        adaptive_kl: true,
+        kl_coef: 0.2,
+        // A target far below any KL the first updates reach: the controller raises kl_coef.
+        kl_target: 1e-6,
+        kl_horizon: 8.0,
+        ..Default::default()
+    };
+    let mut a = PpoAgent::new(
+        cfg,
+        task.clone(),
+        policy(task.as_ref(), 128, 2),
+        RewardSignal::Gold,
+        4,
+    )
+    .unwrap();
+    let _ = a.update(0).unwrap();
+    let used = a.kl_coef();
+    let m = a.update(1).unwrap();
+    assert!(m["objective/kl"] > 0.0);
+    assert_eq!(m["objective/kl_coef"], used);
+    let non_score = m["objective/non_score_reward"];
+    assert!(
+        (non_score + used * m["objective/kl"]).abs() < 1e-9,
+        "{non_score}"
+    );
+    assert!((m["objective/rlhf_reward"] - (m["objective/scores"] + non_score)).abs() < 1e-9);
+    // The controller moved after the update: the next rewards use a larger coefficient.
+    assert!(a.kl_coef() > used, "{} vs {used}", a.kl_coef());
+    // Every divisor and clip is checked up front.
+    for (field, bad) in [
+        (
+            "kl_target",
+            PpoConfig {
+                kl_target: 0.0,
+                ..Default::default()
+            },
+        ),
+        (
+            "kl_horizon",
+            PpoConfig {
+                kl_horizon: -1.0,
+                ..Default::default()
+            },
+        ),
+        (
+            "vf_clip_coef",
+            PpoConfig {
+                vf_clip_coef: f64::NAN,
+                ..Default::default()
+            },
+        ),
+        (
+            "max_grad_norm",
+            PpoConfig {
+                max_grad_norm: 0.0,
+                ..Default::default()
+            },
+        ),
+        (
+            "adam_eps",
+            PpoConfig {
+                adam_eps: 0.0,
+                ..Default::default()
+            },
+        ),
+    ] {
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains(field), "{field}: {e}");
     }
 }
