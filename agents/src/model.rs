@@ -123,6 +123,24 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// Slots allocated (held or free).
+    pub fn capacity(&self) -> i64 {
+        self.layers.first().map_or(0, |l| l.k.size()[2])
+    }
+    /// Make room for `more` positions after the ones held (a conversation outgrowing its first
+    /// allocation), keeping what is cached.
+    pub fn reserve(&mut self, more: i64) {
+        let need = self.len + more - self.capacity();
+        if need <= 0 {
+            return;
+        }
+        for l in &mut self.layers {
+            let (b, h, _, d) = l.k.size4().expect("[B, H, T, D]");
+            let z = Tensor::zeros([b, h, need, d], (l.k.kind(), l.k.device()));
+            l.k = Tensor::cat(&[&l.k, &z], 2); // [B, H, T + need, D]
+            l.v = Tensor::cat(&[&l.v, &z], 2);
+        }
+    }
 }
 
 struct Block {

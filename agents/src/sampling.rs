@@ -463,3 +463,200 @@ pub fn generate_without_cache(
         })
     })
 }
+
+/// What one turn sampled, on the device.
+pub struct Turn {
+    /// Sampled tokens `[B, N]` (i64), PAD where a sequence was not sampling.
+    pub tokens: Tensor,
+    /// Their log-probs at the sampling temperature `[B, N]`, 0 elsewhere.
+    pub logprobs: Tensor,
+    /// 1 where a token was sampled `[B, N]` (f32).
+    pub mask: Tensor,
+}
+
+/// Conversations sampled turn by turn with one KV cache: the prompts are prefilled once; each turn
+/// decodes the next policy turn of the live sequences; an env's reply is prefilled after it while
+/// the other sequences keep their place. The cache may hold gaps (left padding, the slots of a
+/// sequence that stopped early, a shorter reply): `key_valid` masks them out of every later
+/// attention, and each sequence's positions count its own tokens only, so the log-probs equal a
+/// teacher-forced pass over the conversation without the gaps.
+pub struct TurnSampler<'a> {
+    model: &'a Gpt,
+    weights: crate::model::ComputeWeights,
+    decode: crate::model::DecodeWeights,
+    cache: KvCache,
+    /// Which cache slots hold real tokens `[B, len]` (bool).
+    key_valid: Tensor,
+    /// Position of each sequence's next token `[B]` (i64).
+    next_pos: Tensor,
+    /// Next-token logits of every sequence `[B, V]` (fp32).
+    logits: Tensor,
+    pad: u32,
+    stops: Vec<i64>,
+    device: Device,
+}
+
+impl<'a> TurnSampler<'a> {
+    /// Prefill `prompts` (left-padded). The torch RNG must be seeded by the caller.
+    pub fn new(
+        model: &'a Gpt,
+        prompts: &[Vec<u32>],
+        pad: u32,
+        stops: &[u32],
+        device: Device,
+    ) -> Result<Self> {
+        if prompts.is_empty() {
+            return Err(AgentError::Data("no prompts to sample from".into()));
+        }
+        if stops.is_empty() {
+            return Err(AgentError::config(
+                "stops",
+                "expected at least one stop token",
+            ));
+        }
+        let (prompt, prompt_valid) = left_pad(prompts, pad, device); // [B, L_p]
+        let (b, lp) = prompt.size2()?;
+        if lp as usize > model.config().block_size {
+            return Err(AgentError::config(
+                "prompt",
+                format!(
+                    "{lp} tokens exceed the model's block_size {}",
+                    model.config().block_size
+                ),
+            ));
+        }
+        tch::no_grad(|| {
+            let weights = model.compute_weights();
+            let decode = model.decode_weights(&weights);
+            let cap = model.config().block_size as i64;
+            let mut cache =
+                KvCache::new(model.config(), b, cap.max(lp), device, model.compute_kind());
+            let pos = positions_from_valid(&prompt_valid); // [B, L_p]
+            let mask = attention_mask(&prompt_valid, 0, lp);
+            let h = model.forward_with(&weights, &prompt, &pos, &mask, Some(&mut cache), false); // [B, L_p, C]
+            let logits = model.lm_logits_from(&weights, &h.select(1, lp - 1)); // [B, V]
+            Ok(Self {
+                model,
+                next_pos: pos.select(1, lp - 1) + 1,
+                key_valid: prompt_valid.to_kind(Kind::Bool),
+                logits,
+                weights,
+                decode,
+                cache,
+                pad,
+                stops: stops.iter().map(|&s| s as i64).collect(),
+                device,
+            })
+        })
+    }
+
+    /// Sample up to `cfg.max_new_tokens` tokens for the sequences where `live [B]` (bool) is true,
+    /// each stopping at its first stop token. Every sampled token is written to the cache, so a
+    /// reply can follow.
+    pub fn turn(&mut self, live: &Tensor, cfg: &SamplingConfig) -> Result<Turn> {
+        cfg.validate()?;
+        let n = cfg.max_new_tokens as i64;
+        let b = self.logits.size()[0];
+        tch::no_grad(|| {
+            self.cache.reserve(n);
+            let len = self.cache.len();
+            // This turn's slots count as valid while it decodes (a stopped sequence's outputs are
+            // discarded); afterwards only the sampled ones stay valid.
+            let open = Tensor::ones([b, self.cache.capacity() - len], (Kind::Bool, self.device));
+            let kb = key_bias(
+                &Tensor::cat(&[&self.key_valid, &open], 1),
+                self.model.config().n_head as i64,
+                self.model.compute_kind(),
+            ); // [B·H, 1, capacity]
+            let pad_t = Tensor::full([b], self.pad as i64, (Kind::Int64, self.device));
+            let mut finished = live.logical_not(); // [B]
+            let (mut toks, mut lps, mut masks) = (Vec::new(), Vec::new(), Vec::new());
+            // Checking costs a device sync: every few steps is enough (more on a GPU).
+            let check_every = if self.device.is_cuda() { 16 } else { 4 };
+            for t in 0..n {
+                if t % check_every == 0 && bool::try_from(finished.all()).unwrap_or(false) {
+                    break;
+                }
+                let (tok, lp_tok, alive) = pick_tokens(&self.logits, cfg, &finished, &pad_t);
+                let stopped = self.stops[1..]
+                    .iter()
+                    .fold(tok.eq(self.stops[0]), |acc, &s| acc.logical_or(&tok.eq(s))); // [B]
+                finished = finished.logical_or(&stopped);
+                // Feed the token: its key and value are what the next token, or a reply, reads.
+                let next = self.model.decode_step(
+                    &self.decode,
+                    &tok,
+                    &self
+                        .next_pos
+                        .clamp_max(self.model.config().block_size as i64 - 1),
+                    &kb,
+                    &mut self.cache,
+                ); // [B, V]
+                   // A sequence that has stopped keeps the logits of its last real token.
+                self.logits = next.where_self(&alive.unsqueeze(1), &self.logits);
+                self.next_pos += alive.to_kind(Kind::Int64);
+                toks.push(tok);
+                lps.push(lp_tok);
+                masks.push(alive.to_kind(Kind::Float));
+            }
+            let sampled = masks.len() as i64;
+            let mask = if sampled == 0 {
+                Tensor::zeros([b, 0], (Kind::Float, self.device))
+            } else {
+                Tensor::stack(&masks, 1)
+            }; // [B, n]
+            self.key_valid = Tensor::cat(&[&self.key_valid, &mask.to_kind(Kind::Bool)], 1);
+            debug_assert_eq!(self.key_valid.size()[1], len + sampled);
+            let stack = |v: &[Tensor], k: Kind| {
+                if v.is_empty() {
+                    Tensor::zeros([b, 0], (k, self.device))
+                } else {
+                    Tensor::stack(v, 1)
+                }
+            };
+            Ok(Turn {
+                tokens: stack(&toks, Kind::Int64),
+                logprobs: stack(&lps, Kind::Float),
+                mask,
+            })
+        })
+    }
+
+    /// Prefill `chunks[i]` after sequence i (an env's reply; empty for none) as one right-aligned
+    /// chunk; the sequences with a chunk continue from its last token.
+    pub fn append(&mut self, chunks: &[Vec<u32>]) -> Result<()> {
+        let r = chunks.iter().map(|c| c.len()).max().unwrap_or(0) as i64;
+        if r == 0 {
+            return Ok(());
+        }
+        let (tokens, valid) = left_pad(chunks, self.pad, self.device); // [B, R]
+        tch::no_grad(|| {
+            self.cache.reserve(r);
+            let len = self.cache.len();
+            let keys = Tensor::cat(&[&self.key_valid, &valid], 1); // [B, len + R]
+            let offset = valid.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1; // [B, R]
+            let pos = (self.next_pos.unsqueeze(1) + offset.clamp_min(0))
+                .clamp_max(self.model.config().block_size as i64 - 1)
+                * valid.to_kind(Kind::Int64); // [B, R]
+            let mask = attention_mask(&keys, len, r); // [B, 1, R, len + R]
+            let h = self.model.forward_with(
+                &self.weights,
+                &tokens,
+                &pos,
+                &mask,
+                Some(&mut self.cache),
+                false,
+            ); // [B, R, C]
+            let last = self
+                .model
+                .lm_logits_from(&self.weights, &h.select(1, r - 1)); // [B, V]
+            let has = valid.select(1, r - 1).unsqueeze(1); // [B, 1]
+            self.logits = last.where_self(&has, &self.logits);
+            self.next_pos += valid
+                .to_kind(Kind::Int64)
+                .sum_dim_intlist(1, false, Kind::Int64);
+            self.key_valid = keys;
+            Ok(())
+        })
+    }
+}

@@ -425,3 +425,98 @@ fn bf16_compute_tracks_fp32_and_trains_fp32_master_weights() {
         "bf16 sampled vs recomputed log-probs differ by {d}"
     );
 }
+
+#[test]
+fn turn_sampler_continues_the_kv_cache_across_replies_with_gaps() {
+    // Sequences stop at different steps (many stop ids), replies of different lengths (some none)
+    // leave gaps in the cache: the recorded log-probs must still equal a teacher-forced pass over
+    // each conversation without the gaps.
+    use crate::sampling::{right_pad, Sequences, TurnSampler};
+    let _guard = lock();
+    let (vs, m) = small_model(3, 60);
+    tch::no_grad(|| {
+        let mut vars: Vec<_> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, mut v) in vars {
+            let noise = v.randn_like() * 0.1;
+            v += noise;
+        }
+    });
+    let prompts: Vec<Vec<u32>> = (0..6u32)
+        .map(|i| (0..(2 + i % 4)).map(|j| 3 + (i * 7 + j * 5) % 50).collect())
+        .collect();
+    let stops: Vec<u32> = (3..15).collect();
+    tch::manual_seed(11);
+    let mut s = TurnSampler::new(&m, &prompts, 0, &stops, Device::Cpu).unwrap();
+    let cfg = SamplingConfig {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: 5,
+    };
+    let mut conv: Vec<Vec<u32>> = vec![Vec::new(); 6];
+    let mut policy: Vec<Vec<bool>> = vec![Vec::new(); 6];
+    let mut recorded: Vec<Vec<f32>> = vec![Vec::new(); 6];
+    let mut live = [true; 6];
+    let mut stopped_early = 0;
+    for turn in 0..3u32 {
+        let t = s.turn(&Tensor::from_slice(&live), &cfg).unwrap();
+        let toks: Vec<Vec<i64>> = Vec::try_from(&t.tokens).unwrap();
+        let mask: Vec<Vec<f32>> = Vec::try_from(&t.mask).unwrap();
+        let lps: Vec<Vec<f32>> = Vec::try_from(&t.logprobs).unwrap();
+        let mut chunks = vec![Vec::new(); 6];
+        for i in 0..6 {
+            if !live[i] {
+                assert!(mask[i].iter().all(|&x| x == 0.0));
+                continue;
+            }
+            let n = mask[i].iter().filter(|&&x| x > 0.5).count();
+            stopped_early += usize::from(n < toks[i].len());
+            for k in 0..n {
+                conv[i].push(toks[i][k] as u32);
+                policy[i].push(true);
+                recorded[i].push(lps[i][k]);
+            }
+            // Sequence 5 ends after its first turn; the others get replies of 1–4 tokens, and
+            // sequence 2 none in the second round.
+            if i == 5 || (i == 2 && turn == 1) {
+                live[i] = i != 5;
+                continue;
+            }
+            chunks[i] = (0..1 + (i as u32 + turn) % 4)
+                .map(|j| 20 + (i as u32 * 3 + j) % 30)
+                .collect();
+            conv[i].extend(&chunks[i]);
+            policy[i].extend(std::iter::repeat_n(false, chunks[i].len()));
+            recorded[i].extend(std::iter::repeat_n(0.0, chunks[i].len()));
+        }
+        s.append(&chunks).unwrap();
+    }
+    assert!(
+        stopped_early > 0,
+        "some turns must stop before the token limit"
+    );
+    let (prompt, prompt_valid) = left_pad(&prompts, 0, Device::Cpu);
+    let (tokens, valid) = right_pad(&conv, 0, Device::Cpu);
+    let n = tokens.size()[1] as usize;
+    let pad_row = |v: &Vec<f32>| {
+        let mut r = v.clone();
+        r.resize(n, 0.0);
+        r
+    };
+    let mask: Vec<f32> = policy
+        .iter()
+        .flat_map(|p| pad_row(&p.iter().map(|&x| x as u8 as f32).collect()))
+        .collect();
+    let rec: Vec<f32> = recorded.iter().flat_map(pad_row).collect();
+    let seqs = Sequences {
+        prompt,
+        prompt_valid,
+        tokens,
+        valid,
+        mask: Tensor::from_slice(&mask).view([6, n as i64]),
+    };
+    let lp = tch::no_grad(|| sequence_logprobs(&m, &seqs, 1.0, false));
+    let d = max_abs(&lp, &Tensor::from_slice(&rec).view([6, n as i64]));
+    assert!(d < 1e-4, "max |Δ log-prob| = {d}");
+}

@@ -8,13 +8,14 @@
 //! ids of each reply as it was encoded, so a teacher-forced pass over the batch sees what sampling
 //! saw. Whether a token is the policy's comes from where it came from, never from its id: `mask` is
 //! 1 on sampled tokens only, and a reply's tokens (mask 0) are context, never trained on and never
-//! in KL, entropy or a mean. Each round re-reads the whole conversation so far (left-padded) rather
-//! than continuing a per-sequence KV cache across turns: simpler, exactly the same log-probs, at
-//! the cost of one prefill per turn. A reply's tokens are what the checkpoint's chat template adds
-//! for it (rendered with and without it), so a template that is not append-only is refused.
+//! in KL, entropy or a mean. One KV cache serves the whole conversation: the prompts are prefilled
+//! once, each turn decodes from where the last one stopped, and an env's reply is prefilled into
+//! the cache of the sequences that got one while the others keep their place
+//! ([`TurnSampler`]). A reply's tokens are what the checkpoint's chat template adds for it
+//! (rendered with and without it), so a template that is not append-only is refused.
 
 use crate::policy::LmPolicy;
-use crate::sampling::{generate_until, left_pad, right_pad, SamplingConfig, Sequences};
+use crate::sampling::{left_pad, right_pad, SamplingConfig, Sequences, TurnSampler};
 use crate::{AgentError, Result};
 use aligngym_envs::{
     AutoresetMode, ChatEnv, ChatEnvConfig, Message, RewardFn, Task, TextCodec, VecEnv,
@@ -121,11 +122,6 @@ impl Running {
     fn context_len(&self) -> usize {
         self.prompt_ids.len() + self.tokens.len()
     }
-    fn context(&self) -> Vec<u32> {
-        let mut c = self.prompt_ids.clone();
-        c.extend_from_slice(&self.tokens);
-        c
-    }
 }
 
 /// Collect one episode per env of `envs` with `policy`, sampling each turn with `sampling`
@@ -166,16 +162,24 @@ pub fn collect(
         })
         .collect();
     let stops = tok.turn_stops();
+    let prompts: Vec<Vec<u32>> = eps.iter().map(|e| e.prompt_ids.clone()).collect();
+    let mut sampler = TurnSampler::new(
+        &policy.model,
+        &prompts,
+        tok.pad_id(),
+        &stops,
+        policy.device(),
+    )?;
     let mut round_cfg = sampling.clone();
     loop {
         let live: Vec<usize> = (0..eps.len()).filter(|&i| eps[i].done.is_none()).collect();
         if live.is_empty() {
             break;
         }
-        // The longest live context bounds this round's token budget (sequences are left-padded
-        // to it); the episodes it leaves no room for are cut off first.
+        // The longest live conversation bounds this turn's token budget (positions may not pass
+        // the model's context); the episodes it leaves no room for are cut off first.
         let mut actions: Vec<Option<String>> = vec![None; eps.len()];
-        let mut room: Vec<usize> = Vec::new();
+        let mut room = vec![false; eps.len()];
         for &i in &live {
             if eps[i].context_len() + 1 > block {
                 let s = envs.envs_mut()[i].truncate(&format!(
@@ -183,47 +187,35 @@ pub fn collect(
                 ))?;
                 eps[i].done = Some(finish(&eps[i], s)?);
             } else {
-                room.push(i);
+                room[i] = true;
             }
         }
-        if room.is_empty() {
-            continue;
-        }
-        let longest = room
-            .iter()
-            .map(|&i| eps[i].context_len())
+        let Some(longest) = (0..eps.len())
+            .filter(|&i| room[i])
+            .map(|i| eps[i].context_len())
             .max()
-            .unwrap_or(0);
+        else {
+            continue;
+        };
         round_cfg.max_new_tokens = sampling.max_new_tokens.min(block - longest);
-        let contexts: Vec<Vec<u32>> = room.iter().map(|&i| eps[i].context()).collect();
-        let gen = generate_until(
-            &policy.model,
-            &contexts,
-            tok.pad_id(),
-            &stops,
-            &round_cfg,
-            policy.device(),
-        )?;
+        let live_t = Tensor::from_slice(&room).to_device(policy.device()); // [B]
+        let turn = sampler.turn(&live_t, &round_cfg)?;
         // One device→host copy of the turn's tokens, mask and log-probs.
         let host = |t: &Tensor, k: Kind| t.to_device(Device::Cpu).to_kind(k);
-        let toks: Vec<Vec<i64>> = Vec::try_from(host(&gen.tokens, Kind::Int64))?;
-        let mask: Vec<Vec<f32>> = Vec::try_from(host(&gen.mask, Kind::Float))?;
-        let lps: Vec<Vec<f32>> = Vec::try_from(host(&gen.logprobs, Kind::Float))?;
-        for (j, &i) in room.iter().enumerate() {
+        let toks: Vec<Vec<i64>> = Vec::try_from(host(&turn.tokens, Kind::Int64))?;
+        let mask: Vec<Vec<f32>> = Vec::try_from(host(&turn.mask, Kind::Float))?;
+        let lps: Vec<Vec<f32>> = Vec::try_from(host(&turn.logprobs, Kind::Float))?;
+        for i in (0..eps.len()).filter(|&i| room[i]) {
             let e = &mut eps[i];
-            let turn: Vec<u32> = toks[j]
-                .iter()
-                .zip(&mask[j])
-                .filter(|(_, &m)| m > 0.5)
-                .map(|(&t, _)| t as u32)
-                .collect();
+            let sampled = || toks[i].iter().zip(&mask[i]).filter(|(_, &m)| m > 0.5);
+            let turn: Vec<u32> = sampled().map(|(&t, _)| t as u32).collect();
             e.ended_turn = turn.last().is_some_and(|t| stops.contains(t));
             e.tokens.extend_from_slice(&turn);
             e.policy.extend(std::iter::repeat_n(true, turn.len()));
             e.logprobs.extend(
-                lps[j]
+                lps[i]
                     .iter()
-                    .zip(&mask[j])
+                    .zip(&mask[i])
                     .filter(|(_, &m)| m > 0.5)
                     .map(|(&l, _)| l),
             );
@@ -231,6 +223,7 @@ pub fn collect(
             actions[i] = Some(tok.decode_ids(&turn));
         }
         let steps = envs.step_some(&actions)?;
+        let mut replies: Vec<Vec<u32>> = vec![Vec::new(); eps.len()];
         for (i, s) in steps.into_iter().enumerate() {
             let Some(s) = s else { continue };
             if s.terminated || s.truncated {
@@ -254,7 +247,10 @@ pub fn collect(
             e.tokens.extend_from_slice(&ids);
             e.policy.extend(std::iter::repeat_n(false, ids.len()));
             e.logprobs.extend(std::iter::repeat_n(0.0, ids.len()));
+            replies[i] = ids;
         }
+        // The replies go into the KV cache after their turns; the other sequences keep their place.
+        sampler.append(&replies)?;
     }
     let mut episodes: Vec<Episode> = eps.iter_mut().filter_map(|e| e.done.take()).collect();
     if let Some(scorer) = scorer {
