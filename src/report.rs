@@ -314,3 +314,51 @@ pub fn summary_table(dir: &Path) -> Result<String> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(gold_start: f64, gold_end: f64) -> Vec<MetricRow> {
+        let row = |step, metric: &str, value| MetricRow {
+            step,
+            metric: metric.to_string(),
+            value,
+        };
+        vec![
+            row(0, "eval/gold_reward", gold_start),
+            row(10, "eval/gold_reward", gold_end),
+            row(10, "eval/kl_to_ref", 1.0),
+        ]
+    }
+
+    #[test]
+    fn the_gap_section_compares_single_and_multi_turn_envs() {
+        // Medians over seeds: arithmetic ppo-rm {0.5, 0.7} → 0.6, dpo 0.5 → gap +0.1;
+        // guess-number ppo-rm 0.6, dpo {0.2, 0.4} → 0.3 → gap +0.3; the multi-turn gap is larger.
+        let mut m = BTreeMap::new();
+        m.insert("arithmetic-v0.ppo-rm.s0".to_string(), run(0.1, 0.5));
+        m.insert("arithmetic-v0.ppo-rm.s1".to_string(), run(0.1, 0.7));
+        m.insert("arithmetic-v0.dpo.s0".to_string(), run(0.1, 0.5));
+        m.insert("guess-number-v0.ppo-rm.s0".to_string(), run(0.2, 0.6));
+        m.insert("guess-number-v0.dpo.s0".to_string(), run(0.2, 0.2));
+        m.insert("guess-number-v0.dpo.s1".to_string(), run(0.2, 0.4));
+        let envs = ["arithmetic-v0".to_string(), "guess-number-v0".to_string()];
+        let mut md = String::new();
+        gap_section(&mut md, &envs, &m, &["ppo-rm".into(), "dpo".into()]);
+        assert!(
+            md.contains("| arithmetic-v0 | single-turn | 0.100 | 0.600 | 0.500 | +0.100 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| guess-number-v0 | multi-turn | 0.200 | 0.600 | 0.300 | +0.300 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "is larger on the multi-turn envs (+0.300) than on the single-turn ones (+0.100)"
+            ),
+            "{md}"
+        );
+    }
+}
