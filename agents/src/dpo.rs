@@ -137,23 +137,31 @@ fn continuation(
     Ok((ids, policy))
 }
 
-/// Tokenise pairs for `policy`, cutting prompts to half the context and continuations to what is
-/// left.
-pub fn encode_pairs(policy: &LmPolicy, pairs: &[PreferencePair]) -> Result<PairBatch> {
+/// `[BOS]` prompts cut to half the context, left-padded (`[P, L_p]` tokens and validity), and the
+/// room left for what follows them.
+fn encode_prompts(policy: &LmPolicy, prompts: &[&str]) -> (Tensor, Tensor, usize) {
     let tok = &policy.tokenizer;
     let block = policy.model.config().block_size;
-    let prompt_ids: Vec<Vec<u32>> = pairs
+    let ids: Vec<Vec<u32>> = prompts
         .iter()
         .map(|p| {
-            let mut ids = tok.encode_prompt(&p.prompt);
+            let mut ids = tok.encode_prompt(p);
             ids.truncate(block / 2);
             ids
         })
         .collect();
-    let lp = prompt_ids.iter().map(|p| p.len()).max().unwrap_or(1);
-    let room = block.saturating_sub(lp).max(1);
+    let lp = ids.iter().map(|p| p.len()).max().unwrap_or(1);
+    let (prompt, prompt_valid) = left_pad(&ids, tok.pad_id(), policy.device());
+    (prompt, prompt_valid, block.saturating_sub(lp).max(1))
+}
+
+/// Tokenise pairs for `policy`, cutting prompts to half the context and continuations to what is
+/// left.
+pub fn encode_pairs(policy: &LmPolicy, pairs: &[PreferencePair]) -> Result<PairBatch> {
+    let tok = &policy.tokenizer;
+    let texts: Vec<&str> = pairs.iter().map(|p| p.prompt.as_str()).collect();
+    let (prompt, prompt_valid, room) = encode_prompts(policy, &texts);
     let dev = policy.device();
-    let (prompt, prompt_valid) = left_pad(&prompt_ids, tok.pad_id(), dev);
     let side = |chosen: bool| -> Result<(Tensor, Tensor, Tensor)> {
         let (ids, pol): (Vec<Vec<u32>>, Vec<Vec<bool>>) = pairs
             .iter()
@@ -212,19 +220,8 @@ pub(crate) fn encode_completions(
     sets: &[Vec<&str>],
 ) -> (Tensor, Tensor, Vec<(Tensor, Tensor)>) {
     let tok = &policy.tokenizer;
-    let block = policy.model.config().block_size;
-    let prompt_ids: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| {
-            let mut ids = tok.encode_prompt(p);
-            ids.truncate(block / 2);
-            ids
-        })
-        .collect();
-    let lp = prompt_ids.iter().map(|p| p.len()).max().unwrap_or(1);
-    let room = block.saturating_sub(lp).max(1);
+    let (prompt, prompt_valid, room) = encode_prompts(policy, prompts);
     let dev = policy.device();
-    let (prompt, prompt_valid) = left_pad(&prompt_ids, tok.pad_id(), dev);
     let encoded = sets
         .iter()
         .map(|texts| {

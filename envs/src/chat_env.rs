@@ -132,14 +132,7 @@ impl ChatEnv {
         let completion = transcript(&self.conversation[1..]);
         let gold = self.gold.score(&prompt, &completion);
         let mut info = self.info();
-        let mut reward = 0.0;
-        match self.cfg.reward {
-            RewardSource::Gold => reward = gold,
-            RewardSource::External => info.needs_score = true,
-        }
-        info.gold_reward = Some(gold);
-        info.prompt = Some(prompt);
-        info.completion = Some(completion);
+        let reward = info.end(self.cfg.reward, prompt, completion, gold);
         Ok(Step {
             obs: self.conversation.clone(),
             reward,

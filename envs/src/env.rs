@@ -32,6 +32,29 @@ pub struct Info {
     pub note: Option<String>,
 }
 
+impl Info {
+    /// Fill in the end of an episode scored `gold`; returns the env's reward for it (the gold
+    /// reward, or 0 with `needs_score` when an external scorer gives it).
+    pub(crate) fn end(
+        &mut self,
+        source: RewardSource,
+        prompt: String,
+        completion: String,
+        gold: f32,
+    ) -> f32 {
+        self.gold_reward = Some(gold);
+        self.prompt = Some(prompt);
+        self.completion = Some(completion);
+        match source {
+            RewardSource::Gold => gold,
+            RewardSource::External => {
+                self.needs_score = true;
+                0.0
+            }
+        }
+    }
+}
+
 /// The result of one `step` (Gymnasium's 5-tuple).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step<O> {
@@ -222,13 +245,7 @@ impl Env for TextEnv {
             let prompt = self.task.prompts(self.cfg.split)[self.prompt_index].clone();
             let completion = self.codec.decode(&self.obs[self.prompt_len..]);
             let gold = self.gold.score(&prompt, &completion);
-            match self.cfg.reward {
-                RewardSource::Gold => reward = gold,
-                RewardSource::External => info.needs_score = true,
-            }
-            info.gold_reward = Some(gold);
-            info.prompt = Some(prompt);
-            info.completion = Some(completion);
+            reward = info.end(self.cfg.reward, prompt, completion, gold);
         }
         Ok(Step {
             obs: self.obs.clone(),
