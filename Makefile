@@ -42,7 +42,7 @@ bench: build
 # DPO trainer and TRL 1.12's PPO trainer (the last TRL with one) at the same sizes, fp32 and bf16.
 # Installed on demand into .venv (TRL 1.12 in a folder of its own); writes $(BENCH_OUT)/comparison.md.
 REF_STAMP := $(VENV)/.reference-installed
-BENCH_OUT ?= results/bench
+BENCH_OUT ?= bench-results
 REPEATS ?= 5
 $(REF_STAMP): $(TORCH_STAMP) benches/reference/requirements.txt
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) -r benches/reference/requirements.txt
