@@ -155,47 +155,96 @@ fn encode_prompts(policy: &LmPolicy, prompts: &[&str]) -> (Tensor, Tensor, usize
     (prompt, prompt_valid, block.saturating_sub(lp).max(1))
 }
 
+/// What follows a prompt: plain text, or a conversation's turns after its prompt messages.
+#[derive(Clone, Copy)]
+pub enum Continuation<'a> {
+    /// A single-turn completion (all the policy's, then EOS).
+    Text(&'a str),
+    /// The turns after `prompt`.
+    Turns {
+        /// The conversation's prompt messages.
+        prompt: &'a [Message],
+        /// The assistant turns and the replies between them.
+        turns: &'a [Message],
+    },
+}
+
+/// Continuations right-padded to `[P, N]`, each cut to `room`: tokens, validity (bool) and the
+/// policy-token mask (f32).
+fn encode_continuations(
+    policy: &LmPolicy,
+    conts: &[Continuation],
+    room: usize,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let tok = &policy.tokenizer;
+    let (ids, pol): (Vec<Vec<u32>>, Vec<Vec<bool>>) = conts
+        .iter()
+        .map(|c| {
+            let (mut ids, mut pol) = match *c {
+                Continuation::Text(t) => continuation(tok, t, None)?,
+                Continuation::Turns { prompt, turns } => {
+                    continuation(tok, "", Some((prompt, turns)))?
+                }
+            };
+            ids.truncate(room);
+            pol.truncate(room);
+            Ok((ids, pol))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
+    let dev = policy.device();
+    let (toks, valid) = right_pad(&ids, tok.pad_id(), dev); // [P, N]
+    let n = toks.size()[1] as usize;
+    let mask: Vec<f32> = pol
+        .iter()
+        .flat_map(|p| (0..n).map(move |t| p.get(t).map_or(0.0, |&x| x as u8 as f32)))
+        .collect();
+    let mask = Tensor::from_slice(&mask)
+        .view([conts.len() as i64, n as i64])
+        .to_device(dev); // [P, N]
+    Ok((toks, valid, mask))
+}
+
+/// Prompts and one continuation each, tokenised as DPO and the reward model train on them.
+pub fn encode_sequences(
+    policy: &LmPolicy,
+    prompts: &[&str],
+    conts: &[Continuation],
+) -> Result<Sequences> {
+    let (prompt, prompt_valid, room) = encode_prompts(policy, prompts);
+    let (tokens, valid, mask) = encode_continuations(policy, conts, room)?;
+    Ok(Sequences {
+        prompt,
+        prompt_valid,
+        tokens,
+        valid,
+        mask,
+    })
+}
+
 /// Tokenise pairs for `policy`, cutting prompts to half the context and continuations to what is
 /// left.
 pub fn encode_pairs(policy: &LmPolicy, pairs: &[PreferencePair]) -> Result<PairBatch> {
-    let tok = &policy.tokenizer;
     let texts: Vec<&str> = pairs.iter().map(|p| p.prompt.as_str()).collect();
     let (prompt, prompt_valid, room) = encode_prompts(policy, &texts);
-    let dev = policy.device();
-    let side = |chosen: bool| -> Result<(Tensor, Tensor, Tensor)> {
-        let (ids, pol): (Vec<Vec<u32>>, Vec<Vec<bool>>) = pairs
+    let side = |chosen: bool| {
+        let conts: Vec<Continuation> = pairs
             .iter()
-            .map(|p| {
-                let c = p.conversation.as_ref();
-                let (text, conv) = if chosen {
-                    (
-                        &p.chosen,
-                        c.map(|c| (c.prompt.as_slice(), c.chosen.as_slice())),
-                    )
-                } else {
-                    (
-                        &p.rejected,
-                        c.map(|c| (c.prompt.as_slice(), c.rejected.as_slice())),
-                    )
-                };
-                let (mut ids, mut pol) = continuation(tok, text, conv)?;
-                ids.truncate(room);
-                pol.truncate(room);
-                Ok((ids, pol))
+            .map(|p| match (&p.conversation, chosen) {
+                (Some(c), true) => Continuation::Turns {
+                    prompt: &c.prompt,
+                    turns: &c.chosen,
+                },
+                (Some(c), false) => Continuation::Turns {
+                    prompt: &c.prompt,
+                    turns: &c.rejected,
+                },
+                (None, true) => Continuation::Text(&p.chosen),
+                (None, false) => Continuation::Text(&p.rejected),
             })
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .unzip();
-        let (toks, valid) = right_pad(&ids, tok.pad_id(), dev); // [P, N]
-        let n = toks.size()[1] as usize;
-        let mask: Vec<f32> = pol
-            .iter()
-            .flat_map(|p| (0..n).map(move |t| p.get(t).map_or(0.0, |&x| x as u8 as f32)))
             .collect();
-        let mask = Tensor::from_slice(&mask)
-            .view([pairs.len() as i64, n as i64])
-            .to_device(dev); // [P, N]
-        Ok((toks, valid, mask))
+        encode_continuations(policy, &conts, room)
     };
     let (chosen, chosen_valid, chosen_mask) = side(true)?;
     let (rejected, rejected_valid, rejected_mask) = side(false)?;

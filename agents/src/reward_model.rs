@@ -4,13 +4,15 @@
 //! can use it.
 
 use crate::checkpoint::{self, CheckpointConfig, ModelKind};
-use crate::dpo::{encode_completions, encode_pairs, stack_pairs, PairBatch};
+use crate::dpo::{
+    encode_completions, encode_pairs, encode_sequences, stack_pairs, Continuation, PairBatch,
+};
 use crate::losses::bradley_terry_loss;
 use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
 use crate::policy::LmPolicy;
 use crate::sampling::Sequences;
 use crate::{AgentError, Result};
-use aligngym_envs::{derive_seed, EnvError, PreferencePair, RewardFn};
+use aligngym_envs::{derive_seed, EnvError, Message, PreferencePair, RewardFn};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -242,6 +244,29 @@ impl RewardModel {
         checkpoint::save(dir, &self.net.vs, &self.net.tokenizer, &cfg)
     }
 
+    /// Centred scores of conversations (`turns[i]` after the user message `prompts[i]`), tokenised
+    /// as conversational preference pairs are.
+    pub fn score_turns(&self, prompts: &[&str], turns: &[&[Message]]) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(prompts.len());
+        for (p, t) in prompts.chunks(64).zip(turns.chunks(64)) {
+            let firsts: Vec<Vec<Message>> = p.iter().map(|x| vec![Message::user(*x)]).collect();
+            let conts: Vec<Continuation> = firsts
+                .iter()
+                .zip(t)
+                .map(|(f, t)| Continuation::Turns {
+                    prompt: f,
+                    turns: t,
+                })
+                .collect();
+            let seqs = encode_sequences(&self.net, p, &conts)?;
+            let s = tch::no_grad(|| raw_scores(&self.net, &seqs, false)) - self.offset;
+            out.extend(Vec::<f32>::try_from(
+                &s.to_kind(Kind::Float).to_device(tch::Device::Cpu),
+            )?);
+        }
+        Ok(out)
+    }
+
     /// Centred scores of preference-style completions.
     pub fn score_texts(&self, prompts: &[&str], completions: &[&str]) -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(prompts.len());
@@ -284,5 +309,29 @@ impl RewardFn for RewardModel {
                 name: "reward_model".into(),
                 msg: e.to_string(),
             })
+    }
+    fn score_conversations(
+        &self,
+        prompts: &[&str],
+        turns: &[&[Message]],
+    ) -> aligngym_envs::Result<Vec<f32>> {
+        self.score_turns(prompts, turns)
+            .map_err(|e| aligngym_envs::EnvError::Reward {
+                name: "reward_model".into(),
+                msg: e.to_string(),
+            })
+    }
+}
+
+#[cfg(test)]
+impl RewardModel {
+    /// The network (tests tokenise with it).
+    pub(crate) fn network(&self) -> &LmPolicy {
+        &self.net
+    }
+    /// Centred scores of already tokenised sequences.
+    pub(crate) fn raw_pair_scores(&self, s: &Sequences) -> Vec<f32> {
+        let t = raw_scores(&self.net, s, false) - self.offset;
+        Vec::try_from(&t.to_kind(Kind::Float)).unwrap_or_default()
     }
 }

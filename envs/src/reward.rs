@@ -3,6 +3,7 @@
 //! Rule rewards implement [`Rule`] (one pair at a time, thread-safe) and get [`RewardFn`] for free;
 //! learned reward models implement [`RewardFn`] directly and score a whole batch at once.
 
+use crate::chat::{transcript, Message};
 use crate::{EnvError, Result};
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +17,14 @@ pub trait RewardFn: Send {
     }
     /// One score per `(prompts[i], completions[i])`.
     fn score_batch(&self, prompts: &[&str], completions: &[&str]) -> Result<Vec<f32>>;
+    /// One score per conversation: `turns[i]` is what followed `prompts[i]` (the policy's turns
+    /// and the env's replies). By default their transcripts are scored; a learned scorer reads the
+    /// turns as its conversational training pairs were tokenised.
+    fn score_conversations(&self, prompts: &[&str], turns: &[&[Message]]) -> Result<Vec<f32>> {
+        let texts: Vec<String> = turns.iter().map(|t| transcript(t)).collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        self.score_batch(prompts, &refs)
+    }
 }
 
 /// A reward computed by a rule, one pair at a time; `Sync`, so envs can score on rayon workers.

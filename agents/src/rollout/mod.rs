@@ -137,6 +137,10 @@ pub fn collect(
 ) -> Result<Rollout> {
     let tok = &policy.tokenizer;
     let block = policy.model.config().block_size;
+    let multi_turn = envs
+        .envs()
+        .first()
+        .is_some_and(|e| e.task().max_turns() > 1);
     let (obs, _) = match start {
         Start::Seed(s) => envs.reset(Some(s))?,
         Start::Prompts(idx) => {
@@ -259,11 +263,19 @@ pub fn collect(
             .collect();
         if !need.is_empty() {
             let p: Vec<&str> = need.iter().map(|&i| episodes[i].prompt.as_str()).collect();
-            let c: Vec<&str> = need
-                .iter()
-                .map(|&i| episodes[i].transcript.as_str())
-                .collect();
-            let scores = scorer.score_batch(&p, &c)?;
+            // A multi-turn episode is scored as a conversation (a learned scorer reads it as its
+            // conversational training pairs were tokenised); a single turn as a completion.
+            let scores = if multi_turn {
+                let t: Vec<&[Message]> =
+                    need.iter().map(|&i| episodes[i].turns.as_slice()).collect();
+                scorer.score_conversations(&p, &t)?
+            } else {
+                let c: Vec<&str> = need
+                    .iter()
+                    .map(|&i| episodes[i].transcript.as_str())
+                    .collect();
+                scorer.score_batch(&p, &c)?
+            };
             for (&i, s) in need.iter().zip(scores) {
                 episodes[i].reward = s;
             }

@@ -341,3 +341,57 @@ fn adaptive_kl_metrics_use_the_coefficient_the_rewards_used() {
         assert!(e.contains(field), "{field}: {e}");
     }
 }
+
+#[test]
+fn a_reward_model_scores_episodes_as_it_was_trained_on_conversations() {
+    // PPO with a reward model on a multi-turn env: the collector asks the scorer for whole
+    // conversations, and the reward model reads them with the tokens of its training pairs.
+    use crate::dpo::{encode_pairs, stack_pairs};
+    use crate::reward_model::{RewardModel, RmConfig};
+    use aligngym_envs::{ConversationPair, PreferencePair, RewardFn};
+    let _g = crate::tests::lock();
+    let task: Arc<dyn Task> = Arc::new(GuessNumberTask::new());
+    let pi = policy(task.as_ref(), 128, 6);
+    let mut envs = chat_envs(task.clone(), 6, ChatEnvConfig::default(), false).unwrap();
+    tch::manual_seed(3);
+    let roll = collect(&pi, &mut envs, Start::Seed(2), &sampling(), None).unwrap();
+    let pairs: Vec<PreferencePair> = roll
+        .episodes
+        .chunks(2)
+        .map(|w| {
+            PreferencePair::conversational(ConversationPair {
+                prompt: vec![Message::user(w[0].prompt.clone())],
+                chosen: w[0].turns.clone(),
+                rejected: w[1].turns.clone(),
+            })
+        })
+        .collect();
+    let cfg = RmConfig {
+        epochs: 1,
+        heldout_fraction: 0.0,
+        ..Default::default()
+    };
+    let (rm, _) = RewardModel::train(&pi, &pairs, &cfg, 0, |_, _, _| {}).unwrap();
+    let prompts: Vec<&str> = roll.episodes.iter().map(|e| e.prompt.as_str()).collect();
+    let turns: Vec<&[Message]> = roll.episodes.iter().map(|e| e.turns.as_slice()).collect();
+    let got = rm.score_conversations(&prompts, &turns).unwrap();
+    // The chosen side of each training pair, scored through the training path.
+    let batch = encode_pairs(rm.network(), &pairs).unwrap();
+    let idx = Tensor::arange(pairs.len() as i64, (Kind::Int64, Device::Cpu));
+    let want = tch::no_grad(|| rm.raw_pair_scores(&stack_pairs(&batch, &idx)));
+    for (k, w) in want.iter().take(pairs.len()).enumerate() {
+        assert!(
+            (got[2 * k] - w).abs() < 1e-4,
+            "episode {}: {} vs {w}",
+            2 * k,
+            got[2 * k]
+        );
+    }
+    // As plain transcripts (no end-of-turn tokens) the same episodes score differently.
+    let texts: Vec<&str> = roll
+        .episodes
+        .iter()
+        .map(|e| e.transcript.as_str())
+        .collect();
+    assert_ne!(rm.score_batch(&prompts, &texts).unwrap(), got);
+}
