@@ -185,13 +185,7 @@ impl Env for ChatEnv {
     }
 
     fn reward_range(&self) -> (f32, f32) {
-        match self.cfg.reward {
-            RewardSource::Gold => {
-                let (lo, hi) = self.gold.range();
-                (lo.min(0.0), hi.max(0.0))
-            }
-            RewardSource::External => (f32::NEG_INFINITY, f32::INFINITY),
-        }
+        self.cfg.reward.range(self.gold.as_ref())
     }
 
     fn sample_action(&self, rng: &mut StdRng) -> String {

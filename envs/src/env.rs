@@ -106,6 +106,20 @@ pub enum RewardSource {
     External,
 }
 
+impl RewardSource {
+    /// The range of an env's step rewards: 0 mid-episode, then the gold reward (`gold`'s range) or
+    /// an external scorer's (unbounded).
+    pub fn range(self, gold: &dyn Rule) -> (f32, f32) {
+        match self {
+            RewardSource::Gold => {
+                let (lo, hi) = gold.range();
+                (lo.min(0.0), hi.max(0.0))
+            }
+            RewardSource::External => (f32::NEG_INFINITY, f32::INFINITY),
+        }
+    }
+}
+
 /// Settings of a text environment.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -257,13 +271,7 @@ impl Env for TextEnv {
     }
 
     fn reward_range(&self) -> (f32, f32) {
-        match self.cfg.reward {
-            RewardSource::Gold => {
-                let (lo, hi) = self.gold.range();
-                (lo.min(0.0), hi.max(0.0))
-            }
-            RewardSource::External => (f32::NEG_INFINITY, f32::INFINITY),
-        }
+        self.cfg.reward.range(self.gold.as_ref())
     }
 
     fn sample_action(&self, rng: &mut StdRng) -> u32 {

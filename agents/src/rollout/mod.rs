@@ -87,13 +87,6 @@ pub struct Rollout {
     pub score_pos: Tensor,
 }
 
-impl Rollout {
-    /// The env rewards `[B]` (f32, host).
-    pub fn rewards(&self) -> Vec<f32> {
-        self.episodes.iter().map(|e| e.reward).collect()
-    }
-}
-
 /// `n` turn-level envs of `task`, stepped on rayon workers when `parallel` (same results either way).
 pub fn chat_envs(
     task: Arc<dyn Task>,
