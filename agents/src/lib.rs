@@ -28,7 +28,7 @@ pub use device::{DeviceChoice, Precision};
 pub use dpo::{DpoAgent, DpoConfig};
 pub use error::{AgentError, Result};
 pub use losses::{DpoLoss, KlEstimator};
-pub use model::{Gpt, GptConfig};
+pub use model::{Activation, Family, Gpt, GptConfig};
 pub use policy::{ActorCritic, LmPolicy, Policy};
 pub use ppo::{CriticKind, PpoAgent, PpoConfig, RewardSignal};
 pub use reward_model::{RewardModel, RmConfig, RmReport};

@@ -1,7 +1,18 @@
-//! A GPT-2-style decoder (Radford et al. 2019): token and learned position embeddings, pre-LayerNorm
-//! blocks with causal multi-head attention and a GELU MLP, a final LayerNorm and an LM head tied to
-//! the token embedding; plus a value head and a scalar reward head over the trunk output. Incremental
-//! decoding keeps a preallocated KV cache per layer.
+//! One decoder-only transformer configured by family (Radford et al. 2019; Touvron et al. 2023):
+//!
+//! - **GPT-2**: token and learned position embeddings, pre-LayerNorm blocks with fused QKV
+//!   attention and a GELU MLP, a final LayerNorm and an LM head tied to the token embedding.
+//! - **Llama**: no position table but rotary embeddings (RoPE, `rope_theta`) on queries and keys,
+//!   RMSNorm, a SwiGLU MLP, grouped-query attention (fewer key/value heads than query heads), a
+//!   tied or separate LM head. SmolLM2, TinyLlama and Llama 3 shapes are configurations of it.
+//! - **Qwen2**: Llama with biases on the query, key and value projections.
+//!
+//! Every family has a value head and a scalar reward head over the trunk output. Incremental
+//! decoding keeps a preallocated KV cache per layer (of the key/value heads).
+//!
+//! Variable names: GPT-2 keeps the names aligngym always used (`wte`, `h.0.attn.c_attn`, …; the
+//! Hugging Face layout is mapped in [`crate::hf`]); Llama and Qwen2 use transformers' own names
+//! (`model.layers.0.self_attn.q_proj`, …), so their checkpoints need no renaming.
 
 use crate::{AgentError, Precision, Result};
 use serde::{Deserialize, Serialize};
@@ -11,47 +22,156 @@ use tch::{Device, Kind, Tensor};
 mod decode;
 pub use decode::{key_bias, DecodeWeights};
 
-/// Shape of the transformer; serialised into `config.json`.
+/// The transformer family: which block layout the weights have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// GPT-2: learned positions, LayerNorm, GELU MLP, fused QKV with biases, tied LM head.
+    #[default]
+    Gpt2,
+    /// Llama: RoPE, RMSNorm, SwiGLU MLP, grouped-query attention, no biases.
+    Llama,
+    /// Qwen2: Llama plus biases on the query, key and value projections.
+    Qwen2,
+}
+
+impl Family {
+    /// Rotary position embeddings instead of a learned position table.
+    pub fn rotary(self) -> bool {
+        self != Family::Gpt2
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::Gpt2 => "gpt2",
+            Family::Llama => "llama",
+            Family::Qwen2 => "qwen2",
+        })
+    }
+}
+
+/// The MLP's nonlinearity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// Exact GELU (the erf form; aligngym's own GPT-2 models).
+    #[default]
+    Gelu,
+    /// GELU with the tanh approximation, as OpenAI's GPT-2 (transformers' `gelu_new`).
+    GeluTanh,
+    /// SiLU gating a second projection (SwiGLU; the Llama family).
+    Silu,
+}
+
+impl Activation {
+    /// libtorch's `approximate` argument of `gelu`.
+    fn gelu_approximate(self) -> &'static str {
+        if self == Activation::GeluTanh {
+            "tanh"
+        } else {
+            "none"
+        }
+    }
+}
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_norm_eps() -> f64 {
+    1e-5
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Shape of the transformer; serialised into aligngym's run files (checkpoints carry transformers'
+/// `config.json`, see [`crate::hf`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GptConfig {
+    /// The block layout.
+    #[serde(default)]
+    pub family: Family,
     /// Number of token ids (the tokenizer's vocabulary size).
     pub vocab_size: usize,
     /// Number of transformer blocks.
     pub n_layer: usize,
-    /// Attention heads per block; must divide `n_embd`.
+    /// Attention (query) heads per block; must divide `n_embd`.
     pub n_head: usize,
     /// Width of the residual stream.
     pub n_embd: usize,
-    /// Longest sequence (prompt + completion) the position table covers.
+    /// Longest sequence (prompt + completion): the position table's length, or the longest
+    /// context a rotary model is used at.
     pub block_size: usize,
     /// Dropout probability in training; 0 by default (RLHF turns dropout off everywhere).
     #[serde(default)]
     pub dropout: f64,
+    /// Key/value heads (grouped-query attention; must divide `n_head`); `None` means `n_head`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_kv_head: Option<usize>,
+    /// Width of the MLP's hidden layer; `None` means `4 · n_embd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intermediate_size: Option<usize>,
+    /// The MLP's nonlinearity (GELU for GPT-2, SiLU for the Llama family).
+    #[serde(default)]
+    pub activation: Activation,
+    /// RoPE's base (the Llama family).
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    /// Epsilon of the LayerNorms or RMSNorms.
+    #[serde(default = "default_norm_eps")]
+    pub norm_eps: f64,
+    /// The LM head is the token embedding (else a separate `lm_head` matrix).
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
 }
 
 impl GptConfig {
+    /// A GPT-2 of the given shape (exact GELU, tied head, no dropout).
+    pub fn gpt2(
+        vocab_size: usize,
+        n_layer: usize,
+        n_head: usize,
+        n_embd: usize,
+        block_size: usize,
+    ) -> Self {
+        Self {
+            family: Family::Gpt2,
+            vocab_size,
+            n_layer,
+            n_head,
+            n_embd,
+            block_size,
+            dropout: 0.0,
+            n_kv_head: None,
+            intermediate_size: None,
+            activation: Activation::Gelu,
+            rope_theta: default_rope_theta(),
+            norm_eps: default_norm_eps(),
+            tie_word_embeddings: true,
+        }
+    }
     /// The "tiny" size: 4 layers, 4 heads, width 128, context 128.
     pub fn tiny(vocab_size: usize) -> Self {
-        Self {
-            vocab_size,
-            n_layer: 4,
-            n_head: 4,
-            n_embd: 128,
-            block_size: 128,
-            dropout: 0.0,
-        }
+        Self::gpt2(vocab_size, 4, 4, 128, 128)
     }
     /// The "small" size: 6 layers, 8 heads, width 256, context 128.
     pub fn small(vocab_size: usize) -> Self {
-        Self {
-            vocab_size,
-            n_layer: 6,
-            n_head: 8,
-            n_embd: 256,
-            block_size: 128,
-            dropout: 0.0,
-        }
+        Self::gpt2(vocab_size, 6, 8, 256, 128)
+    }
+    /// Key/value heads per block.
+    pub fn kv_heads(&self) -> usize {
+        self.n_kv_head.unwrap_or(self.n_head)
+    }
+    /// Channels per attention head.
+    pub fn head_dim(&self) -> usize {
+        self.n_embd / self.n_head.max(1)
+    }
+    /// Width of the MLP's hidden layer.
+    pub fn mlp_width(&self) -> usize {
+        self.intermediate_size.unwrap_or(4 * self.n_embd)
     }
     /// Check the fields.
     pub fn validate(&self) -> Result<()> {
@@ -67,34 +187,92 @@ impl GptConfig {
         pos("n_head", self.n_head)?;
         pos("n_embd", self.n_embd)?;
         pos("block_size", self.block_size)?;
+        pos("n_kv_head", self.kv_heads())?;
+        pos("intermediate_size", self.mlp_width())?;
         if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(AgentError::config(
                 "n_head",
                 format!("{} does not divide n_embd {}", self.n_head, self.n_embd),
             ));
         }
+        if !self.n_head.is_multiple_of(self.kv_heads()) {
+            return Err(AgentError::config(
+                "n_kv_head",
+                format!("{} does not divide n_head {}", self.kv_heads(), self.n_head),
+            ));
+        }
+        if self.family.rotary() && !self.head_dim().is_multiple_of(2) {
+            return Err(AgentError::config(
+                "n_head",
+                "rotary embeddings need an even head width",
+            ));
+        }
+        if self.family == Family::Gpt2 && self.kv_heads() != self.n_head {
+            return Err(AgentError::config(
+                "n_kv_head",
+                "GPT-2 has as many key/value heads as query heads",
+            ));
+        }
+        let gated = self.activation == Activation::Silu;
+        if gated == (self.family == Family::Gpt2) {
+            return Err(AgentError::config(
+                "activation",
+                format!("{:?} is not the {} family's", self.activation, self.family),
+            ));
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(AgentError::config("dropout", "expected a value in [0, 1)"));
         }
+        if !(self.norm_eps > 0.0 && self.norm_eps < 1.0) {
+            return Err(AgentError::config("norm_eps", "expected a value in (0, 1)"));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
+            return Err(AgentError::config("rope_theta", "expected a value > 1"));
+        }
         Ok(())
     }
-    /// Parameters of the trunk and tied LM head (heads excluded).
+    /// Parameters of the trunk and LM head (value and reward heads excluded).
     pub fn num_params(&self) -> usize {
-        let c = self.n_embd;
-        self.vocab_size * c + self.block_size * c + self.n_layer * (12 * c * c + 13 * c) + 2 * c
+        let (c, m, v) = (self.n_embd, self.mlp_width(), self.vocab_size);
+        let kv = self.kv_heads() * self.head_dim();
+        let head = if self.tie_word_embeddings { 0 } else { v * c };
+        match self.family {
+            Family::Gpt2 => {
+                let per_layer =
+                    4 * c + (3 * c * c + 3 * c) + (c * c + c) + (c * m + m) + (m * c + c);
+                v * c + self.block_size * c + self.n_layer * per_layer + 2 * c + head
+            }
+            Family::Llama | Family::Qwen2 => {
+                let bias = if self.family == Family::Qwen2 {
+                    c + 2 * kv
+                } else {
+                    0
+                };
+                let per_layer = 2 * c + 2 * c * c + 2 * c * kv + bias + 3 * c * m;
+                v * c + self.n_layer * per_layer + c + head
+            }
+        }
     }
     /// Forward FLOPs per token for a sequence of length `t` (matmuls ×2, attention included).
     pub fn flops_per_token(&self, t: usize) -> f64 {
-        let c = self.n_embd as f64;
+        let (c, m) = (self.n_embd as f64, self.mlp_width() as f64);
+        let kv = (self.kv_heads() * self.head_dim()) as f64;
         let l = self.n_layer as f64;
-        2.0 * (l * 12.0 * c * c + self.vocab_size as f64 * c) + 2.0 * l * 2.0 * t as f64 * c
+        let mlp = if self.family == Family::Gpt2 {
+            2.0
+        } else {
+            3.0
+        } * c
+            * m;
+        let per_layer = 2.0 * c * c + 2.0 * c * kv + mlp;
+        2.0 * (l * per_layer + self.vocab_size as f64 * c) + 2.0 * l * 2.0 * t as f64 * c
     }
 }
 
 /// One layer's cached keys and values, preallocated to the longest sequence.
 pub struct LayerCache {
-    k: Tensor, // [B, H, T_max, D]
-    v: Tensor, // [B, H, T_max, D]
+    k: Tensor, // [B, H_kv, T_max, D]
+    v: Tensor, // [B, H_kv, T_max, D]
 }
 
 /// The KV cache of every layer, and how many positions it holds.
@@ -106,7 +284,7 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `batch` sequences of up to `max_len` positions.
     pub fn new(cfg: &GptConfig, batch: i64, max_len: i64, device: Device, kind: Kind) -> Self {
-        let (h, d) = (cfg.n_head as i64, (cfg.n_embd / cfg.n_head) as i64);
+        let (h, d) = (cfg.kv_heads() as i64, cfg.head_dim() as i64);
         let layers = (0..cfg.n_layer)
             .map(|_| LayerCache {
                 k: Tensor::zeros([batch, h, max_len, d], (kind, device)),
@@ -143,79 +321,168 @@ impl KvCache {
     }
 }
 
+/// LayerNorm (GPT-2) or RMSNorm (the Llama family); computes in fp32.
+enum Norm {
+    Layer(nn::LayerNorm),
+    Rms { weight: Tensor, eps: f64 },
+}
+
+impl Norm {
+    fn new(p: nn::Path, cfg: &GptConfig) -> Self {
+        let c = cfg.n_embd as i64;
+        if cfg.family == Family::Gpt2 {
+            let lc = nn::LayerNormConfig {
+                eps: cfg.norm_eps,
+                ..Default::default()
+            };
+            Norm::Layer(nn::layer_norm(p, vec![c], lc))
+        } else {
+            Norm::Rms {
+                weight: p.var("weight", &[c], nn::Init::Const(1.0)),
+                eps: cfg.norm_eps,
+            }
+        }
+    }
+    fn forward(&self, x: &Tensor) -> Tensor {
+        match self {
+            Norm::Layer(ln) => ln.forward(x),
+            Norm::Rms { weight, eps } => {
+                let x = x.to_kind(Kind::Float);
+                let inv = (x.square().mean_dim(-1, true, Kind::Float) + *eps).rsqrt(); // [.., 1]
+                x * inv * weight
+            }
+        }
+    }
+}
+
+/// The query/key/value projections: one fused matrix (GPT-2's `c_attn`) or three.
+enum QkvProj {
+    Fused(nn::Linear),
+    Split {
+        q: nn::Linear,
+        k: nn::Linear,
+        v: nn::Linear,
+    },
+}
+
+/// The MLP's input projections: GPT-2's `c_fc`, or SwiGLU's gate and up.
+enum MlpIn {
+    Plain(nn::Linear),
+    Gated { gate: nn::Linear, up: nn::Linear },
+}
+
 struct Block {
-    ln_1: nn::LayerNorm,
-    c_attn: nn::Linear,
-    c_proj: nn::Linear,
-    ln_2: nn::LayerNorm,
-    c_fc: nn::Linear,
-    mlp_proj: nn::Linear,
+    norm_1: Norm,
+    qkv: QkvProj,
+    o_proj: nn::Linear,
+    norm_2: Norm,
+    mlp_in: MlpIn,
+    mlp_out: nn::Linear,
     n_head: i64,
+    n_kv_head: i64,
+    head_dim: i64,
+    activation: Activation,
     dropout: f64,
 }
 
-fn linear(p: nn::Path, i: usize, o: usize, std: f64) -> nn::Linear {
+fn linear(p: nn::Path, i: usize, o: usize, std: f64, bias: bool) -> nn::Linear {
     let cfg = nn::LinearConfig {
         ws_init: nn::Init::Randn {
             mean: 0.0,
             stdev: std,
         },
-        bs_init: Some(nn::Init::Const(0.0)),
-        bias: true,
+        bs_init: bias.then_some(nn::Init::Const(0.0)),
+        bias,
     };
     nn::linear(p, i as i64, o as i64, cfg)
 }
 
 impl Block {
     fn new(p: nn::Path, cfg: &GptConfig) -> Self {
-        let c = cfg.n_embd;
+        let (c, m) = (cfg.n_embd, cfg.mlp_width());
+        let kv = cfg.kv_heads() * cfg.head_dim();
         // GPT-2's scaled init of the residual projections keeps the stream's variance flat in depth.
         let proj_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
-        Self {
-            ln_1: nn::layer_norm(&p / "ln_1", vec![c as i64], Default::default()),
-            c_attn: linear(&p / "attn" / "c_attn", c, 3 * c, 0.02),
-            c_proj: linear(&p / "attn" / "c_proj", c, c, proj_std),
-            ln_2: nn::layer_norm(&p / "ln_2", vec![c as i64], Default::default()),
-            c_fc: linear(&p / "mlp" / "c_fc", c, 4 * c, 0.02),
-            mlp_proj: linear(&p / "mlp" / "c_proj", 4 * c, c, proj_std),
+        let shape = |qkv, o_proj, mlp_in, mlp_out, n1, n2| Self {
+            norm_1: n1,
+            qkv,
+            o_proj,
+            norm_2: n2,
+            mlp_in,
+            mlp_out,
             n_head: cfg.n_head as i64,
+            n_kv_head: cfg.kv_heads() as i64,
+            head_dim: cfg.head_dim() as i64,
+            activation: cfg.activation,
             dropout: cfg.dropout,
+        };
+        match cfg.family {
+            Family::Gpt2 => shape(
+                QkvProj::Fused(linear(&p / "attn" / "c_attn", c, 3 * c, 0.02, true)),
+                linear(&p / "attn" / "c_proj", c, c, proj_std, true),
+                MlpIn::Plain(linear(&p / "mlp" / "c_fc", c, m, 0.02, true)),
+                linear(&p / "mlp" / "c_proj", m, c, proj_std, true),
+                Norm::new(&p / "ln_1", cfg),
+                Norm::new(&p / "ln_2", cfg),
+            ),
+            Family::Llama | Family::Qwen2 => {
+                let bias = cfg.family == Family::Qwen2;
+                let (a, f) = (&p / "self_attn", &p / "mlp");
+                shape(
+                    QkvProj::Split {
+                        q: linear(&a / "q_proj", c, c, 0.02, bias),
+                        k: linear(&a / "k_proj", c, kv, 0.02, bias),
+                        v: linear(&a / "v_proj", c, kv, 0.02, bias),
+                    },
+                    linear(&a / "o_proj", c, c, proj_std, false),
+                    MlpIn::Gated {
+                        gate: linear(&f / "gate_proj", c, m, 0.02, false),
+                        up: linear(&f / "up_proj", c, m, 0.02, false),
+                    },
+                    linear(&f / "down_proj", m, c, proj_std, false),
+                    Norm::new(&p / "input_layernorm", cfg),
+                    Norm::new(&p / "post_attention_layernorm", cfg),
+                )
+            }
         }
     }
 
     /// The matmul weights in `kind`: the variables themselves for fp32, differentiable casts
-    /// otherwise (gradients flow back into the fp32 variables).
+    /// otherwise (gradients flow back into the fp32 variables). Split projections are fused here
+    /// (q, k, v into one matrix; gate and up into one) so that each costs one matmul.
     fn weights(&self, kind: Kind) -> BlockWeights {
-        let cast = |l: &nn::Linear| LinearWeights {
-            w: l.ws.to_kind(kind),
-            b: l.bs
-                .as_ref()
-                .expect("linear layers have a bias")
-                .to_kind(kind),
-        };
         BlockWeights {
-            c_attn: cast(&self.c_attn),
-            c_proj: cast(&self.c_proj),
-            c_fc: cast(&self.c_fc),
-            mlp_proj: cast(&self.mlp_proj),
+            qkv: match &self.qkv {
+                QkvProj::Fused(l) => LinearWeights::of(&[l], kind),
+                QkvProj::Split { q, k, v } => LinearWeights::of(&[q, k, v], kind),
+            },
+            o_proj: LinearWeights::of(&[&self.o_proj], kind),
+            mlp_in: match &self.mlp_in {
+                MlpIn::Plain(l) => LinearWeights::of(&[l], kind),
+                MlpIn::Gated { gate, up } => LinearWeights::of(&[gate, up], kind),
+            },
+            mlp_out: LinearWeights::of(&[&self.mlp_out], kind),
         }
     }
 
-    /// The residual stream `x` and the LayerNorms stay fp32; the matmuls and attention run in the
-    /// weights' kind, and adding their outputs back promotes to fp32.
+    /// The residual stream `x` and the norms stay fp32; the matmuls and attention run in the
+    /// weights' kind, and adding their outputs back promotes to fp32. `rope` is the rotary
+    /// embedding's `(cos, sin)` `[B, 1, T, D]` for the family that has one.
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         w: &BlockWeights,
         x: &Tensor,
         mask: &Tensor,
+        rope: Option<&(Tensor, Tensor)>,
         past: i64,
         cache: Option<&mut LayerCache>,
         train: bool,
     ) -> Tensor {
         let (b, t, c) = x.size3().expect("[B, T, C]");
-        let h = self.n_head;
-        let kind = w.c_attn.w.kind();
-        let qkv = w.c_attn.apply(&self.ln_1.forward(x).to_kind(kind)); // [B, T, 3C]
+        let (h, hkv, d) = (self.n_head, self.n_kv_head, self.head_dim);
+        let kind = w.qkv.w.kind();
+        let qkv = w.qkv.apply(&self.norm_1.forward(x).to_kind(kind)); // [B, T, (H + 2·H_kv)·D]
 
         // Without a cache (training and scoring passes) attention runs in fp32: libtorch's CPU
         // backward of bf16 attention is ~6× slower than fp32's, and attention's FLOPs are few.
@@ -225,64 +492,153 @@ impl Block {
         } else {
             qkv
         };
-        let parts = qkv.split(c, 2);
-        let heads = |z: &Tensor| z.view([b, t, h, c / h]).transpose(1, 2); // [B, H, T, D]
-        let (q, k, v) = (heads(&parts[0]), heads(&parts[1]), heads(&parts[2]));
+        let parts = qkv.split_with_sizes([h * d, hkv * d, hkv * d], 2);
+        let heads = |z: &Tensor, n: i64| z.view([b, t, n, d]).transpose(1, 2); // [B, n, T, D]
+        let (mut q, mut k, v) = (
+            heads(&parts[0], h),
+            heads(&parts[1], hkv),
+            heads(&parts[2], hkv),
+        );
+        if let Some((cos, sin)) = rope {
+            let (cos, sin) = (cos.to_kind(q.kind()), sin.to_kind(q.kind()));
+            q = apply_rope(&q, &cos, &sin);
+            k = apply_rope(&k, &cos, &sin);
+        }
         let (k, v) = match cache {
             Some(lc) => {
                 lc.k.narrow(2, past, t).copy_(&k);
                 lc.v.narrow(2, past, t).copy_(&v);
-                (lc.k.narrow(2, 0, past + t), lc.v.narrow(2, 0, past + t)) // [B, H, past+T, D]
+                (lc.k.narrow(2, 0, past + t), lc.v.narrow(2, 0, past + t)) // [B, H_kv, past+T, D]
             }
             None => (k, v),
         };
         let p = if train { self.dropout } else { 0.0 };
+        let gqa = hkv != h;
         // [B, H, T, D]
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false);
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, gqa);
         let y = y.transpose(1, 2).contiguous().view([b, t, c]).to_kind(kind); // [B, T, C]
-        let x = x + w.c_proj.apply(&y).dropout(p, train); // fp32 [B, T, C]
-        let m = w.mlp_proj.apply(
-            &w.c_fc
-                .apply(&self.ln_2.forward(&x).to_kind(kind))
-                .gelu("none"),
-        ); // [B, T, C]
+        let x = x + w.o_proj.apply(&y).dropout(p, train); // fp32 [B, T, C]
+        let hidden = w.mlp_in.apply(&self.norm_2.forward(&x).to_kind(kind)); // [B, T, M or 2M]
+        let m = w.mlp_out.apply(&self.activate(&hidden)); // [B, T, C]
         &x + m.dropout(p, train)
     }
+
+    /// The MLP's nonlinearity on its input projection's output `[.., M]` (SwiGLU: `[.., 2M]`,
+    /// gate then up).
+    fn activate(&self, hidden: &Tensor) -> Tensor {
+        match self.activation {
+            Activation::Silu => {
+                let gu = hidden.chunk(2, -1); // 2 × [.., M]
+                gu[0].silu() * &gu[1]
+            }
+            a => hidden.gelu(a.gelu_approximate()),
+        }
+    }
+}
+
+/// Rotary embedding of `x [B, n, T, D]` with `cos`, `sin` `[B, 1, T, D]` (transformers' layout:
+/// the two halves of each head rotate together).
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let halves = x.chunk(2, -1); // 2 × [B, n, T, D/2]
+    let rotated = Tensor::cat(&[-&halves[1], halves[0].shallow_clone()], -1); // [B, n, T, D]
+    x * cos + rotated * sin
 }
 
 /// A linear layer's weight `[O, I]` and bias `[O]` in the compute kind.
 struct LinearWeights {
     w: Tensor,
-    b: Tensor,
+    b: Option<Tensor>,
 }
 
 impl LinearWeights {
+    /// The layers' weights stacked along the output dimension, cast to `kind`.
+    fn of(layers: &[&nn::Linear], kind: Kind) -> Self {
+        let w = if layers.len() == 1 {
+            layers[0].ws.to_kind(kind)
+        } else {
+            Tensor::cat(&layers.iter().map(|l| &l.ws).collect::<Vec<_>>(), 0).to_kind(kind)
+        };
+        let b = if layers.iter().all(|l| l.bs.is_some()) {
+            let bs: Vec<&Tensor> = layers.iter().filter_map(|l| l.bs.as_ref()).collect();
+            Some(if bs.len() == 1 {
+                bs[0].to_kind(kind)
+            } else {
+                Tensor::cat(&bs, 0).to_kind(kind)
+            })
+        } else if layers.iter().any(|l| l.bs.is_some()) {
+            // Qwen2 has biases on q, k and v but not o; a mix within one fused matrix pads the
+            // bias-free parts with zeros.
+            let bs: Vec<Tensor> = layers
+                .iter()
+                .map(|l| match &l.bs {
+                    Some(b) => b.shallow_clone(),
+                    None => Tensor::zeros([l.ws.size()[0]], (l.ws.kind(), l.ws.device())),
+                })
+                .collect();
+            Some(Tensor::cat(&bs, 0).to_kind(kind))
+        } else {
+            None
+        };
+        Self { w, b }
+    }
     fn apply(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.w, Some(&self.b))
+        x.linear(&self.w, self.b.as_ref())
+    }
+    fn shallow_clone(&self) -> Self {
+        Self {
+            w: self.w.shallow_clone(),
+            b: self.b.as_ref().map(Tensor::shallow_clone),
+        }
     }
 }
 
 struct BlockWeights {
-    c_attn: LinearWeights,
-    c_proj: LinearWeights,
-    c_fc: LinearWeights,
-    mlp_proj: LinearWeights,
+    qkv: LinearWeights,
+    o_proj: LinearWeights,
+    mlp_in: LinearWeights,
+    mlp_out: LinearWeights,
+}
+
+impl BlockWeights {
+    fn shallow_clone(&self) -> Self {
+        Self {
+            qkv: self.qkv.shallow_clone(),
+            o_proj: self.o_proj.shallow_clone(),
+            mlp_in: self.mlp_in.shallow_clone(),
+            mlp_out: self.mlp_out.shallow_clone(),
+        }
+    }
 }
 
 /// The weights one or more forward passes read, in the model's compute precision. Sampling builds
 /// them once per call, so bf16 decoding casts the weights once rather than at every token.
 pub struct ComputeWeights {
     blocks: Vec<BlockWeights>,
-    wte: Tensor, // [V, C], for the LM head
+    head: Tensor, // [V, C], the LM head (the token embedding when tied)
+}
+
+impl ComputeWeights {
+    fn shallow_clone(&self) -> Self {
+        Self {
+            blocks: self
+                .blocks
+                .iter()
+                .map(BlockWeights::shallow_clone)
+                .collect(),
+            head: self.head.shallow_clone(),
+        }
+    }
 }
 
 /// The transformer with its three heads.
 pub struct Gpt {
     cfg: GptConfig,
-    wte: Tensor, // [V, C]
-    wpe: Tensor, // [T_max, C]
+    wte: Tensor,              // [V, C]
+    wpe: Option<Tensor>,      // [T_max, C], GPT-2 only
+    lm_head: Option<Tensor>,  // [V, C], when not tied to `wte`
+    inv_freq: Option<Tensor>, // [D/2], the rotary families' frequencies
     blocks: Vec<Block>,
-    ln_f: nn::LayerNorm,
+    norm_f: Norm,
     value_head: nn::Linear,
     reward_head: nn::Linear,
     precision: Precision,
@@ -293,25 +649,37 @@ impl Gpt {
     pub fn new(p: &nn::Path, cfg: &GptConfig) -> Result<Self> {
         cfg.validate()?;
         let c = cfg.n_embd as i64;
-        let wte = p.var(
-            "wte",
-            &[cfg.vocab_size as i64, c],
-            nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            },
-        );
-        let wpe = p.var(
-            "wpe",
-            &[cfg.block_size as i64, c],
-            nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.01,
-            },
-        );
-        let blocks = (0..cfg.n_layer)
-            .map(|i| Block::new(p / "h" / i, cfg))
-            .collect();
+        let v = cfg.vocab_size as i64;
+        let init = |stdev| nn::Init::Randn { mean: 0.0, stdev };
+        let (wte, wpe, blocks, norm_f) = if cfg.family == Family::Gpt2 {
+            let wte = p.var("wte", &[v, c], init(0.02));
+            let wpe = p.var("wpe", &[cfg.block_size as i64, c], init(0.01));
+            let blocks = (0..cfg.n_layer)
+                .map(|i| Block::new(p / "h" / i, cfg))
+                .collect();
+            (wte, Some(wpe), blocks, Norm::new(p / "ln_f", cfg))
+        } else {
+            let m = p / "model";
+            let wte = (&m / "embed_tokens").var("weight", &[v, c], init(0.02));
+            let blocks = (0..cfg.n_layer)
+                .map(|i| Block::new(&m / "layers" / i, cfg))
+                .collect();
+            let norm = Norm::new(&m / "norm", cfg);
+            (wte, None, blocks, norm)
+        };
+        let lm_head =
+            (!cfg.tie_word_embeddings).then(|| (p / "lm_head").var("weight", &[v, c], init(0.02)));
+        let inv_freq = cfg.family.rotary().then(|| {
+            let d = cfg.head_dim() as i64;
+            // transformers' formula, in fp32 as it computes it: θ^(−2i/D).
+            let exponent = Tensor::arange_start_step(0, d, 2, (Kind::Int64, p.device()))
+                .to_kind(Kind::Float)
+                / d as f64; // [D/2]
+            Tensor::from(cfg.rope_theta as f32)
+                .to_device(p.device())
+                .pow(&exponent)
+                .reciprocal()
+        });
         let zero = nn::LinearConfig {
             ws_init: nn::Init::Const(0.0),
             bs_init: Some(nn::Init::Const(0.0)),
@@ -321,14 +689,17 @@ impl Gpt {
             cfg: cfg.clone(),
             wte,
             wpe,
+            lm_head,
+            inv_freq,
             blocks,
-            ln_f: nn::layer_norm(p / "ln_f", vec![c], Default::default()),
+            norm_f,
             value_head: nn::linear(p / "value_head", c, 1, zero),
             reward_head: linear(
                 p / "reward_head",
                 cfg.n_embd,
                 1,
                 1.0 / (cfg.n_embd as f64 + 1.0).sqrt(),
+                true,
             ),
             precision: Precision::Fp32,
         })
@@ -361,13 +732,14 @@ impl Gpt {
         let kind = self.compute_kind();
         ComputeWeights {
             blocks: self.blocks.iter().map(|b| b.weights(kind)).collect(),
-            wte: self.wte.to_kind(kind),
+            head: self.lm_head.as_ref().unwrap_or(&self.wte).to_kind(kind),
         }
     }
 
     /// Trunk output `[B, T, C]` (fp32) for `tokens [B, T]` at `positions [B, T]`, attending where
-    /// `mask [B, 1, T, T_k]` is true (or, for a float mask, adding it to the attention scores). With a cache, the new keys and values are written at
-    /// `cache.len()` and the cache advances by T.
+    /// `mask [B, 1, T, T_k]` is true (or, for a float mask, adding it to the attention scores).
+    /// With a cache, the new keys and values are written at `cache.len()` and the cache advances
+    /// by T.
     pub fn forward(
         &self,
         tokens: &Tensor,
@@ -399,17 +771,24 @@ impl Gpt {
         let t = tokens.size()[1];
         let past = cache.as_ref().map_or(0, |c| c.len);
         let p = if train { self.cfg.dropout } else { 0.0 };
-        let mut x = (Tensor::embedding(&self.wte, tokens, -1, false, false)
-            + Tensor::embedding(&self.wpe, positions, -1, false, false))
-        .dropout(p, train); // [B, T, C]
+        let mut x = Tensor::embedding(&self.wte, tokens, -1, false, false); // [B, T, C]
+        if let Some(wpe) = &self.wpe {
+            x += Tensor::embedding(wpe, positions, -1, false, false);
+        }
+        let mut x = x.dropout(p, train);
+        let rope = self.inv_freq.as_ref().map(|inv| {
+            let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv; // [B, T, D/2]
+            let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1); // [B, 1, T, D]
+            (emb.cos(), emb.sin())
+        });
         for (i, (blk, bw)) in self.blocks.iter().zip(&w.blocks).enumerate() {
             let lc = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = blk.forward(bw, &x, mask, past, lc, train);
+            x = blk.forward(bw, &x, mask, rope.as_ref(), past, lc, train);
         }
         if let Some(c) = cache {
             c.len += t;
         }
-        self.ln_f.forward(&x)
+        self.norm_f.forward(&x)
     }
 
     /// Trunk output `[B, T, C]` of whole sequences with validity mask `valid [B, T]` (left or right
@@ -421,18 +800,15 @@ impl Gpt {
         self.forward(tokens, &positions, &mask, None, train)
     }
 
-    /// fp32 LM logits `[.., V]` of trunk output `[.., C]` (head tied to the token embedding; the
-    /// matmul runs in the compute precision, the softmaxes that follow in fp32).
+    /// fp32 LM logits `[.., V]` of trunk output `[.., C]` (the matmul runs in the compute
+    /// precision, the softmaxes that follow in fp32).
     pub fn lm_logits(&self, hidden: &Tensor) -> Tensor {
-        self.lm_logits_with(&self.wte.to_kind(self.compute_kind()), hidden)
+        let head = self.lm_head.as_ref().unwrap_or(&self.wte);
+        lm_logits_with(&head.to_kind(self.compute_kind()), hidden)
     }
-    /// [`Gpt::lm_logits`] with the embedding from [`Gpt::compute_weights`].
+    /// [`Gpt::lm_logits`] with the head from [`Gpt::compute_weights`].
     pub fn lm_logits_from(&self, w: &ComputeWeights, hidden: &Tensor) -> Tensor {
-        self.lm_logits_with(&w.wte, hidden)
-    }
-    fn lm_logits_with(&self, wte: &Tensor, hidden: &Tensor) -> Tensor {
-        let logits = hidden.to_kind(wte.kind()).matmul(&wte.tr()); // [.., V]
-        logits.to_kind(Kind::Float)
+        lm_logits_with(&w.head, hidden)
     }
     /// Value estimates `[..]` of trunk output `[.., C]`.
     pub fn value(&self, hidden: &Tensor) -> Tensor {
@@ -442,6 +818,11 @@ impl Gpt {
     pub fn reward(&self, hidden: &Tensor) -> Tensor {
         self.reward_head.forward(hidden).squeeze_dim(-1)
     }
+}
+
+fn lm_logits_with(head: &Tensor, hidden: &Tensor) -> Tensor {
+    let logits = hidden.to_kind(head.kind()).matmul(&head.tr()); // [.., V]
+    logits.to_kind(Kind::Float)
 }
 
 /// Position of each token: the number of valid tokens before it (0 for padding).

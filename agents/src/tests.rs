@@ -1,7 +1,9 @@
 //! Tests of the model core: KV cache, sampling log-probs, checkpoints, SFT.
 
 use crate::checkpoint::{self, CheckpointConfig, ModelKind};
-use crate::model::{attention_mask, key_bias, positions_from_valid, Gpt, GptConfig, KvCache};
+use crate::model::{
+    attention_mask, key_bias, positions_from_valid, Activation, Family, Gpt, GptConfig, KvCache,
+};
 use crate::sampling::{generate, left_pad, sequence_logprobs, Generation, SamplingConfig};
 use crate::sft::{self, SftConfig};
 use crate::tokenizer::Tokenizer;
@@ -17,14 +19,7 @@ pub(crate) fn lock() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn small_model(seed: u64, vocab: usize) -> (nn::VarStore, Gpt) {
-    let cfg = GptConfig {
-        vocab_size: vocab,
-        n_layer: 2,
-        n_head: 4,
-        n_embd: 32,
-        block_size: 64,
-        dropout: 0.0,
-    };
+    let cfg = GptConfig::gpt2(vocab, 2, 4, 32, 64);
     sft::init_model(&cfg, Device::Cpu, seed).unwrap()
 }
 
@@ -37,10 +32,40 @@ fn recomputed_logprobs(m: &Gpt, g: &Generation, temperature: f64) -> Tensor {
     tch::no_grad(|| sequence_logprobs(m, &g.sequences(), temperature, false))
 }
 
+/// A Llama-family config at the test size: grouped-query attention (4 query heads sharing 2
+/// key/value heads), an untied head, SwiGLU.
+fn small_llama(family: Family, vocab: usize) -> GptConfig {
+    GptConfig {
+        family,
+        n_kv_head: Some(2),
+        intermediate_size: Some(48),
+        activation: Activation::Silu,
+        rope_theta: 500.0,
+        norm_eps: 1e-6,
+        tie_word_embeddings: false,
+        ..GptConfig::gpt2(vocab, 2, 4, 32, 64)
+    }
+}
+
 #[test]
 fn kv_cache_decoding_matches_full_forward_on_a_left_padded_batch() {
+    check_kv_cache_against_full_forward(&GptConfig::gpt2(50, 2, 4, 32, 64));
+}
+
+#[test]
+fn llama_and_qwen2_decoding_matches_full_forward_on_a_left_padded_batch() {
+    check_kv_cache_against_full_forward(&small_llama(Family::Llama, 50));
+    check_kv_cache_against_full_forward(&small_llama(Family::Qwen2, 50));
+    let tanh = GptConfig {
+        activation: Activation::GeluTanh,
+        ..GptConfig::gpt2(50, 2, 4, 32, 64)
+    };
+    check_kv_cache_against_full_forward(&tanh);
+}
+
+fn check_kv_cache_against_full_forward(cfg: &GptConfig) {
     let _guard = lock();
-    let (vs, m) = small_model(1, 50);
+    let (vs, m) = sft::init_model(cfg, Device::Cpu, 1).unwrap();
     // Biases start at 0 and LayerNorms at identity: perturb every variable so that a bias or a
     // LayerNorm parameter read wrongly shows.
     tch::no_grad(|| {
@@ -88,7 +113,7 @@ fn kv_cache_decoding_matches_full_forward_on_a_left_padded_batch() {
         let h = m.forward_full(&full_tokens, &key_valid, false);
         let full = m.lm_logits(&h.narrow(1, lp - 1, steps));
         let d = max_abs(&inc, &full);
-        assert!(d < 1e-4, "max |Δlogit| = {d}");
+        assert!(d < 1e-4, "{:?}: max |Δlogit| = {d}", cfg.family);
         // Sampling's decoding step, by both of its routes, gives the same logits (with a cache
         // longer than the mask, which the step must not confuse).
         for host in [true, false] {
@@ -201,14 +226,7 @@ fn corpus() -> Vec<String> {
 fn save_load_round_trip_and_bad_checkpoints() {
     let _guard = lock();
     let tok = Tokenizer::train(&corpus(), 300).unwrap();
-    let cfg = GptConfig {
-        vocab_size: tok.vocab_size(),
-        n_layer: 1,
-        n_head: 2,
-        n_embd: 16,
-        block_size: 32,
-        dropout: 0.0,
-    };
+    let cfg = GptConfig::gpt2(tok.vocab_size(), 1, 2, 16, 32);
     let (vs, m) = sft::init_model(&cfg, Device::Cpu, 4).unwrap();
     let root = std::env::temp_dir().join(format!("aligngym-ck-{}", std::process::id()));
     let dir = root.join("policy");
@@ -304,14 +322,7 @@ fn sft_beats_unigram_entropy_and_is_reproducible() {
     let _guard = lock();
     let corpus = corpus();
     let tok = Tokenizer::train(&corpus, 300).unwrap();
-    let cfg = GptConfig {
-        vocab_size: tok.vocab_size(),
-        n_layer: 2,
-        n_head: 2,
-        n_embd: 64,
-        block_size: 32,
-        dropout: 0.0,
-    };
+    let cfg = GptConfig::gpt2(tok.vocab_size(), 2, 2, 64, 32);
     let seqs = sft::encode_corpus(&tok, &corpus, cfg.block_size).unwrap();
     let h1 = sft::unigram_entropy(&seqs);
     let sc = SftConfig {

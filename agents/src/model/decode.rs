@@ -1,6 +1,8 @@
 //! One decoding step: one new token per sequence through the trunk and the LM head, reading and
 //! extending the KV cache. The same math as [`Gpt::forward`] with a cache followed by
-//! [`Gpt::lm_logits`], in as few libtorch calls as it takes, by one of two routes:
+//! [`Gpt::lm_logits`], in as few libtorch calls as it takes. The Llama family decodes through
+//! [`Gpt::forward_with`] itself (its q/k/v and gate/up matrices are fused once per `generate`); GPT-2
+//! by one of two routes:
 //!
 //! - **Tensor ops** (any device, any precision): 2-D activations, weights pre-transposed once per
 //!   `generate`, SDPA over the cache, residual adds in place.
@@ -11,12 +13,9 @@
 //!   arithmetic once the matmuls have pushed the dispatcher out of the caches, and a step of ~140
 //!   such calls spent more time in calls than in arithmetic.
 
-use super::{Block, ComputeWeights, Gpt, KvCache, LayerCache, LinearWeights};
-use tch::nn::{self, Module};
+use super::{Block, ComputeWeights, Family, Gpt, KvCache, LayerCache, LinearWeights, Norm};
+use tch::nn;
 use tch::{Device, Kind, Tensor};
-
-/// LayerNorm's epsilon (`nn::layer_norm`'s default, which [`Gpt`] uses).
-const LN_EPS: f32 = 1e-5;
 
 /// A linear layer as decoding reads it: the weight transposed to `[I, O]` and contiguous (at a
 /// decoding step's few rows a plain matmul on it is 1.2–2× faster on CPU than `linear`'s
@@ -30,7 +29,10 @@ impl DecodeLinear {
     fn new(l: &LinearWeights) -> Self {
         Self {
             w_t: l.w.tr().contiguous(),
-            b: l.b.shallow_clone(),
+            b: l.b
+                .as_ref()
+                .expect("GPT-2 layers have biases")
+                .shallow_clone(),
         }
     }
     /// `x·Wᵀ + b` `[B, O]` for `x [B, I]`.
@@ -63,6 +65,8 @@ pub struct DecodeWeights {
     wte_t: Tensor, // [C, V], for the LM head
     /// Whether the CPU fp32 route applies.
     host: bool,
+    /// The Llama family's weights, for decoding through the forward pass.
+    forward: Option<ComputeWeights>,
 }
 
 impl DecodeWeights {
@@ -89,19 +93,28 @@ impl Gpt {
     /// The weights in the layout [`Gpt::decode_step`] reads, from the compute-precision weights
     /// `w` (the prefill's; so bf16 casts once per `generate`). Call it under `no_grad`.
     pub fn decode_weights(&self, w: &ComputeWeights) -> DecodeWeights {
+        if self.cfg.family != Family::Gpt2 {
+            return DecodeWeights {
+                blocks: Vec::new(),
+                wte_t: w.head.shallow_clone(),
+                host: false,
+                forward: Some(w.shallow_clone()),
+            };
+        }
         DecodeWeights {
             blocks: w
                 .blocks
                 .iter()
                 .map(|b| DecodeBlock {
-                    c_attn: DecodeLinear::new(&b.c_attn),
-                    c_proj: DecodeLinear::new(&b.c_proj),
-                    c_fc: DecodeLinear::new(&b.c_fc),
-                    mlp_proj: DecodeLinear::new(&b.mlp_proj),
+                    c_attn: DecodeLinear::new(&b.qkv),
+                    c_proj: DecodeLinear::new(&b.o_proj),
+                    c_fc: DecodeLinear::new(&b.mlp_in),
+                    mlp_proj: DecodeLinear::new(&b.mlp_out),
                 })
                 .collect(),
-            wte_t: w.wte.tr().contiguous(),
-            host: self.device() == Device::Cpu && w.wte.kind() == Kind::Float,
+            wte_t: w.head.tr().contiguous(),
+            host: self.device() == Device::Cpu && w.head.kind() == Kind::Float,
+            forward: None,
         }
     }
 
@@ -117,6 +130,14 @@ impl Gpt {
         key_bias: &Tensor,
         cache: &mut KvCache,
     ) -> Tensor {
+        if let Some(fw) = &w.forward {
+            let b = tokens.size()[0];
+            let (h, l) = (self.cfg.n_head as i64, key_bias.size()[2]);
+            let mask = key_bias.view([b, h, 1, l]).narrow(3, 0, cache.len + 1); // [B, H, 1, L]
+            let (tokens, positions) = (tokens.view([b, 1]), positions.view([b, 1]));
+            let hidden = self.forward_with(fw, &tokens, &positions, &mask, Some(cache), false);
+            return self.lm_logits_from(fw, &hidden.squeeze_dim(1)); // [B, V]
+        }
         let logits = if w.host {
             self.decode_on_host(w, tokens, positions, key_bias, cache)
         } else {
@@ -136,11 +157,11 @@ impl Gpt {
     ) -> Tensor {
         let slot = cache.len;
         let mut x = Tensor::embedding(&self.wte, tokens, -1, false, false); // [B, C]
-        x += Tensor::embedding(&self.wpe, positions, -1, false, false);
+        x += Tensor::embedding(self.gpt2_wpe(), positions, -1, false, false);
         for ((blk, bw), lc) in self.blocks.iter().zip(&w.blocks).zip(&mut cache.layers) {
             blk.decode(bw, &mut x, key_bias, slot, lc);
         }
-        let h = self.ln_f.forward(&x).to_kind(w.wte_t.kind()); // [B, C]
+        let h = self.norm_f.forward(&x).to_kind(w.wte_t.kind()); // [B, C]
         h.mm(&w.wte_t).to_kind(Kind::Float) // [B, V]
     }
 
@@ -162,7 +183,7 @@ impl Gpt {
             let tokens = tokens.contiguous();
             let positions = positions.contiguous();
             let (tok, pos) = (host_i64(&tokens), host_i64(&positions));
-            let (wte, wpe) = (host(&self.wte), host(&self.wpe));
+            let (wte, wpe) = (host(&self.wte), host(self.gpt2_wpe()));
             let c = c as usize;
             for (row, (&t, &p)) in host_mut(&mut x)
                 .chunks_exact_mut(c)
@@ -177,10 +198,12 @@ impl Gpt {
         let mut a = Tensor::empty([b, c], opts); // [B, C], LayerNorm output
         let mut q = Tensor::empty([b * h, 1, d], opts); // [B·H, 1, D]
         let scale = 1.0 / (d as f64).sqrt();
+        let eps = self.cfg.norm_eps as f32;
+        let approximate = self.cfg.activation.gelu_approximate();
         // The MLP's output bias of the block before, added with the next LayerNorm.
         let mut pending: Option<&Tensor> = None;
         for ((blk, bw), lc) in self.blocks.iter().zip(&w.blocks).zip(&mut cache.layers) {
-            add_and_layer_norm(&mut x, pending, &blk.ln_1, &mut a);
+            add_and_layer_norm(&mut x, pending, layer_norm(&blk.norm_1), eps, &mut a);
             let qkv = a.mm(&bw.c_attn.w_t); // [B, 3C]
             scatter_qkv(&qkv, &bw.c_attn.b, &mut q, lc, slot, h);
             let t_max = lc.v.size()[2];
@@ -196,14 +219,20 @@ impl Gpt {
                 .bmm(&values)
                 .view([b, c]); // [B, C]
             let _ = x.addmm_(&y, &bw.c_proj.w_t);
-            add_and_layer_norm(&mut x, Some(&bw.c_proj.b), &blk.ln_2, &mut a);
+            add_and_layer_norm(
+                &mut x,
+                Some(&bw.c_proj.b),
+                layer_norm(&blk.norm_2),
+                eps,
+                &mut a,
+            );
             let mut hidden = a.mm(&bw.c_fc.w_t); // [B, 4C]
             add_rows(&mut hidden, &bw.c_fc.b);
-            let _ = hidden.gelu_("none");
+            let _ = hidden.gelu_(approximate);
             let _ = x.addmm_(&hidden, &bw.mlp_proj.w_t);
             pending = Some(&bw.mlp_proj.b);
         }
-        add_and_layer_norm(&mut x, pending, &self.ln_f, &mut a);
+        add_and_layer_norm(&mut x, pending, layer_norm(&self.norm_f), eps, &mut a);
         a.mm(&w.wte_t) // [B, V]
     }
 }
@@ -222,7 +251,7 @@ impl Block {
         let (b, c) = x.size2().expect("[B, C]");
         let (h, d) = (self.n_head, c / self.n_head);
         let kind = w.c_attn.w_t.kind();
-        let qkv = w.c_attn.apply(&self.ln_1.forward(x).to_kind(kind)); // [B, 3C]
+        let qkv = w.c_attn.apply(&self.norm_1.forward(x).to_kind(kind)); // [B, 3C]
         let q = qkv.narrow(1, 0, c).view([b, h, 1, d]); // [B, H, 1, D]
         lc.k.select(2, slot)
             .copy_(&qkv.narrow(1, c, c).view([b, h, d]));
@@ -246,8 +275,8 @@ impl Block {
         )
         .reshape([b, c]); // [B, C]
         w.c_proj.add_into(x, &y);
-        let mut hidden = w.c_fc.apply(&self.ln_2.forward(x).to_kind(kind)); // [B, 4C]
-        let hidden = hidden.gelu_("none");
+        let mut hidden = w.c_fc.apply(&self.norm_2.forward(x).to_kind(kind)); // [B, 4C]
+        let hidden = hidden.gelu_(self.activation.gelu_approximate());
         w.mlp_proj.add_into(x, &hidden);
     }
 }
@@ -283,8 +312,28 @@ fn add_rows(m: &mut Tensor, bias: &Tensor) {
     }
 }
 
-/// `x [B, C] += bias` (when given), then `out = LayerNorm(x)` row by row.
-fn add_and_layer_norm(x: &mut Tensor, bias: Option<&Tensor>, ln: &nn::LayerNorm, out: &mut Tensor) {
+/// GPT-2's LayerNorm (the routes of this file are GPT-2's).
+fn layer_norm(n: &Norm) -> &nn::LayerNorm {
+    match n {
+        Norm::Layer(ln) => ln,
+        Norm::Rms { .. } => unreachable!("GPT-2 blocks use LayerNorm"),
+    }
+}
+
+impl Gpt {
+    fn gpt2_wpe(&self) -> &Tensor {
+        self.wpe.as_ref().expect("GPT-2 has a position table")
+    }
+}
+
+/// `x [B, C] += bias` (when given), then `out = LayerNorm(x)` (epsilon `eps`) row by row.
+fn add_and_layer_norm(
+    x: &mut Tensor,
+    bias: Option<&Tensor>,
+    ln: &nn::LayerNorm,
+    eps: f32,
+    out: &mut Tensor,
+) {
     if let Some(bias) = bias {
         add_rows(x, bias);
     }
@@ -297,7 +346,7 @@ fn add_and_layer_norm(x: &mut Tensor, bias: Option<&Tensor>, ln: &nn::LayerNorm,
     {
         let mean = row.iter().sum::<f32>() / c as f32;
         let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
-        let inv = 1.0 / (var + LN_EPS).sqrt();
+        let inv = 1.0 / (var + eps).sqrt();
         for (((o, v), g), b) in o.iter_mut().zip(row).zip(gamma).zip(beta) {
             *o = (v - mean) * inv * g + b;
         }

@@ -20,14 +20,7 @@ use tch::{Device, Kind, Tensor};
 
 fn policy(task: &dyn Task, block_size: usize, seed: u64) -> LmPolicy {
     let tokenizer = Tokenizer::train(&task.corpus(300, 0), 400).unwrap();
-    let cfg = GptConfig {
-        vocab_size: tokenizer.vocab_size(),
-        n_layer: 2,
-        n_head: 4,
-        n_embd: 32,
-        block_size,
-        dropout: 0.0,
-    };
+    let cfg = GptConfig::gpt2(tokenizer.vocab_size(), 2, 4, 32, block_size);
     let (vs, model) = sft::init_model(&cfg, Device::Cpu, seed).unwrap();
     // Perturb every variable so biases and LayerNorms matter too.
     tch::manual_seed(seed as i64);
