@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 TORCH_VERSION := 2.11.0
 TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)
+HF_STAMP := $(VENV)/.hf-installed
 # torch-sys finds libtorch through the venv's python (it runs `python` when VIRTUAL_ENV is set).
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
@@ -16,7 +17,7 @@ OUT ?= results
 run: build
 	$(BIN) compare --out $(OUT)
 
-test: $(TORCH_STAMP)
+test: $(TORCH_STAMP) $(HF_STAMP)
 	$(CARGO) test --release --workspace
 
 build: $(TORCH_STAMP)
@@ -29,6 +30,11 @@ $(TORCH_STAMP):
 	test -x $(VENV)/bin/python || /usr/bin/env -u VIRTUAL_ENV python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
 	$(VENV)/bin/python -c "import torch; assert torch.__version__.split('+')[0] == '$(TORCH_VERSION)'"
+	touch $@
+
+# transformers, for the reference tests against Hugging Face checkpoints (agents/tests/hf_reference.rs).
+$(HF_STAMP): $(TORCH_STAMP) scripts/requirements-hf.txt
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) -r scripts/requirements-hf.txt
 	touch $@
 
 # Prints the device, runs a forward/backward and sampling on CUDA, compares with CPU; fails without CUDA.

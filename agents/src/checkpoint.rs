@@ -1,6 +1,9 @@
-//! Checkpoints: a directory with `model.safetensors`, `config.json` and `tokenizer.json`, written
-//! under a temporary name and renamed into place; loading validates every tensor's name and shape.
+//! Checkpoints: a directory in the Hugging Face layout (see [`crate::hf`]) that transformers opens
+//! as it is, plus aligngym's heads and metadata in files of their own; written under a temporary
+//! name and renamed into place. Loading validates every tensor's name and shape, and still reads
+//! the single-`config.json` checkpoints of earlier versions.
 
+use crate::hf;
 use crate::model::{Gpt, GptConfig};
 use crate::tokenizer::Tokenizer;
 use crate::{AgentError, Result};
@@ -55,7 +58,27 @@ fn ck(path: &Path, msg: impl Into<String>) -> AgentError {
     }
 }
 
-/// Write the checkpoint to `dir` atomically (a sibling temporary directory, then rename).
+/// aligngym's own file beside a checkpoint: what it is and how it was made.
+pub const META: &str = "aligngym.json";
+/// aligngym's value and reward heads (transformers knows nothing of them).
+pub const HEADS: &str = "aligngym_heads.safetensors";
+
+/// What [`META`] holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    kind: ModelKind,
+    #[serde(default)]
+    reward_offset: f64,
+    #[serde(default)]
+    dropout: f64,
+    #[serde(default)]
+    aligngym_version: String,
+}
+
+/// Write the checkpoint to `dir` atomically (a sibling temporary directory, then rename) in the
+/// Hugging Face layout: transformers' `config.json`, `model.safetensors` with transformers' names,
+/// `generation_config.json`, `tokenizer.json` and `tokenizer_config.json`; aligngym's heads and
+/// metadata go in files of their own beside them.
 pub fn save(
     dir: impl AsRef<Path>,
     vs: &nn::VarStore,
@@ -75,19 +98,11 @@ pub fn save(
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| AgentError::io(&tmp, e))?;
-    let vars = vs.variables();
-    let mut named: Vec<(String, Tensor)> = vars
-        .into_iter()
-        .map(|(k, v)| (k, v.to_device(Device::Cpu).to_kind(tch::Kind::Float)))
-        .collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    Tensor::write_safetensors(&named, tmp.join("model.safetensors"))?;
-    let mut cfg = config.clone();
-    cfg.aligngym_version = env!("CARGO_PKG_VERSION").to_string();
-    let json = serde_json::to_string_pretty(&cfg).map_err(|e| ck(dir, e.to_string()))?;
-    std::fs::write(tmp.join("config.json"), json)
-        .map_err(|e| AgentError::io(tmp.join("config.json"), e))?;
-    tokenizer.save(tmp.join("tokenizer.json"))?;
+    let written = write_files(&tmp, vs, tokenizer, config);
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     if dir.exists() {
         let old = parent.join(format!(".{name}.old-{}", std::process::id()));
         std::fs::rename(dir, &old).map_err(|e| AgentError::io(dir, e))?;
@@ -99,15 +114,75 @@ pub fn save(
     Ok(())
 }
 
-/// Read `config.json` of a checkpoint directory.
+fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| ck(path, e.to_string()))?;
+    std::fs::write(path, text).map_err(|e| AgentError::io(path, e))
+}
+
+fn write_files(
+    tmp: &Path,
+    vs: &nn::VarStore,
+    tokenizer: &Tokenizer,
+    config: &CheckpointConfig,
+) -> Result<()> {
+    let family = config.model.family;
+    Tensor::write_safetensors(&hf::export(vs, family), tmp.join(hf::WEIGHTS))?;
+    Tensor::write_safetensors(&hf::export_heads(vs), tmp.join(HEADS))?;
+    let ids = hf::TokenIds {
+        bos: tokenizer.bos_id(),
+        eos: tokenizer.eos_id(),
+        pad: tokenizer.pad_id(),
+    };
+    write_json(
+        &tmp.join(hf::CONFIG),
+        &hf::config_to_json(&config.model, ids),
+    )?;
+    write_json(
+        &tmp.join(hf::GENERATION_CONFIG),
+        &hf::generation_config_json(ids),
+    )?;
+    let meta = Meta {
+        kind: config.kind,
+        reward_offset: config.reward_offset,
+        dropout: config.model.dropout,
+        aligngym_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    write_json(&tmp.join(META), &meta)?;
+    tokenizer.save(tmp.join("tokenizer.json"))
+}
+
+/// Read the configuration of a checkpoint directory: transformers' `config.json` with aligngym's
+/// [`META`] beside it (a model from elsewhere, without one, is a policy), or the single
+/// `config.json` of checkpoints written before the Hugging Face layout.
 pub fn read_config(dir: impl AsRef<Path>) -> Result<CheckpointConfig> {
     let dir = dir.as_ref();
     if !dir.is_dir() {
         return Err(ck(dir, "no such checkpoint directory"));
     }
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| ck(dir, format!("config.json: {e}")))?;
-    serde_json::from_str(&text).map_err(|e| ck(dir, format!("config.json: {e}")))
+    let path = dir.join(hf::CONFIG);
+    let v = read_json(&path)?;
+    if !hf::is_hf_config(&v) {
+        return serde_json::from_value(v).map_err(|e| ck(dir, format!("config.json: {e}")));
+    }
+    let mut model = hf::config_from_json(&v, &path)?;
+    let meta_path = dir.join(META);
+    let meta = if meta_path.exists() {
+        serde_json::from_value(read_json(&meta_path)?).map_err(|e| ck(&meta_path, e.to_string()))?
+    } else {
+        Meta {
+            kind: ModelKind::Policy,
+            reward_offset: 0.0,
+            dropout: 0.0,
+            aligngym_version: String::new(),
+        }
+    };
+    model.dropout = meta.dropout;
+    Ok(CheckpointConfig {
+        kind: meta.kind,
+        model,
+        reward_offset: meta.reward_offset,
+        aligngym_version: meta.aligngym_version,
+    })
 }
 
 /// Copy named tensors into `vs`, checking that the names and shapes agree exactly.
@@ -149,7 +224,8 @@ pub fn load_tensors_into(
     Ok(())
 }
 
-/// Load a checkpoint onto `device`, validating tensor names and shapes and the tokenizer's size.
+/// Load a checkpoint onto `device` (either layout), validating tensor names and shapes and the
+/// tokenizer's size.
 pub fn load(dir: impl AsRef<Path>, device: Device) -> Result<LoadedModel> {
     let dir = dir.as_ref();
     let config = read_config(dir)?;
@@ -162,7 +238,9 @@ pub fn load(dir: impl AsRef<Path>, device: Device) -> Result<LoadedModel> {
         return Err(ck(dir, "missing tokenizer.json"));
     }
     let tokenizer = Tokenizer::load(&tok_path)?;
-    if tokenizer.vocab_size() != config.model.vocab_size {
+    // Embedding tables are often padded past the tokenizer (to a multiple of 64 or 128); a
+    // tokenizer with ids the weights lack is broken.
+    if tokenizer.vocab_size() > config.model.vocab_size {
         return Err(ck(
             dir,
             format!(
@@ -172,19 +250,92 @@ pub fn load(dir: impl AsRef<Path>, device: Device) -> Result<LoadedModel> {
             ),
         ));
     }
-    let weights: PathBuf = dir.join("model.safetensors");
-    if !weights.exists() {
-        return Err(ck(dir, "missing model.safetensors"));
-    }
-    let tensors = Tensor::read_safetensors(&weights)
-        .map_err(|e| ck(&weights, format!("cannot read: {e}")))?;
-    let mut vs = nn::VarStore::new(device);
-    let model = Gpt::new(&vs.root(), &config.model)?;
-    load_tensors_into(&mut vs, tensors, &weights)?;
+    let (vs, model) = load_weights(dir, &config, device)?;
     Ok(LoadedModel {
         vs,
         model,
         tokenizer,
         config,
     })
+}
+
+/// The network of a checkpoint directory without its tokenizer (a model from elsewhere may come
+/// without one): transformers' layout, sharded or not, or aligngym's earlier one.
+pub fn load_model(dir: impl AsRef<Path>, device: Device) -> Result<(nn::VarStore, Gpt)> {
+    let dir = dir.as_ref();
+    let config = read_config(dir)?;
+    load_weights(dir, &config, device)
+}
+
+fn load_weights(
+    dir: &Path,
+    config: &CheckpointConfig,
+    device: Device,
+) -> Result<(nn::VarStore, Gpt)> {
+    let mut vs = nn::VarStore::new(device);
+    let model = Gpt::new(&vs.root(), &config.model)?;
+    let meta = dir.join(META).exists();
+    if !meta && !hf::is_hf_config(&read_json(&dir.join(hf::CONFIG))?) {
+        let weights: PathBuf = dir.join(hf::WEIGHTS);
+        let tensors = Tensor::read_safetensors(&weights)
+            .map_err(|e| ck(&weights, format!("cannot read: {e}")))?;
+        load_tensors_into(&mut vs, tensors, &weights)?;
+        return Ok((vs, model));
+    }
+    let tensors = hf::read_weights(dir)?;
+    let source = if dir.join(hf::WEIGHTS).exists() {
+        dir.join(hf::WEIGHTS)
+    } else {
+        dir.join(hf::WEIGHTS_INDEX)
+    };
+    hf::load_into(&vs, config.model.family, tensors, &source)?;
+    let heads = dir.join(HEADS);
+    if heads.exists() {
+        let tensors = Tensor::read_safetensors(&heads)
+            .map_err(|e| ck(&heads, format!("cannot read: {e}")))?;
+        load_heads(&vs, tensors, &heads)?;
+    } else if config.kind == ModelKind::RewardModel {
+        return Err(ck(dir, format!("missing {HEADS} (a reward model's head)")));
+    }
+    Ok((vs, model))
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| AgentError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| ck(path, format!("invalid JSON: {e}")))
+}
+
+/// Copy aligngym's heads from `tensors` into `vs` (names and shapes checked).
+fn load_heads(vs: &nn::VarStore, tensors: Vec<(String, Tensor)>, source: &Path) -> Result<()> {
+    let mut file: HashMap<String, Tensor> = tensors.into_iter().collect();
+    let vars = vs.variables();
+    let mut names: Vec<&String> = vars
+        .keys()
+        .filter(|n| hf::hf_name(crate::model::Family::Gpt2, n).is_none())
+        .collect();
+    names.sort();
+    for name in names {
+        let var = &vars[name];
+        let t = file
+            .remove(name)
+            .ok_or_else(|| ck(source, format!("missing tensor `{name}`")))?;
+        if t.size() != var.size() {
+            return Err(ck(
+                source,
+                format!(
+                    "tensor `{name}` has shape {:?}, expected {:?}",
+                    t.size(),
+                    var.size()
+                ),
+            ));
+        }
+        tch::no_grad(|| {
+            var.shallow_clone()
+                .copy_(&t.to_kind(var.kind()).to_device(var.device()))
+        });
+    }
+    match file.keys().min() {
+        Some(extra) => Err(ck(source, format!("unexpected tensor `{extra}`"))),
+        None => Ok(()),
+    }
 }

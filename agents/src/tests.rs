@@ -237,7 +237,15 @@ fn save_load_round_trip_and_bad_checkpoints() {
         aligngym_version: String::new(),
     };
     checkpoint::save(&dir, &vs, &tok, &ck).unwrap();
-    for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "aligngym.json",
+        "aligngym_heads.safetensors",
+    ] {
         assert!(dir.join(f).exists(), "{f}");
     }
     let loaded = checkpoint::load(&dir, Device::Cpu).unwrap();
@@ -254,10 +262,25 @@ fn save_load_round_trip_and_bad_checkpoints() {
     assert!(a.equal(&b));
     assert_eq!(loaded.config.kind, ModelKind::Policy);
 
-    // A tensor with the wrong shape, then a missing tensor: errors name it.
-    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    // Checkpoints of earlier versions (one config.json, aligngym's names) still load.
+    let legacy = root.join("legacy");
+    std::fs::create_dir_all(&legacy).unwrap();
+    let ours: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    Tensor::write_safetensors(&ours, legacy.join("model.safetensors")).unwrap();
+    std::fs::write(
+        legacy.join("config.json"),
+        serde_json::to_string(&ck).unwrap(),
+    )
+    .unwrap();
+    tok.save(legacy.join("tokenizer.json")).unwrap();
+    let old = checkpoint::load(&legacy, Device::Cpu).unwrap();
+    let c = tch::no_grad(|| old.model.lm_logits(&old.model.forward_full(&x, &v, false)));
+    assert!(a.equal(&c));
+
+    // A tensor with the wrong shape, then a missing tensor: errors name it (transformers' names).
+    let mut named = crate::hf::export(&vs, Family::Gpt2);
     for (n, t) in named.iter_mut() {
-        if n == "h.0.attn.c_attn.weight" {
+        if n == "transformer.h.0.attn.c_attn.weight" {
             *t = Tensor::zeros([3, 3], (Kind::Float, Device::Cpu));
         }
     }
@@ -267,10 +290,11 @@ fn save_load_round_trip_and_bad_checkpoints() {
         .unwrap()
         .to_string();
     assert!(
-        e.contains("h.0.attn.c_attn.weight") && e.contains("shape"),
+        e.contains("transformer.h.0.attn.c_attn.weight") && e.contains("shape"),
         "{e}"
     );
-    named.retain(|(n, _)| n != "ln_f.bias" && n != "h.0.attn.c_attn.weight");
+    named.retain(|(n, _)| n != "transformer.ln_f.bias");
+    named.retain(|(n, _)| n != "transformer.h.0.attn.c_attn.weight");
     Tensor::write_safetensors(&named, dir.join("model.safetensors")).unwrap();
     let e = checkpoint::load(&dir, Device::Cpu)
         .err()
@@ -282,17 +306,30 @@ fn save_load_round_trip_and_bad_checkpoints() {
         "{e}"
     );
 
-    // Vocab mismatch between tokenizer.json and config.json.
+    // A tokenizer with more ids than the weights have rows.
     checkpoint::save(&dir, &vs, &tok, &ck).unwrap();
-    let mut c2 = ck.clone();
-    c2.model.vocab_size += 1;
-    std::fs::write(dir.join("config.json"), serde_json::to_string(&c2).unwrap()).unwrap();
+    let cfg_path = dir.join("config.json");
+    let mut c2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    c2["vocab_size"] = serde_json::json!(tok.vocab_size() - 1);
+    std::fs::write(&cfg_path, c2.to_string()).unwrap();
     let e = checkpoint::load(&dir, Device::Cpu)
         .err()
         .unwrap()
         .to_string();
     assert!(
         e.contains("tokenizer.json") && e.contains("vocab_size"),
+        "{e}"
+    );
+    // An architecture this implementation does not have: one line naming it and the supported.
+    c2["model_type"] = serde_json::json!("mamba");
+    std::fs::write(&cfg_path, c2.to_string()).unwrap();
+    let e = checkpoint::load(&dir, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("mamba") && e.contains("gpt2, llama, qwen2"),
         "{e}"
     );
     // Missing directory; corrupt config.
