@@ -1,5 +1,6 @@
 //! End-to-end tests through the CLI (one integration binary: each test binary relinks libtorch).
 
+mod real_models;
 mod reliability;
 
 use std::path::{Path, PathBuf};

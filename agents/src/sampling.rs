@@ -474,6 +474,9 @@ pub struct Turn {
     pub mask: Tensor,
 }
 
+/// KV-cache slots a [`TurnSampler`] allocates past the prompt before it needs to grow.
+const FIRST_TURN_ROOM: i64 = 256;
+
 /// Conversations sampled turn by turn with one KV cache: the prompts are prefilled once; each turn
 /// decodes the next policy turn of the live sequences; an env's reply is prefilled after it while
 /// the other sequences keep their place. The cache may hold gaps (left padding, the slots of a
@@ -528,7 +531,9 @@ impl<'a> TurnSampler<'a> {
         tch::no_grad(|| {
             let weights = model.compute_weights();
             let decode = model.decode_weights(&weights);
-            let cap = model.config().block_size as i64;
+            // Room for a first turn; `turn` and `append` grow the cache beyond it. Not the whole
+            // context: a real model's (8192 positions for SmolLM2) would take gigabytes per batch.
+            let cap = (model.config().block_size as i64).min(lp + FIRST_TURN_ROOM);
             let mut cache =
                 KvCache::new(model.config(), b, cap.max(lp), device, model.compute_kind());
             let pos = positions_from_valid(&prompt_valid); // [B, L_p]

