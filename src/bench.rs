@@ -167,10 +167,7 @@ impl Fixture {
         // The binary sets this at start-up; the criterion benches get here without it.
         aligngym_agents::device::keep_freed_memory();
         tch::manual_seed(0);
-        let vocab: i64 = match size {
-            ModelSize::Tiny => 512,
-            ModelSize::Small => 4096,
-        };
+        let vocab = size.bench_vocab() as i64;
         let cfg = size.config(vocab as usize);
         let prompts: Vec<String> = (0..BATCH as usize)
             .map(|i| {

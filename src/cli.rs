@@ -6,6 +6,7 @@ use crate::eval::{EvalConfig, Evaluator};
 use crate::runner;
 use crate::spec::{build_agent, AgentKind, RewardSpec, TrainSpec};
 use crate::sweep::{run_sweep, SweepOptions, SweepSpec};
+use aligngym_agents::device::DtypeChoice;
 use aligngym_agents::sampling::SamplingConfig;
 use aligngym_agents::sft::SftConfig;
 use aligngym_agents::{AgentError, DeviceChoice, LmPolicy, Precision, Result, RmConfig};
@@ -23,18 +24,26 @@ pub struct Compute {
     /// Device: auto (CUDA when available), cpu or cuda (an error without CUDA).
     #[arg(long, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    /// Compute precision: fp32 (the default; for `train --resume`, the run's own), or bf16 (bf16
-    /// matmuls and KV cache; fp32 master weights, LayerNorms, softmaxes, losses and attention
-    /// under training).
+    /// Compute precision: auto (the default; for `train --resume`, the run's own) picks bf16
+    /// where the device runs it natively (CUDA with bf16, a CPU with AMX or AVX512-BF16: a matmul
+    /// of each is timed at start-up) and fp32 elsewhere; or fp32, or bf16 (bf16 matmuls and KV
+    /// cache; fp32 master weights, norms, softmaxes, losses and attention under training).
     #[arg(long)]
-    pub dtype: Option<Precision>,
+    pub dtype: Option<DtypeChoice>,
 }
 
 impl Compute {
-    /// The precision asked for, fp32 when none was.
-    pub fn precision(&self) -> Precision {
-        self.dtype.unwrap_or(Precision::Fp32)
+    /// The precision to compute in on `device` for a model of `params` parameters (`auto` when
+    /// none was asked for).
+    pub fn precision(&self, device: tch::Device, params: usize) -> Precision {
+        self.dtype.unwrap_or_default().resolve(device, params)
     }
+}
+
+/// Parameters of the model in a checkpoint directory (0 when it cannot be read: the command that
+/// loads it says why).
+fn params_of(dir: &Path) -> usize {
+    aligngym_agents::checkpoint::read_config(dir).map_or(0, |c| c.model.num_params())
 }
 
 /// aligngym: a gym for LLM alignment algorithms. Define a task once; compare PPO, DPO and more on it
@@ -428,7 +437,12 @@ where
         );
     }));
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(cli.cmd))) {
-        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Ok(())) => {
+            if let Some(n) = aligngym_agents::device::take_dtype_notice() {
+                eprintln!("{n}");
+            }
+            ExitCode::SUCCESS
+        }
         Ok(Err(e)) => {
             eprintln!("error: {}", e.to_string().replace('\n', " "));
             ExitCode::FAILURE
@@ -530,8 +544,11 @@ fn cmd_sft(args: SftArgs) -> Result<()> {
         compute,
         overwrite,
     } = args;
-    let (device, dtype) = (compute.device, compute.precision());
-    let dev = device.resolve()?;
+    let dev = compute.device.resolve()?;
+    let dtype = compute.precision(
+        dev,
+        size.config(SftConfig::default().vocab_size).num_params(),
+    );
     let inputs: Vec<(&str, &Path)> = corpus.iter().map(|c| ("--corpus", c.as_path())).collect();
     commands::check_out(&out, &inputs, overwrite, |_| false)?;
     let mut cfg = SftConfig::default();
@@ -571,8 +588,9 @@ fn cmd_sample(args: SampleArgs) -> Result<()> {
         seed,
         compute,
     } = args;
-    let (device, dtype) = (compute.device, compute.precision());
-    let p = LmPolicy::load(&policy, device.resolve()?)?.with_precision(dtype);
+    let dev = compute.device.resolve()?;
+    let p =
+        LmPolicy::load(&policy, dev)?.with_precision(compute.precision(dev, params_of(&policy)));
     let cfg = SamplingConfig {
         temperature,
         top_k,
@@ -603,10 +621,11 @@ fn cmd_prefs(args: PrefsArgs) -> Result<()> {
         compute,
         overwrite,
     } = args;
-    let (device, dtype) = (compute.device, compute.precision());
+    let dev = compute.device.resolve()?;
     let t = task(&env)?;
     commands::check_out(&out, &[("--policy", &policy)], overwrite, |_| false)?;
-    let p = LmPolicy::load(&policy, device.resolve()?)?.with_precision(dtype);
+    let p =
+        LmPolicy::load(&policy, dev)?.with_precision(compute.precision(dev, params_of(&policy)));
     let oracle = OracleConfig {
         temperature: oracle_temperature,
         flip_rate,
@@ -646,7 +665,8 @@ fn cmd_train_rm(args: TrainRmArgs) -> Result<()> {
         compute,
         overwrite,
     } = args;
-    let (device, dtype) = (compute.device, compute.precision());
+    let dev = compute.device.resolve()?;
+    let dtype = compute.precision(dev, params_of(&init));
     commands::check_out(
         &out,
         &[("--prefs", &prefs), ("--init", &init)],
@@ -665,7 +685,7 @@ fn cmd_train_rm(args: TrainRmArgs) -> Result<()> {
         },
     )?;
     let pairs = aligngym_envs::read_pairs(&prefs)?;
-    let p = LmPolicy::load(&init, device.resolve()?)?.with_precision(dtype);
+    let p = LmPolicy::load(&init, dev)?.with_precision(dtype);
     let r = commands::train_rm(&p, &pairs, &cfg, seed, &out, false)?;
     println!(
         "train-rm: {} train / {} held-out pairs; pairwise accuracy train {:.3}, held-out {:.3}; offset {:.3}; saved to {}",
@@ -691,15 +711,22 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         threads,
         overwrite,
     } = args;
-    let (device, dtype) = (compute.device, compute.dtype);
-    let dev = device.resolve()?;
+    let dev = compute.device.resolve()?;
     if threads > 0 {
         tch::set_num_threads(threads);
     }
-    // `--dtype` is `--set run.dtype=…`, so a resumed run records it the same way.
+    // `--dtype` is `--set run.dtype=…`, so a resumed run records it the same way; a resumed run
+    // keeps its own unless told otherwise, and `--set run.dtype` is not overruled by `auto`.
     let mut sets = sets;
-    if let Some(d) = dtype {
-        sets.push(format!("run.dtype={d}"));
+    let chosen = sets.iter().any(|s| s.starts_with("run.dtype="));
+    let params = policy.as_deref().map_or(0, params_of);
+    match compute.dtype {
+        Some(d) => sets.push(format!("run.dtype={}", d.resolve(dev, params))),
+        None if resume.is_none() && !chosen => sets.push(format!(
+            "run.dtype={}",
+            DtypeChoice::Auto.resolve(dev, params)
+        )),
+        None => {}
     }
     let (spec, dir, resuming) = match resume {
         Some(dir) => {
@@ -799,8 +826,12 @@ fn cmd_sweep(args: SweepArgs) -> Result<()> {
         s.scale = x;
         s.validate()?;
     }
-    if let Some(d) = compute.dtype {
-        for a in &mut s.agents {
+    // One precision for every run, decided here (children never time matmuls of their own); a
+    // spec's own `run.dtype` stands unless --dtype is given.
+    let params = s.policy.as_deref().map_or(0, params_of);
+    let d = compute.precision(device.resolve()?, params);
+    for a in &mut s.agents {
+        if compute.dtype.is_some() || !a.set.contains_key("run.dtype") {
             a.set.insert("run.dtype".into(), d.to_string().into());
         }
     }
@@ -861,13 +892,16 @@ fn cmd_compare(args: CompareArgs) -> Result<()> {
         quiet,
         overwrite,
     } = args;
-    let (device, dtype) = (compute.device, compute.precision());
+    let device = compute.device;
+    // The comparison's models are the tiny size, trained here.
+    let tiny = ModelSize::Tiny
+        .config(SftConfig::default().vocab_size)
+        .num_params();
+    let dtype = compute.precision(device.resolve()?, tiny);
     commands::check_out(&out, &[], overwrite, |d| d.join("sweep.json").exists())?;
     let mut s = crate::sweep::compare_spec(&env, seeds, scale)?;
-    if dtype != Precision::Fp32 {
-        for a in &mut s.agents {
-            a.set.insert("run.dtype".into(), dtype.to_string().into());
-        }
+    for a in &mut s.agents {
+        a.set.insert("run.dtype".into(), dtype.to_string().into());
     }
     run_sweep(
         &s,
@@ -898,8 +932,8 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
         seed,
         compute,
     } = args;
-    let (device, dtype) = (compute.device, compute.precision());
-    let dev = device.resolve()?;
+    let dev = compute.device.resolve()?;
+    let dtype = compute.precision(dev, params_of(&policy));
     let t = task(&env)?;
     let p = LmPolicy::load(&policy, dev)?.with_precision(dtype);
     let r = match &reference {
@@ -926,9 +960,18 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
         repeats,
         json,
     } = args;
-    let (device, dtype) = (compute.device, compute.precision());
-    let r = crate::bench::run_bench(size, device.resolve()?, dtype, repeats)?;
+    let dev = compute.device.resolve()?;
+    let params = size.config(size.bench_vocab()).num_params();
+    let r = crate::bench::run_bench(size, dev, compute.precision(dev, params), repeats)?;
     print!("{}", crate::bench::format_report(&r));
+    let peaks = aligngym_agents::device::matmul_peaks(dev);
+    println!(
+        "--dtype auto picks {} here at this size (512³ matmul: bf16 {:.0} GFLOP/s, fp32 {:.0} GFLOP/s; bf16 from {} parameters where native)",
+        DtypeChoice::Auto.resolve(dev, params),
+        peaks.bf16,
+        peaks.fp32,
+        aligngym_agents::device::BF16_MIN_PARAMS
+    );
     if let Some(p) = json {
         let text = serde_json::to_string_pretty(&r).map_err(|e| AgentError::Data(e.to_string()))?;
         commands::write_atomic(&p, &text)?;

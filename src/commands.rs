@@ -39,14 +39,37 @@ pub enum ModelSize {
     Tiny,
     /// 6 layers, 8 heads, width 256, context 128.
     Small,
+    /// SmolLM2-135M's shape (Llama: 30 layers, width 576, 9 query / 3 key-value heads, MLP 1536,
+    /// vocabulary 49,152, tied head), for benchmarks at a real model's size.
+    #[value(name = "smollm2-135m")]
+    #[serde(rename = "smollm2-135m")]
+    Smollm2_135m,
 }
 
 impl ModelSize {
-    /// The transformer shape for a vocabulary.
+    /// The transformer shape for a vocabulary (SmolLM2's has its own).
     pub fn config(self, vocab: usize) -> GptConfig {
         match self {
             Self::Tiny => GptConfig::tiny(vocab),
             Self::Small => GptConfig::small(vocab),
+            Self::Smollm2_135m => GptConfig {
+                family: aligngym_agents::Family::Llama,
+                n_kv_head: Some(3),
+                intermediate_size: Some(1536),
+                activation: aligngym_agents::Activation::Silu,
+                rope_theta: 100_000.0,
+                norm_eps: 1e-5,
+                tie_word_embeddings: true,
+                ..GptConfig::gpt2(49_152, 30, 9, 576, 2048)
+            },
+        }
+    }
+    /// The vocabulary a benchmark at this size uses.
+    pub fn bench_vocab(self) -> usize {
+        match self {
+            Self::Tiny => 512,
+            Self::Small => 4096,
+            Self::Smollm2_135m => 49_152,
         }
     }
 }

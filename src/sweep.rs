@@ -100,6 +100,11 @@ pub struct SweepSpec {
     /// SFT steps; 0 uses each env's recommended count.
     #[serde(default)]
     pub sft_steps: usize,
+    /// Start every run from this checkpoint directory (a pretrained model, such as one `aligngym
+    /// import` wrote; a relative path is read from the current directory) instead of an SFT
+    /// stage: it is the starting policy, the frozen reference and the preference generator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PathBuf>,
     /// Preference data sets. Default: one on-policy set named `on`.
     #[serde(default)]
     pub prefs: Vec<PrefsSpec>,
@@ -135,6 +140,17 @@ impl SweepSpec {
         s.fill_defaults();
         s.validate()
             .map_err(|e| AgentError::Data(format!("{}: {e}", path.display())))?;
+        if let Some(p) = &s.policy {
+            let abs = commands::absolute(p)?;
+            if !abs.join("config.json").is_file() {
+                return Err(AgentError::Data(format!(
+                    "{}: policy: {} is not a checkpoint directory (for SmolLM2, `make smollm2` writes it)",
+                    path.display(),
+                    p.display()
+                )));
+            }
+            s.policy = Some(abs);
+        }
         Ok(s)
     }
 
@@ -362,6 +378,9 @@ fn stage_sft(
     dev: tch::Device,
     quiet: bool,
 ) -> Result<PathBuf> {
+    if let Some(p) = &spec.policy {
+        return Ok(p.clone());
+    }
     let t = task(env)?;
     let base = if spec.sft_steps == 0 {
         t.sft_steps()
@@ -805,6 +824,7 @@ pub fn compare_spec(env: &str, seeds: u64, scale: f64) -> Result<SweepSpec> {
         updates: 60,
         eval_every: 10,
         sft_steps: 0,
+        policy: None,
         prefs: vec![],
         agents,
         gap: None,
