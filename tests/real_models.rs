@@ -176,4 +176,22 @@ fn smollm2_imports_and_4_step_dpo_and_ppo_runs_complete() {
         ],
         "model_type `mamba`",
     );
+
+    // The SmolLM2 sweep spec is valid; from a folder without the imported model it says how to
+    // get it, in one line.
+    let spec = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/sweeps/smollm2-dpo-vs-ppo.toml"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aligngym"))
+        .current_dir(root())
+        .args(["sweep", spec, "--out", "smollm2-sweep"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("make smollm2"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
