@@ -191,9 +191,20 @@ pub fn load_tensors_into(
     tensors: Vec<(String, Tensor)>,
     source: &Path,
 ) -> Result<()> {
+    load_matching(vs, tensors, source, |_| true)
+}
+
+/// Copy named tensors into the variables of `vs` whose names pass `keep`: every such variable must
+/// be in `tensors` with its shape, and `tensors` must hold nothing else.
+fn load_matching(
+    vs: &nn::VarStore,
+    tensors: Vec<(String, Tensor)>,
+    source: &Path,
+    keep: impl Fn(&str) -> bool,
+) -> Result<()> {
     let mut file: HashMap<String, Tensor> = tensors.into_iter().collect();
     let vars = vs.variables();
-    let mut names: Vec<&String> = vars.keys().collect();
+    let mut names: Vec<&String> = vars.keys().filter(|n| keep(n)).collect();
     names.sort();
     for name in names {
         let var = &vars[name];
@@ -307,35 +318,7 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 
 /// Copy aligngym's heads from `tensors` into `vs` (names and shapes checked).
 fn load_heads(vs: &nn::VarStore, tensors: Vec<(String, Tensor)>, source: &Path) -> Result<()> {
-    let mut file: HashMap<String, Tensor> = tensors.into_iter().collect();
-    let vars = vs.variables();
-    let mut names: Vec<&String> = vars
-        .keys()
-        .filter(|n| hf::hf_name(crate::model::Family::Gpt2, n).is_none())
-        .collect();
-    names.sort();
-    for name in names {
-        let var = &vars[name];
-        let t = file
-            .remove(name)
-            .ok_or_else(|| ck(source, format!("missing tensor `{name}`")))?;
-        if t.size() != var.size() {
-            return Err(ck(
-                source,
-                format!(
-                    "tensor `{name}` has shape {:?}, expected {:?}",
-                    t.size(),
-                    var.size()
-                ),
-            ));
-        }
-        tch::no_grad(|| {
-            var.shallow_clone()
-                .copy_(&t.to_kind(var.kind()).to_device(var.device()))
-        });
-    }
-    match file.keys().min() {
-        Some(extra) => Err(ck(source, format!("unexpected tensor `{extra}`"))),
-        None => Ok(()),
-    }
+    load_matching(vs, tensors, source, |n| {
+        hf::hf_name(crate::model::Family::Gpt2, n).is_none()
+    })
 }
