@@ -445,7 +445,12 @@ where
         }
         Ok(Err(e)) => {
             eprintln!("error: {}", e.to_string().replace('\n', " "));
-            ExitCode::FAILURE
+            // A bad value on the command line is a usage error, as clap's own are (exit 2).
+            if matches!(e, AgentError::Config { .. }) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(_) => ExitCode::FAILURE,
     }
@@ -684,12 +689,17 @@ fn cmd_train_rm(args: TrainRmArgs) -> Result<()> {
                 .unwrap_or_default()
         },
     )?;
+    cfg.validate()?;
     let pairs = aligngym_envs::read_pairs(&prefs)?;
     let p = LmPolicy::load(&init, dev)?.with_precision(dtype);
     let r = commands::train_rm(&p, &pairs, &cfg, seed, &out, false)?;
+    let held = match r.heldout_accuracy {
+        Some(a) => format!("{a:.3}"),
+        None => "none (no pair held out: too few pairs for heldout_fraction)".into(),
+    };
     println!(
-        "train-rm: {} train / {} held-out pairs; pairwise accuracy train {:.3}, held-out {:.3}; offset {:.3}; saved to {}",
-        r.pairs.0, r.pairs.1, r.train_accuracy, r.heldout_accuracy, r.offset, out.display()
+        "train-rm: {} train / {} held-out pairs; pairwise accuracy train {:.3}, held-out {held}; offset {:.3}; saved to {}",
+        r.pairs.0, r.pairs.1, r.train_accuracy, r.offset, out.display()
     );
     Ok(())
 }
@@ -734,6 +744,14 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
             let text = std::fs::read_to_string(&path).map_err(|e| AgentError::io(&path, e))?;
             let mut spec: TrainSpec = serde_json::from_str(&text)
                 .map_err(|e| AgentError::Data(format!("{}: {e}", path.display())))?;
+            // Runs recorded before inputs were stored absolute: relative to the working directory
+            // they were started from, when it is this one, else to the run folder.
+            let base = if spec.policy.exists() {
+                std::env::current_dir().map_err(|e| AgentError::io(".", e))?
+            } else {
+                std::path::absolute(&dir).map_err(|e| AgentError::io(&dir, e))?
+            };
+            spec.anchor_inputs(&base);
             if let Some(bad) = sets.iter().find(|s| !s.starts_with("run.")) {
                 return Err(AgentError::config(
                     bad.clone(),
@@ -741,6 +759,17 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
                 ));
             }
             spec.apply_sets(&sets)?;
+            let done = runner::committed_step(&dir)?;
+            if spec.run.updates < done {
+                return Err(AgentError::config(
+                    "run.updates",
+                    format!(
+                        "{} is fewer than the {done} updates {} has already done",
+                        spec.run.updates,
+                        dir.display()
+                    ),
+                ));
+            }
             // Keep the extended length in the run's record.
             let json =
                 serde_json::to_string_pretty(&spec).map_err(|e| AgentError::Data(e.to_string()))?;
@@ -759,6 +788,8 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
                 .map_err(|m: String| AgentError::config("reward", m))?;
             let mut spec = TrainSpec::new(agent, &env, policy, reward, prefs, seed);
             spec.apply_sets(&sets)?;
+            let cwd = std::env::current_dir().map_err(|e| AgentError::io(".", e))?;
+            spec.anchor_inputs(&cwd);
             let mut inputs: Vec<(&str, &Path)> = vec![("--policy", &spec.policy)];
             if let Some(p) = &spec.prefs {
                 inputs.push(("--prefs", p));
@@ -772,28 +803,44 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     };
     let t = task(&spec.env)?;
     let (mut agent, start) = build_agent(&spec, t.clone(), dev)?;
-    if !resuming {
-        std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
-        let json =
-            serde_json::to_string_pretty(&spec).map_err(|e| AgentError::Data(e.to_string()))?;
-        commands::write_atomic(&dir.join("config.json"), &json)?;
-    }
     let ev = Evaluator::new(t.clone(), &start, spec.eval.clone(), spec.seed)?;
-    let pb = commands::progress(spec.run.updates, &spec.agent.to_string(), quiet);
-    let rows = runner::run(
-        agent.as_mut(),
-        &ev,
-        &spec.run,
-        &dir,
-        resuming,
-        |step, rows| {
-            pb.set_position(step);
-            if let Some(r) = rows.iter().find(|r| r.metric == "eval/gold_reward") {
-                pb.set_message(format!("gold {:.3}", r.value));
+    let existed = dir.exists();
+    let was_empty = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
+    let mut started = || -> Result<Vec<crate::metrics::MetricRow>> {
+        if !resuming {
+            std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
+            let json =
+                serde_json::to_string_pretty(&spec).map_err(|e| AgentError::Data(e.to_string()))?;
+            commands::write_atomic(&dir.join("config.json"), &json)?;
+        }
+        let pb = commands::progress(spec.run.updates, &spec.agent.to_string(), quiet);
+        let rows = runner::run(
+            agent.as_mut(),
+            &ev,
+            &spec.run,
+            &dir,
+            resuming,
+            |step, rows| {
+                pb.set_position(step);
+                if let Some(r) = rows.iter().find(|r| r.metric == "eval/gold_reward") {
+                    pb.set_message(format!("gold {:.3}", r.value));
+                }
+            },
+        );
+        pb.finish_and_clear();
+        rows
+    };
+    let rows = match started() {
+        Ok(rows) => rows,
+        // A new run that failed before its first commit holds nothing worth keeping: `--out` is
+        // left as it was found (absent, or empty). A run with committed steps is kept to resume.
+        Err(e) => {
+            if !resuming && was_empty && runner::committed_step(&dir).unwrap_or(1) == 0 {
+                commands::discard(&dir, existed);
             }
-        },
-    )?;
-    pb.finish_and_clear();
+            return Err(e);
+        }
+    };
     let first = rows
         .iter()
         .find(|r| r.metric == "eval/gold_reward")

@@ -1,6 +1,7 @@
 //! The work behind each CLI command, callable from tests and from the sweep driver.
 
 use aligngym_agents::checkpoint::{CheckpointConfig, ModelKind};
+use aligngym_agents::fsio;
 use aligngym_agents::preferences::{make_pairs, PrefsConfig};
 use aligngym_agents::sampling::SamplingConfig;
 use aligngym_agents::sft::{self, SftConfig, SftLogRow};
@@ -162,12 +163,26 @@ pub fn check_out(
     refuse("it already exists; choose a new name, or pass --overwrite to replace it".into())
 }
 
-/// Write text to `path` via a temporary file and a rename.
+/// Remove what a failed command wrote to `out`: the folder itself when the command made it, else
+/// its contents (it was empty: [`check_out`] accepts no other).
+pub fn discard(out: &Path, existed: bool) {
+    if !existed {
+        let _ = std::fs::remove_dir_all(out);
+    } else if let Ok(entries) = std::fs::read_dir(out) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+/// Write text to `path` durably (a temporary sibling, fsync, rename).
 pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, text).map_err(|e| AgentError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| AgentError::io(path, e))
+    fsio::write_atomic(path, text.as_bytes())
 }
 
 /// Read a corpus file: one example per line; blank lines are skipped; none at all is an error.
@@ -218,18 +233,10 @@ pub fn run_sft(
         reward_offset: 0.0,
         aligngym_version: String::new(),
     };
-    // Write everything into a sibling temporary directory first, then move it into place.
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "sft".into());
-    let stage = parent.join(format!(".{name}.sft-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&stage);
-    checkpoint::save(&stage, &vs, &tok, &ck)?;
+    // Everything is staged beside `out` and swapped in whole; an error leaves nothing behind.
+    let staged = fsio::Staged::for_dir(out)?;
+    let stage = staged.path();
+    checkpoint::write_into(stage, &vs, &tok, &ck)?;
     let mut csv = String::from("step,loss,lr,grad_norm\n");
     for r in &rows {
         csv.push_str(&format!("{},{},{},{}\n", r.step, r.loss, r.lr, r.grad_norm));
@@ -244,11 +251,8 @@ pub fn run_sft(
             seqs.len()
         ),
     )
-    .map_err(|e| AgentError::io(&stage, e))?;
-    if out.exists() {
-        std::fs::remove_dir_all(out).map_err(|e| AgentError::io(out, e))?;
-    }
-    std::fs::rename(&stage, out).map_err(|e| AgentError::io(out, e))?;
+    .map_err(|e| AgentError::io(stage, e))?;
+    staged.commit()?;
     Ok(rows)
 }
 

@@ -16,19 +16,17 @@ pub struct MetricRow {
     pub value: f64,
 }
 
-/// Write `rows` as `step,metric,value` to `path` atomically.
+/// Write `rows` as `step,metric,value` to `path` durably (temporary sibling, fsync, rename).
 pub fn write_long_csv(path: &Path, rows: &[MetricRow]) -> Result<()> {
-    let tmp = path.with_extension("csv.tmp");
-    {
-        let mut w = csv::Writer::from_path(&tmp)
-            .map_err(|e| AgentError::Data(format!("{}: {e}", tmp.display())))?;
-        for r in rows {
-            w.serialize(r)
-                .map_err(|e| AgentError::Data(format!("{}: {e}", tmp.display())))?;
-        }
-        w.flush().map_err(|e| AgentError::io(&tmp, e))?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r)
+            .map_err(|e| AgentError::Data(format!("{}: {e}", path.display())))?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| AgentError::io(path, e))
+    let bytes = w
+        .into_inner()
+        .map_err(|e| AgentError::Data(format!("{}: {e}", path.display())))?;
+    aligngym_agents::fsio::write_atomic(path, &bytes)
 }
 
 /// Read a `step,metric,value` file.

@@ -3,7 +3,7 @@
 
 use crate::eval::Evaluator;
 use crate::metrics::{read_long_csv, write_long_csv, MetricRow};
-use aligngym_agents::{AgentError, Precision, Result, RunnableAgent};
+use aligngym_agents::{fsio, AgentError, Precision, Result, RunnableAgent};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -60,23 +60,69 @@ fn budget_rows(agent: &dyn RunnableAgent, step: u64, wall: f64) -> Vec<MetricRow
     .collect()
 }
 
+/// The step commit: agent state, runner counters and every metric row up to the step go into
+/// `state/` as one unit (staged, flushed, swapped in). `policy/` and the run's `metrics.csv` are
+/// exports of that unit, rewritten after it and again on resume, so a kill at any instant leaves a
+/// state that a resume continues exactly.
 fn checkpoint(
     agent: &dyn RunnableAgent,
     dir: &Path,
     rows: &[MetricRow],
     st: RunnerState,
 ) -> Result<()> {
-    agent.policy().save(dir.join("policy"))?;
-    let tmp = dir.join(".state.tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    agent.save_state(&tmp)?;
+    // The NaN guard: nothing non-finite is committed, so the last commit stays the last good one.
+    if let Some(r) = rows.iter().find(|r| !r.value.is_finite()) {
+        return Err(AgentError::NonFinite {
+            metric: r.metric.clone(),
+            step: r.step,
+        });
+    }
+    let staged = fsio::Staged::for_dir(&dir.join(STATE))?;
+    agent.save_state(staged.path()).map_err(|e| match e {
+        AgentError::NonFinite { metric, .. } => AgentError::NonFinite {
+            metric,
+            step: st.step,
+        },
+        other => other,
+    })?;
     let s = serde_json::to_string_pretty(&st).map_err(|e| AgentError::Data(e.to_string()))?;
-    std::fs::write(tmp.join("runner.json"), s)
-        .map_err(|e| AgentError::io(tmp.join("runner.json"), e))?;
-    let state = dir.join("state");
-    let _ = std::fs::remove_dir_all(&state);
-    std::fs::rename(&tmp, &state).map_err(|e| AgentError::io(&state, e))?;
-    write_long_csv(&dir.join("metrics.csv"), rows)
+    let runner = staged.path().join(RUNNER);
+    std::fs::write(&runner, s).map_err(|e| AgentError::io(&runner, e))?;
+    write_long_csv(&staged.path().join(METRICS), rows)?;
+    staged.commit()?;
+    export(agent, dir, rows)
+}
+
+/// What a committed step shows outside `state/`: the policy checkpoint and `metrics.csv`.
+fn export(agent: &dyn RunnableAgent, dir: &Path, rows: &[MetricRow]) -> Result<()> {
+    agent.policy().save(dir.join("policy"))?;
+    write_long_csv(&dir.join(METRICS), rows)
+}
+
+const STATE: &str = "state";
+const RUNNER: &str = "runner.json";
+const METRICS: &str = "metrics.csv";
+
+/// The committed state of the run in `dir`, if any (finishing a commit a kill interrupted).
+fn committed(dir: &Path) -> Result<Option<RunnerState>> {
+    let state = dir.join(STATE);
+    fsio::recover(&state)?;
+    let path = state.join(RUNNER);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| AgentError::io(&path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| AgentError::Checkpoint {
+            path,
+            msg: e.to_string(),
+        })
+}
+
+/// The step a run in `dir` has committed (0 when none), for checks before resuming it.
+pub fn committed_step(dir: &Path) -> Result<u64> {
+    Ok(committed(dir)?.map_or(0, |s| s.step))
 }
 
 /// Run `agent` for `cfg.updates` updates into `dir` (metrics.csv, policy/, state/); with `resume`,
@@ -100,21 +146,22 @@ pub fn run(
     };
     let mut st = RunnerState::default();
     let mut rows: Vec<MetricRow> = Vec::new();
-    if resume {
-        let path = dir.join("state").join("runner.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| AgentError::Checkpoint {
-            path: dir.to_path_buf(),
-            msg: format!("no resumable state ({}: {e})", path.display()),
-        })?;
-        st = serde_json::from_str(&text).map_err(|e| AgentError::Checkpoint {
-            path: path.clone(),
-            msg: e.to_string(),
-        })?;
-        agent.load_state(&dir.join("state"))?;
-        rows = read_long_csv(&dir.join("metrics.csv"))?
-            .into_iter()
-            .filter(|r| r.step <= st.step)
-            .collect();
+    // A run killed before its first commit has nothing to continue: it starts over.
+    let saved = if resume { committed(dir)? } else { None };
+    if let Some(saved) = saved {
+        st = saved;
+        let state = dir.join(STATE);
+        agent.load_state(&state)?;
+        // States written before the step commit held no rows: the run's file, cut at the step.
+        rows = match read_long_csv(&state.join(METRICS)) {
+            Ok(r) => r,
+            Err(_) if !state.join(METRICS).exists() => read_long_csv(&dir.join(METRICS))?
+                .into_iter()
+                .filter(|r| r.step <= st.step)
+                .collect(),
+            Err(e) => return Err(e),
+        };
+        export(agent, dir, &rows)?;
     } else {
         let ev = evaluator.evaluate(agent.policy(), agent.proxy_reward(), 0)?;
         rows.extend(ev.into_iter().map(|(k, v)| MetricRow {

@@ -10,7 +10,7 @@ use aligngym_agents::{
 use aligngym_envs::{read_pairs, Feedback, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Which agent.
@@ -128,6 +128,21 @@ impl TrainSpec {
             dpo: (agent == AgentKind::Dpo).then(DpoConfig::default),
             run: RunConfig::default(),
             eval: EvalConfig::default(),
+        }
+    }
+
+    /// Make every input path absolute, relative paths taken from `base`: a run records absolute
+    /// inputs, so that it resumes from any working directory.
+    pub fn anchor_inputs(&mut self, base: &Path) {
+        let mut paths: Vec<&mut PathBuf> = vec![&mut self.policy];
+        paths.extend(self.prefs.as_mut());
+        if let RewardSpec::Rm(p) = &mut self.reward {
+            paths.push(p);
+        }
+        for p in paths {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
         }
     }
 

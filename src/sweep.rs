@@ -499,7 +499,8 @@ fn stage_rm(
         "rm-{env}-{prefs_name}-{}",
         key(&(prefs.0.display().to_string(), &cfg))
     ));
-    if !dir.join("model.safetensors").exists() {
+    // The report is written after the model: its presence marks a finished stage.
+    if !dir.join("rm_report.json").exists() {
         let pairs = read_pairs(&prefs.0)?;
         let init = LmPolicy::load(sft, dev)?;
         commands::train_rm(&init, &pairs, &cfg, 0, &dir, quiet)?;
@@ -631,7 +632,9 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
                 None
             };
             let st = &stages[&r.env];
-            let args: Vec<String> = if dir.join("state").join("runner.json").exists() {
+            // A run with a record resumes (from its last commit, or from the start when killed
+            // before one); a folder without one holds nothing to keep.
+            let args: Vec<String> = if dir.join("config.json").exists() {
                 vec![
                     "train".into(),
                     "--resume".into(),
@@ -646,7 +649,9 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
             };
             let log = std::fs::File::create(out.join("runs").join(format!("{}.log", r.id)))
                 .map_err(|e| AgentError::io(out, e))?;
-            let child = Command::new(&exe)
+            let mut cmd = Command::new(&exe);
+            die_with_parent(&mut cmd);
+            let child = cmd
                 .args(&args)
                 .stdout(log.try_clone().map_err(|e| AgentError::io(out, e))?)
                 .stderr(log)
@@ -667,7 +672,7 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
             {
                 let (_, dir, id) = running.remove(k);
                 if status.success() {
-                    std::fs::write(dir.join("done"), "").map_err(|e| AgentError::io(&dir, e))?;
+                    commands::write_atomic(&dir.join("done"), "")?;
                     executed += 1;
                 } else {
                     failures.push(id);
@@ -688,6 +693,31 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
         )));
     }
     Ok(executed)
+}
+
+/// A run's process is killed when the sweep's dies, however it dies (SIGKILL included), so a
+/// killed sweep leaves no orphan training behind (Linux: a parent-death signal).
+fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: between fork and exec only async-signal-safe calls run (prctl, getppid, _exit).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The sweep died before the signal was armed: nothing would ever kill us.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
 }
 
 /// The final-metric columns of `runs.csv`, in order (documented in the README; never reordered).

@@ -1,8 +1,12 @@
 //! The "Files and safety" contract through the CLI: a command never writes over what is not its
-//! own, never into `/`, the current directory or one of its inputs, and refuses before it writes.
+//! own, never into `/`, the current directory or one of its inputs, and refuses before it writes;
+//! a run or a sweep killed at any instant resumes to exactly the uninterrupted result; a full disk
+//! is a clean failure that leaves nothing behind.
 
-use super::{bin, fails, root, sft};
-use std::path::Path;
+use super::{bin, fails, metrics, root, run, sft, train_cmd, without_wall};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 /// Runs in `dir` that must fail with one line naming `needle`.
 fn fails_in(dir: &Path, args: &[&str], needle: &str) {
@@ -165,4 +169,326 @@ fn a_sweep_name_is_one_folder_name() {
         );
     }
     assert!(!dir.join("escape").exists() && !Path::new("/abs").exists());
+}
+
+/// Instants in `(0.05, 0.95)` of a span, from a seed (a fixed LCG: the same seeds, the same
+/// fractions on every machine; the instants themselves vary with the machine's speed).
+fn fractions(seed: u64, n: usize) -> Vec<f64> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            0.05 + 0.9 * ((x >> 11) as f64 / (1u64 << 53) as f64)
+        })
+        .collect()
+}
+
+/// SIGKILL `child` after `after` (or let it finish first).
+fn kill_after(mut child: Child, after: Duration) {
+    let t0 = Instant::now();
+    while t0.elapsed() < after {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+/// Names in `dir` (recursively) that are aligngym temporaries: hidden staging files and folders.
+fn temporaries(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || name.contains(".tmp") {
+            found.push(e.path());
+        } else if e.file_type().unwrap().is_dir() {
+            found.extend(temporaries(&e.path()));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_train_killed_at_random_instants_resumes_to_the_uninterrupted_metrics() {
+    let env = "arithmetic-v0";
+    let policy = sft(env);
+    let p = policy.to_str().unwrap();
+    // A commit after every update, so kills land before, inside and after commits.
+    let extra = [
+        "--set",
+        "run.updates=6",
+        "--set",
+        "run.eval_every=2",
+        "--set",
+        "run.save_every=1",
+        "--set",
+        "batch_size=16",
+        "--quiet",
+    ];
+    let whole = root().join("kill-whole");
+    let w = whole.to_str().unwrap();
+    let mut args = train_cmd("ppo", env, p, w, &extra);
+    let t0 = Instant::now();
+    run(&args);
+    let span = t0.elapsed();
+    let want = without_wall(metrics(&whole));
+    assert!(want.iter().any(|r| r.0 == 6));
+    for seed in 1..=3u64 {
+        let dir = root().join(format!("kill-{seed}"));
+        let d = dir.to_str().unwrap();
+        args = train_cmd("ppo", env, p, d, &extra);
+        // Killed twice: once in the first run, once in the resumed one.
+        for (i, f) in fractions(seed, 2).into_iter().enumerate() {
+            let child = if i == 0 || !dir.join("config.json").exists() {
+                bin().args(&args).spawn().unwrap()
+            } else {
+                bin()
+                    .args(["train", "--resume", d, "--device", "cpu", "--quiet"])
+                    .spawn()
+                    .unwrap()
+            };
+            kill_after(child, span.mul_f64(f));
+        }
+        if dir.join("config.json").exists() {
+            run(&["train", "--resume", d, "--device", "cpu", "--quiet"]);
+        } else {
+            // Killed before the run had a record: started again from nothing.
+            run(&args);
+        }
+        assert_eq!(
+            without_wall(metrics(&dir)),
+            want,
+            "seed {seed}: killed at {:?} of {span:?}, the resumed run differs",
+            fractions(seed, 2)
+        );
+        assert!(temporaries(&dir).is_empty(), "{:?}", temporaries(&dir));
+        assert!(dir.join("policy/model.safetensors").exists());
+    }
+    // A resume cannot shorten a run below what it has done.
+    fails(
+        &[
+            "train",
+            "--resume",
+            w,
+            "--set",
+            "run.updates=3",
+            "--device",
+            "cpu",
+        ],
+        "fewer than the 6 updates",
+    );
+}
+
+const KILL_SWEEP: &str = r#"
+name = "kill-sweep"
+envs = ["arithmetic-v0"]
+seeds = [0]
+updates = 4
+eval_every = 2
+sft_steps = 100
+
+[[prefs]]
+name = "on"
+pairs = 32
+
+[[agents]]
+name = "ppo-gold"
+agent = "ppo"
+reward = "gold"
+[agents.set]
+batch_size = 16
+
+[[agents]]
+name = "dpo"
+agent = "dpo"
+"#;
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// `runs.csv` without its wall-clock column.
+fn runs_without_wall(out: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(out.join("runs.csv")).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let wall = header
+        .iter()
+        .position(|h| *h == "budget/wall_seconds")
+        .unwrap();
+    text.lines()
+        .map(|l| {
+            l.split(',')
+                .enumerate()
+                .filter(|(i, _)| *i != wall)
+                .map(|(_, f)| f)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect()
+}
+
+#[test]
+fn a_sweep_killed_mid_run_leaves_no_orphans_and_finishes_what_is_missing() {
+    let dir = root().join("kill-sweep");
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("spec.toml");
+    std::fs::write(&spec, KILL_SWEEP).unwrap();
+    let sweep = |out: &Path| -> Command {
+        let mut c = bin();
+        c.args(["sweep", spec.to_str().unwrap(), "--out"])
+            .arg(out)
+            .args(["--device", "cpu", "--jobs", "2", "--quiet"]);
+        c
+    };
+    let whole = dir.join("whole");
+    assert!(sweep(&whole).status().unwrap().success());
+    let want = runs_without_wall(&whole);
+    assert_eq!(want.len(), 3, "{want:?}");
+
+    for (seed, f) in [(1u64, fractions(1, 1)[0]), (2, fractions(2, 1)[0])] {
+        let out = dir.join(format!("killed-{seed}"));
+        let mut child = sweep(&out).spawn().unwrap();
+        // Wait until the runs are training, then kill the sweep at a random instant of them.
+        let runs = out.join("runs");
+        let t0 = Instant::now();
+        while !std::fs::read_dir(&runs)
+            .map(|d| d.flatten().any(|e| e.path().join("config.json").exists()))
+            .unwrap_or(false)
+        {
+            assert!(child.try_wait().unwrap().is_none(), "the sweep ended early");
+            assert!(t0.elapsed() < Duration::from_secs(300));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis((f * 3000.0) as u64));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Its runs die with it.
+        let needle = runs.to_str().unwrap().to_string();
+        let t0 = Instant::now();
+        while !processes_mentioning(&needle).is_empty() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "orphans of a killed sweep: {:?}",
+                processes_mentioning(&needle)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(sweep(&out).status().unwrap().success());
+        assert_eq!(runs_without_wall(&out), want, "seed {seed}");
+    }
+}
+
+/// A tmpfs of `kib` KiB at `dir`, unmounted when dropped; `None` (with the reason printed) where
+/// this process may not mount one.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, kib: u64) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: the disk-full cases need root to mount a small tmpfs");
+            return None;
+        }
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            eprintln!(
+                "skipped: cannot mount a tmpfs ({})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(Self(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Runs that must fail with exit 1 and one line mentioning a full disk.
+fn fails_full(args: &[&str]) {
+    let out = bin().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+}
+
+#[test]
+fn a_full_disk_is_a_clean_failure_that_leaves_nothing_behind() {
+    let policy = sft("arithmetic-v0");
+    let p = policy.to_str().unwrap();
+    let weights = std::fs::metadata(policy.join("model.safetensors"))
+        .unwrap()
+        .len();
+    // Room for the run's record and one policy, not for its optimiser state.
+    let kib = weights * 5 / 2 / 1024;
+    let Some(disk) = SmallDisk::mount(&root().join("full-disk"), kib) else {
+        return;
+    };
+    let d = &disk.0;
+    let sft_out = d.join("sft");
+    fails_full(&[
+        "sft",
+        "--env",
+        "arithmetic-v0",
+        "--steps",
+        "1",
+        "--size",
+        "small",
+        "--device",
+        "cpu",
+        "--out",
+        sft_out.to_str().unwrap(),
+    ]);
+    assert!(listing(d).is_empty(), "{:?}", listing(d));
+    let run_out = d.join("run");
+    fails_full(&train_cmd(
+        "ppo",
+        "arithmetic-v0",
+        p,
+        run_out.to_str().unwrap(),
+        &["--set", "run.updates=1", "--quiet"],
+    ));
+    assert!(listing(d).is_empty(), "{:?}", listing(d));
+    // Preference pairs: more than the disk holds.
+    let tiny = SmallDisk::mount(&root().join("full-disk-2"), 8).unwrap();
+    let prefs = tiny.0.join("p.jsonl");
+    fails_full(&[
+        "prefs",
+        "--env",
+        "arithmetic-v0",
+        "--policy",
+        p,
+        "--pairs",
+        "256",
+        "--device",
+        "cpu",
+        "--out",
+        prefs.to_str().unwrap(),
+    ]);
+    assert!(listing(&tiny.0).is_empty(), "{:?}", listing(&tiny.0));
 }

@@ -76,8 +76,18 @@ impl StateFile {
         );
     }
 
-    /// Write `<dir>/<name>.safetensors` and `<dir>/<name>.json`.
+    /// Write `<dir>/<name>.safetensors` and `<dir>/<name>.json`. Weights or optimiser moments that
+    /// hold NaN or infinity are refused (the runner's NaN guard: such a state is never committed,
+    /// the last good one is kept); the step is filled in by the runner.
     pub(crate) fn write(&self, dir: &Path, name: &str, scalars: &impl Serialize) -> Result<()> {
+        for (k, t) in &self.tensors {
+            if crate::checkpoint::finite(k, t, dir).is_err() {
+                return Err(crate::AgentError::NonFinite {
+                    metric: format!("weights {k}"),
+                    step: 0,
+                });
+            }
+        }
         std::fs::create_dir_all(dir).map_err(|e| crate::AgentError::io(dir, e))?;
         tch::Tensor::write_safetensors(&self.tensors, dir.join(format!("{name}.safetensors")))?;
         let json = serde_json::to_string_pretty(scalars)

@@ -86,32 +86,14 @@ pub fn save(
     config: &CheckpointConfig,
 ) -> Result<()> {
     let dir = dir.as_ref();
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = crate::fsio::parent_of(dir);
     std::fs::create_dir_all(parent).map_err(|e| AgentError::io(parent, e))?;
-    let name = dir
-        .file_name()
-        .ok_or_else(|| ck(dir, "not a directory name"))?
-        .to_string_lossy();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| AgentError::io(&tmp, e))?;
-    let written = write_files(&tmp, vs, tokenizer, config);
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
+    if dir.file_name().is_none() {
+        return Err(ck(dir, "not a directory name"));
     }
-    if dir.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(dir, &old).map_err(|e| AgentError::io(dir, e))?;
-        std::fs::rename(&tmp, dir).map_err(|e| AgentError::io(dir, e))?;
-        let _ = std::fs::remove_dir_all(old);
-    } else {
-        std::fs::rename(&tmp, dir).map_err(|e| AgentError::io(dir, e))?;
-    }
-    Ok(())
+    let staged = crate::fsio::Staged::for_dir(dir)?;
+    write_into(staged.path(), vs, tokenizer, config)?;
+    staged.commit()
 }
 
 fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
@@ -119,7 +101,9 @@ fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
     std::fs::write(path, text).map_err(|e| AgentError::io(path, e))
 }
 
-fn write_files(
+/// Write a checkpoint's files into the existing folder `tmp` (a [`crate::fsio::Staged`] one, which
+/// callers may add files of their own to before committing it).
+pub fn write_into(
     tmp: &Path,
     vs: &nn::VarStore,
     tokenizer: &Tokenizer,
@@ -221,6 +205,7 @@ fn load_matching(
                 ),
             ));
         }
+        finite(name, &t, source)?;
         tch::no_grad(|| {
             let mut v = var.shallow_clone();
             v.copy_(&t.to_device(var.device()).to_kind(var.kind()))
@@ -230,6 +215,39 @@ fn load_matching(
         return Err(ck(
             source,
             format!("unexpected tensor `{extra}` (not part of this model)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuse a tensor holding NaN or infinity: weights that blew up must not be trained, sampled or
+/// evaluated from as if they were a model.
+pub(crate) fn finite(name: &str, t: &Tensor, source: &Path) -> Result<()> {
+    let floating = matches!(
+        t.kind(),
+        tch::Kind::Float | tch::Kind::Double | tch::Kind::Half | tch::Kind::BFloat16
+    );
+    if floating && t.numel() > 0 && !bool::try_from(t.isfinite().all())? {
+        return Err(ck(
+            source,
+            format!("tensor `{name}` holds NaN or infinite values"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuse a model too large for this machine before allocating it (fp32 weights alone).
+fn fits(dir: &Path, model: &GptConfig) -> Result<()> {
+    let params = model.num_params() as u64;
+    let total = crate::device::host_memory_bytes();
+    if total > 0 && params.saturating_mul(4) > total {
+        return Err(ck(
+            dir,
+            format!(
+                "config.json describes {params} parameters ({} GiB in fp32); this machine has {} GiB of memory",
+                params.saturating_mul(4) >> 30,
+                total >> 30
+            ),
         ));
     }
     Ok(())
@@ -275,6 +293,10 @@ pub fn load(dir: impl AsRef<Path>, device: Device) -> Result<LoadedModel> {
 pub fn load_model(dir: impl AsRef<Path>, device: Device) -> Result<(nn::VarStore, Gpt)> {
     let dir = dir.as_ref();
     let config = read_config(dir)?;
+    config
+        .model
+        .validate()
+        .map_err(|e| ck(dir, format!("config.json: {e}")))?;
     load_weights(dir, &config, device)
 }
 
@@ -283,6 +305,7 @@ fn load_weights(
     config: &CheckpointConfig,
     device: Device,
 ) -> Result<(nn::VarStore, Gpt)> {
+    fits(dir, &config.model)?;
     let mut vs = nn::VarStore::new(device);
     let model = Gpt::new(&vs.root(), &config.model)?;
     let meta = dir.join(META).exists();

@@ -300,3 +300,15 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
+
+/// This machine's physical memory in bytes (0 where it cannot be read).
+pub fn host_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0)
+}

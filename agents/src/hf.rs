@@ -428,6 +428,7 @@ pub fn load_into(
                 ),
             ));
         }
+        crate::checkpoint::finite(&theirs, &t, source)?;
         tch::no_grad(|| {
             let mut v = var.shallow_clone();
             v.copy_(&t.to_device(var.device()).to_kind(var.kind()))

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod device;
 pub mod dpo;
 pub mod error;
+pub mod fsio;
 pub mod gguf;
 pub mod hf;
 pub mod losses;

@@ -36,6 +36,37 @@ pub struct RmConfig {
     pub max_grad_norm: f64,
 }
 
+impl RmConfig {
+    /// Range-check every field (before anything is allocated or written).
+    pub fn validate(&self) -> Result<()> {
+        let positive = |f: &str, v: f64| {
+            if v > 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err(AgentError::config(
+                    f,
+                    format!("{v}: expected a finite value > 0"),
+                ))
+            }
+        };
+        positive("learning_rate", self.learning_rate)?;
+        positive("max_grad_norm", self.max_grad_norm)?;
+        if self.batch_size == 0 {
+            return Err(AgentError::config("batch_size", "expected > 0"));
+        }
+        if self.epochs == 0 {
+            return Err(AgentError::config("epochs", "expected > 0"));
+        }
+        if !(0.0..1.0).contains(&self.heldout_fraction) {
+            return Err(AgentError::config(
+                "heldout_fraction",
+                format!("{}: expected a value in [0, 1)", self.heldout_fraction),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for RmConfig {
     fn default() -> Self {
         Self {
@@ -53,8 +84,10 @@ impl Default for RmConfig {
 pub struct RmReport {
     /// Pairwise accuracy on the training pairs after training.
     pub train_accuracy: f64,
-    /// Pairwise accuracy on the held-out pairs (NaN when none were held out).
-    pub heldout_accuracy: f64,
+    /// Pairwise accuracy on the held-out pairs; absent when none were held out (too few pairs
+    /// for `heldout_fraction`), since an accuracy over nothing is no number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heldout_accuracy: Option<f64>,
     /// Mean raw score on the reference samples, subtracted from every score.
     pub offset: f64,
     /// Final training loss.
@@ -140,6 +173,7 @@ impl RewardModel {
         seed: u64,
         mut on_step: impl FnMut(usize, usize, f64),
     ) -> Result<(Self, RmReport)> {
+        cfg.validate()?;
         if pairs.len() < 2 {
             return Err(AgentError::Data(format!(
                 "a reward model needs at least 2 preference pairs, got {}",
@@ -198,7 +232,7 @@ impl RewardModel {
             on_step(step, total, final_loss);
         }
         let (train_accuracy, sum, count) = accuracy(&net, &data, &train);
-        let (heldout_accuracy, _, _) = accuracy(&net, &data, &held);
+        let heldout_accuracy = (!held.is_empty()).then(|| accuracy(&net, &data, &held).0);
         let offset = sum / count.max(1.0);
         let report = RmReport {
             train_accuracy,

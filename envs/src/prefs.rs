@@ -383,6 +383,7 @@ pub struct PrefWriter {
     path: PathBuf,
     tmp: PathBuf,
     out: BufWriter<File>,
+    finished: bool,
 }
 
 impl PrefWriter {
@@ -397,6 +398,7 @@ impl PrefWriter {
             path,
             tmp,
             out: BufWriter::new(f),
+            finished: false,
         })
     }
     /// Append one pair as a JSON line.
@@ -408,11 +410,35 @@ impl PrefWriter {
         })?;
         writeln!(self.out, "{line}").map_err(|e| EnvError::io(&self.tmp, e))
     }
-    /// Flush and move the file into place.
+    /// Flush to disk (fsync) and move the file into place; a full disk is an error here, never a
+    /// truncated file in place.
     pub fn finish(mut self) -> Result<PathBuf> {
         self.out.flush().map_err(|e| EnvError::io(&self.tmp, e))?;
+        self.out
+            .get_ref()
+            .sync_all()
+            .map_err(|e| EnvError::io(&self.tmp, e))?;
         std::fs::rename(&self.tmp, &self.path).map_err(|e| EnvError::io(&self.path, e))?;
+        self.finished = true;
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        // The rename is durable once its folder is flushed.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
         Ok(self.path.clone())
+    }
+}
+
+impl Drop for PrefWriter {
+    /// A writer dropped unfinished (an error on the way) leaves no temporary behind.
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 

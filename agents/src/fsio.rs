@@ -1,0 +1,150 @@
+//! Durable writes: every file aligngym produces is written under a temporary name in its final
+//! folder, flushed to disk (`fsync`), and renamed into place; folders (checkpoints, run states) are
+//! staged whole and swapped in with a recovery rule, so a kill or a full disk at any instant leaves
+//! either the old version or the new one, never a mix, and no temporaries once the command ends.
+
+use crate::{AgentError, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The folder a path lives in (`.` for a bare name).
+pub fn parent_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// `path`'s sibling `.{name}{suffix}`: hidden, in the same folder (so a rename never crosses a
+/// file system).
+pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    parent_of(path).join(format!(".{name}{suffix}"))
+}
+
+/// Flush a file's data to disk.
+pub fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| AgentError::io(path, e))
+}
+
+/// Flush a folder's entries (names created, renamed or removed in it) to disk.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    match std::fs::File::open(dir).and_then(|f| f.sync_all()) {
+        Ok(()) => Ok(()),
+        // Some file systems cannot fsync a directory; their renames are as durable as they get.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        Err(e) => Err(AgentError::io(dir, e)),
+    }
+}
+
+/// Flush every file under `dir`, then every folder, bottom up.
+pub fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| AgentError::io(dir, e))? {
+        let entry = entry.map_err(|e| AgentError::io(dir, e))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(|e| AgentError::io(&path, e))?;
+        if kind.is_dir() {
+            sync_tree(&path)?;
+        } else if kind.is_file() {
+            sync_file(&path)?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// Write `bytes` to `path` durably: a temporary sibling, fsync, rename, fsync of the folder. On
+/// failure the temporary is removed and `path` is untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = sibling(path, &format!(".tmp-{}", std::process::id()));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .map_err(|e| AgentError::io(&tmp, e))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| AgentError::io(path, e)));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(parent_of(path))
+}
+
+/// A folder being written under a temporary name; removed when dropped unless committed, so an
+/// error anywhere (a full disk included) leaves nothing behind.
+pub struct Staged {
+    tmp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// Stage a new version of `target` in `tmp` (emptied first).
+    pub fn new(target: &Path, tmp: PathBuf) -> Result<Self> {
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| AgentError::io(&tmp, e))?;
+        Ok(Self {
+            tmp,
+            target: target.to_path_buf(),
+            committed: false,
+        })
+    }
+
+    /// Stage a new version of `target` in its sibling `.{name}.tmp` (a fixed name, so that
+    /// [`recover`] can finish a swap a kill interrupted; an earlier one is finished first).
+    pub fn for_dir(target: &Path) -> Result<Self> {
+        recover(target)?;
+        Self::new(target, sibling(target, ".tmp"))
+    }
+
+    /// Where to write the new version's files.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Flush everything staged and swap it in for the target: the old version is renamed aside,
+    /// the new one into place, the folder flushed, the old version removed. A kill between the two
+    /// renames leaves the complete new version staged and the old one aside, which [`recover`]
+    /// resolves in favour of the new one.
+    pub fn commit(mut self) -> Result<()> {
+        sync_tree(&self.tmp)?;
+        let old = sibling(&self.target, ".old");
+        let _ = std::fs::remove_dir_all(&old);
+        if self.target.exists() {
+            std::fs::rename(&self.target, &old).map_err(|e| AgentError::io(&self.target, e))?;
+        }
+        std::fs::rename(&self.tmp, &self.target).map_err(|e| AgentError::io(&self.target, e))?;
+        self.committed = true;
+        sync_dir(parent_of(&self.target))?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// Finish or undo a swap of `target` that a kill interrupted ([`Staged::for_dir`] names): with
+/// the target missing and its old version aside, the staged version is complete (it is renamed
+/// aside only after that) and becomes the target; leftovers of a finished swap are removed.
+pub fn recover(target: &Path) -> Result<()> {
+    let tmp = sibling(target, ".tmp");
+    let old = sibling(target, ".old");
+    if !target.exists() && old.exists() {
+        let from = if tmp.exists() { &tmp } else { &old };
+        std::fs::rename(from, target).map_err(|e| AgentError::io(target, e))?;
+        sync_dir(parent_of(target))?;
+    }
+    let _ = std::fs::remove_dir_all(&old);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
