@@ -12,7 +12,7 @@ CARGO ?= cargo
 BIN := target/release/aligngym
 OUT ?= results
 
-.PHONY: run test build venv gpu-check bench bench-reference lint fmt clean smollm2
+.PHONY: run test build venv gpu-check bench bench-reference lint fmt clean smollm2 fuzz
 
 run: build
 	$(BIN) compare --out $(OUT)
@@ -70,6 +70,11 @@ bench-reference: build $(REF_STAMP)
 	  $(VENV)/bin/python benches/reference/reference.py --size $$size --dtype $$dtype --repeats $(REPEATS) --json $(BENCH_OUT)/python-$$size-$$dtype.json 2>/dev/null; \
 	done; done
 	$(VENV)/bin/python benches/reference/compare.py $(BENCH_OUT) | tee $(BENCH_OUT)/comparison.md
+
+# Each fuzz target of tests/fuzz.rs for FUZZ_SECONDS (two at a time); prints executions per target.
+FUZZ_SECONDS ?= 600
+fuzz: $(TORCH_STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_CASES=2000 $(CARGO) test --release --test e2e fuzz:: -- --test-threads 2 --nocapture
 
 lint: $(TORCH_STAMP)
 	$(CARGO) fmt --all -- --check

@@ -759,7 +759,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
                 ));
             }
             spec.apply_sets(&sets)?;
-            let done = runner::committed_step(&dir)?;
+            let done = runner::committed_step(&dir)?.unwrap_or(0);
             if spec.run.updates < done {
                 return Err(AgentError::config(
                     "run.updates",
@@ -835,7 +835,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         // A new run that failed before its first commit holds nothing worth keeping: `--out` is
         // left as it was found (absent, or empty). A run with committed steps is kept to resume.
         Err(e) => {
-            if !resuming && was_empty && runner::committed_step(&dir).unwrap_or(1) == 0 {
+            if !resuming && was_empty && matches!(runner::committed_step(&dir), Ok(None)) {
                 commands::discard(&dir, existed);
             }
             return Err(e);

@@ -120,9 +120,9 @@ fn committed(dir: &Path) -> Result<Option<RunnerState>> {
         })
 }
 
-/// The step a run in `dir` has committed (0 when none), for checks before resuming it.
-pub fn committed_step(dir: &Path) -> Result<u64> {
-    Ok(committed(dir)?.map_or(0, |s| s.step))
+/// The step a run in `dir` has committed (`None` before its first commit, the starting policy's).
+pub fn committed_step(dir: &Path) -> Result<Option<u64>> {
+    Ok(committed(dir)?.map(|s| s.step))
 }
 
 /// Run `agent` for `cfg.updates` updates into `dir` (metrics.csv, policy/, state/); with `resume`,

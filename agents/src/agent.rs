@@ -102,11 +102,7 @@ impl StateFile {
         name: &str,
     ) -> Result<(Self, T, std::path::PathBuf)> {
         let path = dir.join(format!("{name}.safetensors"));
-        let tensors =
-            tch::Tensor::read_safetensors(&path).map_err(|e| crate::AgentError::Checkpoint {
-                path: path.clone(),
-                msg: e.to_string(),
-            })?;
+        let tensors = crate::checkpoint::read_safetensors(&path)?;
         let jp = dir.join(format!("{name}.json"));
         let text = std::fs::read_to_string(&jp).map_err(|e| crate::AgentError::io(&jp, e))?;
         let scalars = serde_json::from_str(&text).map_err(|e| crate::AgentError::Checkpoint {

@@ -220,6 +220,17 @@ fn load_matching(
     Ok(())
 }
 
+/// Read every tensor of a safetensors file; a malformed one (header, offsets, dtypes) is one line
+/// naming the file.
+pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    Tensor::read_safetensors(path).map_err(|e| {
+        ck(
+            path,
+            format!("cannot read: {}", e.to_string().replace('\n', " ")),
+        )
+    })
+}
+
 /// Refuse a tensor holding NaN or infinity: weights that blew up must not be trained, sampled or
 /// evaluated from as if they were a model.
 pub(crate) fn finite(name: &str, t: &Tensor, source: &Path) -> Result<()> {
@@ -311,8 +322,7 @@ fn load_weights(
     let meta = dir.join(META).exists();
     if !meta && !hf::is_hf_config(&read_json(&dir.join(hf::CONFIG))?) {
         let weights: PathBuf = dir.join(hf::WEIGHTS);
-        let tensors = Tensor::read_safetensors(&weights)
-            .map_err(|e| ck(&weights, format!("cannot read: {e}")))?;
+        let tensors = read_safetensors(&weights)?;
         load_tensors_into(&mut vs, tensors, &weights)?;
         return Ok((vs, model));
     }
@@ -325,8 +335,7 @@ fn load_weights(
     hf::load_into(&vs, config.model.family, tensors, &source)?;
     let heads = dir.join(HEADS);
     if heads.exists() {
-        let tensors = Tensor::read_safetensors(&heads)
-            .map_err(|e| ck(&heads, format!("cannot read: {e}")))?;
+        let tensors = read_safetensors(&heads)?;
         load_heads(&vs, tensors, &heads)?;
     } else if config.kind == ModelKind::RewardModel {
         return Err(ck(dir, format!("missing {HEADS} (a reward model's head)")));

@@ -380,8 +380,7 @@ pub fn read_weights(dir: &Path) -> Result<HashMap<String, Tensor>> {
     };
     let mut out = HashMap::new();
     for f in files {
-        let tensors =
-            Tensor::read_safetensors(&f).map_err(|e| err(&f, format!("cannot read: {e}")))?;
+        let tensors = crate::checkpoint::read_safetensors(&f)?;
         out.extend(tensors);
     }
     Ok(out)

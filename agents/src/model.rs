@@ -231,16 +231,18 @@ impl GptConfig {
         }
         Ok(())
     }
-    /// Parameters of the trunk and LM head (value and reward heads excluded).
+    /// Parameters of the trunk and LM head (value and reward heads excluded); counted in 128 bits
+    /// and saturated, so that an absurd config reads as too large rather than wrapping around.
     pub fn num_params(&self) -> usize {
-        let (c, m, v) = (self.n_embd, self.mlp_width(), self.vocab_size);
-        let kv = self.kv_heads() * self.head_dim();
+        let w = |x: usize| x as u128;
+        let (c, m, v) = (w(self.n_embd), w(self.mlp_width()), w(self.vocab_size));
+        let kv = w(self.kv_heads()) * w(self.head_dim());
         let head = if self.tie_word_embeddings { 0 } else { v * c };
-        match self.family {
+        let n = match self.family {
             Family::Gpt2 => {
                 let per_layer =
                     4 * c + (3 * c * c + 3 * c) + (c * c + c) + (c * m + m) + (m * c + c);
-                v * c + self.block_size * c + self.n_layer * per_layer + 2 * c + head
+                v * c + w(self.block_size) * c + w(self.n_layer) * per_layer + 2 * c + head
             }
             Family::Llama | Family::Qwen2 => {
                 let bias = if self.family == Family::Qwen2 {
@@ -249,9 +251,10 @@ impl GptConfig {
                     0
                 };
                 let per_layer = 2 * c + 2 * c * c + 2 * c * kv + bias + 3 * c * m;
-                v * c + self.n_layer * per_layer + c + head
+                v * c + w(self.n_layer) * per_layer + c + head
             }
-        }
+        };
+        usize::try_from(n).unwrap_or(usize::MAX)
     }
     /// Forward FLOPs per token for a sequence of length `t` (matmuls ×2, attention included).
     pub fn flops_per_token(&self, t: usize) -> f64 {
