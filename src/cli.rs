@@ -875,7 +875,11 @@ fn cmd_sweep(args: SweepArgs) -> Result<()> {
     }
     // One precision for every run, decided here (children never time matmuls of their own); a
     // spec's own `run.dtype` stands unless --dtype is given.
-    let params = s.policy.as_deref().map_or(0, params_of);
+    // Without a policy of its own, a sweep trains the tiny model its SFT stage makes.
+    let params = s.policy.as_deref().map_or_else(
+        || ModelSize::Tiny.config(SftConfig::default().vocab_size).num_params(),
+        params_of,
+    );
     let d = compute.precision(device.resolve()?, params);
     for a in &mut s.agents {
         if compute.dtype.is_some() || !a.set.contains_key("run.dtype") {

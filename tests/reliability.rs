@@ -240,28 +240,43 @@ fn a_train_killed_at_random_instants_resumes_to_the_uninterrupted_metrics() {
     let span = t0.elapsed();
     let want = without_wall(metrics(&whole));
     assert!(want.iter().any(|r| r.0 == 6));
+    // The runs are started from the e2e root with a relative --policy and resumed from elsewhere:
+    // a run records its inputs as absolute paths.
+    let rel = policy.strip_prefix(root()).unwrap().to_str().unwrap();
+    let elsewhere = root().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
     for seed in 1..=3u64 {
         let dir = root().join(format!("kill-{seed}"));
         let d = dir.to_str().unwrap();
-        args = train_cmd("ppo", env, p, d, &extra);
+        args = train_cmd("ppo", env, rel, d, &extra);
         // Killed twice: once in the first run, once in the resumed one.
         for (i, f) in fractions(seed, 2).into_iter().enumerate() {
             let child = if i == 0 || !dir.join("config.json").exists() {
-                bin().args(&args).spawn().unwrap()
+                bin().current_dir(root()).args(&args).spawn().unwrap()
             } else {
                 bin()
+                    .current_dir(&elsewhere)
                     .args(["train", "--resume", d, "--device", "cpu", "--quiet"])
                     .spawn()
                     .unwrap()
             };
             kill_after(child, span.mul_f64(f));
         }
-        if dir.join("config.json").exists() {
-            run(&["train", "--resume", d, "--device", "cpu", "--quiet"]);
+        let finish = if dir.join("config.json").exists() {
+            bin()
+                .current_dir(&elsewhere)
+                .args(["train", "--resume", d, "--device", "cpu", "--quiet"])
+                .output()
         } else {
             // Killed before the run had a record: started again from nothing.
-            run(&args);
+            bin().current_dir(root()).args(&args).output()
         }
+        .unwrap();
+        assert!(
+            finish.status.success(),
+            "{}",
+            String::from_utf8_lossy(&finish.stderr)
+        );
         assert_eq!(
             without_wall(metrics(&dir)),
             want,
@@ -361,7 +376,12 @@ fn a_sweep_killed_mid_run_leaves_no_orphans_and_finishes_what_is_missing() {
     let want = runs_without_wall(&whole);
     assert_eq!(want.len(), 3, "{want:?}");
 
-    for (seed, f) in [(1u64, fractions(1, 1)[0]), (2, fractions(2, 1)[0])] {
+    // The sweep killed (twice, at random instants), then one of its runs killed.
+    for (seed, f) in [
+        (1u64, fractions(1, 1)[0]),
+        (2, fractions(2, 1)[0]),
+        (3, -1.0),
+    ] {
         let out = dir.join(format!("killed-{seed}"));
         let mut child = sweep(&out).spawn().unwrap();
         // Wait until the runs are training, then kill the sweep at a random instant of them.
@@ -375,11 +395,24 @@ fn a_sweep_killed_mid_run_leaves_no_orphans_and_finishes_what_is_missing() {
             assert!(t0.elapsed() < Duration::from_secs(300));
             std::thread::sleep(Duration::from_millis(10));
         }
+        let needle = runs.to_str().unwrap().to_string();
+        if f < 0.0 {
+            let victim = processes_mentioning(&needle)
+                .into_iter()
+                .find(|&pid| pid != child.id())
+                .expect("a run of the sweep");
+            // SAFETY: kill(2) on a pid we just read; at worst it has exited already.
+            unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+            let st = child.wait().unwrap();
+            assert!(!st.success(), "a sweep with a killed run reports failure");
+            assert!(sweep(&out).status().unwrap().success());
+            assert_eq!(runs_without_wall(&out), want, "a run killed");
+            continue;
+        }
         std::thread::sleep(Duration::from_millis((f * 3000.0) as u64));
         child.kill().unwrap();
         child.wait().unwrap();
         // Its runs die with it.
-        let needle = runs.to_str().unwrap().to_string();
         let t0 = Instant::now();
         while !processes_mentioning(&needle).is_empty() {
             assert!(
@@ -491,4 +524,86 @@ fn a_full_disk_is_a_clean_failure_that_leaves_nothing_behind() {
         prefs.to_str().unwrap(),
     ]);
     assert!(listing(&tiny.0).is_empty(), "{:?}", listing(&tiny.0));
+}
+
+/// `aligngym ARGS` fails with exit `code` and one line naming `needle`.
+fn fails_with(code: i32, args: &[&str], needle: &str) {
+    let out = bin().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(needle), "`{needle}` not in `{err}`");
+}
+
+#[test]
+fn non_finite_weights_are_refused_and_usage_errors_exit_2() {
+    let policy = sft("arithmetic-v0");
+    let p = policy.to_str().unwrap();
+    // A copy of the checkpoint with one NaN in one tensor.
+    let bad = root().join("nan-weights");
+    std::fs::create_dir_all(&bad).unwrap();
+    for f in std::fs::read_dir(&policy).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, bad.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let weights = bad.join("model.safetensors");
+    let mut tensors = tch::Tensor::read_safetensors(&weights).unwrap();
+    let (name, t) = tensors
+        .iter_mut()
+        .find(|(n, _)| n.ends_with("h.0.mlp.c_fc.weight"))
+        .expect("a GPT-2 MLP weight");
+    let _ = t.view(-1).get(0).fill_(f64::NAN);
+    let name = name.clone();
+    tch::Tensor::write_safetensors(&tensors, &weights).unwrap();
+    let b = bad.to_str().unwrap();
+    let needle = format!("tensor `{name}` holds NaN or infinite values");
+    fails_with(
+        1,
+        &[
+            "sample", "--policy", b, "--prompt", "1+1=", "--device", "cpu",
+        ],
+        &needle,
+    );
+    let out = root().join("nan-weights-run");
+    fails_with(
+        1,
+        &train_cmd("ppo", "arithmetic-v0", b, out.to_str().unwrap(), &[]),
+        &needle,
+    );
+    assert!(!out.exists());
+    // Usage errors (a bad value on the command line) exit 2; runtime errors exit 1.
+    let o = root().join("usage").to_str().unwrap().to_string();
+    fails_with(
+        2,
+        &train_cmd(
+            "ppo",
+            "arithmetic-v0",
+            p,
+            &o,
+            &["--set", "learning_rate=-1"],
+        ),
+        "learning_rate",
+    );
+    fails_with(
+        2,
+        &[
+            "train-rm",
+            "--prefs",
+            "x.jsonl",
+            "--init",
+            p,
+            "--out",
+            &o,
+            "--set",
+            "learning_rate=-1",
+        ],
+        "learning_rate",
+    );
+    // clap's own usage errors keep clap's form (the error, then usage and a hint), and exit 2.
+    let out = bin().args(["sft", "--nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: unexpected argument '--nope'"));
+    assert!(!Path::new(&o).exists());
 }
