@@ -877,7 +877,11 @@ fn cmd_sweep(args: SweepArgs) -> Result<()> {
     // spec's own `run.dtype` stands unless --dtype is given.
     // Without a policy of its own, a sweep trains the tiny model its SFT stage makes.
     let params = s.policy.as_deref().map_or_else(
-        || ModelSize::Tiny.config(SftConfig::default().vocab_size).num_params(),
+        || {
+            ModelSize::Tiny
+                .config(SftConfig::default().vocab_size)
+                .num_params()
+        },
         params_of,
     );
     let d = compute.precision(device.resolve()?, params);

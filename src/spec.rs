@@ -4,8 +4,8 @@
 use crate::eval::EvalConfig;
 use crate::runner::RunConfig;
 use aligngym_agents::{
-    AgentError, DpoAgent, DpoConfig, LmPolicy, PpoAgent, PpoConfig, Result, RewardModel,
-    RewardSignal, RunnableAgent,
+    AgentError, DpoAgent, DpoConfig, GrpoAgent, GrpoConfig, LmPolicy, PpoAgent, PpoConfig, Result,
+    RewardModel, RewardSignal, RunnableAgent,
 };
 use aligngym_envs::{read_pairs, Feedback, Task};
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,8 @@ pub enum AgentKind {
     Ppo,
     /// DPO on an offline preference buffer.
     Dpo,
+    /// GRPO (and Dr. GRPO, DAPO): online, critic-free, group-relative advantages.
+    Grpo,
 }
 
 impl std::fmt::Display for AgentKind {
@@ -28,6 +30,7 @@ impl std::fmt::Display for AgentKind {
         f.write_str(match self {
             Self::Ppo => "ppo",
             Self::Dpo => "dpo",
+            Self::Grpo => "grpo",
         })
     }
 }
@@ -100,6 +103,9 @@ pub struct TrainSpec {
     /// DPO hyperparameters (DPO runs only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpo: Option<DpoConfig>,
+    /// GRPO hyperparameters (GRPO runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpo: Option<GrpoConfig>,
     /// Run length and evaluation cadence.
     pub run: RunConfig,
     /// The shared evaluation.
@@ -126,6 +132,7 @@ impl TrainSpec {
             seed,
             ppo: (agent == AgentKind::Ppo).then(PpoConfig::default),
             dpo: (agent == AgentKind::Dpo).then(DpoConfig::default),
+            grpo: (agent == AgentKind::Grpo).then(GrpoConfig::default),
             run: RunConfig::default(),
             eval: EvalConfig::default(),
         }
@@ -176,6 +183,9 @@ impl TrainSpec {
         }
         if let Some(d) = &self.dpo {
             d.validate()?;
+        }
+        if let Some(g) = &self.grpo {
+            g.validate()?;
         }
         // max_new_tokens 0 means "the task's own limit", filled in when the evaluator is built.
         let mut sampling = self.eval.sampling.clone();
@@ -278,36 +288,47 @@ pub fn build_agent(
 ) -> Result<(Box<dyn RunnableAgent>, LmPolicy)> {
     let policy = LmPolicy::load(&spec.policy, device)?.with_precision(spec.run.dtype);
     let start = policy.duplicate(false)?;
-    let agent: Box<dyn RunnableAgent> = match spec.agent {
-        AgentKind::Ppo => {
-            let reward = match &spec.reward {
-                RewardSpec::Gold => {
-                    if task.feedback() == Feedback::PreferencesOnly {
-                        return Err(AgentError::config("reward", format!("env {} gives agents preferences only; train a reward model and pass --reward rm:DIR", task.id())));
-                    }
-                    RewardSignal::Gold
+    // The online agents' reward: the env's gold reward, or a reward model.
+    let reward = || -> Result<RewardSignal> {
+        Ok(match &spec.reward {
+            RewardSpec::Gold => {
+                if task.feedback() == Feedback::PreferencesOnly {
+                    return Err(AgentError::config("reward", format!("env {} gives agents preferences only; train a reward model and pass --reward rm:DIR", task.id())));
                 }
-                RewardSpec::Rm(dir) => RewardSignal::Scorer(Box::new(
-                    RewardModel::load(dir, device)?.with_precision(spec.run.dtype),
-                )),
-            };
-            Box::new(
-                PpoAgent::new(
-                    spec.ppo.clone().unwrap_or_default(),
-                    task,
-                    policy,
-                    reward,
-                    spec.seed,
-                )?
-                .with_prior_oracle_queries(
-                    if matches!(spec.reward, RewardSpec::Rm(_)) {
-                        spec.prefs_queries.unwrap_or(0)
-                    } else {
-                        0
-                    },
-                ),
-            )
-        }
+                RewardSignal::Gold
+            }
+            RewardSpec::Rm(dir) => RewardSignal::Scorer(Box::new(
+                RewardModel::load(dir, device)?.with_precision(spec.run.dtype),
+            )),
+        })
+    };
+    // A reward model's preference labels count as oracle queries of the agent that uses it.
+    let prior = if matches!(spec.reward, RewardSpec::Rm(_)) {
+        spec.prefs_queries.unwrap_or(0)
+    } else {
+        0
+    };
+    let agent: Box<dyn RunnableAgent> = match spec.agent {
+        AgentKind::Ppo => Box::new(
+            PpoAgent::new(
+                spec.ppo.clone().unwrap_or_default(),
+                task.clone(),
+                policy,
+                reward()?,
+                spec.seed,
+            )?
+            .with_prior_oracle_queries(prior),
+        ),
+        AgentKind::Grpo => Box::new(
+            GrpoAgent::new(
+                spec.grpo.clone().unwrap_or_default(),
+                task.clone(),
+                policy,
+                reward()?,
+                spec.seed,
+            )?
+            .with_prior_oracle_queries(prior),
+        ),
         AgentKind::Dpo => {
             let path = spec.prefs.as_ref().ok_or_else(|| {
                 AgentError::config(

@@ -154,6 +154,28 @@ fn train(agent: &str, env: &str, name: &str, extra: &[&str]) -> PathBuf {
 }
 
 #[test]
+fn grpo_with_each_loss_type_beats_sft_on_arithmetic() {
+    let env = "arithmetic-v0";
+    for loss in ["dapo", "grpo", "dr_grpo"] {
+        let set = format!("loss_type={loss}");
+        let dir = train("grpo", env, &format!("grpo-{loss}"), &["--set", &set]);
+        let (first, last, kl) = gold_first_last(&dir);
+        eprintln!("{env} GRPO ({loss}): eval/gold_reward {first:.3} -> {last:.3}, KL {kl:.2}");
+        assert!(last > first + 0.12, "{loss}: gold {first:.3} -> {last:.3}");
+        // TRL's metric names, logged every update.
+        let m = metrics(&dir);
+        for name in [
+            "reward",
+            "frac_reward_zero_std",
+            "clip_ratio/region_mean",
+            "kl",
+        ] {
+            assert_eq!(m.iter().filter(|r| r.1 == name).count(), 60, "{name}");
+        }
+    }
+}
+
+#[test]
 fn ppo_on_gold_and_dpo_on_oracle_pairs_beat_sft_with_defaults() {
     for (env, ppo_margin, dpo_margin) in [("sentiment-v0", 0.3, 0.2), ("arithmetic-v0", 0.08, 0.03)]
     {
@@ -310,10 +332,13 @@ fn same_seed_same_metrics_and_resume_equals_uninterrupted() {
         "--set",
         "batch_size=16",
     ];
-    for agent in ["ppo", "dpo"] {
+    for agent in ["ppo", "dpo", "grpo"] {
         let mut extra: Vec<&str> = short.to_vec();
-        if agent == "dpo" {
-            extra.extend_from_slice(&["--prefs", p.to_str().unwrap()]);
+        match agent {
+            "dpo" => extra.extend_from_slice(&["--prefs", p.to_str().unwrap()]),
+            // 4 prompts × 8 completions; GRPO has no `batch_size`.
+            "grpo" => extra[5] = "num_prompts=4",
+            _ => {}
         }
         let a = train(agent, env, &format!("det-a-{agent}"), &extra);
         let b = train(agent, env, &format!("det-b-{agent}"), &extra);
@@ -1011,6 +1036,14 @@ fn ppo_and_dpo_on_guess_number_through_the_cli() {
     let (first, last, kl) = gold_first_last(&ppo);
     eprintln!("guess-number-v0 PPO: eval/gold_reward {first:.3} -> {last:.3}, KL {kl:.2}");
     assert!(last > first + 0.05, "PPO gold {first:.3} -> {last:.3}");
+    // GRPO: no critic, 8 completions per prompt, the same number of samples per update.
+    let grpo = dir.join("grpo");
+    let mut args = train_cmd("grpo", "guess-number-v0", s, grpo.to_str().unwrap(), &eval);
+    args.extend(["--quiet", "--set", "run.updates=40"]);
+    run(&args);
+    let (first, last, kl) = gold_first_last(&grpo);
+    eprintln!("guess-number-v0 GRPO: eval/gold_reward {first:.3} -> {last:.3}, KL {kl:.2}");
+    assert!(last > first + 0.15, "GRPO gold {first:.3} -> {last:.3}");
     // DPO on pairs of whole conversations, read back from the conversational JSONL.
     let p = dir.join("prefs.jsonl");
     run(&[

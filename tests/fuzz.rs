@@ -123,6 +123,8 @@ fn fuzz(target: &str, check: impl Fn(&[u8]) -> Result<(), TestCaseError>) -> u64
         0..seeds.len(),
         prop::collection::vec(any::<(u8, u32, u32, u8)>(), 1..8),
     );
+    // The last failing input (after shrinking, the smallest), for the corpus.
+    let crash = root().join(format!("fuzz-{target}-crash"));
     let t0 = Instant::now();
     for round in 0u64.. {
         let mut seed = [0u8; 32];
@@ -143,10 +145,14 @@ fn fuzz(target: &str, check: impl Fn(&[u8]) -> Result<(), TestCaseError>) -> u64
                 .into_iter()
                 .fold(seeds[i].clone(), |b, op| mutate(b, op, &seeds));
             runs.fetch_add(1, Ordering::Relaxed);
-            check(&input)
+            let r = check(&input);
+            if r.is_err() {
+                std::fs::write(&crash, &input).unwrap();
+            }
+            r
         });
         if let Err(e) = result {
-            panic!("fuzz {target}: {e}");
+            panic!("fuzz {target}: {e} (input in {})", crash.display());
         }
         if t0.elapsed() >= Duration::from_secs(seconds) {
             break;
@@ -205,7 +211,7 @@ fn fuzz_set_values() {
     fuzz("set", |bytes| {
         let text = String::from_utf8_lossy(bytes);
         let sets: Vec<String> = text.lines().map(String::from).collect();
-        for agent in [AgentKind::Ppo, AgentKind::Dpo] {
+        for agent in [AgentKind::Ppo, AgentKind::Dpo, AgentKind::Grpo] {
             let mut spec = TrainSpec::new(
                 agent,
                 "arithmetic-v0",

@@ -1,5 +1,6 @@
 //! The one error type of the agents crate.
 
+use aligngym_envs::one_line;
 use std::path::PathBuf;
 
 /// Everything that can go wrong on the learning side.
@@ -12,28 +13,28 @@ pub enum AgentError {
     #[error(transparent)]
     Env(#[from] aligngym_envs::EnvError),
     /// An input/output error on a named file.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", one_line(&path.display().to_string()))]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
     /// A checkpoint directory is missing, incomplete or inconsistent.
-    #[error("checkpoint {}: {msg}", path.display())]
+    #[error("checkpoint {}: {}", one_line(&path.display().to_string()), one_line(msg))]
     Checkpoint { path: PathBuf, msg: String },
     /// The tokenizer could not be trained, saved or loaded.
-    #[error("tokenizer: {0}")]
+    #[error("tokenizer: {}", one_line(.0))]
     Tokenizer(String),
     /// A configuration field holds a bad value.
-    #[error("invalid config field `{field}`: {msg}")]
+    #[error("invalid config field `{}`: {}", one_line(field), one_line(msg))]
     Config { field: String, msg: String },
     /// A requested device cannot be used.
-    #[error("device: {0}")]
+    #[error("device: {}", one_line(.0))]
     Device(String),
     /// A loss, reward or gradient became NaN or infinite.
     #[error("non-finite `{metric}` at step {step}; stopping (the last good checkpoint is kept)")]
     NonFinite { metric: String, step: u64 },
     /// Bad input data (e.g. an empty corpus).
-    #[error("{0}")]
+    #[error("{}", one_line(.0))]
     Data(String),
 }
 

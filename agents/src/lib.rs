@@ -2,7 +2,8 @@
 //!
 //! The learning side of aligngym, on libtorch: the byte-level BPE [`tokenizer::Tokenizer`], the
 //! GPT-2-style [`model::Gpt`] with value and reward heads, batched KV-cache [`sampling`], SFT,
-//! checkpoints, the pure [`losses`], and the agents ([`ppo::PpoAgent`], [`dpo::DpoAgent`]) with the
+//! checkpoints, the pure [`losses`], and the agents ([`ppo::PpoAgent`], [`grpo::GrpoAgent`],
+//! [`dpo::DpoAgent`]) with the
 //! learned [`reward_model::RewardModel`].
 
 pub mod agent;
@@ -13,6 +14,7 @@ pub mod dpo;
 pub mod error;
 pub mod fsio;
 pub mod gguf;
+pub mod grpo;
 pub mod hf;
 pub mod losses;
 pub mod model;
@@ -30,6 +32,7 @@ pub use agent::{Agent, Budget, Metrics, Resumable, RunnableAgent};
 pub use device::{DeviceChoice, Precision};
 pub use dpo::{DpoAgent, DpoConfig};
 pub use error::{AgentError, Result};
+pub use grpo::{GrpoAgent, GrpoConfig, GrpoLoss};
 pub use losses::{DpoLoss, KlEstimator};
 pub use model::{Activation, Family, Gpt, GptConfig};
 pub use policy::{ActorCritic, LmPolicy, Policy};

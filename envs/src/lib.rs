@@ -27,7 +27,7 @@ pub use chat_env::{ChatEnv, ChatEnvConfig};
 pub use check::{check_chat_env, check_env};
 pub use codec::{ByteCodec, TextCodec};
 pub use env::{Env, Info, RewardSource, Step, TextEnv, TextEnvConfig};
-pub use error::{EnvError, Result};
+pub use error::{one_line, EnvError, Result};
 pub use oracle::{BradleyTerryOracle, OracleConfig, Preference, PreferenceOracle};
 pub use prefs::{
     read_pairs, write_pairs, ConversationPair, PrefReader, PrefWriter, PreferencePair,
