@@ -7,6 +7,8 @@
 //! tokens, AdamW; (a) reference log-probs from a reference model each step, (b) precomputed.
 //! W3 PPO iteration: sample 32 × 48 from 16-token prompts, rule reward, reference and value forward
 //! passes, GAE, 4 epochs × 1 minibatch, separate value network. W4 SFT step: 32 × 64 tokens.
+//! W5 GRPO iteration: 32 prompts × G = 8 completions of 48 tokens, rule reward, group advantages,
+//! one clipped step (β = 0: no reference pass).
 
 use crate::commands::ModelSize;
 use aligngym_agents::dpo::{pair_logps, PairBatch};
@@ -16,7 +18,8 @@ use aligngym_agents::rollout::{collect, Start};
 use aligngym_agents::sampling::{generate, generate_until, generate_without_cache, SamplingConfig};
 use aligngym_agents::sft::{init_model, lm_loss};
 use aligngym_agents::{
-    Agent, GptConfig, LmPolicy, PpoAgent, PpoConfig, Precision, Result, Tokenizer,
+    Agent, GptConfig, GrpoAgent, GrpoConfig, LmPolicy, PpoAgent, PpoConfig, Precision, Result,
+    Tokenizer,
 };
 use aligngym_envs::rules::LengthTarget;
 use aligngym_envs::{ChatEnv, Feedback, Rule, Split, Task, TextCodec, VecEnv};
@@ -320,6 +323,26 @@ impl Fixture {
         )
     }
 
+    /// W5's agent: GRPO on W3's task, 32 prompts × G = 8 completions of 48 tokens, one update
+    /// (TRL's `GRPOTrainer` defaults otherwise: β = 0, `dapo` loss).
+    pub fn grpo_agent(&self) -> Result<GrpoAgent> {
+        let cfg = GrpoConfig {
+            num_prompts: BATCH as usize,
+            num_generations: 8,
+            max_new_tokens: NEW_TOKENS as usize,
+            temperature: 1.0,
+            learning_rate: 1e-6,
+            ..Default::default()
+        };
+        GrpoAgent::new(
+            cfg,
+            self.task(),
+            self.policy.duplicate(true)?,
+            aligngym_agents::ppo::RewardSignal::Gold,
+            0,
+        )
+    }
+
     /// A fresh AdamW over the policy (ε = 1e-8, as the Python trainers use).
     pub fn optimizer(&self) -> AdamW {
         AdamW::new(
@@ -443,6 +466,21 @@ pub fn run_bench(
         Ok(())
     })?;
     push("W3 PPO iteration", "iterations/s", 1.0, s, flops_per_iter);
+
+    // W5: GRPO iterations through the real agent.
+    let mut agent = fx.grpo_agent()?;
+    let mut step = 0u64;
+    let mut flops_before = agent.budget().flops;
+    let mut flops_per_iter = 0.0;
+    let s = median_secs(repeats.min(5), device, || {
+        agent.update(step)?;
+        step += 1;
+        let f = agent.budget().flops;
+        flops_per_iter = f - flops_before;
+        flops_before = f;
+        Ok(())
+    })?;
+    push("W5 GRPO iteration", "iterations/s", 1.0, s, flops_per_iter);
 
     Ok(BenchReport {
         size: format!("{size:?}").to_lowercase(),

@@ -5,7 +5,7 @@ use crate::eval::EvalConfig;
 use crate::runner::RunConfig;
 use aligngym_agents::{
     AgentError, DpoAgent, DpoConfig, GrpoAgent, GrpoConfig, LmPolicy, PpoAgent, PpoConfig, Result,
-    RewardModel, RewardSignal, RunnableAgent,
+    RewardModel, RewardSignal, RlooAgent, RlooConfig, RunnableAgent,
 };
 use aligngym_envs::{read_pairs, Feedback, Task};
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,8 @@ pub enum AgentKind {
     Dpo,
     /// GRPO (and Dr. GRPO, DAPO): online, critic-free, group-relative advantages.
     Grpo,
+    /// RLOO: online, critic-free, leave-one-out baseline, KL in the reward.
+    Rloo,
 }
 
 impl std::fmt::Display for AgentKind {
@@ -31,6 +33,7 @@ impl std::fmt::Display for AgentKind {
             Self::Ppo => "ppo",
             Self::Dpo => "dpo",
             Self::Grpo => "grpo",
+            Self::Rloo => "rloo",
         })
     }
 }
@@ -106,6 +109,9 @@ pub struct TrainSpec {
     /// GRPO hyperparameters (GRPO runs only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpo: Option<GrpoConfig>,
+    /// RLOO hyperparameters (RLOO runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rloo: Option<RlooConfig>,
     /// Run length and evaluation cadence.
     pub run: RunConfig,
     /// The shared evaluation.
@@ -133,6 +139,7 @@ impl TrainSpec {
             ppo: (agent == AgentKind::Ppo).then(PpoConfig::default),
             dpo: (agent == AgentKind::Dpo).then(DpoConfig::default),
             grpo: (agent == AgentKind::Grpo).then(GrpoConfig::default),
+            rloo: (agent == AgentKind::Rloo).then(RlooConfig::default),
             run: RunConfig::default(),
             eval: EvalConfig::default(),
         }
@@ -186,6 +193,9 @@ impl TrainSpec {
         }
         if let Some(g) = &self.grpo {
             g.validate()?;
+        }
+        if let Some(r) = &self.rloo {
+            r.validate()?;
         }
         // max_new_tokens 0 means "the task's own limit", filled in when the evaluator is built.
         let mut sampling = self.eval.sampling.clone();
@@ -322,6 +332,16 @@ pub fn build_agent(
         AgentKind::Grpo => Box::new(
             GrpoAgent::new(
                 spec.grpo.clone().unwrap_or_default(),
+                task.clone(),
+                policy,
+                reward()?,
+                spec.seed,
+            )?
+            .with_prior_oracle_queries(prior),
+        ),
+        AgentKind::Rloo => Box::new(
+            RlooAgent::new(
+                spec.rloo.clone().unwrap_or_default(),
                 task.clone(),
                 policy,
                 reward()?,

@@ -547,7 +547,12 @@ fn train_args(
                 format!("prefs_queries={queries}"),
             ]);
         }
-        (crate::spec::AgentKind::Ppo | crate::spec::AgentKind::Grpo, Some(rm)) => {
+        (
+            crate::spec::AgentKind::Ppo
+            | crate::spec::AgentKind::Grpo
+            | crate::spec::AgentKind::Rloo,
+            Some(rm),
+        ) => {
             a.extend([
                 "--reward".into(),
                 format!("rm:{}", rm.display()),
@@ -555,9 +560,12 @@ fn train_args(
                 format!("prefs_queries={queries}"),
             ]);
         }
-        (crate::spec::AgentKind::Ppo | crate::spec::AgentKind::Grpo, None) => {
-            a.extend(["--reward".into(), "gold".into()])
-        }
+        (
+            crate::spec::AgentKind::Ppo
+            | crate::spec::AgentKind::Grpo
+            | crate::spec::AgentKind::Rloo,
+            None,
+        ) => a.extend(["--reward".into(), "gold".into()]),
     }
     let eval_every = ((spec.eval_every as f64 * spec.scale).round() as u64).max(1);
     a.extend([

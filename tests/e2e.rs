@@ -154,23 +154,29 @@ fn train(agent: &str, env: &str, name: &str, extra: &[&str]) -> PathBuf {
 }
 
 #[test]
-fn grpo_with_each_loss_type_beats_sft_on_arithmetic() {
+fn grpo_with_each_loss_type_and_rloo_beat_sft_on_arithmetic() {
     let env = "arithmetic-v0";
-    for loss in ["dapo", "grpo", "dr_grpo"] {
-        let set = format!("loss_type={loss}");
-        let dir = train("grpo", env, &format!("grpo-{loss}"), &["--set", &set]);
+    let runs = [
+        ("grpo", "loss_type=dapo", "kl"),
+        ("grpo", "loss_type=grpo", "kl"),
+        ("grpo", "loss_type=dr_grpo", "kl"),
+        ("rloo", "beta=0.05", "objective/kl"),
+    ];
+    for (agent, set, kl_name) in runs {
+        let name = format!("{agent}-{}", set.replace('=', "-"));
+        let dir = train(agent, env, &name, &["--set", set]);
         let (first, last, kl) = gold_first_last(&dir);
-        eprintln!("{env} GRPO ({loss}): eval/gold_reward {first:.3} -> {last:.3}, KL {kl:.2}");
-        assert!(last > first + 0.12, "{loss}: gold {first:.3} -> {last:.3}");
+        eprintln!("{env} {name}: eval/gold_reward {first:.3} -> {last:.3}, KL {kl:.2}");
+        assert!(last > first + 0.12, "{name}: gold {first:.3} -> {last:.3}");
         // TRL's metric names, logged every update.
         let m = metrics(&dir);
-        for name in [
+        for metric in [
             "reward",
             "frac_reward_zero_std",
             "clip_ratio/region_mean",
-            "kl",
+            kl_name,
         ] {
-            assert_eq!(m.iter().filter(|r| r.1 == name).count(), 60, "{name}");
+            assert_eq!(m.iter().filter(|r| r.1 == metric).count(), 60, "{metric}");
         }
     }
 }
@@ -332,12 +338,12 @@ fn same_seed_same_metrics_and_resume_equals_uninterrupted() {
         "--set",
         "batch_size=16",
     ];
-    for agent in ["ppo", "dpo", "grpo"] {
+    for agent in ["ppo", "dpo", "grpo", "rloo"] {
         let mut extra: Vec<&str> = short.to_vec();
         match agent {
             "dpo" => extra.extend_from_slice(&["--prefs", p.to_str().unwrap()]),
-            // 4 prompts × 8 completions; GRPO has no `batch_size`.
-            "grpo" => extra[5] = "num_prompts=4",
+            // Groups of completions per prompt; the critic-free agents have no `batch_size`.
+            "grpo" | "rloo" => extra[5] = "num_prompts=4",
             _ => {}
         }
         let a = train(agent, env, &format!("det-a-{agent}"), &extra);
@@ -920,6 +926,7 @@ fn bench_runs_and_prints_finite_positive_numbers() {
             "W2 DPO step (precomputed ref)",
             "W3 PPO iteration",
             "W4 SFT step",
+            "W5 GRPO iteration",
         ] {
             assert!(text.contains(w), "{w} missing:\n{text}");
         }

@@ -211,7 +211,12 @@ fn fuzz_set_values() {
     fuzz("set", |bytes| {
         let text = String::from_utf8_lossy(bytes);
         let sets: Vec<String> = text.lines().map(String::from).collect();
-        for agent in [AgentKind::Ppo, AgentKind::Dpo, AgentKind::Grpo] {
+        for agent in [
+            AgentKind::Ppo,
+            AgentKind::Dpo,
+            AgentKind::Grpo,
+            AgentKind::Rloo,
+        ] {
             let mut spec = TrainSpec::new(
                 agent,
                 "arithmetic-v0",

@@ -257,47 +257,78 @@ pub fn grpo_loss(
     }
 }
 
-/// The GRPO agent.
-pub struct GrpoAgent {
-    cfg: GrpoConfig,
-    task: Arc<dyn Task>,
+/// What the group-sampling agents (GRPO here, RLOO in `rloo.rs`) share: the policy and its
+/// optimiser, the envs that sample G completions per prompt, the frozen reference when a KL term
+/// needs one, the reward, the clipped optimisation steps, the budget and the saved state. Each
+/// algorithm adds only how it turns a rollout into advantages.
+pub(crate) struct GroupCore {
+    pub(crate) task: Arc<dyn Task>,
     envs: VecEnv<ChatEnv>,
-    actor: LmPolicy,
+    pub(crate) actor: LmPolicy,
     reference: Option<LmPolicy>,
     reward: RewardSignal,
     gold: Arc<dyn RewardFn>,
     opt: AdamW,
     seed: u64,
-    budget: Budget,
+    pub(crate) budget: Budget,
+    /// Prompts per update and completions per prompt.
+    prompts: usize,
+    g: usize,
 }
 
-/// A collected batch with its advantages.
-pub struct GrpoBatch {
-    /// The episodes and their tokens (G consecutive rows per prompt).
+/// A collected batch with its advantages (G consecutive rows per prompt).
+pub(crate) struct GroupBatch {
+    /// The episodes and their tokens.
     pub rollout: Rollout,
-    /// Rewards after the overlong penalty `[B]`.
+    /// The rewards the advantages came from `[B]`.
     pub rewards: Tensor,
     /// Advantages `[B]` (0 on dropped groups).
     pub advantages: Tensor,
-    /// The policy-token mask with dropped groups zeroed `[B, N]`.
+    /// The policy-token mask the loss reads (dropped groups zeroed) `[B, N]`.
     pub mask: Tensor,
-    /// Reference log-probs `[B, N]` when β > 0.
+    /// Reference log-probs `[B, N]` for a KL loss term.
     pub ref_logp: Option<Tensor>,
     /// Each group's reward std `[P]`.
     pub group_std: Tensor,
 }
 
-impl GrpoAgent {
-    /// GRPO from `policy` (also the frozen reference when β > 0), optimising `reward` on `task`'s
-    /// training prompts.
-    pub fn new(
-        cfg: GrpoConfig,
+/// How the clipped steps run.
+pub(crate) struct Steps {
+    pub iterations: usize,
+    pub minibatches: usize,
+    pub loss_type: GrpoLoss,
+    pub eps: (f64, f64),
+    /// Weight of the k3 KL loss term (its reference log-probs in the batch).
+    pub beta: f64,
+    /// Dr. GRPO's constant per row.
+    pub max_len: i64,
+    pub learning_rate: f64,
+    pub max_grad_norm: f64,
+    pub temperature: f64,
+}
+
+/// Means over the minibatches of one update.
+pub(crate) struct StepStats {
+    pub loss: f64,
+    pub clip_low: f64,
+    pub clip_high: f64,
+    pub kl: f64,
+    pub entropy: f64,
+    pub grad_norm: f64,
+}
+
+impl GroupCore {
+    /// `prompts` × `g` turn-level envs on `task`'s training split; a frozen copy of `policy` when
+    /// `reference`.
+    pub(crate) fn new(
         task: Arc<dyn Task>,
         policy: LmPolicy,
         reward: RewardSignal,
         seed: u64,
+        (prompts, g): (usize, usize),
+        reference: bool,
+        adam_eps: f64,
     ) -> Result<Self> {
-        cfg.validate()?;
         if task.prompts(Split::Train).is_empty() {
             return Err(AgentError::config(
                 "env",
@@ -310,7 +341,7 @@ impl GrpoAgent {
         };
         let envs = chat_envs(
             task.clone(),
-            cfg.num_prompts * cfg.num_generations,
+            prompts * g,
             ChatEnvConfig {
                 split: Split::Train,
                 reward: source,
@@ -318,7 +349,7 @@ impl GrpoAgent {
             },
             true,
         )?;
-        let reference = if cfg.beta > 0.0 {
+        let reference = if reference {
             Some(policy.duplicate(false)?)
         } else {
             None
@@ -326,13 +357,12 @@ impl GrpoAgent {
         let opt = AdamW::new(
             &policy.vs,
             AdamWConfig {
-                eps: cfg.adam_eps,
+                eps: adam_eps,
                 ..Default::default()
             },
         );
         Ok(Self {
             gold: Arc::new(task.gold()),
-            cfg,
             task,
             envs,
             actor: policy,
@@ -341,33 +371,29 @@ impl GrpoAgent {
             opt,
             seed,
             budget: Budget::default(),
+            prompts,
+            g,
         })
     }
 
-    /// Count `queries` oracle queries already spent on this agent's reward (a reward model's
-    /// preference labels), so budgets compare with DPO's.
-    pub fn with_prior_oracle_queries(mut self, queries: u64) -> Self {
-        self.budget.oracle_queries += queries;
-        self
-    }
-
-    fn max_new_tokens(&self) -> usize {
-        if self.cfg.max_new_tokens == 0 {
+    /// The per-turn token limit (`requested`, or the task's when 0).
+    pub(crate) fn max_new_tokens(&self, requested: usize) -> usize {
+        if requested == 0 {
             self.task.max_new_tokens()
         } else {
-            self.cfg.max_new_tokens
+            requested
         }
     }
 
-    /// Phase 1: `num_prompts` training prompts drawn with a seed derived from `step`, each
-    /// `num_generations` times, through the collector.
-    pub fn collect(&mut self, step: u64) -> Result<Rollout> {
+    /// Phase 1: the update's training prompts, drawn with a seed derived from `step` (without
+    /// replacement while the split lasts), each G times, through the collector.
+    pub(crate) fn collect(&mut self, step: u64, sampling: &SamplingConfig) -> Result<Rollout> {
         let seed = derive_seed(self.seed, step);
         let n = self.task.prompts(Split::Train).len();
         let mut rng = StdRng::seed_from_u64(seed ^ 0x96b0);
         let mut pool: Vec<usize> = (0..n).collect();
         pool.shuffle(&mut rng);
-        let prompts: Vec<usize> = (0..self.cfg.num_prompts)
+        let prompts: Vec<usize> = (0..self.prompts)
             .map(|i| {
                 if i < n {
                     pool[i]
@@ -378,88 +404,64 @@ impl GrpoAgent {
             .collect();
         let indices: Vec<usize> = prompts
             .iter()
-            .flat_map(|&p| std::iter::repeat_n(p, self.cfg.num_generations))
+            .flat_map(|&p| std::iter::repeat_n(p, self.g))
             .collect();
         tch::manual_seed(seed as i64);
         let scorer = match &self.reward {
             RewardSignal::Gold => None,
             RewardSignal::Scorer(s) => Some(s.as_ref()),
         };
-        let sampling = SamplingConfig {
-            temperature: self.cfg.temperature,
-            top_k: 0,
-            top_p: 1.0,
-            max_new_tokens: self.max_new_tokens(),
-        };
         collect(
             &self.actor,
             &mut self.envs,
             Start::Prompts(&indices),
-            &sampling,
+            sampling,
             scorer,
         )
     }
 
-    /// Phase 2: rewards (with the overlong penalty), group-relative advantages, dropped groups,
-    /// reference log-probs when β > 0.
-    pub fn advantages(&self, rollout: Rollout, step: u64) -> Result<GrpoBatch> {
-        let c = &self.cfg;
-        let max_len = self.max_new_tokens();
-        let rewards: Vec<f32> = rollout
+    /// The episodes' rewards `[B]` on the policy's device, each plus `bonus(episode)`; a
+    /// non-finite one stops the run.
+    pub(crate) fn rewards(
+        &self,
+        rollout: &Rollout,
+        step: u64,
+        bonus: impl Fn(&crate::rollout::Episode) -> f64,
+    ) -> Result<Tensor> {
+        let r: Vec<f32> = rollout
             .episodes
             .iter()
-            .map(|e| {
-                let len = e.policy.iter().filter(|&&p| p).count() / e.policy_turns.max(1);
-                e.reward
-                    + overlong_penalty(len, max_len, c.overlong_buffer, c.overlong_penalty) as f32
-            })
+            .map(|e| e.reward + bonus(e) as f32)
             .collect();
-        if let Some(bad) = rewards.iter().position(|r| !r.is_finite()) {
+        if let Some(bad) = r.iter().position(|x| !x.is_finite()) {
             return Err(AgentError::NonFinite {
                 metric: format!("reward (sample {bad})"),
                 step,
             });
         }
-        let dev = self.actor.device();
-        let rewards = Tensor::from_slice(&rewards).to_device(dev); // [B]
-        let g = c.num_generations as i64;
-        let scale = c.loss_type != GrpoLoss::DrGrpo;
-        let (adv, group_std) = group_advantages(&rewards, g, scale); // [B], [P]
-        let (adv, mask) = if c.dynamic_sampling {
-            let keep = group_std
-                .gt(0.0)
-                .to_kind(Kind::Float)
-                .repeat_interleave_self_int(g, 0, None); // [B]
-            (&adv * &keep, &rollout.seqs.mask * keep.unsqueeze(1)) // [B], [B, N]
-        } else {
-            (adv, rollout.seqs.mask.shallow_clone())
-        };
-        let ref_logp = self.reference.as_ref().map(|r| {
-            tch::no_grad(|| sequence_logprobs(&r.model, &rollout.seqs, c.temperature, false))
-        }); // [B, N]
-        Ok(GrpoBatch {
-            rollout,
-            rewards,
-            advantages: adv,
-            mask,
-            ref_logp,
-            group_std,
+        Ok(Tensor::from_slice(&r).to_device(self.actor.device())) // [B]
+    }
+
+    /// The frozen reference's log-probs of the rollout's tokens `[B, N]`, when there is one.
+    pub(crate) fn reference_logprobs(&self, rollout: &Rollout, temperature: f64) -> Option<Tensor> {
+        self.reference.as_ref().map(|r| {
+            tch::no_grad(|| sequence_logprobs(&r.model, &rollout.seqs, temperature, false))
         })
     }
 
-    /// Phase 3: `num_iterations` × `num_minibatches` clipped steps; returns the means of the loss,
-    /// the clip fractions, the KL, the entropy and the gradient norm.
-    pub fn optimise(&mut self, batch: &GrpoBatch, step: u64) -> Result<[f64; 6]> {
-        let c = self.cfg.clone();
+    /// Phase 3: `iterations` × `minibatches` clipped steps over whole groups.
+    pub(crate) fn optimise(
+        &mut self,
+        batch: &GroupBatch,
+        c: &Steps,
+        step: u64,
+    ) -> Result<StepStats> {
         let mut rng = StdRng::seed_from_u64(derive_seed(self.seed, step) ^ 0x6e0);
         let dev = self.actor.device();
-        let g = c.num_generations;
-        let groups = c.num_prompts;
-        let per_mb = groups / c.num_minibatches;
-        let max_len = self.max_new_tokens() as i64;
-        let eps = (c.epsilon, c.eps_high());
+        let (g, groups) = (self.g, self.prompts);
+        let per_mb = groups / c.minibatches;
         let mut rows: Vec<Tensor> = Vec::new();
-        for _ in 0..c.num_iterations {
+        for _ in 0..c.iterations {
             let mut order: Vec<usize> = (0..groups).collect();
             order.shuffle(&mut rng);
             for chunk in order.chunks(per_mb) {
@@ -475,13 +477,13 @@ impl GrpoAgent {
                 let l = grpo_loss(
                     &out.logprobs,
                     &batch.rollout.logprobs.index_select(0, &idx),
-                    ref_logp.as_ref(),
+                    ref_logp.as_ref().filter(|_| c.beta > 0.0),
                     &batch.advantages.index_select(0, &idx),
                     &mask,
                     c.loss_type,
-                    eps,
+                    c.eps,
                     c.beta,
-                    max_len,
+                    c.max_len,
                 );
                 let ent = masked_mean(&out.entropy, &mask);
                 self.opt.zero_grad();
@@ -509,53 +511,31 @@ impl GrpoAgent {
                 ));
             }
         }
-        let mean: Vec<f64> = Vec::try_from(
+        let m: Vec<f64> = Vec::try_from(
             Tensor::stack(&rows, 0)
                 .mean_dim(0, false, Kind::Float)
                 .to_kind(Kind::Double),
         )?;
-        Ok([mean[0], mean[1], mean[2], mean[3], mean[4], mean[5]])
+        Ok(StepStats {
+            loss: m[0],
+            clip_low: m[1],
+            clip_high: m[2],
+            kl: m[3],
+            entropy: m[4],
+            grad_norm: m[5],
+        })
     }
 
-    /// Phase 4: what the update spent: sampling, the reference pass (β > 0) and the training passes.
-    fn spend(&mut self, batch: &GrpoBatch, policy_tokens: f64) {
-        let s = &batch.rollout.seqs;
-        let b = batch.rollout.episodes.len() as f64;
-        let (lp, n) = (s.prompt.size()[1], s.tokens.size()[1]);
-        let seq_tokens = b * (lp + n) as f64;
-        let fpt = self.actor.model.config().flops_per_token((lp + n) as usize);
-        let train_tokens = seq_tokens * self.cfg.num_iterations as f64;
-        let reference = if self.reference.is_some() { 1.0 } else { 0.0 };
-        self.budget.samples += b as u64;
-        self.budget.tokens_generated += policy_tokens as u64;
-        self.budget.train_tokens += train_tokens as u64;
-        if matches!(self.reward, RewardSignal::Gold) {
-            self.budget.oracle_queries += b as u64;
-        }
-        self.budget.flops += fpt * (b * lp as f64 + policy_tokens)
-            + reference * fpt * seq_tokens
-            + 3.0 * fpt * train_tokens;
-    }
-}
-
-impl Policy for GrpoAgent {
-    fn sample(&self, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> Result<Generation> {
-        self.actor.sample(prompts, cfg)
-    }
-    fn tokenizer(&self) -> &Tokenizer {
-        &self.actor.tokenizer
-    }
-}
-
-impl Agent for GrpoAgent {
-    fn name(&self) -> &'static str {
-        "grpo"
-    }
-
-    fn update(&mut self, step: u64) -> Result<Metrics> {
-        let rollout = self.collect(step)?;
-        let batch = self.advantages(rollout, step)?;
-        let [loss, clip_low, clip_high, kl, entropy, grad_norm] = self.optimise(&batch, step)?;
+    /// Phase 4: what the update spent (sampling, the reference pass, the training passes), and
+    /// the metrics every group agent logs under TRL's names. `kl` is the algorithm's own KL.
+    pub(crate) fn finish(
+        &mut self,
+        batch: &GroupBatch,
+        st: &StepStats,
+        iterations: usize,
+        learning_rate: f64,
+        step: u64,
+    ) -> Result<Metrics> {
         let mask = &batch.rollout.seqs.mask;
         let lengths = mask.sum_dim_intlist(1, false, Kind::Float); // [B]
         let v: Vec<f64> = Vec::try_from(
@@ -577,22 +557,37 @@ impl Agent for GrpoAgent {
         )?;
         let eps = &batch.rollout.episodes;
         let truncated = eps.iter().filter(|e| !e.ended_turn).count() as f64 / eps.len() as f64;
-        self.spend(&batch, v[4]);
-        // TRL's GRPOTrainer names.
+
+        let s = &batch.rollout.seqs;
+        let b = eps.len() as f64;
+        let (lp, n) = (s.prompt.size()[1], s.tokens.size()[1]);
+        let seq_tokens = b * (lp + n) as f64;
+        let fpt = self.actor.model.config().flops_per_token((lp + n) as usize);
+        let train_tokens = seq_tokens * iterations as f64;
+        let reference = if self.reference.is_some() { 1.0 } else { 0.0 };
+        self.budget.samples += b as u64;
+        self.budget.tokens_generated += v[4] as u64;
+        self.budget.train_tokens += train_tokens as u64;
+        if matches!(self.reward, RewardSignal::Gold) {
+            self.budget.oracle_queries += b as u64;
+        }
+        self.budget.flops +=
+            fpt * (b * lp as f64 + v[4]) + reference * fpt * seq_tokens + 3.0 * fpt * train_tokens;
+
         let mut m = Metrics::new();
         m.insert("reward".into(), v[0]);
         m.insert("reward_std".into(), v[1]);
         m.insert("frac_reward_zero_std".into(), v[2]);
         m.insert("completions/mean_length".into(), v[3]);
         m.insert("completions/clipped_ratio".into(), truncated);
-        m.insert("loss".into(), loss);
-        m.insert("kl".into(), kl);
-        m.insert("entropy".into(), entropy);
-        m.insert("clip_ratio/low_mean".into(), clip_low);
-        m.insert("clip_ratio/high_mean".into(), clip_high);
-        m.insert("clip_ratio/region_mean".into(), clip_low + clip_high);
-        m.insert("grad_norm".into(), grad_norm);
-        m.insert("train/lr".into(), self.cfg.learning_rate);
+        m.insert("loss".into(), st.loss);
+        m.insert("kl".into(), st.kl);
+        m.insert("entropy".into(), st.entropy);
+        m.insert("clip_ratio/low_mean".into(), st.clip_low);
+        m.insert("clip_ratio/high_mean".into(), st.clip_high);
+        m.insert("clip_ratio/region_mean".into(), st.clip_low + st.clip_high);
+        m.insert("grad_norm".into(), st.grad_norm);
+        m.insert("train/lr".into(), learning_rate);
         if let Some((k, _)) = m.iter().find(|(_, v)| !v.is_finite()) {
             return Err(AgentError::NonFinite {
                 metric: k.clone(),
@@ -602,46 +597,170 @@ impl Agent for GrpoAgent {
         Ok(m)
     }
 
-    fn policy(&self) -> &LmPolicy {
-        &self.actor
-    }
-    fn budget(&self) -> Budget {
-        self.budget
-    }
-    fn proxy_reward(&self) -> Option<&dyn RewardFn> {
-        Some(match &self.reward {
+    pub(crate) fn proxy_reward(&self) -> &dyn RewardFn {
+        match &self.reward {
             RewardSignal::Gold => self.gold.as_ref(),
             RewardSignal::Scorer(s) => s.as_ref(),
-        })
+        }
     }
-}
 
-/// Training state saved next to the policy checkpoint.
-#[derive(Debug, Serialize, Deserialize)]
-struct GrpoState {
-    budget: Budget,
-}
-
-impl Resumable for GrpoAgent {
-    fn save_state(&self, dir: &Path) -> Result<()> {
+    /// Weights, optimiser and budget under `<dir>/<name>.*`.
+    pub(crate) fn save_state(&self, dir: &Path, name: &str) -> Result<()> {
         let mut st = StateFile::new();
         st.add("actor", self.actor.vs.variables().into_iter().collect());
         st.add("opt", self.opt.state());
         st.write(
             dir,
-            "grpo_state",
-            &GrpoState {
+            name,
+            &GroupState {
                 budget: self.budget,
             },
         )
     }
 
-    fn load_state(&mut self, dir: &Path) -> Result<()> {
-        let (st, s, path): (StateFile, GrpoState, _) = StateFile::read(dir, "grpo_state")?;
+    pub(crate) fn load_state(&mut self, dir: &Path, name: &str) -> Result<()> {
+        let (st, s, path): (StateFile, GroupState, _) = StateFile::read(dir, name)?;
         crate::checkpoint::load_tensors_into(&mut self.actor.vs, st.group("actor"), &path)?;
         self.opt.load_state(st.group("opt"))?;
         self.budget = s.budget;
         Ok(())
+    }
+}
+
+/// Training state saved next to the policy checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+struct GroupState {
+    budget: Budget,
+}
+
+/// The GRPO agent.
+pub struct GrpoAgent {
+    cfg: GrpoConfig,
+    core: GroupCore,
+}
+
+impl GrpoAgent {
+    /// GRPO from `policy` (also the frozen reference when β > 0), optimising `reward` on `task`'s
+    /// training prompts.
+    pub fn new(
+        cfg: GrpoConfig,
+        task: Arc<dyn Task>,
+        policy: LmPolicy,
+        reward: RewardSignal,
+        seed: u64,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let core = GroupCore::new(
+            task,
+            policy,
+            reward,
+            seed,
+            (cfg.num_prompts, cfg.num_generations),
+            cfg.beta > 0.0,
+            cfg.adam_eps,
+        )?;
+        Ok(Self { cfg, core })
+    }
+
+    /// Count `queries` oracle queries already spent on this agent's reward (a reward model's
+    /// preference labels), so budgets compare with DPO's.
+    pub fn with_prior_oracle_queries(mut self, queries: u64) -> Self {
+        self.core.budget.oracle_queries += queries;
+        self
+    }
+
+    /// Phase 2: rewards (with the overlong penalty), group-relative advantages, dropped groups,
+    /// reference log-probs when β > 0.
+    fn advantages(&self, rollout: Rollout, step: u64) -> Result<GroupBatch> {
+        let c = &self.cfg;
+        let max_len = self.core.max_new_tokens(c.max_new_tokens);
+        let rewards = self.core.rewards(&rollout, step, |e| {
+            // Per turn: the mean length of the policy's turns.
+            let len = e.policy.iter().filter(|&&p| p).count() / e.policy_turns.max(1);
+            overlong_penalty(len, max_len, c.overlong_buffer, c.overlong_penalty)
+        })?; // [B]
+        let g = c.num_generations as i64;
+        let scale = c.loss_type != GrpoLoss::DrGrpo;
+        let (adv, group_std) = group_advantages(&rewards, g, scale); // [B], [P]
+        let (advantages, mask) = if c.dynamic_sampling {
+            let keep = group_std
+                .gt(0.0)
+                .to_kind(Kind::Float)
+                .repeat_interleave_self_int(g, 0, None); // [B]
+            (&adv * &keep, &rollout.seqs.mask * keep.unsqueeze(1)) // [B], [B, N]
+        } else {
+            (adv, rollout.seqs.mask.shallow_clone())
+        };
+        let ref_logp = self.core.reference_logprobs(&rollout, c.temperature); // [B, N]
+        Ok(GroupBatch {
+            rollout,
+            rewards,
+            advantages,
+            mask,
+            ref_logp,
+            group_std,
+        })
+    }
+}
+
+impl Policy for GrpoAgent {
+    fn sample(&self, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> Result<Generation> {
+        self.core.actor.sample(prompts, cfg)
+    }
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.core.actor.tokenizer
+    }
+}
+
+impl Agent for GrpoAgent {
+    fn name(&self) -> &'static str {
+        "grpo"
+    }
+
+    fn update(&mut self, step: u64) -> Result<Metrics> {
+        let c = self.cfg.clone();
+        let max_len = self.core.max_new_tokens(c.max_new_tokens);
+        let sampling = SamplingConfig {
+            temperature: c.temperature,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens: max_len,
+        };
+        let rollout = self.core.collect(step, &sampling)?;
+        let batch = self.advantages(rollout, step)?;
+        let steps = Steps {
+            iterations: c.num_iterations,
+            minibatches: c.num_minibatches,
+            loss_type: c.loss_type,
+            eps: (c.epsilon, c.eps_high()),
+            beta: c.beta,
+            max_len: max_len as i64,
+            learning_rate: c.learning_rate,
+            max_grad_norm: c.max_grad_norm,
+            temperature: c.temperature,
+        };
+        let st = self.core.optimise(&batch, &steps, step)?;
+        self.core
+            .finish(&batch, &st, c.num_iterations, c.learning_rate, step)
+    }
+
+    fn policy(&self) -> &LmPolicy {
+        &self.core.actor
+    }
+    fn budget(&self) -> Budget {
+        self.core.budget
+    }
+    fn proxy_reward(&self) -> Option<&dyn RewardFn> {
+        Some(self.core.proxy_reward())
+    }
+}
+
+impl Resumable for GrpoAgent {
+    fn save_state(&self, dir: &Path) -> Result<()> {
+        self.core.save_state(dir, "grpo_state")
+    }
+    fn load_state(&mut self, dir: &Path) -> Result<()> {
+        self.core.load_state(dir, "grpo_state")
     }
 }
 

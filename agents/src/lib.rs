@@ -3,7 +3,7 @@
 //! The learning side of aligngym, on libtorch: the byte-level BPE [`tokenizer::Tokenizer`], the
 //! GPT-2-style [`model::Gpt`] with value and reward heads, batched KV-cache [`sampling`], SFT,
 //! checkpoints, the pure [`losses`], and the agents ([`ppo::PpoAgent`], [`grpo::GrpoAgent`],
-//! [`dpo::DpoAgent`]) with the
+//! [`rloo::RlooAgent`], [`dpo::DpoAgent`]) with the
 //! learned [`reward_model::RewardModel`].
 
 pub mod agent;
@@ -23,6 +23,7 @@ pub mod policy;
 pub mod ppo;
 pub mod preferences;
 pub mod reward_model;
+pub mod rloo;
 pub mod rollout;
 pub mod sampling;
 pub mod sft;
@@ -38,6 +39,7 @@ pub use model::{Activation, Family, Gpt, GptConfig};
 pub use policy::{ActorCritic, LmPolicy, Policy};
 pub use ppo::{CriticKind, PpoAgent, PpoConfig, RewardSignal};
 pub use reward_model::{RewardModel, RmConfig, RmReport};
+pub use rloo::{RlooAgent, RlooConfig};
 pub use tokenizer::Tokenizer;
 
 #[cfg(test)]
