@@ -49,6 +49,15 @@ impl AgentError {
             source,
         }
     }
+    /// `Ok` when `v` is finite and > 0, else a bad config field (learning rates, temperatures,
+    /// clip ranges, norms: the values every agent's `validate` checks).
+    pub fn positive(field: &str, v: f64) -> Result<()> {
+        if v > 0.0 && v.is_finite() {
+            Ok(())
+        } else {
+            Err(AgentError::config(field, "expected a finite value > 0"))
+        }
+    }
     /// A bad config field.
     pub fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {
         AgentError::Config {

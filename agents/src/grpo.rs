@@ -115,13 +115,7 @@ impl Default for GrpoConfig {
 impl GrpoConfig {
     /// Check the ranges.
     pub fn validate(&self) -> Result<()> {
-        let pos = |f: &str, v: f64| {
-            if v > 0.0 && v.is_finite() {
-                Ok(())
-            } else {
-                Err(AgentError::config(f, "expected a finite value > 0"))
-            }
-        };
+        let pos = AgentError::positive;
         pos("learning_rate", self.learning_rate)?;
         pos("temperature", self.temperature)?;
         pos("epsilon", self.epsilon)?;
