@@ -107,6 +107,7 @@ const METRICS: &str = "metrics.csv";
 fn committed(dir: &Path) -> Result<Option<RunnerState>> {
     let state = dir.join(STATE);
     fsio::recover(&state)?;
+    fsio::remove_stale_temporaries(dir);
     let path = state.join(RUNNER);
     if !path.exists() {
         return Ok(None);

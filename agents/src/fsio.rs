@@ -56,6 +56,24 @@ pub fn sync_tree(dir: &Path) -> Result<()> {
     sync_dir(dir)
 }
 
+/// Remove the temporaries of [`write_atomic`] (`.NAME.tmp-PID`) that a killed process left in
+/// `dir`; nothing else is touched.
+pub fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with('.')
+            && name
+                .rsplit_once(".tmp-")
+                .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        if ours && e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Write `bytes` to `path` durably: a temporary sibling, fsync, rename, fsync of the folder. On
 /// failure the temporary is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -147,4 +165,58 @@ pub fn recover(target: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(&old);
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(p: &Path) -> String {
+        std::fs::read_to_string(p).unwrap()
+    }
+
+    #[test]
+    fn an_interrupted_swap_is_finished_and_only_our_temporaries_go() {
+        let d = std::env::temp_dir().join(format!("aligngym-fsio-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let target = d.join("state");
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::write(target.join("a"), "old").unwrap();
+        // A kill between the two renames of a commit: the new version staged, the old one aside.
+        let tmp = sibling(&target, ".tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::write(tmp.join("a"), "new").unwrap();
+        std::fs::rename(&target, sibling(&target, ".old")).unwrap();
+        recover(&target).unwrap();
+        assert_eq!(read(&target.join("a")), "new");
+        assert!(!tmp.exists() && !sibling(&target, ".old").exists());
+        // A version staged and dropped (an error on the way) leaves the target as it was.
+        {
+            let s = Staged::for_dir(&target).unwrap();
+            std::fs::write(s.path().join("a"), "half").unwrap();
+        }
+        assert_eq!(read(&target.join("a")), "new");
+        assert!(!tmp.exists());
+        // A committed one replaces it.
+        let s = Staged::for_dir(&target).unwrap();
+        std::fs::write(s.path().join("a"), "next").unwrap();
+        s.commit().unwrap();
+        assert_eq!(read(&target.join("a")), "next");
+        // Stale temporaries of write_atomic go; files that only look alike stay.
+        write_atomic(&d.join("metrics.csv"), b"x").unwrap();
+        for name in [".metrics.csv.tmp-123", ".notes.tmp-abc", "notes.tmp-1"] {
+            std::fs::write(d.join(name), "").unwrap();
+        }
+        remove_stale_temporaries(&d);
+        let mut left: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [".notes.tmp-abc", "metrics.csv", "notes.tmp-1", "state"]
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }
