@@ -481,6 +481,12 @@ fn bad_input_gets_one_line_and_a_nonzero_exit() {
         ),
         "non-finite `loss/dpo` at step 2",
     );
+    // Nothing non-finite reached the run's CSV.
+    let csv = std::fs::read_to_string(nan.join("metrics.csv")).unwrap();
+    assert!(
+        !csv.to_lowercase().contains("nan") && !csv.contains("inf"),
+        "{csv}"
+    );
     run(&[
         "sample",
         "--policy",

@@ -573,6 +573,57 @@ fn non_finite_weights_are_refused_and_usage_errors_exit_2() {
         &needle,
     );
     assert!(!out.exists());
+    // A config.json describing a model this machine cannot hold: refused with its parameter
+    // count before anything is allocated.
+    let huge = root().join("huge");
+    std::fs::create_dir_all(&huge).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(policy.join("config.json")).unwrap())
+            .unwrap();
+    cfg["n_embd"] = 1_048_576.into();
+    cfg["n_layer"] = 4096.into();
+    cfg["n_head"] = 16.into();
+    std::fs::write(huge.join("config.json"), cfg.to_string()).unwrap();
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+    ] {
+        std::fs::copy(policy.join(f), huge.join(f)).unwrap();
+    }
+    let h = huge.to_str().unwrap();
+    fails_with(
+        1,
+        &[
+            "sample", "--policy", h, "--prompt", "1+1=", "--device", "cpu",
+        ],
+        "parameters (",
+    );
+    // A reward model on 2 pairs holds none out: no held-out accuracy, and the command says why.
+    let two = root().join("two-pairs.jsonl");
+    std::fs::write(
+        &two,
+        "{\"prompt\":\"1+1=\",\"chosen\":\"2\",\"rejected\":\"3\"}\n{\"prompt\":\"2+2=\",\"chosen\":\"4\",\"rejected\":\"5\"}\n",
+    )
+    .unwrap();
+    let rm = root().join("rm-two");
+    let out = bin()
+        .args(["train-rm", "--prefs", two.to_str().unwrap(), "--init", p])
+        .args(["--out", rm.to_str().unwrap(), "--device", "cpu"])
+        .args(["--set", "epochs=1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("held-out none (no pair held out"));
+    let report = std::fs::read_to_string(rm.join("rm_report.json")).unwrap();
+    assert!(
+        !report.contains("heldout_accuracy") && !report.contains("NaN"),
+        "{report}"
+    );
     // Usage errors (a bad value on the command line) exit 2; runtime errors exit 1.
     let o = root().join("usage").to_str().unwrap().to_string();
     fails_with(
