@@ -452,35 +452,11 @@ pub fn run_bench(
         3.0 * (b * sft_t) as f64 * fpt(sft_t),
     );
 
-    // W3: PPO iterations through the real agent.
-    let mut agent = fx.ppo_agent()?;
-    let mut step = 0u64;
-    let mut flops_before = agent.budget().flops;
-    let mut flops_per_iter = 0.0;
-    let s = median_secs(repeats.min(5), device, || {
-        agent.update(step)?;
-        step += 1;
-        let f = agent.budget().flops;
-        flops_per_iter = f - flops_before;
-        flops_before = f;
-        Ok(())
-    })?;
-    push("W3 PPO iteration", "iterations/s", 1.0, s, flops_per_iter);
-
-    // W5: GRPO iterations through the real agent.
-    let mut agent = fx.grpo_agent()?;
-    let mut step = 0u64;
-    let mut flops_before = agent.budget().flops;
-    let mut flops_per_iter = 0.0;
-    let s = median_secs(repeats.min(5), device, || {
-        agent.update(step)?;
-        step += 1;
-        let f = agent.budget().flops;
-        flops_per_iter = f - flops_before;
-        flops_before = f;
-        Ok(())
-    })?;
-    push("W5 GRPO iteration", "iterations/s", 1.0, s, flops_per_iter);
+    // W3 and W5: PPO and GRPO iterations through the real agents.
+    let (s, flops) = time_updates(&mut fx.ppo_agent()?, repeats.min(5), device)?;
+    push("W3 PPO iteration", "iterations/s", 1.0, s, flops);
+    let (s, flops) = time_updates(&mut fx.grpo_agent()?, repeats.min(5), device)?;
+    push("W5 GRPO iteration", "iterations/s", 1.0, s, flops);
 
     Ok(BenchReport {
         size: format!("{size:?}").to_lowercase(),
@@ -490,6 +466,23 @@ pub fn run_bench(
         matmul_gflops: peak,
         rows,
     })
+}
+
+/// The median seconds of an agent's update over `repeats` (after a warm-up) and the FLOPs one
+/// update adds to its budget.
+fn time_updates(agent: &mut dyn Agent, repeats: usize, device: Device) -> Result<(f64, f64)> {
+    let mut step = 0u64;
+    let mut flops_before = agent.budget().flops;
+    let mut flops_per_update = 0.0;
+    let s = median_secs(repeats, device, || {
+        agent.update(step)?;
+        step += 1;
+        let f = agent.budget().flops;
+        flops_per_update = f - flops_before;
+        flops_before = f;
+        Ok(())
+    })?;
+    Ok((s, flops_per_update))
 }
 
 /// The report as a table.
