@@ -442,13 +442,14 @@ impl SmallDisk {
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
             .arg(dir)
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            eprintln!(
-                "skipped: cannot mount a tmpfs ({})",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            .output();
+        let why = match &out {
+            Ok(o) if o.status.success() => None,
+            Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            Err(e) => Some(format!("mount: {e}")),
+        };
+        if let Some(why) = why {
+            eprintln!("skipped: cannot mount a tmpfs ({why})");
             return None;
         }
         Some(Self(dir.to_path_buf()))
