@@ -107,7 +107,7 @@ const METRICS: &str = "metrics.csv";
 fn committed(dir: &Path) -> Result<Option<RunnerState>> {
     let state = dir.join(STATE);
     fsio::recover(&state)?;
-    fsio::remove_stale_temporaries(dir);
+    fsio::remove_stale_temporaries(dir, &[METRICS, "config.json", "done"]);
     let path = state.join(RUNNER);
     if !path.exists() {
         return Ok(None);

@@ -14,6 +14,12 @@ pub fn parent_of(path: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
+/// Suffixes of aligngym's staging names: distinctive, so that what [`Staged`], [`recover`] and
+/// [`remove_stale_temporaries`] delete or rename is only ever something aligngym made, never a
+/// user's `.model.tmp` beside an `--out model`.
+const TMP: &str = ".aligngym-tmp";
+const OLD: &str = ".aligngym-old";
+
 /// `path`'s sibling `.{name}{suffix}`: hidden, in the same folder (so a rename never crosses a
 /// file system).
 pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -56,18 +62,18 @@ pub fn sync_tree(dir: &Path) -> Result<()> {
     sync_dir(dir)
 }
 
-/// Remove the temporaries of [`write_atomic`] (`.NAME.tmp-PID`) that a killed process left in
-/// `dir`; nothing else is touched.
-pub fn remove_stale_temporaries(dir: &Path) {
+/// Remove the temporaries of [`write_atomic`] for `names` in `dir` (`.NAME.aligngym-tmp-PID`)
+/// that a killed process left behind; nothing else is touched.
+pub fn remove_stale_temporaries(dir: &Path, names: &[&str]) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let ours = name.starts_with('.')
-            && name
-                .rsplit_once(".tmp-")
-                .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        let file = e.file_name().to_string_lossy().into_owned();
+        let ours = names.iter().any(|n| {
+            file.strip_prefix(&format!(".{n}{TMP}-"))
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        });
         if ours && e.file_type().is_ok_and(|t| t.is_file()) {
             let _ = std::fs::remove_file(e.path());
         }
@@ -77,7 +83,7 @@ pub fn remove_stale_temporaries(dir: &Path) {
 /// Write `bytes` to `path` durably: a temporary sibling, fsync, rename, fsync of the folder. On
 /// failure the temporary is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = sibling(path, &format!(".tmp-{}", std::process::id()));
+    let tmp = sibling(path, &format!("{TMP}-{}", std::process::id()));
     let written = std::fs::File::create(&tmp)
         .and_then(|mut f| {
             f.write_all(bytes)?;
@@ -112,11 +118,11 @@ impl Staged {
         })
     }
 
-    /// Stage a new version of `target` in its sibling `.{name}.tmp` (a fixed name, so that
+    /// Stage a new version of `target` in its sibling `.{name}.aligngym-tmp` (a fixed name, so that
     /// [`recover`] can finish a swap a kill interrupted; an earlier one is finished first).
     pub fn for_dir(target: &Path) -> Result<Self> {
         recover(target)?;
-        Self::new(target, sibling(target, ".tmp"))
+        Self::new(target, sibling(target, TMP))
     }
 
     /// Where to write the new version's files.
@@ -130,7 +136,7 @@ impl Staged {
     /// resolves in favour of the new one.
     pub fn commit(mut self) -> Result<()> {
         sync_tree(&self.tmp)?;
-        let old = sibling(&self.target, ".old");
+        let old = sibling(&self.target, OLD);
         let _ = std::fs::remove_dir_all(&old);
         if self.target.exists() {
             std::fs::rename(&self.target, &old).map_err(|e| AgentError::io(&self.target, e))?;
@@ -155,8 +161,8 @@ impl Drop for Staged {
 /// the target missing and its old version aside, the staged version is complete (it is renamed
 /// aside only after that) and becomes the target; leftovers of a finished swap are removed.
 pub fn recover(target: &Path) -> Result<()> {
-    let tmp = sibling(target, ".tmp");
-    let old = sibling(target, ".old");
+    let tmp = sibling(target, TMP);
+    let old = sibling(target, OLD);
     if !target.exists() && old.exists() {
         let from = if tmp.exists() { &tmp } else { &old };
         std::fs::rename(from, target).map_err(|e| AgentError::io(target, e))?;
@@ -183,13 +189,13 @@ mod tests {
         std::fs::create_dir_all(&target).unwrap();
         std::fs::write(target.join("a"), "old").unwrap();
         // A kill between the two renames of a commit: the new version staged, the old one aside.
-        let tmp = sibling(&target, ".tmp");
+        let tmp = sibling(&target, TMP);
         std::fs::create_dir_all(&tmp).unwrap();
         std::fs::write(tmp.join("a"), "new").unwrap();
-        std::fs::rename(&target, sibling(&target, ".old")).unwrap();
+        std::fs::rename(&target, sibling(&target, OLD)).unwrap();
         recover(&target).unwrap();
         assert_eq!(read(&target.join("a")), "new");
-        assert!(!tmp.exists() && !sibling(&target, ".old").exists());
+        assert!(!tmp.exists() && !sibling(&target, OLD).exists());
         // A version staged and dropped (an error on the way) leaves the target as it was.
         {
             let s = Staged::for_dir(&target).unwrap();
@@ -202,12 +208,29 @@ mod tests {
         std::fs::write(s.path().join("a"), "next").unwrap();
         s.commit().unwrap();
         assert_eq!(read(&target.join("a")), "next");
-        // Stale temporaries of write_atomic go; files that only look alike stay.
+        // A user's folders that merely look like staging names are neither removed nor renamed.
+        let users = d.join("model");
+        for suffix in [".tmp", ".old"] {
+            std::fs::create_dir_all(sibling(&users, suffix)).unwrap();
+        }
+        recover(&users).unwrap();
+        assert!(!users.exists());
+        assert!(sibling(&users, ".tmp").exists() && sibling(&users, ".old").exists());
+        for suffix in [".tmp", ".old"] {
+            std::fs::remove_dir_all(sibling(&users, suffix)).unwrap();
+        }
+        // Stale temporaries of write_atomic for the named files go; anything else stays.
         write_atomic(&d.join("metrics.csv"), b"x").unwrap();
-        for name in [".metrics.csv.tmp-123", ".notes.tmp-abc", "notes.tmp-1"] {
+        let names = [
+            ".metrics.csv.aligngym-tmp-123",
+            ".notes.aligngym-tmp-7",
+            ".metrics.csv.tmp-123",
+            "notes.tmp-1",
+        ];
+        for name in names {
             std::fs::write(d.join(name), "").unwrap();
         }
-        remove_stale_temporaries(&d);
+        remove_stale_temporaries(&d, &["metrics.csv"]);
         let mut left: Vec<String> = std::fs::read_dir(&d)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -215,7 +238,13 @@ mod tests {
         left.sort();
         assert_eq!(
             left,
-            [".notes.tmp-abc", "metrics.csv", "notes.tmp-1", "state"]
+            [
+                ".metrics.csv.tmp-123",
+                ".notes.aligngym-tmp-7",
+                "metrics.csv",
+                "notes.tmp-1",
+                "state"
+            ]
         );
         std::fs::remove_dir_all(&d).unwrap();
     }

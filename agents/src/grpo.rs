@@ -288,26 +288,38 @@ pub(crate) struct GroupBatch {
 
 /// How the clipped steps run.
 pub(crate) struct Steps {
+    /// Passes over the batch.
     pub iterations: usize,
+    /// Gradient steps per pass (each over whole groups).
     pub minibatches: usize,
+    /// How the per-token losses are reduced.
     pub loss_type: GrpoLoss,
+    /// (ε_low, ε_high) of the ratio clip.
     pub eps: (f64, f64),
     /// Weight of the k3 KL loss term (its reference log-probs in the batch).
     pub beta: f64,
     /// Dr. GRPO's constant per row.
     pub max_len: i64,
+    /// Adam learning rate.
     pub learning_rate: f64,
+    /// Gradient-norm clip.
     pub max_grad_norm: f64,
+    /// Temperature of the recomputed log-probs (the sampling one).
     pub temperature: f64,
 }
 
 /// Means over the minibatches of one update.
 pub(crate) struct StepStats {
+    /// The loss minimised.
     pub loss: f64,
+    /// Fraction of tokens clipped below / above.
     pub clip_low: f64,
     pub clip_high: f64,
+    /// Mean k3 KL of the loss term (0 without one).
     pub kl: f64,
+    /// Mean per-token entropy.
     pub entropy: f64,
+    /// Gradient norm before clipping.
     pub grad_norm: f64,
 }
 
