@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod plot;
 pub mod report;
 pub mod runner;
+pub mod slurm;
 pub mod spec;
 pub mod sweep;

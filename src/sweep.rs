@@ -341,6 +341,14 @@ pub fn shard(runs: Vec<RunSpec>, i: usize, n: usize) -> Vec<RunSpec> {
         .collect()
 }
 
+/// A stage's input as stage keys name it: by its place in the sweep folder when it is inside, so
+/// a folder keeps its stages however it is reached (a relative `--out`, an absolute one in a Slurm
+/// job, a moved folder).
+fn in_sweep(out: &Path, p: &Path) -> String {
+    p.strip_prefix(out)
+        .map_or_else(|_| p.display().to_string(), |r| r.display().to_string())
+}
+
 /// FNV-1a of a stage's config: stages with equal configs share a folder.
 fn key(v: &impl Serialize) -> String {
     let s = serde_json::to_string(v).unwrap_or_default();
@@ -352,6 +360,117 @@ fn key(v: &impl Serialize) -> String {
     format!("{h:016x}")[..10].to_string()
 }
 
+/// A shared stage of a sweep, built once and used by many runs: the unit of a Slurm stage job.
+/// Written `sft:ENV`, `prefs:ENV` or `rm:ENV:PREFS`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// The SFT policy of an env (none when the sweep names a `policy`).
+    Sft {
+        /// Env id.
+        env: String,
+    },
+    /// Every preference set of an env (sampled ones, then mixes).
+    Prefs {
+        /// Env id.
+        env: String,
+    },
+    /// The reward model trained on one preference set of an env.
+    Rm {
+        /// Env id.
+        env: String,
+        /// The preference set's name.
+        prefs: String,
+    },
+}
+
+impl Stage {
+    /// The env the stage belongs to.
+    pub fn env(&self) -> &str {
+        match self {
+            Stage::Sft { env } | Stage::Prefs { env } | Stage::Rm { env, .. } => env,
+        }
+    }
+
+    /// Whether `self` reads what `other` builds (SFT before preferences before reward models).
+    pub fn needs(&self, other: &Stage) -> bool {
+        let rank = |s: &Stage| match s {
+            Stage::Sft { .. } => 0,
+            Stage::Prefs { .. } => 1,
+            Stage::Rm { .. } => 2,
+        };
+        self.env() == other.env() && rank(other) < rank(self) && rank(other) < 2
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stage::Sft { env } => write!(f, "sft:{env}"),
+            Stage::Prefs { env } => write!(f, "prefs:{env}"),
+            Stage::Rm { env, prefs } => write!(f, "rm:{env}:{prefs}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Stage {
+    type Err = AgentError;
+    fn from_str(t: &str) -> Result<Self> {
+        let parts: Vec<&str> = t.split(':').collect();
+        let env = |e: &str| e.to_string();
+        match parts.as_slice() {
+            ["sft", e] => Ok(Stage::Sft { env: env(e) }),
+            ["prefs", e] => Ok(Stage::Prefs { env: env(e) }),
+            ["rm", e, p] => Ok(Stage::Rm {
+                env: env(e),
+                prefs: p.to_string(),
+            }),
+            _ => Err(AgentError::config(
+                "--stage",
+                format!("`{t}`: expected sft:ENV, prefs:ENV or rm:ENV:PREFS"),
+            )),
+        }
+    }
+}
+
+impl SweepSpec {
+    /// The shared stages, each after those it needs.
+    pub fn stages(&self) -> Vec<Stage> {
+        let mut out = Vec::new();
+        for env in &self.envs {
+            if self.policy.is_none() {
+                out.push(Stage::Sft { env: env.clone() });
+            }
+            out.push(Stage::Prefs { env: env.clone() });
+            let mut rms: Vec<&String> = self
+                .agents
+                .iter()
+                .filter(|a| a.reward == "rm")
+                .map(|a| &a.prefs)
+                .collect();
+            rms.sort();
+            rms.dedup();
+            out.extend(rms.into_iter().map(|p| Stage::Rm {
+                env: env.clone(),
+                prefs: p.clone(),
+            }));
+        }
+        out
+    }
+}
+
+/// What one invocation of a sweep does.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Part {
+    /// Stages, then the runs (the shard's, when sharded), then `runs.csv` and `metrics.csv`.
+    #[default]
+    All,
+    /// Build one stage; the stages it needs must be built already.
+    Stage(Stage),
+    /// One run, by its index in [`SweepSpec::runs`]; its stages must be built already. Writes
+    /// only the run's own files (no CSVs), so array tasks never write the same file.
+    Run(usize),
+}
+
 /// How a sweep is executed.
 #[derive(Debug, Clone)]
 pub struct SweepOptions {
@@ -361,14 +480,60 @@ pub struct SweepOptions {
     pub shard: Option<(usize, usize)>,
     /// Device argument passed to every stage and run.
     pub device: aligngym_agents::DeviceChoice,
+    /// libtorch threads of each run; `None`: 1 when `jobs` > 1, else libtorch's default.
+    pub threads: Option<i32>,
+    /// What to do.
+    pub part: Part,
     /// No progress bars.
     pub quiet: bool,
+}
+
+/// Whether a stage is built here, must already be built, or is not needed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Build,
+    Require,
+    Skip,
 }
 
 /// The shared stages of one env.
 struct EnvStages {
     sft: PathBuf,
     prefs: BTreeMap<String, (PathBuf, u64)>,
+    /// Preference set name → its reward model.
+    rms: BTreeMap<String, PathBuf>,
+}
+
+/// A stage's output is missing where it must already be built.
+fn not_built(stage: &Stage, path: &Path) -> AgentError {
+    AgentError::Data(format!(
+        "stage {stage} is not built ({}): build it first (`aligngym sweep DIR --stage {stage}`, or a plain `aligngym sweep`)",
+        path.display()
+    ))
+}
+
+/// Build a stage's output at `done` (its completion marker) with `build`, under the stage's
+/// lock, unless it is there: concurrent sweeps (shards, Slurm jobs re-submitted while the first
+/// still runs) build it once, and a killed builder's lock dies with it.
+fn build_once(
+    out: &Path,
+    stage: &Stage,
+    mode: Mode,
+    done: &Path,
+    build: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    if done.exists() {
+        return Ok(());
+    }
+    if mode != Mode::Build {
+        return Err(not_built(stage, done));
+    }
+    let _lock =
+        aligngym_agents::fsio::Lock::exclusive(&out.join("stages").join(format!(".{stage}.lock")))?;
+    if done.exists() {
+        return Ok(());
+    }
+    build()
 }
 
 fn stage_sft(
@@ -377,6 +542,7 @@ fn stage_sft(
     out: &Path,
     dev: tch::Device,
     quiet: bool,
+    mode: Mode,
 ) -> Result<PathBuf> {
     if let Some(p) = &spec.policy {
         return Ok(p.clone());
@@ -395,10 +561,11 @@ fn stage_sft(
     let dir = out
         .join("stages")
         .join(format!("sft-{env}-{}", key(&(env, &cfg, "tiny"))));
-    if !dir.join("model.safetensors").exists() {
+    let stage = Stage::Sft { env: env.into() };
+    build_once(out, &stage, mode, &dir.join("model.safetensors"), || {
         let corpus = t.corpus(cfg.corpus_size, 0);
-        commands::run_sft(&corpus, ModelSize::Tiny, &cfg, 0, dev, &dir, quiet)?;
-    }
+        commands::run_sft(&corpus, ModelSize::Tiny, &cfg, 0, dev, &dir, quiet).map(|_| ())
+    })?;
     Ok(dir)
 }
 
@@ -408,8 +575,10 @@ fn stage_prefs(
     sft: &Path,
     out: &Path,
     dev: tch::Device,
+    mode: Mode,
 ) -> Result<BTreeMap<String, (PathBuf, u64)>> {
     let t = task(env)?;
+    let stage = Stage::Prefs { env: env.into() };
     let mut done: BTreeMap<String, (PathBuf, u64)> = BTreeMap::new();
     let scaled = |n: usize| ((n as f64 * spec.scale).round() as usize).max(2);
     for p in spec.prefs.iter().filter(|p| p.mix.is_empty()) {
@@ -420,7 +589,7 @@ fn stage_prefs(
         };
         let k = key(&(
             env,
-            gen_path.display().to_string(),
+            in_sweep(out, &gen_path),
             p.temperature,
             scaled(p.pairs),
             p.flip_rate,
@@ -428,8 +597,9 @@ fn stage_prefs(
         let path = out
             .join("stages")
             .join(format!("prefs-{env}-{}-{k}.jsonl", p.name));
+        // The query count is written after the pairs: it marks a finished set.
         let meta = path.with_extension("queries");
-        if !path.exists() || !meta.exists() {
+        build_once(out, &stage, mode, &meta, || {
             let g = LmPolicy::load(&gen_path, dev)?;
             let sampling = SamplingConfig {
                 temperature: p.temperature,
@@ -452,8 +622,8 @@ fn stage_prefs(
                 0,
             )?;
             write_pairs(&path, &pairs)?;
-            commands::write_atomic(&meta, &q.to_string())?;
-        }
+            commands::write_atomic(&meta, &q.to_string())
+        })?;
         let q: u64 = std::fs::read_to_string(&meta)
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -477,14 +647,16 @@ fn stage_prefs(
             q += sq * take as u64 / pairs.len().max(1) as u64;
             all.extend(pairs.into_iter().take(take));
         }
-        if !path.exists() {
+        build_once(out, &stage, mode, &path, || {
             write_pairs(&path, &all)?;
-        }
+            Ok(())
+        })?;
         done.insert(p.name.clone(), (path, q));
     }
     Ok(done)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn stage_rm(
     env: &str,
     prefs_name: &str,
@@ -493,19 +665,82 @@ fn stage_rm(
     out: &Path,
     dev: tch::Device,
     quiet: bool,
+    mode: Mode,
 ) -> Result<PathBuf> {
     let cfg = RmConfig::default();
     let dir = out.join("stages").join(format!(
         "rm-{env}-{prefs_name}-{}",
-        key(&(prefs.0.display().to_string(), &cfg))
+        key(&(in_sweep(out, &prefs.0), &cfg))
     ));
+    let stage = Stage::Rm {
+        env: env.into(),
+        prefs: prefs_name.into(),
+    };
     // The report is written after the model: its presence marks a finished stage.
-    if !dir.join("rm_report.json").exists() {
+    build_once(out, &stage, mode, &dir.join("rm_report.json"), || {
         let pairs = read_pairs(&prefs.0)?;
         let init = LmPolicy::load(sft, dev)?;
-        commands::train_rm(&init, &pairs, &cfg, 0, &dir, quiet)?;
-    }
+        commands::train_rm(&init, &pairs, &cfg, 0, &dir, quiet).map(|_| ())
+    })?;
     Ok(dir)
+}
+
+/// The stages of one env, each built, required or skipped as `mode` says; `None` when the
+/// stages stop at `last` (a stage job needs nothing after its own).
+fn env_stages(
+    spec: &SweepSpec,
+    env: &str,
+    out: &Path,
+    dev: tch::Device,
+    quiet: bool,
+    mode: &dyn Fn(&Stage) -> Mode,
+    last: Option<&Stage>,
+) -> Result<Option<EnvStages>> {
+    let sft_stage = Stage::Sft { env: env.into() };
+    let sft = stage_sft(spec, env, out, dev, quiet, mode(&sft_stage))?;
+    if last == Some(&sft_stage) {
+        return Ok(None);
+    }
+    let prefs_stage = Stage::Prefs { env: env.into() };
+    let prefs = stage_prefs(spec, env, &sft, out, dev, mode(&prefs_stage))?;
+    if last == Some(&prefs_stage) {
+        return Ok(None);
+    }
+    let mut rms = BTreeMap::new();
+    for s in spec.stages() {
+        if let Stage::Rm { env: e, prefs: p } = &s {
+            if e != env || mode(&s) == Mode::Skip {
+                continue;
+            }
+            let dir = stage_rm(env, p, &prefs[p], &sft, out, dev, quiet, mode(&s))?;
+            rms.insert(p.clone(), dir);
+            if last == Some(&s) {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(EnvStages { sft, prefs, rms }))
+}
+
+/// Whether a stage's output is complete in `out` (with the stages it needs).
+pub fn stage_built(spec: &SweepSpec, out: &Path, stage: &Stage) -> bool {
+    let mode = |s: &Stage| {
+        if s == stage || stage.needs(s) {
+            Mode::Require
+        } else {
+            Mode::Skip
+        }
+    };
+    env_stages(
+        spec,
+        stage.env(),
+        out,
+        tch::Device::Cpu,
+        true,
+        &mode,
+        Some(stage),
+    )
+    .is_ok()
 }
 
 /// The `aligngym train` arguments of a run.
@@ -513,7 +748,6 @@ fn train_args(
     spec: &SweepSpec,
     r: &RunSpec,
     stages: &EnvStages,
-    rm: Option<&Path>,
     dir: &Path,
     opts: &SweepOptions,
 ) -> Vec<String> {
@@ -538,6 +772,11 @@ fn train_args(
         "--quiet".into(),
     ]);
     let (prefs_path, queries) = &stages.prefs[&r.agent.prefs];
+    let rm = if r.agent.reward == "rm" {
+        stages.rms.get(&r.agent.prefs)
+    } else {
+        None
+    };
     match (r.agent.agent, rm) {
         (crate::spec::AgentKind::Dpo, _) => {
             a.extend([
@@ -577,87 +816,160 @@ fn train_args(
     for (k, v) in r.agent.set.iter().chain(r.point.iter()) {
         a.extend(["--set".into(), format!("{k}={}", value_str(v))]);
     }
-    if opts.jobs > 1 {
-        a.extend(["--threads".into(), "1".into()]);
-    }
+    a.extend(threads_arg(opts));
     a
 }
 
-/// Execute (the shard of) a sweep into `out`; returns how many runs were executed now.
+fn threads_arg(opts: &SweepOptions) -> Vec<String> {
+    match opts.threads {
+        Some(n) => vec!["--threads".into(), n.to_string()],
+        None if opts.jobs > 1 => vec!["--threads".into(), "1".into()],
+        None => vec![],
+    }
+}
+
+/// Where a sweep keeps a run's lock, log and failure record (beside its folder, so that a run
+/// started over, which replaces the folder, keeps them).
+pub fn run_file(out: &Path, id: &str, what: RunFile) -> PathBuf {
+    let runs = out.join("runs");
+    match what {
+        RunFile::Dir => runs.join(id),
+        RunFile::Lock => runs.join(format!(".{id}.lock")),
+        RunFile::Log => runs.join(format!("{id}.log")),
+        RunFile::Failed => runs.join(format!("{id}.failed")),
+    }
+}
+
+/// The files of a sweep's run, for [`run_file`].
+#[derive(Debug, Clone, Copy)]
+pub enum RunFile {
+    /// The run folder (`train --out`); finished when it holds `done`.
+    Dir,
+    /// Held while a process runs it.
+    Lock,
+    /// The run's output (`train`'s stdout and stderr).
+    Log,
+    /// Written when the run's last attempt failed (its exit status); removed when it starts again.
+    Failed,
+}
+
+/// Execute (the part of) a sweep into `out`; returns how many runs were executed now.
 pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<usize> {
     std::fs::create_dir_all(out.join("runs")).map_err(|e| AgentError::io(out, e))?;
     std::fs::create_dir_all(out.join("stages")).map_err(|e| AgentError::io(out, e))?;
-    let json = serde_json::to_string_pretty(spec).map_err(|e| AgentError::Data(e.to_string()))?;
-    commands::write_atomic(&out.join("sweep.json"), &json)?;
+    if opts.part == Part::All {
+        let json =
+            serde_json::to_string_pretty(spec).map_err(|e| AgentError::Data(e.to_string()))?;
+        commands::write_atomic(&out.join("sweep.json"), &json)?;
+    }
     let dev = opts.device.resolve()?;
     let mut runs = spec.runs();
-    if let Some((i, n)) = opts.shard {
-        runs = shard(runs, i, n);
+    match &opts.part {
+        Part::All => {
+            if let Some((i, n)) = opts.shard {
+                runs = shard(runs, i, n);
+            }
+        }
+        Part::Run(k) => {
+            let n = runs.len();
+            runs = runs.into_iter().skip(*k).take(1).collect();
+            if runs.is_empty() {
+                return Err(AgentError::config(
+                    "--run-index",
+                    format!("{k}: the sweep has {n} runs (0 to {})", n.saturating_sub(1)),
+                ));
+            }
+        }
+        Part::Stage(stage) => {
+            if !spec.stages().contains(stage) {
+                return Err(AgentError::config(
+                    "--stage",
+                    format!(
+                        "`{stage}` is not a stage of this sweep; its stages are {}",
+                        spec.stages()
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            let mode = |s: &Stage| {
+                if s == stage {
+                    Mode::Build
+                } else if stage.needs(s) {
+                    Mode::Require
+                } else {
+                    Mode::Skip
+                }
+            };
+            env_stages(spec, stage.env(), out, dev, opts.quiet, &mode, Some(stage))?;
+            return Ok(0);
+        }
     }
     // Stages, once per env, before any run.
+    let mode = |_: &Stage| match opts.part {
+        Part::All => Mode::Build,
+        _ => Mode::Require,
+    };
     let mut stages: BTreeMap<String, EnvStages> = BTreeMap::new();
-    let mut rms: BTreeMap<(String, String), PathBuf> = BTreeMap::new();
     for env in &spec.envs {
         if !runs.iter().any(|r| &r.env == env) {
             continue;
         }
-        let sft = stage_sft(spec, env, out, dev, opts.quiet)?;
-        let prefs = stage_prefs(spec, env, &sft, out, dev)?;
-        for a in spec.agents.iter().filter(|a| a.reward == "rm") {
-            if let std::collections::btree_map::Entry::Vacant(slot) =
-                rms.entry((env.clone(), a.prefs.clone()))
-            {
-                slot.insert(stage_rm(
-                    env,
-                    &a.prefs,
-                    &prefs[&a.prefs],
-                    &sft,
-                    out,
-                    dev,
-                    opts.quiet,
-                )?);
-            }
+        if let Some(st) = env_stages(spec, env, out, dev, opts.quiet, &mode, None)? {
+            stages.insert(env.clone(), st);
         }
-        stages.insert(env.clone(), EnvStages { sft, prefs });
     }
-    let todo: Vec<&RunSpec> = runs
-        .iter()
-        .filter(|r| !out.join("runs").join(&r.id).join("done").exists())
-        .collect();
+    let done = |r: &RunSpec| run_file(out, &r.id, RunFile::Dir).join("done").exists();
+    let todo: Vec<&RunSpec> = runs.iter().filter(|r| !done(r)).collect();
     let pb = commands::progress(todo.len() as u64, "runs", opts.quiet);
     let exe = std::env::current_exe().map_err(|e| AgentError::io("aligngym", e))?;
     let jobs = opts.jobs.max(1);
     let mut queue = todo.iter();
-    let mut running: Vec<(std::process::Child, PathBuf, String)> = Vec::new();
+    struct Running {
+        child: std::process::Child,
+        id: String,
+        _lock: aligngym_agents::fsio::Lock,
+    }
+    let mut running: Vec<Running> = Vec::new();
     let mut failures = Vec::new();
     let mut executed = 0;
     loop {
         while running.len() < jobs {
             let Some(r) = queue.next() else { break };
-            let dir = out.join("runs").join(&r.id);
-            let rm = if r.agent.reward == "rm" {
-                rms.get(&(r.env.clone(), r.agent.prefs.clone()))
-                    .map(|p| p.as_path())
-            } else {
-                None
+            // Another process (a shard, a Slurm task of an earlier submission) runs it: theirs.
+            let Some(lock) =
+                aligngym_agents::fsio::Lock::try_exclusive(&run_file(out, &r.id, RunFile::Lock))?
+            else {
+                eprintln!("run {} is being run by another process: left to it", r.id);
+                pb.inc(1);
+                continue;
             };
-            let st = &stages[&r.env];
+            if done(r) {
+                pb.inc(1);
+                continue;
+            }
+            let dir = run_file(out, &r.id, RunFile::Dir);
+            let _ = std::fs::remove_file(run_file(out, &r.id, RunFile::Failed));
             // A run with a record resumes (from its last commit, or from the start when killed
             // before one); a folder without one holds nothing to keep.
             let args: Vec<String> = if dir.join("config.json").exists() {
-                vec![
+                let mut a = vec![
                     "train".into(),
                     "--resume".into(),
                     dir.display().to_string(),
                     "--device".into(),
                     opts.device.to_string(),
                     "--quiet".into(),
-                ]
+                ];
+                a.extend(threads_arg(opts));
+                a
             } else {
                 let _ = std::fs::remove_dir_all(&dir);
-                train_args(spec, r, st, rm, &dir, opts)
+                train_args(spec, r, &stages[&r.env], &dir, opts)
             };
-            let log = std::fs::File::create(out.join("runs").join(format!("{}.log", r.id)))
+            let log = std::fs::File::create(run_file(out, &r.id, RunFile::Log))
                 .map_err(|e| AgentError::io(out, e))?;
             let mut cmd = Command::new(&exe);
             die_with_parent(&mut cmd);
@@ -667,7 +979,11 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
                 .stderr(log)
                 .spawn()
                 .map_err(|e| AgentError::io(&exe, e))?;
-            running.push((child, dir, r.id.clone()));
+            running.push(Running {
+                child,
+                id: r.id.clone(),
+                _lock: lock,
+            });
         }
         if running.is_empty() {
             break;
@@ -676,15 +992,22 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
         let mut k = 0;
         while k < running.len() {
             if let Some(status) = running[k]
-                .0
+                .child
                 .try_wait()
                 .map_err(|e| AgentError::io("child", e))?
             {
-                let (_, dir, id) = running.remove(k);
+                let Running { id, .. } = running.remove(k);
                 if status.success() {
-                    commands::write_atomic(&dir.join("done"), "")?;
+                    commands::write_atomic(
+                        &run_file(out, &id, RunFile::Dir).join("done"),
+                        "",
+                    )?;
                     executed += 1;
                 } else {
+                    commands::write_atomic(
+                        &run_file(out, &id, RunFile::Failed),
+                        &format!("{status}\n"),
+                    )?;
                     failures.push(id);
                 }
                 pb.inc(1);
@@ -694,7 +1017,9 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
         }
     }
     pb.finish_and_clear();
-    collect(spec, out)?;
+    if opts.part == Part::All {
+        collect(spec, out)?;
+    }
     if !failures.is_empty() {
         return Err(AgentError::Data(format!(
             "{} run(s) failed (see runs/<id>.log): {}",

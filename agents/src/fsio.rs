@@ -173,6 +173,48 @@ pub fn recover(target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// An exclusive lock on a file (`flock`): held until dropped, and released by the kernel when the
+/// process dies however it dies, so a kill never leaves a stale lock behind. The (empty) lock file
+/// stays: removing it while another process waits on it would let two hold "the" lock.
+#[derive(Debug)]
+pub struct Lock {
+    _file: std::fs::File,
+}
+
+impl Lock {
+    fn open(path: &Path) -> Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| AgentError::io(path, e))
+    }
+
+    /// Wait for the lock on `path` (created when missing).
+    pub fn exclusive(path: &Path) -> Result<Lock> {
+        let f = Self::open(path)?;
+        f.lock().map_err(|e| AgentError::io(path, e))?;
+        Ok(Lock { _file: f })
+    }
+
+    /// The lock on `path` if no one holds it now; `None` when another process (or another
+    /// handle in this one) does.
+    pub fn try_exclusive(path: &Path) -> Result<Option<Lock>> {
+        let f = Self::open(path)?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(Lock { _file: f })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(AgentError::io(path, e)),
+        }
+    }
+
+    /// Whether someone holds the lock on `path` now (a missing file: no one).
+    pub fn is_held(path: &Path) -> bool {
+        path.exists() && matches!(Self::try_exclusive(path), Ok(None))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +289,20 @@ mod tests {
             ]
         );
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_lock_excludes_until_dropped() {
+        let d = std::env::temp_dir().join(format!("aligngym-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join(".run.lock");
+        assert!(!Lock::is_held(&p));
+        let held = Lock::exclusive(&p).unwrap();
+        assert!(Lock::is_held(&p));
+        assert!(Lock::try_exclusive(&p).unwrap().is_none());
+        drop(held);
+        assert!(!Lock::is_held(&p));
+        assert!(Lock::try_exclusive(&p).unwrap().is_some());
+        let _ = std::fs::remove_dir_all(&d);
     }
 }
