@@ -362,7 +362,12 @@ pub struct SlurmArgs {
     #[arg(long, requires = "slurm", value_name = "K")]
     pub max_parallel: Option<usize>,
     /// One more `#SBATCH` line for every job, e.g. `--sbatch-arg=--mem=16G` (repeatable).
-    #[arg(long, requires = "slurm", value_name = "ARG", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        requires = "slurm",
+        value_name = "ARG",
+        allow_hyphen_values = true
+    )]
     pub sbatch_arg: Vec<String>,
 }
 
@@ -941,6 +946,19 @@ fn cmd_sweep(args: SweepArgs) -> Result<()> {
         }
         tch::set_num_threads(n);
     }
+    let slurm_opts = slurm.slurm.then(|| crate::slurm::SlurmOptions {
+        partition: slurm.partition,
+        gpus_per_run: slurm.gpus_per_run,
+        cpus_per_run: slurm.cpus_per_run,
+        time: slurm.time,
+        max_parallel: slurm.max_parallel,
+        sbatch_args: slurm.sbatch_arg,
+        dry_run: slurm.dry_run,
+        device,
+    });
+    if let Some(o) = &slurm_opts {
+        o.validate()?;
+    }
     let from_dir = spec.is_dir();
     if from_dir {
         if let Some(o) = &out {
@@ -1007,7 +1025,8 @@ fn cmd_sweep(args: SweepArgs) -> Result<()> {
         },
         params_of,
     );
-    if !(slurm.slurm && slurm.gpus_per_run > 0 && compute.dtype.is_none()) {
+    let on_gpu_nodes = slurm_opts.as_ref().is_some_and(|o| o.gpus_per_run > 0);
+    if !(on_gpu_nodes && compute.dtype.is_none()) {
         let d = compute.precision(device.resolve()?, params);
         for a in &mut s.agents {
             if compute.dtype.is_some() || !a.set.contains_key("run.dtype") {
@@ -1031,8 +1050,8 @@ fn cmd_sweep(args: SweepArgs) -> Result<()> {
         vec![("SPEC", &spec)]
     };
     commands::check_out(&out, &inputs, overwrite, |d| d.join("sweep.json").exists())?;
-    if slurm.slurm {
-        return submit_sweep(&s, &out, slurm, device);
+    if let Some(o) = slurm_opts {
+        return submit_sweep(&s, &out, &o);
     }
     let n = run_sweep(
         &s,
@@ -1055,18 +1074,8 @@ fn cmd_sweep(args: SweepArgs) -> Result<()> {
 }
 
 /// `aligngym sweep --slurm`.
-fn submit_sweep(s: &SweepSpec, out: &Path, a: SlurmArgs, device: DeviceChoice) -> Result<()> {
-    let o = crate::slurm::SlurmOptions {
-        partition: a.partition,
-        gpus_per_run: a.gpus_per_run,
-        cpus_per_run: a.cpus_per_run,
-        time: a.time,
-        max_parallel: a.max_parallel,
-        sbatch_args: a.sbatch_arg,
-        dry_run: a.dry_run,
-        device,
-    };
-    let sub = crate::slurm::submit(s, out, &o)?;
+fn submit_sweep(s: &SweepSpec, out: &Path, o: &crate::slurm::SlurmOptions) -> Result<()> {
+    let sub = crate::slurm::submit(s, out, o)?;
     let dir = commands::absolute(out)?;
     if sub.plan.is_empty() {
         println!(

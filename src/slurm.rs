@@ -116,7 +116,11 @@ impl SlurmOptions {
             return Err(AgentError::config("--max-parallel", "expected at least 1"));
         }
         if let Some(t) = &self.time {
-            if t.is_empty() || !t.chars().all(|c| c.is_ascii_digit() || c == ':' || c == '-') {
+            if t.is_empty()
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == ':' || c == '-')
+            {
                 return Err(AgentError::config(
                     "--time",
                     format!("`{t}`: expected Slurm's time format, e.g. 01:30:00 or 2-00:00:00"),
@@ -231,7 +235,9 @@ pub fn submit(spec: &SweepSpec, out: &Path, o: &SlurmOptions) -> Result<Submissi
     let todo: Vec<usize> = (0..runs.len())
         .filter(|&k| {
             let id = &runs[k].id;
-            !sweep::run_file(&out, id, RunFile::Dir).join("done").exists()
+            !sweep::run_file(&out, id, RunFile::Dir)
+                .join("done")
+                .exists()
                 && !Lock::is_held(&sweep::run_file(&out, id, RunFile::Lock))
                 && queued.binary_search(&k).is_err()
         })
@@ -255,7 +261,13 @@ pub fn submit(spec: &SweepSpec, out: &Path, o: &SlurmOptions) -> Result<Submissi
         "--device {} --threads \"${{SLURM_CPUS_PER_TASK:-1}}\" --quiet",
         o.device
     );
-    let script = |file: &str, name: &str, log: &str, gpus: u32, cpus: u32, what: &str, cmd: &str| {
+    let script = |file: &str,
+                  name: &str,
+                  log: &str,
+                  gpus: u32,
+                  cpus: u32,
+                  what: &str,
+                  cmd: &str| {
         let text = format!(
             "#!/bin/bash\n# aligngym sweep `{}`: {what}.\n# Written by `aligngym sweep --slurm`; the sbatch lines that submit it are in submit.sh.\n{}set -euo pipefail\nexec {} sweep {} {cmd}\n",
             spec.name,
@@ -416,7 +428,10 @@ pub fn submit(spec: &SweepSpec, out: &Path, o: &SlurmOptions) -> Result<Submissi
                 let t = String::from_utf8_lossy(&r.stdout);
                 let id = t.trim().split(';').next().unwrap_or("").to_string();
                 if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
-                    Err(format!("sbatch printed no job id for {}", l.script.display()))
+                    Err(format!(
+                        "sbatch printed no job id for {}",
+                        l.script.display()
+                    ))
                 } else {
                     Ok(id)
                 }
@@ -473,7 +488,8 @@ pub fn run_state(out: &Path, id: &str) -> RunState {
     } else if Lock::is_held(&sweep::run_file(out, id, RunFile::Lock)) {
         RunState::Running(step)
     } else if sweep::run_file(out, id, RunFile::Failed).exists() {
-        let log = std::fs::read_to_string(sweep::run_file(out, id, RunFile::Log)).unwrap_or_default();
+        let log =
+            std::fs::read_to_string(sweep::run_file(out, id, RunFile::Log)).unwrap_or_default();
         let last = log
             .lines()
             .rev()
@@ -546,7 +562,15 @@ pub fn status(dir: &Path) -> Result<String> {
         let queue = query("squeue", &["-h", "-r", "-j", &joined, "-o", "%i|%T|%r"]);
         let acct = query(
             "sacct",
-            &["-n", "-P", "-X", "-j", &joined, "-o", "JobID,State,ExitCode"],
+            &[
+                "-n",
+                "-P",
+                "-X",
+                "-j",
+                &joined,
+                "-o",
+                "JobID,State,ExitCode",
+            ],
         );
         for j in last {
             let mut parts: Vec<String> = Vec::new();
@@ -592,7 +616,13 @@ pub fn status(dir: &Path) -> Result<String> {
             if queue.is_none() && acct.is_none() {
                 parts.push("queue unknown (no squeue here)".into());
             }
-            let _ = writeln!(text, "slurm job {} ({}): {}", j.id, j.what, parts.join("; "));
+            let _ = writeln!(
+                text,
+                "slurm job {} ({}): {}",
+                j.id,
+                j.what,
+                parts.join("; ")
+            );
         }
     }
     Ok(text)
@@ -654,5 +684,26 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn stages_parse_print_and_order() {
+        for t in [
+            "sft:arithmetic-v0",
+            "prefs:arithmetic-v0",
+            "rm:arithmetic-v0:on",
+        ] {
+            assert_eq!(t.parse::<Stage>().unwrap().to_string(), t);
+        }
+        for bad in ["", "sft", "rm:a", "rm:a:b:c", "dpo:a"] {
+            assert!(bad.parse::<Stage>().is_err(), "{bad}");
+        }
+        let sft: Stage = "sft:a".parse().unwrap();
+        let prefs: Stage = "prefs:a".parse().unwrap();
+        let rm: Stage = "rm:a:on".parse().unwrap();
+        let rm2: Stage = "rm:a:off".parse().unwrap();
+        assert!(prefs.needs(&sft) && rm.needs(&sft) && rm.needs(&prefs));
+        assert!(!sft.needs(&prefs) && !rm.needs(&rm2) && !prefs.needs(&rm));
+        assert!(!prefs.needs(&"sft:b".parse().unwrap()));
     }
 }

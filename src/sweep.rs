@@ -969,8 +969,16 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
                 let _ = std::fs::remove_dir_all(&dir);
                 train_args(spec, r, &stages[&r.env], &dir, opts)
             };
-            let log = std::fs::File::create(run_file(out, &r.id, RunFile::Log))
-                .map_err(|e| AgentError::io(out, e))?;
+            let log_path = run_file(out, &r.id, RunFile::Log);
+            let mut log = std::fs::File::create(&log_path).map_err(|e| AgentError::io(out, e))?;
+            // Which attempt this is, for whoever reads the log after a cancellation.
+            let from = crate::runner::committed_step(&dir).ok().flatten();
+            let head = match from {
+                Some(k) => format!("aligngym sweep: run {} resumes from step {k}\n", r.id),
+                None => format!("aligngym sweep: run {} starts\n", r.id),
+            };
+            std::io::Write::write_all(&mut log, head.as_bytes())
+                .map_err(|e| AgentError::io(&log_path, e))?;
             let mut cmd = Command::new(&exe);
             die_with_parent(&mut cmd);
             let child = cmd
@@ -998,10 +1006,7 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
             {
                 let Running { id, .. } = running.remove(k);
                 if status.success() {
-                    commands::write_atomic(
-                        &run_file(out, &id, RunFile::Dir).join("done"),
-                        "",
-                    )?;
+                    commands::write_atomic(&run_file(out, &id, RunFile::Dir).join("done"), "")?;
                     executed += 1;
                 } else {
                     commands::write_atomic(

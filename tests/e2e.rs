@@ -3,6 +3,7 @@
 mod fuzz;
 mod real_models;
 mod reliability;
+mod slurm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
