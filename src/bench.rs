@@ -11,8 +11,8 @@
 //! one clipped step (β = 0: no reference pass).
 
 use crate::commands::ModelSize;
-use aligngym_agents::dpo::{pair_logps, PairBatch};
-use aligngym_agents::losses::{dpo_loss, DpoLoss};
+use aligngym_agents::dpo::{pair_lengths, pair_logps, PairBatch};
+use aligngym_agents::losses::{dpo_loss, DpoLoss, DpoLossParams, PairScores};
 use aligngym_agents::optim::{AdamW, AdamWConfig};
 use aligngym_agents::rollout::{collect, Start};
 use aligngym_agents::sampling::{generate, generate_until, generate_without_cache, SamplingConfig};
@@ -255,7 +255,25 @@ impl Fixture {
             DpoReference::Model(m) => self.reference_logps(m),
             DpoReference::Precomputed(c, r) => (c.shallow_clone(), r.shallow_clone()),
         };
-        let (l, _, _) = dpo_loss(&pc, &pr, &rc, &rr, 0.1, DpoLoss::Sigmoid, 0.0);
+        let (lc, lr) = pair_lengths(&self.pairs, &self.all_pairs);
+        let out = dpo_loss(
+            &PairScores {
+                chosen: &pc,
+                rejected: &pr,
+                reference: Some((&rc, &rr)),
+                chosen_len: &lc,
+                rejected_len: &lr,
+            },
+            &DpoLossParams {
+                beta: 0.1,
+                loss: DpoLoss::Sigmoid,
+                label_smoothing: 0.0,
+                simpo_gamma: 0.5,
+                rpo_alpha: 0.0,
+            },
+        )
+        .expect("the reference log-probs are given");
+        let l = out.loss;
         opt.zero_grad();
         l.mean(Kind::Float).backward();
         let _ = opt.clip_grad_norm(1.0);

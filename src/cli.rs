@@ -946,7 +946,7 @@ fn cmd_sweep(args: SweepArgs) -> Result<()> {
         }
         tch::set_num_threads(n);
     }
-    let slurm_opts = slurm.slurm.then(|| crate::slurm::SlurmOptions {
+    let slurm_opts = slurm.slurm.then_some(crate::slurm::SlurmOptions {
         partition: slurm.partition,
         gpus_per_run: slurm.gpus_per_run,
         cpus_per_run: slurm.cpus_per_run,

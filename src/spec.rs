@@ -4,8 +4,9 @@
 use crate::eval::EvalConfig;
 use crate::runner::RunConfig;
 use aligngym_agents::{
-    AgentError, DpoAgent, DpoConfig, GrpoAgent, GrpoConfig, LmPolicy, PpoAgent, PpoConfig, Result,
-    RewardModel, RewardSignal, RlooAgent, RlooConfig, RunnableAgent,
+    AgentError, DpoAgent, DpoConfig, GrpoAgent, GrpoConfig, LmPolicy, PpoAgent, PpoConfig,
+    ReinforcePpAgent, ReinforcePpConfig, Result, RewardModel, RewardSignal, RlooAgent, RlooConfig,
+    RunnableAgent,
 };
 use aligngym_envs::{read_pairs, Feedback, Task};
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,9 @@ pub enum AgentKind {
     Grpo,
     /// RLOO: online, critic-free, leave-one-out baseline, KL in the reward.
     Rloo,
+    /// REINFORCE++: online, critic-free, token KL in the reward, batch-whitened returns.
+    #[value(name = "reinforce_pp")]
+    ReinforcePp,
 }
 
 impl std::fmt::Display for AgentKind {
@@ -34,6 +38,7 @@ impl std::fmt::Display for AgentKind {
             Self::Dpo => "dpo",
             Self::Grpo => "grpo",
             Self::Rloo => "rloo",
+            Self::ReinforcePp => "reinforce_pp",
         })
     }
 }
@@ -112,6 +117,9 @@ pub struct TrainSpec {
     /// RLOO hyperparameters (RLOO runs only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rloo: Option<RlooConfig>,
+    /// REINFORCE++ hyperparameters (REINFORCE++ runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reinforce_pp: Option<ReinforcePpConfig>,
     /// Run length and evaluation cadence.
     pub run: RunConfig,
     /// The shared evaluation.
@@ -140,6 +148,7 @@ impl TrainSpec {
             dpo: (agent == AgentKind::Dpo).then(DpoConfig::default),
             grpo: (agent == AgentKind::Grpo).then(GrpoConfig::default),
             rloo: (agent == AgentKind::Rloo).then(RlooConfig::default),
+            reinforce_pp: (agent == AgentKind::ReinforcePp).then(ReinforcePpConfig::default),
             run: RunConfig::default(),
             eval: EvalConfig::default(),
         }
@@ -195,6 +204,9 @@ impl TrainSpec {
             g.validate()?;
         }
         if let Some(r) = &self.rloo {
+            r.validate()?;
+        }
+        if let Some(r) = &self.reinforce_pp {
             r.validate()?;
         }
         // max_new_tokens 0 means "the task's own limit", filled in when the evaluator is built.
@@ -342,6 +354,16 @@ pub fn build_agent(
         AgentKind::Rloo => Box::new(
             RlooAgent::new(
                 spec.rloo.clone().unwrap_or_default(),
+                task.clone(),
+                policy,
+                reward()?,
+                spec.seed,
+            )?
+            .with_prior_oracle_queries(prior),
+        ),
+        AgentKind::ReinforcePp => Box::new(
+            ReinforcePpAgent::new(
+                spec.reinforce_pp.clone().unwrap_or_default(),
                 task.clone(),
                 policy,
                 reward()?,

@@ -789,7 +789,8 @@ fn train_args(
         (
             crate::spec::AgentKind::Ppo
             | crate::spec::AgentKind::Grpo
-            | crate::spec::AgentKind::Rloo,
+            | crate::spec::AgentKind::Rloo
+            | crate::spec::AgentKind::ReinforcePp,
             Some(rm),
         ) => {
             a.extend([
@@ -802,7 +803,8 @@ fn train_args(
         (
             crate::spec::AgentKind::Ppo
             | crate::spec::AgentKind::Grpo
-            | crate::spec::AgentKind::Rloo,
+            | crate::spec::AgentKind::Rloo
+            | crate::spec::AgentKind::ReinforcePp,
             None,
         ) => a.extend(["--reward".into(), "gold".into()]),
     }

@@ -155,13 +155,15 @@ fn train(agent: &str, env: &str, name: &str, extra: &[&str]) -> PathBuf {
 }
 
 #[test]
-fn grpo_with_each_loss_type_and_rloo_beat_sft_on_arithmetic() {
+fn grpo_with_each_loss_type_rloo_and_reinforce_pp_beat_sft_on_arithmetic() {
     let env = "arithmetic-v0";
     let runs = [
         ("grpo", "loss_type=dapo", "kl"),
         ("grpo", "loss_type=grpo", "kl"),
         ("grpo", "loss_type=dr_grpo", "kl"),
         ("rloo", "beta=0.05", "objective/kl"),
+        ("reinforce_pp", "baseline=false", "objective/kl"),
+        ("reinforce_pp", "baseline=true", "objective/kl"),
     ];
     for (agent, set, kl_name) in runs {
         let name = format!("{agent}-{}", set.replace('=', "-"));
@@ -217,6 +219,71 @@ fn ppo_on_gold_and_dpo_on_oracle_pairs_beat_sft_with_defaults() {
             }
         }
     }
+}
+
+/// Each loss of the DPO family learns the oracle's preferences on the training pairs (a margin
+/// that grows, most pairs ranked right), and the two without a reference do no reference pass.
+#[test]
+fn dpo_family_losses_learn_the_preferences() {
+    let env = "arithmetic-v0";
+    let p = prefs(env);
+    let last = |dir: &Path, name: &str| {
+        metrics(dir)
+            .iter()
+            .rev()
+            .find(|r| r.1 == name)
+            .map(|r| r.2)
+            .unwrap()
+    };
+    let mut flops = std::collections::BTreeMap::new();
+    for (name, sets) in [
+        ("sigmoid", vec!["loss_type=sigmoid"]),
+        ("ipo", vec!["loss_type=ipo"]),
+        ("ipo_sum", vec!["loss_type=ipo_sum"]),
+        ("robust", vec!["loss_type=robust", "label_smoothing=0.1"]),
+        ("rpo", vec!["loss_type=sigmoid", "rpo_alpha=1.0"]),
+        ("simpo", vec!["loss_type=simpo", "beta=2.0"]),
+        ("orpo", vec!["loss_type=orpo"]),
+    ] {
+        let mut extra = vec![
+            "--prefs",
+            p.to_str().unwrap(),
+            "--set",
+            "run.updates=24",
+            "--set",
+            "run.eval_every=24",
+        ];
+        for s in &sets {
+            extra.extend(["--set", s]);
+        }
+        let dir = train("dpo", env, &format!("dpo-family-{name}"), &extra);
+        let rows = metrics(&dir);
+        let acc: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.1 == "rewards/accuracies")
+            .map(|r| r.2)
+            .collect();
+        let late = acc[acc.len() - 6..].iter().sum::<f64>() / 6.0;
+        let margins: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.1 == "rewards/margins")
+            .map(|r| r.2)
+            .collect();
+        let (m0, m1) = (
+            margins[..4].iter().sum::<f64>() / 4.0,
+            margins[margins.len() - 4..].iter().sum::<f64>() / 4.0,
+        );
+        eprintln!("{name}: late accuracy {late:.2}, margins {m0:.3} -> {m1:.3}");
+        assert!(late > 0.6, "{name}: accuracy {late:.2} late in training");
+        assert!(m1 > m0, "{name}: margins {m0:.3} -> {m1:.3}");
+        let has_nll = rows.iter().any(|r| r.1 == "nll_loss");
+        assert_eq!(has_nll, name == "rpo" || name == "orpo", "{name}: nll_loss");
+        assert!(last(&dir, "eval/gold_reward").is_finite());
+        flops.insert(name, last(&dir, "budget/flops"));
+    }
+    // Same policy passes; the reference pass over the pairs is what the others add.
+    assert!(flops["simpo"] < flops["sigmoid"] && flops["orpo"] < flops["sigmoid"]);
+    assert!((flops["simpo"] - flops["orpo"]).abs() < 1e-6 * flops["simpo"]);
 }
 
 #[test]
@@ -339,12 +406,12 @@ fn same_seed_same_metrics_and_resume_equals_uninterrupted() {
         "--set",
         "batch_size=16",
     ];
-    for agent in ["ppo", "dpo", "grpo", "rloo"] {
+    for agent in ["ppo", "dpo", "grpo", "rloo", "reinforce_pp"] {
         let mut extra: Vec<&str> = short.to_vec();
         match agent {
             "dpo" => extra.extend_from_slice(&["--prefs", p.to_str().unwrap()]),
             // Groups of completions per prompt; the critic-free agents have no `batch_size`.
-            "grpo" | "rloo" => extra[5] = "num_prompts=4",
+            "grpo" | "rloo" | "reinforce_pp" => extra[5] = "num_prompts=4",
             _ => {}
         }
         let a = train(agent, env, &format!("det-a-{agent}"), &extra);

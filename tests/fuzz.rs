@@ -217,6 +217,7 @@ fn fuzz_set_values() {
             AgentKind::Dpo,
             AgentKind::Grpo,
             AgentKind::Rloo,
+            AgentKind::ReinforcePp,
         ] {
             let mut spec = TrainSpec::new(
                 agent,

@@ -4,7 +4,7 @@
 //! halves the forward work of every step.
 
 use crate::agent::{Agent, Budget, Metrics, Resumable, StateFile};
-use crate::losses::{dpo_loss, DpoLoss};
+use crate::losses::{dpo_loss, DpoLoss, DpoLossParams, PairScores};
 use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
 use crate::policy::LmPolicy;
 use crate::sampling::{left_pad, right_pad, sequence_logprobs, Sequences};
@@ -29,10 +29,15 @@ pub struct DpoConfig {
     pub batch_size: usize,
     /// β: strength of the implicit KL constraint. Default 0.1 (the paper's).
     pub beta: f64,
-    /// Loss variant. Default sigmoid (DPO).
+    /// Loss variant: sigmoid (DPO, the default), ipo (TRL's, length-averaged), ipo_sum, hinge,
+    /// robust, simpo or orpo (these two use no reference model; β is ORPO's λ).
     pub loss_type: DpoLoss,
-    /// Conservative-DPO label smoothing ε (sigmoid loss only). Default 0.
+    /// ε: conservative DPO's label smoothing (sigmoid), robust DPO's assumed flip rate. Default 0.
     pub label_smoothing: f64,
+    /// SimPO's target reward margin γ. Default 0.5 (TRL's; the paper uses 1.375 with β = 2.5).
+    pub simpo_gamma: f64,
+    /// RPO's α: weight of the chosen completion's per-token NLL added to the loss. Default 0 (off).
+    pub rpo_alpha: f64,
     /// Linear warm-up steps. Default 10.
     pub warmup_steps: usize,
     /// Gradient-norm clip. Default 1.0.
@@ -50,6 +55,8 @@ impl Default for DpoConfig {
             beta: 0.1,
             loss_type: DpoLoss::Sigmoid,
             label_smoothing: 0.0,
+            simpo_gamma: 0.5,
+            rpo_alpha: 0.0,
             warmup_steps: 10,
             max_grad_norm: 1.0,
             precompute_ref_logps: true,
@@ -76,6 +83,15 @@ impl DpoConfig {
             return Err(AgentError::config(
                 "label_smoothing",
                 "expected a value in [0, 0.5)",
+            ));
+        }
+        if !self.simpo_gamma.is_finite() {
+            return Err(AgentError::config("simpo_gamma", "expected a finite value"));
+        }
+        if !(self.rpo_alpha >= 0.0 && self.rpo_alpha.is_finite()) {
+            return Err(AgentError::config(
+                "rpo_alpha",
+                "expected a finite value ≥ 0",
             ));
         }
         Ok(())
@@ -333,6 +349,17 @@ pub fn pair_logps(policy: &LmPolicy, b: &PairBatch, idx: &Tensor, train: bool) -
     (s.narrow(0, 0, k), s.narrow(0, k, k))
 }
 
+/// Policy tokens `[k]` (f32, at least 1) of the chosen and rejected completions of pairs `idx`: the
+/// lengths the length-normalised losses divide by.
+pub fn pair_lengths(b: &PairBatch, idx: &Tensor) -> (Tensor, Tensor) {
+    let len = |m: &Tensor| {
+        m.index_select(0, idx)
+            .sum_dim_intlist(1, false, Kind::Float)
+            .clamp_min(1.0)
+    };
+    (len(&b.chosen_mask), len(&b.rejected_mask))
+}
+
 /// The DPO agent.
 pub struct DpoAgent {
     cfg: DpoConfig,
@@ -380,7 +407,9 @@ impl DpoAgent {
                 }
             }
         }
-        let (ref_chosen, ref_rejected, reference) = if cfg.precompute_ref_logps {
+        let (ref_chosen, ref_rejected, reference) = if !cfg.loss_type.needs_reference() {
+            (None, None, None)
+        } else if cfg.precompute_ref_logps {
             let n = pairs.len() as i64;
             let (mut cs, mut rs) = (Vec::new(), Vec::new());
             for start in (0..n).step_by(64) {
@@ -451,19 +480,36 @@ impl Agent for DpoAgent {
         let idx_v = self.batch_indices(step);
         let idx = Tensor::from_slice(&idx_v).to_device(self.policy.device());
         let (pc, pr) = pair_logps(&self.policy, &self.data, &idx, true);
-        let (rc, rr) = match (&self.ref_chosen, &self.ref_rejected, &self.reference) {
-            (Some(c), Some(r), _) => (c.index_select(0, &idx), r.index_select(0, &idx)),
-            (_, _, Some(reference)) => {
-                tch::no_grad(|| pair_logps(reference, &self.data, &idx, false))
-            }
-            _ => {
-                return Err(AgentError::Data(
-                    "DPO has neither reference log-probs nor a reference model".into(),
-                ))
-            }
+        let refs = match (&self.ref_chosen, &self.ref_rejected, &self.reference) {
+            _ if !c.loss_type.needs_reference() => None,
+            (Some(c), Some(r), _) => Some((c.index_select(0, &idx), r.index_select(0, &idx))),
+            (_, _, Some(reference)) => Some(tch::no_grad(|| {
+                pair_logps(reference, &self.data, &idx, false)
+            })),
+            _ => None,
         };
-        let (losses, chosen_r, rejected_r) =
-            dpo_loss(&pc, &pr, &rc, &rr, c.beta, c.loss_type, c.label_smoothing);
+        let (len_c, len_r) = pair_lengths(&self.data, &idx);
+        let out = dpo_loss(
+            &PairScores {
+                chosen: &pc,
+                rejected: &pr,
+                reference: refs.as_ref().map(|(c, r)| (c, r)),
+                chosen_len: &len_c,
+                rejected_len: &len_r,
+            },
+            &DpoLossParams {
+                beta: c.beta,
+                loss: c.loss_type,
+                label_smoothing: c.label_smoothing,
+                simpo_gamma: c.simpo_gamma,
+                rpo_alpha: c.rpo_alpha,
+            },
+        )
+        .ok_or_else(|| {
+            AgentError::Data("DPO has neither reference log-probs nor a reference model".into())
+        })?;
+        let (losses, chosen_r, rejected_r) = (out.loss, out.chosen_rewards, out.rejected_rewards);
+        let nll = out.nll.map(|n| n.mean(Kind::Float));
         let loss = losses.mean(Kind::Float);
         self.opt.zero_grad();
         loss.backward();
@@ -536,6 +582,9 @@ impl Agent for DpoAgent {
             m.insert(name.to_string(), v[i]);
         }
         m.insert("train/lr".into(), lr);
+        if let Some(n) = nll {
+            m.insert("nll_loss".into(), n.double_value(&[]));
+        }
         Ok(m)
     }
 

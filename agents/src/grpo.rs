@@ -11,14 +11,13 @@
 //! `num_minibatches` steps of the clipped surrogate (ε_low, ε_high: DAPO's clip-higher), plus β ×
 //! k3 KL to the frozen reference when β > 0, normalised per `loss_type` → **budget**.
 
-use crate::agent::{Agent, Budget, Metrics, Resumable, StateFile};
+use crate::agent::{Agent, Budget, Metrics, StateFile};
 use crate::losses::masked_mean;
 use crate::optim::{AdamW, AdamWConfig};
-use crate::policy::{LmPolicy, Policy};
+use crate::policy::LmPolicy;
 use crate::ppo::RewardSignal;
 use crate::rollout::{chat_envs, collect, Rollout, Start};
-use crate::sampling::{sequence_logprobs, sequence_outputs, Generation, SamplingConfig};
-use crate::tokenizer::Tokenizer;
+use crate::sampling::{sequence_logprobs, sequence_outputs, SamplingConfig};
 use crate::{AgentError, Result};
 use aligngym_envs::{
     derive_seed, ChatEnv, ChatEnvConfig, RewardFn, RewardSource, Split, Task, VecEnv,
@@ -200,7 +199,8 @@ pub struct GrpoLossOut {
 }
 
 /// The GRPO-family loss over `[B, N]` tokens: per token `−min(ρ A, clip(ρ, 1 − ε_low, 1 + ε_high)
-/// A) + β k3`, with ρ = exp(logp − old_logp), A = `adv [B]` on every token of its row, k3 =
+/// A) + β k3`, with ρ = exp(logp − old_logp), A = `adv [B]` on every token of its row (or per
+/// token, `adv [B, N]`, for REINFORCE++), k3 =
 /// exp(ref − logp) − (ref − logp) − 1; reduced per `loss_type` over the tokens where `mask` is 1
 /// (`max_len` is Dr. GRPO's constant).
 #[allow(clippy::too_many_arguments)]
@@ -215,7 +215,10 @@ pub fn grpo_loss(
     beta: f64,
     max_len: i64,
 ) -> GrpoLossOut {
-    let a = adv.to_kind(Kind::Float).unsqueeze(1); // [B, 1]
+    let a = match adv.dim() {
+        2 => adv.to_kind(Kind::Float),              // [B, N]
+        _ => adv.to_kind(Kind::Float).unsqueeze(1), // [B, 1]
+    };
     let ratio = ((logp - old_logp) * mask).exp(); // [B, N]
     let unclipped = &ratio * &a;
     let clipped = ratio.clamp(1.0 - eps.0, 1.0 + eps.1) * &a;
@@ -276,7 +279,7 @@ pub(crate) struct GroupBatch {
     pub rollout: Rollout,
     /// The rewards the advantages came from `[B]`.
     pub rewards: Tensor,
-    /// Advantages `[B]` (0 on dropped groups).
+    /// Advantages `[B]`, or `[B, N]` per token (0 on dropped groups).
     pub advantages: Tensor,
     /// The policy-token mask the loss reads (dropped groups zeroed) `[B, N]`.
     pub mask: Tensor,
@@ -389,6 +392,44 @@ impl GroupCore {
         } else {
             requested
         }
+    }
+
+    /// The sampling of an update: `temperature`, no top-k/top-p, `max_new_tokens` (0: the task's).
+    pub(crate) fn sampling(&self, temperature: f64, max_new_tokens: usize) -> SamplingConfig {
+        SamplingConfig {
+            temperature,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens: self.max_new_tokens(max_new_tokens),
+        }
+    }
+
+    /// The metrics of an algorithm that folds `coef` × the sequence KL `seq_kl [B]` into its
+    /// reward, under the names PPO logs them (`objective/*`) rather than GRPO's loss-term `kl`.
+    pub(crate) fn kl_in_reward_metrics(
+        m: &mut Metrics,
+        seq_kl: &Tensor,
+        score: &Tensor,
+        coef: f64,
+        step: u64,
+    ) -> Result<()> {
+        m.remove("kl");
+        let v: Vec<f64> = Vec::try_from(
+            Tensor::stack(&[seq_kl.mean(Kind::Float), score.mean(Kind::Float)], 0)
+                .to_kind(Kind::Double),
+        )?;
+        let (kl, mean_score) = (v[0], v[1]);
+        if !kl.is_finite() {
+            return Err(AgentError::NonFinite {
+                metric: "objective/kl".into(),
+                step,
+            });
+        }
+        m.insert("objective/kl".into(), kl);
+        m.insert("objective/scores".into(), mean_score);
+        m.insert("objective/non_score_reward".into(), -coef * kl);
+        m.insert("objective/rlhf_reward".into(), mean_score - coef * kl);
+        Ok(())
     }
 
     /// Phase 1: the update's training prompts, drawn with a seed derived from `step` (without
@@ -668,13 +709,6 @@ impl GrpoAgent {
         Ok(Self { cfg, core })
     }
 
-    /// Count `queries` oracle queries already spent on this agent's reward (a reward model's
-    /// preference labels), so budgets compare with DPO's.
-    pub fn with_prior_oracle_queries(mut self, queries: u64) -> Self {
-        self.core.budget.oracle_queries += queries;
-        self
-    }
-
     /// Phase 2: rewards (with the overlong penalty), group-relative advantages, dropped groups,
     /// reference log-probs when β > 0.
     fn advantages(&self, rollout: Rollout, step: u64) -> Result<GroupBatch> {
@@ -709,14 +743,62 @@ impl GrpoAgent {
     }
 }
 
-impl Policy for GrpoAgent {
-    fn sample(&self, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> Result<Generation> {
-        self.core.actor.sample(prompts, cfg)
-    }
-    fn tokenizer(&self) -> &Tokenizer {
-        &self.core.actor.tokenizer
-    }
+/// What every agent built on [`GroupCore`] (in a field `core`) shares: sampling and the tokenizer
+/// through its actor, its saved state under `<dir>/<state>.*`, and the reward model's labels
+/// counted as its oracle queries.
+macro_rules! group_agent_plumbing {
+    ($agent:ty, $state:literal) => {
+        impl $agent {
+            /// Count `queries` oracle queries already spent on this agent's reward (a reward
+            /// model's preference labels), so budgets compare with DPO's.
+            pub fn with_prior_oracle_queries(mut self, queries: u64) -> Self {
+                self.core.budget.oracle_queries += queries;
+                self
+            }
+        }
+
+        impl crate::policy::Policy for $agent {
+            fn sample(
+                &self,
+                prompts: &[Vec<u32>],
+                cfg: &crate::sampling::SamplingConfig,
+            ) -> crate::Result<crate::sampling::Generation> {
+                self.core.actor.sample(prompts, cfg)
+            }
+            fn tokenizer(&self) -> &crate::tokenizer::Tokenizer {
+                &self.core.actor.tokenizer
+            }
+        }
+
+        impl crate::agent::Resumable for $agent {
+            fn save_state(&self, dir: &std::path::Path) -> crate::Result<()> {
+                self.core.save_state(dir, $state)
+            }
+            fn load_state(&mut self, dir: &std::path::Path) -> crate::Result<()> {
+                self.core.load_state(dir, $state)
+            }
+        }
+    };
 }
+pub(crate) use group_agent_plumbing;
+
+/// The [`Agent`] accessors of a [`GroupCore`] agent, inside its `impl Agent`.
+macro_rules! group_agent_accessors {
+    () => {
+        fn policy(&self) -> &crate::policy::LmPolicy {
+            &self.core.actor
+        }
+        fn budget(&self) -> crate::agent::Budget {
+            self.core.budget
+        }
+        fn proxy_reward(&self) -> Option<&dyn aligngym_envs::RewardFn> {
+            Some(self.core.proxy_reward())
+        }
+    };
+}
+pub(crate) use group_agent_accessors;
+
+group_agent_plumbing!(GrpoAgent, "grpo_state");
 
 impl Agent for GrpoAgent {
     fn name(&self) -> &'static str {
@@ -725,13 +807,8 @@ impl Agent for GrpoAgent {
 
     fn update(&mut self, step: u64) -> Result<Metrics> {
         let c = self.cfg.clone();
-        let max_len = self.core.max_new_tokens(c.max_new_tokens);
-        let sampling = SamplingConfig {
-            temperature: c.temperature,
-            top_k: 0,
-            top_p: 1.0,
-            max_new_tokens: max_len,
-        };
+        let sampling = self.core.sampling(c.temperature, c.max_new_tokens);
+        let max_len = sampling.max_new_tokens;
         let rollout = self.core.collect(step, &sampling)?;
         let batch = self.advantages(rollout, step)?;
         let steps = Steps {
@@ -750,24 +827,7 @@ impl Agent for GrpoAgent {
             .finish(&batch, &st, c.num_iterations, c.learning_rate, step)
     }
 
-    fn policy(&self) -> &LmPolicy {
-        &self.core.actor
-    }
-    fn budget(&self) -> Budget {
-        self.core.budget
-    }
-    fn proxy_reward(&self) -> Option<&dyn RewardFn> {
-        Some(self.core.proxy_reward())
-    }
-}
-
-impl Resumable for GrpoAgent {
-    fn save_state(&self, dir: &Path) -> Result<()> {
-        self.core.save_state(dir, "grpo_state")
-    }
-    fn load_state(&mut self, dir: &Path) -> Result<()> {
-        self.core.load_state(dir, "grpo_state")
-    }
+    group_agent_accessors!();
 }
 
 #[cfg(test)]

@@ -138,41 +138,130 @@ pub fn ppo_value_loss(
     (loss, clipfrac)
 }
 
-/// Which DPO-family loss.
+/// Which DPO-family loss. `Δ = log π − log π_ref` summed over a completion's policy tokens,
+/// `h = β (Δ_c − Δ_r)`, `|y|` a completion's policy tokens, `lp = log π / |y|` its mean log-prob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum DpoLoss {
     /// DPO: `−log σ(h)` (with label smoothing ε: `−(1−ε) log σ(h) − ε log σ(−h)`).
     #[default]
     Sigmoid,
-    /// IPO: `(h/β − 1/(2β))²`.
+    /// IPO as TRL computes it (Azar et al., length-averaged log-ratios):
+    /// `((Δ_c/|y_c| − Δ_r/|y_r|) − 1/(2β))²`.
     Ipo,
+    /// IPO on summed log-ratios: `(Δ_c − Δ_r − 1/(2β))²`, a different loss (aligngym's `ipo`
+    /// before TRL's form was adopted).
+    IpoSum,
     /// SLiC hinge: `max(0, 1 − h)`.
     Hinge,
+    /// Robust DPO (Chowdhury et al. 2024) for labels flipped with rate ε = `label_smoothing`:
+    /// `(−(1−ε) log σ(h) + ε log σ(−h)) / (1 − 2ε)`.
+    Robust,
+    /// SimPO (Meng et al. 2024), no reference: `−log σ(β (lp_c − lp_r) − γ)`.
+    Simpo,
+    /// ORPO (Hong et al. 2024), no reference: `−lp_c − β log σ(log odds_c − log odds_r)` with
+    /// `log odds = lp − log(1 − e^lp)` (β plays ORPO's λ, as in TRL's ORPOTrainer).
+    Orpo,
 }
 
-/// DPO-family losses per pair `[B]` from summed completion log-probs; also the implicit rewards
-/// `β (log π − log π_ref)` of chosen and rejected. `h = β [(π_c − ref_c) − (π_r − ref_r)]`.
-pub fn dpo_loss(
-    pi_c: &Tensor,
-    pi_r: &Tensor,
-    ref_c: &Tensor,
-    ref_r: &Tensor,
-    beta: f64,
-    loss: DpoLoss,
-    label_smoothing: f64,
-) -> (Tensor, Tensor, Tensor) {
-    let chosen = beta * (pi_c - ref_c);
-    let rejected = beta * (pi_r - ref_r);
-    let h = &chosen - &rejected;
-    let l = match loss {
-        DpoLoss::Sigmoid => {
-            -(1.0 - label_smoothing) * h.log_sigmoid() - label_smoothing * (-&h).log_sigmoid()
-        }
-        DpoLoss::Ipo => (&h / beta - 1.0 / (2.0 * beta)).square(),
-        DpoLoss::Hinge => (-&h + 1.0).relu(),
+impl DpoLoss {
+    /// Whether the loss reads the frozen reference's log-probs.
+    pub fn needs_reference(self) -> bool {
+        !matches!(self, DpoLoss::Simpo | DpoLoss::Orpo)
+    }
+}
+
+/// What the DPO-family losses read of a batch of pairs, `[B]` each.
+pub struct PairScores<'a> {
+    /// Summed log-prob of the chosen completion under the policy.
+    pub chosen: &'a Tensor,
+    /// Summed log-prob of the rejected completion under the policy.
+    pub rejected: &'a Tensor,
+    /// The same under the frozen reference (`None` for the losses that need none).
+    pub reference: Option<(&'a Tensor, &'a Tensor)>,
+    /// Policy tokens in the chosen completion (f32, ≥ 1).
+    pub chosen_len: &'a Tensor,
+    /// Policy tokens in the rejected completion (f32, ≥ 1).
+    pub rejected_len: &'a Tensor,
+}
+
+/// The knobs of a DPO-family loss.
+#[derive(Debug, Clone, Copy)]
+pub struct DpoLossParams {
+    /// β (ORPO: λ).
+    pub beta: f64,
+    /// Which loss.
+    pub loss: DpoLoss,
+    /// ε of conservative DPO (sigmoid) and robust DPO.
+    pub label_smoothing: f64,
+    /// SimPO's target margin γ.
+    pub simpo_gamma: f64,
+    /// RPO's α: weight of the chosen completion's per-token NLL added to the loss (0: none).
+    pub rpo_alpha: f64,
+}
+
+/// Per-pair losses and what the trainers log of them.
+pub struct DpoLossOut {
+    /// `[B]` the loss of each pair.
+    pub loss: Tensor,
+    /// `[B]` implicit rewards of chosen and rejected (detached): `β Δ`, or for the
+    /// reference-free losses `β lp`, as TRL logs them.
+    pub chosen_rewards: Tensor,
+    /// See `chosen_rewards`.
+    pub rejected_rewards: Tensor,
+    /// `[B]` per-token NLL of the chosen completion (detached), where the loss includes it.
+    pub nll: Option<Tensor>,
+}
+
+/// DPO-family losses per pair; `None` when the loss needs the reference and none is given.
+pub fn dpo_loss(s: &PairScores, p: &DpoLossParams) -> Option<DpoLossOut> {
+    let beta = p.beta;
+    let eps = p.label_smoothing;
+    let lp_c = s.chosen / s.chosen_len; // [B]
+    let lp_r = s.rejected / s.rejected_len; // [B]
+    let nll_c = -&lp_c; // [B]
+    let (loss, chosen_rewards, rejected_rewards) = if p.loss.needs_reference() {
+        let (ref_c, ref_r) = s.reference?;
+        let d_c = s.chosen - ref_c; // [B]
+        let d_r = s.rejected - ref_r; // [B]
+        let h = beta * (&d_c - &d_r);
+        let l = match p.loss {
+            DpoLoss::Sigmoid => -(1.0 - eps) * h.log_sigmoid() - eps * (-&h).log_sigmoid(),
+            DpoLoss::Ipo => {
+                (&d_c / s.chosen_len - &d_r / s.rejected_len - 1.0 / (2.0 * beta)).square()
+            }
+            DpoLoss::IpoSum => (&d_c - &d_r - 1.0 / (2.0 * beta)).square(),
+            DpoLoss::Hinge => (-&h + 1.0).relu(),
+            DpoLoss::Robust => {
+                (-(1.0 - eps) * h.log_sigmoid() + eps * (-&h).log_sigmoid()) / (1.0 - 2.0 * eps)
+            }
+            DpoLoss::Simpo | DpoLoss::Orpo => unreachable!("reference-free"),
+        };
+        (l, (beta * d_c).detach(), (beta * d_r).detach())
+    } else {
+        let l = match p.loss {
+            DpoLoss::Simpo => -(beta * (&lp_c - &lp_r) - p.simpo_gamma).log_sigmoid(),
+            DpoLoss::Orpo => {
+                // log(1 − e^lp) = log(−expm1(lp)): exact where lp is near 0.
+                let log_odds = |lp: &Tensor| lp - (-lp.expm1()).log();
+                &nll_c - beta * (log_odds(&lp_c) - log_odds(&lp_r)).log_sigmoid()
+            }
+            _ => unreachable!("needs a reference"),
+        };
+        (l, (beta * &lp_c).detach(), (beta * &lp_r).detach())
     };
-    (l, chosen.detach(), rejected.detach())
+    let with_nll = p.rpo_alpha > 0.0 || p.loss == DpoLoss::Orpo;
+    let loss = if p.rpo_alpha > 0.0 {
+        loss + p.rpo_alpha * &nll_c
+    } else {
+        loss
+    };
+    Some(DpoLossOut {
+        loss,
+        chosen_rewards,
+        rejected_rewards,
+        nll: with_nll.then(|| nll_c.detach()),
+    })
 }
 
 /// Bradley–Terry loss `−log σ(r⁺ − r⁻)` per pair.
@@ -311,29 +400,119 @@ mod tests {
 
     #[test]
     fn dpo_losses_by_hand() {
-        // π_c − ref_c = 1, π_r − ref_r = −1, β = 0.5 → chosen = 0.5, rejected = −0.5, h = 1
+        // Summed log-probs: π_c = −2 over 2 tokens, π_r = −6 over 4; ref_c = −3, ref_r = −5.
+        // Δ_c = 1, Δ_r = −1; β = 0.5 → chosen reward 0.5, rejected −0.5, h = 1.
         let (pc, pr, rc, rr) = (
-            t(&[-1.0], &[1]),
+            t(&[-2.0], &[1]),
+            t(&[-6.0], &[1]),
             t(&[-3.0], &[1]),
-            t(&[-2.0], &[1]),
-            t(&[-2.0], &[1]),
+            t(&[-5.0], &[1]),
         );
+        let (lc, lr) = (t(&[2.0], &[1]), t(&[4.0], &[1]));
+        let scores = PairScores {
+            chosen: &pc,
+            rejected: &pr,
+            reference: Some((&rc, &rr)),
+            chosen_len: &lc,
+            rejected_len: &lr,
+        };
+        let base = DpoLossParams {
+            beta: 0.5,
+            loss: DpoLoss::Sigmoid,
+            label_smoothing: 0.0,
+            simpo_gamma: 0.5,
+            rpo_alpha: 0.0,
+        };
+        let run = |p: DpoLossParams| dpo_loss(&scores, &p).unwrap();
         // sigmoid: −log σ(1) = 0.3132617
-        let (l, c, r) = dpo_loss(&pc, &pr, &rc, &rr, 0.5, DpoLoss::Sigmoid, 0.0);
-        close(&l, &[0.313_261_7]);
-        close(&c, &[0.5]);
-        close(&r, &[-0.5]);
+        let o = run(base);
+        close(&o.loss, &[0.313_261_7]);
+        close(&o.chosen_rewards, &[0.5]);
+        close(&o.rejected_rewards, &[-0.5]);
+        assert!(o.nll.is_none());
         // label smoothing 0.1: 0.9·0.3132617 + 0.1·(−log σ(−1) = 1.3132617) = 0.4132617
-        let (l, _, _) = dpo_loss(&pc, &pr, &rc, &rr, 0.5, DpoLoss::Sigmoid, 0.1);
-        close(&l, &[0.413_261_7]);
-        // IPO: (h/β − 1/(2β))² = (2 − 1)² = 1
-        let (l, _, _) = dpo_loss(&pc, &pr, &rc, &rr, 0.5, DpoLoss::Ipo, 0.0);
-        close(&l, &[1.0]);
+        let o = run(DpoLossParams {
+            label_smoothing: 0.1,
+            ..base
+        });
+        close(&o.loss, &[0.413_261_7]);
+        // robust, ε = 0.1: (0.9·0.3132617 − 0.1·1.3132617) / 0.8 = 0.1506094 / 0.8 = 0.1882617
+        let o = run(DpoLossParams {
+            loss: DpoLoss::Robust,
+            label_smoothing: 0.1,
+            ..base
+        });
+        close(&o.loss, &[0.188_261_7]);
+        // IPO (TRL, length-averaged): Δ_c/2 − Δ_r/4 = 0.5 + 0.25 = 0.75; (0.75 − 1/(2·0.5))² = 0.0625
+        let o = run(DpoLossParams {
+            loss: DpoLoss::Ipo,
+            ..base
+        });
+        close(&o.loss, &[0.0625]);
+        // IPO on sums: (1 − (−1) − 1)² = 1
+        let o = run(DpoLossParams {
+            loss: DpoLoss::IpoSum,
+            ..base
+        });
+        close(&o.loss, &[1.0]);
         // hinge: max(0, 1 − 1) = 0; with β = 0.25, h = 0.5 → 0.5
-        let (l, _, _) = dpo_loss(&pc, &pr, &rc, &rr, 0.5, DpoLoss::Hinge, 0.0);
-        close(&l, &[0.0]);
-        let (l, _, _) = dpo_loss(&pc, &pr, &rc, &rr, 0.25, DpoLoss::Hinge, 0.0);
-        close(&l, &[0.5]);
+        close(
+            &run(DpoLossParams {
+                loss: DpoLoss::Hinge,
+                ..base
+            })
+            .loss,
+            &[0.0],
+        );
+        close(
+            &run(DpoLossParams {
+                loss: DpoLoss::Hinge,
+                beta: 0.25,
+                ..base
+            })
+            .loss,
+            &[0.5],
+        );
+        // RPO, α = 1: 0.3132617 + 1·(−π_c/|y_c| = 1) = 1.3132617
+        let o = run(DpoLossParams {
+            rpo_alpha: 1.0,
+            ..base
+        });
+        close(&o.loss, &[1.313_261_7]);
+        close(o.nll.as_ref().unwrap(), &[1.0]);
+        // SimPO, β = 0.5, γ = 0.5: lp_c = −1, lp_r = −1.5 → 0.5·0.5 − 0.5 = −0.25;
+        // −log σ(−0.25) = log(1 + e^0.25) = log 2.2840254 = 0.8259394; rewards β·lp = −0.5, −0.75.
+        let free = PairScores {
+            reference: None,
+            ..scores
+        };
+        let o = dpo_loss(
+            &free,
+            &DpoLossParams {
+                loss: DpoLoss::Simpo,
+                ..base
+            },
+        )
+        .unwrap();
+        close(&o.loss, &[0.825_939_4]);
+        close(&o.chosen_rewards, &[-0.5]);
+        close(&o.rejected_rewards, &[-0.75]);
+        // ORPO, λ = β = 0.5: log odds_c = −1 − log(1 − e^−1) = −1 + 0.4586751 = −0.5413249;
+        // log odds_r = −1.5 − log(1 − e^−1.5) = −1.5 + 0.2524825 = −1.2475175; difference 0.7061927;
+        // −log σ(0.7061927) = log(1 + e^−0.7061927) = log 1.4935053 = 0.4011355;
+        // loss = NLL_c 1 + 0.5·0.4011355 = 1.2005677
+        let o = dpo_loss(
+            &free,
+            &DpoLossParams {
+                loss: DpoLoss::Orpo,
+                ..base
+            },
+        )
+        .unwrap();
+        close(&o.loss, &[1.200_567_7]);
+        close(o.nll.as_ref().unwrap(), &[1.0]);
+        // A loss that reads the reference gets none: no loss, not a silent zero reference.
+        assert!(dpo_loss(&free, &base).is_none());
         // Bradley–Terry: −log σ(2 − 1) = 0.3132617
         close(
             &bradley_terry_loss(&t(&[2.0], &[1]), &t(&[1.0], &[1])),

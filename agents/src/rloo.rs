@@ -11,16 +11,15 @@
 //! step by default: plain REINFORCE), the loss averaged per sequence, then over sequences →
 //! **budget**.
 
-use crate::agent::{Agent, Budget, Metrics, Resumable};
-use crate::grpo::{GroupBatch, GroupCore, GrpoLoss, Steps};
-use crate::policy::{LmPolicy, Policy};
+use crate::agent::{Agent, Metrics};
+use crate::grpo::{
+    group_agent_accessors, group_agent_plumbing, GroupBatch, GroupCore, GrpoLoss, Steps,
+};
+use crate::policy::LmPolicy;
 use crate::ppo::RewardSignal;
-use crate::sampling::{Generation, SamplingConfig};
-use crate::tokenizer::Tokenizer;
 use crate::{AgentError, Result};
-use aligngym_envs::{RewardFn, Task};
+use aligngym_envs::Task;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 
@@ -145,23 +144,9 @@ impl RlooAgent {
         )?;
         Ok(Self { cfg, core })
     }
-
-    /// Count `queries` oracle queries already spent on this agent's reward (a reward model's
-    /// preference labels), so budgets compare with DPO's.
-    pub fn with_prior_oracle_queries(mut self, queries: u64) -> Self {
-        self.core.budget.oracle_queries += queries;
-        self
-    }
 }
 
-impl Policy for RlooAgent {
-    fn sample(&self, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> Result<Generation> {
-        self.core.actor.sample(prompts, cfg)
-    }
-    fn tokenizer(&self) -> &Tokenizer {
-        &self.core.actor.tokenizer
-    }
-}
+group_agent_plumbing!(RlooAgent, "rloo_state");
 
 impl Agent for RlooAgent {
     fn name(&self) -> &'static str {
@@ -170,13 +155,8 @@ impl Agent for RlooAgent {
 
     fn update(&mut self, step: u64) -> Result<Metrics> {
         let c = self.cfg.clone();
-        let max_len = self.core.max_new_tokens(c.max_new_tokens);
-        let sampling = SamplingConfig {
-            temperature: c.temperature,
-            top_k: 0,
-            top_p: 1.0,
-            max_new_tokens: max_len,
-        };
+        let sampling = self.core.sampling(c.temperature, c.max_new_tokens);
+        let max_len = sampling.max_new_tokens;
         // Phase 1: k completions per prompt.
         let rollout = self.core.collect(step, &sampling)?;
         // Phase 2: the score, minus β × the sequence KL, minus the others' mean.
@@ -218,41 +198,11 @@ impl Agent for RlooAgent {
         let mut m = self
             .core
             .finish(&batch, &st, c.num_iterations, c.learning_rate, step)?;
-        // The KL lives in the reward here, as PPO's does: its names, not GRPO's loss-term `kl`.
-        m.remove("kl");
-        let kl = seq_kl.mean(Kind::Float).double_value(&[]);
-        let mean_score = score.mean(Kind::Float).double_value(&[]);
-        m.insert("objective/kl".into(), kl);
-        m.insert("objective/scores".into(), mean_score);
-        m.insert("objective/non_score_reward".into(), -c.beta * kl);
-        m.insert("objective/rlhf_reward".into(), mean_score - c.beta * kl);
-        if !kl.is_finite() {
-            return Err(AgentError::NonFinite {
-                metric: "objective/kl".into(),
-                step,
-            });
-        }
+        GroupCore::kl_in_reward_metrics(&mut m, &seq_kl, &score, c.beta, step)?;
         Ok(m)
     }
 
-    fn policy(&self) -> &LmPolicy {
-        &self.core.actor
-    }
-    fn budget(&self) -> Budget {
-        self.core.budget
-    }
-    fn proxy_reward(&self) -> Option<&dyn RewardFn> {
-        Some(self.core.proxy_reward())
-    }
-}
-
-impl Resumable for RlooAgent {
-    fn save_state(&self, dir: &Path) -> Result<()> {
-        self.core.save_state(dir, "rloo_state")
-    }
-    fn load_state(&mut self, dir: &Path) -> Result<()> {
-        self.core.load_state(dir, "rloo_state")
-    }
+    group_agent_accessors!();
 }
 
 #[cfg(test)]
