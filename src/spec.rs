@@ -4,9 +4,9 @@
 use crate::eval::EvalConfig;
 use crate::runner::RunConfig;
 use aligngym_agents::{
-    AgentError, DpoAgent, DpoConfig, GrpoAgent, GrpoConfig, LmPolicy, PpoAgent, PpoConfig,
-    ReinforcePpAgent, ReinforcePpConfig, Result, RewardModel, RewardSignal, RlooAgent, RlooConfig,
-    RunnableAgent,
+    AgentError, DpoAgent, DpoConfig, GrpoAgent, GrpoConfig, LmPolicy, OnlineDpoAgent,
+    OnlineDpoConfig, PpoAgent, PpoConfig, ReinforcePpAgent, ReinforcePpConfig, Result, RewardModel,
+    RewardSignal, RlooAgent, RlooConfig, RunnableAgent,
 };
 use aligngym_envs::{read_pairs, Feedback, Task};
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,9 @@ pub enum AgentKind {
     /// REINFORCE++: online, critic-free, token KL in the reward, batch-whitened returns.
     #[value(name = "reinforce_pp")]
     ReinforcePp,
+    /// Online DPO: two fresh samples per prompt, judged by the reward, a DPO-family loss.
+    #[value(name = "online_dpo")]
+    OnlineDpo,
 }
 
 impl std::fmt::Display for AgentKind {
@@ -39,6 +42,7 @@ impl std::fmt::Display for AgentKind {
             Self::Grpo => "grpo",
             Self::Rloo => "rloo",
             Self::ReinforcePp => "reinforce_pp",
+            Self::OnlineDpo => "online_dpo",
         })
     }
 }
@@ -120,6 +124,9 @@ pub struct TrainSpec {
     /// REINFORCE++ hyperparameters (REINFORCE++ runs only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reinforce_pp: Option<ReinforcePpConfig>,
+    /// Online DPO hyperparameters (online DPO runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_dpo: Option<OnlineDpoConfig>,
     /// Run length and evaluation cadence.
     pub run: RunConfig,
     /// The shared evaluation.
@@ -149,6 +156,7 @@ impl TrainSpec {
             grpo: (agent == AgentKind::Grpo).then(GrpoConfig::default),
             rloo: (agent == AgentKind::Rloo).then(RlooConfig::default),
             reinforce_pp: (agent == AgentKind::ReinforcePp).then(ReinforcePpConfig::default),
+            online_dpo: (agent == AgentKind::OnlineDpo).then(OnlineDpoConfig::default),
             run: RunConfig::default(),
             eval: EvalConfig::default(),
         }
@@ -208,6 +216,9 @@ impl TrainSpec {
         }
         if let Some(r) = &self.reinforce_pp {
             r.validate()?;
+        }
+        if let Some(o) = &self.online_dpo {
+            o.validate()?;
         }
         // max_new_tokens 0 means "the task's own limit", filled in when the evaluator is built.
         let mut sampling = self.eval.sampling.clone();
@@ -364,6 +375,16 @@ pub fn build_agent(
         AgentKind::ReinforcePp => Box::new(
             ReinforcePpAgent::new(
                 spec.reinforce_pp.clone().unwrap_or_default(),
+                task.clone(),
+                policy,
+                reward()?,
+                spec.seed,
+            )?
+            .with_prior_oracle_queries(prior),
+        ),
+        AgentKind::OnlineDpo => Box::new(
+            OnlineDpoAgent::new(
+                spec.online_dpo.clone().unwrap_or_default(),
                 task.clone(),
                 policy,
                 reward()?,

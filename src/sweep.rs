@@ -131,10 +131,19 @@ impl SweepSpec {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| AgentError::io(path, e))?;
         let mut s: SweepSpec = toml::from_str(&text).map_err(|e| {
+            // toml's own rendering draws the line over several; one line names where instead.
+            let at =
+                e.span()
+                    .and_then(|sp| text.get(..sp.start))
+                    .map_or_else(String::new, |before| {
+                        let line = before.matches('\n').count() + 1;
+                        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                        format!("line {line}, column {column}: ")
+                    });
             AgentError::Data(format!(
-                "{}: {}",
+                "{}: {at}{}",
                 path.display(),
-                e.to_string().replace('\n', " ")
+                e.message().replace('\n', " ")
             ))
         })?;
         s.fill_defaults();
@@ -790,7 +799,8 @@ fn train_args(
             crate::spec::AgentKind::Ppo
             | crate::spec::AgentKind::Grpo
             | crate::spec::AgentKind::Rloo
-            | crate::spec::AgentKind::ReinforcePp,
+            | crate::spec::AgentKind::ReinforcePp
+            | crate::spec::AgentKind::OnlineDpo,
             Some(rm),
         ) => {
             a.extend([
@@ -804,7 +814,8 @@ fn train_args(
             crate::spec::AgentKind::Ppo
             | crate::spec::AgentKind::Grpo
             | crate::spec::AgentKind::Rloo
-            | crate::spec::AgentKind::ReinforcePp,
+            | crate::spec::AgentKind::ReinforcePp
+            | crate::spec::AgentKind::OnlineDpo,
             None,
         ) => a.extend(["--reward".into(), "gold".into()]),
     }

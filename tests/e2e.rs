@@ -155,17 +155,38 @@ fn train(agent: &str, env: &str, name: &str, extra: &[&str]) -> PathBuf {
 }
 
 #[test]
-fn grpo_with_each_loss_type_rloo_and_reinforce_pp_beat_sft_on_arithmetic() {
+fn the_online_agents_beat_sft_on_arithmetic() {
     let env = "arithmetic-v0";
     let runs = [
-        ("grpo", "loss_type=dapo", "kl"),
-        ("grpo", "loss_type=grpo", "kl"),
-        ("grpo", "loss_type=dr_grpo", "kl"),
-        ("rloo", "beta=0.05", "objective/kl"),
-        ("reinforce_pp", "baseline=false", "objective/kl"),
-        ("reinforce_pp", "baseline=true", "objective/kl"),
+        ("grpo", "loss_type=dapo", "kl", "clip_ratio/region_mean"),
+        ("grpo", "loss_type=grpo", "kl", "clip_ratio/region_mean"),
+        ("grpo", "loss_type=dr_grpo", "kl", "clip_ratio/region_mean"),
+        (
+            "rloo",
+            "beta=0.05",
+            "objective/kl",
+            "clip_ratio/region_mean",
+        ),
+        (
+            "reinforce_pp",
+            "baseline=false",
+            "objective/kl",
+            "clip_ratio/region_mean",
+        ),
+        (
+            "reinforce_pp",
+            "baseline=true",
+            "objective/kl",
+            "clip_ratio/region_mean",
+        ),
+        (
+            "online_dpo",
+            "beta=0.1",
+            "objective/kl",
+            "rewards/accuracies",
+        ),
     ];
-    for (agent, set, kl_name) in runs {
+    for (agent, set, kl_name, own) in runs {
         let name = format!("{agent}-{}", set.replace('=', "-"));
         let dir = train(agent, env, &name, &["--set", set]);
         let (first, last, kl) = gold_first_last(&dir);
@@ -173,12 +194,7 @@ fn grpo_with_each_loss_type_rloo_and_reinforce_pp_beat_sft_on_arithmetic() {
         assert!(last > first + 0.12, "{name}: gold {first:.3} -> {last:.3}");
         // TRL's metric names, logged every update.
         let m = metrics(&dir);
-        for metric in [
-            "reward",
-            "frac_reward_zero_std",
-            "clip_ratio/region_mean",
-            kl_name,
-        ] {
+        for metric in ["reward", "frac_reward_zero_std", own, kl_name] {
             assert_eq!(m.iter().filter(|r| r.1 == metric).count(), 60, "{metric}");
         }
     }
@@ -406,12 +422,12 @@ fn same_seed_same_metrics_and_resume_equals_uninterrupted() {
         "--set",
         "batch_size=16",
     ];
-    for agent in ["ppo", "dpo", "grpo", "rloo", "reinforce_pp"] {
+    for agent in ["ppo", "dpo", "grpo", "rloo", "reinforce_pp", "online_dpo"] {
         let mut extra: Vec<&str> = short.to_vec();
         match agent {
             "dpo" => extra.extend_from_slice(&["--prefs", p.to_str().unwrap()]),
             // Groups of completions per prompt; the critic-free agents have no `batch_size`.
-            "grpo" | "rloo" | "reinforce_pp" => extra[5] = "num_prompts=4",
+            "grpo" | "rloo" | "reinforce_pp" | "online_dpo" => extra[5] = "num_prompts=4",
             _ => {}
         }
         let a = train(agent, env, &format!("det-a-{agent}"), &extra);
@@ -575,6 +591,22 @@ fn bad_input_gets_one_line_and_a_nonzero_exit() {
         );
         fails(&["gpu-check"], "CUDA");
     }
+    // A typo in a sweep spec's agent: one line with the line number and the valid names.
+    let typo = root().join("typo-agent.toml");
+    std::fs::write(
+        &typo,
+        "name = \"t\"\nenvs = [\"arithmetic-v0\"]\nseeds = [0]\n[[agents]]\nname = \"a\"\nagent = \"grop\"\n",
+    )
+    .unwrap();
+    fails(
+        &[
+            "sweep",
+            typo.to_str().unwrap(),
+            "--out",
+            root().join("typo-out").to_str().unwrap(),
+        ],
+        "line 6, column 9: unknown variant `grop`, expected one of `ppo`, `dpo`, `grpo`, `rloo`, `reinforce_pp`, `online_dpo`",
+    );
 }
 
 #[test]

@@ -218,6 +218,7 @@ fn fuzz_set_values() {
             AgentKind::Grpo,
             AgentKind::Rloo,
             AgentKind::ReinforcePp,
+            AgentKind::OnlineDpo,
         ] {
             let mut spec = TrainSpec::new(
                 agent,

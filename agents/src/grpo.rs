@@ -496,6 +496,30 @@ impl GroupCore {
         })
     }
 
+    /// One gradient step on `loss` (a scalar): clipped to `max_grad_norm`, refused when the loss
+    /// or the gradient norm is not finite. Returns the norm before clipping (a 0-d tensor).
+    pub(crate) fn step_on(
+        &mut self,
+        loss: &Tensor,
+        learning_rate: f64,
+        max_grad_norm: f64,
+        step: u64,
+    ) -> Result<Tensor> {
+        self.opt.zero_grad();
+        loss.backward();
+        let gn = self.opt.clip_grad_norm(max_grad_norm);
+        let checks = Tensor::stack(&[loss.detach(), gn.shallow_clone()], 0).isfinite();
+        let ok: Vec<bool> = Vec::try_from(&checks)?;
+        if let Some(i) = ok.iter().position(|&x| !x) {
+            return Err(AgentError::NonFinite {
+                metric: ["loss", "grad_norm"][i].into(),
+                step,
+            });
+        }
+        self.opt.step(learning_rate);
+        Ok(gn)
+    }
+
     /// Phase 3: `iterations` × `minibatches` clipped steps over whole groups.
     pub(crate) fn optimise(
         &mut self,
@@ -533,18 +557,7 @@ impl GroupCore {
                     c.max_len,
                 );
                 let ent = masked_mean(&out.entropy, &mask);
-                self.opt.zero_grad();
-                l.loss.backward();
-                let gn = self.opt.clip_grad_norm(c.max_grad_norm);
-                let checks = Tensor::stack(&[l.loss.detach(), gn.shallow_clone()], 0).isfinite();
-                let ok: Vec<bool> = Vec::try_from(&checks)?;
-                if let Some(i) = ok.iter().position(|&x| !x) {
-                    return Err(AgentError::NonFinite {
-                        metric: ["loss", "grad_norm"][i].into(),
-                        step,
-                    });
-                }
-                self.opt.step(c.learning_rate);
+                let gn = self.step_on(&l.loss, c.learning_rate, c.max_grad_norm, step)?;
                 rows.push(Tensor::stack(
                     &[
                         l.loss.detach(),

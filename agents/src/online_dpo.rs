@@ -1,0 +1,284 @@
+//! Online DPO (Guo et al. 2024, "Direct Language Model Alignment from Online AI Feedback", arXiv
+//! 2402.04792; TRL's `OnlineDPOTrainer`): each update samples two fresh completions per prompt from
+//! the current policy, lets the judge — the gold reward or a reward model — pick the better, and
+//! takes one step of a DPO-family loss (any `loss_type` of offline DPO) on those pairs.
+//!
+//! Per update, in named phases: **collect** 2 completions for each of `num_prompts` training
+//! prompts through the rollout collector (one turn or many) → **judge**: the higher score is
+//! chosen; exact ties carry no preference and are left out → **optimise**: summed log-probs of
+//! both under the policy (and the frozen reference, unless the loss needs none), the loss, one
+//! gradient step → **budget**.
+
+use crate::agent::{Agent, Metrics};
+use crate::grpo::{group_agent_accessors, group_agent_plumbing, GroupBatch, GroupCore, StepStats};
+use crate::losses::{dpo_loss, masked_mean, DpoLoss, DpoLossParams, PairScores};
+use crate::policy::LmPolicy;
+use crate::ppo::RewardSignal;
+use crate::sampling::sequence_outputs;
+use crate::{AgentError, Result};
+use aligngym_envs::Task;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tch::{Kind, Tensor};
+
+/// Online DPO hyperparameters (TRL's names; the loss knobs are offline DPO's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OnlineDpoConfig {
+    /// Adam learning rate. Default 1e-4 (as offline DPO here: small models from scratch want far
+    /// more than TRL's 5e-7).
+    pub learning_rate: f64,
+    /// Prompts per update, each sampled twice. Default 32 (64 completions, PPO's batch).
+    pub num_prompts: usize,
+    /// β. Default 0.1 (TRL).
+    pub beta: f64,
+    /// The loss, as offline DPO's `loss_type`. Default sigmoid.
+    pub loss_type: DpoLoss,
+    /// ε of conservative (sigmoid) and robust DPO. Default 0.
+    pub label_smoothing: f64,
+    /// SimPO's γ. Default 0.5.
+    pub simpo_gamma: f64,
+    /// RPO's α (0: off). Default 0.
+    pub rpo_alpha: f64,
+    /// Sampling temperature. Default 0.7, the evaluation's (TRL samples at 0.9).
+    pub temperature: f64,
+    /// Completion-length limit per turn; 0 uses the task's. Default 0.
+    pub max_new_tokens: usize,
+    /// Gradient-norm clip. Default 1.0.
+    pub max_grad_norm: f64,
+    /// Adam ε. Default 1e-8.
+    pub adam_eps: f64,
+}
+
+impl Default for OnlineDpoConfig {
+    fn default() -> Self {
+        Self {
+            learning_rate: 1e-4,
+            num_prompts: 32,
+            beta: 0.1,
+            loss_type: DpoLoss::Sigmoid,
+            label_smoothing: 0.0,
+            simpo_gamma: 0.5,
+            rpo_alpha: 0.0,
+            temperature: 0.7,
+            max_new_tokens: 0,
+            max_grad_norm: 1.0,
+            adam_eps: 1e-8,
+        }
+    }
+}
+
+impl OnlineDpoConfig {
+    /// Check the ranges (the loss's as offline DPO checks them).
+    pub fn validate(&self) -> Result<()> {
+        crate::dpo::DpoConfig {
+            learning_rate: self.learning_rate,
+            beta: self.beta,
+            loss_type: self.loss_type,
+            label_smoothing: self.label_smoothing,
+            simpo_gamma: self.simpo_gamma,
+            rpo_alpha: self.rpo_alpha,
+            max_grad_norm: self.max_grad_norm,
+            ..Default::default()
+        }
+        .validate()?;
+        let pos = AgentError::positive;
+        pos("temperature", self.temperature)?;
+        pos("max_grad_norm", self.max_grad_norm)?;
+        pos("adam_eps", self.adam_eps)?;
+        if self.num_prompts == 0 {
+            return Err(AgentError::config("num_prompts", "expected > 0"));
+        }
+        Ok(())
+    }
+}
+
+/// The judge's verdict on `scores [2P]` (two consecutive completions per prompt): the rows of the
+/// chosen and rejected completions `[P]` (i64) and whether the pair carries a preference `[P]`
+/// (f32: 0 on an exact tie).
+pub fn judge_pairs(scores: &Tensor) -> (Tensor, Tensor, Tensor) {
+    let s = scores.view([-1, 2]); // [P, 2]
+    let p = s.size()[0];
+    let second = s
+        .select(1, 1)
+        .gt_tensor(&s.select(1, 0))
+        .to_kind(Kind::Int64); // [P]
+    let base = Tensor::arange(p, (Kind::Int64, scores.device())) * 2; // [P]
+    let chosen = &base + &second;
+    let rejected = &base + 1 - &second;
+    let decided = s
+        .select(1, 0)
+        .ne_tensor(&s.select(1, 1))
+        .to_kind(Kind::Float); // [P]
+    (chosen, rejected, decided)
+}
+
+/// The online DPO agent.
+pub struct OnlineDpoAgent {
+    cfg: OnlineDpoConfig,
+    core: GroupCore,
+}
+
+impl OnlineDpoAgent {
+    /// Online DPO from `policy` (also the frozen reference, unless the loss needs none), judged
+    /// by `reward` on `task`'s training prompts.
+    pub fn new(
+        cfg: OnlineDpoConfig,
+        task: Arc<dyn Task>,
+        policy: LmPolicy,
+        reward: RewardSignal,
+        seed: u64,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let core = GroupCore::new(
+            task,
+            policy,
+            reward,
+            seed,
+            (cfg.num_prompts, 2),
+            cfg.loss_type.needs_reference(),
+            cfg.adam_eps,
+        )?;
+        Ok(Self { cfg, core })
+    }
+}
+
+group_agent_plumbing!(OnlineDpoAgent, "online_dpo_state");
+
+impl Agent for OnlineDpoAgent {
+    fn name(&self) -> &'static str {
+        "online_dpo"
+    }
+
+    fn update(&mut self, step: u64) -> Result<Metrics> {
+        let c = self.cfg.clone();
+        // Phase 1: two completions per prompt.
+        let sampling = self.core.sampling(c.temperature, c.max_new_tokens);
+        let rollout = self.core.collect(step, &sampling)?;
+        // Phase 2: the judge.
+        let score = self.core.rewards(&rollout, step, |_| 0.0)?; // [2P]
+        let (ci, ri, decided) = judge_pairs(&score); // [P], [P], [P]
+        let mask = rollout.seqs.mask.shallow_clone(); // [2P, N]
+                                                      // Phase 3: the DPO loss on the judged pairs, one step.
+        let out = sequence_outputs(&self.core.actor.model, &rollout.seqs, 1.0, true);
+        let logp = out.logprobs.sum_dim_intlist(1, false, Kind::Float); // [2P]
+        let ref_logp = self.core.reference_logprobs(&rollout, 1.0).map(|r| {
+            r.sum_dim_intlist(1, false, Kind::Float) // [2P]
+        });
+        let len = mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0); // [2P]
+        let pick = |t: &Tensor| (t.index_select(0, &ci), t.index_select(0, &ri));
+        let (pc, pr) = pick(&logp);
+        let (lc, lr) = pick(&len);
+        let refs = ref_logp.as_ref().map(pick);
+        let o = dpo_loss(
+            &PairScores {
+                chosen: &pc,
+                rejected: &pr,
+                reference: refs.as_ref().map(|(a, b)| (a, b)),
+                chosen_len: &lc,
+                rejected_len: &lr,
+            },
+            &DpoLossParams {
+                beta: c.beta,
+                loss: c.loss_type,
+                label_smoothing: c.label_smoothing,
+                simpo_gamma: c.simpo_gamma,
+                rpo_alpha: c.rpo_alpha,
+            },
+        )
+        .ok_or_else(|| AgentError::Data("online DPO's loss needs the reference model".into()))?;
+        let n_decided = decided.sum(Kind::Float).clamp_min(1.0);
+        let loss = (&o.loss * &decided).sum(Kind::Float) / &n_decided;
+        let gn = self
+            .core
+            .step_on(&loss, c.learning_rate, c.max_grad_norm, step)?;
+        let w = |t: &Tensor| (t * &decided).sum(Kind::Float) / &n_decided;
+        let margins = &o.chosen_rewards - &o.rejected_rewards; // [P]
+        let seq_kl = match &ref_logp {
+            Some(r) => logp.detach() - r,
+            None => logp.zeros_like(),
+        }; // [2P]
+        let v: Vec<f64> = Vec::try_from(
+            Tensor::stack(
+                &[
+                    loss.detach(),
+                    masked_mean(&out.entropy.detach(), &mask),
+                    gn.shallow_clone(),
+                    w(&o.chosen_rewards),
+                    w(&o.rejected_rewards),
+                    w(&margins),
+                    w(&margins.gt(0.0).to_kind(Kind::Float)),
+                    w(&pc.detach()),
+                    w(&pr.detach()),
+                ],
+                0,
+            )
+            .to_kind(Kind::Double),
+        )?;
+        let group_std = score.view([-1, 2]).std_dim(1, true, false); // [P]
+        let batch = GroupBatch {
+            rollout,
+            rewards: score.shallow_clone(),
+            advantages: score.zeros_like(),
+            mask,
+            ref_logp: None,
+            group_std,
+        };
+        let st = StepStats {
+            loss: v[0],
+            clip_low: 0.0,
+            clip_high: 0.0,
+            kl: 0.0,
+            entropy: v[1],
+            grad_norm: v[2],
+        };
+        // Phase 4: the budget, and GRPO's sampling metrics (`frac_reward_zero_std` is the
+        // fraction of tied pairs); no ratio is clipped here.
+        let mut m = self.core.finish(&batch, &st, 1, c.learning_rate, step)?;
+        for k in [
+            "clip_ratio/low_mean",
+            "clip_ratio/high_mean",
+            "clip_ratio/region_mean",
+        ] {
+            m.remove(k);
+        }
+        GroupCore::kl_in_reward_metrics(&mut m, &seq_kl, &score, 0.0, step)?;
+        m.remove("objective/non_score_reward");
+        m.remove("objective/rlhf_reward");
+        for (i, k) in [
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "rewards/accuracies",
+            "logps/chosen",
+            "logps/rejected",
+        ]
+        .iter()
+        .enumerate()
+        {
+            m.insert(k.to_string(), v[3 + i]);
+        }
+        if let Some(n) = o.nll {
+            m.insert("nll_loss".into(), w(&n).double_value(&[]));
+        }
+        Ok(m)
+    }
+
+    group_agent_accessors!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_judge_prefers_the_higher_score_and_skips_ties() {
+        // Prompt 0: [0.2, 0.9] → chosen row 1, rejected row 0; prompt 1: [0.5, 0.1] → rows 2, 3;
+        // prompt 2: [0.4, 0.4] → a tie, no preference.
+        let s = Tensor::from_slice(&[0.2f32, 0.9, 0.5, 0.1, 0.4, 0.4]);
+        let (c, r, d) = judge_pairs(&s);
+        assert_eq!(Vec::<i64>::try_from(&c).unwrap(), vec![1, 2, 4]);
+        assert_eq!(Vec::<i64>::try_from(&r).unwrap(), vec![0, 3, 5]);
+        assert_eq!(Vec::<f32>::try_from(&d).unwrap(), vec![1.0, 1.0, 0.0]);
+    }
+}
