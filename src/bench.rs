@@ -8,7 +8,8 @@
 //! W3 PPO iteration: sample 32 × 48 from 16-token prompts, rule reward, reference and value forward
 //! passes, GAE, 4 epochs × 1 minibatch, separate value network. W4 SFT step: 32 × 64 tokens.
 //! W5 GRPO iteration: 32 prompts × G = 8 completions of 48 tokens, rule reward, group advantages,
-//! one clipped step (β = 0: no reference pass).
+//! one clipped step (β = 0: no reference pass). W6 RLOO iteration: 32 prompts × k = 4 completions
+//! of 48 tokens, rule reward, a reference pass (β = 0.05), leave-one-out advantages, one step.
 
 use crate::commands::ModelSize;
 use aligngym_agents::dpo::{pair_lengths, pair_logps, PairBatch};
@@ -19,7 +20,7 @@ use aligngym_agents::sampling::{generate, generate_until, generate_without_cache
 use aligngym_agents::sft::{init_model, lm_loss};
 use aligngym_agents::{
     Agent, GptConfig, GrpoAgent, GrpoConfig, LmPolicy, PpoAgent, PpoConfig, Precision, Result,
-    Tokenizer,
+    RlooAgent, RlooConfig, Tokenizer,
 };
 use aligngym_envs::rules::LengthTarget;
 use aligngym_envs::{ChatEnv, Feedback, Rule, Split, Task, TextCodec, VecEnv};
@@ -361,6 +362,26 @@ impl Fixture {
         )
     }
 
+    /// W6's agent: RLOO on W3's task, 32 prompts × k = 4 completions of 48 tokens, one update
+    /// (TRL's `RLOOTrainer` defaults otherwise: β = 0.05, so a reference pass).
+    pub fn rloo_agent(&self) -> Result<RlooAgent> {
+        let cfg = RlooConfig {
+            num_prompts: BATCH as usize,
+            num_generations: 4,
+            max_new_tokens: NEW_TOKENS as usize,
+            temperature: 1.0,
+            learning_rate: 1e-6,
+            ..Default::default()
+        };
+        RlooAgent::new(
+            cfg,
+            self.task(),
+            self.policy.duplicate(true)?,
+            aligngym_agents::ppo::RewardSignal::Gold,
+            0,
+        )
+    }
+
     /// A fresh AdamW over the policy (ε = 1e-8, as the Python trainers use).
     pub fn optimizer(&self) -> AdamW {
         AdamW::new(
@@ -475,6 +496,8 @@ pub fn run_bench(
     push("W3 PPO iteration", "iterations/s", 1.0, s, flops);
     let (s, flops) = time_updates(&mut fx.grpo_agent()?, repeats.min(5), device)?;
     push("W5 GRPO iteration", "iterations/s", 1.0, s, flops);
+    let (s, flops) = time_updates(&mut fx.rloo_agent()?, repeats.min(5), device)?;
+    push("W6 RLOO iteration", "iterations/s", 1.0, s, flops);
 
     Ok(BenchReport {
         size: format!("{size:?}").to_lowercase(),

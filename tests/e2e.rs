@@ -1033,6 +1033,7 @@ fn bench_runs_and_prints_finite_positive_numbers() {
             "W3 PPO iteration",
             "W4 SFT step",
             "W5 GRPO iteration",
+            "W6 RLOO iteration",
         ] {
             assert!(text.contains(w), "{w} missing:\n{text}");
         }

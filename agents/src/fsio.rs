@@ -62,7 +62,7 @@ pub fn sync_tree(dir: &Path) -> Result<()> {
     sync_dir(dir)
 }
 
-/// Remove the temporaries of [`write_atomic`] for `names` in `dir` (`.NAME.aligngym-tmp-PID`)
+/// Remove the temporaries of [`write_atomic`] for `names` in `dir` (`.NAME.aligngym-tmp-DIGITS`)
 /// that a killed process left behind; nothing else is touched.
 pub fn remove_stale_temporaries(dir: &Path, names: &[&str]) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -83,7 +83,12 @@ pub fn remove_stale_temporaries(dir: &Path, names: &[&str]) {
 /// Write `bytes` to `path` durably: a temporary sibling, fsync, rename, fsync of the folder. On
 /// failure the temporary is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = sibling(path, &format!("{TMP}-{}", std::process::id()));
+    // The PID and the clock's nanoseconds: unique among the writers of one file even when they
+    // are processes of different machines on a shared filesystem (a cluster's merge jobs).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = sibling(path, &format!("{TMP}-{}{nanos:09}", std::process::id()));
     let written = std::fs::File::create(&tmp)
         .and_then(|mut f| {
             f.write_all(bytes)?;
