@@ -254,7 +254,7 @@ pub struct TrainArgs {
     /// PPO's reward: `gold` (the env's) or `rm:DIR` (a trained reward model).
     #[arg(long, default_value = "gold")]
     pub reward: String,
-    /// DPO's preference JSONL.
+    /// The preference JSONL of DPO (pairs) and KTO (`{prompt, completion, label}` lines, or pairs).
     #[arg(long)]
     pub prefs: Option<PathBuf>,
     /// Run directory (config.json, metrics.csv, policy/, state/).

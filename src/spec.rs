@@ -4,11 +4,11 @@
 use crate::eval::EvalConfig;
 use crate::runner::RunConfig;
 use aligngym_agents::{
-    AgentError, DpoAgent, DpoConfig, GrpoAgent, GrpoConfig, LmPolicy, OnlineDpoAgent,
-    OnlineDpoConfig, PpoAgent, PpoConfig, ReinforcePpAgent, ReinforcePpConfig, Result, RewardModel,
-    RewardSignal, RlooAgent, RlooConfig, RunnableAgent,
+    AgentError, DpoAgent, DpoConfig, GrpoAgent, GrpoConfig, KtoAgent, KtoConfig, LmPolicy,
+    OnlineDpoAgent, OnlineDpoConfig, PpoAgent, PpoConfig, ReinforcePpAgent, ReinforcePpConfig,
+    Result, RewardModel, RewardSignal, RlooAgent, RlooConfig, RunnableAgent,
 };
-use aligngym_envs::{read_pairs, Feedback, Task};
+use aligngym_envs::{read_pairs, read_unpaired, Feedback, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,8 @@ pub enum AgentKind {
     /// Online DPO: two fresh samples per prompt, judged by the reward, a DPO-family loss.
     #[value(name = "online_dpo")]
     OnlineDpo,
+    /// KTO on unpaired desirable/undesirable examples (or preference pairs, unpaired).
+    Kto,
 }
 
 impl std::fmt::Display for AgentKind {
@@ -43,6 +45,7 @@ impl std::fmt::Display for AgentKind {
             Self::Rloo => "rloo",
             Self::ReinforcePp => "reinforce_pp",
             Self::OnlineDpo => "online_dpo",
+            Self::Kto => "kto",
         })
     }
 }
@@ -127,6 +130,9 @@ pub struct TrainSpec {
     /// Online DPO hyperparameters (online DPO runs only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub online_dpo: Option<OnlineDpoConfig>,
+    /// KTO hyperparameters (KTO runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kto: Option<KtoConfig>,
     /// Run length and evaluation cadence.
     pub run: RunConfig,
     /// The shared evaluation.
@@ -157,6 +163,7 @@ impl TrainSpec {
             rloo: (agent == AgentKind::Rloo).then(RlooConfig::default),
             reinforce_pp: (agent == AgentKind::ReinforcePp).then(ReinforcePpConfig::default),
             online_dpo: (agent == AgentKind::OnlineDpo).then(OnlineDpoConfig::default),
+            kto: (agent == AgentKind::Kto).then(KtoConfig::default),
             run: RunConfig::default(),
             eval: EvalConfig::default(),
         }
@@ -219,6 +226,9 @@ impl TrainSpec {
         }
         if let Some(o) = &self.online_dpo {
             o.validate()?;
+        }
+        if let Some(k) = &self.kto {
+            k.validate()?;
         }
         // max_new_tokens 0 means "the task's own limit", filled in when the evaluator is built.
         let mut sampling = self.eval.sampling.clone();
@@ -392,6 +402,24 @@ pub fn build_agent(
             )?
             .with_prior_oracle_queries(prior),
         ),
+        AgentKind::Kto => {
+            let path = spec.prefs.as_ref().ok_or_else(|| {
+                AgentError::config(
+                    "prefs",
+                    "KTO needs --prefs FILE (lines {prompt, completion, label}, or preference pairs)",
+                )
+            })?;
+            let examples = read_unpaired(path)?;
+            let queries = spec.prefs_queries.unwrap_or(examples.len() as u64);
+            Box::new(KtoAgent::new(
+                spec.kto.clone().unwrap_or_default(),
+                policy,
+                &examples,
+                queries,
+                spec.run.updates as usize,
+                spec.seed,
+            )?)
+        }
         AgentKind::Dpo => {
             let path = spec.prefs.as_ref().ok_or_else(|| {
                 AgentError::config(

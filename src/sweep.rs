@@ -787,7 +787,7 @@ fn train_args(
         None
     };
     match (r.agent.agent, rm) {
-        (crate::spec::AgentKind::Dpo, _) => {
+        (crate::spec::AgentKind::Dpo | crate::spec::AgentKind::Kto, _) => {
             a.extend([
                 "--prefs".into(),
                 prefs_path.display().to_string(),

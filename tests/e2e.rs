@@ -240,7 +240,7 @@ fn ppo_on_gold_and_dpo_on_oracle_pairs_beat_sft_with_defaults() {
 /// Each loss of the DPO family learns the oracle's preferences on the training pairs (a margin
 /// that grows, most pairs ranked right), and the two without a reference do no reference pass.
 #[test]
-fn dpo_family_losses_learn_the_preferences() {
+fn dpo_family_losses_and_kto_learn_the_preferences() {
     let env = "arithmetic-v0";
     let p = prefs(env);
     let last = |dir: &Path, name: &str| {
@@ -300,6 +300,60 @@ fn dpo_family_losses_learn_the_preferences() {
     // Same policy passes; the reference pass over the pairs is what the others add.
     assert!(flops["simpo"] < flops["sigmoid"] && flops["orpo"] < flops["sigmoid"]);
     assert!((flops["simpo"] - flops["orpo"]).abs() < 1e-6 * flops["simpo"]);
+
+    // KTO on the same labels as unpaired examples (`{prompt, completion, label}` lines): the
+    // desirable ones' implicit reward ends above the undesirable ones'.
+    let unpaired = root().join("kto-arithmetic.jsonl");
+    let mut lines = String::new();
+    for l in std::fs::read_to_string(&p).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        for (field, label) in [("chosen", true), ("rejected", false)] {
+            let ex =
+                serde_json::json!({"prompt": v["prompt"], "completion": v[field], "label": label});
+            lines.push_str(&format!("{ex}\n"));
+        }
+    }
+    std::fs::write(&unpaired, lines).unwrap();
+    let dir = train(
+        "kto",
+        env,
+        "kto-unpaired",
+        &[
+            "--prefs",
+            unpaired.to_str().unwrap(),
+            "--set",
+            "run.updates=24",
+            "--set",
+            "run.eval_every=24",
+        ],
+    );
+    let margins: Vec<f64> = metrics(&dir)
+        .iter()
+        .filter(|r| r.1 == "rewards/margins")
+        .map(|r| r.2)
+        .collect();
+    let late = margins[margins.len() - 6..].iter().sum::<f64>() / 6.0;
+    eprintln!("kto: late margin {late:.3}");
+    assert!(late > 0.05, "kto: margin {late:.3} late in training");
+    assert!(last(&dir, "eval/gold_reward").is_finite() && last(&dir, "kl") >= 0.0);
+    // A label that is not a boolean: one line naming the file, line and field.
+    let bad = root().join("kto-bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"prompt\":\"1+1=\",\"completion\":\"2\",\"label\":true}\n{\"prompt\":\"1+2=\",\"completion\":\"3\",\"label\":\"yes\"}\n",
+    )
+    .unwrap();
+    let pol = sft(env);
+    fails(
+        &train_cmd(
+            "kto",
+            env,
+            pol.to_str().unwrap(),
+            root().join("kto-bad-out").to_str().unwrap(),
+            &["--prefs", bad.to_str().unwrap()],
+        ),
+        "kto-bad.jsonl:2: field `label`: expected true or false, found a string",
+    );
 }
 
 #[test]
@@ -422,10 +476,18 @@ fn same_seed_same_metrics_and_resume_equals_uninterrupted() {
         "--set",
         "batch_size=16",
     ];
-    for agent in ["ppo", "dpo", "grpo", "rloo", "reinforce_pp", "online_dpo"] {
+    for agent in [
+        "ppo",
+        "dpo",
+        "grpo",
+        "rloo",
+        "reinforce_pp",
+        "online_dpo",
+        "kto",
+    ] {
         let mut extra: Vec<&str> = short.to_vec();
         match agent {
-            "dpo" => extra.extend_from_slice(&["--prefs", p.to_str().unwrap()]),
+            "dpo" | "kto" => extra.extend_from_slice(&["--prefs", p.to_str().unwrap()]),
             // Groups of completions per prompt; the critic-free agents have no `batch_size`.
             "grpo" | "rloo" | "reinforce_pp" | "online_dpo" => extra[5] = "num_prompts=4",
             _ => {}

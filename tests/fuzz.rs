@@ -219,6 +219,7 @@ fn fuzz_set_values() {
             AgentKind::Rloo,
             AgentKind::ReinforcePp,
             AgentKind::OnlineDpo,
+            AgentKind::Kto,
         ] {
             let mut spec = TrainSpec::new(
                 agent,

@@ -360,6 +360,39 @@ pub fn pair_lengths(b: &PairBatch, idx: &Tensor) -> (Tensor, Tensor) {
     (len(&b.chosen_mask), len(&b.rejected_mask))
 }
 
+/// Summed log-probs `[P]` of every pair's two continuations under the frozen `reference`, in
+/// chunks of 64 pairs, and the FLOPs that pass cost.
+pub fn reference_pair_logps(reference: &LmPolicy, data: &PairBatch) -> (Tensor, Tensor, f64) {
+    let n = data.prompt.size()[0];
+    let (mut cs, mut rs) = (Vec::new(), Vec::new());
+    for start in (0..n).step_by(64) {
+        let idx = Tensor::arange_start(
+            start,
+            (start + 64).min(n),
+            (Kind::Int64, reference.device()),
+        );
+        let (c, r) = tch::no_grad(|| pair_logps(reference, data, &idx, false));
+        cs.push(c);
+        rs.push(r);
+    }
+    let per =
+        (data.prompt.size()[1] + data.chosen.size()[1].max(data.rejected.size()[1])) as f64 * 2.0;
+    let flops = reference.model.config().flops_per_token(per as usize / 2) * per * n as f64;
+    (Tensor::cat(&cs, 0), Tensor::cat(&rs, 0), flops)
+}
+
+/// The indices `[≤ batch_size]` of update `step` over `n` examples: epochs of seeded
+/// permutations, batch after batch.
+pub fn epoch_batch(n: usize, batch_size: usize, seed: u64, step: u64) -> Vec<i64> {
+    let bs = batch_size.min(n).max(1);
+    let per_epoch = (n / bs).max(1) as u64;
+    let epoch = step / per_epoch;
+    let within = (step % per_epoch) as usize;
+    let mut perm: Vec<i64> = (0..n as i64).collect();
+    perm.shuffle(&mut StdRng::seed_from_u64(derive_seed(seed, epoch)));
+    perm[within * bs..((within + 1) * bs).min(n)].to_vec()
+}
+
 /// The DPO agent.
 pub struct DpoAgent {
     cfg: DpoConfig,
@@ -410,24 +443,9 @@ impl DpoAgent {
         let (ref_chosen, ref_rejected, reference) = if !cfg.loss_type.needs_reference() {
             (None, None, None)
         } else if cfg.precompute_ref_logps {
-            let n = pairs.len() as i64;
-            let (mut cs, mut rs) = (Vec::new(), Vec::new());
-            for start in (0..n).step_by(64) {
-                let idx = Tensor::arange_start(
-                    start,
-                    (start + 64).min(n),
-                    (Kind::Int64, policy.device()),
-                );
-                let (c, r) = tch::no_grad(|| pair_logps(&reference, &data, &idx, false));
-                cs.push(c);
-                rs.push(r);
-            }
-            let per = (data.prompt.size()[1] + data.chosen.size()[1].max(data.rejected.size()[1]))
-                as f64
-                * 2.0;
-            budget.flops +=
-                policy.model.config().flops_per_token(per as usize / 2) * per * n as f64;
-            (Some(Tensor::cat(&cs, 0)), Some(Tensor::cat(&rs, 0)), None)
+            let (c, r, flops) = reference_pair_logps(&reference, &data);
+            budget.flops += flops;
+            (Some(c), Some(r), None)
         } else {
             (None, None, Some(reference))
         };
@@ -459,14 +477,7 @@ impl DpoAgent {
 
     /// Indices of the pairs of update `step`: epochs of seeded permutations, batch after batch.
     fn batch_indices(&self, step: u64) -> Vec<i64> {
-        let n = self.num_pairs();
-        let bs = self.cfg.batch_size.min(n);
-        let per_epoch = (n / bs).max(1) as u64;
-        let epoch = step / per_epoch;
-        let within = (step % per_epoch) as usize;
-        let mut perm: Vec<i64> = (0..n as i64).collect();
-        perm.shuffle(&mut StdRng::seed_from_u64(derive_seed(self.seed, epoch)));
-        perm[within * bs..(within + 1) * bs].to_vec()
+        epoch_batch(self.num_pairs(), self.cfg.batch_size, self.seed, step)
     }
 }
 

@@ -264,6 +264,27 @@ pub fn dpo_loss(s: &PairScores, p: &DpoLossParams) -> Option<DpoLossOut> {
     })
 }
 
+/// KTO's reference point `z₀ = max(0, mean Δ_KL)` (0-d, detached) from the log-ratios `[B]` of
+/// mismatched prompt–completion pairs, TRL's estimate of KL(π ‖ π_ref).
+pub fn kto_reference_point(kl_logratios: &Tensor) -> Tensor {
+    kl_logratios.detach().mean(Kind::Float).clamp_min(0.0)
+}
+
+/// KTO (Ethayarajh et al. 2024) per example `[B]`, from the summed log-ratios `Δ = log π − log
+/// π_ref` `[B]`, which examples are desirable `[B]` (f32, 1 or 0) and the reference point `z0`
+/// (0-d): desirable `λ_D (1 − σ(β (Δ − z₀)))`, undesirable `λ_U (1 − σ(β (z₀ − Δ)))`.
+pub fn kto_loss(
+    delta: &Tensor,
+    desirable: &Tensor,
+    z0: &Tensor,
+    beta: f64,
+    (lambda_d, lambda_u): (f64, f64),
+) -> Tensor {
+    let good = lambda_d * (1.0 - (beta * (delta - z0)).sigmoid()); // [B]
+    let bad = lambda_u * (1.0 - (beta * (z0 - delta)).sigmoid()); // [B]
+    desirable * good + (1.0 - desirable) * bad
+}
+
 /// Bradley–Terry loss `−log σ(r⁺ − r⁻)` per pair.
 pub fn bradley_terry_loss(r_chosen: &Tensor, r_rejected: &Tensor) -> Tensor {
     -(r_chosen - r_rejected).log_sigmoid()
@@ -511,6 +532,20 @@ mod tests {
         .unwrap();
         close(&o.loss, &[1.200_567_7]);
         close(o.nll.as_ref().unwrap(), &[1.0]);
+        // KTO, β = 0.5, λ_D = 1, λ_U = 2, z₀ = max(0, mean(−0.2, 0.4)) = 0.1; Δ = [1, −1]:
+        // desirable 1 − σ(0.5·(1 − 0.1)) = 1 − σ(0.45) = 1 − 0.6106392 = 0.3893608;
+        // undesirable 2·(1 − σ(0.5·(0.1 + 1))) = 2·(1 − σ(0.55)) = 2·(1 − 0.6341356) = 0.7317289.
+        let z0 = kto_reference_point(&t(&[-0.2, 0.4], &[2]));
+        close(&z0, &[0.1]);
+        close(&kto_reference_point(&t(&[-1.0, 0.2], &[2])), &[0.0]);
+        let l = kto_loss(
+            &t(&[1.0, -1.0], &[2]),
+            &t(&[1.0, 0.0], &[2]),
+            &z0,
+            0.5,
+            (1.0, 2.0),
+        );
+        close(&l, &[0.389_360_8, 0.731_728_9]);
         // A loss that reads the reference gets none: no loss, not a silent zero reference.
         assert!(dpo_loss(&free, &base).is_none());
         // Bradley–Terry: −log σ(2 − 1) = 0.3132617

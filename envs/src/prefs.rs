@@ -322,9 +322,9 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-impl<R: BufRead> Iterator for PrefReader<R> {
-    type Item = Result<PreferencePair>;
-    fn next(&mut self) -> Option<Self::Item> {
+impl<R: BufRead> PrefReader<R> {
+    /// The next non-blank line's text (a byte-order mark on the first line dropped).
+    fn next_text(&mut self) -> Option<Result<String>> {
         loop {
             self.buf.clear();
             self.line += 1;
@@ -358,8 +358,125 @@ impl<R: BufRead> Iterator for PrefReader<R> {
             if text.is_empty() {
                 continue;
             }
-            return Some(self.parse(text));
+            return Some(Ok(text.to_string()));
         }
+    }
+
+    /// The next line as KTO's unpaired examples: a line `{prompt, completion, label}` is one; a
+    /// preference pair is two (chosen desirable, rejected not), as TRL unpairs a preference set.
+    pub fn next_unpaired(&mut self) -> Option<Result<Vec<UnpairedExample>>> {
+        let text = match self.next_text()? {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(self.parse_unpaired(&text))
+    }
+
+    fn parse_unpaired(&self, text: &str) -> Result<Vec<UnpairedExample>> {
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| self.bad(format!("invalid JSON: {e}")))?;
+        let Some(obj) = v.as_object() else {
+            return Err(self.bad(
+                "expected a JSON object with fields `prompt`, `completion`, `label` (or a preference pair)",
+            ));
+        };
+        if !obj.contains_key("label") && obj.contains_key("chosen") {
+            let p = self.parse(text)?;
+            if p.conversation.is_some() {
+                return Err(self
+                    .bad("KTO reads plain-text examples; conversational pairs are not supported"));
+            }
+            return Ok(vec![
+                UnpairedExample {
+                    prompt: p.prompt.clone(),
+                    completion: p.chosen,
+                    label: true,
+                },
+                UnpairedExample {
+                    prompt: p.prompt,
+                    completion: p.rejected,
+                    label: false,
+                },
+            ]);
+        }
+        let text_field = |field: &str, allow_empty: bool| -> Result<String> {
+            match obj.get(field) {
+                None => Err(self.bad(format!("missing field `{field}`"))),
+                Some(Value::String(s)) if s.trim().is_empty() && !allow_empty => {
+                    Err(self.bad(format!("field `{field}` is empty")))
+                }
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(other) => Err(self.bad(format!(
+                    "field `{field}`: expected a string, found {}",
+                    kind(other)
+                ))),
+            }
+        };
+        let prompt = text_field("prompt", true)?;
+        let completion = text_field("completion", false)?;
+        let label = match obj.get("label") {
+            None => return Err(self.bad("missing field `label`")),
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(self.bad(format!(
+                    "field `label`: expected true or false, found {}",
+                    kind(other)
+                )))
+            }
+        };
+        Ok(vec![UnpairedExample {
+            prompt,
+            completion,
+            label,
+        }])
+    }
+}
+
+/// One example of KTO's unpaired data: a completion and whether it is desirable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpairedExample {
+    /// The prompt.
+    pub prompt: String,
+    /// The completion.
+    pub completion: String,
+    /// Desirable (`true`) or undesirable.
+    pub label: bool,
+}
+
+/// Read KTO's unpaired examples (JSONL lines `{"prompt", "completion", "label": bool}`, or
+/// preference pairs, each two examples); the first bad line is the error, as is a file without
+/// examples or without both labels.
+pub fn read_unpaired(path: impl AsRef<Path>) -> Result<Vec<UnpairedExample>> {
+    let path = path.as_ref();
+    let mut r = PrefReader::open(path)?;
+    let mut out = Vec::new();
+    while let Some(x) = r.next_unpaired() {
+        out.extend(x?);
+    }
+    let bad = |msg: &str| EnvError::BadData {
+        path: path.to_path_buf(),
+        line: 0,
+        msg: msg.into(),
+    };
+    if out.is_empty() {
+        return Err(bad("no examples in file"));
+    }
+    if !out.iter().any(|e| e.label) || out.iter().all(|e| e.label) {
+        return Err(bad(
+            "KTO needs both desirable (`label: true`) and undesirable (`label: false`) examples",
+        ));
+    }
+    Ok(out)
+}
+
+impl<R: BufRead> Iterator for PrefReader<R> {
+    type Item = Result<PreferencePair>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let text = match self.next_text()? {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(self.parse(&text))
     }
 }
 
@@ -611,5 +728,36 @@ mod tests {
             e.contains("e.jsonl") && e.contains("no preference pairs"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn kto_reads_unpaired_lines_and_unpairs_pairs() {
+        let d = tmpdir("kto");
+        let f = d.join("k.jsonl");
+        std::fs::write(
+            &f,
+            "{\"prompt\":\"p\",\"chosen\":\"a\",\"rejected\":\"b\"}\n{\"prompt\":\"q\",\"completion\":\"c\",\"label\":false}\n",
+        )
+        .unwrap();
+        let ex = read_unpaired(&f).unwrap();
+        let got: Vec<(&str, &str, bool)> = ex
+            .iter()
+            .map(|e| (e.prompt.as_str(), e.completion.as_str(), e.label))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("p", "a", true), ("p", "b", false), ("q", "c", false)]
+        );
+        // One label only: nothing to contrast.
+        std::fs::write(
+            &f,
+            "{\"prompt\":\"q\",\"completion\":\"c\",\"label\":true}\n",
+        )
+        .unwrap();
+        let e = read_unpaired(&f).unwrap_err().to_string();
+        assert!(e.contains("both desirable"), "{e}");
+        std::fs::write(&f, "{\"prompt\":\"q\",\"label\":true}\n").unwrap();
+        let e = read_unpaired(&f).unwrap_err().to_string();
+        assert!(e.contains("k.jsonl:1: missing field `completion`"), "{e}");
     }
 }

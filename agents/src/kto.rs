@@ -1,0 +1,290 @@
+//! KTO (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic Optimization", arXiv
+//! 2402.01306; TRL's `KTOTrainer`): offline, on unpaired examples — a completion and whether it is
+//! desirable — instead of pairs. Each example's log-ratio `Δ = log π − log π_ref` is pushed above
+//! (desirable) or below (undesirable) a reference point `z₀`, the batch's estimate of KL(π ‖ π_ref)
+//! from mismatched prompt–completion pairs, clamped at 0 and not differentiated.
+//!
+//! Per update, in named phases: **batch** (seeded epochs over the examples) → **log-probs**: each
+//! example's completion and its mismatched partner (the next example's completion, under this
+//! prompt) in one forward pass; the reference's were computed once at the start → **loss**:
+//! [`kto_loss`] around [`kto_reference_point`] → **step** → **budget**.
+
+use crate::agent::{Agent, Budget, Metrics, Resumable, StateFile};
+use crate::dpo::{encode_pairs, epoch_batch, pair_logps, reference_pair_logps, PairBatch};
+use crate::losses::{kto_loss, kto_reference_point};
+use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
+use crate::policy::LmPolicy;
+use crate::{AgentError, Result};
+use aligngym_envs::{PreferencePair, UnpairedExample};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// KTO hyperparameters (TRL's names and defaults unless stated).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KtoConfig {
+    /// Adam learning rate. Default 1e-4 (as DPO here; TRL's 5e-7 is for billion-parameter models).
+    pub learning_rate: f64,
+    /// Examples per step. Default 32.
+    pub batch_size: usize,
+    /// β. Default 0.1.
+    pub beta: f64,
+    /// λ_D, the weight of desirable examples. Default 1.
+    pub desirable_weight: f64,
+    /// λ_U, the weight of undesirable examples. Default 1.
+    pub undesirable_weight: f64,
+    /// Linear warm-up steps. Default 10.
+    pub warmup_steps: usize,
+    /// Gradient-norm clip. Default 1.0.
+    pub max_grad_norm: f64,
+}
+
+impl Default for KtoConfig {
+    fn default() -> Self {
+        Self {
+            learning_rate: 1e-4,
+            batch_size: 32,
+            beta: 0.1,
+            desirable_weight: 1.0,
+            undesirable_weight: 1.0,
+            warmup_steps: 10,
+            max_grad_norm: 1.0,
+        }
+    }
+}
+
+impl KtoConfig {
+    /// Check the ranges.
+    pub fn validate(&self) -> Result<()> {
+        let pos = AgentError::positive;
+        pos("learning_rate", self.learning_rate)?;
+        pos("beta", self.beta)?;
+        pos("desirable_weight", self.desirable_weight)?;
+        pos("undesirable_weight", self.undesirable_weight)?;
+        pos("max_grad_norm", self.max_grad_norm)?;
+        if self.batch_size < 2 {
+            return Err(AgentError::config(
+                "batch_size",
+                "expected ≥ 2 (the KL estimate pairs each prompt with another's completion)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The KTO agent.
+pub struct KtoAgent {
+    cfg: KtoConfig,
+    policy: LmPolicy,
+    /// Example i's prompt with its own completion (`chosen`) and with example i + 1's (`rejected`).
+    data: PairBatch,
+    /// `[n]` 1 for desirable examples.
+    desirable: Tensor,
+    ref_own: Tensor,
+    ref_mismatched: Tensor,
+    opt: AdamW,
+    seed: u64,
+    budget: Budget,
+    total_steps: usize,
+}
+
+impl KtoAgent {
+    /// KTO from `policy` (also the frozen reference) on `examples`; `oracle_queries` is what the
+    /// labels cost; `total_steps` shapes the warm-up schedule.
+    pub fn new(
+        cfg: KtoConfig,
+        policy: LmPolicy,
+        examples: &[UnpairedExample],
+        oracle_queries: u64,
+        total_steps: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let n = examples.len();
+        if n < 2 {
+            return Err(AgentError::Data("KTO needs at least two examples".into()));
+        }
+        let rows: Vec<PreferencePair> = (0..n)
+            .map(|i| PreferencePair {
+                prompt: examples[i].prompt.clone(),
+                chosen: examples[i].completion.clone(),
+                rejected: examples[(i + 1) % n].completion.clone(),
+                conversation: None,
+                extra: Default::default(),
+            })
+            .collect();
+        let data = encode_pairs(&policy, &rows)?;
+        let labels: Vec<f32> = examples.iter().map(|e| f32::from(e.label)).collect();
+        let desirable = Tensor::from_slice(&labels).to_device(policy.device()); // [n]
+        let mut budget = Budget {
+            oracle_queries,
+            ..Default::default()
+        };
+        let mut seen = std::collections::HashSet::new();
+        for e in examples {
+            if seen.insert((e.prompt.as_str(), e.completion.as_str())) {
+                budget.samples += 1;
+                budget.tokens_generated +=
+                    policy.tokenizer.encode_ids(&e.completion).len() as u64 + 1;
+            }
+        }
+        let reference = policy.duplicate(false)?;
+        let (ref_own, ref_mismatched, flops) = reference_pair_logps(&reference, &data);
+        budget.flops += flops;
+        let opt = AdamW::new(
+            &policy.vs,
+            AdamWConfig {
+                eps: 1e-8,
+                ..Default::default()
+            },
+        );
+        Ok(Self {
+            cfg,
+            policy,
+            data,
+            desirable,
+            ref_own,
+            ref_mismatched,
+            opt,
+            seed,
+            budget,
+            total_steps,
+        })
+    }
+}
+
+impl Agent for KtoAgent {
+    fn name(&self) -> &'static str {
+        "kto"
+    }
+
+    fn update(&mut self, step: u64) -> Result<Metrics> {
+        let c = self.cfg.clone();
+        // Phase 1: the batch.
+        let n = self.desirable.size()[0] as usize;
+        let idx_v = epoch_batch(n, c.batch_size, self.seed, step);
+        let idx = Tensor::from_slice(&idx_v).to_device(self.policy.device()); // [k]
+                                                                              // Phase 2: own and mismatched completions in one pass.
+        let (own, mismatched) = pair_logps(&self.policy, &self.data, &idx, true); // [k], [k]
+        let delta = &own - self.ref_own.index_select(0, &idx); // [k]
+        let kl = mismatched.detach() - self.ref_mismatched.index_select(0, &idx); // [k]
+                                                                                  // Phase 3: the loss around the reference point.
+        let z0 = kto_reference_point(&kl); // []
+        let good = self.desirable.index_select(0, &idx); // [k]
+        let losses = kto_loss(
+            &delta,
+            &good,
+            &z0,
+            c.beta,
+            (c.desirable_weight, c.undesirable_weight),
+        );
+        let loss = losses.mean(Kind::Float);
+        // Phase 4: the step.
+        self.opt.zero_grad();
+        loss.backward();
+        let gn = self.opt.clip_grad_norm(c.max_grad_norm);
+        let lr = lr_at(
+            step as usize,
+            self.total_steps.max(1),
+            c.warmup_steps,
+            c.learning_rate,
+            1.0,
+            LrSchedule::Constant,
+        );
+        let rewards = c.beta * delta.detach(); // [k]
+        let bad = 1.0 - &good;
+        let over = |w: &Tensor| (&rewards * w).sum(Kind::Float) / w.sum(Kind::Float).clamp_min(1.0);
+        let (chosen, rejected) = (over(&good), over(&bad));
+        let v: Vec<f64> = Vec::try_from(
+            Tensor::stack(
+                &[
+                    loss.detach(),
+                    z0,
+                    chosen.shallow_clone(),
+                    rejected.shallow_clone(),
+                    &chosen - &rejected,
+                    gn,
+                ],
+                0,
+            )
+            .to_kind(Kind::Double),
+        )?;
+        if let Some(i) = [0, 5].into_iter().find(|&i| !v[i].is_finite()) {
+            return Err(AgentError::NonFinite {
+                metric: if i == 0 {
+                    "loss/kto"
+                } else {
+                    "train/grad_norm"
+                }
+                .into(),
+                step,
+            });
+        }
+        self.opt.step(lr);
+        // Phase 5: the budget (the forward pass covers both continuations).
+        let k = idx_v.len() as u64;
+        let per_row = (self.data.prompt.size()[1] * 2
+            + self.data.chosen.size()[1]
+            + self.data.rejected.size()[1]) as u64;
+        let toks = per_row * k;
+        self.budget.train_tokens += toks;
+        let fpt = self
+            .policy
+            .model
+            .config()
+            .flops_per_token((per_row / 2) as usize);
+        self.budget.flops += 3.0 * fpt * toks as f64;
+        let mut m = Metrics::new();
+        for (i, name) in [
+            "loss/kto",
+            "kl",
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "train/grad_norm",
+        ]
+        .iter()
+        .enumerate()
+        {
+            m.insert(name.to_string(), v[i]);
+        }
+        m.insert("train/lr".into(), lr);
+        Ok(m)
+    }
+
+    fn policy(&self) -> &LmPolicy {
+        &self.policy
+    }
+    fn budget(&self) -> Budget {
+        self.budget
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct KtoState {
+    budget: Budget,
+}
+
+impl Resumable for KtoAgent {
+    fn save_state(&self, dir: &Path) -> Result<()> {
+        let mut st = StateFile::new();
+        st.add("policy", self.policy.vs.variables().into_iter().collect());
+        st.add("opt", self.opt.state());
+        st.write(
+            dir,
+            "kto_state",
+            &KtoState {
+                budget: self.budget,
+            },
+        )
+    }
+
+    fn load_state(&mut self, dir: &Path) -> Result<()> {
+        let (st, s, path): (StateFile, KtoState, _) = StateFile::read(dir, "kto_state")?;
+        crate::checkpoint::load_tensors_into(&mut self.policy.vs, st.group("policy"), &path)?;
+        self.opt.load_state(st.group("opt"))?;
+        self.budget = s.budget;
+        Ok(())
+    }
+}
