@@ -494,8 +494,8 @@ pub fn read_pairs(path: impl AsRef<Path>) -> Result<Vec<PreferencePair>> {
     Ok(pairs)
 }
 
-/// Writes pairs to `<path>.tmp` and renames it to `path` on [`PrefWriter::finish`], so a failed run
-/// never leaves a half-written file under the real name.
+/// Writes pairs to a hidden temporary sibling (`.NAME.aligngym-tmp-PID`) and renames it to `path`
+/// on [`PrefWriter::finish`], so a failed run never leaves a half-written file under the real name.
 pub struct PrefWriter {
     path: PathBuf,
     tmp: PathBuf,
@@ -507,9 +507,13 @@ impl PrefWriter {
     /// Start writing `path`.
     pub fn create(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
+        // A hidden sibling with aligngym's own suffix (as `write_atomic`'s), so a user's
+        // `prefs.jsonl.tmp` beside `--out prefs.jsonl` is never overwritten or removed.
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.aligngym-tmp-{}", std::process::id()));
         let f = File::create(&tmp).map_err(|e| EnvError::io(&tmp, e))?;
         Ok(Self {
             path,
@@ -586,8 +590,21 @@ mod tests {
             .insert("chosen_score".into(), serde_json::json!(0.5));
         p.extra.insert("source".into(), serde_json::json!("test"));
         let pairs = vec![p, PreferencePair::new("", "x \"quoted\"\n", "y")];
+        // A user's file with the old temporary's name is left alone.
+        std::fs::write(d.join("p.jsonl.tmp"), "mine").unwrap();
         let path = write_pairs(d.join("p.jsonl"), &pairs).unwrap();
-        assert!(!d.join("p.jsonl.tmp").exists());
+        assert_eq!(
+            std::fs::read_to_string(d.join("p.jsonl.tmp")).unwrap(),
+            "mine"
+        );
+        let names: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.contains("aligngym-tmp")),
+            "{names:?}"
+        );
         assert_eq!(read_pairs(&path).unwrap(), pairs);
     }
 
