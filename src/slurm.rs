@@ -51,14 +51,22 @@ pub struct Job {
     pub indices: Vec<usize>,
 }
 
-/// One `sbatch` call of a plan; `deps` name earlier lines (their shell variable).
+/// What a job waits for: an earlier line of the same plan (its shell variable) or a job an
+/// earlier submission left in the queue.
+#[derive(Debug, Clone)]
+enum Dep {
+    Var(String),
+    Id(String),
+}
+
+/// One `sbatch` call of a plan.
 struct Line {
     var: String,
     what: String,
     script: PathBuf,
     array: Option<String>,
     indices: Vec<usize>,
-    deps: Vec<String>,
+    deps: Vec<Dep>,
     dep_kind: &'static str,
 }
 
@@ -191,20 +199,33 @@ fn query(program: &str, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-/// Run indices still queued or running in the arrays of earlier submissions (`squeue`).
-fn queued_indices(out: &Path) -> Vec<usize> {
-    let mut q = Vec::new();
+/// What earlier submissions still have in the queue (`squeue`; nothing where it is missing).
+#[derive(Debug, Default)]
+struct Queued {
+    /// Run indices of array tasks queued or running.
+    indices: Vec<usize>,
+    /// Stage (as written, `sft:ENV`) → the id of its job, queued or running.
+    stages: std::collections::BTreeMap<String, String>,
+}
+
+fn queued(out: &Path) -> Queued {
+    let mut q = Queued::default();
     for job in recorded_jobs(out).iter().flatten() {
-        if job.what != "runs" {
+        // One line per task (`-r`); `%K` is an array task's index.
+        let Some(text) = query("squeue", &["-h", "-r", "-j", &job.id, "-o", "%K"]) else {
             continue;
-        }
-        // One line per task (`-r`); `%K` is the task's array index.
-        if let Some(text) = query("squeue", &["-h", "-r", "-j", &job.id, "-o", "%K"]) {
-            q.extend(text.lines().filter_map(|l| l.trim().parse::<usize>().ok()));
+        };
+        if job.what == "runs" {
+            q.indices
+                .extend(text.lines().filter_map(|l| l.trim().parse::<usize>().ok()));
+        } else if let Some(st) = job.what.strip_prefix("stage:") {
+            if text.lines().any(|l| !l.trim().is_empty()) {
+                q.stages.insert(st.to_string(), job.id.clone());
+            }
         }
     }
-    q.sort_unstable();
-    q.dedup();
+    q.indices.sort_unstable();
+    q.indices.dedup();
     q
 }
 
@@ -231,7 +252,7 @@ pub fn submit(spec: &SweepSpec, out: &Path, o: &SlurmOptions) -> Result<Submissi
     commands::write_atomic(&out.join("sweep.json"), &json)?;
     let exe = std::env::current_exe().map_err(|e| AgentError::io("aligngym", e))?;
     let runs = spec.runs();
-    let queued = queued_indices(&out);
+    let queued = queued(&out);
     let todo: Vec<usize> = (0..runs.len())
         .filter(|&k| {
             let id = &runs[k].id;
@@ -239,13 +260,22 @@ pub fn submit(spec: &SweepSpec, out: &Path, o: &SlurmOptions) -> Result<Submissi
                 .join("done")
                 .exists()
                 && !Lock::is_held(&sweep::run_file(&out, id, RunFile::Lock))
-                && queued.binary_search(&k).is_err()
+                && queued.indices.binary_search(&k).is_err()
         })
         .collect();
+    // Stages an earlier submission still builds are waited for, not built again.
     let stages: Vec<Stage> = spec
         .stages()
         .into_iter()
-        .filter(|s| !sweep::stage_built(spec, &out, s))
+        .filter(|s| {
+            !sweep::stage_built(spec, &out, s) && !queued.stages.contains_key(&s.to_string())
+        })
+        .collect();
+    let waiting: Vec<Dep> = queued
+        .stages
+        .iter()
+        .filter(|(st, _)| spec.stages().iter().any(|s| &s.to_string() == *st))
+        .map(|(_, id)| Dep::Id(id.clone()))
         .collect();
     let skipped_runs = runs.len() - todo.len();
     if todo.is_empty() && stages.is_empty() {
@@ -292,12 +322,23 @@ pub fn submit(spec: &SweepSpec, out: &Path, o: &SlurmOptions) -> Result<Submissi
             &format!("builds the shared stage {st}"),
             &format!("--stage {} {common}", sh_quote(&st.to_string())),
         )?;
-        let deps = stages[..k]
+        let mut deps: Vec<Dep> = stages[..k]
             .iter()
             .enumerate()
             .filter(|(_, d)| st.needs(d))
-            .map(|(j, _)| format!("stage{j}"))
+            .map(|(j, _)| Dep::Var(format!("stage{j}")))
             .collect();
+        deps.extend(
+            queued
+                .stages
+                .iter()
+                .filter(|(q, _)| {
+                    spec.stages()
+                        .iter()
+                        .any(|d| st.needs(d) && &d.to_string() == *q)
+                })
+                .map(|(_, id)| Dep::Id(id.clone())),
+        );
         plan.push(Line {
             var: format!("stage{k}"),
             what: format!("stage:{st}"),
@@ -308,7 +349,11 @@ pub fn submit(spec: &SweepSpec, out: &Path, o: &SlurmOptions) -> Result<Submissi
             dep_kind: "afterok",
         });
     }
-    let stage_vars: Vec<String> = plan.iter().map(|l| l.var.clone()).collect();
+    let stage_deps: Vec<Dep> = plan
+        .iter()
+        .map(|l| Dep::Var(l.var.clone()))
+        .chain(waiting)
+        .collect();
     if !todo.is_empty() {
         let path = script(
             "runs.sbatch",
@@ -329,7 +374,7 @@ pub fn submit(spec: &SweepSpec, out: &Path, o: &SlurmOptions) -> Result<Submissi
             script: path,
             array: Some(array),
             indices: todo.clone(),
-            deps: stage_vars.clone(),
+            deps: stage_deps.clone(),
             dep_kind: "afterok",
         });
     }
@@ -343,9 +388,9 @@ pub fn submit(spec: &SweepSpec, out: &Path, o: &SlurmOptions) -> Result<Submissi
         "--merge",
     )?;
     let merge_deps = if todo.is_empty() {
-        stage_vars
+        stage_deps
     } else {
-        vec!["runs".into()]
+        vec![Dep::Var("runs".into())]
     };
     plan.push(Line {
         var: "merge".into(),
@@ -361,7 +406,14 @@ pub fn submit(spec: &SweepSpec, out: &Path, o: &SlurmOptions) -> Result<Submissi
     let args_of = |l: &Line, id_of: &dyn Fn(&str) -> String| -> Vec<String> {
         let mut a = vec!["--parsable".to_string()];
         if !l.deps.is_empty() {
-            let ids: Vec<String> = l.deps.iter().map(|d| id_of(d)).collect();
+            let ids: Vec<String> = l
+                .deps
+                .iter()
+                .map(|d| match d {
+                    Dep::Var(v) => id_of(v),
+                    Dep::Id(id) => id.clone(),
+                })
+                .collect();
             a.push("--kill-on-invalid-dep=yes".into());
             a.push(format!("--dependency={}:{}", l.dep_kind, ids.join(":")));
         }

@@ -249,6 +249,12 @@ fn sweeps_on_slurm_equal_local_ones_survive_cancellation_and_report_failures() {
         out.contains("stage jobs") && out.contains("runs array") && out.contains("(6 runs)"),
         "{out}"
     );
+    // Submitted again while the first submission is queued: its stages and runs are not missing.
+    let again = ok(aligngym(
+        &cluster,
+        &["sweep", a_s, "--slurm", "--max-parallel", "2"],
+    ));
+    assert!(again.contains("nothing to submit"), "{again}");
     wait_for(&cluster, &a);
     assert_eq!(runs_table(&a), runs_table(&local));
     assert_eq!(metrics_table(&a), metrics_table(&local));
