@@ -12,6 +12,10 @@ The same workloads as `aligngym bench` (src/bench.rs), at the same model sizes, 
                 with one), the reward model replaced by a length rule as in aligngym's W3.
   W4 SFT step   32 × 64 tokens: a plain PyTorch loop (forward with labels, AdamW, clipping): what
                 every Python trainer pays at least.
+  W5 GRPO       32 prompts × G = 8 completions of up to 48 tokens, the length rule as reward, one
+                step (β = 0, `dapo`): TRL's `GRPOTrainer`.
+  W6 RLOO       32 prompts × k = 4 completions of up to 48 tokens, the length rule, a reference pass
+                (β = 0.05), one step: TRL's `RLOOTrainer`.
 
 Each workload: one warm-up, then the median of `--repeats` timed repetitions (for the trainers, the
 median time between consecutive optimiser steps). Prints a table and writes `--json` in the schema of
@@ -269,6 +273,67 @@ def w3(size, dtype, repeats, device, trl_ppo_path):
     return [row("W3 PPO iteration", "iterations/s", 1 / s, s)]
 
 
+def length_rule(completions, **kw):
+    """aligngym's W3/W5/W6 rule as a TRL reward function: closeness to TARGET_WORDS words."""
+    return [-abs(len(c.split()) - TARGET_WORDS) / TARGET_WORDS for c in completions]
+
+
+def group_trainer(size, dtype, repeats, device, which):
+    from datasets import Dataset
+    from transformers import GPT2LMHeadModel
+
+    if which == "grpo":
+        from trl import GRPOConfig as Config, GRPOTrainer as Trainer
+
+        k, extra = 8, dict(beta=0.0, loss_type="dapo")
+    else:
+        from trl import RLOOConfig as Config, RLOOTrainer as Trainer
+
+        k, extra = 4, dict(beta=0.05)
+    vocab = SIZES[size]["vocab"]
+    g = torch.Generator().manual_seed(0)
+    steps = repeats + 2
+    data = Dataset.from_dict({"prompt": [words(g, vocab, LP) for _ in range(B * steps)]})
+    torch.manual_seed(0)
+    cb = step_times_callback()
+    args = common_args(dtype, 1e-6)
+    # One optimiser step per generation of 32 prompts × k completions.
+    args["per_device_train_batch_size"] = B * k
+    with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as init:
+        # The trainers build their reference model from the policy's path: save it first.
+        GPT2LMHeadModel(gpt2_config(size)).save_pretrained(init)
+        model = GPT2LMHeadModel.from_pretrained(init).to(device)
+        cfg = Config(
+            output_dir=out,
+            max_steps=steps,
+            num_generations=k,
+            max_completion_length=N,
+            temperature=1.0,
+            **extra,
+            **args,
+        )
+        trainer = Trainer(
+            model=model,
+            reward_funcs=length_rule,
+            args=cfg,
+            train_dataset=data,
+            processing_class=word_tokenizer(vocab),
+            callbacks=[cb],
+        )
+        trainer.train()
+    s = median_step(cb)
+    name = "W5 GRPO iteration" if which == "grpo" else "W6 RLOO iteration"
+    return [row(name, "iterations/s", 1 / s, s)]
+
+
+def w5(size, dtype, repeats, device):
+    return group_trainer(size, dtype, repeats, device, "grpo")
+
+
+def w6(size, dtype, repeats, device):
+    return group_trainer(size, dtype, repeats, device, "rloo")
+
+
 def w4(size, dtype, repeats, device):
     from transformers import GPT2LMHeadModel
 
@@ -309,7 +374,7 @@ def main():
     ap.add_argument("--size", choices=SIZES, default="tiny", help="model size (as aligngym bench)")
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="fp32, or bf16 (generate in bf16 weights; trainers with bf16=True autocast)")
     ap.add_argument("--repeats", type=int, default=5, help="timed repetitions per workload after one warm-up")
-    ap.add_argument("--workloads", default="W1,W2,W3,W4", help="comma-separated subset of W1,W2,W3,W4")
+    ap.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6", help="comma-separated subset of W1,W2,W3,W4,W5,W6")
     ap.add_argument("--trl-ppo", default=os.path.join(sys.prefix, "reference", "trl-1.12"), help="folder holding TRL 1.12 (for its PPO trainer)")
     ap.add_argument("--json", help="also write the results as JSON to this file")
     a = ap.parse_args()
@@ -328,7 +393,7 @@ def main():
     rows = []
     wanted = a.workloads.upper().split(",")
     quiet = io.StringIO()
-    for w, fn in [("W1", w1), ("W2", w2), ("W4", w4), ("W3", w3)]:
+    for w, fn in [("W1", w1), ("W2", w2), ("W4", w4), ("W3", w3), ("W5", w5), ("W6", w6)]:
         if w not in wanted:
             continue
         args = (a.size, a.dtype, a.repeats, device) + ((a.trl_ppo,) if w == "W3" else ())
