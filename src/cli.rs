@@ -1246,7 +1246,7 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
         None => p.duplicate(false)?,
     };
     let ev = Evaluator::new(t.clone(), &r, EvalConfig::default(), seed)?;
-    for (k, v) in ev.evaluate(&p, None, 0)? {
+    for (k, v) in ev.evaluate(&p, None, None, 0)? {
         println!("{k:<24} {v:.4}");
     }
     Ok(())

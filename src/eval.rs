@@ -3,9 +3,10 @@
 //! frozen reference episodes. Episodes run through the rollout collector, so a multi-turn env is
 //! evaluated on whole conversations and the KL and entropy count the policy's tokens only.
 
+use aligngym_agents::best_of_n::{best_of_n_kl, best_of_n_kl_bound};
 use aligngym_agents::rollout::{chat_envs, collect, Rollout, Start};
 use aligngym_agents::sampling::{sequence_logprobs, sequence_outputs, SamplingConfig};
-use aligngym_agents::{LmPolicy, Metrics, Result};
+use aligngym_agents::{LmPolicy, Metrics, Result, Selection};
 use aligngym_envs::{
     derive_seed, BradleyTerryOracle, ChatEnvConfig, OracleConfig, PreferenceOracle, RewardFn,
     RewardSource, Rule, Split, Task,
@@ -151,15 +152,68 @@ impl Evaluator {
         )
     }
 
+    /// For a selecting agent: each eval episode as the best of `sel.n` the policy samples (by
+    /// `sel.reward`, else the gold reward; the first on ties), and the mean over episodes of
+    /// best-of-n's KL measured on its candidates' rewards ([`best_of_n_kl`]).
+    pub fn sample_best_of(&self, policy: &LmPolicy, sel: Selection<'_>) -> Result<(Rollout, f64)> {
+        let n = sel.n.max(1);
+        let indices: Vec<usize> = self
+            .indices
+            .iter()
+            .flat_map(|&i| std::iter::repeat_n(i, n))
+            .collect();
+        let mut envs = chat_envs(
+            self.task.clone(),
+            indices.len(),
+            ChatEnvConfig {
+                split: Split::Eval,
+                reward: if sel.reward.is_some() {
+                    RewardSource::External
+                } else {
+                    RewardSource::Gold
+                },
+                max_turns: 0,
+            },
+            true,
+        )?;
+        tch::manual_seed(derive_seed(self.seed, 0xb0f) as i64);
+        let all = collect(
+            policy,
+            &mut envs,
+            Start::Prompts(&indices),
+            &self.sampling,
+            sel.reward,
+        )?;
+        let mut best = Vec::with_capacity(self.indices.len());
+        let mut kl = 0.0;
+        for (slot, cands) in all.episodes.chunks(n).enumerate() {
+            let r: Vec<f64> = cands.iter().map(|e| e.reward as f64).collect();
+            let top = (0..r.len()).fold(0, |b, i| if r[i] > r[b] { i } else { b });
+            best.push(slot * n + top);
+            kl += best_of_n_kl(&r, n);
+        }
+        let k = best.len().max(1) as f64;
+        Ok((all.select(&best), kl / k))
+    }
+
     /// The comparison-axis metrics of `policy` (`eval/*`), with `proxy` scored where given;
-    /// `step` seeds the oracle's win-rate labels.
+    /// `step` seeds the oracle's win-rate labels. With `selection`, each episode is the best of
+    /// n ([`Evaluator::sample_best_of`]) and `eval/kl_to_ref` is best-of-n's measured KL (its
+    /// bound is `eval/kl_bound`).
     pub fn evaluate(
         &self,
         policy: &LmPolicy,
         proxy: Option<&dyn RewardFn>,
+        selection: Option<Selection<'_>>,
         step: u64,
     ) -> Result<Metrics> {
-        let roll = self.sample(policy)?;
+        let (roll, selected_kl) = match selection {
+            Some(sel) => {
+                let (r, kl) = self.sample_best_of(policy, sel)?;
+                (r, Some((kl, best_of_n_kl_bound(sel.n))))
+            }
+            None => (self.sample(policy)?, None),
+        };
         let eps = &roll.episodes;
         let prompts: Vec<&str> = eps.iter().map(|e| e.prompt.as_str()).collect();
         let comps: Vec<&str> = eps.iter().map(|e| e.transcript.as_str()).collect();
@@ -186,7 +240,16 @@ impl Evaluator {
             let ent = aligngym_agents::losses::masked_mean(&pi.entropy, &roll.seqs.mask);
             (kl.double_value(&[]), ent.double_value(&[]))
         });
-        m.insert("eval/kl_to_ref".into(), kl);
+        match selected_kl {
+            // The policy is its own reference here; the selection is what moved.
+            Some((measured, bound)) => {
+                m.insert("eval/kl_to_ref".into(), measured);
+                m.insert("eval/kl_bound".into(), bound);
+            }
+            None => {
+                m.insert("eval/kl_to_ref".into(), kl);
+            }
+        }
         m.insert("eval/entropy".into(), ent);
         let refs: Vec<&str> = self.ref_transcripts.iter().map(|s| s.as_str()).collect();
         let mut oracle = BradleyTerryOracle::new(

@@ -164,7 +164,7 @@ pub fn run(
         };
         export(agent, dir, &rows)?;
     } else {
-        let ev = evaluator.evaluate(agent.policy(), agent.proxy_reward(), 0)?;
+        let ev = evaluator.evaluate(agent.policy(), agent.proxy_reward(), agent.selection(), 0)?;
         rows.extend(ev.into_iter().map(|(k, v)| MetricRow {
             step: 0,
             metric: k,
@@ -193,7 +193,12 @@ pub fn run(
             value: v,
         }));
         if done % cfg.eval_every == 0 || done == cfg.updates {
-            let ev = evaluator.evaluate(agent.policy(), agent.proxy_reward(), done)?;
+            let ev = evaluator.evaluate(
+                agent.policy(),
+                agent.proxy_reward(),
+                agent.selection(),
+                done,
+            )?;
             rows.extend(ev.into_iter().map(|(k, v)| MetricRow {
                 step: done,
                 metric: k,

@@ -4,9 +4,9 @@
 use crate::eval::EvalConfig;
 use crate::runner::RunConfig;
 use aligngym_agents::{
-    AgentError, DpoAgent, DpoConfig, GrpoAgent, GrpoConfig, KtoAgent, KtoConfig, LmPolicy,
-    OnlineDpoAgent, OnlineDpoConfig, PpoAgent, PpoConfig, ReinforcePpAgent, ReinforcePpConfig,
-    Result, RewardModel, RewardSignal, RlooAgent, RlooConfig, RunnableAgent,
+    AgentError, BestOfNAgent, BestOfNConfig, DpoAgent, DpoConfig, GrpoAgent, GrpoConfig, KtoAgent,
+    KtoConfig, LmPolicy, OnlineDpoAgent, OnlineDpoConfig, PpoAgent, PpoConfig, ReinforcePpAgent,
+    ReinforcePpConfig, Result, RewardModel, RewardSignal, RlooAgent, RlooConfig, RunnableAgent,
 };
 use aligngym_envs::{read_pairs, read_unpaired, Feedback, Task};
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,9 @@ pub enum AgentKind {
     OnlineDpo,
     /// KTO on unpaired desirable/undesirable examples (or preference pairs, unpaired).
     Kto,
+    /// Best-of-n: no training; each episode the best of n samples by the reward.
+    #[value(name = "best_of_n")]
+    BestOfN,
 }
 
 impl std::fmt::Display for AgentKind {
@@ -46,6 +49,7 @@ impl std::fmt::Display for AgentKind {
             Self::ReinforcePp => "reinforce_pp",
             Self::OnlineDpo => "online_dpo",
             Self::Kto => "kto",
+            Self::BestOfN => "best_of_n",
         })
     }
 }
@@ -133,6 +137,9 @@ pub struct TrainSpec {
     /// KTO hyperparameters (KTO runs only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kto: Option<KtoConfig>,
+    /// Best-of-n settings (best-of-n runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_of_n: Option<BestOfNConfig>,
     /// Run length and evaluation cadence.
     pub run: RunConfig,
     /// The shared evaluation.
@@ -164,6 +171,7 @@ impl TrainSpec {
             reinforce_pp: (agent == AgentKind::ReinforcePp).then(ReinforcePpConfig::default),
             online_dpo: (agent == AgentKind::OnlineDpo).then(OnlineDpoConfig::default),
             kto: (agent == AgentKind::Kto).then(KtoConfig::default),
+            best_of_n: (agent == AgentKind::BestOfN).then(BestOfNConfig::default),
             run: RunConfig::default(),
             eval: EvalConfig::default(),
         }
@@ -229,6 +237,9 @@ impl TrainSpec {
         }
         if let Some(k) = &self.kto {
             k.validate()?;
+        }
+        if let Some(b) = &self.best_of_n {
+            b.validate()?;
         }
         // max_new_tokens 0 means "the task's own limit", filled in when the evaluator is built.
         let mut sampling = self.eval.sampling.clone();
@@ -399,6 +410,14 @@ pub fn build_agent(
                 policy,
                 reward()?,
                 spec.seed,
+            )?
+            .with_prior_oracle_queries(prior),
+        ),
+        AgentKind::BestOfN => Box::new(
+            BestOfNAgent::new(
+                spec.best_of_n.clone().unwrap_or_default(),
+                policy,
+                reward()?,
             )?
             .with_prior_oracle_queries(prior),
         ),

@@ -800,7 +800,8 @@ fn train_args(
             | crate::spec::AgentKind::Grpo
             | crate::spec::AgentKind::Rloo
             | crate::spec::AgentKind::ReinforcePp
-            | crate::spec::AgentKind::OnlineDpo,
+            | crate::spec::AgentKind::OnlineDpo
+            | crate::spec::AgentKind::BestOfN,
             Some(rm),
         ) => {
             a.extend([
@@ -815,7 +816,8 @@ fn train_args(
             | crate::spec::AgentKind::Grpo
             | crate::spec::AgentKind::Rloo
             | crate::spec::AgentKind::ReinforcePp
-            | crate::spec::AgentKind::OnlineDpo,
+            | crate::spec::AgentKind::OnlineDpo
+            | crate::spec::AgentKind::BestOfN,
             None,
         ) => a.extend(["--reward".into(), "gold".into()]),
     }

@@ -200,6 +200,44 @@ fn the_online_agents_beat_sft_on_arithmetic() {
     }
 }
 
+/// Best-of-4 by the gold reward: no training, a clear gain, and a measured KL under the bound
+/// log 4 − 3/4 (and above 0: the selection moved the distribution).
+#[test]
+fn best_of_4_gains_within_its_kl_bound() {
+    let env = "arithmetic-v0";
+    let dir = train("best_of_n", env, "best-of-4", &["--set", "run.updates=1"]);
+    let m = metrics(&dir);
+    let at = |name: &str| m.iter().rfind(|r| r.1 == name).map(|r| r.2).unwrap();
+    let sft_gold = {
+        let out = run(&[
+            "eval",
+            "--env",
+            env,
+            "--policy",
+            sft(env).to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find(|l| l.starts_with("eval/gold_reward"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap()
+    };
+    let (gold, kl, bound) = (
+        at("eval/gold_reward"),
+        at("eval/kl_to_ref"),
+        at("eval/kl_bound"),
+    );
+    eprintln!("best-of-4: gold {sft_gold:.3} -> {gold:.3}, KL {kl:.3} (bound {bound:.3})");
+    assert!(gold > sft_gold + 0.2, "gold {sft_gold:.3} -> {gold:.3}");
+    assert!((bound - (4f64.ln() - 0.75)).abs() < 1e-9);
+    assert!(kl > 0.0 && kl <= bound, "KL {kl} vs bound {bound}");
+    assert!(at("eval/win_rate_vs_ref") <= 0.8 + 0.05);
+    assert_eq!(at("budget/flops"), 0.0);
+}
+
 #[test]
 fn ppo_on_gold_and_dpo_on_oracle_pairs_beat_sft_with_defaults() {
     for (env, ppo_margin, dpo_margin) in [("sentiment-v0", 0.3, 0.2), ("arithmetic-v0", 0.08, 0.03)]
@@ -490,6 +528,7 @@ fn same_seed_same_metrics_and_resume_equals_uninterrupted() {
             "dpo" | "kto" => extra.extend_from_slice(&["--prefs", p.to_str().unwrap()]),
             // Groups of completions per prompt; the critic-free agents have no `batch_size`.
             "grpo" | "rloo" | "reinforce_pp" | "online_dpo" => extra[5] = "num_prompts=4",
+            "best_of_n" => extra[5] = "n=2",
             _ => {}
         }
         let a = train(agent, env, &format!("det-a-{agent}"), &extra);

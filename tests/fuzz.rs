@@ -220,6 +220,7 @@ fn fuzz_set_values() {
             AgentKind::ReinforcePp,
             AgentKind::OnlineDpo,
             AgentKind::Kto,
+            AgentKind::BestOfN,
         ] {
             let mut spec = TrainSpec::new(
                 agent,

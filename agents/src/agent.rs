@@ -39,6 +39,20 @@ pub trait Agent {
     fn proxy_reward(&self) -> Option<&dyn RewardFn> {
         None
     }
+    /// For agents that act by selection rather than by training (best-of-n): each episode is the
+    /// best of `n` the policy samples, by `reward`.
+    fn selection(&self) -> Option<Selection<'_>> {
+        None
+    }
+}
+
+/// How a selecting agent acts: the best of `n` samples by a reward.
+#[derive(Clone, Copy)]
+pub struct Selection<'a> {
+    /// Samples per episode.
+    pub n: usize,
+    /// The reward that picks (`None`: the env's gold reward).
+    pub reward: Option<&'a dyn RewardFn>,
 }
 
 /// Agents whose full training state (weights, optimiser, controllers, counters) can be saved and

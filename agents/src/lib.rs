@@ -7,6 +7,7 @@
 //! learned [`reward_model::RewardModel`].
 
 pub mod agent;
+pub mod best_of_n;
 pub mod chat_template;
 pub mod checkpoint;
 pub mod device;
@@ -32,7 +33,8 @@ pub mod sampling;
 pub mod sft;
 pub mod tokenizer;
 
-pub use agent::{Agent, Budget, Metrics, Resumable, RunnableAgent};
+pub use agent::{Agent, Budget, Metrics, Resumable, RunnableAgent, Selection};
+pub use best_of_n::{BestOfNAgent, BestOfNConfig};
 pub use device::{DeviceChoice, Precision};
 pub use dpo::{DpoAgent, DpoConfig};
 pub use error::{AgentError, Result};

@@ -87,6 +87,20 @@ pub struct Rollout {
     pub score_pos: Tensor,
 }
 
+impl Rollout {
+    /// The episodes at `rows` (host indices), in that order, with their tokens.
+    pub fn select(&self, rows: &[usize]) -> Rollout {
+        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let t = Tensor::from_slice(&idx).to_device(self.logprobs.device()); // [k]
+        Rollout {
+            episodes: rows.iter().map(|&r| self.episodes[r].clone()).collect(),
+            seqs: self.seqs.select(&t),
+            logprobs: self.logprobs.index_select(0, &t),
+            score_pos: self.score_pos.index_select(0, &t),
+        }
+    }
+}
+
 /// `n` turn-level envs of `task`, stepped on rayon workers when `parallel` (same results either way).
 pub fn chat_envs(
     task: Arc<dyn Task>,
