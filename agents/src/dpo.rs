@@ -607,30 +607,46 @@ impl Agent for DpoAgent {
     }
 }
 
+/// The scalars of an offline agent's state (DPO, KTO) beside its weights and optimiser.
 #[derive(Debug, Serialize, Deserialize)]
-struct DpoState {
+struct OfflineState {
     budget: Budget,
+}
+
+/// Save an offline agent's weights, optimiser moments and budget under `<dir>/<name>.*`.
+pub(crate) fn save_offline_state(
+    dir: &Path,
+    name: &str,
+    policy: &LmPolicy,
+    opt: &AdamW,
+    budget: Budget,
+) -> Result<()> {
+    let mut st = StateFile::new();
+    st.add("policy", policy.vs.variables().into_iter().collect());
+    st.add("opt", opt.state());
+    st.write(dir, name, &OfflineState { budget })
+}
+
+/// Restore what [`save_offline_state`] wrote; returns the budget.
+pub(crate) fn load_offline_state(
+    dir: &Path,
+    name: &str,
+    policy: &mut LmPolicy,
+    opt: &mut AdamW,
+) -> Result<Budget> {
+    let (st, s, path): (StateFile, OfflineState, _) = StateFile::read(dir, name)?;
+    crate::checkpoint::load_tensors_into(&mut policy.vs, st.group("policy"), &path)?;
+    opt.load_state(st.group("opt"))?;
+    Ok(s.budget)
 }
 
 impl Resumable for DpoAgent {
     fn save_state(&self, dir: &Path) -> Result<()> {
-        let mut st = StateFile::new();
-        st.add("policy", self.policy.vs.variables().into_iter().collect());
-        st.add("opt", self.opt.state());
-        st.write(
-            dir,
-            "dpo_state",
-            &DpoState {
-                budget: self.budget,
-            },
-        )
+        save_offline_state(dir, "dpo_state", &self.policy, &self.opt, self.budget)
     }
 
     fn load_state(&mut self, dir: &Path) -> Result<()> {
-        let (st, s, path): (StateFile, DpoState, _) = StateFile::read(dir, "dpo_state")?;
-        crate::checkpoint::load_tensors_into(&mut self.policy.vs, st.group("policy"), &path)?;
-        self.opt.load_state(st.group("opt"))?;
-        self.budget = s.budget;
+        self.budget = load_offline_state(dir, "dpo_state", &mut self.policy, &mut self.opt)?;
         Ok(())
     }
 }

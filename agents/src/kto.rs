@@ -9,8 +9,11 @@
 //! prompt) in one forward pass; the reference's were computed once at the start → **loss**:
 //! [`kto_loss`] around [`kto_reference_point`] → **step** → **budget**.
 
-use crate::agent::{Agent, Budget, Metrics, Resumable, StateFile};
-use crate::dpo::{encode_pairs, epoch_batch, pair_logps, reference_pair_logps, PairBatch};
+use crate::agent::{Agent, Budget, Metrics, Resumable};
+use crate::dpo::{
+    encode_pairs, epoch_batch, load_offline_state, pair_logps, reference_pair_logps,
+    save_offline_state, PairBatch,
+};
 use crate::losses::{kto_loss, kto_reference_point};
 use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
 use crate::policy::LmPolicy;
@@ -261,30 +264,13 @@ impl Agent for KtoAgent {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct KtoState {
-    budget: Budget,
-}
-
 impl Resumable for KtoAgent {
     fn save_state(&self, dir: &Path) -> Result<()> {
-        let mut st = StateFile::new();
-        st.add("policy", self.policy.vs.variables().into_iter().collect());
-        st.add("opt", self.opt.state());
-        st.write(
-            dir,
-            "kto_state",
-            &KtoState {
-                budget: self.budget,
-            },
-        )
+        save_offline_state(dir, "kto_state", &self.policy, &self.opt, self.budget)
     }
 
     fn load_state(&mut self, dir: &Path) -> Result<()> {
-        let (st, s, path): (StateFile, KtoState, _) = StateFile::read(dir, "kto_state")?;
-        crate::checkpoint::load_tensors_into(&mut self.policy.vs, st.group("policy"), &path)?;
-        self.opt.load_state(st.group("opt"))?;
-        self.budget = s.budget;
+        self.budget = load_offline_state(dir, "kto_state", &mut self.policy, &mut self.opt)?;
         Ok(())
     }
 }
