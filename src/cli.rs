@@ -826,6 +826,8 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
                 ));
             }
             spec.apply_sets(&sets)?;
+            // This process owns the run: finish a commit a kill interrupted before reading it.
+            aligngym_agents::fsio::recover(&dir.join("state"))?;
             let done = runner::committed_step(&dir)?.unwrap_or(0);
             if spec.run.updates < done {
                 return Err(AgentError::config(

@@ -122,8 +122,23 @@ fn committed(dir: &Path) -> Result<Option<RunnerState>> {
 }
 
 /// The step a run in `dir` has committed (`None` before its first commit, the starting policy's).
+/// Read-only: observers (`aligngym status`, a sweep deciding how to restart a run) may call it
+/// while the run's own process is committing, so it never finishes or removes a staged commit
+/// (the run's process does that when it resumes); in the instant between a commit's two renames
+/// it sees none.
 pub fn committed_step(dir: &Path) -> Result<Option<u64>> {
-    Ok(committed(dir)?.map(|s| s.step))
+    let path = dir.join(STATE).join(RUNNER);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(AgentError::io(&path, e)),
+    };
+    serde_json::from_str::<RunnerState>(&text)
+        .map(|s| Some(s.step))
+        .map_err(|e| AgentError::Checkpoint {
+            path,
+            msg: e.to_string(),
+        })
 }
 
 /// Run `agent` for `cfg.updates` updates into `dir` (metrics.csv, policy/, state/); with `resume`,

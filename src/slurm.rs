@@ -248,11 +248,26 @@ pub fn submit(spec: &SweepSpec, out: &Path, o: &SlurmOptions) -> Result<Submissi
     for d in [out.join("runs"), out.join("stages"), slurm.join("logs")] {
         std::fs::create_dir_all(&d).map_err(|e| AgentError::io(&d, e))?;
     }
+    let queued = queued(&out);
+    // Queued jobs read the run list from sweep.json when they start: a changed spec would give
+    // their indices other runs.
+    if !queued.indices.is_empty() || !queued.stages.is_empty() {
+        if let Ok(old) = sweep::load_sweep_dir(&out) {
+            if &old != spec {
+                return Err(AgentError::config(
+                    "SPEC",
+                    format!(
+                        "jobs of an earlier submission of a different spec are still queued in {}: wait for them or scancel them (`aligngym status` lists them) before submitting a changed sweep",
+                        out.display()
+                    ),
+                ));
+            }
+        }
+    }
     let json = serde_json::to_string_pretty(spec).map_err(|e| AgentError::Data(e.to_string()))?;
     commands::write_atomic(&out.join("sweep.json"), &json)?;
     let exe = std::env::current_exe().map_err(|e| AgentError::io("aligngym", e))?;
     let runs = spec.runs();
-    let queued = queued(&out);
     let todo: Vec<usize> = (0..runs.len())
         .filter(|&k| {
             let id = &runs[k].id;

@@ -255,6 +255,28 @@ fn sweeps_on_slurm_equal_local_ones_survive_cancellation_and_report_failures() {
         &["sweep", a_s, "--slurm", "--max-parallel", "2"],
     ));
     assert!(again.contains("nothing to submit"), "{again}");
+    // A changed spec would renumber the queued tasks' runs: refused while they are queued.
+    let changed = top.join("changed.toml");
+    std::fs::write(
+        &changed,
+        SLURM_SWEEP.replace("seeds = [0, 1]", "seeds = [0, 1, 2]"),
+    )
+    .unwrap();
+    let o = aligngym(
+        &cluster,
+        &[
+            "sweep",
+            changed.to_str().unwrap(),
+            "--out",
+            a_s,
+            "--slurm",
+            "--device",
+            "cpu",
+        ],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("still queued"), "{err}");
     wait_for(&cluster, &a);
     assert_eq!(runs_table(&a), runs_table(&local));
     assert_eq!(metrics_table(&a), metrics_table(&local));
