@@ -132,23 +132,39 @@ impl Evaluator {
 
     /// The eval episodes of `policy`, with the same sampling noise for every policy.
     pub fn sample(&self, policy: &LmPolicy) -> Result<Rollout> {
+        self.collect_on(policy, &self.indices, None, 0xe7a1)
+    }
+
+    /// Episodes of `policy` on the eval prompts `indices`, scored by `scorer` (else the gold
+    /// reward), with the sampling noise of seed stream `stream`.
+    fn collect_on(
+        &self,
+        policy: &LmPolicy,
+        indices: &[usize],
+        scorer: Option<&dyn RewardFn>,
+        stream: u64,
+    ) -> Result<Rollout> {
         let mut envs = chat_envs(
             self.task.clone(),
-            self.indices.len(),
+            indices.len(),
             ChatEnvConfig {
                 split: Split::Eval,
-                reward: RewardSource::Gold,
+                reward: if scorer.is_some() {
+                    RewardSource::External
+                } else {
+                    RewardSource::Gold
+                },
                 max_turns: 0,
             },
             true,
         )?;
-        tch::manual_seed(derive_seed(self.seed, 0xe7a1) as i64);
+        tch::manual_seed(derive_seed(self.seed, stream) as i64);
         collect(
             policy,
             &mut envs,
-            Start::Prompts(&self.indices),
+            Start::Prompts(indices),
             &self.sampling,
-            None,
+            scorer,
         )
     }
 
@@ -162,28 +178,7 @@ impl Evaluator {
             .iter()
             .flat_map(|&i| std::iter::repeat_n(i, n))
             .collect();
-        let mut envs = chat_envs(
-            self.task.clone(),
-            indices.len(),
-            ChatEnvConfig {
-                split: Split::Eval,
-                reward: if sel.reward.is_some() {
-                    RewardSource::External
-                } else {
-                    RewardSource::Gold
-                },
-                max_turns: 0,
-            },
-            true,
-        )?;
-        tch::manual_seed(derive_seed(self.seed, 0xb0f) as i64);
-        let all = collect(
-            policy,
-            &mut envs,
-            Start::Prompts(&indices),
-            &self.sampling,
-            sel.reward,
-        )?;
+        let all = self.collect_on(policy, &indices, sel.reward, 0xb0f)?;
         let mut best = Vec::with_capacity(self.indices.len());
         let mut kl = 0.0;
         for (slot, cands) in all.episodes.chunks(n).enumerate() {
