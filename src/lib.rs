@@ -20,4 +20,6 @@ pub mod report;
 pub mod runner;
 pub mod slurm;
 pub mod spec;
+pub mod stats;
 pub mod sweep;
+pub mod verdict;

@@ -114,6 +114,10 @@ pub struct SweepSpec {
     /// per env and compares between single-turn and multi-turn envs, e.g. `["ppo-rm", "dpo"]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap: Option<[String; 2]>,
+    /// The claim's decision rule (what is compared, which way, the statistic, the confidence and
+    /// the margin), fixed before the runs; the report gives a verdict per env from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<crate::verdict::DecisionRule>,
 }
 
 fn one() -> f64 {
@@ -244,6 +248,9 @@ impl SweepSpec {
                     ));
                 }
             }
+        }
+        if let Some(r) = &self.rule {
+            r.validate(self)?;
         }
         for p in &self.prefs {
             for m in &p.mix {
@@ -1213,6 +1220,7 @@ pub fn compare_spec(env: &str, seeds: u64, scale: f64) -> Result<SweepSpec> {
         prefs: vec![],
         agents,
         gap: None,
+        rule: None,
     };
     s.fill_defaults();
     s.validate()?;

@@ -1,0 +1,883 @@
+//! Decision rules and verdicts: each claim spec fixes, before any run, what it compares (a
+//! [`Quantity`] of two agents), which way the claim predicts, the statistic, the confidence and a
+//! practical margin; after the runs every task gets **holds**, **refuted** or **inconclusive**,
+//! Holm-corrected over the claim's tasks.
+
+use crate::metrics::MetricRow;
+use crate::stats::{self, Comparison};
+use crate::sweep::SweepSpec;
+use aligngym_agents::{AgentError, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What a rule compares, per run or per seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quantity {
+    /// Each run's final `eval/gold_reward`.
+    FinalGold,
+    /// Gold reward at matched KL: each run's (KL, gold) evaluation curve interpolated onto a KL
+    /// grid common to every run of both agents; per seed the best of the agent's runs (its grid
+    /// points: the frontier) at each grid KL, averaged over the grid.
+    GoldAtKl,
+    /// Wall seconds of training until a run's evaluation first reaches a common gold-reward level
+    /// (half the smaller of the two agents' median gains over the start); ∞ when it never does.
+    /// Compared as a ratio.
+    WallToReach,
+    /// FLOPs until that level, as [`Quantity::WallToReach`].
+    FlopsToReach,
+    /// Per seed, the interquartile range of the final gold reward over the agent's grid points
+    /// (its hyperparameter sensitivity). Compared as a ratio.
+    IqrOverGrid,
+}
+
+impl Quantity {
+    /// Compared on a log scale (a ratio of the two agents), margins as fractions.
+    fn is_ratio(self) -> bool {
+        matches!(
+            self,
+            Quantity::WallToReach | Quantity::FlopsToReach | Quantity::IqrOverGrid
+        )
+    }
+
+    /// May be infinite (never reached) or zero: only rank statistics apply.
+    fn needs_ranks(self) -> bool {
+        self.is_ratio()
+    }
+
+    /// What the effect column shows.
+    pub fn effect_label(self) -> &'static str {
+        match self {
+            Quantity::FinalGold => "final gold reward, a − b",
+            Quantity::GoldAtKl => "gold reward at matched KL, a − b",
+            Quantity::WallToReach => "wall seconds to the level, a / b",
+            Quantity::FlopsToReach => "FLOPs to the level, a / b",
+            Quantity::IqrOverGrid => "IQR of final gold over the grid, a / b",
+        }
+    }
+}
+
+/// Which way the claim predicts a's quantity lies from b's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// a's is larger (better rewards, more sensitivity).
+    Greater,
+    /// a's is smaller (lower costs).
+    Less,
+}
+
+/// How the two agents' values are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Statistic {
+    /// Percentile bootstrap (10,000 resamples of the seeds) of the difference of means.
+    #[default]
+    Bootstrap,
+    /// Mann–Whitney U (exact permutation p-values) with the Hodges–Lehmann shift and its Moses
+    /// interval; rank-based, so it copes with runs that never reach a level.
+    MannWhitney,
+}
+
+/// A claim's decision rule, fixed in its spec before the runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRule {
+    /// What is compared.
+    pub quantity: Quantity,
+    /// The agent the claim favours (a name from `agents`).
+    pub a: String,
+    /// The agent it is compared with.
+    pub b: String,
+    /// `greater`: the claim holds when a's quantity exceeds b's; `less`: when it is below.
+    pub direction: Direction,
+    /// `bootstrap` (default) or `mann_whitney` (required for the quantities that can be ∞).
+    #[serde(default)]
+    pub statistic: Statistic,
+    /// Two-sided confidence of the interval; each one-sided test runs at (1 − confidence) / 2,
+    /// Holm-corrected over the claim's tasks. Default 0.95.
+    #[serde(default = "default_confidence")]
+    pub confidence: f64,
+    /// Practical-significance margin the effect must clear, in the quantity's units (gold reward
+    /// for `final_gold` and `gold_at_kl`; a fraction for the ratios: 0.1 = at least 10% apart).
+    /// Default 0.
+    #[serde(default)]
+    pub margin: f64,
+}
+
+fn default_confidence() -> f64 {
+    0.95
+}
+
+/// Bootstrap resamples (fixed, and the stream seeded: the same runs give the same verdict).
+const RESAMPLES: usize = 10_000;
+
+impl DecisionRule {
+    /// Check the rule against the spec's agents.
+    pub fn validate(&self, spec: &SweepSpec) -> Result<()> {
+        let agent = |n: &str| spec.agents.iter().find(|a| a.name == n);
+        for (field, n) in [("rule.a", &self.a), ("rule.b", &self.b)] {
+            if agent(n).is_none() {
+                return Err(AgentError::config(
+                    field,
+                    format!(
+                        "no agent named `{n}`; the agents are {}",
+                        spec.agents
+                            .iter()
+                            .map(|a| a.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        if self.a == self.b {
+            return Err(AgentError::config("rule.b", "must differ from rule.a"));
+        }
+        if !(self.confidence > 0.5 && self.confidence < 1.0) {
+            return Err(AgentError::config(
+                "rule.confidence",
+                "expected a value in (0.5, 1)",
+            ));
+        }
+        if !(self.margin.is_finite() && self.margin >= 0.0) {
+            return Err(AgentError::config(
+                "rule.margin",
+                "expected a finite value ≥ 0",
+            ));
+        }
+        if self.quantity.needs_ranks() && self.statistic != Statistic::MannWhitney {
+            return Err(AgentError::config(
+                "rule.statistic",
+                format!(
+                    "`{:?}` can be infinite or zero (a run that never reaches the level, a flat grid): use `mann_whitney`",
+                    self.quantity
+                ),
+            ));
+        }
+        for n in [&self.a, &self.b] {
+            let grid_points: usize = agent(n)
+                .map(|a| a.grid.values().map(|v| v.len().max(1)).product())
+                .unwrap_or(1);
+            match self.quantity {
+                Quantity::IqrOverGrid if grid_points < 2 => {
+                    return Err(AgentError::config(
+                        "rule.quantity",
+                        format!("`iqr_over_grid` needs a grid of ≥ 2 points for agent `{n}`"),
+                    ))
+                }
+                Quantity::FinalGold | Quantity::WallToReach | Quantity::FlopsToReach
+                    if grid_points > 1 =>
+                {
+                    return Err(AgentError::config(
+                        "rule.quantity",
+                        format!(
+                            "agent `{n}` has a grid: per-seed values are ambiguous for `{:?}` (use `gold_at_kl` or `iqr_over_grid`)",
+                            self.quantity
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A task's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The interval clears the margin in the claimed direction (Holm-corrected).
+    Holds,
+    /// The interval lies below the margin: the claimed effect is not there (or goes the other way).
+    Refuted,
+    /// Neither.
+    Inconclusive,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Holds => "holds",
+            Verdict::Refuted => "refuted",
+            Verdict::Inconclusive => "inconclusive",
+        })
+    }
+}
+
+/// The measured effect of one task, in the quantity's own units (a − b, or a / b).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effect {
+    /// Point estimate.
+    pub value: f64,
+    /// Interval at the rule's confidence.
+    pub lo: f64,
+    /// Upper end.
+    pub hi: f64,
+    /// Holm-adjusted p-value of "the claim does not hold" (effect within the margin or against).
+    pub p_holds: f64,
+    /// Holm-adjusted p-value of "the claim holds".
+    pub p_refuted: f64,
+    /// Rank-biserial correlation (Mann–Whitney): P(a beats b) − P(b beats a), oriented with the
+    /// claim.
+    pub rank_biserial: Option<f64>,
+    /// Median of a's values and of b's (raw units).
+    pub medians: (f64, f64),
+}
+
+/// One task's outcome of a rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskVerdict {
+    /// Env id.
+    pub env: String,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The effect, when both agents had enough runs to compare.
+    pub effect: Option<Effect>,
+    /// Values (seeds) of a and of b that entered.
+    pub seeds: (usize, usize),
+    /// Why, in words (the level, the KL range, what would resolve it).
+    pub detail: String,
+}
+
+/// A claim's verdicts over its tasks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimVerdict {
+    /// The sweep's name.
+    pub name: String,
+    /// The claim in words.
+    pub claim: String,
+    /// Its rule.
+    pub rule: DecisionRule,
+    /// One per env of the sweep, in the spec's order.
+    pub tasks: Vec<TaskVerdict>,
+}
+
+/// A run's rows with its seed and grid point, as the spec lists them.
+struct Run<'a> {
+    seed: u64,
+    point: String,
+    rows: &'a [MetricRow],
+}
+
+fn runs_of<'a>(
+    spec: &SweepSpec,
+    metrics: &'a BTreeMap<String, Vec<MetricRow>>,
+    env: &str,
+    agent: &str,
+) -> Vec<Run<'a>> {
+    spec.runs()
+        .into_iter()
+        .filter(|r| r.env == env && r.agent.name == agent)
+        .filter_map(|r| {
+            metrics.get(&r.id).map(|rows| Run {
+                seed: r.seed,
+                point: format!("{:?}", r.point),
+                rows,
+            })
+        })
+        .collect()
+}
+
+fn at_step(rows: &[MetricRow], step: u64, metric: &str) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.step == step && r.metric == metric)
+        .map(|r| r.value)
+}
+
+fn final_gold(rows: &[MetricRow]) -> f64 {
+    crate::metrics::last(rows, "eval/gold_reward").unwrap_or(f64::NAN)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+    s.sort_by(f64::total_cmp);
+    stats::quantile_sorted(&s, 0.5)
+}
+
+/// The (KL, gold) points of a run's evaluations.
+pub fn kl_gold_curve(rows: &[MetricRow]) -> Vec<(f64, f64)> {
+    rows.iter()
+        .filter(|r| r.metric == "eval/gold_reward")
+        .filter_map(|g| at_step(rows, g.step, "eval/kl_to_ref").map(|kl| (kl, g.value)))
+        .collect()
+}
+
+/// Per seed: the best interpolated gold of the seed's runs at each KL in `grid` (`None` where
+/// none of them reaches it).
+pub fn frontier_at(runs: &[&[MetricRow]], grid: &[f64]) -> Vec<Option<f64>> {
+    let curves: Vec<Vec<(f64, f64)>> = runs.iter().map(|r| kl_gold_curve(r)).collect();
+    grid.iter()
+        .map(|&k| {
+            curves
+                .iter()
+                .filter_map(|c| stats::interpolate(c, k))
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+        })
+        .collect()
+}
+
+fn by_seed<'a>(runs: &'a [Run<'a>]) -> BTreeMap<u64, Vec<&'a Run<'a>>> {
+    let mut m: BTreeMap<u64, Vec<&Run>> = BTreeMap::new();
+    for r in runs {
+        m.entry(r.seed).or_default().push(r);
+    }
+    m
+}
+
+/// The values of both agents for one env, plus words on how they were formed; `Err` with the
+/// reason when there is nothing to compare.
+fn values(
+    rule: &DecisionRule,
+    a: &[Run],
+    b: &[Run],
+) -> std::result::Result<(Vec<f64>, Vec<f64>, String), String> {
+    match rule.quantity {
+        Quantity::FinalGold => Ok((
+            a.iter().map(|r| final_gold(r.rows)).collect(),
+            b.iter().map(|r| final_gold(r.rows)).collect(),
+            String::new(),
+        )),
+        Quantity::WallToReach | Quantity::FlopsToReach => {
+            let start = median(
+                &a.iter()
+                    .chain(b)
+                    .filter_map(|r| at_step(r.rows, 0, "eval/gold_reward"))
+                    .collect::<Vec<_>>(),
+            );
+            let gain = |v: &[Run]| {
+                median(&v.iter().map(|r| final_gold(r.rows)).collect::<Vec<_>>()) - start
+            };
+            let (ga, gb) = (gain(a), gain(b));
+            let (lo, hi) = (ga.min(gb), ga.max(gb));
+            let g = if lo > 0.0 {
+                0.5 * lo
+            } else if hi > 0.0 {
+                0.5 * hi
+            } else {
+                return Err(format!(
+                    "neither agent improved on the start (median gold {start:.3}): no level to reach"
+                ));
+            };
+            let target = start + g;
+            let metric = if rule.quantity == Quantity::WallToReach {
+                "budget/wall_seconds"
+            } else {
+                "budget/flops"
+            };
+            let cost = |r: &Run| {
+                r.rows
+                    .iter()
+                    .filter(|x| x.metric == "eval/gold_reward" && x.step > 0 && x.value >= target)
+                    .map(|x| x.step)
+                    .min()
+                    .and_then(|s| at_step(r.rows, s, metric))
+                    .unwrap_or(f64::INFINITY)
+            };
+            let never = a.iter().chain(b).filter(|r| cost(r).is_infinite()).count();
+            Ok((
+                a.iter().map(cost).collect(),
+                b.iter().map(cost).collect(),
+                format!(
+                    "level: gold ≥ {target:.3} (start {start:.3}); {never} run(s) never reached it (∞)"
+                ),
+            ))
+        }
+        Quantity::IqrOverGrid => {
+            let iqr = |runs: &[Run]| -> Vec<f64> {
+                by_seed(runs)
+                    .values()
+                    .map(|rs| {
+                        let mut g: Vec<f64> = rs.iter().map(|r| final_gold(r.rows)).collect();
+                        g.retain(|x| !x.is_nan());
+                        g.sort_by(f64::total_cmp);
+                        stats::quantile_sorted(&g, 0.75) - stats::quantile_sorted(&g, 0.25)
+                    })
+                    .collect()
+            };
+            let points = |runs: &[Run]| {
+                let mut p: Vec<&str> = runs.iter().map(|r| r.point.as_str()).collect();
+                p.sort();
+                p.dedup();
+                p.len()
+            };
+            Ok((
+                iqr(a),
+                iqr(b),
+                format!(
+                    "per seed, the IQR over {} grid points of a and {} of b",
+                    points(a),
+                    points(b)
+                ),
+            ))
+        }
+        Quantity::GoldAtKl => {
+            let (sa, sb) = (by_seed(a), by_seed(b));
+            // The KL range every seed of both agents covers.
+            let mut lo = f64::NEG_INFINITY;
+            let mut hi = f64::INFINITY;
+            for runs in sa.values().chain(sb.values()) {
+                let kls: Vec<f64> = runs
+                    .iter()
+                    .flat_map(|r| kl_gold_curve(r.rows))
+                    .map(|p| p.0)
+                    .filter(|x| x.is_finite())
+                    .collect();
+                if kls.is_empty() {
+                    continue;
+                }
+                lo = lo.max(kls.iter().cloned().fold(f64::INFINITY, f64::min));
+                hi = hi.min(kls.iter().cloned().fold(f64::NEG_INFINITY, f64::max));
+            }
+            if !(hi > lo) {
+                return Err("the agents' KL ranges do not overlap: no matched KL".into());
+            }
+            let grid: Vec<f64> = (0..=10).map(|i| lo + (hi - lo) * i as f64 / 10.0).collect();
+            let per_seed = |s: &BTreeMap<u64, Vec<&Run>>| -> Vec<f64> {
+                s.values()
+                    .map(|runs| {
+                        let rows: Vec<&[MetricRow]> = runs.iter().map(|r| r.rows).collect();
+                        let f: Vec<f64> = frontier_at(&rows, &grid).into_iter().flatten().collect();
+                        if f.is_empty() {
+                            f64::NAN
+                        } else {
+                            f.iter().sum::<f64>() / f.len() as f64
+                        }
+                    })
+                    .collect()
+            };
+            Ok((
+                per_seed(&sa),
+                per_seed(&sb),
+                format!("mean over 11 KL points in [{lo:.3}, {hi:.3}]"),
+            ))
+        }
+    }
+}
+
+/// The verdicts of `spec`'s rule on each of its envs; `None` when the spec has no rule.
+pub fn evaluate(
+    spec: &SweepSpec,
+    metrics: &BTreeMap<String, Vec<MetricRow>>,
+) -> Option<ClaimVerdict> {
+    let rule = spec.rule.clone()?;
+    let sign = match rule.direction {
+        Direction::Greater => 1.0,
+        Direction::Less => -1.0,
+    };
+    // Oriented scale: larger is the claim's way; ratios on a log scale.
+    let orient = |x: f64| sign * if rule.quantity.is_ratio() { x.ln() } else { x };
+    let margin = if rule.quantity.is_ratio() {
+        rule.margin.ln_1p()
+    } else {
+        rule.margin
+    };
+    struct Partial {
+        env: String,
+        seeds: (usize, usize),
+        medians: (f64, f64),
+        cmp: std::result::Result<Comparison, String>,
+        detail: String,
+    }
+    let mut parts = Vec::new();
+    for (i, env) in spec.envs.iter().enumerate() {
+        let a = runs_of(spec, metrics, env, &rule.a);
+        let b = runs_of(spec, metrics, env, &rule.b);
+        let (cmp, seeds, medians, detail) = match values(&rule, &a, &b) {
+            Err(why) => (Err(why.clone()), (0, 0), (f64::NAN, f64::NAN), why),
+            Ok((va, vb, detail)) => {
+                let keep = |v: &[f64]| -> Vec<f64> {
+                    v.iter()
+                        .copied()
+                        .filter(|x| !x.is_nan())
+                        .map(orient)
+                        .filter(|x| !x.is_nan())
+                        .collect()
+                };
+                let (oa, ob) = (keep(&va), keep(&vb));
+                let medians = (median(&va), median(&vb));
+                let cmp = if oa.len() < 2 || ob.len() < 2 {
+                    Err(format!(
+                        "{} value(s) of `{}` and {} of `{}`: at least 2 seeds each are needed",
+                        oa.len(),
+                        rule.a,
+                        ob.len(),
+                        rule.b
+                    ))
+                } else if rule.statistic == Statistic::Bootstrap
+                    && oa.iter().chain(&ob).any(|x| !x.is_finite())
+                {
+                    Err("infinite values: the bootstrap needs finite ones".into())
+                } else {
+                    Ok(match rule.statistic {
+                        Statistic::Bootstrap => stats::bootstrap_mean_diff(
+                            &oa,
+                            &ob,
+                            margin,
+                            rule.confidence,
+                            RESAMPLES,
+                            i as u64,
+                        ),
+                        Statistic::MannWhitney => {
+                            stats::mann_whitney(&oa, &ob, margin, rule.confidence)
+                        }
+                    })
+                };
+                (cmp, (oa.len(), ob.len()), medians, detail)
+            }
+        };
+        parts.push(Partial {
+            env: env.clone(),
+            seeds,
+            medians,
+            cmp,
+            detail,
+        });
+    }
+    // Holm over the tasks that could be compared, for each one-sided family.
+    let ok: Vec<&Comparison> = parts.iter().filter_map(|p| p.cmp.as_ref().ok()).collect();
+    let adj_holds = stats::holm(&ok.iter().map(|c| c.p_holds).collect::<Vec<_>>());
+    let adj_refuted = stats::holm(&ok.iter().map(|c| c.p_refuted).collect::<Vec<_>>());
+    let alpha = (1.0 - rule.confidence) / 2.0;
+    let family = ok.len();
+    let mut k = 0;
+    let tasks = parts
+        .into_iter()
+        .map(|p| {
+            let Ok(c) = p.cmp else {
+                return TaskVerdict {
+                    env: p.env,
+                    verdict: Verdict::Inconclusive,
+                    effect: None,
+                    seeds: p.seeds,
+                    detail: p.detail,
+                };
+            };
+            let (ph, pr) = (adj_holds[k], adj_refuted[k]);
+            k += 1;
+            let verdict = if ph <= alpha {
+                Verdict::Holds
+            } else if pr <= alpha {
+                Verdict::Refuted
+            } else {
+                Verdict::Inconclusive
+            };
+            // Back to the quantity's units: a − b, or a / b.
+            let raw = |x: f64| {
+                let y = sign * x;
+                if rule.quantity.is_ratio() {
+                    y.exp()
+                } else {
+                    y
+                }
+            };
+            let (lo, hi) = (raw(c.lo).min(raw(c.hi)), raw(c.lo).max(raw(c.hi)));
+            let mut detail = p.detail;
+            let mut say = |s: String| {
+                if !detail.is_empty() {
+                    detail.push_str("; ");
+                }
+                detail.push_str(&s);
+            };
+            match verdict {
+                Verdict::Refuted if c.hi < -1e-9 => say("the effect goes the other way".into()),
+                Verdict::Refuted => say("the effect is smaller than the margin".into()),
+                Verdict::Inconclusive => {
+                    let n = p.seeds.0.min(p.seeds.1);
+                    say(match stats::seeds_to_resolve(n, &c, margin) {
+                        Some(m) => {
+                            format!("at this spread about {m} seeds per agent would resolve it")
+                        }
+                        None => "the estimate sits on the margin: more seeds would not resolve it"
+                            .into(),
+                    })
+                }
+                Verdict::Holds => {}
+            }
+            if family > 1 {
+                say(format!("Holm over {family} tasks"));
+            }
+            TaskVerdict {
+                env: p.env,
+                verdict,
+                effect: Some(Effect {
+                    value: raw(c.estimate),
+                    lo,
+                    hi,
+                    p_holds: ph,
+                    p_refuted: pr,
+                    rank_biserial: c.rank_biserial,
+                    medians: p.medians,
+                }),
+                seeds: p.seeds,
+                detail,
+            }
+        })
+        .collect();
+    Some(ClaimVerdict {
+        name: spec.name.clone(),
+        claim: spec.claim.clone(),
+        rule,
+        tasks,
+    })
+}
+
+/// Format a number for a table: ∞ spelled out, three significant decimals otherwise.
+pub fn num(x: f64) -> String {
+    if x.is_infinite() {
+        if x > 0.0 { "∞" } else { "−∞" }.into()
+    } else if x.is_nan() {
+        "–".into()
+    } else if x.abs() >= 1000.0 {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+/// The verdict table of several claims, in markdown.
+pub fn markdown_table(claims: &[ClaimVerdict]) -> String {
+    let mut md = String::from("| claim | task | verdict | a vs b | effect | interval | p (Holm) | seeds |\n|---|---|---|---|---|---|---|---|\n");
+    for c in claims {
+        for t in &c.tasks {
+            let (eff, int, p) = match &t.effect {
+                Some(e) => (
+                    format!("{} ({})", num(e.value), c.rule.quantity.effect_label()),
+                    format!(
+                        "[{}, {}] at {:.0}%",
+                        num(e.lo),
+                        num(e.hi),
+                        c.rule.confidence * 100.0
+                    ),
+                    format!("{:.3}", e.p_holds.min(e.p_refuted)),
+                ),
+                None => ("–".into(), "–".into(), "–".into()),
+            };
+            md.push_str(&format!(
+                "| {} | {} | **{}** | `{}` vs `{}` | {eff} | {int} | {p} | {}+{} |\n",
+                c.name, t.env, t.verdict, c.rule.a, c.rule.b, t.seeds.0, t.seeds.1
+            ));
+        }
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sweep::AgentSpec;
+
+    fn agent(name: &str) -> AgentSpec {
+        AgentSpec {
+            name: name.into(),
+            agent: crate::spec::AgentKind::Ppo,
+            reward: "gold".into(),
+            prefs: "on".into(),
+            set: BTreeMap::new(),
+            grid: BTreeMap::new(),
+        }
+    }
+
+    fn spec(envs: &[&str], seeds: u64, rule: DecisionRule) -> SweepSpec {
+        let mut s = crate::sweep::compare_spec("sentiment-v0", seeds, 1.0).unwrap();
+        s.envs = envs.iter().map(|e| e.to_string()).collect();
+        s.agents = vec![agent("a"), agent("b")];
+        s.rule = Some(rule);
+        s
+    }
+
+    fn rule(quantity: Quantity, direction: Direction, statistic: Statistic) -> DecisionRule {
+        DecisionRule {
+            quantity,
+            a: "a".into(),
+            b: "b".into(),
+            direction,
+            statistic,
+            confidence: 0.95,
+            margin: 0.0,
+        }
+    }
+
+    fn row(step: u64, metric: &str, value: f64) -> MetricRow {
+        MetricRow {
+            step,
+            metric: metric.into(),
+            value,
+        }
+    }
+
+    /// A run evaluated at steps 0, 10, 20 with gold rising linearly from 0.1 to `end`, KL from
+    /// 0 to `kl_end`, 1 s per step.
+    fn run(end: f64, kl_end: f64) -> Vec<MetricRow> {
+        let mut v = Vec::new();
+        for (i, s) in [0u64, 10, 20].into_iter().enumerate() {
+            let f = i as f64 / 2.0;
+            v.push(row(s, "eval/gold_reward", 0.1 + (end - 0.1) * f));
+            v.push(row(s, "eval/kl_to_ref", kl_end * f));
+            v.push(row(s, "budget/wall_seconds", s as f64));
+            v.push(row(s, "budget/flops", 1e9 * s as f64));
+        }
+        v
+    }
+
+    fn metrics(
+        env: &str,
+        a: &[f64],
+        b: &[f64],
+        kl: (f64, f64),
+    ) -> BTreeMap<String, Vec<MetricRow>> {
+        let mut m = BTreeMap::new();
+        for (i, x) in a.iter().enumerate() {
+            m.insert(format!("{env}.a.s{i}"), run(*x, kl.0));
+        }
+        for (i, x) in b.iter().enumerate() {
+            m.insert(format!("{env}.b.s{i}"), run(*x, kl.1));
+        }
+        m
+    }
+
+    #[test]
+    fn each_verdict_comes_out_where_the_data_put_it() {
+        let r = rule(
+            Quantity::FinalGold,
+            Direction::Greater,
+            Statistic::Bootstrap,
+        );
+        let s = spec(&["sentiment-v0"], 5, r.clone());
+        let holds = metrics(
+            "sentiment-v0",
+            &[0.8, 0.82, 0.79, 0.81, 0.8],
+            &[0.5, 0.52, 0.49, 0.5, 0.51],
+            (1.0, 1.0),
+        );
+        let v = evaluate(&s, &holds).unwrap();
+        assert_eq!(v.tasks[0].verdict, Verdict::Holds, "{v:?}");
+        let e = v.tasks[0].effect.as_ref().unwrap();
+        assert!(
+            (e.value - 0.3).abs() < 1e-9 && e.lo > 0.25 && e.hi < 0.35,
+            "{e:?}"
+        );
+        // The same data with the claim the other way round: refuted, "the other way".
+        let mut s2 = s.clone();
+        s2.rule.as_mut().unwrap().direction = Direction::Less;
+        let v = evaluate(&s2, &holds).unwrap();
+        assert_eq!(v.tasks[0].verdict, Verdict::Refuted);
+        assert!(
+            v.tasks[0].detail.contains("other way"),
+            "{}",
+            v.tasks[0].detail
+        );
+        // A real but small effect against a margin it cannot clear: refuted, "smaller than".
+        let mut s3 = s.clone();
+        s3.rule.as_mut().unwrap().margin = 0.5;
+        let v = evaluate(&s3, &holds).unwrap();
+        assert_eq!(v.tasks[0].verdict, Verdict::Refuted);
+        assert!(v.tasks[0].detail.contains("smaller than the margin"));
+        // Medians differ (0.7 vs 0.5) but the spread swamps it: the interval straddles zero.
+        let noisy = metrics(
+            "sentiment-v0",
+            &[0.2, 0.7, 0.95, 0.1, 0.9],
+            &[0.5, 0.9, 0.1, 0.45, 0.6],
+            (1.0, 1.0),
+        );
+        let v = evaluate(&s, &noisy).unwrap();
+        let t = &v.tasks[0];
+        let e = t.effect.as_ref().unwrap();
+        assert_eq!(e.medians, (0.7, 0.5));
+        assert!(e.lo < 0.0 && e.hi > 0.0, "{e:?}");
+        assert_eq!(t.verdict, Verdict::Inconclusive);
+        assert!(
+            t.detail.contains("seeds per agent would resolve it"),
+            "{}",
+            t.detail
+        );
+    }
+
+    #[test]
+    fn holm_can_turn_a_lone_pass_into_inconclusive() {
+        // Mann–Whitney with 5 vs 5 fully separated: p = 1/252 ≈ 0.00397 per task. Alone that
+        // passes α = 0.025; over three tasks whose other two are null-ish, Holm's first threshold is
+        // 0.025 / 3 = 0.0083: still passes. With 4 vs 4 (p = 1/70 ≈ 0.0143): passes alone, not
+        // after Holm over 3 tasks.
+        let r = rule(
+            Quantity::FinalGold,
+            Direction::Greater,
+            Statistic::MannWhitney,
+        );
+        let a = [0.9, 0.91, 0.92, 0.93];
+        let b = [0.1, 0.11, 0.12, 0.13];
+        let one = spec(&["sentiment-v0"], 4, r.clone());
+        let m = metrics("sentiment-v0", &a, &b, (1.0, 1.0));
+        assert_eq!(evaluate(&one, &m).unwrap().tasks[0].verdict, Verdict::Holds);
+        let three = spec(&["sentiment-v0", "arithmetic-v0", "hh-v0"], 4, r);
+        let mut m = metrics("sentiment-v0", &a, &b, (1.0, 1.0));
+        m.extend(metrics("arithmetic-v0", &a, &b, (1.0, 1.0)));
+        m.extend(metrics(
+            "hh-v0",
+            &[0.5, 0.6, 0.4, 0.55],
+            &[0.5, 0.45, 0.6, 0.52],
+            (1.0, 1.0),
+        ));
+        let v = evaluate(&three, &m).unwrap();
+        // Sorted p: 1/70, 1/70, large → Holm: 3/70 = 0.043 > 0.025 for the first: nothing passes.
+        assert_eq!(v.tasks[0].verdict, Verdict::Inconclusive, "{v:?}");
+        assert!(v.tasks[0].detail.contains("Holm over 3 tasks"));
+        let e = v.tasks[0].effect.as_ref().unwrap();
+        assert!((e.p_holds - 3.0 / 70.0).abs() < 1e-12, "{e:?}");
+    }
+
+    #[test]
+    fn costs_never_reached_count_as_infinite() {
+        // a reaches every level fast and b never improves: the level is half a's gain; b's cost
+        // is ∞ for every seed, so a / b = 0 with every pair favouring a.
+        let r = rule(
+            Quantity::WallToReach,
+            Direction::Less,
+            Statistic::MannWhitney,
+        );
+        let s = spec(&["sentiment-v0"], 5, r);
+        let m = metrics("sentiment-v0", &[0.9; 5], &[0.1; 5], (1.0, 1.0));
+        let v = evaluate(&s, &m).unwrap();
+        let t = &v.tasks[0];
+        assert_eq!(t.verdict, Verdict::Holds, "{t:?}");
+        assert!(
+            t.detail.contains("5 run(s) never reached it"),
+            "{}",
+            t.detail
+        );
+        assert_eq!(t.effect.as_ref().unwrap().rank_biserial, Some(1.0));
+        // The bootstrap is refused for a quantity that can be ∞.
+        let bad = rule(Quantity::WallToReach, Direction::Less, Statistic::Bootstrap);
+        let mut s2 = s.clone();
+        s2.rule = Some(bad.clone());
+        assert!(bad.validate(&s2).is_err());
+    }
+
+    #[test]
+    fn gold_at_matched_kl_compares_on_the_common_range() {
+        // a: gold 0.1 → 0.9 over KL 0 → 2; b: 0.1 → 0.5 over KL 0 → 1. On [0, 1], a's curve is
+        // 0.1 + 0.4 k and b's 0.1 + 0.4 k as well: equal at matched KL although a's final gold is
+        // far higher. Mean over the 11 points: 0.3 for both.
+        let mut r = rule(Quantity::GoldAtKl, Direction::Greater, Statistic::Bootstrap);
+        r.margin = 0.05;
+        let s = spec(&["sentiment-v0"], 3, r);
+        let m = metrics(
+            "sentiment-v0",
+            &[0.9, 0.9, 0.9],
+            &[0.5, 0.5, 0.5],
+            (2.0, 1.0),
+        );
+        let v = evaluate(&s, &m).unwrap();
+        let t = &v.tasks[0];
+        let e = t.effect.as_ref().unwrap();
+        assert!(
+            (e.medians.0 - 0.3).abs() < 1e-9 && (e.medians.1 - 0.3).abs() < 1e-9,
+            "{e:?}"
+        );
+        assert!(e.value.abs() < 1e-9);
+        assert!(t.detail.contains("[0.000, 1.000]"), "{}", t.detail);
+        assert_eq!(t.verdict, Verdict::Refuted, "{t:?}");
+        assert!(t.detail.contains("smaller than the margin"));
+    }
+}
