@@ -82,6 +82,9 @@ enum Cmd {
     /// The default comparison: SFT, on-policy preferences, a reward model, then PPO on the gold
     /// reward, PPO on the reward model and DPO on the same pairs, 3 seeds each; CSV, plots, report.
     Compare(CompareArgs),
+    /// Every claim sweep (src/sweeps/, each with its decision rule), shared stages built once;
+    /// one report with a verdict per claim × task: report.md, report.html, verdicts.csv.
+    Claims(ClaimsArgs),
     /// Evaluate a policy on an env's held-out prompts against a reference (default: itself).
     Eval(EvalArgs),
     /// Print the device, run forward/backward and sampling on CUDA and compare with CPU.
@@ -421,6 +424,39 @@ pub struct CompareArgs {
     pub quiet: bool,
 }
 
+/// The arguments of `aligngym claims`.
+#[derive(clap::Args)]
+pub struct ClaimsArgs {
+    /// Output folder (one sweep folder per claim, the shared stages, the report); an existing
+    /// claims folder resumes.
+    #[arg(long, default_value = "results/claims")]
+    pub out: PathBuf,
+    /// Replace `--out` when it exists and is not a claims folder (never when it is or holds the
+    /// current directory or /).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Multiply every claim's updates, SFT steps and preference pairs (e.g. 4 on a GPU).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Seeds 0..N for every claim, instead of each spec's own (5).
+    #[arg(long)]
+    pub seeds: Option<u64>,
+    /// Only these envs, for every claim (comma-separated), instead of each spec's own.
+    #[arg(long, value_delimiter = ',')]
+    pub envs: Option<Vec<String>>,
+    /// Only these claims (comma-separated names, e.g. `dpo-cheaper,dpo-frontier`).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Runs executed at once (each with one libtorch thread when > 1).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    #[command(flatten)]
+    pub compute: Compute,
+    /// No progress output.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
 /// The arguments of `aligngym eval`.
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -537,6 +573,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Report(a) => cmd_report(a),
         Cmd::Status(a) => cmd_status(a),
         Cmd::Compare(a) => cmd_compare(a),
+        Cmd::Claims(a) => cmd_claims(a),
         Cmd::Eval(a) => cmd_eval(a),
         Cmd::GpuCheck => cmd_gpu_check(),
         Cmd::Bench(a) => cmd_bench(a),
@@ -1227,6 +1264,69 @@ fn cmd_compare(args: CompareArgs) -> Result<()> {
         "CSV: {0}/runs.csv, {0}/metrics.csv; plots: {0}/plots; report: {0}/report.md",
         out.display()
     );
+    Ok(())
+}
+
+/// `aligngym claims`.
+fn cmd_claims(args: ClaimsArgs) -> Result<()> {
+    let ClaimsArgs {
+        out,
+        overwrite,
+        scale,
+        seeds,
+        envs,
+        only,
+        jobs,
+        compute,
+        quiet,
+    } = args;
+    if !(scale > 0.0 && scale.is_finite()) {
+        return Err(AgentError::config("--scale", "expected a finite value > 0"));
+    }
+    let device = compute.device;
+    let tiny = ModelSize::Tiny
+        .config(SftConfig::default().vocab_size)
+        .num_params();
+    let dtype = compute.precision(device.resolve()?, tiny);
+    commands::check_out(&out, &[], overwrite, |d| d.join("claims.json").exists())?;
+    let o = crate::claims::ClaimsOptions {
+        scale,
+        seeds,
+        envs,
+        only,
+        jobs,
+        device,
+        dtype: dtype.to_string(),
+        quiet,
+    };
+    // Checked before anything is written.
+    crate::claims::claim_specs(&o)?;
+    std::fs::create_dir_all(&out).map_err(|e| AgentError::io(&out, e))?;
+    commands::write_atomic(
+        &out.join("claims.json"),
+        &format!(
+            "{{\"scale\": {scale}, \"seeds\": {}, \"jobs\": {jobs}}}\n",
+            seeds.map_or("null".into(), |n| n.to_string())
+        ),
+    )?;
+    let command: String = std::env::args().collect::<Vec<_>>().join(" ");
+    let r = crate::claims::run_claims(&out, &o, &command)?;
+    println!("{}", crate::verdict::markdown_table(&r.verdicts));
+    println!(
+        "report: {0}/report.md, {0}/report.html; verdicts: {0}/verdicts.csv",
+        out.display()
+    );
+    if !r.failed.is_empty() {
+        return Err(AgentError::Data(format!(
+            "{} claim(s) have failed runs (their reports cover the runs that finished): {}",
+            r.failed.len(),
+            r.failed
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     Ok(())
 }
 

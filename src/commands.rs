@@ -30,6 +30,84 @@ pub fn progress(len: u64, what: &str, quiet: bool) -> ProgressBar {
     pb
 }
 
+/// Progress as lines, for output that is not a terminal (a log file, CI, a Slurm log) where bars
+/// draw nothing: one line per finished run and a heartbeat a minute, each with the elapsed time
+/// and an estimate of what is left (from the mean time per finished run).
+pub struct ProgressLines {
+    what: String,
+    total: usize,
+    done: usize,
+    start: std::time::Instant,
+    last: std::time::Instant,
+    on: bool,
+}
+
+impl ProgressLines {
+    /// Lines for `total` runs of `what`, when stderr is not a terminal and not `quiet`.
+    pub fn new(what: &str, total: usize, quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        let now = std::time::Instant::now();
+        ProgressLines {
+            what: what.to_string(),
+            total,
+            done: 0,
+            start: now,
+            last: now,
+            on: !quiet && !std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn status(&self) -> String {
+        let el = self.start.elapsed().as_secs_f64();
+        let left = if self.done == 0 {
+            "unknown".to_string()
+        } else {
+            hms(el / self.done as f64 * (self.total - self.done.min(self.total)) as f64)
+        };
+        format!("elapsed {}, about {left} left", hms(el))
+    }
+
+    /// A run finished (or failed).
+    pub fn finished(&mut self, id: &str, ok: bool) {
+        self.done += 1;
+        if self.on {
+            eprintln!(
+                "{} [{}/{}] run {id} {} ({})",
+                self.what,
+                self.done,
+                self.total,
+                if ok { "done" } else { "FAILED" },
+                self.status()
+            );
+            self.last = std::time::Instant::now();
+        }
+    }
+
+    /// A line when a minute has passed without one.
+    pub fn heartbeat(&mut self, running: usize) {
+        if self.on && self.last.elapsed().as_secs() >= 60 {
+            eprintln!(
+                "{} [{}/{}] {running} running ({})",
+                self.what,
+                self.done,
+                self.total,
+                self.status()
+            );
+            self.last = std::time::Instant::now();
+        }
+    }
+}
+
+/// Seconds as `1h02m03s`, `2m03s` or `3s`.
+pub fn hms(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, x) => format!("{x}s"),
+        (0, m, x) => format!("{m}m{x:02}s"),
+        (h, m, x) => format!("{h}h{m:02}m{x:02}s"),
+    }
+}
+
 /// Model sizes by name.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,

@@ -11,9 +11,11 @@ pub use aligngym_agents as agents;
 pub use aligngym_envs as envs;
 
 pub mod bench;
+pub mod claims;
 pub mod cli;
 pub mod commands;
 pub mod eval;
+pub mod html;
 pub mod metrics;
 pub mod plot;
 pub mod report;

@@ -145,13 +145,15 @@ fn u_p_values(a: &[f64], b: &[f64]) -> (f64, f64) {
             for &i in &idx {
                 in_a[i] = true;
             }
-            let (xa, xb): (Vec<(usize, f64)>, Vec<(usize, f64)>) = pooled
-                .iter()
-                .copied()
-                .enumerate()
-                .partition(|(k, _)| in_a[*k]);
-            let xa: Vec<f64> = xa.into_iter().map(|(_, v)| v).collect();
-            let xb: Vec<f64> = xb.into_iter().map(|(_, v)| v).collect();
+            let pick = |side: bool| -> Vec<f64> {
+                pooled
+                    .iter()
+                    .zip(&in_a)
+                    .filter(|(_, &x)| x == side)
+                    .map(|(&v, _)| v)
+                    .collect()
+            };
+            let (xa, xb) = (pick(true), pick(false));
             let us = u_statistic(&xa, &xb);
             total += 1;
             ge += usize::from(us >= u - eps);

@@ -134,7 +134,12 @@ impl SweepSpec {
     /// Read and validate a spec file; errors name the file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| AgentError::io(path, e))?;
-        let mut s: SweepSpec = toml::from_str(&text).map_err(|e| {
+        Self::parse(&text, path)
+    }
+
+    /// Parse and validate a spec's text; errors name `path` (where the text came from).
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let mut s: SweepSpec = toml::from_str(text).map_err(|e| {
             // toml's own rendering draws the line over several; one line names where instead.
             let at =
                 e.span()
@@ -536,6 +541,7 @@ fn build_once(
     stage: &Stage,
     mode: Mode,
     done: &Path,
+    quiet: bool,
     build: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
     if done.exists() {
@@ -549,7 +555,15 @@ fn build_once(
     if done.exists() {
         return Ok(());
     }
-    build()
+    let t0 = std::time::Instant::now();
+    build()?;
+    if !quiet {
+        eprintln!(
+            "stage {stage} built in {}",
+            commands::hms(t0.elapsed().as_secs_f64())
+        );
+    }
+    Ok(())
 }
 
 fn stage_sft(
@@ -578,10 +592,17 @@ fn stage_sft(
         .join("stages")
         .join(format!("sft-{env}-{}", key(&(env, &cfg, "tiny"))));
     let stage = Stage::Sft { env: env.into() };
-    build_once(out, &stage, mode, &dir.join("model.safetensors"), || {
-        let corpus = t.corpus(cfg.corpus_size, 0);
-        commands::run_sft(&corpus, ModelSize::Tiny, &cfg, 0, dev, &dir, quiet).map(|_| ())
-    })?;
+    build_once(
+        out,
+        &stage,
+        mode,
+        &dir.join("model.safetensors"),
+        quiet,
+        || {
+            let corpus = t.corpus(cfg.corpus_size, 0);
+            commands::run_sft(&corpus, ModelSize::Tiny, &cfg, 0, dev, &dir, quiet).map(|_| ())
+        },
+    )?;
     Ok(dir)
 }
 
@@ -591,6 +612,7 @@ fn stage_prefs(
     sft: &Path,
     out: &Path,
     dev: tch::Device,
+    quiet: bool,
     mode: Mode,
 ) -> Result<BTreeMap<String, (PathBuf, u64)>> {
     let t = task(env)?;
@@ -615,7 +637,7 @@ fn stage_prefs(
             .join(format!("prefs-{env}-{}-{k}.jsonl", p.name));
         // The query count is written after the pairs: it marks a finished set.
         let meta = path.with_extension("queries");
-        build_once(out, &stage, mode, &meta, || {
+        build_once(out, &stage, mode, &meta, quiet, || {
             let g = LmPolicy::load(&gen_path, dev)?;
             let sampling = SamplingConfig {
                 temperature: p.temperature,
@@ -663,7 +685,7 @@ fn stage_prefs(
             q += sq * take as u64 / pairs.len().max(1) as u64;
             all.extend(pairs.into_iter().take(take));
         }
-        build_once(out, &stage, mode, &path, || {
+        build_once(out, &stage, mode, &path, quiet, || {
             write_pairs(&path, &all)?;
             Ok(())
         })?;
@@ -693,11 +715,18 @@ fn stage_rm(
         prefs: prefs_name.into(),
     };
     // The report is written after the model: its presence marks a finished stage.
-    build_once(out, &stage, mode, &dir.join("rm_report.json"), || {
-        let pairs = read_pairs(&prefs.0)?;
-        let init = LmPolicy::load(sft, dev)?;
-        commands::train_rm(&init, &pairs, &cfg, 0, &dir, quiet).map(|_| ())
-    })?;
+    build_once(
+        out,
+        &stage,
+        mode,
+        &dir.join("rm_report.json"),
+        quiet,
+        || {
+            let pairs = read_pairs(&prefs.0)?;
+            let init = LmPolicy::load(sft, dev)?;
+            commands::train_rm(&init, &pairs, &cfg, 0, &dir, quiet).map(|_| ())
+        },
+    )?;
     Ok(dir)
 }
 
@@ -718,7 +747,7 @@ fn env_stages(
         return Ok(None);
     }
     let prefs_stage = Stage::Prefs { env: env.into() };
-    let prefs = stage_prefs(spec, env, &sft, out, dev, mode(&prefs_stage))?;
+    let prefs = stage_prefs(spec, env, &sft, out, dev, quiet, mode(&prefs_stage))?;
     if last == Some(&prefs_stage) {
         return Ok(None);
     }
@@ -946,6 +975,7 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
     let done = |r: &RunSpec| run_file(out, &r.id, RunFile::Dir).join("done").exists();
     let todo: Vec<&RunSpec> = runs.iter().filter(|r| !done(r)).collect();
     let pb = commands::progress(todo.len() as u64, "runs", opts.quiet);
+    let mut lines = commands::ProgressLines::new(&spec.name, todo.len(), opts.quiet);
     let exe = std::env::current_exe().map_err(|e| AgentError::io("aligngym", e))?;
     let jobs = opts.jobs.max(1);
     let mut queue = todo.iter();
@@ -1019,6 +1049,7 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
+        lines.heartbeat(running.len());
         let mut k = 0;
         while k < running.len() {
             if let Some(status) = running[k]
@@ -1027,6 +1058,7 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
                 .map_err(|e| AgentError::io("child", e))?
             {
                 let Running { id, .. } = running.remove(k);
+                lines.finished(&id, status.success());
                 if status.success() {
                     commands::write_atomic(&run_file(out, &id, RunFile::Dir).join("done"), "")?;
                     executed += 1;

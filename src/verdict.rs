@@ -430,7 +430,7 @@ fn values(
                 lo = lo.max(kls.iter().cloned().fold(f64::INFINITY, f64::min));
                 hi = hi.min(kls.iter().cloned().fold(f64::NEG_INFINITY, f64::max));
             }
-            if !(hi > lo) {
+            if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
                 return Err("the agents' KL ranges do not overlap: no matched KL".into());
             }
             let grid: Vec<f64> = (0..=10).map(|i| lo + (hi - lo) * i as f64 / 10.0).collect();
@@ -650,7 +650,14 @@ pub fn markdown_table(claims: &[ClaimVerdict]) -> String {
                         num(e.hi),
                         c.rule.confidence * 100.0
                     ),
-                    format!("{:.3}", e.p_holds.min(e.p_refuted)),
+                    format!(
+                        "{:.3}",
+                        if t.verdict == Verdict::Refuted {
+                            e.p_refuted
+                        } else {
+                            e.p_holds
+                        }
+                    ),
                 ),
                 None => ("–".into(), "–".into(), "–".into()),
             };

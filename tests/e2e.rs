@@ -1,5 +1,6 @@
 //! End-to-end tests through the CLI (one integration binary: each test binary relinks libtorch).
 
+mod claims;
 mod fuzz;
 mod real_models;
 mod reliability;

@@ -1,0 +1,364 @@
+//! `aligngym claims`: every claim sweep of `src/sweeps/` (each with its decision rule), the shared
+//! stages built once for all of them, and one report — a verdict table first (claim × task), then
+//! a section per claim with its figures — as `report.md`, a self-contained `report.html` and a tidy
+//! `verdicts.csv`. Resumes like a sweep.
+
+use crate::sweep::{run_sweep, Part, SweepOptions, SweepSpec};
+use crate::verdict::{self, ClaimVerdict};
+use aligngym_agents::{AgentError, Result};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The claim specs, embedded so the command runs from any directory: (file name, text).
+pub const CLAIM_SPECS: &[(&str, &str)] = &[
+    ("dpo-cheaper.toml", include_str!("sweeps/dpo-cheaper.toml")),
+    (
+        "ppo-aligns-better.toml",
+        include_str!("sweeps/ppo-aligns-better.toml"),
+    ),
+    (
+        "dpo-distribution-shift.toml",
+        include_str!("sweeps/dpo-distribution-shift.toml"),
+    ),
+    (
+        "ppo-hyperparameter-sensitivity.toml",
+        include_str!("sweeps/ppo-hyperparameter-sensitivity.toml"),
+    ),
+    (
+        "ppo-reward-quality.toml",
+        include_str!("sweeps/ppo-reward-quality.toml"),
+    ),
+    (
+        "ppo-long-horizon.toml",
+        include_str!("sweeps/ppo-long-horizon.toml"),
+    ),
+    (
+        "dpo-frontier.toml",
+        include_str!("sweeps/dpo-frontier.toml"),
+    ),
+];
+
+/// How `aligngym claims` runs.
+#[derive(Debug, Clone)]
+pub struct ClaimsOptions {
+    /// Multiplies every spec's scale (updates, SFT steps, preference pairs).
+    pub scale: f64,
+    /// Seeds 0..N instead of each spec's.
+    pub seeds: Option<u64>,
+    /// These envs instead of each spec's (a quick look, or a test).
+    pub envs: Option<Vec<String>>,
+    /// Only the claims with these names (all when empty).
+    pub only: Vec<String>,
+    /// Runs at once.
+    pub jobs: usize,
+    /// Device of every stage and run.
+    pub device: aligngym_agents::DeviceChoice,
+    /// `run.dtype` of every run.
+    pub dtype: String,
+    /// No progress output.
+    pub quiet: bool,
+}
+
+/// The claim specs with the options applied, validated.
+pub fn claim_specs(o: &ClaimsOptions) -> Result<Vec<SweepSpec>> {
+    let mut out = Vec::new();
+    for (file, text) in CLAIM_SPECS {
+        let mut s = SweepSpec::parse(text, Path::new(&format!("src/sweeps/{file}")))?;
+        if !o.only.is_empty() && !o.only.contains(&s.name) {
+            continue;
+        }
+        s.scale *= o.scale;
+        if let Some(n) = o.seeds {
+            s.seeds = (0..n.max(1)).collect();
+        }
+        if let Some(e) = &o.envs {
+            s.envs = e.clone();
+        }
+        for a in &mut s.agents {
+            a.set.insert("run.dtype".into(), o.dtype.clone().into());
+        }
+        s.validate()
+            .map_err(|e| AgentError::Data(format!("src/sweeps/{file}: {e}")))?;
+        out.push(s);
+    }
+    for n in &o.only {
+        if !out.iter().any(|s| &s.name == n) {
+            return Err(AgentError::config(
+                "--only",
+                format!(
+                    "no claim named `{n}`; the claims are {}",
+                    CLAIM_SPECS
+                        .iter()
+                        .map(|(f, _)| f.trim_end_matches(".toml"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// A claim's sweep folder, its `stages` a link to the claims folder's own so that stages with
+/// equal configs (the SFT policy of an env, the on-policy pairs and their reward model) are built
+/// once for every claim.
+fn claim_dir(out: &Path, name: &str) -> Result<PathBuf> {
+    let dir = out.join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
+    std::fs::create_dir_all(out.join("stages")).map_err(|e| AgentError::io(out, e))?;
+    let link = dir.join("stages");
+    if std::fs::symlink_metadata(&link).is_err() {
+        #[cfg(unix)]
+        std::os::unix::fs::symlink("../stages", &link).map_err(|e| AgentError::io(&link, e))?;
+        #[cfg(not(unix))]
+        std::fs::create_dir_all(&link).map_err(|e| AgentError::io(&link, e))?;
+    }
+    Ok(dir)
+}
+
+/// What `run_claims` did.
+pub struct ClaimsOutcome {
+    /// The verdicts of every claim that has results.
+    pub verdicts: Vec<ClaimVerdict>,
+    /// Claims some of whose runs failed, with the error.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Run every claim sweep into `out/<claim>/` and write `out/report.md`, `out/report.html` and
+/// `out/verdicts.csv`.
+pub fn run_claims(out: &Path, o: &ClaimsOptions, command: &str) -> Result<ClaimsOutcome> {
+    let specs = claim_specs(o)?;
+    let t0 = Instant::now();
+    let mut failed = Vec::new();
+    let total_runs: usize = specs.iter().map(|s| s.runs().len()).sum();
+    if !o.quiet {
+        eprintln!(
+            "aligngym claims: {} claim(s), {total_runs} runs in all, into {}",
+            specs.len(),
+            out.display()
+        );
+    }
+    for (i, s) in specs.iter().enumerate() {
+        let dir = claim_dir(out, &s.name)?;
+        if !o.quiet {
+            eprintln!(
+                "claim {}/{} {}: {} runs on {} (elapsed {})",
+                i + 1,
+                specs.len(),
+                s.name,
+                s.runs().len(),
+                s.envs.join(", "),
+                crate::commands::hms(t0.elapsed().as_secs_f64())
+            );
+        }
+        let r = run_sweep(
+            s,
+            &dir,
+            &SweepOptions {
+                jobs: o.jobs,
+                shard: None,
+                device: o.device,
+                threads: None,
+                part: Part::All,
+                quiet: o.quiet,
+            },
+        );
+        if let Err(e) = r {
+            // The runs that finished still answer; the report says which claims are incomplete.
+            eprintln!("claim {}: {e}", s.name);
+            failed.push((s.name.clone(), e.to_string()));
+        }
+        if dir.join("metrics.csv").exists() {
+            if let Err(e) = crate::plot::plot_sweep(&dir) {
+                eprintln!("claim {}: {e}", s.name);
+            }
+            crate::report::write_report(&dir)?;
+        }
+    }
+    let mut verdicts = Vec::new();
+    for s in &specs {
+        let dir = out.join(&s.name);
+        if !dir.join("metrics.csv").exists() {
+            continue;
+        }
+        let metrics = crate::plot::read_sweep_metrics(&dir)?;
+        if let Some(v) = verdict::evaluate(s, &metrics) {
+            verdicts.push(v);
+        }
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let summary = Summary {
+        command: command.to_string(),
+        wall_seconds: wall,
+        failed: failed.clone(),
+    };
+    let md = report_md(out, &specs, &verdicts, &summary)?;
+    crate::commands::write_atomic(&out.join("report.md"), &md)?;
+    let html = crate::html::report_html(&md, out, "aligngym claims")?;
+    crate::commands::write_atomic(&out.join("report.html"), &html)?;
+    crate::commands::write_atomic(&out.join("verdicts.csv"), &verdicts_csv(&verdicts))?;
+    Ok(ClaimsOutcome { verdicts, failed })
+}
+
+/// How the report was made.
+struct Summary {
+    command: String,
+    wall_seconds: f64,
+    failed: Vec<(String, String)>,
+}
+
+/// The combined markdown: verdicts first, then each claim's own report with its figure paths made
+/// relative to `out`.
+fn report_md(
+    out: &Path,
+    specs: &[SweepSpec],
+    verdicts: &[ClaimVerdict],
+    s: &Summary,
+) -> Result<String> {
+    let mut md = String::from("# Claims, as measured\n\n");
+    md.push_str(&format!(
+        "`{}` — this call took {} (finished runs are reused on resume).\n\n",
+        s.command,
+        crate::commands::hms(s.wall_seconds)
+    ));
+    md.push_str("## Verdicts\n\n");
+    md.push_str("Each claim's decision rule is fixed in its spec (`src/sweeps/`) before the runs. **holds**: the interval clears the margin in the claimed direction; **refuted**: it lies below the margin; **inconclusive**: neither. One-sided tests at (1 − confidence)/2, Holm-corrected over each claim's tasks; the interval is the unadjusted two-sided one; p is that of the verdict's test (of \"no effect beyond the margin\", or for a refutation of \"the claimed effect\"). Effects are a − b (rewards) or a / b (costs, spreads).\n\n");
+    md.push_str(&verdict::markdown_table(verdicts));
+    md.push('\n');
+    for v in verdicts {
+        for t in &v.tasks {
+            if !t.detail.is_empty() {
+                md.push_str(&format!("- {} on {}: {}.\n", v.name, t.env, t.detail));
+            }
+        }
+    }
+    if !s.failed.is_empty() {
+        md.push_str("\n**Incomplete:**\n\n");
+        for (n, e) in &s.failed {
+            md.push_str(&format!("- {n}: {e}\n"));
+        }
+    }
+    md.push('\n');
+    for spec in specs {
+        let p = out.join(&spec.name).join("report.md");
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            continue;
+        };
+        // Demote the claim's headings one level and point its figures into its folder.
+        for line in text.lines() {
+            let line = if line.starts_with('#') {
+                format!("#{line}")
+            } else {
+                line.replace("](plots/", &format!("]({}/plots/", spec.name))
+            };
+            md.push_str(&line);
+            md.push('\n');
+        }
+        md.push('\n');
+    }
+    Ok(md)
+}
+
+/// One row per claim × task.
+fn verdicts_csv(verdicts: &[ClaimVerdict]) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = w.write_record([
+        "claim",
+        "env",
+        "verdict",
+        "quantity",
+        "a",
+        "b",
+        "direction",
+        "statistic",
+        "confidence",
+        "margin",
+        "effect",
+        "lo",
+        "hi",
+        "p_holds_holm",
+        "p_refuted_holm",
+        "median_a",
+        "median_b",
+        "seeds_a",
+        "seeds_b",
+        "detail",
+    ]);
+    let f = |x: f64| x.to_string();
+    for v in verdicts {
+        let r = &v.rule;
+        for t in &v.tasks {
+            let e = t.effect.as_ref();
+            let g =
+                |pick: &dyn Fn(&verdict::Effect) -> f64| e.map_or(String::new(), |e| f(pick(e)));
+            let _ = w.write_record([
+                v.name.clone(),
+                t.env.clone(),
+                t.verdict.to_string(),
+                serde_json::to_value(r.quantity)
+                    .ok()
+                    .and_then(|x| x.as_str().map(String::from))
+                    .unwrap_or_default(),
+                r.a.clone(),
+                r.b.clone(),
+                serde_json::to_value(r.direction)
+                    .ok()
+                    .and_then(|x| x.as_str().map(String::from))
+                    .unwrap_or_default(),
+                serde_json::to_value(r.statistic)
+                    .ok()
+                    .and_then(|x| x.as_str().map(String::from))
+                    .unwrap_or_default(),
+                f(r.confidence),
+                f(r.margin),
+                g(&|e| e.value),
+                g(&|e| e.lo),
+                g(&|e| e.hi),
+                g(&|e| e.p_holds),
+                g(&|e| e.p_refuted),
+                g(&|e| e.medians.0),
+                g(&|e| e.medians.1),
+                t.seeds.0.to_string(),
+                t.seeds.1.to_string(),
+                t.detail.clone(),
+            ]);
+        }
+    }
+    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_claim_spec_parses_with_a_rule_on_enough_tasks_and_seeds() {
+        let o = ClaimsOptions {
+            scale: 1.0,
+            seeds: None,
+            envs: None,
+            only: vec![],
+            jobs: 1,
+            device: aligngym_agents::DeviceChoice::Cpu,
+            dtype: "fp32".into(),
+            quiet: true,
+        };
+        let specs = claim_specs(&o).unwrap();
+        assert_eq!(specs.len(), CLAIM_SPECS.len());
+        for s in &specs {
+            assert!(s.rule.is_some(), "{} has no rule", s.name);
+            assert!(s.seeds.len() >= 5, "{}: {} seeds", s.name, s.seeds.len());
+            // The frontier is the DPO paper's sentiment task; every other claim mixes ≥ 3 tasks,
+            // a rule-reward one and an oracle-only one among them.
+            if s.name != "dpo-frontier" {
+                assert!(s.envs.len() >= 3, "{}", s.name);
+            }
+        }
+        let only = ClaimsOptions {
+            only: vec!["no-such-claim".into()],
+            ..o
+        };
+        let e = claim_specs(&only).err().unwrap().to_string();
+        assert!(e.contains("dpo-cheaper"), "{e}");
+    }
+}

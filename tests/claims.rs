@@ -1,0 +1,191 @@
+//! `aligngym claims` at test size, and its report.html opened in a real headless Chromium.
+
+use super::{bin, root};
+use std::path::Path;
+use std::process::Command;
+
+/// Chromium's path (scripts/chromium.sh installs it as root when missing), or why there is none.
+fn chromium() -> Result<String, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/chromium.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+fn headless(chrome: &str, profile: &Path, extra: &[&str], page: &Path) -> (String, String) {
+    let out = Command::new(chrome)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--enable-logging=stderr",
+            "--v=0",
+            &format!("--user-data-dir={}", profile.display()),
+        ])
+        .args(extra)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("run chromium");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn attr(dom: &str, name: &str) -> Option<usize> {
+    let i = dom.find(&format!("{name}=\""))? + name.len() + 2;
+    dom[i..].split('"').next()?.parse().ok()
+}
+
+#[test]
+fn claims_at_test_size_write_verdicts_and_a_report_chromium_renders() {
+    let out = root().join("claims");
+    let args = [
+        "claims",
+        "--scale",
+        "0.05",
+        "--seeds",
+        "2",
+        "--envs",
+        "arithmetic-v0",
+        "--only",
+        "dpo-cheaper,dpo-frontier",
+        "--jobs",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let r = bin().args(args).output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr),
+    );
+    assert!(r.status.success(), "{stdout}\n{stderr}");
+    // Not a terminal: a line per stage and per finished run, with the time left.
+    assert!(
+        stderr.contains("stage sft:arithmetic-v0 built in"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("dpo-frontier [14/14] run ") && stderr.contains("about 0s left"),
+        "{stderr}"
+    );
+    // The verdict table: one row per claim × task, each with a verdict.
+    for claim in ["dpo-cheaper", "dpo-frontier"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {claim} | arithmetic-v0 |")))
+            .unwrap_or_else(|| panic!("no row for {claim}:\n{stdout}"));
+        assert!(
+            ["**holds**", "**refuted**", "**inconclusive**"]
+                .iter()
+                .any(|v| row.contains(v)),
+            "{row}"
+        );
+        assert!(row.ends_with("| 2+2 |"), "{row}");
+    }
+    let csv = std::fs::read_to_string(out.join("verdicts.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.starts_with("claim,env,verdict,quantity,a,b,"));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.starts_with("# Claims, as measured") && md.contains("## Verdicts"));
+    // Both claims share one SFT stage: built once, linked into each claim's folder.
+    let sfts = std::fs::read_dir(out.join("stages"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("sft-")
+        })
+        .count();
+    assert_eq!(sfts, 1);
+    assert_eq!(stderr.matches("stage sft:arithmetic-v0 built").count(), 1);
+
+    // Resuming runs nothing again and writes the same verdicts.
+    let again = bin().args(args).output().unwrap();
+    assert!(again.status.success());
+    let err2 = String::from_utf8_lossy(&again.stderr);
+    assert!(!err2.contains("] run "), "{err2}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("verdicts.csv")).unwrap(),
+        csv
+    );
+
+    let html = out.join("report.html");
+    let chrome = match chromium() {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("skipping the Chromium check: {why}");
+            return;
+        }
+    };
+    let profile = out.join("chromium-profile");
+    let (dom, log) = headless(
+        &chrome,
+        &profile,
+        &["--virtual-time-budget=5000", "--dump-dom"],
+        &html,
+    );
+    let (figures, loaded) = (
+        attr(&dom, "data-figures"),
+        attr(&dom, "data-figures-loaded"),
+    );
+    assert!(
+        figures.is_some_and(|n| n >= 4) && figures == loaded,
+        "figures {figures:?}, loaded {loaded:?}\n{log}"
+    );
+    assert!(
+        dom.contains("class=\"v-"),
+        "no verdict cell in the rendered page"
+    );
+    // Any console message (an error, an uncaught exception) is a fault of the page.
+    let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(console.is_empty(), "console output: {console:?}");
+    let shot = out.join("report.png");
+    headless(
+        &chrome,
+        &profile,
+        &[
+            "--window-size=1280,1600",
+            &format!("--screenshot={}", shot.display()),
+        ],
+        &html,
+    );
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&shot).expect("a screenshot"),
+    ));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let px = info.color_type.samples();
+    let pixels = &buf[..info.buffer_size()];
+    let n = pixels.len() / px;
+    let dark = pixels
+        .chunks(px)
+        .filter(|p| p.iter().take(3).map(|&c| c as u32).sum::<u32>() < 3 * 200)
+        .count();
+    let coloured = pixels
+        .chunks(px)
+        .filter(|p| {
+            let (mx, mn) = (p[..3].iter().max().unwrap(), p[..3].iter().min().unwrap());
+            mx - mn > 60
+        })
+        .count();
+    // Text and tables darken a few percent of the page; the verdict badges add colour.
+    assert!(
+        dark * 100 > n && coloured > 100,
+        "the screenshot looks blank: {dark} dark and {coloured} coloured of {n} pixels"
+    );
+}
