@@ -12,10 +12,15 @@ CARGO ?= cargo
 BIN := target/release/aligngym
 OUT ?= results
 
-.PHONY: run test build venv gpu-check bench bench-reference lint fmt clean smollm2 fuzz
+.PHONY: run test build venv gpu-check bench bench-reference lint fmt clean smollm2 fuzz claims
 
 run: build
 	$(BIN) compare --out $(OUT)
+
+# Every claim sweep with its verdicts (about an hour on a 2-core CPU); resumes when re-run.
+CLAIMS_OUT ?= claims-results
+claims: build
+	$(BIN) claims --jobs 2 --out $(CLAIMS_OUT)
 
 test: $(TORCH_STAMP) $(HF_STAMP)
 	$(CARGO) test --release --workspace

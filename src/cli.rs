@@ -77,7 +77,8 @@ enum Cmd {
     Status(StatusArgs),
     /// Draw the figures of a sweep folder (PNG and SVG in <DIR>/plots).
     Plot(PlotArgs),
-    /// Write <DIR>/report.md: the measured answer to each claim the sweep covers.
+    /// Write <DIR>/report.md and report.html: the measured answer (and the verdict of the spec's
+    /// decision rule) to the claim the sweep covers.
     Report(ReportArgs),
     /// The default comparison: SFT, on-policy preferences, a reward model, then PPO on the gold
     /// reward, PPO on the reward model and DPO on the same pairs, 3 seeds each; CSV, plots, report.
@@ -429,7 +430,7 @@ pub struct CompareArgs {
 pub struct ClaimsArgs {
     /// Output folder (one sweep folder per claim, the shared stages, the report); an existing
     /// claims folder resumes.
-    #[arg(long, default_value = "results/claims")]
+    #[arg(long, default_value = "claims-results")]
     pub out: PathBuf,
     /// Replace `--out` when it exists and is not a claims folder (never when it is or holds the
     /// current directory or /).
@@ -1183,7 +1184,7 @@ fn merge_sweep(s: &SweepSpec, dir: &Path) -> Result<()> {
     crate::plot::plot_sweep(dir)?;
     crate::report::write_report(dir)?;
     println!(
-        "sweep {}: runs.csv, metrics.csv, plots and report.md written in {}",
+        "sweep {}: runs.csv, metrics.csv, plots, report.md and report.html written in {}",
         s.name,
         dir.display()
     );
@@ -1261,7 +1262,7 @@ fn cmd_compare(args: CompareArgs) -> Result<()> {
     crate::report::write_report(&out)?;
     print!("{}", crate::report::summary_table(&out)?);
     println!(
-        "CSV: {0}/runs.csv, {0}/metrics.csv; plots: {0}/plots; report: {0}/report.md",
+        "CSV: {0}/runs.csv, {0}/metrics.csv; plots: {0}/plots; report: {0}/report.md, {0}/report.html",
         out.display()
     );
     Ok(())

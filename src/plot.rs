@@ -106,15 +106,45 @@ fn register_font() {
 
 type Series = Vec<(String, Vec<(f64, f64, f64, f64)>)>;
 
-fn draw_panel<DB: DrawingBackend>(
-    area: &DrawingArea<DB, Shift>,
-    title: &str,
-    xlabel: &str,
-    ylabel: &str,
-    series: &Series,
+/// One panel of a figure.
+struct Panel {
+    /// Caption.
+    title: String,
+    /// x-axis label, with its unit.
+    xlabel: String,
+    /// y-axis label.
+    ylabel: String,
+    /// Named series of (x, median, low, high).
+    series: Series,
+    /// Shade each series' low–high band.
     band: bool,
+    /// Lines through the points (else points only).
     lines: bool,
-) -> Result<()> {
+    /// Named point sets drawn as crosses (e.g. each run's peak).
+    markers: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// Okabe–Ito's colour-blind-safe palette (black last), then plotters' own.
+fn colour(i: usize) -> RGBAColor {
+    const OKABE_ITO: [(u8, u8, u8); 8] = [
+        (0, 114, 178),
+        (213, 94, 0),
+        (0, 158, 115),
+        (204, 121, 167),
+        (230, 159, 0),
+        (86, 180, 233),
+        (240, 228, 66),
+        (0, 0, 0),
+    ];
+    match OKABE_ITO.get(i) {
+        Some(&(r, g, b)) => RGBColor(r, g, b).to_rgba(),
+        None => Palette99::pick(i).to_rgba(),
+    }
+}
+
+fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> Result<()> {
+    let (title, xlabel, ylabel, series, band, lines) =
+        (&p.title, &p.xlabel, &p.ylabel, &p.series, p.band, p.lines);
     let err = |e: String| AgentError::Data(format!("plot: {e}"));
     let pts = series
         .iter()
@@ -132,6 +162,11 @@ fn draw_panel<DB: DrawingBackend>(
         y0 = y0.min(if band { p.2 } else { p.1 });
         y1 = y1.max(if band { p.3 } else { p.1 });
     }
+    for (x, y) in p.markers.iter().flat_map(|(_, m)| m.iter()) {
+        if x.is_finite() && y.is_finite() {
+            (x0, x1, y0, y1) = (x0.min(*x), x1.max(*x), y0.min(*y), y1.max(*y));
+        }
+    }
     if !x0.is_finite() {
         (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
     }
@@ -144,7 +179,7 @@ fn draw_panel<DB: DrawingBackend>(
     };
     let ((x0, x1), (y0, y1)) = (pad(x0, x1), pad(y0, y1));
     let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 18))
+        .caption(title.as_str(), ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(52)
@@ -152,13 +187,13 @@ fn draw_panel<DB: DrawingBackend>(
         .map_err(|e| err(e.to_string()))?;
     chart
         .configure_mesh()
-        .x_desc(xlabel)
-        .y_desc(ylabel)
-        .label_style(("sans-serif", 12))
+        .x_desc(xlabel.as_str())
+        .y_desc(ylabel.as_str())
+        .label_style(("sans-serif", 13))
         .draw()
         .map_err(|e| err(e.to_string()))?;
     for (i, (name, s)) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = colour(i);
         if band && s.len() > 1 {
             let mut poly: Vec<(f64, f64)> = s.iter().map(|p| (p.0, p.3)).collect();
             poly.extend(s.iter().rev().map(|p| (p.0, p.2)));
@@ -194,11 +229,23 @@ fn draw_panel<DB: DrawingBackend>(
                 .map_err(|e| err(e.to_string()))?;
         }
     }
+    for (i, (name, pts)) in p.markers.iter().enumerate() {
+        let color = colour(series.len() + i);
+        chart
+            .draw_series(
+                pts.iter()
+                    .filter(|(x, y)| x.is_finite() && y.is_finite())
+                    .map(|&(x, y)| Cross::new((x, y), 5, color.stroke_width(2))),
+            )
+            .map_err(|e| err(e.to_string()))?
+            .label(name.clone())
+            .legend(move |(x, y)| Cross::new((x + 8, y), 4, color.stroke_width(2)));
+    }
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .label_font(("sans-serif", 11))
+        .label_font(("sans-serif", 13))
         .position(SeriesLabelPosition::LowerRight)
         .draw()
         .map_err(|e| err(e.to_string()))?;
@@ -206,10 +253,7 @@ fn draw_panel<DB: DrawingBackend>(
 }
 
 /// One figure: panels side by side, written as `<stem>.png` and `<stem>.svg`.
-fn figure(
-    stem: &Path,
-    panels: &[(String, String, String, Series, bool, bool)],
-) -> Result<Vec<PathBuf>> {
+fn figure(stem: &Path, panels: &[Panel]) -> Result<Vec<PathBuf>> {
     register_font();
     let w = 520 * panels.len() as u32;
     let (png, svg) = (stem.with_extension("png"), stem.with_extension("svg"));
@@ -218,7 +262,7 @@ fn figure(
         let root = BitMapBackend::new(&png, (w, 420)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
         for (a, p) in root.split_evenly((1, panels.len())).iter().zip(panels) {
-            draw_panel(a, &p.0, &p.1, &p.2, &p.3, p.4, p.5)?;
+            draw_panel(a, p)?;
         }
         root.present().map_err(|e| err(e.to_string()))?;
     }
@@ -226,7 +270,7 @@ fn figure(
         let root = SVGBackend::new(&svg, (w, 420)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
         for (a, p) in root.split_evenly((1, panels.len())).iter().zip(panels) {
-            draw_panel(a, &p.0, &p.1, &p.2, &p.3, p.4, p.5)?;
+            draw_panel(a, p)?;
         }
         root.present().map_err(|e| err(e.to_string()))?;
     }
@@ -271,29 +315,39 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
                 .collect()
         };
         let g = "eval/gold_reward";
+        let panel =
+            |title: String, xlabel: &str, ylabel: &str, series: Series, band, lines| Panel {
+                title,
+                xlabel: xlabel.into(),
+                ylabel: ylabel.into(),
+                series,
+                band,
+                lines,
+                markers: vec![],
+            };
         files.extend(figure(
             &out.join(format!("{env}-curves")),
             &[
-                (
+                panel(
                     format!("{env}: gold reward vs updates"),
-                    "updates".into(),
-                    g.into(),
+                    "updates",
+                    "gold reward (median, min–max over seeds)",
                     ser("step", g),
                     true,
                     true,
                 ),
-                (
+                panel(
                     format!("{env}: gold reward vs samples"),
-                    "budget/samples".into(),
-                    g.into(),
+                    "samples (episodes)",
+                    "gold reward",
                     ser("budget/samples", g),
                     true,
                     true,
                 ),
-                (
-                    format!("{env}: gold reward vs wall seconds"),
-                    "budget/wall_seconds".into(),
-                    g.into(),
+                panel(
+                    format!("{env}: gold reward vs wall time"),
+                    "wall time (s)",
+                    "gold reward",
                     ser("budget/wall_seconds", g),
                     true,
                     true,
@@ -302,17 +356,49 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
         )?);
         files.extend(figure(
             &out.join(format!("{env}-frontier")),
-            &[(
+            &[panel(
                 format!("{env}: gold reward vs KL(π‖π_ref)"),
-                "eval/kl_to_ref".into(),
-                g.into(),
+                "KL(π‖π_ref) (nats)",
+                "gold reward (median over seeds)",
                 ser("eval/kl_to_ref", g),
                 false,
                 true,
             )],
         )?);
-        // Over-optimisation: proxy and gold against √KL, for runs that optimise a proxy.
+        // The frontier over each agent's grid, with its spread over seeds (the DPO paper's
+        // figure), when some agent sweeps a knob.
+        if spec.agents.iter().any(|a| !a.grid.is_empty()) {
+            let (grid, bands) = crate::verdict::frontier_bands(&spec, &metrics, env, 16);
+            let series: Series = bands
+                .into_iter()
+                .map(|(name, b)| {
+                    let pts = grid
+                        .iter()
+                        .zip(b)
+                        .filter_map(|(&k, q)| q.map(|q| (k, q.median, q.q25, q.q75)))
+                        .collect();
+                    (name, pts)
+                })
+                .filter(|(_, p): &(String, Vec<_>)| !p.is_empty())
+                .collect();
+            if !series.is_empty() {
+                files.extend(figure(
+                    &out.join(format!("{env}-frontier-bands")),
+                    &[panel(
+                        format!("{env}: best gold reward at each KL over each agent's grid"),
+                        "KL(π‖π_ref) (nats)",
+                        "gold reward (median and IQR over seeds)",
+                        series,
+                        true,
+                        true,
+                    )],
+                )?);
+            }
+        }
+        // Over-optimisation: proxy and gold against √KL, for runs that optimise a proxy, with
+        // each run's gold-reward peak marked.
         let mut over: Series = Vec::new();
+        let mut peaks: Vec<(f64, f64)> = Vec::new();
         for (k, runs) in &groups {
             let proxy = curve(runs, "eval/kl_to_ref", "eval/proxy_reward");
             if proxy.is_empty() || k.contains("gold") {
@@ -325,19 +411,24 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
             };
             over.push((format!("{k} proxy"), sq(proxy)));
             over.push((format!("{k} gold"), sq(curve(runs, "eval/kl_to_ref", g))));
+            peaks.extend(runs.iter().filter_map(|r| {
+                crate::verdict::kl_gold_curve(r)
+                    .into_iter()
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .map(|(kl, gold)| (kl.max(0.0).sqrt(), gold))
+            }));
         }
         if !over.is_empty() {
-            files.extend(figure(
-                &out.join(format!("{env}-overoptimisation")),
-                &[(
-                    format!("{env}: proxy and gold reward vs √KL"),
-                    "√KL".into(),
-                    "reward".into(),
-                    over,
-                    false,
-                    true,
-                )],
-            )?);
+            let mut p = panel(
+                format!("{env}: proxy and gold reward vs √KL"),
+                "√KL(π‖π_ref) (√nats)",
+                "reward (median over seeds)",
+                over,
+                false,
+                true,
+            );
+            p.markers = vec![("gold peak of each run".into(), peaks)];
+            files.extend(figure(&out.join(format!("{env}-overoptimisation")), &[p])?);
         }
     }
     Ok(files)

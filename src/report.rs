@@ -1,6 +1,7 @@
-//! `aligngym report`: a markdown answer to the claims a sweep covers — medians and spread over
-//! seeds of the final comparison metrics, the cost to reach a common gold-reward level, the spread
-//! over hyperparameter grids, and the figures.
+//! `aligngym report`: the answer to the claim a sweep covers, as `report.md` and a self-contained
+//! `report.html` — the verdict of the spec's decision rule per env, medians and spread over seeds of
+//! the final comparison metrics, the cost to reach a common gold-reward level, the spread over
+//! hyperparameter grids, the frontier over grids, over-optimisation fits, and the figures.
 
 use crate::metrics::MetricRow;
 use crate::plot::{read_sweep_metrics, series_key};
@@ -142,6 +143,27 @@ pub fn write_report(dir: &Path) -> Result<String> {
         let _ = writeln!(md, "**Claim tested:** {}\n", spec.claim);
     }
     let _ = writeln!(md, "Seeds: {:?}; updates per run: {}; scale {}. Values are median [IQR] over seeds of the final evaluation.\n", spec.seeds, spec.scaled_updates(), spec.scale);
+    if let Some(v) = crate::verdict::evaluate(&spec, &metrics) {
+        let r = &v.rule;
+        let _ = writeln!(
+            md,
+            "**Decision rule** (fixed in the spec): `{}` of `{}` vs `{}`, claimed {:?}, {:?} at {:.0}% confidence, margin {}.\n",
+            serde_json::to_value(r.quantity).ok().and_then(|x| x.as_str().map(String::from)).unwrap_or_default(),
+            r.a,
+            r.b,
+            r.direction,
+            r.statistic,
+            r.confidence * 100.0,
+            r.margin
+        );
+        md.push_str(&crate::verdict::markdown_table(std::slice::from_ref(&v)));
+        for t in &v.tasks {
+            if !t.detail.is_empty() {
+                let _ = writeln!(md, "- {}: {}.", t.env, t.detail);
+            }
+        }
+        let _ = writeln!(md);
+    }
     for env in &spec.envs {
         let (stats, start) = env_stats(&metrics, env);
         if stats.is_empty() {
@@ -217,7 +239,11 @@ pub fn write_report(dir: &Path) -> Result<String> {
         if let Some(b) = best {
             let _ = writeln!(md, "\n**Answer on {env}:** `{}` reached the highest median gold reward ({:.3}, KL {:.2}).", b.name, quantile(&b.gold, 0.5), quantile(&b.kl, 0.5));
         }
-        for fig in ["curves", "frontier", "overoptimisation"] {
+        if spec.agents.iter().any(|a| !a.grid.is_empty()) {
+            frontier_section(&mut md, &spec, &metrics, env);
+        }
+        overoptimisation_section(&mut md, &spec, &metrics, env, start);
+        for fig in ["curves", "frontier", "frontier-bands", "overoptimisation"] {
             if dir.join("plots").join(format!("{env}-{fig}.png")).exists() {
                 let _ = writeln!(md, "\n![{env} {fig}](plots/{env}-{fig}.png)");
             }
@@ -228,7 +254,139 @@ pub fn write_report(dir: &Path) -> Result<String> {
         gap_section(&mut md, &spec.envs, &metrics, gap);
     }
     crate::commands::write_atomic(&dir.join("report.md"), &md)?;
+    let html = crate::html::report_html(&md, dir, &spec.name)?;
+    crate::commands::write_atomic(&dir.join("report.html"), &html)?;
     Ok(md)
+}
+
+/// The frontier over each agent's grid on a KL grid, with quartiles over seeds, and where one
+/// agent's band lies above every other's.
+fn frontier_section(
+    md: &mut String,
+    spec: &crate::sweep::SweepSpec,
+    metrics: &BTreeMap<String, Vec<MetricRow>>,
+    env: &str,
+) {
+    let (grid, bands) = crate::verdict::frontier_bands(spec, metrics, env, 12);
+    if grid.is_empty() || bands.len() < 2 {
+        return;
+    }
+    let _ = writeln!(md, "\n**Frontier** (per seed the best gold reward of the agent's grid points at each KL, interpolated along each run's evaluations; median [IQR] over seeds; an agent dominates where its lower quartile clears every other's upper quartile):\n");
+    let names: Vec<&str> = bands.iter().map(|(n, _)| n.as_str()).collect();
+    let _ = writeln!(
+        md,
+        "| KL | {} | dominates |\n|---|{}---|",
+        names.join(" | "),
+        "---|".repeat(names.len())
+    );
+    let mut spans: Vec<(String, f64, f64)> = Vec::new();
+    for (i, k) in grid.iter().enumerate() {
+        let cells: Vec<String> = bands
+            .iter()
+            .map(|(_, b)| match b[i] {
+                Some(q) => format!("{:.3} [{:.3}, {:.3}]", q.median, q.q25, q.q75),
+                None => "–".into(),
+            })
+            .collect();
+        let d = crate::verdict::dominant(&bands, i);
+        let _ = writeln!(
+            md,
+            "| {k:.3} | {} | {} |",
+            cells.join(" | "),
+            d.unwrap_or("–")
+        );
+        let who = d.unwrap_or("").to_string();
+        match spans.last_mut() {
+            Some(s) if s.0 == who => s.2 = *k,
+            _ => spans.push((who, *k, *k)),
+        }
+    }
+    let said: Vec<String> = spans
+        .iter()
+        .filter(|s| !s.0.is_empty())
+        .map(|(n, a, b)| format!("`{n}` dominates over KL [{a:.3}, {b:.3}]"))
+        .collect();
+    let _ = writeln!(
+        md,
+        "\n{}.",
+        if said.is_empty() {
+            "No agent's band clears the others' anywhere on the grid".to_string()
+        } else {
+            format!("{}; the bands overlap elsewhere", said.join("; "))
+        }
+    );
+}
+
+/// Gao et al. (2022)'s curves fitted to the gold-reward gain over the start against d = √KL for
+/// the agents that optimise a learned reward: d(α − β log d) for RL (every evaluation of every
+/// run), d(α − β d) for best-of-n (each run's one evaluation, n over its grid).
+fn overoptimisation_section(
+    md: &mut String,
+    spec: &crate::sweep::SweepSpec,
+    metrics: &BTreeMap<String, Vec<MetricRow>>,
+    env: &str,
+    start: f64,
+) {
+    let mut rows = Vec::new();
+    for a in spec.agents.iter().filter(|a| a.reward == "rm") {
+        let bon = a.agent == crate::spec::AgentKind::BestOfN;
+        let mut d = Vec::new();
+        let mut y = Vec::new();
+        let mut peaks = Vec::new();
+        for r in spec
+            .runs()
+            .iter()
+            .filter(|r| r.env == env && r.agent.name == a.name)
+        {
+            let Some(rows) = metrics.get(&r.id) else {
+                continue;
+            };
+            let mut curve = crate::verdict::kl_gold_curve(rows);
+            if bon {
+                curve = curve.split_off(curve.len().saturating_sub(1));
+            }
+            if let Some(p) = curve.iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
+                peaks.push(*p);
+            }
+            for (kl, gold) in curve {
+                if kl.is_finite() && gold.is_finite() && kl > 0.0 {
+                    d.push(kl.sqrt());
+                    y.push(gold - start);
+                }
+            }
+        }
+        let x2: Vec<f64> = d
+            .iter()
+            .map(|&x| if bon { x * x } else { x * x.ln() })
+            .collect();
+        let Some(f) = crate::stats::fit_two(&d, &x2, &y, 0.95) else {
+            continue;
+        };
+        let pk: Vec<f64> = peaks.iter().map(|p| p.1).collect();
+        let pd: Vec<f64> = peaks.iter().map(|p| p.0.max(0.0).sqrt()).collect();
+        rows.push(format!(
+            "| {} | {} | {:.3} [{:.3}, {:.3}] | {:.3} [{:.3}, {:.3}] | {:.2} | {} | {:.3} at √KL {:.2} |",
+            a.name,
+            if bon { "d(α − β d)" } else { "d(α − β log d)" },
+            f.alpha,
+            f.alpha_ci.0,
+            f.alpha_ci.1,
+            f.beta,
+            f.beta_ci.0,
+            f.beta_ci.1,
+            f.r2,
+            f.n,
+            quantile(&pk, 0.5),
+            quantile(&pd, 0.5),
+        ));
+    }
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "\n**Over-optimisation fits** (Gao et al. 2022: gold-reward gain over the start against d = √KL; least squares with 95% t-intervals, which treat a run's evaluations as independent and so are narrower than they should be; R² of the gain; each run's gold peak, median over runs):\n\n| agent | form | α | β | R² | points | gold peak |\n|---|---|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(md, "{r}");
+    }
 }
 
 /// The difference in final gold reward between two agents per env, and its mean over the

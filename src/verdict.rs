@@ -318,6 +318,115 @@ pub fn frontier_at(runs: &[&[MetricRow]], grid: &[f64]) -> Vec<Option<f64>> {
         .collect()
 }
 
+/// Quartiles over seeds at one point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quartiles {
+    /// Lower quartile.
+    pub q25: f64,
+    /// Median.
+    pub median: f64,
+    /// Upper quartile.
+    pub q75: f64,
+}
+
+/// Per agent (by name) its quartiles at each point of a KL grid.
+pub type Bands = Vec<(String, Vec<Option<Quartiles>>)>;
+
+/// Each agent's frontier on `env` (per seed the best of its runs — its grid points — at each KL),
+/// with quartiles over seeds, on `points` KL values from the smallest KL of any evaluation to the
+/// largest that every seed of some agent reaches; `None` where not every seed of that agent
+/// reaches the KL.
+pub fn frontier_bands(
+    spec: &SweepSpec,
+    metrics: &BTreeMap<String, Vec<MetricRow>>,
+    env: &str,
+    points: usize,
+) -> (Vec<f64>, Bands) {
+    let agents: Vec<(String, Vec<Run>)> = spec
+        .agents
+        .iter()
+        .map(|a| (a.name.clone(), runs_of(spec, metrics, env, &a.name)))
+        .filter(|(_, r)| !r.is_empty())
+        .collect();
+    let (mut lo, mut hi) = (f64::INFINITY, 0.0f64);
+    for (_, runs) in &agents {
+        let mut reach = f64::INFINITY;
+        for rs in by_seed(runs).values() {
+            let kls: Vec<f64> = rs
+                .iter()
+                .flat_map(|r| kl_gold_curve(r.rows))
+                .map(|p| p.0)
+                .filter(|x| x.is_finite())
+                .collect();
+            if let (Some(mn), Some(mx)) = (
+                kls.iter().cloned().reduce(f64::min),
+                kls.iter().cloned().reduce(f64::max),
+            ) {
+                lo = lo.min(mn);
+                reach = reach.min(mx);
+            }
+        }
+        if reach.is_finite() {
+            hi = hi.max(reach);
+        }
+    }
+    if !lo.is_finite() || hi <= lo || points < 2 {
+        return (vec![], vec![]);
+    }
+    let grid: Vec<f64> = (0..points)
+        .map(|i| lo + (hi - lo) * i as f64 / (points - 1) as f64)
+        .collect();
+    let bands = agents
+        .iter()
+        .map(|(name, runs)| {
+            let seeds: Vec<Vec<Option<f64>>> = by_seed(runs)
+                .values()
+                .map(|rs| {
+                    let rows: Vec<&[MetricRow]> = rs.iter().map(|r| r.rows).collect();
+                    frontier_at(&rows, &grid)
+                })
+                .collect();
+            let q = (0..grid.len())
+                .map(|i| {
+                    let mut v: Vec<f64> = seeds.iter().filter_map(|s| s[i]).collect();
+                    if v.len() < seeds.len() {
+                        return None;
+                    }
+                    v.sort_by(f64::total_cmp);
+                    Some(Quartiles {
+                        q25: stats::quantile_sorted(&v, 0.25),
+                        median: stats::quantile_sorted(&v, 0.5),
+                        q75: stats::quantile_sorted(&v, 0.75),
+                    })
+                })
+                .collect();
+            (name.clone(), q)
+        })
+        .collect();
+    (grid, bands)
+}
+
+/// Which agent dominates at each KL of a frontier: the one whose lower quartile lies above every
+/// other present agent's upper quartile (`None`: the bands overlap, or fewer than two agents).
+pub fn dominant(bands: &Bands, i: usize) -> Option<&str> {
+    let present: Vec<(&str, Quartiles)> = bands
+        .iter()
+        .filter_map(|(n, b)| b.get(i).copied().flatten().map(|q| (n.as_str(), q)))
+        .collect();
+    if present.len() < 2 {
+        return None;
+    }
+    present
+        .iter()
+        .find(|(n, q)| {
+            present
+                .iter()
+                .filter(|(m, _)| m != n)
+                .all(|(_, o)| q.q25 > o.q75)
+        })
+        .map(|(n, _)| *n)
+}
+
 fn by_seed<'a>(runs: &'a [Run<'a>]) -> BTreeMap<u64, Vec<&'a Run<'a>>> {
     let mut m: BTreeMap<u64, Vec<&Run>> = BTreeMap::new();
     for r in runs {
@@ -832,6 +941,33 @@ mod tests {
         assert!(v.tasks[0].detail.contains("Holm over 3 tasks"));
         let e = v.tasks[0].effect.as_ref().unwrap();
         assert!((e.p_holds - 3.0 / 70.0).abs() < 1e-12, "{e:?}");
+    }
+
+    #[test]
+    fn the_frontier_dominance_follows_the_bands() {
+        // a climbs 0.1 → 0.9 over KL 0 → 2, b 0.1 → 0.3 over KL 0 → 2 (per seed, ± a small
+        // shift): a's quartiles clear b's everywhere but at KL 0, where both start at 0.1.
+        let spec = spec(
+            &["sentiment-v0"],
+            3,
+            rule(Quantity::GoldAtKl, Direction::Greater, Statistic::Bootstrap),
+        );
+        let m = metrics(
+            "sentiment-v0",
+            &[0.9, 0.92, 0.88],
+            &[0.3, 0.32, 0.28],
+            (2.0, 2.0),
+        );
+        let (grid, bands) = frontier_bands(&spec, &m, "sentiment-v0", 5);
+        assert_eq!(grid, vec![0.0, 0.5, 1.0, 1.5, 2.0]);
+        assert_eq!(dominant(&bands, 0), None);
+        for (i, k) in grid.iter().enumerate().skip(1) {
+            assert_eq!(dominant(&bands, i), Some("a"), "at {k}");
+        }
+        // At KL 1 (halfway): a's median is 0.1 + 0.8 / 2 = 0.5, b's 0.1 + 0.2 / 2 = 0.2.
+        let q = bands[0].1[2].unwrap();
+        assert!((q.median - 0.5).abs() < 1e-12, "{q:?}");
+        assert!((bands[1].1[2].unwrap().median - 0.2).abs() < 1e-12);
     }
 
     #[test]

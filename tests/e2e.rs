@@ -1052,6 +1052,11 @@ fn at_test_size(args: &mut Vec<String>) {
                 .to_string();
             args.push("--quiet".into());
         }
+        "claims" => {
+            let i = args.iter().position(|a| a == "--scale").unwrap();
+            args[i + 1] = "0.05".into();
+            args.push("--quiet".into());
+        }
         _ => {}
     }
     if !matches!(args[0].as_str(), "envs" | "report") {
@@ -1085,7 +1090,8 @@ fn readme_quickstart_runs_at_test_size() {
         n += 1;
     }
     assert!(n >= 8, "only {n} quickstart commands found");
-    assert!(cwd.join("runs/sweep/report.md").exists());
+    assert!(cwd.join("runs/claims/report.html").exists());
+    assert!(cwd.join("runs/claims/dpo-cheaper/report.md").exists());
 }
 
 /// Split a command line on spaces, keeping "double-quoted" words together.
