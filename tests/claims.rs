@@ -51,7 +51,7 @@ fn claims_at_test_size_write_verdicts_and_a_report_chromium_renders() {
     let args = [
         "claims",
         "--scale",
-        "0.05",
+        "0.1",
         "--seeds",
         "2",
         "--envs",
@@ -92,7 +92,11 @@ fn claims_at_test_size_write_verdicts_and_a_report_chromium_renders() {
                 .any(|v| row.contains(v)),
             "{row}"
         );
-        assert!(row.ends_with("| 2+2 |"), "{row}");
+        // Two seeds each enter the cost comparison (the frontier's needs KL ranges that overlap,
+        // which runs this short need not have).
+        if claim == "dpo-cheaper" {
+            assert!(row.ends_with("| 2+2 |"), "{row}");
+        }
     }
     let csv = std::fs::read_to_string(out.join("verdicts.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
