@@ -1302,14 +1302,25 @@ fn cmd_claims(args: ClaimsArgs) -> Result<()> {
     };
     // Checked before anything is written.
     crate::claims::claim_specs(&o)?;
+    // Finished runs are found by id (env, agent, grid point, seed), which says nothing of the
+    // scale or precision they ran at: a folder resumes only at its own.
+    let record = serde_json::json!({ "scale": scale, "dtype": o.dtype });
+    let path = out.join("claims.json");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let old: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| AgentError::Data(format!("{}: {e}", path.display())))?;
+        if old != record {
+            return Err(AgentError::config(
+                "--out",
+                format!(
+                    "{} holds claims run at {old}, not {record}: resume with the same --scale and --dtype, or choose a new --out",
+                    out.display()
+                ),
+            ));
+        }
+    }
     std::fs::create_dir_all(&out).map_err(|e| AgentError::io(&out, e))?;
-    commands::write_atomic(
-        &out.join("claims.json"),
-        &format!(
-            "{{\"scale\": {scale}, \"seeds\": {}, \"jobs\": {jobs}}}\n",
-            seeds.map_or("null".into(), |n| n.to_string())
-        ),
-    )?;
+    commands::write_atomic(&path, &format!("{record}\n"))?;
     let command: String = std::env::args().collect::<Vec<_>>().join(" ");
     let r = crate::claims::run_claims(&out, &o, &command)?;
     println!("{}", crate::verdict::markdown_table(&r.verdicts));

@@ -255,7 +255,12 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
 /// One figure: panels side by side, written as `<stem>.png` and `<stem>.svg`.
 fn figure(stem: &Path, panels: &[Panel]) -> Result<Vec<PathBuf>> {
     register_font();
-    let w = 520 * panels.len() as u32;
+    // A lone panel gets room for its legend.
+    let w = if panels.len() == 1 {
+        760
+    } else {
+        520 * panels.len() as u32
+    };
     let (png, svg) = (stem.with_extension("png"), stem.with_extension("svg"));
     let err = |e: String| AgentError::Data(format!("plot {}: {e}", stem.display()));
     {
@@ -395,22 +400,59 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
                 )?);
             }
         }
-        // Over-optimisation: proxy and gold against √KL, for runs that optimise a proxy, with
-        // each run's gold-reward peak marked.
+        // Over-optimisation: proxy and gold against √KL for the agents that optimise a learned
+        // reward, with each run's gold-reward peak marked. An RL agent is a curve over its
+        // evaluations; best-of-n one curve over its grid of n (each run's final evaluation).
         let mut over: Series = Vec::new();
         let mut peaks: Vec<(f64, f64)> = Vec::new();
-        for (k, runs) in &groups {
-            let proxy = curve(runs, "eval/kl_to_ref", "eval/proxy_reward");
-            if proxy.is_empty() || k.contains("gold") {
+        let sq = |c: Vec<(f64, f64, f64, f64)>| {
+            c.into_iter()
+                .map(|(x, y, lo, hi)| (x.max(0.0).sqrt(), y, lo, hi))
+                .collect::<Vec<_>>()
+        };
+        let all_runs = spec.runs();
+        for a in spec.agents.iter().filter(|a| a.reward == "rm") {
+            let mut by_point: BTreeMap<String, Vec<&Vec<MetricRow>>> = BTreeMap::new();
+            for r in all_runs
+                .iter()
+                .filter(|r| &r.env == env && r.agent.name == a.name)
+            {
+                if let Some(rows) = metrics.get(&r.id) {
+                    let label: Vec<String> =
+                        r.point.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    by_point.entry(label.join(",")).or_default().push(rows);
+                }
+            }
+            if by_point.is_empty() {
                 continue;
             }
-            let sq = |c: Vec<(f64, f64, f64, f64)>| {
-                c.into_iter()
-                    .map(|(x, y, lo, hi)| (x.max(0.0).sqrt(), y, lo, hi))
-                    .collect::<Vec<_>>()
-            };
-            over.push((format!("{k} proxy"), sq(proxy)));
-            over.push((format!("{k} gold"), sq(curve(runs, "eval/kl_to_ref", g))));
+            let runs: Vec<&Vec<MetricRow>> = by_point.values().flatten().copied().collect();
+            if a.agent == crate::spec::AgentKind::BestOfN {
+                // Per n: the median over seeds of the final (KL, reward).
+                let last_of = |m: &str| -> Vec<(f64, f64, f64, f64)> {
+                    let mut pts: Vec<(f64, f64, f64, f64)> = by_point
+                        .values()
+                        .filter_map(|rs| curve(rs, "eval/kl_to_ref", m).last().copied())
+                        .collect();
+                    pts.sort_by(|x, y| x.0.total_cmp(&y.0));
+                    sq(pts)
+                };
+                over.push((format!("{} proxy", a.name), last_of("eval/proxy_reward")));
+                over.push((format!("{} gold", a.name), last_of(g)));
+            } else {
+                for (point, rs) in &by_point {
+                    let name = if by_point.len() > 1 {
+                        format!("{} {point}", a.name)
+                    } else {
+                        a.name.clone()
+                    };
+                    over.push((
+                        format!("{name} proxy"),
+                        sq(curve(rs, "eval/kl_to_ref", "eval/proxy_reward")),
+                    ));
+                    over.push((format!("{name} gold"), sq(curve(rs, "eval/kl_to_ref", g))));
+                }
+            }
             peaks.extend(runs.iter().filter_map(|r| {
                 crate::verdict::kl_gold_curve(r)
                     .into_iter()
@@ -418,6 +460,7 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
                     .map(|(kl, gold)| (kl.max(0.0).sqrt(), gold))
             }));
         }
+        over.retain(|(_, pts)| !pts.is_empty());
         if !over.is_empty() {
             let mut p = panel(
                 format!("{env}: proxy and gold reward vs √KL"),

@@ -127,6 +127,20 @@ fn claims_at_test_size_write_verdicts_and_a_report_chromium_renders() {
         csv
     );
 
+    // At another scale its finished runs would pass for runs of that scale: refused, untouched.
+    let mut other: Vec<&str> = args.to_vec();
+    other[2] = "0.2";
+    let r = bin().args(&other).output().unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("resume with the same --scale"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("verdicts.csv")).unwrap(),
+        csv
+    );
+
     let html = out.join("report.html");
     let chrome = match chromium() {
         Ok(c) => c,
