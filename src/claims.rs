@@ -295,20 +295,11 @@ fn verdicts_csv(verdicts: &[ClaimVerdict]) -> String {
                 v.name.clone(),
                 t.env.clone(),
                 t.verdict.to_string(),
-                serde_json::to_value(r.quantity)
-                    .ok()
-                    .and_then(|x| x.as_str().map(String::from))
-                    .unwrap_or_default(),
+                verdict::spec_name(r.quantity),
                 r.a.clone(),
                 r.b.clone(),
-                serde_json::to_value(r.direction)
-                    .ok()
-                    .and_then(|x| x.as_str().map(String::from))
-                    .unwrap_or_default(),
-                serde_json::to_value(r.statistic)
-                    .ok()
-                    .and_then(|x| x.as_str().map(String::from))
-                    .unwrap_or_default(),
+                verdict::spec_name(r.direction),
+                verdict::spec_name(r.statistic),
                 f(r.confidence),
                 f(r.margin),
                 g(&|e| e.value),

@@ -147,12 +147,12 @@ pub fn write_report(dir: &Path) -> Result<String> {
         let r = &v.rule;
         let _ = writeln!(
             md,
-            "**Decision rule** (fixed in the spec): `{}` of `{}` vs `{}`, claimed {:?}, {:?} at {:.0}% confidence, margin {}.\n",
-            serde_json::to_value(r.quantity).ok().and_then(|x| x.as_str().map(String::from)).unwrap_or_default(),
+            "**Decision rule** (fixed in the spec): `{}` of `{}` vs `{}`, claimed `{}`, `{}` at {:.0}% confidence, margin {}.\n",
+            crate::verdict::spec_name(r.quantity),
             r.a,
             r.b,
-            r.direction,
-            r.statistic,
+            crate::verdict::spec_name(r.direction),
+            crate::verdict::spec_name(r.statistic),
             r.confidence * 100.0,
             r.margin
         );

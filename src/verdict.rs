@@ -732,6 +732,14 @@ pub fn evaluate(
     })
 }
 
+/// A unit enum's name as the spec spells it (`wall_to_reach`, `less`, …).
+pub fn spec_name(v: impl Serialize) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|x| x.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
 /// Format a number for a table: ∞ spelled out, three significant decimals otherwise.
 pub fn num(x: f64) -> String {
     if x.is_infinite() {
