@@ -18,7 +18,7 @@ use crate::losses::{kto_loss, kto_reference_point};
 use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
 use crate::policy::LmPolicy;
 use crate::{AgentError, Result};
-use aligngym_envs::{PreferencePair, UnpairedExample};
+use aligngym_envs::{ConversationPair, PreferencePair, UnpairedExample};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -108,13 +108,20 @@ impl KtoAgent {
         if n < 2 {
             return Err(AgentError::Data("KTO needs at least two examples".into()));
         }
+        // Row i: example i's completion, and the next example's completion under i's prompt (the
+        // mismatched pair whose KL is KTO's reference point). A conversation's completion is its
+        // turns, so only its assistant tokens count.
         let rows: Vec<PreferencePair> = (0..n)
-            .map(|i| PreferencePair {
-                prompt: examples[i].prompt.clone(),
-                chosen: examples[i].completion.clone(),
-                rejected: examples[(i + 1) % n].completion.clone(),
-                conversation: None,
-                extra: Default::default(),
+            .map(|i| {
+                let (e, next) = (&examples[i], &examples[(i + 1) % n]);
+                match (&e.conversation, &next.conversation) {
+                    (Some(c), Some(d)) => PreferencePair::conversational(ConversationPair {
+                        prompt: c.prompt.clone(),
+                        chosen: c.completion.clone(),
+                        rejected: d.completion.clone(),
+                    }),
+                    _ => PreferencePair::new(&e.prompt, &e.completion, &next.completion),
+                }
             })
             .collect();
         let data = encode_pairs(&policy, &rows)?;
@@ -272,5 +279,68 @@ impl Resumable for KtoAgent {
     fn load_state(&mut self, dir: &Path) -> Result<()> {
         self.budget = load_offline_state(dir, "kto_state", &mut self.policy, &mut self.opt)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aligngym_envs::{ConversationExample, Message, Role, TextCodec};
+
+    fn policy() -> LmPolicy {
+        let corpus: Vec<String> = (0..40)
+            .map(|i| format!("guess {i} higher lower found it"))
+            .collect();
+        let tokenizer = crate::tokenizer::Tokenizer::train(&corpus, 300).unwrap();
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let cfg = crate::model::GptConfig::tiny(tokenizer.vocab_size());
+        let model = crate::model::Gpt::new(&vs.root(), &cfg).unwrap();
+        LmPolicy {
+            vs,
+            model,
+            tokenizer,
+        }
+    }
+
+    #[test]
+    fn conversational_examples_train_on_the_assistant_turns_only() {
+        let p = policy();
+        let turn = |role: Role, content: &str| Message::new(role, content);
+        let ex = |label: bool, guesses: &[&str]| {
+            let mut completion = Vec::new();
+            for (i, g) in guesses.iter().enumerate() {
+                if i > 0 {
+                    completion.push(turn(Role::User, "higher"));
+                }
+                completion.push(turn(Role::Assistant, g));
+            }
+            let c = ConversationExample {
+                prompt: vec![turn(Role::User, "guess 1..8")],
+                completion,
+            };
+            UnpairedExample {
+                prompt: aligngym_envs::prefs::prompt_text(&c.prompt),
+                completion: aligngym_envs::chat::transcript(&c.completion),
+                label,
+                conversation: Some(c),
+            }
+        };
+        let examples = vec![ex(true, &["4", "6"]), ex(false, &["1"])];
+        let agent = KtoAgent::new(KtoConfig::default(), p, &examples, 2, 10, 0).unwrap();
+        let tok = &agent.policy.tokenizer;
+        let end = 1; // each assistant turn ends with end-of-turn (or EOS)
+        let own = |g: &[&str]| {
+            g.iter()
+                .map(|x| tok.encode_ids(x).len() + end)
+                .sum::<usize>()
+        };
+        // Row 0: its own two guesses (the reply between them is context, not scored); its
+        // mismatched completion is example 1's single guess.
+        let scored = |m: &Tensor, row: i64| m.get(row).sum(Kind::Float).double_value(&[]) as usize;
+        let valid = |m: &Tensor, row: i64| m.get(row).sum(Kind::Int64).int64_value(&[]) as usize;
+        assert_eq!(scored(&agent.data.chosen_mask, 0), own(&["4", "6"]));
+        assert!(valid(&agent.data.chosen_valid, 0) > own(&["4", "6"]));
+        assert_eq!(scored(&agent.data.rejected_mask, 0), own(&["1"]));
+        assert_eq!(scored(&agent.data.chosen_mask, 1), own(&["1"]));
     }
 }

@@ -261,6 +261,19 @@ impl<R: BufRead> PrefReader<R> {
                 chosen.drain(..a).collect()
             }
         };
+        self.check_prompt(&prompt)?;
+        for (f, msgs) in [("chosen", &chosen), ("rejected", &rejected)] {
+            self.check_continuation(f, msgs)?;
+        }
+        Ok(ConversationPair {
+            prompt,
+            chosen,
+            rejected,
+        })
+    }
+
+    /// A prompt conversation: system or user first, not ending with the assistant.
+    fn check_prompt(&self, prompt: &[Message]) -> Result<()> {
         match prompt.first() {
             None => return Err(self.bad("field `prompt`: no messages")),
             Some(m) if !matches!(m.role, Role::System | Role::User) => {
@@ -273,10 +286,15 @@ impl<R: BufRead> PrefReader<R> {
         }
         if prompt.last().is_some_and(|m| m.role == Role::Assistant) {
             return Err(self.bad(
-                "field `prompt`: turns out of order: the prompt ends with an assistant message (it belongs in chosen/rejected)",
+                "field `prompt`: turns out of order: the prompt ends with an assistant message (it belongs in the continuation)",
             ));
         }
-        for (f, msgs) in [("chosen", &chosen), ("rejected", &rejected)] {
+        Ok(())
+    }
+
+    /// A continuation `f`: the assistant first, alternating with the others, not all empty.
+    fn check_continuation(&self, f: &str, msgs: &[Message]) -> Result<()> {
+        {
             if !msgs.iter().any(|m| m.role == Role::Assistant) {
                 return Err(self.bad(format!("field `{f}`: no assistant turn")));
             }
@@ -303,11 +321,7 @@ impl<R: BufRead> PrefReader<R> {
                 return Err(self.bad(format!("field `{f}`: every assistant turn is empty")));
             }
         }
-        Ok(ConversationPair {
-            prompt,
-            chosen,
-            rejected,
-        })
+        Ok(())
     }
 }
 
@@ -382,22 +396,61 @@ impl<R: BufRead> PrefReader<R> {
         };
         if !obj.contains_key("label") && obj.contains_key("chosen") {
             let p = self.parse(text)?;
-            if p.conversation.is_some() {
-                return Err(self
-                    .bad("KTO reads plain-text examples; conversational pairs are not supported"));
-            }
+            let conv = |chosen: bool| {
+                p.conversation.as_ref().map(|c| ConversationExample {
+                    prompt: c.prompt.clone(),
+                    completion: if chosen {
+                        c.chosen.clone()
+                    } else {
+                        c.rejected.clone()
+                    },
+                })
+            };
             return Ok(vec![
                 UnpairedExample {
                     prompt: p.prompt.clone(),
-                    completion: p.chosen,
+                    completion: p.chosen.clone(),
                     label: true,
+                    conversation: conv(true),
                 },
                 UnpairedExample {
-                    prompt: p.prompt,
-                    completion: p.rejected,
+                    prompt: p.prompt.clone(),
+                    completion: p.rejected.clone(),
                     label: false,
+                    conversation: conv(false),
                 },
             ]);
+        }
+        let label = match obj.get("label") {
+            None => return Err(self.bad("missing field `label`")),
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(self.bad(format!(
+                    "field `label`: expected true or false, found {}",
+                    kind(other)
+                )))
+            }
+        };
+        let conversational = ["prompt", "completion"]
+            .iter()
+            .any(|f| matches!(obj.get(*f), Some(Value::Array(_))));
+        if conversational {
+            let field = |f: &str| -> Result<Vec<Message>> {
+                let v = obj
+                    .get(f)
+                    .cloned()
+                    .ok_or_else(|| self.bad(format!("missing field `{f}`")))?;
+                self.messages(f, v)
+            };
+            let (prompt, completion) = (field("prompt")?, field("completion")?);
+            self.check_prompt(&prompt)?;
+            self.check_continuation("completion", &completion)?;
+            return Ok(vec![UnpairedExample {
+                prompt: prompt_text(&prompt),
+                completion: transcript(&completion),
+                label,
+                conversation: Some(ConversationExample { prompt, completion }),
+            }]);
         }
         let text_field = |field: &str, allow_empty: bool| -> Result<String> {
             match obj.get(field) {
@@ -414,20 +467,11 @@ impl<R: BufRead> PrefReader<R> {
         };
         let prompt = text_field("prompt", true)?;
         let completion = text_field("completion", false)?;
-        let label = match obj.get("label") {
-            None => return Err(self.bad("missing field `label`")),
-            Some(Value::Bool(b)) => *b,
-            Some(other) => {
-                return Err(self.bad(format!(
-                    "field `label`: expected true or false, found {}",
-                    kind(other)
-                )))
-            }
-        };
         Ok(vec![UnpairedExample {
             prompt,
             completion,
             label,
+            conversation: None,
         }])
     }
 }
@@ -441,11 +485,24 @@ pub struct UnpairedExample {
     pub completion: String,
     /// Desirable (`true`) or undesirable.
     pub label: bool,
+    /// The conversational form, when the example is one; `prompt` and `completion` then hold its
+    /// text as rewards read it.
+    pub conversation: Option<ConversationExample>,
 }
 
-/// Read KTO's unpaired examples (JSONL lines `{"prompt", "completion", "label": bool}`, or
-/// preference pairs, each two examples); the first bad line is the error, as is a file without
-/// examples or without both labels.
+/// A conversational example of KTO's unpaired data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationExample {
+    /// The conversation so far: system/user messages first, not ending with the assistant.
+    pub prompt: Vec<Message>,
+    /// The continuation judged: assistant turns (and the env's replies between them).
+    pub completion: Vec<Message>,
+}
+
+/// Read KTO's unpaired examples (JSONL lines `{"prompt", "completion", "label": bool}`, plain text
+/// or conversational — lists of `{role, content}` messages — or preference pairs, each two
+/// examples); the first bad line is the error, as is a file without examples, without both labels,
+/// or mixing text and conversations.
 pub fn read_unpaired(path: impl AsRef<Path>) -> Result<Vec<UnpairedExample>> {
     let path = path.as_ref();
     let mut r = PrefReader::open(path)?;
@@ -460,6 +517,12 @@ pub fn read_unpaired(path: impl AsRef<Path>) -> Result<Vec<UnpairedExample>> {
     };
     if out.is_empty() {
         return Err(bad("no examples in file"));
+    }
+    if out.iter().any(|e| e.conversation.is_some()) && out.iter().any(|e| e.conversation.is_none())
+    {
+        return Err(bad(
+            "a file of examples is all text or all conversations (KTO contrasts each example with another's completion)",
+        ));
     }
     if !out.iter().any(|e| e.label) || out.iter().all(|e| e.label) {
         return Err(bad(
@@ -776,5 +839,49 @@ mod tests {
         std::fs::write(&f, "{\"prompt\":\"q\",\"label\":true}\n").unwrap();
         let e = read_unpaired(&f).unwrap_err().to_string();
         assert!(e.contains("k.jsonl:1: missing field `completion`"), "{e}");
+    }
+
+    #[test]
+    fn kto_reads_conversational_examples_and_pairs() {
+        let d = tmpdir("kto-conv");
+        let f = d.join("c.jsonl");
+        let user = r#"[{"role":"user","content":"guess 1..8"}]"#;
+        std::fs::write(
+            &f,
+            format!(
+                "{{\"prompt\":{user},\"completion\":[{{\"role\":\"assistant\",\"content\":\"4\"}},{{\"role\":\"user\",\"content\":\"higher\"}},{{\"role\":\"assistant\",\"content\":\"6\"}}],\"label\":true}}\n\
+                 {{\"prompt\":{user},\"chosen\":[{{\"role\":\"assistant\",\"content\":\"4\"}}],\"rejected\":[{{\"role\":\"assistant\",\"content\":\"1\"}}]}}\n"
+            ),
+        )
+        .unwrap();
+        let ex = read_unpaired(&f).unwrap();
+        assert_eq!(ex.len(), 3);
+        let c = ex[0].conversation.as_ref().unwrap();
+        assert_eq!(c.completion.len(), 3);
+        assert_eq!(c.completion[1].content, "higher");
+        assert_eq!(ex[0].prompt, "guess 1..8");
+        assert!(ex[0].label && ex[1].label && !ex[2].label);
+        assert_eq!(
+            ex[2].conversation.as_ref().unwrap().completion[0].content,
+            "1"
+        );
+        // A continuation must open with the assistant.
+        std::fs::write(
+            &f,
+            format!("{{\"prompt\":{user},\"completion\":[{{\"role\":\"user\",\"content\":\"x\"}}],\"label\":true}}\n"),
+        )
+        .unwrap();
+        let e = read_unpaired(&f).unwrap_err().to_string();
+        assert!(e.contains("c.jsonl:1: field `completion"), "{e}");
+        // Text and conversations do not mix in one file.
+        std::fs::write(
+            &f,
+            format!(
+                "{{\"prompt\":{user},\"completion\":[{{\"role\":\"assistant\",\"content\":\"4\"}}],\"label\":true}}\n{{\"prompt\":\"q\",\"completion\":\"c\",\"label\":false}}\n"
+            ),
+        )
+        .unwrap();
+        let e = read_unpaired(&f).unwrap_err().to_string();
+        assert!(e.contains("all text or all conversations"), "{e}");
     }
 }
