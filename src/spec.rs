@@ -403,16 +403,25 @@ pub fn build_agent(
             )?
             .with_prior_oracle_queries(prior),
         ),
-        AgentKind::OnlineDpo => Box::new(
-            OnlineDpoAgent::new(
-                spec.online_dpo.clone().unwrap_or_default(),
-                task.clone(),
-                policy,
-                reward()?,
-                spec.seed,
-            )?
-            .with_prior_oracle_queries(prior),
-        ),
+        AgentKind::OnlineDpo => {
+            let cfg = spec.online_dpo.clone().unwrap_or_default();
+            // The oracle judge is the env's rater: it compares on the gold reward, which agents
+            // never see as a score (so preference-only envs allow it).
+            let signal = match (cfg.judge, &spec.reward) {
+                (aligngym_agents::Judge::Oracle, RewardSpec::Gold) => RewardSignal::Gold,
+                (aligngym_agents::Judge::Oracle, RewardSpec::Rm(_)) => {
+                    return Err(AgentError::config(
+                        "judge",
+                        "the oracle judge compares on the env's gold reward: leave --reward at gold (or judge=reward to judge by the reward model)",
+                    ))
+                }
+                (aligngym_agents::Judge::Reward, _) => reward()?,
+            };
+            Box::new(
+                OnlineDpoAgent::new(cfg, task.clone(), policy, signal, spec.seed)?
+                    .with_prior_oracle_queries(prior),
+            )
+        }
         AgentKind::BestOfN => Box::new(
             BestOfNAgent::new(
                 spec.best_of_n.clone().unwrap_or_default(),

@@ -186,6 +186,12 @@ fn the_online_agents_beat_sft_on_arithmetic() {
             "objective/kl",
             "rewards/accuracies",
         ),
+        (
+            "online_dpo",
+            "judge=oracle",
+            "objective/kl",
+            "rewards/accuracies",
+        ),
     ];
     for (agent, set, kl_name, own) in runs {
         let name = format!("{agent}-{}", set.replace('=', "-"));

@@ -266,7 +266,7 @@ pub(crate) struct GroupCore {
     reward: RewardSignal,
     gold: Arc<dyn RewardFn>,
     opt: AdamW,
-    seed: u64,
+    pub(crate) seed: u64,
     pub(crate) budget: Budget,
     /// Prompts per update and completions per prompt.
     prompts: usize,

@@ -42,7 +42,7 @@ pub use grpo::{GrpoAgent, GrpoConfig, GrpoLoss};
 pub use kto::{KtoAgent, KtoConfig};
 pub use losses::{DpoLoss, KlEstimator};
 pub use model::{Activation, Family, Gpt, GptConfig};
-pub use online_dpo::{OnlineDpoAgent, OnlineDpoConfig};
+pub use online_dpo::{Judge, OnlineDpoAgent, OnlineDpoConfig};
 pub use policy::{ActorCritic, LmPolicy, Policy};
 pub use ppo::{CriticKind, PpoAgent, PpoConfig, RewardSignal};
 pub use reinforce_pp::{ReinforcePpAgent, ReinforcePpConfig};

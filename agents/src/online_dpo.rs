@@ -1,7 +1,9 @@
 //! Online DPO (Guo et al. 2024, "Direct Language Model Alignment from Online AI Feedback", arXiv
 //! 2402.04792; TRL's `OnlineDPOTrainer`): each update samples two fresh completions per prompt from
-//! the current policy, lets the judge — the gold reward or a reward model — pick the better, and
-//! takes one step of a DPO-family loss (any `loss_type` of offline DPO) on those pairs.
+//! the current policy, lets the judge — the higher score of the run's reward (the gold reward or a
+//! reward model), or the simulated rater (a Bradley–Terry preference over the gold reward, as TRL's
+//! pairwise judges give one) — pick the better, and takes one step of a DPO-family loss (any
+//! `loss_type` of offline DPO) on those pairs.
 //!
 //! Per update, in named phases: **collect** 2 completions for each of `num_prompts` training
 //! prompts through the rollout collector (one turn or many) → **judge**: the higher score is
@@ -16,10 +18,25 @@ use crate::policy::LmPolicy;
 use crate::ppo::RewardSignal;
 use crate::sampling::sequence_outputs;
 use crate::{AgentError, Result};
-use aligngym_envs::Task;
+use aligngym_envs::{oracle::preference_probability, OracleConfig, Task};
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tch::{Kind, Tensor};
+
+/// Who decides which of a prompt's two completions is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Judge {
+    /// The run's reward (`--reward`: gold or a reward model): the higher score; exact ties carry
+    /// no preference.
+    #[default]
+    Reward,
+    /// The simulated rater: a preference sampled from Bradley–Terry over the env's gold reward
+    /// (`judge_temperature`), flipped at `judge_flip_rate`: one comparison per pair, as the
+    /// preference stage's oracle. The judge for envs that show agents preferences only.
+    Oracle,
+}
 
 /// Online DPO hyperparameters (TRL's names; the loss knobs are offline DPO's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +65,12 @@ pub struct OnlineDpoConfig {
     pub max_grad_norm: f64,
     /// Adam ε. Default 1e-8.
     pub adam_eps: f64,
+    /// `reward` (default) or `oracle`.
+    pub judge: Judge,
+    /// The oracle judge's τ in P(a ≻ b) = σ((R(a) − R(b))/τ). Default 0.1, the preference stage's.
+    pub judge_temperature: f32,
+    /// The oracle judge's label-flip rate (rater noise). Default 0.
+    pub judge_flip_rate: f32,
 }
 
 impl Default for OnlineDpoConfig {
@@ -64,6 +87,9 @@ impl Default for OnlineDpoConfig {
             max_new_tokens: 0,
             max_grad_norm: 1.0,
             adam_eps: 1e-8,
+            judge: Judge::Reward,
+            judge_temperature: OracleConfig::default().temperature,
+            judge_flip_rate: 0.0,
         }
     }
 }
@@ -89,6 +115,18 @@ impl OnlineDpoConfig {
         if self.num_prompts == 0 {
             return Err(AgentError::config("num_prompts", "expected > 0"));
         }
+        if !(self.judge_temperature.is_finite() && self.judge_temperature >= 0.0) {
+            return Err(AgentError::config(
+                "judge_temperature",
+                "expected a finite value ≥ 0",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.judge_flip_rate) {
+            return Err(AgentError::config(
+                "judge_flip_rate",
+                "expected a value in [0, 1]",
+            ));
+        }
         Ok(())
     }
 }
@@ -111,6 +149,31 @@ pub fn judge_pairs(scores: &Tensor) -> (Tensor, Tensor, Tensor) {
         .ne_tensor(&s.select(1, 1))
         .to_kind(Kind::Float); // [P]
     (chosen, rejected, decided)
+}
+
+/// The oracle judge on gold `scores` (two consecutive completions per prompt): per pair, the first
+/// wins with P = σ((R₀ − R₁)/τ) after label flips at `flip_rate` (τ = 0: the higher, ties by a
+/// fair coin); `(chosen, rejected)` row indices. Every pair gets a preference.
+pub fn oracle_judge(
+    scores: &[f32],
+    temperature: f32,
+    flip_rate: f32,
+    rng: &mut impl Rng,
+) -> (Vec<i64>, Vec<i64>) {
+    scores
+        .chunks(2)
+        .enumerate()
+        .map(|(i, s)| {
+            let first =
+                rng.random::<f32>() < preference_probability(s[0] - s[1], temperature, flip_rate);
+            let (a, b) = (2 * i as i64, 2 * i as i64 + 1);
+            if first {
+                (a, b)
+            } else {
+                (b, a)
+            }
+        })
+        .unzip()
 }
 
 /// The online DPO agent.
@@ -157,7 +220,23 @@ impl Agent for OnlineDpoAgent {
         let rollout = self.core.collect(step, &sampling)?;
         // Phase 2: the judge.
         let score = self.core.rewards(&rollout, step, |_| 0.0)?; // [2P]
-        let (ci, ri, decided) = judge_pairs(&score); // [P], [P], [P]
+        let (ci, ri, decided) = match c.judge {
+            Judge::Reward => judge_pairs(&score), // [P], [P], [P]
+            Judge::Oracle => {
+                // A stream per update (not a stored one): a resumed run draws the same labels.
+                let mut rng = rand::rngs::StdRng::seed_from_u64(
+                    self.core.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                );
+                let s: Vec<f32> = Vec::try_from(&score.to_kind(Kind::Float))?;
+                let (ch, rj) = oracle_judge(&s, c.judge_temperature, c.judge_flip_rate, &mut rng);
+                let dev = score.device();
+                (
+                    Tensor::from_slice(&ch).to_device(dev),              // [P]
+                    Tensor::from_slice(&rj).to_device(dev),              // [P]
+                    Tensor::ones([ch.len() as i64], (Kind::Float, dev)), // [P]
+                )
+            }
+        };
         let mask = rollout.seqs.mask.shallow_clone(); // [2P, N]
                                                       // Phase 3: the DPO loss on the judged pairs, one step.
         let out = sequence_outputs(&self.core.actor.model, &rollout.seqs, 1.0, true);
@@ -235,6 +314,11 @@ impl Agent for OnlineDpoAgent {
         // Phase 4: the budget, and GRPO's sampling metrics (`frac_reward_zero_std` is the
         // fraction of tied pairs); no ratio is clipped here.
         let mut m = self.core.finish(&batch, &st, 1, c.learning_rate, step)?;
+        if c.judge == Judge::Oracle {
+            // The gold scores behind the comparisons are the rater's, not queries of their own:
+            // one comparison per pair, where `finish` counted a gold query per completion.
+            self.core.budget.oracle_queries -= ci.size()[0] as u64;
+        }
         for k in [
             "clip_ratio/low_mean",
             "clip_ratio/high_mean",
@@ -280,5 +364,26 @@ mod tests {
         assert_eq!(Vec::<i64>::try_from(&c).unwrap(), vec![1, 2, 4]);
         assert_eq!(Vec::<i64>::try_from(&r).unwrap(), vec![0, 3, 5]);
         assert_eq!(Vec::<f32>::try_from(&d).unwrap(), vec![1.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn the_oracle_judge_samples_bradley_terry_and_flips() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        // τ = 0: the higher always wins; a tie goes either way.
+        let (c, r) = oracle_judge(&[0.2, 0.9, 0.5, 0.1], 0.0, 0.0, &mut rng);
+        assert_eq!((c, r), (vec![1, 2], vec![0, 3]));
+        // Flip rate 1: always the lower.
+        let (c, _) = oracle_judge(&[0.2, 0.9, 0.5, 0.1], 0.0, 1.0, &mut rng);
+        assert_eq!(c, vec![0, 3]);
+        // Δ = 0.1 at τ = 0.1: P(first) = σ(1) ≈ 0.731 over many pairs.
+        let scores: Vec<f32> = (0..20_000).flat_map(|_| [0.6f32, 0.5]).collect();
+        let (c, _) = oracle_judge(&scores, 0.1, 0.0, &mut rng);
+        let first = c
+            .iter()
+            .enumerate()
+            .filter(|(i, &x)| x == 2 * *i as i64)
+            .count() as f64;
+        let p = first / 20_000.0;
+        assert!((p - 0.7311).abs() < 0.01, "{p}");
     }
 }
