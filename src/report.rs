@@ -157,6 +157,7 @@ pub fn write_report(dir: &Path) -> Result<String> {
             r.margin
         );
         md.push_str(&crate::verdict::markdown_table(std::slice::from_ref(&v)));
+        md.push('\n');
         for t in &v.tasks {
             if !t.detail.is_empty() {
                 let _ = writeln!(md, "- {}: {}.", t.env, t.detail);
