@@ -58,7 +58,11 @@ pub fn env_stats(metrics: &BTreeMap<String, Vec<MetricRow>>, env: &str) -> (Vec<
     let stats = groups
         .into_iter()
         .map(|(name, runs)| {
-            for r in &runs {
+            // Best-of-n evaluates its selection from step 0 on: not the starting policy.
+            for r in runs
+                .iter()
+                .filter(|r| !r.iter().any(|x| x.metric == "eval/kl_bound"))
+            {
                 if let Some(x) = r
                     .iter()
                     .find(|x| x.step == 0 && x.metric == "eval/gold_reward")
@@ -489,6 +493,24 @@ mod tests {
             row(10, "eval/gold_reward", gold_end),
             row(10, "eval/kl_to_ref", 1.0),
         ]
+    }
+
+    #[test]
+    fn the_start_leaves_out_best_of_n_runs() {
+        // Best-of-n's step-0 evaluation is already a selection (0.9 here): the start is the other
+        // runs' 0.1.
+        let mut m = BTreeMap::new();
+        m.insert("arithmetic-v0.ppo.s0".to_string(), run(0.1, 0.5));
+        let mut bon = run(0.9, 0.9);
+        bon.push(MetricRow {
+            step: 0,
+            metric: "eval/kl_bound".into(),
+            value: 0.6,
+        });
+        m.insert("arithmetic-v0.bon.s0".to_string(), bon);
+        let (stats, start) = env_stats(&m, "arithmetic-v0");
+        assert_eq!(stats.len(), 2);
+        assert_eq!(start, 0.1);
     }
 
     #[test]
