@@ -17,7 +17,7 @@ OUT ?= results
 run: build
 	$(BIN) compare --out $(OUT)
 
-# Every claim sweep with its verdicts (about an hour on a 2-core CPU); resumes when re-run.
+# Every claim sweep with its verdicts (about 1.5 hours on a 2-core CPU with --jobs 2); resumes when re-run.
 CLAIMS_OUT ?= claims-results
 claims: build
 	$(BIN) claims --jobs 2 --out $(CLAIMS_OUT)
