@@ -116,7 +116,13 @@ mod tests {
 
     #[test]
     fn figures_are_inlined_and_verdicts_coloured() {
-        let dir = std::env::temp_dir().join(format!("aligngym-html-{}", std::process::id()));
+        // A fresh folder of this test's own (pid and clock), removed at the end.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir =
+            std::env::temp_dir().join(format!("aligngym-html-{}-{nanos}", std::process::id()));
+        assert!(!dir.exists());
         std::fs::create_dir_all(dir.join("c/plots")).unwrap();
         std::fs::write(
             dir.join("c/plots/x.svg"),

@@ -13,13 +13,8 @@ use std::path::Path;
 
 fn quantile(v: &[f64], q: f64) -> f64 {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let pos = q * (s.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
+    s.sort_by(f64::total_cmp);
+    crate::stats::quantile_sorted(&s, q)
 }
 
 fn last(rows: &[MetricRow], m: &str) -> f64 {
