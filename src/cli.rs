@@ -7,6 +7,7 @@ use crate::runner;
 use crate::spec::{build_agent, AgentKind, RewardSpec, TrainSpec};
 use crate::sweep::{run_sweep, Part, SweepOptions, SweepSpec};
 use aligngym_agents::device::DtypeChoice;
+use aligngym_agents::preferences::Branching;
 use aligngym_agents::sampling::SamplingConfig;
 use aligngym_agents::sft::SftConfig;
 use aligngym_agents::{AgentError, DeviceChoice, LmPolicy, Precision, Result, RmConfig};
@@ -203,6 +204,11 @@ pub struct PrefsArgs {
     /// they are dropped, as raters would say "no preference".
     #[arg(long)]
     pub keep_ties: bool,
+    /// Multi-turn envs: where a pair's two conversations part. `start`: at the first assistant
+    /// turn (independent conversations); `turn`: after the first t turns of a conversation
+    /// sampled first, t uniform over its turns, so the pair says which turn made the difference.
+    #[arg(long, default_value_t = Branching::Turn)]
+    pub branch: Branching,
     /// Output JSONL file.
     #[arg(long)]
     pub out: PathBuf,
@@ -726,6 +732,7 @@ fn cmd_prefs(args: PrefsArgs) -> Result<()> {
         oracle_temperature,
         flip_rate,
         keep_ties,
+        branch,
         out,
         seed,
         compute,
@@ -753,6 +760,7 @@ fn cmd_prefs(args: PrefsArgs) -> Result<()> {
         sampling,
         &policy.display().to_string(),
         !keep_ties,
+        branch,
         seed,
     )?;
     write_pairs(&out, &data)?;

@@ -2,7 +2,7 @@
 
 use aligngym_agents::checkpoint::{CheckpointConfig, ModelKind};
 use aligngym_agents::fsio;
-use aligngym_agents::preferences::{make_pairs, PrefsConfig};
+use aligngym_agents::preferences::{make_pairs, Branching, PrefsConfig};
 use aligngym_agents::sampling::SamplingConfig;
 use aligngym_agents::sft::{self, SftConfig, SftLogRow};
 use aligngym_agents::{
@@ -359,6 +359,7 @@ pub fn build_prefs(
     sampling: SamplingConfig,
     source: &str,
     skip_ties: bool,
+    branching: Branching,
     seed: u64,
 ) -> Result<(Vec<PreferencePair>, u64)> {
     let mut oracle = BradleyTerryOracle::new(task.gold(), oracle, derive_seed(seed, 0x0ac1e))?;
@@ -368,6 +369,7 @@ pub fn build_prefs(
         sampling,
         source: source.to_string(),
         skip_ties,
+        branching,
     };
     let out = make_pairs(generator, task, &mut oracle, &cfg, seed)?;
     Ok((out, aligngym_envs::PreferenceOracle::queries(&oracle)))

@@ -4,6 +4,7 @@
 
 use crate::commands::{self, ModelSize};
 use crate::metrics::{read_long_csv, MetricRow};
+use aligngym_agents::preferences::Branching;
 use aligngym_agents::sampling::SamplingConfig;
 use aligngym_agents::sft::SftConfig;
 use aligngym_agents::{AgentError, LmPolicy, Result, RmConfig};
@@ -34,6 +35,9 @@ pub struct PrefsSpec {
     /// Instead of sampling: the union of these sets' pairs, equally many from each.
     #[serde(default)]
     pub mix: Vec<String>,
+    /// Multi-turn envs: where a pair's conversations part, `turn` (default) or `start`.
+    #[serde(default)]
+    pub branch: Branching,
 }
 
 fn default_generator() -> String {
@@ -181,6 +185,7 @@ impl SweepSpec {
                 pairs: 1024,
                 flip_rate: 0.0,
                 mix: vec![],
+                branch: Branching::Turn,
             });
         }
     }
@@ -625,13 +630,19 @@ fn stage_prefs(
         } else {
             PathBuf::from(&p.generator)
         };
-        let k = key(&(
+        // Branching is in the key only where it changes the data (multi-turn, `turn`), so the
+        // stages built before it existed stay valid.
+        let base = (
             env,
             in_sweep(out, &gen_path),
             p.temperature,
             scaled(p.pairs),
             p.flip_rate,
-        ));
+        );
+        let k = match p.branch {
+            Branching::Turn if t.max_turns() > 1 => key(&(base, p.branch)),
+            _ => key(&base),
+        };
         let path = out
             .join("stages")
             .join(format!("prefs-{env}-{}-{k}.jsonl", p.name));
@@ -657,6 +668,7 @@ fn stage_prefs(
                 sampling,
                 &p.generator,
                 true,
+                p.branch,
                 0,
             )?;
             write_pairs(&path, &pairs)?;

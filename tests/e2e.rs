@@ -1237,26 +1237,18 @@ fn a_users_binary_with_its_own_multi_turn_env_has_every_command() {
 #[test]
 fn ppo_and_dpo_on_guess_number_through_the_cli() {
     let dir = root().join("guess-number");
-    let sft = dir.join("sft");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The task's own SFT length (1,500 steps): at 800 the policy still writes the user's lines
+    // into its turns, and DPO has little to work with.
+    let sft = sft("guess-number-v0");
     let s = sft.to_str().unwrap();
-    run(&[
-        "sft",
-        "--env",
-        "guess-number-v0",
-        "--out",
-        s,
-        "--steps",
-        "800",
-        "--device",
-        "cpu",
-    ]);
     let ppo = dir.join("ppo");
     let eval = ["--set", "eval.prompts=96", "--set", "run.eval_every=10"];
     let mut args = train_cmd("ppo", "guess-number-v0", s, ppo.to_str().unwrap(), &eval);
     args.extend([
         "--quiet",
         "--set",
-        "run.updates=40",
+        "run.updates=20",
         "--set",
         "batch_size=64",
     ]);
@@ -1272,7 +1264,8 @@ fn ppo_and_dpo_on_guess_number_through_the_cli() {
     let (first, last, kl) = gold_first_last(&grpo);
     eprintln!("guess-number-v0 GRPO: eval/gold_reward {first:.3} -> {last:.3}, KL {kl:.2}");
     assert!(last > first + 0.15, "GRPO gold {first:.3} -> {last:.3}");
-    // DPO on pairs of whole conversations, read back from the conversational JSONL.
+    // DPO on pairs of whole conversations (parting at a random turn of a first sample: the
+    // default), read back from the conversational JSONL: one epoch of 512 pairs.
     let p = dir.join("prefs.jsonl");
     run(&[
         "prefs",
@@ -1296,9 +1289,12 @@ fn ppo_and_dpo_on_guess_number_through_the_cli() {
         "--prefs",
         p.to_str().unwrap(),
         "--set",
-        "run.updates=10",
+        "run.updates=16",
     ]);
     run(&args);
+    let (first, last, kl) = gold_first_last(&dpo);
+    eprintln!("guess-number-v0 DPO: eval/gold_reward {first:.3} -> {last:.3}, KL {kl:.2}");
+    assert!(last > first + 0.05, "DPO gold {first:.3} -> {last:.3}");
     let m = metrics(&dpo);
     let acc = m
         .iter()

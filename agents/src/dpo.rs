@@ -135,14 +135,11 @@ fn continuation(
         let n = ids.len();
         return Ok((ids, vec![true; n]));
     };
-    let end = tok.eot_id().unwrap_or(tok.eos_id());
     let (mut ids, mut policy) = (Vec::new(), Vec::new());
     let mut so_far = prompt.to_vec();
     for m in msgs {
         let part = if m.role == Role::Assistant {
-            let mut p = tok.encode_ids(&m.content);
-            p.push(end);
-            p
+            tok.turn_ids(&m.content)
         } else {
             tok.message_ids(&so_far, m)?
         };

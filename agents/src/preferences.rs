@@ -4,16 +4,16 @@
 //! the conversational form (whole conversations) for multi-turn ones.
 
 use crate::policy::LmPolicy;
-use crate::rollout::{chat_envs, collect, Start};
+use crate::rollout::{chat_envs, collect, Branch, Start};
 use crate::sampling::SamplingConfig;
 use crate::{AgentError, Result};
 use aligngym_envs::{
     derive_seed, ChatEnvConfig, ConversationPair, Message, PreferenceOracle, PreferencePair,
-    RewardSource, Split, Task,
+    RewardSource, Role, Split, Task,
 };
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -31,6 +31,49 @@ pub struct PrefsConfig {
     /// Drop pairs the oracle finds exactly tied (equal gold reward, so `P(a ≻ b) = ½`): raters
     /// would answer "no preference", and a coin-flip label only adds noise. The query still counts.
     pub skip_ties: bool,
+    /// Where the two conversations of a multi-turn pair part (single-turn tasks ignore it).
+    pub branching: Branching,
+}
+
+/// Where the two conversations of a multi-turn pair part. Either way a pair is two whole
+/// conversations from the same first user message; what they share beyond it cancels in DPO's
+/// log-ratio difference, so a later branch point says which turn made the difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Branching {
+    /// At the first assistant turn: independent conversations. DPO on such pairs learns little
+    /// on guess-number-v0 (a long rejected conversation pushes down every later turn alike).
+    Start,
+    /// After the first `t` assistant turns of a conversation sampled first, `t` drawn uniformly
+    /// from 0 to its turns − 1: the samples of a prompt continue the same history.
+    #[default]
+    Turn,
+}
+
+impl std::str::FromStr for Branching {
+    type Err = AgentError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "start" => Ok(Self::Start),
+            "turn" => Ok(Self::Turn),
+            _ => Err(AgentError::config(
+                "branch",
+                format!(
+                    "unknown `{}`; expected start or turn",
+                    aligngym_envs::one_line(s)
+                ),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Branching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Start => "start",
+            Self::Turn => "turn",
+        })
+    }
 }
 
 /// Sample, label and return `cfg.pairs` pairs (pairs of identical completions are skipped: they
@@ -78,13 +121,49 @@ pub fn make_pairs(
             .collect();
         let mut envs = chat_envs(task.clone(), indices.len(), env_cfg.clone(), true)?;
         tch::manual_seed(s as i64);
-        let roll = collect(
-            generator,
-            &mut envs,
-            Start::Prompts(&indices),
-            &cfg.sampling,
-            None,
-        )?;
+        let roll = if multi_turn && cfg.branching == Branching::Turn {
+            let mut trunks = chat_envs(task.clone(), chosen.len(), env_cfg.clone(), true)?;
+            let trunk = collect(
+                generator,
+                &mut trunks,
+                Start::Prompts(&chosen),
+                &cfg.sampling,
+                None,
+            )?;
+            let branches: Vec<Branch> = trunk
+                .episodes
+                .iter()
+                .flat_map(|e| {
+                    let mine: Vec<String> = e
+                        .turns
+                        .iter()
+                        .filter(|m| m.role == Role::Assistant)
+                        .map(|m| m.content.clone())
+                        .collect();
+                    let t = rng.random_range(0..mine.len().max(1));
+                    let b = Branch {
+                        prompt: e.prompt_index,
+                        turns: mine[..t].to_vec(),
+                    };
+                    std::iter::repeat_n(b, k)
+                })
+                .collect();
+            collect(
+                generator,
+                &mut envs,
+                Start::Branches(&branches),
+                &cfg.sampling,
+                None,
+            )?
+        } else {
+            collect(
+                generator,
+                &mut envs,
+                Start::Prompts(&indices),
+                &cfg.sampling,
+                None,
+            )?
+        };
         let texts: Vec<&str> = roll.episodes.iter().map(|e| e.prompt.as_str()).collect();
         let comps: Vec<&str> = roll
             .episodes

@@ -289,6 +289,15 @@ impl Tokenizer {
         self.eot
     }
 
+    /// Ids of an assistant turn `content` as the policy would have written it: its text, then
+    /// end-of-turn (EOS for a tokenizer without one). DPO, the reward model and replayed branches
+    /// all encode a recorded turn this way.
+    pub fn turn_ids(&self, content: &str) -> Vec<u32> {
+        let mut ids = self.encode_ids(content);
+        ids.push(self.eot.unwrap_or(self.eos));
+        ids
+    }
+
     /// The ids that end a policy turn: EOS and, where there is one, end-of-turn.
     pub fn turn_stops(&self) -> Vec<u32> {
         std::iter::once(self.eos).chain(self.eot).collect()

@@ -30,6 +30,20 @@ pub enum Start<'a> {
     Seed(u64),
     /// Env i starts on prompt `indices[i]` of its split (evaluation, preference data).
     Prompts(&'a [usize]),
+    /// Env i continues the conversation `branches[i]` (preference pairs that part at a later turn).
+    Branches(&'a [Branch]),
+}
+
+/// A conversation to continue: prompt `prompt` of the split, then the assistant `turns` replayed
+/// through the env (which answers them as it would have), then sampling from there. The replayed
+/// turns are context, not the policy's tokens of this rollout: an episode's `turns` and reward
+/// cover the whole conversation, its tokens, mask and log-probs only what was sampled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Branch {
+    /// Index of the prompt in the env's split.
+    pub prompt: usize,
+    /// The assistant turns to replay, in order.
+    pub turns: Vec<String>,
 }
 
 /// One finished episode, on the host.
@@ -159,6 +173,15 @@ pub fn collect(
             }
             envs.reset_with(|i, e| e.reset_to(idx[i]))?
         }
+        Start::Branches(b) => {
+            if b.len() != envs.len() {
+                return Err(AgentError::config(
+                    "branches",
+                    format!("{} branches for {} envs", b.len(), envs.len()),
+                ));
+            }
+            envs.reset_with(|i, e| e.reset_to(b[i].prompt))?
+        }
     };
     let mut eps: Vec<Running> = obs
         .iter()
@@ -172,6 +195,9 @@ pub fn collect(
             done: None,
         })
         .collect();
+    if let Start::Branches(b) = start {
+        replay(tok, envs, b, &mut eps)?;
+    }
     let stops = tok.turn_stops();
     let prompts: Vec<Vec<u32>> = eps.iter().map(|e| e.prompt_ids.clone()).collect();
     let mut sampler = TurnSampler::new(
@@ -295,6 +321,39 @@ pub fn collect(
         )));
     }
     batch(policy, &eps, episodes)
+}
+
+/// Step each env through its branch's assistant turns, appending each turn (as
+/// [`Tokenizer::turn_ids`] encodes it) and the env's reply to that episode's prompt ids.
+fn replay(
+    tok: &crate::tokenizer::Tokenizer,
+    envs: &mut VecEnv<ChatEnv>,
+    branches: &[Branch],
+    eps: &mut [Running],
+) -> Result<()> {
+    let depth = branches.iter().map(|b| b.turns.len()).max().unwrap_or(0);
+    for r in 0..depth {
+        let actions: Vec<Option<String>> =
+            branches.iter().map(|b| b.turns.get(r).cloned()).collect();
+        for (i, s) in envs.step_some(&actions)?.into_iter().enumerate() {
+            let Some(s) = s else { continue };
+            if s.terminated || s.truncated {
+                return Err(AgentError::Data(format!(
+                    "a branch of prompt {} ended at its replayed turn {} (nothing is left to sample)",
+                    branches[i].prompt,
+                    r + 1
+                )));
+            }
+            let (reply, before) = s
+                .obs
+                .split_last()
+                .ok_or_else(|| AgentError::Data("an env continued with no reply".into()))?;
+            let ids = &mut eps[i].prompt_ids;
+            ids.extend(tok.turn_ids(&branches[i].turns[r]));
+            ids.extend(tok.message_ids(before, reply)?);
+        }
+    }
+    Ok(())
 }
 
 /// The finished episode of `e`, from the env's last step.

@@ -3,7 +3,7 @@
 //! last policy token of the episode, an overflowing reply truncates, and serial and rayon envs give
 //! identical PPO updates.
 
-use super::{chat_envs, collect, Start};
+use super::{chat_envs, collect, Branch, Start};
 use crate::losses::ppo_policy_loss;
 use crate::model::GptConfig;
 use crate::policy::LmPolicy;
@@ -175,6 +175,97 @@ impl Task for Chatty {
     fn max_turns(&self) -> usize {
         4
     }
+}
+
+#[test]
+fn a_branch_replays_its_turns_as_dpo_encodes_them_and_samples_on() {
+    let _g = crate::tests::lock();
+    let task: Arc<dyn Task> = Arc::new(GuessNumberTask::new());
+    let pi = policy(task.as_ref(), 128, 5);
+    let prompts: Vec<usize> = (0..8).collect();
+    let mut envs = chat_envs(task.clone(), prompts.len(), ChatEnvConfig::default(), true).unwrap();
+    tch::manual_seed(3);
+    let trunk = collect(&pi, &mut envs, Start::Prompts(&prompts), &sampling(), None).unwrap();
+    // Branch every trunk with two or more turns after its first turn, twice.
+    let branches: Vec<Branch> = trunk
+        .episodes
+        .iter()
+        .filter(|e| e.policy_turns >= 2)
+        .flat_map(|e| {
+            let b = Branch {
+                prompt: e.prompt_index,
+                turns: vec![e.turns[0].content.clone()],
+            };
+            [b.clone(), b]
+        })
+        .collect();
+    assert!(branches.len() >= 4, "{} branches", branches.len());
+    let mut envs = chat_envs(task.clone(), branches.len(), ChatEnvConfig::default(), true).unwrap();
+    tch::manual_seed(4);
+    let roll = collect(
+        &pi,
+        &mut envs,
+        Start::Branches(&branches),
+        &sampling(),
+        None,
+    )
+    .unwrap();
+    let prompt_rows: Vec<Vec<i64>> = Vec::try_from(&roll.seqs.prompt).unwrap();
+    let prompt_valid: Vec<Vec<bool>> = Vec::try_from(&roll.seqs.prompt_valid).unwrap();
+    for (i, (e, b)) in roll.episodes.iter().zip(&branches).enumerate() {
+        let t = &trunk.episodes[b.prompt];
+        // The whole conversation: the replayed turn and the env's same reply, then the samples.
+        assert_eq!(e.turns[..2], t.turns[..2], "episode {i}");
+        assert!(e.policy_turns >= 1 && e.turns.len() > 2);
+        assert_eq!(e.gold, task.gold().score(&e.prompt, &e.transcript));
+        // The context the sampler saw is the prompt, then the replayed turn and reply exactly as
+        // DPO tokenises them in a conversational pair.
+        let user = [Message::user(&e.prompt)];
+        let dpo = crate::dpo::encode_sequences(
+            &pi,
+            &[e.prompt.as_str()],
+            &[crate::dpo::Continuation::Turns {
+                prompt: &user,
+                turns: &e.turns[..2],
+            }],
+        )
+        .unwrap();
+        let cont: Vec<i64> = Vec::try_from(dpo.tokens.get(0)).unwrap();
+        let mut expect: Vec<i64> = pi
+            .tokenizer
+            .encode_prompt(&e.prompt)
+            .iter()
+            .map(|&x| x as i64)
+            .collect();
+        expect.extend(cont);
+        let seen: Vec<i64> = prompt_rows[i]
+            .iter()
+            .zip(&prompt_valid[i])
+            .filter(|(_, &v)| v)
+            .map(|(&x, _)| x)
+            .collect();
+        assert_eq!(seen, expect, "episode {i}");
+    }
+    // Sampling went on from that context: the recorded log-probs are a teacher-forced pass's.
+    let lp = tch::no_grad(|| sequence_logprobs(&pi.model, &roll.seqs, 1.0, false));
+    let d = (&lp - &roll.logprobs).abs().max().double_value(&[]);
+    assert!(d < 1e-4, "max |Δ log-prob| = {d}");
+    // A replayed turn that ends the game leaves nothing to sample: one line naming the prompt.
+    let p = &task.prompts(Split::Train)[0];
+    let (_, secret) = aligngym_envs::tasks::guess_number::game(p).unwrap();
+    let done = [Branch {
+        prompt: 0,
+        turns: vec![format!(" {secret}")],
+    }];
+    let mut envs = chat_envs(task.clone(), 1, ChatEnvConfig::default(), false).unwrap();
+    let err = collect(&pi, &mut envs, Start::Branches(&done), &sampling(), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("prompt 0 ended at its replayed turn 1"),
+        "{err}"
+    );
 }
 
 #[test]
