@@ -1264,6 +1264,23 @@ fn ppo_and_dpo_on_guess_number_through_the_cli() {
     let (first, last, kl) = gold_first_last(&grpo);
     eprintln!("guess-number-v0 GRPO: eval/gold_reward {first:.3} -> {last:.3}, KL {kl:.2}");
     assert!(last > first + 0.15, "GRPO gold {first:.3} -> {last:.3}");
+    // The other critic-free agents on the same multi-turn start: RLOO (k = 4) and online DPO
+    // (two fresh conversations per prompt, ranked by the gold reward).
+    for (agent, updates, margin) in [
+        ("rloo", "run.updates=20", 0.1),
+        ("online_dpo", "run.updates=40", 0.1),
+    ] {
+        let out = dir.join(agent);
+        let mut args = train_cmd(agent, "guess-number-v0", s, out.to_str().unwrap(), &eval);
+        args.extend(["--quiet", "--set", updates]);
+        run(&args);
+        let (first, last, kl) = gold_first_last(&out);
+        eprintln!("guess-number-v0 {agent}: eval/gold_reward {first:.3} -> {last:.3}, KL {kl:.2}");
+        assert!(
+            last > first + margin,
+            "{agent} gold {first:.3} -> {last:.3}"
+        );
+    }
     // DPO on pairs of whole conversations (parting at a random turn of a first sample: the
     // default), read back from the conversational JSONL: one epoch of 512 pairs.
     let p = dir.join("prefs.jsonl");
