@@ -928,7 +928,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
                 serde_json::to_string_pretty(&spec).map_err(|e| AgentError::Data(e.to_string()))?;
             commands::write_atomic(&dir.join("config.json"), &json)?;
         }
-        let pb = commands::progress(spec.run.updates, &spec.agent.to_string(), quiet);
+        let pb = commands::progress(spec.run.updates, &spec.agent().to_string(), quiet);
         let rows = runner::run(
             agent.as_mut(),
             &ev,
@@ -964,7 +964,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     let kl = crate::metrics::last(&rows, "eval/kl_to_ref").unwrap_or(f64::NAN);
     println!(
         "train {}: eval/gold_reward {first:.3} -> {last:.3}, eval/kl_to_ref {kl:.3}; run in {}",
-        spec.agent,
+        spec.agent(),
         dir.display()
     );
     Ok(())

@@ -4,53 +4,180 @@
 use crate::eval::EvalConfig;
 use crate::runner::RunConfig;
 use aligngym_agents::{
-    AgentError, BestOfNAgent, BestOfNConfig, DpoAgent, DpoConfig, GrpoAgent, GrpoConfig, KtoAgent,
-    KtoConfig, LmPolicy, OnlineDpoAgent, OnlineDpoConfig, PpoAgent, PpoConfig, ReinforcePpAgent,
-    ReinforcePpConfig, Result, RewardModel, RewardSignal, RlooAgent, RlooConfig, RunnableAgent,
+    AgentError, Algorithm, BestOfNConfig, BuildContext, DpoConfig, GrpoConfig, KtoConfig, Learns,
+    LmPolicy, OnlineDpoConfig, PpoConfig, ReinforcePpConfig, Result, RewardModel, RewardSignal,
+    RlooConfig, RunnableAgent,
 };
-use aligngym_envs::{read_pairs, read_unpaired, Feedback, Task};
+use aligngym_envs::{Feedback, Task};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Which agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum AgentKind {
+/// The registry of algorithms: `Variant(Config)` where `Config` implements [`Algorithm`] in its
+/// own file. This is the one line an algorithm adds here; the CLI's `--agent`, sweep specs,
+/// `config.json` sections, `--set` keys and the agent builder all come from it.
+macro_rules! algorithms {
+    ($($(#[$doc:meta])* $variant:ident($cfg:ty)),+ $(,)?) => {
+        /// Which algorithm a run trains (its name is the config's [`Algorithm::NAME`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum AgentKind {
+            $($(#[$doc])* $variant),+
+        }
+
+        /// An algorithm with its hyperparameters: the `"<name>": {…}` section of `config.json`.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum AgentConfig {
+            $($(#[$doc])* $variant($cfg)),+
+        }
+
+        impl AgentKind {
+            /// Every registered algorithm.
+            pub const ALL: &'static [AgentKind] = &[$(AgentKind::$variant),+];
+
+            /// Its name (`--agent`, sweep specs, `config.json`).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => <$cfg as Algorithm>::NAME),+
+                }
+            }
+
+            /// One line about it.
+            pub fn about(self) -> &'static str {
+                match self {
+                    $(Self::$variant => <$cfg as Algorithm>::ABOUT),+
+                }
+            }
+
+            /// What it learns from.
+            pub fn learns(self) -> Learns {
+                match self {
+                    $(Self::$variant => <$cfg as Algorithm>::LEARNS),+
+                }
+            }
+
+            /// Its config with every default.
+            pub fn default_config(self) -> AgentConfig {
+                match self {
+                    $(Self::$variant => AgentConfig::$variant(<$cfg>::default())),+
+                }
+            }
+        }
+
+        impl AgentConfig {
+            /// Which algorithm.
+            pub fn kind(&self) -> AgentKind {
+                match self {
+                    $(Self::$variant(_) => AgentKind::$variant),+
+                }
+            }
+
+            /// Check its ranges.
+            pub fn check(&self) -> Result<()> {
+                match self {
+                    $(Self::$variant(c) => c.check()),+
+                }
+            }
+
+            /// Build its agent.
+            pub fn build(&self, ctx: BuildContext) -> Result<Box<dyn RunnableAgent>> {
+                match self {
+                    $(Self::$variant(c) => c.build(ctx)),+
+                }
+            }
+
+            /// The section's JSON.
+            fn to_value(&self) -> serde_json::Result<Value> {
+                match self {
+                    $(Self::$variant(c) => serde_json::to_value(c)),+
+                }
+            }
+
+            /// The section of `kind` from its JSON (absent: the defaults).
+            fn from_value(kind: AgentKind, v: Option<Value>) -> serde_json::Result<Self> {
+                let Some(v) = v else {
+                    return Ok(kind.default_config());
+                };
+                Ok(match kind {
+                    $(AgentKind::$variant => Self::$variant(serde_json::from_value(v)?)),+
+                })
+            }
+        }
+    };
+}
+
+algorithms! {
     /// PPO with an actor-critic policy.
-    Ppo,
-    /// DPO on an offline preference buffer.
-    Dpo,
+    Ppo(PpoConfig),
+    /// DPO and its offline family on a preference file.
+    Dpo(DpoConfig),
     /// GRPO (and Dr. GRPO, DAPO): online, critic-free, group-relative advantages.
-    Grpo,
+    Grpo(GrpoConfig),
     /// RLOO: online, critic-free, leave-one-out baseline, KL in the reward.
-    Rloo,
+    Rloo(RlooConfig),
     /// REINFORCE++: online, critic-free, token KL in the reward, batch-whitened returns.
-    #[value(name = "reinforce_pp")]
-    ReinforcePp,
+    ReinforcePp(ReinforcePpConfig),
     /// Online DPO: two fresh samples per prompt, judged by the reward, a DPO-family loss.
-    #[value(name = "online_dpo")]
-    OnlineDpo,
+    OnlineDpo(OnlineDpoConfig),
     /// KTO on unpaired desirable/undesirable examples (or preference pairs, unpaired).
-    Kto,
+    Kto(KtoConfig),
     /// Best-of-n: no training; each episode the best of n samples by the reward.
-    #[value(name = "best_of_n")]
-    BestOfN,
+    BestOfN(BestOfNConfig),
+}
+
+impl AgentKind {
+    /// The valid names, for messages.
+    pub fn names() -> String {
+        Self::ALL
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 impl std::fmt::Display for AgentKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Ppo => "ppo",
-            Self::Dpo => "dpo",
-            Self::Grpo => "grpo",
-            Self::Rloo => "rloo",
-            Self::ReinforcePp => "reinforce_pp",
-            Self::OnlineDpo => "online_dpo",
-            Self::Kto => "kto",
-            Self::BestOfN => "best_of_n",
-        })
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for AgentKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown agent `{}`; expected one of {}",
+                    aligngym_envs::one_line(s),
+                    Self::names()
+                )
+            })
+    }
+}
+
+impl Serialize for AgentKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for AgentKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl clap::ValueEnum for AgentKind {
+    fn value_variants<'a>() -> &'a [Self] {
+        Self::ALL
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()).help(self.about()))
     }
 }
 
@@ -97,53 +224,96 @@ impl std::str::FromStr for RewardSpec {
     }
 }
 
-/// Everything that defines a training run.
+/// Everything that defines a training run. `config.json` holds it as `agent`, the inputs, the
+/// algorithm's section under its name (`"ppo": {…}`), `run` and `eval`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "SpecFile", into = "SpecFile")]
 pub struct TrainSpec {
-    /// The agent.
-    pub agent: AgentKind,
     /// The env id.
     pub env: String,
     /// The starting policy (also the frozen reference).
     pub policy: PathBuf,
-    /// PPO's reward.
+    /// An online agent's reward.
     pub reward: RewardSpec,
-    /// DPO's preference file.
+    /// An offline agent's preference (or unpaired) file.
     pub prefs: Option<PathBuf>,
     /// Oracle queries the preference file cost (default: one per pair).
-    #[serde(default)]
     pub prefs_queries: Option<u64>,
     /// Run seed.
     pub seed: u64,
-    /// PPO hyperparameters (PPO runs only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ppo: Option<PpoConfig>,
-    /// DPO hyperparameters (DPO runs only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dpo: Option<DpoConfig>,
-    /// GRPO hyperparameters (GRPO runs only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grpo: Option<GrpoConfig>,
-    /// RLOO hyperparameters (RLOO runs only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rloo: Option<RlooConfig>,
-    /// REINFORCE++ hyperparameters (REINFORCE++ runs only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reinforce_pp: Option<ReinforcePpConfig>,
-    /// Online DPO hyperparameters (online DPO runs only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub online_dpo: Option<OnlineDpoConfig>,
-    /// KTO hyperparameters (KTO runs only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kto: Option<KtoConfig>,
-    /// Best-of-n settings (best-of-n runs only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub best_of_n: Option<BestOfNConfig>,
+    /// The algorithm and its hyperparameters.
+    pub config: AgentConfig,
     /// Run length and evaluation cadence.
     pub run: RunConfig,
     /// The shared evaluation.
     pub eval: EvalConfig,
+}
+
+/// [`TrainSpec`] as `config.json` spells it.
+#[derive(Serialize, Deserialize)]
+struct SpecFile {
+    agent: AgentKind,
+    env: String,
+    policy: PathBuf,
+    reward: RewardSpec,
+    prefs: Option<PathBuf>,
+    #[serde(default)]
+    prefs_queries: Option<u64>,
+    seed: u64,
+    /// The agent's section, under its name (and anything unknown, refused on reading).
+    #[serde(flatten)]
+    sections: Map<String, Value>,
+    run: RunConfig,
+    eval: EvalConfig,
+}
+
+impl TryFrom<SpecFile> for TrainSpec {
+    type Error = String;
+    fn try_from(mut f: SpecFile) -> std::result::Result<Self, String> {
+        let section = f.sections.remove(f.agent.name());
+        if let Some(k) = f.sections.keys().next() {
+            return Err(format!(
+                "unknown field `{}` (a run of agent `{}` has a `{}` section)",
+                aligngym_envs::one_line(k),
+                f.agent,
+                f.agent
+            ));
+        }
+        let config = AgentConfig::from_value(f.agent, section).map_err(|e| e.to_string())?;
+        Ok(Self {
+            env: f.env,
+            policy: f.policy,
+            reward: f.reward,
+            prefs: f.prefs,
+            prefs_queries: f.prefs_queries,
+            seed: f.seed,
+            config,
+            run: f.run,
+            eval: f.eval,
+        })
+    }
+}
+
+impl From<TrainSpec> for SpecFile {
+    fn from(s: TrainSpec) -> Self {
+        let mut sections = Map::new();
+        sections.insert(
+            s.config.kind().name().to_string(),
+            s.config.to_value().unwrap_or_default(),
+        );
+        Self {
+            agent: s.config.kind(),
+            env: s.env,
+            policy: s.policy,
+            reward: s.reward,
+            prefs: s.prefs,
+            prefs_queries: s.prefs_queries,
+            seed: s.seed,
+            sections,
+            run: s.run,
+            eval: s.eval,
+        }
+    }
 }
 
 impl TrainSpec {
@@ -157,24 +327,21 @@ impl TrainSpec {
         seed: u64,
     ) -> Self {
         Self {
-            agent,
             env: env.to_string(),
             policy,
             reward,
             prefs,
             prefs_queries: None,
             seed,
-            ppo: (agent == AgentKind::Ppo).then(PpoConfig::default),
-            dpo: (agent == AgentKind::Dpo).then(DpoConfig::default),
-            grpo: (agent == AgentKind::Grpo).then(GrpoConfig::default),
-            rloo: (agent == AgentKind::Rloo).then(RlooConfig::default),
-            reinforce_pp: (agent == AgentKind::ReinforcePp).then(ReinforcePpConfig::default),
-            online_dpo: (agent == AgentKind::OnlineDpo).then(OnlineDpoConfig::default),
-            kto: (agent == AgentKind::Kto).then(KtoConfig::default),
-            best_of_n: (agent == AgentKind::BestOfN).then(BestOfNConfig::default),
+            config: agent.default_config(),
             run: RunConfig::default(),
             eval: EvalConfig::default(),
         }
+    }
+
+    /// The algorithm.
+    pub fn agent(&self) -> AgentKind {
+        self.config.kind()
     }
 
     /// Make every input path absolute, relative paths taken from `base`: a run records absolute
@@ -195,7 +362,7 @@ impl TrainSpec {
     /// Apply `key=value` overrides. A bare key is looked up in the agent's section, then `run`, then
     /// `eval`; `section.key` names it fully. Unknown keys and unparsable values are errors.
     pub fn apply_sets(&mut self, sets: &[String]) -> Result<()> {
-        let agent = self.agent.to_string();
+        let agent = self.agent().to_string();
         let resolve = |v: &Value, key: &str| -> Option<Vec<String>> {
             if key.contains('.') {
                 return Some(key.split('.').map(String::from).collect());
@@ -217,30 +384,7 @@ impl TrainSpec {
 
     /// Check every section.
     pub fn validate(&self) -> Result<()> {
-        if let Some(p) = &self.ppo {
-            p.validate()?;
-        }
-        if let Some(d) = &self.dpo {
-            d.validate()?;
-        }
-        if let Some(g) = &self.grpo {
-            g.validate()?;
-        }
-        if let Some(r) = &self.rloo {
-            r.validate()?;
-        }
-        if let Some(r) = &self.reinforce_pp {
-            r.validate()?;
-        }
-        if let Some(o) = &self.online_dpo {
-            o.validate()?;
-        }
-        if let Some(k) = &self.kto {
-            k.validate()?;
-        }
-        if let Some(b) = &self.best_of_n {
-            b.validate()?;
-        }
+        self.config.check()?;
         // max_new_tokens 0 means "the task's own limit", filled in when the evaluator is built.
         let mut sampling = self.eval.sampling.clone();
         sampling.max_new_tokens = sampling.max_new_tokens.max(1);
@@ -356,116 +500,73 @@ pub fn build_agent(
             )),
         })
     };
-    // A reward model's preference labels count as oracle queries of the agent that uses it.
-    let prior = if matches!(spec.reward, RewardSpec::Rm(_)) {
-        spec.prefs_queries.unwrap_or(0)
-    } else {
-        0
+    let ctx = BuildContext {
+        task: task.clone(),
+        policy,
+        reward: &reward,
+        learned_reward: matches!(spec.reward, RewardSpec::Rm(_)),
+        prefs: spec.prefs.as_deref(),
+        prefs_queries: spec.prefs_queries,
+        updates: spec.run.updates as usize,
+        seed: spec.seed,
     };
-    let agent: Box<dyn RunnableAgent> = match spec.agent {
-        AgentKind::Ppo => Box::new(
-            PpoAgent::new(
-                spec.ppo.clone().unwrap_or_default(),
-                task.clone(),
-                policy,
-                reward()?,
-                spec.seed,
-            )?
-            .with_prior_oracle_queries(prior),
-        ),
-        AgentKind::Grpo => Box::new(
-            GrpoAgent::new(
-                spec.grpo.clone().unwrap_or_default(),
-                task.clone(),
-                policy,
-                reward()?,
-                spec.seed,
-            )?
-            .with_prior_oracle_queries(prior),
-        ),
-        AgentKind::Rloo => Box::new(
-            RlooAgent::new(
-                spec.rloo.clone().unwrap_or_default(),
-                task.clone(),
-                policy,
-                reward()?,
-                spec.seed,
-            )?
-            .with_prior_oracle_queries(prior),
-        ),
-        AgentKind::ReinforcePp => Box::new(
-            ReinforcePpAgent::new(
-                spec.reinforce_pp.clone().unwrap_or_default(),
-                task.clone(),
-                policy,
-                reward()?,
-                spec.seed,
-            )?
-            .with_prior_oracle_queries(prior),
-        ),
-        AgentKind::OnlineDpo => {
-            let cfg = spec.online_dpo.clone().unwrap_or_default();
-            // The oracle judge is the env's rater: it compares on the gold reward, which agents
-            // never see as a score (so preference-only envs allow it).
-            let signal = match (cfg.judge, &spec.reward) {
-                (aligngym_agents::Judge::Oracle, RewardSpec::Gold) => RewardSignal::Gold,
-                (aligngym_agents::Judge::Oracle, RewardSpec::Rm(_)) => {
-                    return Err(AgentError::config(
-                        "judge",
-                        "the oracle judge compares on the env's gold reward: leave --reward at gold (or judge=reward to judge by the reward model)",
-                    ))
-                }
-                (aligngym_agents::Judge::Reward, _) => reward()?,
-            };
-            Box::new(
-                OnlineDpoAgent::new(cfg, task.clone(), policy, signal, spec.seed)?
-                    .with_prior_oracle_queries(prior),
-            )
-        }
-        AgentKind::BestOfN => Box::new(
-            BestOfNAgent::new(
-                spec.best_of_n.clone().unwrap_or_default(),
-                policy,
-                reward()?,
-            )?
-            .with_prior_oracle_queries(prior),
-        ),
-        AgentKind::Kto => {
-            let path = spec.prefs.as_ref().ok_or_else(|| {
-                AgentError::config(
-                    "prefs",
-                    "KTO needs --prefs FILE (lines {prompt, completion, label}, or preference pairs)",
-                )
-            })?;
-            let examples = read_unpaired(path)?;
-            let queries = spec.prefs_queries.unwrap_or(examples.len() as u64);
-            Box::new(KtoAgent::new(
-                spec.kto.clone().unwrap_or_default(),
-                policy,
-                &examples,
-                queries,
-                spec.run.updates as usize,
-                spec.seed,
-            )?)
-        }
-        AgentKind::Dpo => {
-            let path = spec.prefs.as_ref().ok_or_else(|| {
-                AgentError::config(
-                    "prefs",
-                    "DPO needs --prefs FILE (make one with `aligngym prefs`)",
-                )
-            })?;
-            let pairs = read_pairs(path)?;
-            let queries = spec.prefs_queries.unwrap_or(pairs.len() as u64);
-            Box::new(DpoAgent::new(
-                spec.dpo.clone().unwrap_or_default(),
-                policy,
-                &pairs,
-                queries,
-                spec.run.updates as usize,
-                spec.seed,
-            )?)
-        }
-    };
+    let agent = spec.config.build(ctx)?;
     Ok((agent, start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: AgentKind) -> TrainSpec {
+        TrainSpec::new(kind, "arithmetic-v0", "p".into(), RewardSpec::Gold, None, 3)
+    }
+
+    #[test]
+    fn config_json_holds_the_agents_section_under_its_name_and_reads_back() {
+        for &kind in AgentKind::ALL {
+            let s = spec(kind);
+            let v = serde_json::to_value(&s).unwrap();
+            assert_eq!(v["agent"], kind.name());
+            let sections: Vec<&String> = v
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| AgentKind::ALL.iter().any(|a| a.name() == k.as_str()))
+                .collect();
+            assert_eq!(sections, [kind.name()], "{kind}");
+            let back: TrainSpec = serde_json::from_value(v).unwrap();
+            assert_eq!(back, s);
+            assert_eq!(kind.name().parse::<AgentKind>().unwrap(), kind);
+        }
+        // A missing section means the defaults; `--set` reaches the section by bare key.
+        let mut v = serde_json::to_value(spec(AgentKind::Grpo)).unwrap();
+        v.as_object_mut().unwrap().remove("grpo");
+        let mut back: TrainSpec = serde_json::from_value(v).unwrap();
+        assert_eq!(back, spec(AgentKind::Grpo));
+        back.apply_sets(&["num_generations=4".into()]).unwrap();
+        match &back.config {
+            AgentConfig::Grpo(c) => assert_eq!(c.num_generations, 4),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn another_agents_section_or_an_unknown_name_is_one_line() {
+        let mut v = serde_json::to_value(spec(AgentKind::Ppo)).unwrap();
+        v["dpo"] = serde_json::json!({});
+        let e = serde_json::from_value::<TrainSpec>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `dpo`"), "{e}");
+        let e = "grop".parse::<AgentKind>().unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "unknown agent `grop`; expected one of {}",
+                AgentKind::names()
+            )
+        );
+        assert!(!e.contains('\n'));
+    }
 }

@@ -7,7 +7,7 @@ use crate::metrics::{read_long_csv, MetricRow};
 use aligngym_agents::preferences::Branching;
 use aligngym_agents::sampling::SamplingConfig;
 use aligngym_agents::sft::SftConfig;
-use aligngym_agents::{AgentError, LmPolicy, Result, RmConfig};
+use aligngym_agents::{AgentError, Learns, LmPolicy, Result, RmConfig};
 use aligngym_envs::{read_pairs, task, write_pairs, OracleConfig, PreferencePair};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -834,8 +834,8 @@ fn train_args(
     } else {
         None
     };
-    match (r.agent.agent, rm) {
-        (crate::spec::AgentKind::Dpo | crate::spec::AgentKind::Kto, _) => {
+    match (r.agent.agent.learns(), rm) {
+        (Learns::Offline, _) => {
             a.extend([
                 "--prefs".into(),
                 prefs_path.display().to_string(),
@@ -843,15 +843,7 @@ fn train_args(
                 format!("prefs_queries={queries}"),
             ]);
         }
-        (
-            crate::spec::AgentKind::Ppo
-            | crate::spec::AgentKind::Grpo
-            | crate::spec::AgentKind::Rloo
-            | crate::spec::AgentKind::ReinforcePp
-            | crate::spec::AgentKind::OnlineDpo
-            | crate::spec::AgentKind::BestOfN,
-            Some(rm),
-        ) => {
+        (Learns::Online, Some(rm)) => {
             a.extend([
                 "--reward".into(),
                 format!("rm:{}", rm.display()),
@@ -859,15 +851,7 @@ fn train_args(
                 format!("prefs_queries={queries}"),
             ]);
         }
-        (
-            crate::spec::AgentKind::Ppo
-            | crate::spec::AgentKind::Grpo
-            | crate::spec::AgentKind::Rloo
-            | crate::spec::AgentKind::ReinforcePp
-            | crate::spec::AgentKind::OnlineDpo
-            | crate::spec::AgentKind::BestOfN,
-            None,
-        ) => a.extend(["--reward".into(), "gold".into()]),
+        (Learns::Online, None) => a.extend(["--reward".into(), "gold".into()]),
     }
     let eval_every = ((spec.eval_every as f64 * spec.scale).round() as u64).max(1);
     a.extend([

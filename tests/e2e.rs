@@ -713,7 +713,7 @@ fn bad_input_gets_one_line_and_a_nonzero_exit() {
             "--out",
             root().join("typo-out").to_str().unwrap(),
         ],
-        "line 6, column 9: unknown variant `grop`, expected one of `ppo`, `dpo`, `grpo`, `rloo`, `reinforce_pp`, `online_dpo`",
+        "typo-agent.toml: line 6, column 9: unknown agent `grop`; expected one of ppo, dpo, grpo, rloo, reinforce_pp, online_dpo, kto, best_of_n",
     );
 }
 

@@ -212,16 +212,7 @@ fn fuzz_set_values() {
     fuzz("set", |bytes| {
         let text = String::from_utf8_lossy(bytes);
         let sets: Vec<String> = text.lines().map(String::from).collect();
-        for agent in [
-            AgentKind::Ppo,
-            AgentKind::Dpo,
-            AgentKind::Grpo,
-            AgentKind::Rloo,
-            AgentKind::ReinforcePp,
-            AgentKind::OnlineDpo,
-            AgentKind::Kto,
-            AgentKind::BestOfN,
-        ] {
+        for &agent in AgentKind::ALL {
             let mut spec = TrainSpec::new(
                 agent,
                 "arithmetic-v0",

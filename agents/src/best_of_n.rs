@@ -11,8 +11,10 @@
 //! tie (a rule reward with few values).
 
 use crate::agent::{Agent, Budget, Metrics, Resumable, Selection, StateFile};
+use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::policy::LmPolicy;
 use crate::ppo::RewardSignal;
+use crate::RunnableAgent;
 use crate::{AgentError, Result};
 use aligngym_envs::RewardFn;
 use serde::{Deserialize, Serialize};
@@ -39,6 +41,21 @@ impl BestOfNConfig {
             return Err(AgentError::config("n", "expected 1 to 1024"));
         }
         Ok(())
+    }
+}
+
+impl Algorithm for BestOfNConfig {
+    const NAME: &'static str = "best_of_n";
+    const ABOUT: &'static str =
+        "Best-of-n: no training; each episode the best of n samples by the reward";
+    const LEARNS: Learns = Learns::Online;
+    fn check(&self) -> Result<()> {
+        self.validate()
+    }
+    fn build(&self, ctx: BuildContext) -> Result<Box<dyn RunnableAgent>> {
+        let prior = ctx.prior_queries();
+        let agent = BestOfNAgent::new(self.clone(), ctx.policy, (ctx.reward)()?)?;
+        Ok(Box::new(agent.with_prior_oracle_queries(prior)))
     }
 }
 

@@ -4,11 +4,13 @@
 //! halves the forward work of every step.
 
 use crate::agent::{Agent, Budget, Metrics, Resumable, StateFile};
+use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::losses::{dpo_loss, DpoLoss, DpoLossParams, PairScores};
 use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
 use crate::policy::LmPolicy;
 use crate::sampling::{left_pad, right_pad, sequence_logprobs, Sequences};
 use crate::tokenizer::Tokenizer;
+use crate::RunnableAgent;
 use crate::{AgentError, Result};
 use aligngym_envs::{derive_seed, Message, PreferencePair, Role, TextCodec};
 use rand::rngs::StdRng;
@@ -95,6 +97,29 @@ impl DpoConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl Algorithm for DpoConfig {
+    const NAME: &'static str = "dpo";
+    const ABOUT: &'static str = "DPO (and its offline family) on a preference file";
+    const LEARNS: Learns = Learns::Offline;
+    fn check(&self) -> Result<()> {
+        self.validate()
+    }
+    fn build(&self, ctx: BuildContext) -> Result<Box<dyn RunnableAgent>> {
+        let path = ctx.prefs_file("DPO", "make one with `aligngym prefs`")?;
+        let pairs = aligngym_envs::read_pairs(path)?;
+        let queries = ctx.prefs_queries.unwrap_or(pairs.len() as u64);
+        let agent = DpoAgent::new(
+            self.clone(),
+            ctx.policy,
+            &pairs,
+            queries,
+            ctx.updates,
+            ctx.seed,
+        )?;
+        Ok(Box::new(agent))
     }
 }
 

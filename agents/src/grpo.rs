@@ -12,12 +12,14 @@
 //! k3 KL to the frozen reference when β > 0, normalised per `loss_type` → **budget**.
 
 use crate::agent::{Agent, Budget, Metrics, StateFile};
+use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::losses::masked_mean;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::policy::LmPolicy;
 use crate::ppo::RewardSignal;
 use crate::rollout::{chat_envs, collect, Rollout, Start};
 use crate::sampling::{sequence_logprobs, sequence_outputs, SamplingConfig};
+use crate::RunnableAgent;
 use crate::{AgentError, Result};
 use aligngym_envs::{
     derive_seed, ChatEnv, ChatEnvConfig, RewardFn, RewardSource, Split, Task, VecEnv,
@@ -156,6 +158,22 @@ impl GrpoConfig {
             (None, GrpoLoss::Dapo) => 0.28,
             (None, _) => self.epsilon,
         }
+    }
+}
+
+impl Algorithm for GrpoConfig {
+    const NAME: &'static str = "grpo";
+    const ABOUT: &'static str =
+        "GRPO (and Dr. GRPO, DAPO): online, critic-free, group-relative advantages";
+    const LEARNS: Learns = Learns::Online;
+    fn check(&self) -> Result<()> {
+        self.validate()
+    }
+    fn build(&self, ctx: BuildContext) -> Result<Box<dyn RunnableAgent>> {
+        let prior = ctx.prior_queries();
+        let reward = (ctx.reward)()?;
+        let agent = GrpoAgent::new(self.clone(), ctx.task, ctx.policy, reward, ctx.seed)?;
+        Ok(Box::new(agent.with_prior_oracle_queries(prior)))
     }
 }
 

@@ -10,6 +10,7 @@
 //! [`kto_loss`] around [`kto_reference_point`] → **step** → **budget**.
 
 use crate::agent::{Agent, Budget, Metrics, Resumable};
+use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::dpo::{
     encode_pairs, epoch_batch, load_offline_state, pair_logps, reference_pair_logps,
     save_offline_state, PairBatch,
@@ -17,6 +18,7 @@ use crate::dpo::{
 use crate::losses::{kto_loss, kto_reference_point};
 use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
 use crate::policy::LmPolicy;
+use crate::RunnableAgent;
 use crate::{AgentError, Result};
 use aligngym_envs::{ConversationPair, PreferencePair, UnpairedExample};
 use serde::{Deserialize, Serialize};
@@ -73,6 +75,33 @@ impl KtoConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl Algorithm for KtoConfig {
+    const NAME: &'static str = "kto";
+    const ABOUT: &'static str =
+        "KTO on unpaired desirable/undesirable examples (or preference pairs, unpaired)";
+    const LEARNS: Learns = Learns::Offline;
+    fn check(&self) -> Result<()> {
+        self.validate()
+    }
+    fn build(&self, ctx: BuildContext) -> Result<Box<dyn RunnableAgent>> {
+        let path = ctx.prefs_file(
+            "KTO",
+            "lines {prompt, completion, label}, or preference pairs",
+        )?;
+        let examples = aligngym_envs::read_unpaired(path)?;
+        let queries = ctx.prefs_queries.unwrap_or(examples.len() as u64);
+        let agent = KtoAgent::new(
+            self.clone(),
+            ctx.policy,
+            &examples,
+            queries,
+            ctx.updates,
+            ctx.seed,
+        )?;
+        Ok(Box::new(agent))
     }
 }
 

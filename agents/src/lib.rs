@@ -7,6 +7,7 @@
 //! learned [`reward_model::RewardModel`].
 
 pub mod agent;
+pub mod algorithm;
 pub mod best_of_n;
 pub mod chat_template;
 pub mod checkpoint;
@@ -34,6 +35,7 @@ pub mod sft;
 pub mod tokenizer;
 
 pub use agent::{Agent, Budget, Metrics, Resumable, RunnableAgent, Selection};
+pub use algorithm::{Algorithm, BuildContext, Learns};
 pub use best_of_n::{BestOfNAgent, BestOfNConfig};
 pub use device::{DeviceChoice, Precision};
 pub use dpo::{DpoAgent, DpoConfig};

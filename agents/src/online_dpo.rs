@@ -12,11 +12,13 @@
 //! gradient step → **budget**.
 
 use crate::agent::{Agent, Metrics};
+use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::grpo::{group_agent_accessors, group_agent_plumbing, GroupBatch, GroupCore, StepStats};
 use crate::losses::{dpo_loss, masked_mean, DpoLoss, DpoLossParams, PairScores};
 use crate::policy::LmPolicy;
 use crate::ppo::RewardSignal;
 use crate::sampling::sequence_outputs;
+use crate::RunnableAgent;
 use crate::{AgentError, Result};
 use aligngym_envs::{oracle::preference_probability, OracleConfig, Task};
 use rand::{Rng, SeedableRng};
@@ -128,6 +130,33 @@ impl OnlineDpoConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl Algorithm for OnlineDpoConfig {
+    const NAME: &'static str = "online_dpo";
+    const ABOUT: &'static str =
+        "Online DPO: two fresh samples per prompt, judged by the reward, a DPO-family loss";
+    const LEARNS: Learns = Learns::Online;
+    fn check(&self) -> Result<()> {
+        self.validate()
+    }
+    fn build(&self, ctx: BuildContext) -> Result<Box<dyn RunnableAgent>> {
+        let prior = ctx.prior_queries();
+        // The oracle judge is the env's rater: it compares on the gold reward, which agents never
+        // see as a score (so preference-only envs allow it).
+        let signal = match self.judge {
+            Judge::Oracle if ctx.learned_reward => {
+                return Err(AgentError::config(
+                    "judge",
+                    "the oracle judge compares on the env's gold reward: leave --reward at gold (or judge=reward to judge by the reward model)",
+                ))
+            }
+            Judge::Oracle => RewardSignal::Gold,
+            Judge::Reward => (ctx.reward)()?,
+        };
+        let agent = OnlineDpoAgent::new(self.clone(), ctx.task, ctx.policy, signal, ctx.seed)?;
+        Ok(Box::new(agent.with_prior_oracle_queries(prior)))
     }
 }
 

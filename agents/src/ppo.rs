@@ -11,6 +11,7 @@
 //! `kl_coef`) → **budget**.
 
 use crate::agent::{Agent, Budget, Metrics, Resumable, StateFile};
+use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::losses::{
     gae, kl_per_token, masked_mean, masked_var, ppo_policy_loss, ppo_value_loss, shaped_rewards,
     whiten, KlEstimator,
@@ -22,6 +23,7 @@ use crate::sampling::{
     completion_hidden, sequence_logprobs, sequence_outputs, Generation, SamplingConfig, Sequences,
 };
 use crate::tokenizer::Tokenizer;
+use crate::RunnableAgent;
 use crate::{AgentError, Result};
 use aligngym_envs::{
     derive_seed, ChatEnv, ChatEnvConfig, RewardFn, RewardSource, Split, Task, VecEnv,
@@ -173,6 +175,21 @@ impl PpoConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl Algorithm for PpoConfig {
+    const NAME: &'static str = "ppo";
+    const ABOUT: &'static str = "PPO with an actor-critic policy";
+    const LEARNS: Learns = Learns::Online;
+    fn check(&self) -> Result<()> {
+        self.validate()
+    }
+    fn build(&self, ctx: BuildContext) -> Result<Box<dyn RunnableAgent>> {
+        let prior = ctx.prior_queries();
+        let reward = (ctx.reward)()?;
+        let agent = PpoAgent::new(self.clone(), ctx.task, ctx.policy, reward, ctx.seed)?;
+        Ok(Box::new(agent.with_prior_oracle_queries(prior)))
     }
 }
 

@@ -12,12 +12,14 @@
 //! (OpenRLHF's token-level mean) → **budget**.
 
 use crate::agent::{Agent, Metrics};
+use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::grpo::{
     group_agent_accessors, group_agent_plumbing, GroupBatch, GroupCore, GrpoLoss, Steps,
 };
 use crate::losses::{gae, kl_per_token, shaped_rewards, whiten, KlEstimator};
 use crate::policy::LmPolicy;
 use crate::ppo::RewardSignal;
+use crate::RunnableAgent;
 use crate::{AgentError, Result};
 use aligngym_envs::Task;
 use serde::{Deserialize, Serialize};
@@ -113,6 +115,22 @@ impl ReinforcePpConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl Algorithm for ReinforcePpConfig {
+    const NAME: &'static str = "reinforce_pp";
+    const ABOUT: &'static str =
+        "REINFORCE++: online, critic-free, token KL in the reward, batch-whitened returns";
+    const LEARNS: Learns = Learns::Online;
+    fn check(&self) -> Result<()> {
+        self.validate()
+    }
+    fn build(&self, ctx: BuildContext) -> Result<Box<dyn RunnableAgent>> {
+        let prior = ctx.prior_queries();
+        let reward = (ctx.reward)()?;
+        let agent = ReinforcePpAgent::new(self.clone(), ctx.task, ctx.policy, reward, ctx.seed)?;
+        Ok(Box::new(agent.with_prior_oracle_queries(prior)))
     }
 }
 

@@ -12,11 +12,13 @@
 //! **budget**.
 
 use crate::agent::{Agent, Metrics};
+use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::grpo::{
     group_agent_accessors, group_agent_plumbing, GroupBatch, GroupCore, GrpoLoss, Steps,
 };
 use crate::policy::LmPolicy;
 use crate::ppo::RewardSignal;
+use crate::RunnableAgent;
 use crate::{AgentError, Result};
 use aligngym_envs::Task;
 use serde::{Deserialize, Serialize};
@@ -105,6 +107,22 @@ impl RlooConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl Algorithm for RlooConfig {
+    const NAME: &'static str = "rloo";
+    const ABOUT: &'static str =
+        "RLOO: online, critic-free, leave-one-out baseline, KL in the reward";
+    const LEARNS: Learns = Learns::Online;
+    fn check(&self) -> Result<()> {
+        self.validate()
+    }
+    fn build(&self, ctx: BuildContext) -> Result<Box<dyn RunnableAgent>> {
+        let prior = ctx.prior_queries();
+        let reward = (ctx.reward)()?;
+        let agent = RlooAgent::new(self.clone(), ctx.task, ctx.policy, reward, ctx.seed)?;
+        Ok(Box::new(agent.with_prior_oracle_queries(prior)))
     }
 }
 
