@@ -43,9 +43,7 @@ impl Compute {
 
 /// Parameters of the model in a checkpoint directory (0 when it cannot be read: the command that
 /// loads it says why).
-fn params_of(dir: &Path) -> usize {
-    aligngym_agents::checkpoint::read_config(dir).map_or(0, |c| c.model.num_params())
-}
+use commands::params_of;
 
 /// aligngym: a gym for LLM alignment algorithms. Define a task once; compare PPO, DPO and more on it
 /// under the same budget, prompts and evaluation, against a gold reward the agents never see.
@@ -253,17 +251,21 @@ pub struct TrainRmArgs {
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// Which agent.
-    #[arg(long, value_enum, required_unless_present = "resume")]
+    #[arg(long, value_enum, required_unless_present_any = ["resume", "spec"])]
     pub agent: Option<AgentKind>,
     /// Environment id.
-    #[arg(long, required_unless_present = "resume")]
+    #[arg(long, required_unless_present_any = ["resume", "spec"])]
     pub env: Option<String>,
     /// Starting policy checkpoint (also the frozen reference).
-    #[arg(long, required_unless_present = "resume")]
+    #[arg(long, required_unless_present_any = ["resume", "spec"])]
     pub policy: Option<PathBuf>,
-    /// PPO's reward: `gold` (the env's) or `rm:DIR` (a trained reward model).
-    #[arg(long, default_value = "gold")]
-    pub reward: String,
+    /// A whole run spec in `config.json`'s form (what a sweep hands each run) instead of
+    /// --agent, --env, --policy, --reward, --prefs, --seed and --set.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["agent", "env", "policy", "reward", "prefs", "sets", "seed", "resume"])]
+    pub spec: Option<PathBuf>,
+    /// An online agent's reward: `gold` (the env's) or `rm:DIR` (a trained reward model).
+    #[arg(long)]
+    pub reward: Option<String>,
     /// The preference JSONL of DPO (pairs) and KTO (`{prompt, completion, label}` lines, or pairs).
     #[arg(long)]
     pub prefs: Option<PathBuf>,
@@ -279,9 +281,9 @@ pub struct TrainArgs {
     /// a run).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
-    /// Run seed.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Run seed (default 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
     #[command(flatten)]
     pub compute: Compute,
     /// Continue a stopped run from its directory (weights, optimiser, KL controller, counters).
@@ -823,6 +825,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         agent,
         env,
         policy,
+        spec: spec_file,
         reward,
         prefs,
         out,
@@ -842,10 +845,23 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     // keeps its own unless told otherwise, and `--set run.dtype` is not overruled by `auto`.
     let mut sets = sets;
     let chosen = sets.iter().any(|s| s.starts_with("run.dtype="));
-    let params = policy.as_deref().map_or(0, params_of);
+    // A spec file is the whole run as its writer decided it, precision included.
+    let from_file = match &spec_file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).map_err(|e| AgentError::io(file, e))?;
+            let spec: TrainSpec = serde_json::from_str(&text)
+                .map_err(|e| AgentError::Data(format!("{}: {e}", file.display())))?;
+            Some(spec)
+        }
+        None => None,
+    };
+    let params = policy
+        .as_deref()
+        .or(from_file.as_ref().map(|s| s.policy.as_path()))
+        .map_or(0, params_of);
     match compute.dtype {
         Some(d) => sets.push(format!("run.dtype={}", d.resolve(dev, params))),
-        None if resume.is_none() && !chosen => sets.push(format!(
+        None if resume.is_none() && from_file.is_none() && !chosen => sets.push(format!(
             "run.dtype={}",
             DtypeChoice::Auto.resolve(dev, params)
         )),
@@ -892,16 +908,25 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
             (spec, dir, true)
         }
         None => {
-            let (agent, env, policy, out) = (
-                agent.unwrap_or(AgentKind::Ppo),
-                env.unwrap_or_default(),
-                policy.unwrap_or_default(),
-                out.unwrap_or_default(),
-            );
-            let reward: RewardSpec = reward
-                .parse()
-                .map_err(|m: String| AgentError::config("reward", m))?;
-            let mut spec = TrainSpec::new(agent, &env, policy, reward, prefs, seed);
+            let out = out.unwrap_or_default();
+            let mut spec = match from_file {
+                Some(spec) => spec,
+                None => {
+                    let reward: RewardSpec = reward
+                        .as_deref()
+                        .unwrap_or("gold")
+                        .parse()
+                        .map_err(|m: String| AgentError::config("reward", m))?;
+                    TrainSpec::new(
+                        agent.unwrap_or(AgentKind::Ppo),
+                        &env.unwrap_or_default(),
+                        policy.unwrap_or_default(),
+                        reward,
+                        prefs,
+                        seed.unwrap_or(0),
+                    )
+                }
+            };
             spec.apply_sets(&sets)?;
             let cwd = std::env::current_dir().map_err(|e| AgentError::io(".", e))?;
             spec.anchor_inputs(&cwd);

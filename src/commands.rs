@@ -488,3 +488,9 @@ pub fn gpu_check() -> Result<()> {
     println!("gpu-check: OK");
     Ok(())
 }
+
+/// Parameters of the model in checkpoint `dir` (0 when it cannot be read: the caller's later load
+/// says why).
+pub fn params_of(dir: &Path) -> usize {
+    aligngym_agents::checkpoint::read_config(dir).map_or(0, |c| c.model.num_params())
+}

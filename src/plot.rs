@@ -411,7 +411,11 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
                 .collect::<Vec<_>>()
         };
         let all_runs = spec.runs();
-        for a in spec.agents.iter().filter(|a| a.reward == "rm") {
+        for a in spec
+            .agents
+            .iter()
+            .filter(|a| a.reward == crate::sweep::SweepReward::Rm)
+        {
             let mut by_point: BTreeMap<String, Vec<&Vec<MetricRow>>> = BTreeMap::new();
             for r in all_runs
                 .iter()

@@ -328,7 +328,11 @@ fn overoptimisation_section(
     start: f64,
 ) {
     let mut rows = Vec::new();
-    for a in spec.agents.iter().filter(|a| a.reward == "rm") {
+    for a in spec
+        .agents
+        .iter()
+        .filter(|a| a.reward == crate::sweep::SweepReward::Rm)
+    {
         let bon = a.agent == crate::spec::AgentKind::BestOfN;
         let mut d = Vec::new();
         let mut y = Vec::new();

@@ -796,7 +796,7 @@ mod tests {
         AgentSpec {
             name: name.into(),
             agent: crate::spec::AgentKind::Ppo,
-            reward: "gold".into(),
+            reward: crate::sweep::SweepReward::Gold,
             prefs: "on".into(),
             set: BTreeMap::new(),
             grid: BTreeMap::new(),

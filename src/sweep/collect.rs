@@ -1,0 +1,107 @@
+//! `runs.csv` and `metrics.csv` from the finished run folders.
+
+use super::spec::{value_str, SweepSpec};
+use crate::commands;
+use crate::metrics::{read_long_csv, MetricRow};
+use aligngym_agents::{AgentError, Result};
+use std::path::Path;
+
+/// The final-metric columns of `runs.csv`, in order (documented in the README; never reordered).
+pub const RUN_COLUMNS: &[&str] = &[
+    "eval/gold_reward",
+    "eval/proxy_reward",
+    "eval/kl_to_ref",
+    "eval/win_rate_vs_ref",
+    "eval/entropy",
+    "eval/response_len",
+    "eval/distinct_2",
+    "budget/samples",
+    "budget/tokens_generated",
+    "budget/train_tokens",
+    "budget/oracle_queries",
+    "budget/wall_seconds",
+    "budget/flops",
+];
+
+/// Write `runs.csv` (one row per finished run) and `metrics.csv` (long) from the run folders.
+pub fn collect(spec: &SweepSpec, out: &Path) -> Result<()> {
+    let mut hp_keys: Vec<String> = spec
+        .agents
+        .iter()
+        .flat_map(|a| a.grid.keys().cloned())
+        .collect();
+    hp_keys.sort();
+    hp_keys.dedup();
+    let mut runs_csv = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = [
+        "run_id",
+        "env",
+        "agent",
+        "agent_kind",
+        "reward",
+        "prefs",
+        "seed",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    header.extend(hp_keys.iter().map(|k| format!("hp.{k}")));
+    header.extend(RUN_COLUMNS.iter().map(|s| s.to_string()));
+    header.push("final_step".into());
+    runs_csv
+        .write_record(&header)
+        .map_err(|e| AgentError::Data(e.to_string()))?;
+    let mut long = csv::Writer::from_writer(Vec::new());
+    long.write_record(["run_id", "step", "metric", "value"])
+        .map_err(|e| AgentError::Data(e.to_string()))?;
+    for r in spec.runs() {
+        let dir = out.join("runs").join(&r.id);
+        if !dir.join("done").exists() {
+            continue;
+        }
+        let rows: Vec<MetricRow> = read_long_csv(&dir.join("metrics.csv"))?;
+        let mut rec: Vec<String> = vec![
+            r.id.clone(),
+            r.env.clone(),
+            r.agent.name.clone(),
+            r.agent.agent.to_string(),
+            r.agent.reward.to_string(),
+            r.agent.prefs.clone(),
+            r.seed.to_string(),
+        ];
+        rec.extend(
+            hp_keys
+                .iter()
+                .map(|k| r.point.get(k).map(value_str).unwrap_or_default()),
+        );
+        rec.extend(RUN_COLUMNS.iter().map(|m| {
+            crate::metrics::last(&rows, m)
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        }));
+        rec.push(rows.iter().map(|x| x.step).max().unwrap_or(0).to_string());
+        runs_csv
+            .write_record(&rec)
+            .map_err(|e| AgentError::Data(e.to_string()))?;
+        for x in &rows {
+            long.write_record([
+                r.id.as_str(),
+                &x.step.to_string(),
+                &x.metric,
+                &x.value.to_string(),
+            ])
+            .map_err(|e| AgentError::Data(e.to_string()))?;
+        }
+    }
+    let bytes =
+        |w: csv::Writer<Vec<u8>>| w.into_inner().map_err(|e| AgentError::Data(e.to_string()));
+    commands::write_atomic(
+        &out.join("runs.csv"),
+        &String::from_utf8_lossy(&bytes(runs_csv)?),
+    )?;
+    commands::write_atomic(
+        &out.join("metrics.csv"),
+        &String::from_utf8_lossy(&bytes(long)?),
+    )?;
+    Ok(())
+}
