@@ -12,9 +12,9 @@
 //! of 48 tokens, rule reward, a reference pass (β = 0.05), leave-one-out advantages, one step.
 
 use crate::commands::ModelSize;
-use aligngym_agents::dpo::{pair_lengths, pair_logps, PairBatch};
 use aligngym_agents::losses::{dpo_loss, DpoLoss, DpoLossParams, PairScores};
 use aligngym_agents::optim::{AdamW, AdamWConfig};
+use aligngym_agents::pairs::{pair_lengths, pair_logps, PairBatch};
 use aligngym_agents::rollout::{collect, Start};
 use aligngym_agents::sampling::{generate, generate_until, generate_without_cache, SamplingConfig};
 use aligngym_agents::sft::{init_model, lm_loss};

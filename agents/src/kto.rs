@@ -11,12 +11,10 @@
 
 use crate::agent::{Agent, Budget, Metrics, Resumable};
 use crate::algorithm::{Algorithm, BuildContext, Learns};
-use crate::dpo::{
-    encode_pairs, epoch_batch, load_offline_state, pair_logps, reference_pair_logps,
-    save_offline_state, PairBatch,
-};
+use crate::dpo::{load_offline_state, save_offline_state};
 use crate::losses::{kto_loss, kto_reference_point};
 use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
+use crate::pairs::{encode_pairs, epoch_batch, pair_logps, reference_pair_logps, PairBatch};
 use crate::policy::LmPolicy;
 use crate::RunnableAgent;
 use crate::{AgentError, Result};

@@ -23,6 +23,7 @@ pub mod losses;
 pub mod model;
 pub mod online_dpo;
 pub mod optim;
+pub mod pairs;
 pub mod policy;
 pub mod ppo;
 pub mod preferences;

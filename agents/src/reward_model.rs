@@ -4,11 +4,11 @@
 //! can use it.
 
 use crate::checkpoint::{self, CheckpointConfig, ModelKind};
-use crate::dpo::{
-    encode_completions, encode_pairs, encode_sequences, stack_pairs, Continuation, PairBatch,
-};
 use crate::losses::bradley_terry_loss;
 use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
+use crate::pairs::{
+    encode_completions, encode_pairs, encode_sequences, stack_pairs, Continuation, PairBatch,
+};
 use crate::policy::LmPolicy;
 use crate::sampling::Sequences;
 use crate::{AgentError, Result};

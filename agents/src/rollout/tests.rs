@@ -221,10 +221,10 @@ fn a_branch_replays_its_turns_as_dpo_encodes_them_and_samples_on() {
         // The context the sampler saw is the prompt, then the replayed turn and reply exactly as
         // DPO tokenises them in a conversational pair.
         let user = [Message::user(&e.prompt)];
-        let dpo = crate::dpo::encode_sequences(
+        let dpo = crate::pairs::encode_sequences(
             &pi,
             &[e.prompt.as_str()],
-            &[crate::dpo::Continuation::Turns {
+            &[crate::pairs::Continuation::Turns {
                 prompt: &user,
                 turns: &e.turns[..2],
             }],
@@ -430,7 +430,7 @@ fn adaptive_kl_metrics_use_the_coefficient_the_rewards_used() {
 fn a_reward_model_scores_episodes_as_it_was_trained_on_conversations() {
     // PPO with a reward model on a multi-turn env: the collector asks the scorer for whole
     // conversations, and the reward model reads them with the tokens of its training pairs.
-    use crate::dpo::{encode_pairs, stack_pairs};
+    use crate::pairs::{encode_pairs, stack_pairs};
     use crate::reward_model::{RewardModel, RmConfig};
     use aligngym_envs::{ConversationPair, PreferencePair, RewardFn};
     let _g = crate::tests::lock();
