@@ -402,13 +402,39 @@ pub enum DpoReference<'a> {
     Precomputed(&'a Tensor, &'a Tensor),
 }
 
-/// Run every workload at `size` on `device` in `dtype`, `repeats` timed repetitions each.
+/// A workload of `aligngym bench` (see the module's documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Sampling, with and without the KV cache.
+    #[value(name = "W1")]
+    W1,
+    /// A DPO step, with a reference model and with precomputed reference log-probs.
+    #[value(name = "W2")]
+    W2,
+    /// A PPO iteration.
+    #[value(name = "W3")]
+    W3,
+    /// An SFT step.
+    #[value(name = "W4")]
+    W4,
+    /// A GRPO iteration.
+    #[value(name = "W5")]
+    W5,
+    /// An RLOO iteration.
+    #[value(name = "W6")]
+    W6,
+}
+
+/// Run the workloads `only` (every one when empty) at `size` on `device` in `dtype`, `repeats`
+/// timed repetitions each.
 pub fn run_bench(
     size: ModelSize,
     device: Device,
     dtype: Precision,
     repeats: usize,
+    only: &[Workload],
 ) -> Result<BenchReport> {
+    let want = |w: Workload| only.is_empty() || only.contains(&w);
     let fx = Fixture::new(size, device, dtype)?;
     let peak = matmul_gflops(1024, repeats.max(3), device, dtype.kind())?;
     let (b, lp, n, sft_t) = (BATCH, PROMPT_LEN, NEW_TOKENS, SFT_LEN);
@@ -427,77 +453,91 @@ pub fn run_bench(
     };
 
     // W1: sampling with and without the KV cache.
-    let w1_flops = (b * lp) as f64 * fpt(lp) + (0..n).map(|t| b as f64 * fpt(lp + t)).sum::<f64>();
-    let s = median_secs(repeats, device, || fx.sample(true))?;
-    push(
-        "W1 sampling (KV cache)",
-        "new tokens/s",
-        (b * n) as f64,
-        s,
-        w1_flops,
-    );
-    let w1_nocache_flops = (0..n)
-        .map(|t| (b * (lp + t)) as f64 * fpt(lp + t))
-        .sum::<f64>();
-    let s = median_secs(repeats.min(3), device, || fx.sample(false))?;
-    push(
-        "W1 sampling (no cache)",
-        "new tokens/s",
-        (b * n) as f64,
-        s,
-        w1_nocache_flops,
-    );
-
-    // W2: DPO steps.
-    let reference = fx.policy.duplicate(false)?;
-    let (ref_c, ref_r) = fx.reference_logps(&reference);
-    let mut opt = fx.optimizer();
-    let seq_tokens = (2 * b * (lp + n)) as f64;
-    for with_ref in [true, false] {
-        let s = median_secs(repeats, device, || {
-            let r = if with_ref {
-                DpoReference::Model(&reference)
-            } else {
-                DpoReference::Precomputed(&ref_c, &ref_r)
-            };
-            fx.dpo_step(&mut opt, r);
-            Ok(())
-        })?;
-        let mult = if with_ref { 4.0 } else { 3.0 };
+    if want(Workload::W1) {
+        let w1_flops =
+            (b * lp) as f64 * fpt(lp) + (0..n).map(|t| b as f64 * fpt(lp + t)).sum::<f64>();
+        let s = median_secs(repeats, device, || fx.sample(true))?;
         push(
-            if with_ref {
-                "W2 DPO step (reference model)"
-            } else {
-                "W2 DPO step (precomputed ref)"
-            },
-            "pairs/s",
-            b as f64,
+            "W1 sampling (KV cache)",
+            "new tokens/s",
+            (b * n) as f64,
             s,
-            mult * seq_tokens * fpt(lp + n),
+            w1_flops,
+        );
+        let w1_nocache_flops = (0..n)
+            .map(|t| (b * (lp + t)) as f64 * fpt(lp + t))
+            .sum::<f64>();
+        let s = median_secs(repeats.min(3), device, || fx.sample(false))?;
+        push(
+            "W1 sampling (no cache)",
+            "new tokens/s",
+            (b * n) as f64,
+            s,
+            w1_nocache_flops,
         );
     }
 
-    // W4: SFT step.
-    let toks = random_ids(b, sft_t, fx.cfg.vocab_size as i64, device);
-    let s = median_secs(repeats, device, || {
-        fx.sft_step(&mut opt, &toks);
-        Ok(())
-    })?;
-    push(
-        "W4 SFT step",
-        "tokens/s",
-        (b * sft_t) as f64,
-        s,
-        3.0 * (b * sft_t) as f64 * fpt(sft_t),
-    );
+    // W2: DPO steps.
+    if want(Workload::W2) {
+        let reference = fx.policy.duplicate(false)?;
+        let (ref_c, ref_r) = fx.reference_logps(&reference);
+        let mut opt = fx.optimizer();
+        let seq_tokens = (2 * b * (lp + n)) as f64;
+        for with_ref in [true, false] {
+            let s = median_secs(repeats, device, || {
+                let r = if with_ref {
+                    DpoReference::Model(&reference)
+                } else {
+                    DpoReference::Precomputed(&ref_c, &ref_r)
+                };
+                fx.dpo_step(&mut opt, r);
+                Ok(())
+            })?;
+            let mult = if with_ref { 4.0 } else { 3.0 };
+            push(
+                if with_ref {
+                    "W2 DPO step (reference model)"
+                } else {
+                    "W2 DPO step (precomputed ref)"
+                },
+                "pairs/s",
+                b as f64,
+                s,
+                mult * seq_tokens * fpt(lp + n),
+            );
+        }
+    }
 
-    // W3 and W5: PPO and GRPO iterations through the real agents.
-    let (s, flops) = time_updates(&mut fx.ppo_agent()?, repeats.min(5), device)?;
-    push("W3 PPO iteration", "iterations/s", 1.0, s, flops);
-    let (s, flops) = time_updates(&mut fx.grpo_agent()?, repeats.min(5), device)?;
-    push("W5 GRPO iteration", "iterations/s", 1.0, s, flops);
-    let (s, flops) = time_updates(&mut fx.rloo_agent()?, repeats.min(5), device)?;
-    push("W6 RLOO iteration", "iterations/s", 1.0, s, flops);
+    // W4: SFT step.
+    if want(Workload::W4) {
+        let mut opt = fx.optimizer();
+        let toks = random_ids(b, sft_t, fx.cfg.vocab_size as i64, device);
+        let s = median_secs(repeats, device, || {
+            fx.sft_step(&mut opt, &toks);
+            Ok(())
+        })?;
+        push(
+            "W4 SFT step",
+            "tokens/s",
+            (b * sft_t) as f64,
+            s,
+            3.0 * (b * sft_t) as f64 * fpt(sft_t),
+        );
+    }
+
+    // W3, W5 and W6: PPO, GRPO and RLOO iterations through the real agents.
+    if want(Workload::W3) {
+        let (s, flops) = time_updates(&mut fx.ppo_agent()?, repeats.min(5), device)?;
+        push("W3 PPO iteration", "iterations/s", 1.0, s, flops);
+    }
+    if want(Workload::W5) {
+        let (s, flops) = time_updates(&mut fx.grpo_agent()?, repeats.min(5), device)?;
+        push("W5 GRPO iteration", "iterations/s", 1.0, s, flops);
+    }
+    if want(Workload::W6) {
+        let (s, flops) = time_updates(&mut fx.rloo_agent()?, repeats.min(5), device)?;
+        push("W6 RLOO iteration", "iterations/s", 1.0, s, flops);
+    }
 
     Ok(BenchReport {
         size: format!("{size:?}").to_lowercase(),

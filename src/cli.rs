@@ -499,6 +499,9 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Only these workloads (comma-separated, e.g. `W5,W6`); all by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub workloads: Vec<crate::bench::Workload>,
 }
 
 /// The whole command line as a library function: parse `std::env::args()`, run the command, print
@@ -1411,10 +1414,17 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
         compute,
         repeats,
         json,
+        workloads,
     } = args;
     let dev = compute.device.resolve()?;
     let params = size.config(size.bench_vocab()).num_params();
-    let r = crate::bench::run_bench(size, dev, compute.precision(dev, params), repeats)?;
+    let r = crate::bench::run_bench(
+        size,
+        dev,
+        compute.precision(dev, params),
+        repeats,
+        &workloads,
+    )?;
     print!("{}", crate::bench::format_report(&r));
     let peaks = aligngym_agents::device::matmul_peaks(dev);
     println!(
