@@ -1126,6 +1126,20 @@ fn cmd_sweep(args: SweepArgs) -> Result<()> {
         vec![("SPEC", &spec)]
     };
     commands::check_out(&out, &inputs, overwrite, |d| d.join("sweep.json").exists())?;
+    // Its finished runs would pass for this spec's: a folder resumes only the sweep it holds.
+    if out.join("sweep.json").is_file() {
+        let old = crate::sweep::load_sweep_dir(&out)?;
+        if let Some(what) = s.conflict_with(&old) {
+            return Err(AgentError::config(
+                "--out",
+                format!(
+                    "{} holds a sweep whose finished runs differ from this spec's: {what}; resume it with its own spec (`aligngym sweep {}`) or choose a new --out",
+                    out.display(),
+                    out.display()
+                ),
+            ));
+        }
+    }
     if let Some(o) = slurm_opts {
         return submit_sweep(&s, &out, &o);
     }

@@ -325,6 +325,49 @@ impl SweepSpec {
         Ok(t)
     }
 
+    /// What in this spec would change runs that `old` (the spec a folder was made with) already
+    /// defines: finished runs are found by id (env, agent name, grid point, seed), which does not
+    /// say how long they ran, from which stages or with which fixed values. `None` when nothing
+    /// does; adding envs, seeds, agents or grid values is fine.
+    pub fn conflict_with(&self, old: &SweepSpec) -> Option<String> {
+        let differs = |what: &str, a: String, b: String| {
+            (a != b).then(|| format!("{what} is {b} there, {a} here"))
+        };
+        fn json<T: Serialize>(v: &T) -> String {
+            serde_json::to_string(v).unwrap_or_default()
+        }
+        differs("scale", self.scale.to_string(), old.scale.to_string())
+            .or_else(|| differs("updates", self.updates.to_string(), old.updates.to_string()))
+            .or_else(|| {
+                differs(
+                    "eval_every",
+                    self.eval_every.to_string(),
+                    old.eval_every.to_string(),
+                )
+            })
+            .or_else(|| {
+                differs(
+                    "sft_steps",
+                    self.sft_steps.to_string(),
+                    old.sft_steps.to_string(),
+                )
+            })
+            .or_else(|| differs("policy", json(&self.policy), json(&old.policy)))
+            .or_else(|| {
+                self.prefs.iter().find_map(|p| {
+                    let q = old.prefs.iter().find(|q| q.name == p.name)?;
+                    differs(&format!("prefs `{}`", p.name), json(p), json(q))
+                })
+            })
+            .or_else(|| {
+                self.agents.iter().find_map(|a| {
+                    let b = old.agents.iter().find(|b| b.name == a.name)?;
+                    let fixed = |x: &AgentSpec| json(&(x.agent, x.reward, &x.prefs, &x.set));
+                    differs(&format!("agent `{}`", a.name), fixed(a), fixed(b))
+                })
+            })
+    }
+
     /// Every run of the sweep, in a fixed order.
     pub fn runs(&self) -> Vec<RunSpec> {
         let mut out = Vec::new();
@@ -521,6 +564,30 @@ beta = 0.3
             other => panic!("{other:?}"),
         }
         assert_eq!(dpo.policy, sft);
+    }
+
+    #[test]
+    fn a_folder_resumes_only_a_spec_that_keeps_its_finished_runs() {
+        let old = SweepSpec::parse(SPEC, Path::new("t.toml")).unwrap();
+        let same = |text: &str| SweepSpec::parse(text, Path::new("t.toml")).unwrap();
+        assert_eq!(same(SPEC).conflict_with(&old), None);
+        // More seeds, another grid value or another agent add runs and change none.
+        let grown = SPEC
+            .replace("seeds = [0]", "seeds = [0, 1]")
+            .replace("[1e-4, 3e-4]", "[1e-4, 3e-4, 1e-3]")
+            + "[[agents]]\nname = \"rloo\"\nagent = \"rloo\"\n";
+        assert_eq!(same(&grown).conflict_with(&old), None);
+        let scaled = SPEC.replace("scale = 2.0", "scale = 0.5");
+        assert_eq!(
+            same(&scaled).conflict_with(&old).unwrap(),
+            "scale is 2 there, 0.5 here"
+        );
+        let beta = SPEC.replace("beta = 0.3", "beta = 0.5");
+        let e = same(&beta).conflict_with(&old).unwrap();
+        assert!(e.starts_with("agent `dpo` is "), "{e}");
+        let flips = SPEC.to_string() + "[[prefs]]\nname = \"on\"\nflip_rate = 0.2\n";
+        let e = same(&flips).conflict_with(&old).unwrap();
+        assert!(e.starts_with("prefs `on` is "), "{e}");
     }
 
     #[test]
