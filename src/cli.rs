@@ -4,7 +4,7 @@
 use crate::commands::{self, ModelSize};
 use crate::eval::{EvalConfig, Evaluator};
 use crate::runner;
-use crate::spec::{build_agent, AgentKind, RewardSpec, TrainSpec};
+use crate::spec::{build_agent, read_train_spec, AgentKind, RewardSpec, TrainSpec};
 use crate::sweep::{run_sweep, Part, SweepOptions, SweepSpec};
 use aligngym_agents::device::DtypeChoice;
 use aligngym_agents::preferences::Branching;
@@ -850,12 +850,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     let chosen = sets.iter().any(|s| s.starts_with("run.dtype="));
     // A spec file is the whole run as its writer decided it, precision included.
     let from_file = match &spec_file {
-        Some(file) => {
-            let text = std::fs::read_to_string(file).map_err(|e| AgentError::io(file, e))?;
-            let spec: TrainSpec = serde_json::from_str(&text)
-                .map_err(|e| AgentError::Data(format!("{}: {e}", file.display())))?;
-            Some(spec)
-        }
+        Some(file) => Some(read_train_spec(file)?),
         None => None,
     };
     let params = policy
@@ -873,9 +868,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     let (spec, dir, resuming) = match resume {
         Some(dir) => {
             let path = dir.join("config.json");
-            let text = std::fs::read_to_string(&path).map_err(|e| AgentError::io(&path, e))?;
-            let mut spec: TrainSpec = serde_json::from_str(&text)
-                .map_err(|e| AgentError::Data(format!("{}: {e}", path.display())))?;
+            let mut spec = read_train_spec(&path)?;
             // Runs recorded before inputs were stored absolute: relative to the working directory
             // they were started from, when it is this one, else to the run folder.
             let base = if spec.policy.exists() {

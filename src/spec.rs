@@ -181,6 +181,13 @@ impl clap::ValueEnum for AgentKind {
     }
 }
 
+/// A run's spec from `path` (`config.json`, or a file in its form for `train --spec`); errors
+/// are one line naming the file.
+pub fn read_train_spec(path: &Path) -> Result<TrainSpec> {
+    let text = std::fs::read_to_string(path).map_err(|e| AgentError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| AgentError::Data(format!("{}: {e}", path.display())))
+}
+
 /// Where PPO's reward comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]

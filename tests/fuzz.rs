@@ -1,5 +1,6 @@
 //! Fuzzing the readers of user input: the preference JSONL, the sweep spec, `--set` values, a
-//! checkpoint's `config.json`, and safetensors files. Each target mutates the files of its corpus
+//! checkpoint's `config.json`, a run's spec (`train --spec`, a run's `config.json`) and
+//! safetensors files. Each target mutates the files of its corpus
 //! (`fuzz/corpus/<target>/`: valid inputs and every input that once broke a reader) with proptest
 //! and asserts that the reader returns: a value, or an error of one line that names the file. A
 //! panic (which is what a crash is here: the binary's hook turns it into "internal error") fails
@@ -242,6 +243,24 @@ fn fuzz_checkpoint_config_json() {
                 // Accepted shapes have a parameter count (saturating: no overflow on absurd ones).
                 if c.model.validate().is_ok() {
                     prop_assert!(c.model.num_params() > 0);
+                }
+            }
+            Err(e) => one_line(e.to_string(), &path)?,
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn fuzz_run_spec() {
+    let path = scratch("run-spec", "spec.json");
+    fuzz("run-spec", |bytes| {
+        std::fs::write(&path, bytes).unwrap();
+        match aligngym::spec::read_train_spec(&path) {
+            // What is read is either valid or refused in one line (as `train --spec` refuses it).
+            Ok(spec) => {
+                if let Err(e) = spec.validate() {
+                    prop_assert!(!e.to_string().contains('\n'), "{e}");
                 }
             }
             Err(e) => one_line(e.to_string(), &path)?,
