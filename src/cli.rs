@@ -927,6 +927,10 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
             let cwd = std::env::current_dir().map_err(|e| AgentError::io(".", e))?;
             spec.anchor_inputs(&cwd);
             let mut inputs: Vec<(&str, &Path)> = vec![("--policy", &spec.policy)];
+            // A spec file is an input too: `--out` must not replace the folder that holds it.
+            if let Some(f) = &spec_file {
+                inputs.push(("--spec", f));
+            }
             if let Some(p) = &spec.prefs {
                 inputs.push(("--prefs", p));
             }
