@@ -121,7 +121,9 @@ pub fn make_pairs(
             .collect();
         let mut envs = chat_envs(task.clone(), indices.len(), env_cfg.clone(), true)?;
         tch::manual_seed(s as i64);
-        let roll = if multi_turn && cfg.branching == Branching::Turn {
+        // Branching at a turn: one conversation per prompt first, each continued k times from a
+        // random one of its turns.
+        let branches: Option<Vec<Branch>> = if multi_turn && cfg.branching == Branching::Turn {
             let mut trunks = chat_envs(task.clone(), chosen.len(), env_cfg.clone(), true)?;
             let trunk = collect(
                 generator,
@@ -130,40 +132,30 @@ pub fn make_pairs(
                 &cfg.sampling,
                 None,
             )?;
-            let branches: Vec<Branch> = trunk
-                .episodes
-                .iter()
-                .flat_map(|e| {
-                    let mine: Vec<String> = e
-                        .turns
-                        .iter()
-                        .filter(|m| m.role == Role::Assistant)
-                        .map(|m| m.content.clone())
-                        .collect();
-                    let t = rng.random_range(0..mine.len().max(1));
-                    let b = Branch {
-                        prompt: e.prompt_index,
-                        turns: mine[..t].to_vec(),
-                    };
-                    std::iter::repeat_n(b, k)
-                })
-                .collect();
-            collect(
-                generator,
-                &mut envs,
-                Start::Branches(&branches),
-                &cfg.sampling,
-                None,
-            )?
+            let mut out = Vec::with_capacity(indices.len());
+            for e in &trunk.episodes {
+                let mine: Vec<String> = e
+                    .turns
+                    .iter()
+                    .filter(|m| m.role == Role::Assistant)
+                    .map(|m| m.content.clone())
+                    .collect();
+                let t = rng.random_range(0..mine.len().max(1));
+                let b = Branch {
+                    prompt: e.prompt_index,
+                    turns: mine[..t].to_vec(),
+                };
+                out.extend(std::iter::repeat_n(b, k));
+            }
+            Some(out)
         } else {
-            collect(
-                generator,
-                &mut envs,
-                Start::Prompts(&indices),
-                &cfg.sampling,
-                None,
-            )?
+            None
         };
+        let start = match &branches {
+            Some(b) => Start::Branches(b),
+            None => Start::Prompts(&indices),
+        };
+        let roll = collect(generator, &mut envs, start, &cfg.sampling, None)?;
         let texts: Vec<&str> = roll.episodes.iter().map(|e| e.prompt.as_str()).collect();
         let comps: Vec<&str> = roll
             .episodes
