@@ -308,6 +308,22 @@ impl KvCache {
     pub fn capacity(&self) -> i64 {
         self.layers.first().map_or(0, |l| l.k.size()[2])
     }
+    /// The cache of the sequences `rows [B']` (i64, repeats allowed): sequences that share a
+    /// prompt are prefilled once and then take copies of its cache.
+    pub fn select_rows(&self, rows: &Tensor) -> Self {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| LayerCache {
+                k: l.k.index_select(0, rows), // [B', H, T, D]
+                v: l.v.index_select(0, rows),
+            })
+            .collect();
+        Self {
+            layers,
+            len: self.len,
+        }
+    }
     /// Make room for `more` positions after the ones held (a conversation outgrowing its first
     /// allocation), keeping what is cached.
     pub fn reserve(&mut self, more: i64) {
@@ -487,14 +503,10 @@ impl Block {
         let kind = w.qkv.w.kind();
         let qkv = w.qkv.apply(&self.norm_1.forward(x).to_kind(kind)); // [B, T, (H + 2·H_kv)·D]
 
-        // Without a cache (training and scoring passes) attention runs in fp32: libtorch's CPU
-        // backward of bf16 attention is ~6× slower than fp32's, and attention's FLOPs are few.
-        // Decoding (no backward) keeps the bf16 cache and attends in bf16.
-        let qkv = if cache.is_none() {
-            qkv.to_kind(Kind::Float)
-        } else {
-            qkv
-        };
+        // Training and scoring passes attend in fp32 (without a cache, or with an fp32 one):
+        // libtorch's CPU backward of bf16 attention is ~6× slower than fp32's, and attention's
+        // FLOPs are few. Decoding (no backward) keeps the bf16 cache and attends in bf16.
+        let qkv = qkv.to_kind(cache.as_ref().map_or(Kind::Float, |lc| lc.k.kind()));
         let parts = qkv.split_with_sizes([h * d, hkv * d, hkv * d], 2);
         let heads = |z: &Tensor, n: i64| z.view([b, t, n, d]).transpose(1, 2); // [B, n, T, D]
         let (mut q, mut k, v) = (

@@ -367,16 +367,63 @@ pub struct SequenceOutputs {
 pub fn completion_hidden(model: &Gpt, s: &Sequences, train: bool) -> Tensor {
     let lp = s.prompt.size()[1];
     let n = s.tokens.size()[1];
-    let full = Tensor::cat(&[&s.prompt, &s.tokens], 1); // [B, L_p + N]
-    let valid = Tensor::cat(
-        &[
-            s.prompt_valid.to_kind(Kind::Bool),
-            s.valid.to_kind(Kind::Bool),
-        ],
-        1,
-    ); // [B, L_p + N]
-    let h = model.forward_full(&full, &valid, train); // [B, L_p + N, C]
-    h.narrow(1, lp - 1, n) // [B, N, C]
+    let key_valid = [
+        s.prompt_valid.to_kind(Kind::Bool),
+        s.valid.to_kind(Kind::Bool),
+    ];
+    let valid = Tensor::cat(&key_valid, 1); // [B, L_p + N]
+                                            // Rows that share their prompt (the group agents' G samples of one) run its tokens once.
+    let (prompt_rows, inverse) = distinct_prompts(s); // [U, 2·L_p], [B]
+    let (b, u) = (s.prompt.size()[0], prompt_rows.size()[0]);
+    if u == b || n == 0 {
+        let full = Tensor::cat(&[&s.prompt, &s.tokens], 1); // [B, L_p + N]
+        let h = model.forward_full(&full, &valid, train); // [B, L_p + N, C]
+        return h.narrow(1, lp - 1, n); // [B, N, C]
+    }
+    shared_prompt_hidden(model, s, &prompt_rows, &inverse, &valid, train)
+}
+
+/// The distinct prompts of `s` as rows `[U, 2·L_p]` (tokens, then validity) and which of them
+/// each sequence has `[B]`.
+pub fn distinct_prompts(s: &Sequences) -> (Tensor, Tensor) {
+    let rows = Tensor::cat(&[&s.prompt, &s.prompt_valid.to_kind(Kind::Int64)], 1); // [B, 2·L_p]
+    let (distinct, inverse, _) = rows.unique_dim(0, false, true, false);
+    (distinct, inverse)
+}
+
+/// [`completion_hidden`] for a batch of `B` rows with `U < B` distinct prompts `prompt_rows
+/// [U, 2·L_p]` (tokens, then validity), row i's being `inverse[i]`: the prompts go through the
+/// trunk once, into an fp32 KV cache that each row then reads (with gradients flowing back to
+/// the prompt's pass from every row that read it), and the completions run after them. The same
+/// outputs as the whole-sequence pass up to float rounding, for U·L_p + B·N tokens instead of
+/// B·(L_p + N).
+fn shared_prompt_hidden(
+    model: &Gpt,
+    s: &Sequences,
+    prompt_rows: &Tensor,
+    inverse: &Tensor,
+    valid: &Tensor,
+    train: bool,
+) -> Tensor {
+    let (lp, n) = (s.prompt.size()[1], s.tokens.size()[1]);
+    let u = prompt_rows.size()[0];
+    let prompt = prompt_rows.narrow(1, 0, lp); // [U, L_p]
+    let prompt_valid = prompt_rows.narrow(1, lp, lp).to_kind(Kind::Bool); // [U, L_p]
+    let w = model.compute_weights();
+    let mut cache = KvCache::new(model.config(), u, lp + n, s.prompt.device(), Kind::Float);
+    let pos = positions_from_valid(&prompt_valid); // [U, L_p]
+    let mask = attention_mask(&prompt_valid, 0, lp);
+    let h_prompt = model.forward_with(&w, &prompt, &pos, &mask, Some(&mut cache), train); // [U, L_p, C]
+    let mut cache = cache.select_rows(inverse); // B rows
+    let positions = positions_from_valid(valid).narrow(1, lp, n); // [B, N]
+    let mask = attention_mask(valid, lp, n); // [B, 1, N, L_p + N]
+    let h = model.forward_with(&w, &s.tokens, &positions, &mask, Some(&mut cache), train); // [B, N, C]
+                                                                                           // The prompt's last position predicts the first completion token.
+    let first = h_prompt
+        .select(1, lp - 1)
+        .index_select(0, inverse)
+        .unsqueeze(1); // [B, 1, C]
+    Tensor::cat(&[first, h.narrow(1, 0, n - 1)], 1) // [B, N, C]
 }
 
 /// Next-token log-distributions `[B, N, V]` at `temperature` (0 reads as 1, as greedy sampling
@@ -517,8 +564,22 @@ impl<'a> TurnSampler<'a> {
                 "expected at least one stop token",
             ));
         }
-        let (prompt, prompt_valid) = left_pad(prompts, pad, device); // [B, L_p]
-        let (b, lp) = prompt.size2()?;
+        // The group agents sample G completions of each prompt: prefill each distinct prompt once
+        // and give its copies its cache.
+        let mut distinct: Vec<&Vec<u32>> = Vec::new();
+        let mut first: std::collections::HashMap<&Vec<u32>, i64> = Default::default();
+        let rows: Vec<i64> = prompts
+            .iter()
+            .map(|p| {
+                *first.entry(p).or_insert_with(|| {
+                    distinct.push(p);
+                    distinct.len() as i64 - 1
+                })
+            })
+            .collect();
+        let distinct: Vec<Vec<u32>> = distinct.into_iter().cloned().collect();
+        let (prompt, prompt_valid) = left_pad(&distinct, pad, device); // [U, L_p]
+        let (u, lp) = prompt.size2()?;
         if lp as usize > model.config().block_size {
             return Err(AgentError::config(
                 "prompt",
@@ -535,11 +596,19 @@ impl<'a> TurnSampler<'a> {
             // context: a real model's (8192 positions for SmolLM2) would take gigabytes per batch.
             let cap = (model.config().block_size as i64).min(lp + FIRST_TURN_ROOM);
             let mut cache =
-                KvCache::new(model.config(), b, cap.max(lp), device, model.compute_kind());
-            let pos = positions_from_valid(&prompt_valid); // [B, L_p]
+                KvCache::new(model.config(), u, cap.max(lp), device, model.compute_kind());
+            let pos = positions_from_valid(&prompt_valid); // [U, L_p]
             let mask = attention_mask(&prompt_valid, 0, lp);
-            let h = model.forward_with(&weights, &prompt, &pos, &mask, Some(&mut cache), false); // [B, L_p, C]
-            let logits = model.lm_logits_from(&weights, &h.select(1, lp - 1)); // [B, V]
+            let h = model.forward_with(&weights, &prompt, &pos, &mask, Some(&mut cache), false); // [U, L_p, C]
+            let mut logits = model.lm_logits_from(&weights, &h.select(1, lp - 1)); // [U, V]
+            let (mut pos, mut prompt_valid) = (pos, prompt_valid);
+            if (u as usize) < prompts.len() {
+                let rows = Tensor::from_slice(&rows).to_device(device); // [B]
+                cache = cache.select_rows(&rows);
+                logits = logits.index_select(0, &rows); // [B, V]
+                pos = pos.index_select(0, &rows); // [B, L_p]
+                prompt_valid = prompt_valid.index_select(0, &rows); // [B, L_p]
+            }
             Ok(Self {
                 model,
                 next_pos: pos.select(1, lp - 1) + 1,

@@ -155,7 +155,15 @@ fn check_kv_cache_against_full_forward(cfg: &GptConfig) {
 fn sampled_logprobs_equal_recomputed_ones_and_seed_reproduces() {
     let _guard = lock();
     let (_vs, m) = small_model(2, 40);
-    let prompts: Vec<Vec<u32>> = vec![vec![3, 4, 5, 6], vec![7], vec![8, 9, 10], vec![11, 12]];
+    // Repeated prompts (as the group agents sample them) are prefilled once and scored once.
+    let prompts: Vec<Vec<u32>> = vec![
+        vec![3, 4, 5, 6],
+        vec![7],
+        vec![3, 4, 5, 6],
+        vec![8, 9, 10],
+        vec![11, 12],
+        vec![7],
+    ];
     for cfg in [
         SamplingConfig {
             temperature: 0.7,
@@ -175,6 +183,8 @@ fn sampled_logprobs_equal_recomputed_ones_and_seed_reproduces() {
         let d = max_abs(&recomputed_logprobs(&m, &g, cfg.temperature), &g.logprobs);
         assert!(d < 1e-4, "max |Δlogp| = {d}");
         assert!(g.logprobs.le(0.0).all().int64_value(&[]) == 1);
+        // Copies of a prompt sample on independently.
+        assert!(!g.tokens.get(0).equal(&g.tokens.get(2)));
         tch::manual_seed(5);
         let g2 = generate(&m, &prompts, 0, 2, &cfg, Device::Cpu).unwrap();
         assert!(g.tokens.equal(&g2.tokens) && g.logprobs.equal(&g2.logprobs));
@@ -490,8 +500,10 @@ fn turn_sampler_continues_the_kv_cache_across_replies_with_gaps() {
             v += noise;
         }
     });
+    // Sequences 4 and 5 repeat the prompts of 0 and 1 (prefilled once, sampled on apart).
     let prompts: Vec<Vec<u32>> = (0..6u32)
-        .map(|i| (0..(2 + i % 4)).map(|j| 3 + (i * 7 + j * 5) % 50).collect())
+        .map(|i| i % 4)
+        .map(|i| (0..(2 + i)).map(|j| 3 + (i * 7 + j * 5) % 50).collect())
         .collect();
     let stops: Vec<u32> = (3..15).collect();
     tch::manual_seed(11);
@@ -567,4 +579,78 @@ fn turn_sampler_continues_the_kv_cache_across_replies_with_gaps() {
     let lp = tch::no_grad(|| sequence_logprobs(&m, &seqs, 1.0, false));
     let d = max_abs(&lp, &Tensor::from_slice(&rec).view([6, n as i64]));
     assert!(d < 1e-4, "max |Δ log-prob| = {d}");
+}
+
+/// Rows that share a prompt run it once (`completion_hidden`'s shared pass): outputs and every
+/// parameter's gradient must equal the whole-sequence pass over each row.
+fn check_shared_prompt_pass(cfg: &GptConfig) {
+    use crate::sampling::{completion_hidden, right_pad, Sequences};
+    let _guard = lock();
+    let (vs, m) = sft::init_model(cfg, Device::Cpu, 5).unwrap();
+    // Two prompts of different lengths (left padding), each three times, interleaved; the
+    // completions have gaps (an env's reply is valid but not the policy's) and end at different
+    // lengths.
+    let prompts: Vec<Vec<u32>> = (0..6u32)
+        .map(|i| {
+            (0..(3 + 2 * (i % 2)))
+                .map(|j| 3 + (i % 2 * 11 + j * 5) % 40)
+                .collect()
+        })
+        .collect();
+    let conv: Vec<Vec<u32>> = (0..6u32)
+        .map(|i| (0..(4 + i)).map(|j| 3 + (i * 7 + j * 3) % 40).collect())
+        .collect();
+    let (prompt, prompt_valid) = left_pad(&prompts, 0, Device::Cpu);
+    let (tokens, valid) = right_pad(&conv, 0, Device::Cpu);
+    let s = Sequences {
+        mask: valid.to_kind(Kind::Float),
+        prompt,
+        prompt_valid,
+        tokens,
+        valid,
+    };
+    let (lp, n) = (s.prompt.size()[1], s.tokens.size()[1]);
+    let weight = Tensor::randn([6, n, cfg.n_embd as i64], (Kind::Float, Device::Cpu)); // [B, N, C]
+    let grads = |h: &Tensor| {
+        let v: Vec<_> = vs.trainable_variables();
+        for t in &v {
+            let mut g = t.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        (h * &weight).sum(Kind::Float).backward();
+        // The value and reward heads take no part: their gradients stay undefined.
+        v.iter()
+            .map(|t| t.grad())
+            .filter(|g| g.defined())
+            .map(|g| g.copy())
+            .collect::<Vec<_>>()
+    };
+    let shared = completion_hidden(&m, &s, true); // [B, N, C]
+    let g_shared = grads(&shared);
+    let full = Tensor::cat(&[&s.prompt, &s.tokens], 1);
+    let whole = m
+        .forward_full(&full, &Tensor::cat(&[&s.prompt_valid, &s.valid], 1), true)
+        .narrow(1, lp - 1, n); // [B, N, C]
+    let g_whole = grads(&whole);
+    let d = max_abs(&shared, &whole);
+    assert!(d < 1e-5, "shared-prompt hidden states differ by {d}");
+    assert_eq!(g_shared.len(), g_whole.len());
+    assert!(g_whole.len() >= 2 + 4 * cfg.n_layer);
+    for (a, b) in g_shared.iter().zip(&g_whole) {
+        // Relative to the gradient's size: these sum over every token of the batch.
+        let (d, scale) = (max_abs(a, b), b.abs().max().double_value(&[]));
+        assert!(
+            d <= 1e-5 * scale.max(1.0),
+            "a gradient differs by {d} (largest entry {scale}) between the two passes"
+        );
+    }
+}
+
+#[test]
+fn rows_sharing_a_prompt_run_it_once_with_the_same_outputs_and_gradients() {
+    check_shared_prompt_pass(&GptConfig::gpt2(50, 2, 4, 32, 64));
+    check_shared_prompt_pass(&small_llama(Family::Llama, 50));
+    check_shared_prompt_pass(&small_llama(Family::Qwen2, 50));
 }
