@@ -574,19 +574,20 @@ impl GroupCore {
     pub(crate) fn reference_logprobs(&self, rollout: &Rollout, temperature: f64) -> Option<Tensor> {
         let s = &rollout.seqs;
         let (b, seq_len) = (s.prompt.size()[0], s.prompt.size()[1] + s.tokens.size()[1]);
-        let pass = rows_per_pass(s.prompt.device(), seq_len, self.g) as i64;
+        // usize throughout: on a GPU the pass is usize::MAX, the whole batch.
+        let rows = rows_per_pass(s.prompt.device(), seq_len, self.g).min(b as usize).max(1);
         self.reference.as_ref().map(|r| {
             tch::no_grad(|| {
-                let parts: Vec<Tensor> = (0..b)
-                    .step_by(pass.min(b).max(1) as usize)
+                let parts: Vec<Tensor> = (0..b as usize)
+                    .step_by(rows)
                     .map(|at| {
+                        let end = (at + rows).min(b as usize);
                         let idx = Tensor::arange_start(
-                            at,
-                            (at + pass).min(b),
+                            at as i64,
+                            end as i64,
                             (Kind::Int64, s.prompt.device()),
-                        );
+                        ); // [rows]
                         sequence_logprobs(&r.model, &s.select(&idx), temperature, false)
-                        // [rows, N]
                     })
                     .collect();
                 Tensor::cat(&parts, 0) // [B, N]
