@@ -575,7 +575,9 @@ impl GroupCore {
         let s = &rollout.seqs;
         let (b, seq_len) = (s.prompt.size()[0], s.prompt.size()[1] + s.tokens.size()[1]);
         // usize throughout: on a GPU the pass is usize::MAX, the whole batch.
-        let rows = rows_per_pass(s.prompt.device(), seq_len, self.g).min(b as usize).max(1);
+        let rows = rows_per_pass(s.prompt.device(), seq_len, self.g)
+            .min(b as usize)
+            .max(1);
         self.reference.as_ref().map(|r| {
             tch::no_grad(|| {
                 let parts: Vec<Tensor> = (0..b as usize)

@@ -309,14 +309,26 @@ impl KvCache {
         self.layers.first().map_or(0, |l| l.k.size()[2])
     }
     /// The cache of the sequences `rows [B']` (i64, repeats allowed): sequences that share a
-    /// prompt are prefilled once and then take copies of its cache.
+    /// prompt are prefilled once and then take copies of its cache. Only the held positions are
+    /// copied (the free room is fresh zeros): `index_select` over the whole preallocated cache
+    /// spent 4% of a GRPO iteration copying empty slots.
     pub fn select_rows(&self, rows: &Tensor) -> Self {
+        let len = self.len;
+        let pick = |x: &Tensor| {
+            let (_, h, t, d) = x.size4().expect("[B, H, T, D]");
+            let held = x.narrow(2, 0, len).index_select(0, rows); // [B', H, len, D]
+            if t == len {
+                return held;
+            }
+            let free = Tensor::zeros([rows.size()[0], h, t - len, d], (x.kind(), x.device()));
+            Tensor::cat(&[held, free], 2) // [B', H, T, D]
+        };
         let layers = self
             .layers
             .iter()
             .map(|l| LayerCache {
-                k: l.k.index_select(0, rows), // [B', H, T, D]
-                v: l.v.index_select(0, rows),
+                k: pick(&l.k),
+                v: pick(&l.v),
             })
             .collect();
         Self {

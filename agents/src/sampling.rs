@@ -521,9 +521,6 @@ pub struct Turn {
     pub mask: Tensor,
 }
 
-/// KV-cache slots a [`TurnSampler`] allocates past the prompt before it needs to grow.
-const FIRST_TURN_ROOM: i64 = 256;
-
 /// Conversations sampled turn by turn with one KV cache: the prompts are prefilled once; each turn
 /// decodes the next policy turn of the live sequences; an env's reply is prefilled after it while
 /// the other sequences keep their place. The cache may hold gaps (left padding, the slots of a
@@ -592,11 +589,11 @@ impl<'a> TurnSampler<'a> {
         tch::no_grad(|| {
             let weights = model.compute_weights();
             let decode = model.decode_weights(&weights);
-            // Room for a first turn; `turn` and `append` grow the cache beyond it. Not the whole
-            // context: a real model's (8192 positions for SmolLM2) would take gigabytes per batch.
-            let cap = (model.config().block_size as i64).min(lp + FIRST_TURN_ROOM);
-            let mut cache =
-                KvCache::new(model.config(), u, cap.max(lp), device, model.compute_kind());
+            // The prompts only: `turn` and `append` grow the cache by what each needs, after the
+            // prompts' copies are made (copying a turn's empty room G times cost more than the
+            // growth). Never the whole context: a real model's (8192 positions for SmolLM2)
+            // would take gigabytes per batch.
+            let mut cache = KvCache::new(model.config(), u, lp, device, model.compute_kind());
             let pos = positions_from_valid(&prompt_valid); // [U, L_p]
             let mask = attention_mask(&prompt_valid, 0, lp);
             let h = model.forward_with(&weights, &prompt, &pos, &mask, Some(&mut cache), false); // [U, L_p, C]
