@@ -517,7 +517,8 @@ impl Block {
 
         // Training and scoring passes attend in fp32 (without a cache, or with an fp32 one):
         // libtorch's CPU backward of bf16 attention is ~6× slower than fp32's, and attention's
-        // FLOPs are few. Decoding (no backward) keeps the bf16 cache and attends in bf16.
+        // FLOPs are few. Decoding attends in its cache's kind (`Gpt::cache_kind`: fp32 on CPU,
+        // the compute kind on a GPU).
         let qkv = qkv.to_kind(cache.as_ref().map_or(Kind::Float, |lc| lc.k.kind()));
         let parts = qkv.split_with_sizes([h * d, hkv * d, hkv * d], 2);
         let heads = |z: &Tensor, n: i64| z.view([b, t, n, d]).transpose(1, 2); // [B, n, T, D]
@@ -749,9 +750,22 @@ impl Gpt {
     pub fn set_precision(&mut self, precision: Precision) {
         self.precision = precision;
     }
-    /// The kind activations and the KV cache are stored in.
+    /// The kind activations are stored in.
     pub fn compute_kind(&self) -> Kind {
         self.precision.kind()
+    }
+
+    /// The kind a decoding KV cache is stored and attended in: the compute kind on a GPU, fp32
+    /// on CPU. A decoding step's attention is a matrix-vector product per head, bound by reading
+    /// the cache; libtorch's bf16 route for it on CPU (SDPA's flash kernel calling MKL's bf16
+    /// gemv per head) took a quarter of a tiny bf16 GRPO iteration, its fp32 batched matmuls
+    /// half that. Training passes attend in fp32 too, so sampling and scoring agree better.
+    pub fn cache_kind(&self) -> Kind {
+        if self.device() == Device::Cpu {
+            Kind::Float
+        } else {
+            self.compute_kind()
+        }
     }
 
     /// The weights in the compute precision (differentiable; under `no_grad` a plain cast).

@@ -290,7 +290,7 @@ pub fn generate_until(
     }
     tch::no_grad(|| {
         let w = model.compute_weights();
-        let mut cache = KvCache::new(model.config(), b, lp + n, device, model.compute_kind());
+        let mut cache = KvCache::new(model.config(), b, lp + n, device, model.cache_kind());
         // Decoding masks only the prompt's left padding: a live sequence has no padding after its
         // prompt, and an ended one's outputs are discarded, so one precomputed row serves every
         // step, as an additive mask (0 or −∞) that the attention adds to its scores.
@@ -301,11 +301,7 @@ pub fn generate_until(
             ],
             1,
         ); // [B, L_p + N]
-        let key_bias = key_bias(
-            &key_valid,
-            model.config().n_head as i64,
-            model.compute_kind(),
-        ); // [B·H, 1, L_p + N]
+        let key_bias = key_bias(&key_valid, model.config().n_head as i64, model.cache_kind()); // [B·H, 1, L_p + N]
         let pos = positions_from_valid(&prompt_valid); // [B, L_p]
         let mask = attention_mask(&prompt_valid, 0, lp);
         let h = model.forward_with(&w, &prompt, &pos, &mask, Some(&mut cache), false); // [B, L_p, C]
@@ -436,7 +432,11 @@ fn completion_logp(
     temperature: f64,
 ) -> (Tensor, Tensor) {
     let t = if temperature > 0.0 { temperature } else { 1.0 };
-    let logp_all = (model.lm_logits(hidden) / t).log_softmax(-1, Kind::Float); // [B, N, V]
+    let logits = model.lm_logits(hidden); // [B, N, V]
+                                          // At temperature 1 the division changes nothing, yet autograd would run it forward and back
+                                          // over every vocabulary entry.
+    let logits = if t == 1.0 { logits } else { logits / t };
+    let logp_all = logits.log_softmax(-1, Kind::Float); // [B, N, V]
     let logprobs = logp_all
         .gather(2, &tokens.unsqueeze(-1), false)
         .squeeze_dim(-1)
@@ -593,7 +593,7 @@ impl<'a> TurnSampler<'a> {
             // prompts' copies are made (copying a turn's empty room G times cost more than the
             // growth). Never the whole context: a real model's (8192 positions for SmolLM2)
             // would take gigabytes per batch.
-            let mut cache = KvCache::new(model.config(), u, lp, device, model.compute_kind());
+            let mut cache = KvCache::new(model.config(), u, lp, device, model.cache_kind());
             let pos = positions_from_valid(&prompt_valid); // [U, L_p]
             let mask = attention_mask(&prompt_valid, 0, lp);
             let h = model.forward_with(&weights, &prompt, &pos, &mask, Some(&mut cache), false); // [U, L_p, C]
@@ -637,7 +637,7 @@ impl<'a> TurnSampler<'a> {
             let kb = key_bias(
                 &Tensor::cat(&[&self.key_valid, &open], 1),
                 self.model.config().n_head as i64,
-                self.model.compute_kind(),
+                self.model.cache_kind(),
             ); // [B·H, 1, capacity]
             let pad_t = Tensor::full([b], self.pad as i64, (Kind::Int64, self.device));
             let mut finished = live.logical_not(); // [B]

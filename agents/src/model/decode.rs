@@ -5,7 +5,8 @@
 //! by one of two routes:
 //!
 //! - **Tensor ops** (any device, any precision): 2-D activations, weights pre-transposed once per
-//!   `generate`, SDPA over the cache, residual adds in place.
+//!   `generate`, attention in the cache's kind (SDPA on a GPU, two batched matmuls on CPU),
+//!   residual adds in place.
 //! - **CPU fp32**: libtorch only for the matmuls, attention (a batched matmul with the mask fused
 //!   in, softmax, a second batched matmul) and GELU; embeddings, LayerNorms, biases and the cache
 //!   writes are Rust loops over the tensors' memory.
@@ -197,7 +198,6 @@ impl Gpt {
         }
         let mut a = Tensor::empty([b, c], opts); // [B, C], LayerNorm output
         let mut q = Tensor::empty([b * h, 1, d], opts); // [B·H, 1, D]
-        let scale = 1.0 / (d as f64).sqrt();
         let eps = self.cfg.norm_eps as f32;
         let approximate = self.cfg.activation.gelu_approximate();
         // The MLP's output bias of the block before, added with the next LayerNorm.
@@ -206,18 +206,7 @@ impl Gpt {
             add_and_layer_norm(&mut x, pending, layer_norm(&blk.norm_1), eps, &mut a);
             let qkv = a.mm(&bw.c_attn.w_t); // [B, 3C]
             scatter_qkv(&qkv, &bw.c_attn.b, &mut q, lc, slot, h);
-            let t_max = lc.v.size()[2];
-            let keys =
-                lc.k.view([b * h, t_max, d])
-                    .narrow(1, 0, slot + 1)
-                    .transpose(1, 2); // [B·H, D, L]
-            let values = lc.v.view([b * h, t_max, d]).narrow(1, 0, slot + 1); // [B·H, L, D]
-            let y = key_bias
-                .narrow(2, 0, slot + 1)
-                .baddbmm(&q, &keys, 1.0, scale) // [B·H, 1, L]
-                .softmax(-1, Kind::Float)
-                .bmm(&values)
-                .view([b, c]); // [B, C]
+            let y = attend_batched(&q, key_bias, lc, slot).view([b, c]); // [B, C]
             let _ = x.addmm_(&y, &bw.c_proj.w_t);
             add_and_layer_norm(
                 &mut x,
@@ -252,33 +241,54 @@ impl Block {
         let (h, d) = (self.n_head, c / self.n_head);
         let kind = w.c_attn.w_t.kind();
         let qkv = w.c_attn.apply(&self.norm_1.forward(x).to_kind(kind)); // [B, 3C]
-        let q = qkv.narrow(1, 0, c).view([b, h, 1, d]); // [B, H, 1, D]
+                                                                         // Attention runs in the cache's kind (fp32 on CPU, see `Gpt::cache_kind`).
+        let q = qkv.narrow(1, 0, c).to_kind(lc.k.kind()); // [B, C]
         lc.k.select(2, slot)
             .copy_(&qkv.narrow(1, c, c).view([b, h, d]));
         lc.v.select(2, slot)
             .copy_(&qkv.narrow(1, 2 * c, c).view([b, h, d]));
-        // SDPA here rather than the CPU route's two batched matmuls: one fused kernel on a GPU, and
-        // in bf16 on CPU the batched matmuls made sampling 1.2–1.4× slower.
-        let t_bias = key_bias.size()[2];
-        let mask = key_bias.view([b, h, 1, t_bias]).narrow(3, 0, slot + 1); // [B, H, 1, L]
-        let keys = lc.k.narrow(2, 0, slot + 1); // [B, H, L, D]
-        let values = lc.v.narrow(2, 0, slot + 1); // [B, H, L, D]
-        let y = Tensor::scaled_dot_product_attention(
-            &q,
-            &keys,
-            &values,
-            Some(mask),
-            0.0,
-            false,
-            None,
-            false,
-        )
-        .reshape([b, c]); // [B, C]
+        let y = if x.device() == Device::Cpu {
+            attend_batched(&q.reshape([b * h, 1, d]), key_bias, lc, slot)
+        } else {
+            // One fused kernel on a GPU.
+            let t_bias = key_bias.size()[2];
+            let mask = key_bias.view([b, h, 1, t_bias]).narrow(3, 0, slot + 1); // [B, H, 1, L]
+            Tensor::scaled_dot_product_attention(
+                &q.reshape([b, h, 1, d]),
+                &lc.k.narrow(2, 0, slot + 1), // [B, H, L, D]
+                &lc.v.narrow(2, 0, slot + 1), // [B, H, L, D]
+                Some(mask),
+                0.0,
+                false,
+                None,
+                false,
+            )
+        }
+        .reshape([b, c])
+        .to_kind(kind); // [B, C]
         w.c_proj.add_into(x, &y);
         let mut hidden = w.c_fc.apply(&self.norm_2.forward(x).to_kind(kind)); // [B, 4C]
         let hidden = hidden.gelu_(self.activation.gelu_approximate());
         w.mlp_proj.add_into(x, &hidden);
     }
+}
+
+/// One query per sequence and head, `q [B·H, 1, D]`, against the cache's first `slot + 1`
+/// positions, as two batched matmuls with the additive mask fused into the first (on CPU these
+/// beat SDPA's flash kernel, made for long queries); `[B·H, 1, D]` in the cache's kind.
+fn attend_batched(q: &Tensor, key_bias: &Tensor, lc: &LayerCache, slot: i64) -> Tensor {
+    let (bh, _, d) = q.size3().expect("[B·H, 1, D]");
+    let t_max = lc.v.size()[2];
+    let keys =
+        lc.k.view([bh, t_max, d])
+            .narrow(1, 0, slot + 1)
+            .transpose(1, 2); // [B·H, D, L]
+    let values = lc.v.view([bh, t_max, d]).narrow(1, 0, slot + 1); // [B·H, L, D]
+    key_bias
+        .narrow(2, 0, slot + 1)
+        .baddbmm(q, &keys, 1.0, 1.0 / (d as f64).sqrt()) // [B·H, 1, L]
+        .softmax(-1, Kind::Float)
+        .bmm(&values) // [B·H, 1, D]
 }
 
 /// The elements of a contiguous fp32 CPU tensor, read in place.
