@@ -318,16 +318,19 @@ pub fn grpo_loss_part(
     }
 }
 
-/// Rows of `seq_len` tokens per forward/backward pass on `device`, a whole number of groups of
-/// `group` rows (so each pass runs a group's prompt once). On CPU about 2,048 tokens a pass: a
-/// pass over a whole GRPO minibatch (256 × 80 tokens) streams activations far larger than the
-/// caches through every elementwise op; in passes of ~24 such rows the same step ran 1.06×
-/// (tiny) to 1.2× (small) faster in fp32. A GPU takes the minibatch whole.
-pub(crate) fn rows_per_pass(device: Device, seq_len: i64, group: usize) -> usize {
-    const CPU_TOKENS_PER_PASS: i64 = 2048;
+/// Rows of `seq_len` tokens per forward/backward pass of a model `width` channels wide on
+/// `device`, a whole number of groups of `group` rows (so each pass runs a group's prompt once).
+/// On CPU about 2¹⁹ activations (tokens × width) a pass: a pass over a whole GRPO minibatch
+/// (256 × 64 tokens) streams activations far larger than the caches through every elementwise
+/// op, while small passes pay libtorch's per-op overhead. Measured on a 2-core CPU: at width 256
+/// 2,048 tokens a pass beat 4,096 (fp32) and 1,024; at width 128 4,096 beat 2,048 by 7%. A GPU
+/// takes the minibatch whole.
+pub(crate) fn rows_per_pass(device: Device, seq_len: i64, width: i64, group: usize) -> usize {
+    const CPU_ACTIVATIONS_PER_PASS: i64 = 1 << 19;
     match device {
         Device::Cpu => {
-            let rows = (CPU_TOKENS_PER_PASS / seq_len.max(1)).max(1) as usize;
+            let tokens = CPU_ACTIVATIONS_PER_PASS / width.max(1);
+            let rows = (tokens / seq_len.max(1)).max(1) as usize;
             (rows / group.max(1)).max(1) * group.max(1)
         }
         _ => usize::MAX,
@@ -575,7 +578,8 @@ impl GroupCore {
         let s = &rollout.seqs;
         let (b, seq_len) = (s.prompt.size()[0], s.prompt.size()[1] + s.tokens.size()[1]);
         // usize throughout: on a GPU the pass is usize::MAX, the whole batch.
-        let rows = rows_per_pass(s.prompt.device(), seq_len, self.g)
+        let width = self.actor.model.config().n_embd as i64;
+        let rows = rows_per_pass(s.prompt.device(), seq_len, width, self.g)
             .min(b as usize)
             .max(1);
         self.reference.as_ref().map(|r| {
@@ -647,7 +651,7 @@ impl GroupCore {
         let (g, groups) = (self.g, self.prompts);
         let per_mb = groups / c.minibatches;
         let seq_len = batch.rollout.seqs.prompt.size()[1] + batch.rollout.seqs.tokens.size()[1];
-        let pass = rows_per_pass(dev, seq_len, g);
+        let pass = rows_per_pass(dev, seq_len, self.actor.model.config().n_embd as i64, g);
         let mut rows: Vec<Tensor> = Vec::new();
         for _ in 0..c.iterations {
             let mut order: Vec<usize> = (0..groups).collect();
