@@ -12,7 +12,7 @@ CARGO ?= cargo
 BIN := target/release/aligngym
 OUT ?= results
 
-.PHONY: run test build venv gpu-check bench bench-reference lint fmt clean smollm2 fuzz claims
+.PHONY: run test build venv gpu-check bench bench-reference bench-reference-smollm2 lint fmt clean smollm2 fuzz claims
 
 run: build
 	$(BIN) compare --out $(OUT)
@@ -68,13 +68,22 @@ $(REF_STAMP): $(TORCH_STAMP) benches/reference/requirements.txt
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --upgrade --target $(VENV)/reference/trl-1.12 trl==1.12.0
 	touch $@
 
+BENCH_SIZES ?= tiny small
+BENCH_DTYPES ?= fp32 bf16
+BENCH_WORKLOADS ?= W1,W2,W3,W4,W5,W6
 bench-reference: build $(REF_STAMP)
 	mkdir -p $(BENCH_OUT)
-	set -e; for size in tiny small; do for dtype in fp32 bf16; do \
-	  $(BIN) bench --size $$size --dtype $$dtype --repeats $(REPEATS) --json $(BENCH_OUT)/aligngym-$$size-$$dtype.json; \
-	  $(VENV)/bin/python benches/reference/reference.py --size $$size --dtype $$dtype --repeats $(REPEATS) --json $(BENCH_OUT)/python-$$size-$$dtype.json 2>/dev/null; \
+	set -e; for size in $(BENCH_SIZES); do for dtype in $(BENCH_DTYPES); do \
+	  $(BIN) bench --size $$size --dtype $$dtype --repeats $(REPEATS) --workloads $(BENCH_WORKLOADS) --json $(BENCH_OUT)/aligngym-$$size-$$dtype.json; \
+	  $(VENV)/bin/python benches/reference/reference.py --size $$size --dtype $$dtype --repeats $(REPEATS) --workloads $(BENCH_WORKLOADS) --json $(BENCH_OUT)/python-$$size-$$dtype.json 2>/dev/null; \
 	done; done
 	$(VENV)/bin/python benches/reference/compare.py $(BENCH_OUT) | tee $(BENCH_OUT)/comparison.md
+
+# The same at SmolLM2-135M's shape (issue 17: Llama, random weights on both sides): W1–W4, one
+# timed repetition each, in bf16 (what `auto` picks on a CPU with native bf16; BENCH_DTYPES="fp32
+# bf16" for both). About 40 minutes a precision on a 2-core CPU, most of it the two PPO trainers.
+bench-reference-smollm2:
+	$(MAKE) bench-reference BENCH_SIZES=smollm2-135m BENCH_DTYPES="$(or $(SMOL_DTYPES),bf16)" BENCH_WORKLOADS=W1,W2,W4,W3 REPEATS=1
 
 # Each fuzz target of tests/fuzz.rs for FUZZ_SECONDS (two at a time); prints executions per target.
 FUZZ_SECONDS ?= 600

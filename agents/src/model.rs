@@ -542,8 +542,11 @@ impl Block {
         };
         let p = if train { self.dropout } else { 0.0 };
         let gqa = hkv != h;
-        // [B, H, T, D]
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, gqa);
+        let y = if t == 1 && !train && x.device() == Device::Cpu && mask.kind() != Kind::Bool {
+            attend_one_query(&q, &k, &v, mask)
+        } else {
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, gqa)
+        }; // [B, H, T, D]
         let y = y.transpose(1, 2).contiguous().view([b, t, c]).to_kind(kind); // [B, T, C]
         let x = x + w.o_proj.apply(&y).dropout(p, train); // fp32 [B, T, C]
         let hidden = w.mlp_in.apply(&self.norm_2.forward(&x).to_kind(kind)); // [B, T, M or 2M]
@@ -883,4 +886,27 @@ pub fn attention_mask(key_valid: &Tensor, past: i64, t: i64) -> Tensor {
     let own = k.eq_tensor(&q).unsqueeze(0); // [1, T, T_k]
     let valid = key_valid.to_kind(Kind::Bool).unsqueeze(1); // [B, 1, T_k]
     causal.logical_and(&valid).logical_or(&own).unsqueeze(1) // [B, 1, T, T_k]
+}
+
+/// Attention of one new token per sequence, `q [B, H, 1, D]`, over the cached keys and values
+/// `[B, H_kv, L, D]` with an additive `mask` broadcastable to `[B, H, 1, L]`, on a CPU: the G query
+/// heads that share a key-value head are the rows of one batched matmul, so each cached key is read
+/// once per step for all of them (transformers' grouping: query head i reads key-value head i / G).
+/// SDPA's CPU kernels are made for long queries; for one query row they cost more than the
+/// matmuls. Returns `[B, H, 1, D]` in `q`'s kind.
+fn attend_one_query(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Tensor {
+    let (b, h, _, d) = q.size4().expect("[B, H, 1, D]");
+    let (hkv, l) = (k.size()[1], k.size()[2]);
+    let g = h / hkv;
+    let queries = q.reshape([b * hkv, g, d]); // [B·H_kv, G, D]
+    let keys = k.reshape([b * hkv, l, d]).transpose(1, 2); // [B·H_kv, D, L]
+    let values = v.reshape([b * hkv, l, d]); // [B·H_kv, L, D]
+    let bias = mask
+        .to_kind(q.kind())
+        .expand([b, h, 1, l], false)
+        .reshape([b * hkv, g, l]); // [B·H_kv, G, L]
+    bias.baddbmm(&queries, &keys, 1.0, 1.0 / (d as f64).sqrt()) // [B·H_kv, G, L]
+        .softmax(-1, q.kind())
+        .bmm(&values) // [B·H_kv, G, D]
+        .view([b, h, 1, d])
 }

@@ -4,7 +4,7 @@ The same workloads as `aligngym bench` (src/bench.rs), at the same model sizes, 
 `make bench-reference` compare equal work:
 
   W1 sampling   32 prompts × 16 tokens, 48 new tokens each (no early stop), temperature 1, KV cache:
-                `GPT2LMHeadModel.generate`.
+                the model's `generate` (GPT-2, or Llama at SmolLM2's shape).
   W2 DPO step   32 pairs, prompt 16, chosen and rejected 48 tokens, AdamW: TRL's `DPOTrainer`, (a) with
                 a reference model, (b) with `precompute_ref_log_probs`.
   W3 PPO        sample 32 × 48 from 16-token prompts, rule reward, reference and value passes, GAE,
@@ -39,15 +39,36 @@ import torch
 SIZES = {
     "tiny": dict(vocab=512, n_layer=4, n_head=4, n_embd=128),
     "small": dict(vocab=4096, n_layer=6, n_head=8, n_embd=256),
+    # SmolLM2-135M's shape (as `aligngym bench --size smollm2-135m`): Llama, grouped-query
+    # attention, SwiGLU, tied head. Random weights on both sides: speed does not depend on them.
+    "smollm2-135m": dict(vocab=49152, n_layer=30, n_head=9, n_embd=576, llama=dict(kv_heads=3, mlp=1536)),
 }
 B, LP, N, SFT_T = 32, 16, 48, 64
 TARGET_WORDS = 20  # aligngym's W3 rule: length target of 20 words
 
 
-def gpt2_config(size):
-    from transformers import GPT2Config
+def lm_config(size):
+    """The transformers config of a size: GPT-2 for tiny and small, Llama for SmolLM2's shape."""
+    from transformers import GPT2Config, LlamaConfig
 
     s = SIZES[size]
+    if "llama" in s:
+        return LlamaConfig(
+            vocab_size=s["vocab"],
+            hidden_size=s["n_embd"],
+            intermediate_size=s["llama"]["mlp"],
+            num_hidden_layers=s["n_layer"],
+            num_attention_heads=s["n_head"],
+            num_key_value_heads=s["llama"]["kv_heads"],
+            max_position_embeddings=2048,
+            rope_theta=100_000.0,
+            rms_norm_eps=1e-5,
+            hidden_act="silu",
+            tie_word_embeddings=True,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
     return GPT2Config(
         vocab_size=s["vocab"],
         n_positions=128,
@@ -61,6 +82,13 @@ def gpt2_config(size):
         eos_token_id=2,
         pad_token_id=0,
     )
+
+
+def causal_lm(size):
+    """A randomly initialised causal LM of `size` (the seed is the caller's)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(lm_config(size))
 
 
 def word_tokenizer(vocab):
@@ -126,10 +154,8 @@ def common_args(dtype, lr):
 
 
 def w1(size, dtype, repeats, device):
-    from transformers import GPT2LMHeadModel
-
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(gpt2_config(size)).to(device).eval()
+    model = causal_lm(size).to(device).eval()
     if dtype == "bf16":
         model = model.to(torch.bfloat16)
     model.generation_config.eos_token_id = None  # no early stop
@@ -157,7 +183,6 @@ def w1(size, dtype, repeats, device):
 
 def w2(size, dtype, repeats, device):
     from datasets import Dataset
-    from transformers import GPT2LMHeadModel
     from trl import DPOConfig, DPOTrainer
 
     g = torch.Generator().manual_seed(0)
@@ -174,8 +199,8 @@ def w2(size, dtype, repeats, device):
     rows = []
     for precompute in (False, True):
         torch.manual_seed(0)
-        model = GPT2LMHeadModel(gpt2_config(size)).to(device)
-        ref = None if precompute else GPT2LMHeadModel(gpt2_config(size)).to(device)
+        model = causal_lm(size).to(device)
+        ref = None if precompute else causal_lm(size).to(device)
         cb = step_times_callback()
         with tempfile.TemporaryDirectory() as out:
             cfg = DPOConfig(
@@ -203,7 +228,7 @@ def w2(size, dtype, repeats, device):
 
 def w3(size, dtype, repeats, device, trl_ppo_path):
     from datasets import Dataset
-    from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
+    from transformers import AutoModelForSequenceClassification
 
     # TRL 1.13 dropped the PPO trainer; 1.12 is installed beside the newer TRL and imported first.
     sys.path.insert(0, trl_ppo_path)
@@ -236,12 +261,11 @@ def w3(size, dtype, repeats, device, trl_ppo_path):
     prompts = [tok(words(g, vocab, LP))["input_ids"] for _ in range(B)]
     data = Dataset.from_dict({"input_ids": prompts})
     torch.manual_seed(0)
-    cfg_m = gpt2_config(size)
-    policy = GPT2LMHeadModel(cfg_m).to(device)
-    ref = GPT2LMHeadModel(cfg_m).to(device)
-    cfg_v = gpt2_config(size)
+    policy = causal_lm(size).to(device)
+    ref = causal_lm(size).to(device)
+    cfg_v = lm_config(size)
     cfg_v.num_labels = 1
-    value = GPT2ForSequenceClassification(cfg_v).to(device)
+    value = AutoModelForSequenceClassification.from_config(cfg_v).to(device)
     cb = step_times_callback()
     iters = repeats + 2
     with tempfile.TemporaryDirectory() as out:
@@ -280,7 +304,7 @@ def length_rule(completions, **kw):
 
 def group_trainer(size, dtype, repeats, device, which):
     from datasets import Dataset
-    from transformers import GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
 
     if which == "grpo":
         from trl import GRPOConfig as Config, GRPOTrainer as Trainer
@@ -301,8 +325,8 @@ def group_trainer(size, dtype, repeats, device, which):
     args["per_device_train_batch_size"] = B * k
     with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as init:
         # The trainers build their reference model from the policy's path: save it first.
-        GPT2LMHeadModel(gpt2_config(size)).save_pretrained(init)
-        model = GPT2LMHeadModel.from_pretrained(init).to(device)
+        causal_lm(size).save_pretrained(init)
+        model = AutoModelForCausalLM.from_pretrained(init).to(device)
         cfg = Config(
             output_dir=out,
             max_steps=steps,
@@ -335,10 +359,8 @@ def w6(size, dtype, repeats, device):
 
 
 def w4(size, dtype, repeats, device):
-    from transformers import GPT2LMHeadModel
-
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(gpt2_config(size)).to(device).train()
+    model = causal_lm(size).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
     ids = torch.randint(3, SIZES[size]["vocab"], (B, SFT_T), device=device)
     amp = (
