@@ -81,7 +81,7 @@ bench-reference: build $(REF_STAMP)
 
 # The same at SmolLM2-135M's shape (issue 17: Llama, random weights on both sides): W1–W4, one
 # timed repetition each, in bf16 (what `auto` picks on a CPU with native bf16; SMOL_DTYPES="fp32
-# bf16" for both). About 40 minutes a precision on a 2-core CPU, most of it the two PPO trainers.
+# bf16" for both). About 20 minutes a precision on a 2-core CPU, most of it the two PPO trainers.
 bench-reference-smollm2:
 	$(MAKE) bench-reference BENCH_SIZES=smollm2-135m BENCH_DTYPES="$(or $(SMOL_DTYPES),bf16)" BENCH_WORKLOADS=W1,W2,W4,W3 REPEATS=1
 
