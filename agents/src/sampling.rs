@@ -432,9 +432,9 @@ fn completion_logp(
     temperature: f64,
 ) -> (Tensor, Tensor) {
     let t = if temperature > 0.0 { temperature } else { 1.0 };
+    // At temperature 1 the division changes nothing, yet autograd would run it forward and back
+    // over every vocabulary entry.
     let logits = model.lm_logits(hidden); // [B, N, V]
-                                          // At temperature 1 the division changes nothing, yet autograd would run it forward and back
-                                          // over every vocabulary entry.
     let logits = if t == 1.0 { logits } else { logits / t };
     let logp_all = logits.log_softmax(-1, Kind::Float); // [B, N, V]
     let logprobs = logp_all

@@ -240,8 +240,8 @@ impl Block {
         let (b, c) = x.size2().expect("[B, C]");
         let (h, d) = (self.n_head, c / self.n_head);
         let kind = w.c_attn.w_t.kind();
+        // Attention runs in the cache's kind (fp32 on CPU, see `Gpt::cache_kind`).
         let qkv = w.c_attn.apply(&self.norm_1.forward(x).to_kind(kind)); // [B, 3C]
-                                                                         // Attention runs in the cache's kind (fp32 on CPU, see `Gpt::cache_kind`).
         let q = qkv.narrow(1, 0, c).to_kind(lc.k.kind()); // [B, C]
         lc.k.select(2, slot)
             .copy_(&qkv.narrow(1, c, c).view([b, h, d]));
@@ -274,21 +274,22 @@ impl Block {
 }
 
 /// One query per sequence and head, `q [B·H, 1, D]`, against the cache's first `slot + 1`
-/// positions, as two batched matmuls with the additive mask fused into the first (on CPU these
-/// beat SDPA's flash kernel, made for long queries); `[B·H, 1, D]` in the cache's kind.
+/// positions with the additive `key_bias [B·H, 1, ≥ slot+1]`: [`super::attend_one_query`] (two
+/// batched matmuls, which on CPU beat SDPA's flash kernel, made for long queries); `[B·H, 1, D]`
+/// in the cache's kind.
 fn attend_batched(q: &Tensor, key_bias: &Tensor, lc: &LayerCache, slot: i64) -> Tensor {
     let (bh, _, d) = q.size3().expect("[B·H, 1, D]");
-    let t_max = lc.v.size()[2];
-    let keys =
-        lc.k.view([bh, t_max, d])
-            .narrow(1, 0, slot + 1)
-            .transpose(1, 2); // [B·H, D, L]
-    let values = lc.v.view([bh, t_max, d]).narrow(1, 0, slot + 1); // [B·H, L, D]
-    key_bias
-        .narrow(2, 0, slot + 1)
-        .baddbmm(q, &keys, 1.0, 1.0 / (d as f64).sqrt()) // [B·H, 1, L]
-        .softmax(-1, Kind::Float)
-        .bmm(&values) // [B·H, 1, D]
+    let (b, h, len) = (lc.k.size()[0], lc.k.size()[1], slot + 1);
+    let mask = key_bias
+        .view([b, h, 1, key_bias.size()[2]])
+        .narrow(3, 0, len); // [B, H, 1, L]
+    super::attend_one_query(
+        &q.view([b, h, 1, d]),
+        &lc.k.narrow(2, 0, len), // [B, H, L, D]
+        &lc.v.narrow(2, 0, len), // [B, H, L, D]
+        &mask,
+    )
+    .view([bh, 1, d])
 }
 
 /// The elements of a contiguous fp32 CPU tensor, read in place.
