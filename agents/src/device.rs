@@ -289,7 +289,8 @@ impl DtypeChoice {
 /// the next step gets fresh pages the kernel must fault in and zero. At SmolLM2's size a training
 /// pass frees and reallocates vocabulary-wide tensors of hundreds of MB each: the kernel's page
 /// clearing was ≈ 19% of a bf16 SFT step (W4), and serving every block from the heap and never
-/// trimming it took that step from 9.0 to 5.8 s (DPO 19.6 → 14.1 s) for ≈ 10% more peak memory.
+/// trimming it took that step from 9.0–9.3 to 6.5–7.0 s (one interleaved A/B) for ≈ 10% more
+/// peak memory.
 /// Process-wide; call it once at start-up. Elsewhere than glibc it does nothing.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
