@@ -3,7 +3,8 @@
 //! matmul in the same precision measured in the same process (the machine's practical peak).
 //!
 //! W1 sampling: 32 prompts × 16 tokens, 48 new tokens each, temperature 1, KV cache (and, for
-//! reference, the same without the cache). W2 DPO step: 32 pairs, prompt 16, chosen and rejected 48
+//! reference, its decoding matmuls alone, the floor libtorch's kernels set, and below SmolLM2's
+//! size the same sampling without the cache). W2 DPO step: 32 pairs, prompt 16, chosen and rejected 48
 //! tokens, AdamW; (a) reference log-probs from a reference model each step, (b) precomputed.
 //! W3 PPO iteration: sample 32 × 48 from 16-token prompts, rule reward, reference and value forward
 //! passes, GAE, 4 epochs × 1 minibatch, separate value network. W4 SFT step: 32 × 64 tokens.
@@ -13,6 +14,7 @@
 
 use crate::commands::ModelSize;
 use aligngym_agents::losses::{dpo_loss, DpoLoss, DpoLossParams, PairScores};
+use aligngym_agents::model::{Activation, Family};
 use aligngym_agents::optim::{AdamW, AdamWConfig};
 use aligngym_agents::pairs::{pair_lengths, pair_logps, PairBatch};
 use aligngym_agents::rollout::{collect, Start};
@@ -405,7 +407,8 @@ pub enum DpoReference<'a> {
 /// A workload of `aligngym bench` (see the module's documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
-    /// Sampling, with and without the KV cache.
+    /// Sampling with the KV cache, its decoding matmuls alone, and (below SmolLM2's size)
+    /// sampling without the cache.
     #[value(name = "W1")]
     W1,
     /// A DPO step, with a reference model and with precomputed reference log-probs.
@@ -464,17 +467,29 @@ pub fn run_bench(
             s,
             w1_flops,
         );
-        let w1_nocache_flops = (0..n)
-            .map(|t| (b * (lp + t)) as f64 * fpt(lp + t))
-            .sum::<f64>();
-        let s = median_secs(repeats.min(3), device, || fx.sample(false))?;
+        let (s, flops) = decode_matmul_floor(&fx.cfg, device, dtype.kind(), n - 1, repeats)?;
         push(
-            "W1 sampling (no cache)",
+            "W1 floor: decode matmuls alone",
             "new tokens/s",
             (b * n) as f64,
             s,
-            w1_nocache_flops,
+            flops,
         );
+        // Recomputing the prefix is a reference point at the small sizes; at SmolLM2's it takes
+        // most of a minute a repetition and says nothing new.
+        if size != ModelSize::Smollm2_135m {
+            let w1_nocache_flops = (0..n)
+                .map(|t| (b * (lp + t)) as f64 * fpt(lp + t))
+                .sum::<f64>();
+            let s = median_secs(repeats.min(3), device, || fx.sample(false))?;
+            push(
+                "W1 sampling (no cache)",
+                "new tokens/s",
+                (b * n) as f64,
+                s,
+                w1_nocache_flops,
+            );
+        }
     }
 
     // W2: DPO steps.
@@ -547,6 +562,71 @@ pub fn run_bench(
         matmul_gflops: peak,
         rows,
     })
+}
+
+/// What the matmuls of `steps` decoding steps alone take (median seconds) and their FLOPs: a
+/// `[BATCH, I]` product with every weight matrix of `cfg`'s shape, fused as decoding fuses them
+/// (q/k/v; gate and up), and the LM head, in `kind`, through the same libtorch call decoding
+/// makes (`linear` for the Llama family; GPT-2's pre-transposed `mm`). Each matrix is a tensor of
+/// its own, so, as in decoding, each step reads every weight from memory. No decoding step can
+/// be faster than its matmuls: this is the floor under W1 that libtorch's kernels set.
+fn decode_matmul_floor(
+    cfg: &GptConfig,
+    device: Device,
+    kind: Kind,
+    steps: i64,
+    repeats: usize,
+) -> Result<(f64, f64)> {
+    let c = cfg.n_embd as i64;
+    let (h, hkv, d) = (
+        cfg.n_head as i64,
+        cfg.kv_heads() as i64,
+        cfg.head_dim() as i64,
+    );
+    let m = cfg.mlp_width() as i64;
+    let gated = if cfg.activation == Activation::Silu {
+        2
+    } else {
+        1
+    };
+    let mut shapes = Vec::new(); // (out, in) of each weight matrix, in the order decoding reads
+    for _ in 0..cfg.n_layer {
+        shapes.extend([((h + 2 * hkv) * d, c), (c, c), (gated * m, c), (c, m)]);
+    }
+    shapes.push((cfg.vocab_size as i64, c));
+    let opts = (kind, device);
+    let pre_transposed = cfg.family == Family::Gpt2;
+    let weights: Vec<Tensor> = shapes
+        .iter()
+        .map(|&(o, i)| {
+            let w = Tensor::randn([o, i], opts) * 0.02; // [O, I]
+            if pre_transposed {
+                w.tr().contiguous() // [I, O]
+            } else {
+                w
+            }
+        })
+        .collect();
+    let inputs: Vec<Tensor> = shapes
+        .iter()
+        .map(|&(_, i)| Tensor::randn([BATCH, i], opts)) // [B, I]
+        .collect();
+    let s = median_secs(repeats, device, || {
+        tch::no_grad(|| {
+            for _ in 0..steps {
+                for (w, x) in weights.iter().zip(&inputs) {
+                    let _ = if pre_transposed {
+                        x.mm(w)
+                    } else {
+                        x.linear::<Tensor>(w, None)
+                    }; // [B, O]
+                }
+            }
+        });
+        Ok(())
+    })?;
+    let params: i64 = shapes.iter().map(|&(o, i)| o * i).sum();
+    Ok((s, 2.0 * (BATCH * params * steps) as f64))
 }
 
 /// The median seconds of an agent's update over `repeats` (after a warm-up) and the FLOPs one

@@ -1142,6 +1142,8 @@ fn bench_runs_and_prints_finite_positive_numbers() {
         let text = String::from_utf8_lossy(&out.stdout);
         for w in [
             "W1 sampling (KV cache)",
+            "W1 floor: decode matmuls alone",
+            "W1 sampling (no cache)",
             "W2 DPO step (reference model)",
             "W2 DPO step (precomputed ref)",
             "W3 PPO iteration",

@@ -270,6 +270,11 @@ impl GptConfig {
         let per_layer = 2.0 * c * c + 2.0 * c * kv + mlp;
         2.0 * (l * per_layer + self.vocab_size as f64 * c) + 2.0 * l * 2.0 * t as f64 * c
     }
+    /// [`GptConfig::flops_per_token`] without the LM head: a pass that reads the trunk only (a
+    /// value or reward head costs next to nothing).
+    pub fn trunk_flops_per_token(&self, t: usize) -> f64 {
+        self.flops_per_token(t) - 2.0 * (self.vocab_size * self.n_embd) as f64
+    }
 }
 
 /// One layer's cached keys and values, preallocated to the longest sequence.

@@ -621,7 +621,11 @@ impl PpoAgent {
         let (lp, n) = (s.prompt.size()[1], s.tokens.size()[1]);
         let seq_tokens = b * (lp + n) as f64;
         let fpt = self.actor.model.config().flops_per_token((lp + n) as usize);
-        let nets = if self.critic.is_some() { 2.0 } else { 1.0 };
+        let value_net = self.critic.as_ref().unwrap_or(&self.actor);
+        let fpt_value = value_net
+            .model
+            .config()
+            .trunk_flops_per_token((lp + n) as usize);
         let train_tokens = seq_tokens * opt.minibatches as f64 / c.num_minibatches as f64;
         self.budget.samples += b as u64;
         self.budget.tokens_generated += roll.policy_tokens as u64;
@@ -629,9 +633,17 @@ impl PpoAgent {
         if matches!(self.reward, RewardSignal::Gold) {
             self.budget.oracle_queries += b as u64;
         }
-        self.budget.flops += fpt * (b * lp as f64 + roll.policy_tokens)
-            + 2.0 * fpt * seq_tokens
-            + 3.0 * fpt * train_tokens * nets;
+        self.budget.flops += update_flops(
+            UpdateTokens {
+                prompt: b * lp as f64,
+                generated: roll.policy_tokens,
+                sequence: seq_tokens,
+                train: train_tokens,
+            },
+            fpt,
+            fpt_value,
+            self.critic.is_some(),
+        );
     }
 
     /// Values `[B, N]` for the states before each token after the prompt (0 off the policy's).
@@ -640,6 +652,35 @@ impl PpoAgent {
         let hidden = completion_hidden(&net.model, s, train); // [B, N, C]
         net.model.value(&hidden) * &s.mask // [B, N]
     }
+}
+
+/// The tokens one PPO update passes through its networks.
+#[derive(Debug, Clone, Copy)]
+struct UpdateTokens {
+    /// Prompt tokens prefilled for sampling.
+    prompt: f64,
+    /// Tokens sampled.
+    generated: f64,
+    /// Prompt + completion tokens of the batch (each reference and value forward reads them).
+    sequence: f64,
+    /// Tokens of the training passes (forward and backward).
+    train: f64,
+}
+
+/// FLOPs of one PPO update: sampling and the reference forward through the whole LM
+/// (`fpt` per token), the value forward through a trunk only (`fpt_value`: no LM head), and the
+/// training passes at 3× a forward — the policy's, plus a separate critic's trunk when there is
+/// one (a shared critic's values come out of the policy's own pass).
+fn update_flops(t: UpdateTokens, fpt: f64, fpt_value: f64, separate_critic: bool) -> f64 {
+    let critic_train = if separate_critic {
+        3.0 * fpt_value * t.train
+    } else {
+        0.0
+    };
+    fpt * (t.prompt + t.generated)
+        + (fpt + fpt_value) * t.sequence
+        + 3.0 * fpt * t.train
+        + critic_train
 }
 
 impl Policy for PpoAgent {
@@ -735,5 +776,27 @@ impl Resumable for PpoAgent {
         self.kl_coef = s.kl_coef;
         self.budget = s.budget;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_value_passes_are_counted_without_an_lm_head() {
+        // One episode: 2 prompt tokens, 3 sampled (5 a sequence), 2 epochs (10 training tokens);
+        // 10 FLOPs a token through the whole LM, 6 through a trunk.
+        let t = UpdateTokens {
+            prompt: 2.0,
+            generated: 3.0,
+            sequence: 5.0,
+            train: 10.0,
+        };
+        // Sampling 10·5 = 50, reference 10·5 = 50, value forward 6·5 = 30, policy training
+        // 3·10·10 = 300, separate critic training 3·6·10 = 180.
+        assert_eq!(update_flops(t, 10.0, 6.0, true), 610.0);
+        // A shared critic's values come out of the policy's training pass.
+        assert_eq!(update_flops(t, 10.0, 6.0, false), 430.0);
     }
 }
