@@ -8,6 +8,7 @@ mod slurm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 fn bin() -> Command {
@@ -17,14 +18,54 @@ fn bin() -> Command {
     c
 }
 
+static ROOT: OnceLock<PathBuf> = OnceLock::new();
+/// Set by the first panic: a failed test (or a fuzz crash) keeps the scratch folder to look at.
+static PANICKED: AtomicBool = AtomicBool::new(false);
+const ROOT_PREFIX: &str = "aligngym-e2e-";
+
+/// This process's scratch folder in the temp dir. The suite writes ≈ 5 GB there (checkpoints,
+/// sweeps, SmolLM2 runs): it is removed when the process exits unless a test panicked, and at
+/// start-up the folders of earlier runs whose process has ended (failed or killed runs) are
+/// removed, where `/proc` tells which have.
 fn root() -> &'static Path {
-    static R: OnceLock<PathBuf> = OnceLock::new();
-    R.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("aligngym-e2e-{}", std::process::id()));
+    ROOT.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        remove_ended_runs(&tmp);
+        let d = tmp.join(format!("{ROOT_PREFIX}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICKED.store(true, Ordering::SeqCst);
+            previous(info)
+        }));
+        // SAFETY: registers a plain `extern "C"` function that libc calls once, at exit.
+        unsafe { libc::atexit(remove_root_unless_panicked) };
         d
     })
+}
+
+extern "C" fn remove_root_unless_panicked() {
+    if let (Some(d), false) = (ROOT.get(), PANICKED.load(Ordering::SeqCst)) {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// Removes `tmp/aligngym-e2e-<pid>` folders whose process is gone (none where `/proc` is absent).
+fn remove_ended_runs(tmp: &Path) {
+    let proc = Path::new("/proc");
+    let (true, Ok(entries)) = (proc.is_dir(), std::fs::read_dir(tmp)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(ROOT_PREFIX)) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !proc.join(pid).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn run(args: &[&str]) -> Output {
