@@ -22,6 +22,9 @@ static ROOT: OnceLock<PathBuf> = OnceLock::new();
 /// Set by the first panic: a failed test (or a fuzz crash) keeps the scratch folder to look at.
 static PANICKED: AtomicBool = AtomicBool::new(false);
 const ROOT_PREFIX: &str = "aligngym-e2e-";
+/// Written into every scratch folder the suite makes: only folders holding it are ever removed
+/// as an ended run's, never a folder of that name that someone else made.
+const ROOT_MARKER: &str = ".aligngym-e2e-scratch";
 
 /// This process's scratch folder in the temp dir. The suite writes ≈ 5 GB there (checkpoints,
 /// sweeps, SmolLM2 runs): it is removed when the process exits unless a test panicked, and at
@@ -32,8 +35,14 @@ fn root() -> &'static Path {
         let tmp = std::env::temp_dir();
         remove_ended_runs(&tmp);
         let d = tmp.join(format!("{ROOT_PREFIX}{}", std::process::id()));
+        assert!(
+            !d.exists() || d.join(ROOT_MARKER).is_file(),
+            "{} exists and is not a scratch folder of this suite: not touching it",
+            d.display()
+        );
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(ROOT_MARKER), "").unwrap();
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             PANICKED.store(true, Ordering::SeqCst);
@@ -51,7 +60,8 @@ extern "C" fn remove_root_unless_panicked() {
     }
 }
 
-/// Removes `tmp/aligngym-e2e-<pid>` folders whose process is gone (none where `/proc` is absent).
+/// Removes the suite's own `tmp/aligngym-e2e-<pid>` folders (those holding [`ROOT_MARKER`]) whose
+/// process is gone (none where `/proc` is absent).
 fn remove_ended_runs(tmp: &Path) {
     let proc = Path::new("/proc");
     let (true, Ok(entries)) = (proc.is_dir(), std::fs::read_dir(tmp)) else {
@@ -62,7 +72,8 @@ fn remove_ended_runs(tmp: &Path) {
         let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(ROOT_PREFIX)) else {
             continue;
         };
-        if pid.parse::<u32>().is_ok() && !proc.join(pid).exists() {
+        let ours = e.path().join(ROOT_MARKER).is_file();
+        if ours && pid.parse::<u32>().is_ok() && !proc.join(pid).exists() {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
