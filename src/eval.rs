@@ -5,7 +5,7 @@
 
 use aligngym_agents::best_of_n::{best_of_n_kl, best_of_n_kl_bound};
 use aligngym_agents::rollout::{chat_envs, collect, Rollout, Start};
-use aligngym_agents::sampling::{sequence_logprobs, sequence_outputs, SamplingConfig};
+use aligngym_agents::sampling::{sequence_logprobs, sequence_outputs, EntropyGrad, SamplingConfig};
 use aligngym_agents::{LmPolicy, Metrics, Result, Selection};
 use aligngym_envs::{
     derive_seed, BradleyTerryOracle, ChatEnvConfig, OracleConfig, PreferenceOracle, RewardFn,
@@ -226,7 +226,7 @@ impl Evaluator {
         }
         let t = self.sampling.temperature;
         let (kl, ent) = tch::no_grad(|| {
-            let pi = sequence_outputs(&policy.model, &roll.seqs, t, false);
+            let pi = sequence_outputs(&policy.model, &roll.seqs, t, false, EntropyGrad::Detached);
             let rf = sequence_logprobs(&self.reference.model, &roll.seqs, t, false);
             // Both log-prob tensors are zero off the policy's tokens.
             let kl = (&pi.logprobs - &rf)

@@ -17,7 +17,9 @@ use crate::optim::{AdamW, AdamWConfig};
 use crate::policy::LmPolicy;
 use crate::ppo::RewardSignal;
 use crate::rollout::{chat_envs, collect, Rollout, Start};
-use crate::sampling::{distinct_prompts, sequence_logprobs, sequence_outputs, SamplingConfig};
+use crate::sampling::{
+    distinct_prompts, sequence_logprobs, sequence_outputs, EntropyGrad, SamplingConfig,
+};
 use crate::RunnableAgent;
 use crate::{AgentError, Result};
 use aligngym_envs::{
@@ -669,7 +671,13 @@ impl GroupCore {
                     let idx = Tensor::from_slice(part).to_device(dev); // [rows]
                     let s = batch.rollout.seqs.select(&idx);
                     let mask = batch.mask.index_select(0, &idx); // [rows, N]
-                    let out = sequence_outputs(&self.actor.model, &s, c.temperature, true);
+                    let out = sequence_outputs(
+                        &self.actor.model,
+                        &s,
+                        c.temperature,
+                        true,
+                        EntropyGrad::Detached,
+                    );
                     let ref_logp = batch.ref_logp.as_ref().map(|r| r.index_select(0, &idx));
                     let l = grpo_loss_part(
                         &out.logprobs,
@@ -689,7 +697,7 @@ impl GroupCore {
                             l.clip_low,
                             l.clip_high,
                             l.kl.detach(),
-                            norm.token_mean(&out.entropy.detach(), &mask),
+                            norm.token_mean(&out.entropy, &mask),
                         ],
                         0,
                     ));

@@ -17,7 +17,7 @@ use crate::grpo::{group_agent_accessors, group_agent_plumbing, GroupBatch, Group
 use crate::losses::{dpo_loss, masked_mean, DpoLoss, DpoLossParams, PairScores};
 use crate::policy::LmPolicy;
 use crate::ppo::RewardSignal;
-use crate::sampling::sequence_outputs;
+use crate::sampling::{sequence_outputs, EntropyGrad};
 use crate::RunnableAgent;
 use crate::{AgentError, Result};
 use aligngym_envs::{oracle::preference_probability, OracleConfig, Task};
@@ -268,7 +268,13 @@ impl Agent for OnlineDpoAgent {
         };
         let mask = rollout.seqs.mask.shallow_clone(); // [2P, N]
                                                       // Phase 3: the DPO loss on the judged pairs, one step.
-        let out = sequence_outputs(&self.core.actor.model, &rollout.seqs, 1.0, true);
+        let out = sequence_outputs(
+            &self.core.actor.model,
+            &rollout.seqs,
+            1.0,
+            true,
+            EntropyGrad::Detached,
+        );
         let logp = out.logprobs.sum_dim_intlist(1, false, Kind::Float); // [2P]
         let ref_logp = self.core.reference_logprobs(&rollout, 1.0).map(|r| {
             r.sum_dim_intlist(1, false, Kind::Float) // [2P]
@@ -310,7 +316,7 @@ impl Agent for OnlineDpoAgent {
             Tensor::stack(
                 &[
                     loss.detach(),
-                    masked_mean(&out.entropy.detach(), &mask),
+                    masked_mean(&out.entropy, &mask),
                     gn.shallow_clone(),
                     w(&o.chosen_rewards),
                     w(&o.rejected_rewards),

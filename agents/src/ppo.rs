@@ -20,7 +20,8 @@ use crate::optim::{AdamW, AdamWConfig};
 use crate::policy::{ActorCritic, LmPolicy, Policy};
 use crate::rollout::{chat_envs, collect, Rollout, Start};
 use crate::sampling::{
-    completion_hidden, sequence_logprobs, sequence_outputs, Generation, SamplingConfig, Sequences,
+    completion_hidden, sequence_logprobs, sequence_outputs, EntropyGrad, Generation,
+    SamplingConfig, Sequences,
 };
 use crate::tokenizer::Tokenizer;
 use crate::RunnableAgent;
@@ -485,7 +486,14 @@ impl PpoAgent {
             for chunk in perm.chunks(mb as usize) {
                 let idx = Tensor::from_slice(chunk).to_device(dev); // [mb]
                 let s = batch.rollout.seqs.select(&idx);
-                let out = sequence_outputs(&self.actor.model, &s, c.temperature, true);
+                // The entropy enters the loss only through a bonus.
+                let entropy_grad = if c.ent_coef > 0.0 {
+                    EntropyGrad::Tracked
+                } else {
+                    EntropyGrad::Detached
+                };
+                let out =
+                    sequence_outputs(&self.actor.model, &s, c.temperature, true, entropy_grad);
                 let (pg, clipfrac, approxkl, ratio) = ppo_policy_loss(
                     &out.logprobs,
                     &batch.rollout.logprobs.index_select(0, &idx),

@@ -432,10 +432,14 @@ fn completion_logp(
     temperature: f64,
 ) -> (Tensor, Tensor) {
     let t = if temperature > 0.0 { temperature } else { 1.0 };
-    // At temperature 1 the division changes nothing, yet autograd would run it forward and back
-    // over every vocabulary entry.
-    let logits = model.lm_logits(hidden); // [B, N, V]
-    let logits = if t == 1.0 { logits } else { logits / t };
+    // The head is linear without a bias, so dividing its input by t divides the logits: over C
+    // channels instead of V vocabulary entries, forward and back (49,152 against 576 for
+    // SmolLM2). At temperature 1 there is nothing to divide.
+    let logits = if t == 1.0 {
+        model.lm_logits(hidden)
+    } else {
+        model.lm_logits(&(hidden / t))
+    }; // [B, N, V]
     let logp_all = logits.log_softmax(-1, Kind::Float); // [B, N, V]
     let logprobs = logp_all
         .gather(2, &tokens.unsqueeze(-1), false)
@@ -451,6 +455,16 @@ pub fn sequence_logprobs(model: &Gpt, s: &Sequences, temperature: f64, train: bo
     completion_logp(model, &hidden, &s.tokens, &s.mask, temperature).0
 }
 
+/// Whether [`SequenceOutputs::entropy`] takes part in the backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntropyGrad {
+    /// A loss term reads it (PPO's entropy bonus): computed with autograd.
+    Tracked,
+    /// Only logged: computed without autograd, so its `[B, N, V]` intermediates are neither
+    /// recorded nor kept alive until the backward.
+    Detached,
+}
+
 /// Log-probs, per-position entropies and trunk output of a teacher-forced pass (see
 /// [`sequence_logprobs`]; this one also pays for the entropy).
 pub fn sequence_outputs(
@@ -458,10 +472,18 @@ pub fn sequence_outputs(
     s: &Sequences,
     temperature: f64,
     train: bool,
+    entropy_grad: EntropyGrad,
 ) -> SequenceOutputs {
     let hidden = completion_hidden(model, s, train);
     let (logprobs, logp_all) = completion_logp(model, &hidden, &s.tokens, &s.mask, temperature);
-    let entropy = -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float) * &s.mask; // [B, N]
+    let entropy = |logp_all: &Tensor| {
+        -(logp_all.exp() * logp_all).sum_dim_intlist(-1, false, Kind::Float) * &s.mask
+        // [B, N]
+    };
+    let entropy = match entropy_grad {
+        EntropyGrad::Tracked => entropy(&logp_all),
+        EntropyGrad::Detached => tch::no_grad(|| entropy(&logp_all)),
+    }; // [B, N]
     SequenceOutputs {
         logprobs,
         entropy,

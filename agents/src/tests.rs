@@ -4,7 +4,10 @@ use crate::checkpoint::{self, CheckpointConfig, ModelKind};
 use crate::model::{
     attention_mask, key_bias, positions_from_valid, Activation, Family, Gpt, GptConfig, KvCache,
 };
-use crate::sampling::{generate, left_pad, sequence_logprobs, Generation, SamplingConfig};
+use crate::sampling::{
+    generate, left_pad, sequence_logprobs, sequence_outputs, EntropyGrad, Generation,
+    SamplingConfig,
+};
 use crate::sft::{self, SftConfig};
 use crate::tokenizer::Tokenizer;
 use aligngym_envs::TextCodec;
@@ -192,6 +195,35 @@ fn sampled_logprobs_equal_recomputed_ones_and_seed_reproduces() {
         let g3 = generate(&m, &prompts, 0, 2, &cfg, Device::Cpu).unwrap();
         assert!(!g.tokens.equal(&g3.tokens));
     }
+}
+
+#[test]
+fn a_detached_entropy_has_the_tracked_values_without_a_graph() {
+    let _guard = lock();
+    let (_vs, m) = small_model(4, 30);
+    let prompts = vec![vec![3, 4, 5], vec![6, 7]];
+    let cfg = SamplingConfig {
+        temperature: 0.7,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: 6,
+    };
+    tch::manual_seed(2);
+    let s = generate(&m, &prompts, 0, 2, &cfg, Device::Cpu)
+        .unwrap()
+        .sequences();
+    let tracked = sequence_outputs(&m, &s, 0.7, true, EntropyGrad::Tracked);
+    let detached = sequence_outputs(&m, &s, 0.7, true, EntropyGrad::Detached);
+    assert!(tracked.entropy.requires_grad());
+    assert!(!detached.entropy.requires_grad());
+    // Dropout is 0 at this config, so the two passes see the same model.
+    assert!(max_abs(&tracked.entropy.detach(), &detached.entropy) < 1e-6);
+    // The log-probs still carry the graph, and the entropy lies in [0, log V] on real tokens.
+    assert!(detached.logprobs.requires_grad());
+    let e = detached.entropy.masked_select(&s.mask.to_kind(Kind::Bool));
+    assert!(e.numel() > 0);
+    assert!(e.min().double_value(&[]) >= 0.0);
+    assert!(e.max().double_value(&[]) <= (30f64).ln() + 1e-5);
 }
 
 #[test]
