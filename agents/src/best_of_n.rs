@@ -147,10 +147,7 @@ impl Agent for BestOfNAgent {
     }
 
     fn proxy_reward(&self) -> Option<&dyn RewardFn> {
-        match &self.reward {
-            RewardSignal::Gold => None,
-            RewardSignal::Scorer(s) => Some(s.as_ref()),
-        }
+        self.reward.scorer()
     }
 
     fn selection(&self) -> Option<Selection<'_>> {

@@ -539,17 +539,17 @@ impl GroupCore {
             .flat_map(|&p| std::iter::repeat_n(p, self.g))
             .collect();
         tch::manual_seed(seed as i64);
-        let scorer = match &self.reward {
-            RewardSignal::Gold => None,
-            RewardSignal::Scorer(s) => Some(s.as_ref()),
-        };
-        collect(
+        let scored = self.reward.flops_spent();
+        let rollout = collect(
             &self.actor,
             &mut self.envs,
             Start::Prompts(&indices),
             sampling,
-            scorer,
-        )
+            self.reward.scorer(),
+        )?;
+        // A learned reward model's scoring passes are part of what the update spent.
+        self.budget.flops += self.reward.flops_spent() - scored;
+        Ok(rollout)
     }
 
     /// The episodes' rewards `[B]` on the policy's device, each plus `bonus(episode)`; a

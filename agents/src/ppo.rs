@@ -202,6 +202,20 @@ pub enum RewardSignal {
     Scorer(Box<dyn RewardFn>),
 }
 
+impl RewardSignal {
+    /// The scorer the collector calls, when the reward is not the env's own.
+    pub fn scorer(&self) -> Option<&dyn RewardFn> {
+        match self {
+            RewardSignal::Gold => None,
+            RewardSignal::Scorer(s) => Some(s.as_ref()),
+        }
+    }
+    /// What the scorer has spent so far ([`RewardFn::flops_spent`]); the gold reward costs none.
+    pub fn flops_spent(&self) -> f64 {
+        self.scorer().map_or(0.0, |s| s.flops_spent())
+    }
+}
+
 /// The PPO agent.
 pub struct PpoAgent {
     cfg: PpoConfig,
@@ -412,18 +426,18 @@ impl PpoAgent {
     pub fn collect(&mut self, step: u64) -> Result<Rollout> {
         let seed = derive_seed(self.seed, step);
         tch::manual_seed(seed as i64);
-        let scorer = match &self.reward {
-            RewardSignal::Gold => None,
-            RewardSignal::Scorer(s) => Some(s.as_ref()),
-        };
         let sampling = self.sampling();
-        collect(
+        let scored = self.reward.flops_spent();
+        let rollout = collect(
             &self.actor,
             &mut self.envs,
             Start::Seed(seed),
             &sampling,
-            scorer,
-        )
+            self.reward.scorer(),
+        )?;
+        // A learned reward model's scoring passes are part of what the update spent.
+        self.budget.flops += self.reward.flops_spent() - scored;
+        Ok(rollout)
     }
 
     /// Phase 2: scores with the missing-EOS penalty, reference log-probs, values, KL-shaped rewards

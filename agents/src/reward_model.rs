@@ -18,6 +18,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tch::{Kind, Tensor};
 
 /// Reward-model training hyperparameters.
@@ -100,6 +101,8 @@ pub struct RmReport {
 pub struct RewardModel {
     net: LmPolicy,
     offset: f64,
+    /// FLOPs of the scoring passes so far, as f64 bits ([`RewardFn::flops_spent`]).
+    flops: AtomicU64,
 }
 
 /// Scores `[B]` at the last real token of each continuation (raw, before centring).
@@ -241,7 +244,14 @@ impl RewardModel {
             final_loss,
             pairs: (train.len(), held.len()),
         };
-        Ok((Self { net, offset }, report))
+        Ok((
+            Self {
+                net,
+                offset,
+                flops: AtomicU64::new(0),
+            },
+            report,
+        ))
     }
 
     /// Load a reward-model checkpoint; a policy directory is refused.
@@ -264,6 +274,7 @@ impl RewardModel {
                 tokenizer: l.tokenizer,
             },
             offset: l.config.reward_offset,
+            flops: AtomicU64::new(0),
         })
     }
 
@@ -276,6 +287,19 @@ impl RewardModel {
             aligngym_version: String::new(),
         };
         checkpoint::save(dir, &self.net.vs, &self.net.tokenizer, &cfg)
+    }
+
+    /// Adds one scoring pass over `seqs` to the FLOPs spent: the trunk forward over every padded
+    /// position (the reward head's C multiply-adds a row are noise next to it).
+    fn charge(&self, seqs: &Sequences) {
+        let (b, lp) = (seqs.prompt.size()[0], seqs.prompt.size()[1]);
+        let t = (lp + seqs.tokens.size()[1]) as usize;
+        let flops = self.net.model.config().trunk_flops_per_token(t) * (b as usize * t) as f64;
+        let _ = self
+            .flops
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + flops).to_bits())
+            });
     }
 
     /// Centred scores of conversations (`turns[i]` after the user message `prompts[i]`), tokenised
@@ -293,6 +317,7 @@ impl RewardModel {
                 })
                 .collect();
             let seqs = encode_sequences(&self.net, p, &conts)?;
+            self.charge(&seqs);
             let s = tch::no_grad(|| raw_scores(&self.net, &seqs, false)) - self.offset;
             out.extend(Vec::<f32>::try_from(
                 &s.to_kind(Kind::Float).to_device(tch::Device::Cpu),
@@ -314,6 +339,7 @@ impl RewardModel {
                 valid: mask.to_kind(Kind::Bool),
                 mask,
             };
+            self.charge(&seqs);
             let s = tch::no_grad(|| raw_scores(&self.net, &seqs, false)) - self.offset;
             out.extend(Vec::<f32>::try_from(
                 &s.to_kind(Kind::Float).to_device(tch::Device::Cpu),
@@ -354,6 +380,9 @@ impl RewardFn for RewardModel {
                 name: "reward_model".into(),
                 msg: e.to_string(),
             })
+    }
+    fn flops_spent(&self) -> f64 {
+        f64::from_bits(self.flops.load(Ordering::Relaxed))
     }
 }
 

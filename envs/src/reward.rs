@@ -25,6 +25,12 @@ pub trait RewardFn: Send {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         self.score_batch(prompts, &refs)
     }
+    /// Floating-point operations spent scoring so far, counted as `budget/flops` counts them (a
+    /// learned scorer's forward passes); 0 for rules and for scorers that cannot tell. Agents
+    /// charge what it grows by while they collect to their budget.
+    fn flops_spent(&self) -> f64 {
+        0.0
+    }
 }
 
 /// A reward computed by a rule, one pair at a time; `Sync`, so envs can score on rayon workers.
@@ -75,6 +81,12 @@ impl RewardFn for Box<dyn RewardFn> {
     }
     fn score_batch(&self, prompts: &[&str], completions: &[&str]) -> Result<Vec<f32>> {
         (**self).score_batch(prompts, completions)
+    }
+    fn score_conversations(&self, prompts: &[&str], turns: &[&[Message]]) -> Result<Vec<f32>> {
+        (**self).score_conversations(prompts, turns)
+    }
+    fn flops_spent(&self) -> f64 {
+        (**self).flops_spent()
     }
 }
 
@@ -133,6 +145,9 @@ impl RewardFn for WeightedSum {
         }
         Ok(total)
     }
+    fn flops_spent(&self) -> f64 {
+        self.parts.iter().map(|(_, r)| r.flops_spent()).sum()
+    }
 }
 
 /// Clips the inner reward to `[lo, hi]`.
@@ -164,6 +179,9 @@ impl<R: RewardFn> RewardFn for Clip<R> {
             .into_iter()
             .map(|s| s.clamp(self.lo, self.hi))
             .collect())
+    }
+    fn flops_spent(&self) -> f64 {
+        self.inner.flops_spent()
     }
 }
 
@@ -201,6 +219,9 @@ impl<R: RewardFn> RewardFn for Scale<R> {
             .into_iter()
             .map(|s| self.scale * s + self.shift)
             .collect())
+    }
+    fn flops_spent(&self) -> f64 {
+        self.inner.flops_spent()
     }
 }
 
@@ -251,12 +272,75 @@ impl<R: RewardFn> RewardFn for RunningNorm<R> {
             .map(|x| ((x as f64 - mean) / (std + self.eps as f64)) as f32)
             .collect())
     }
+    fn flops_spent(&self) -> f64 {
+        self.inner.flops_spent()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::rules::{KeywordReward, LengthTarget};
+
+    /// A scorer that says it spends `cost` FLOPs a call and scores conversations as 7.
+    struct Costly {
+        calls: Mutex<f64>,
+        cost: f64,
+    }
+
+    impl Costly {
+        fn new(cost: f64) -> Self {
+            Self {
+                calls: Mutex::new(0.0),
+                cost,
+            }
+        }
+    }
+
+    impl RewardFn for Costly {
+        fn name(&self) -> String {
+            "costly".into()
+        }
+        fn score_batch(&self, prompts: &[&str], _completions: &[&str]) -> Result<Vec<f32>> {
+            *self.calls.lock().unwrap() += 1.0;
+            Ok(vec![0.0; prompts.len()])
+        }
+        fn score_conversations(&self, prompts: &[&str], _turns: &[&[Message]]) -> Result<Vec<f32>> {
+            Ok(vec![7.0; prompts.len()])
+        }
+        fn flops_spent(&self) -> f64 {
+            *self.calls.lock().unwrap() * self.cost
+        }
+    }
+
+    /// Through the trait as a generic sees it, so a `Box<dyn RewardFn>` uses its own impl.
+    fn spent<R: RewardFn>(r: &R) -> f64 {
+        r.flops_spent()
+    }
+
+    #[test]
+    fn wrappers_report_what_their_scorers_spent() {
+        let ws = WeightedSum::new(vec![
+            (1.0, Box::new(Costly::new(3.0))),
+            (2.0, Box::new(Costly::new(5.0))),
+            (1.0, Box::new(LengthTarget::words(3, 3.0))),
+        ]);
+        let r = RunningNorm::new(Scale::new(Clip::new(ws, -1.0, 1.0), 2.0, 0.0));
+        assert_eq!(spent(&r), 0.0);
+        r.score_batch(&["p"], &["a b"]).unwrap();
+        assert_eq!(spent(&r), 8.0);
+        let boxed: Box<dyn RewardFn> = Box::new(r);
+        boxed.score_batch(&["p"], &["a b"]).unwrap();
+        assert_eq!(spent(&boxed), 16.0);
+        assert_eq!(spent(&LengthTarget::words(3, 3.0)), 0.0);
+        // A boxed scorer reads conversations its own way, not as transcripts.
+        let boxed: Box<dyn RewardFn> = Box::new(Costly::new(1.0));
+        let turns = [Message::assistant("hi")];
+        assert_eq!(
+            boxed.score_conversations(&["p"], &[&turns[..]]).unwrap(),
+            vec![7.0]
+        );
+    }
 
     #[test]
     fn weighted_sum_clip_scale_compose() {

@@ -426,19 +426,21 @@ fn adaptive_kl_metrics_use_the_coefficient_the_rewards_used() {
     }
 }
 
-#[test]
-fn a_reward_model_scores_episodes_as_it_was_trained_on_conversations() {
-    // PPO with a reward model on a multi-turn env: the collector asks the scorer for whole
-    // conversations, and the reward model reads them with the tokens of its training pairs.
-    use crate::pairs::{encode_pairs, stack_pairs};
+/// A reward model trained for one epoch on pairs of `pi`'s episodes of `task` (6 envs, the first
+/// of each two chosen), those episodes and the pairs.
+fn trained_reward_model(
+    task: &Arc<dyn Task>,
+    pi: &LmPolicy,
+) -> (
+    crate::reward_model::RewardModel,
+    super::Rollout,
+    Vec<aligngym_envs::PreferencePair>,
+) {
     use crate::reward_model::{RewardModel, RmConfig};
-    use aligngym_envs::{ConversationPair, PreferencePair, RewardFn};
-    let _g = crate::tests::lock();
-    let task: Arc<dyn Task> = Arc::new(GuessNumberTask::new());
-    let pi = policy(task.as_ref(), 128, 6);
+    use aligngym_envs::{ConversationPair, PreferencePair};
     let mut envs = chat_envs(task.clone(), 6, ChatEnvConfig::default(), false).unwrap();
     tch::manual_seed(3);
-    let roll = collect(&pi, &mut envs, Start::Seed(2), &sampling(), None).unwrap();
+    let roll = collect(pi, &mut envs, Start::Seed(2), &sampling(), None).unwrap();
     let pairs: Vec<PreferencePair> = roll
         .episodes
         .chunks(2)
@@ -455,7 +457,20 @@ fn a_reward_model_scores_episodes_as_it_was_trained_on_conversations() {
         heldout_fraction: 0.0,
         ..Default::default()
     };
-    let (rm, _) = RewardModel::train(&pi, &pairs, &cfg, 0, |_, _, _| {}).unwrap();
+    let (rm, _) = RewardModel::train(pi, &pairs, &cfg, 0, |_, _, _| {}).unwrap();
+    (rm, roll, pairs)
+}
+
+#[test]
+fn a_reward_model_scores_episodes_as_it_was_trained_on_conversations() {
+    // PPO with a reward model on a multi-turn env: the collector asks the scorer for whole
+    // conversations, and the reward model reads them with the tokens of its training pairs.
+    use crate::pairs::{encode_pairs, stack_pairs};
+    use aligngym_envs::RewardFn;
+    let _g = crate::tests::lock();
+    let task: Arc<dyn Task> = Arc::new(GuessNumberTask::new());
+    let pi = policy(task.as_ref(), 128, 6);
+    let (rm, roll, pairs) = trained_reward_model(&task, &pi);
     let prompts: Vec<&str> = roll.episodes.iter().map(|e| e.prompt.as_str()).collect();
     let turns: Vec<&[Message]> = roll.episodes.iter().map(|e| e.turns.as_slice()).collect();
     let got = rm.score_conversations(&prompts, &turns).unwrap();
@@ -478,4 +493,79 @@ fn a_reward_model_scores_episodes_as_it_was_trained_on_conversations() {
         .map(|e| e.transcript.as_str())
         .collect();
     assert_ne!(rm.score_batch(&prompts, &texts).unwrap(), got);
+}
+
+#[test]
+fn a_reward_models_scoring_passes_count_in_the_budget() {
+    use crate::rloo::{RlooAgent, RlooConfig};
+    use aligngym_envs::RewardFn;
+    let _g = crate::tests::lock();
+    let task: Arc<dyn Task> = Arc::new(GuessNumberTask::new());
+    let pi = policy(task.as_ref(), 128, 6);
+    let (rm, roll, _) = trained_reward_model(&task, &pi);
+    let prompts: Vec<&str> = roll.episodes.iter().map(|e| e.prompt.as_str()).collect();
+    let texts: Vec<&str> = roll
+        .episodes
+        .iter()
+        .map(|e| e.transcript.as_str())
+        .collect();
+    assert_eq!(rm.flops_spent(), 0.0);
+    rm.score_batch(&prompts, &texts).unwrap();
+    let once = rm.flops_spent();
+    // One trunk forward over every padded position: (rows × t) × trunk FLOPs per token at the
+    // padded length t, for one t the batch can have.
+    let rows = prompts.len() as f64;
+    let cfg = rm.network().model.config().clone();
+    let t = (1..=cfg.block_size * 2)
+        .find(|&t| (cfg.trunk_flops_per_token(t) * rows * t as f64 - once).abs() < 1e-6 * once);
+    assert!(
+        t.is_some(),
+        "{once} FLOPs is no whole trunk pass over {rows} rows"
+    );
+    // The same batch again, and twice as many rows of it, add once and twice as much.
+    rm.score_batch(&prompts, &texts).unwrap();
+    assert_eq!(rm.flops_spent(), 2.0 * once);
+    let (p2, t2) = (
+        [&prompts[..], &prompts[..]].concat(),
+        [&texts[..], &texts[..]].concat(),
+    );
+    rm.score_batch(&p2, &t2).unwrap();
+    assert_eq!(rm.flops_spent(), 4.0 * once);
+
+    // RLOO (through the group agents' core) and PPO, each with a fresh copy of the reward model:
+    // the same update as with the gold reward (the reward does not change what is sampled first),
+    // plus the model's scoring passes.
+    type Make<'a> = Box<dyn Fn(RewardSignal) -> Box<dyn Agent> + 'a>;
+    let rloo: Make = Box::new(|reward| {
+        let cfg = RlooConfig {
+            num_prompts: 2,
+            num_generations: 2,
+            max_new_tokens: 8,
+            ..Default::default()
+        };
+        let pi = pi.duplicate(true).unwrap();
+        Box::new(RlooAgent::new(cfg, task.clone(), pi, reward, 1).unwrap())
+    });
+    let ppo: Make = Box::new(|reward| {
+        let cfg = PpoConfig {
+            batch_size: 4,
+            ..Default::default()
+        };
+        let pi = pi.duplicate(true).unwrap();
+        Box::new(PpoAgent::new(cfg, task.clone(), pi, reward, 1).unwrap())
+    });
+    for (name, make) in [("rloo", rloo), ("ppo", ppo)] {
+        let (model, _, _) = trained_reward_model(&task, &pi);
+        let mut gold = make(RewardSignal::Gold);
+        let mut scored = make(RewardSignal::Scorer(Box::new(model)));
+        gold.update(0).unwrap();
+        scored.update(0).unwrap();
+        let spent = scored.proxy_reward().unwrap().flops_spent();
+        let extra = scored.budget().flops - gold.budget().flops;
+        assert!(spent > 0.0, "{name}");
+        assert!(
+            (extra - spent).abs() <= 1e-9 * spent,
+            "{name}: {extra} vs {spent}"
+        );
+    }
 }
