@@ -114,6 +114,21 @@ impl WeightedSum {
     pub fn new(parts: Vec<(f32, Box<dyn RewardFn>)>) -> Self {
         Self { parts }
     }
+
+    /// `Σ wᵢ · score(partᵢ)` over `n` items.
+    fn weigh(
+        &self,
+        n: usize,
+        score: impl Fn(&dyn RewardFn) -> Result<Vec<f32>>,
+    ) -> Result<Vec<f32>> {
+        let mut total = vec![0.0f32; n];
+        for (w, r) in &self.parts {
+            for (t, s) in total.iter_mut().zip(score(r.as_ref())?) {
+                *t += w * s;
+            }
+        }
+        Ok(total)
+    }
 }
 
 impl RewardFn for WeightedSum {
@@ -137,13 +152,10 @@ impl RewardFn for WeightedSum {
         })
     }
     fn score_batch(&self, prompts: &[&str], completions: &[&str]) -> Result<Vec<f32>> {
-        let mut total = vec![0.0f32; prompts.len()];
-        for (w, r) in &self.parts {
-            for (t, s) in total.iter_mut().zip(r.score_batch(prompts, completions)?) {
-                *t += w * s;
-            }
-        }
-        Ok(total)
+        self.weigh(prompts.len(), |r| r.score_batch(prompts, completions))
+    }
+    fn score_conversations(&self, prompts: &[&str], turns: &[&[Message]]) -> Result<Vec<f32>> {
+        self.weigh(prompts.len(), |r| r.score_conversations(prompts, turns))
     }
     fn flops_spent(&self) -> f64 {
         self.parts.iter().map(|(_, r)| r.flops_spent()).sum()
@@ -173,12 +185,12 @@ impl<R: RewardFn> RewardFn for Clip<R> {
         (a.max(self.lo), b.min(self.hi))
     }
     fn score_batch(&self, prompts: &[&str], completions: &[&str]) -> Result<Vec<f32>> {
-        Ok(self
-            .inner
-            .score_batch(prompts, completions)?
-            .into_iter()
-            .map(|s| s.clamp(self.lo, self.hi))
-            .collect())
+        let raw = self.inner.score_batch(prompts, completions)?;
+        Ok(raw.into_iter().map(|s| s.clamp(self.lo, self.hi)).collect())
+    }
+    fn score_conversations(&self, prompts: &[&str], turns: &[&[Message]]) -> Result<Vec<f32>> {
+        let raw = self.inner.score_conversations(prompts, turns)?;
+        Ok(raw.into_iter().map(|s| s.clamp(self.lo, self.hi)).collect())
     }
     fn flops_spent(&self) -> f64 {
         self.inner.flops_spent()
@@ -213,9 +225,15 @@ impl<R: RewardFn> RewardFn for Scale<R> {
         (a.min(b), a.max(b))
     }
     fn score_batch(&self, prompts: &[&str], completions: &[&str]) -> Result<Vec<f32>> {
-        Ok(self
-            .inner
-            .score_batch(prompts, completions)?
+        let raw = self.inner.score_batch(prompts, completions)?;
+        Ok(raw
+            .into_iter()
+            .map(|s| self.scale * s + self.shift)
+            .collect())
+    }
+    fn score_conversations(&self, prompts: &[&str], turns: &[&[Message]]) -> Result<Vec<f32>> {
+        let raw = self.inner.score_conversations(prompts, turns)?;
+        Ok(raw
             .into_iter()
             .map(|s| self.scale * s + self.shift)
             .collect())
@@ -255,7 +273,19 @@ impl<R: RewardFn> RewardFn for RunningNorm<R> {
         format!("norm({})", self.inner.name())
     }
     fn score_batch(&self, prompts: &[&str], completions: &[&str]) -> Result<Vec<f32>> {
-        let raw = self.inner.score_batch(prompts, completions)?;
+        Ok(self.normalise(self.inner.score_batch(prompts, completions)?))
+    }
+    fn score_conversations(&self, prompts: &[&str], turns: &[&[Message]]) -> Result<Vec<f32>> {
+        Ok(self.normalise(self.inner.score_conversations(prompts, turns)?))
+    }
+    fn flops_spent(&self) -> f64 {
+        self.inner.flops_spent()
+    }
+}
+
+impl<R: RewardFn> RunningNorm<R> {
+    /// Folds `raw` into the running statistics, then normalises it by them.
+    fn normalise(&self, raw: Vec<f32>) -> Vec<f32> {
         {
             let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
             for &x in &raw {
@@ -267,13 +297,9 @@ impl<R: RewardFn> RewardFn for RunningNorm<R> {
             }
         }
         let (mean, std) = self.stats();
-        Ok(raw
-            .into_iter()
+        raw.into_iter()
             .map(|x| ((x as f64 - mean) / (std + self.eps as f64)) as f32)
-            .collect())
-    }
-    fn flops_spent(&self) -> f64 {
-        self.inner.flops_spent()
+            .collect()
     }
 }
 
@@ -319,7 +345,7 @@ mod tests {
     }
 
     #[test]
-    fn wrappers_report_what_their_scorers_spent() {
+    fn combinators_pass_on_their_scorers_flops_and_conversations() {
         let ws = WeightedSum::new(vec![
             (1.0, Box::new(Costly::new(3.0))),
             (2.0, Box::new(Costly::new(5.0))),
@@ -333,13 +359,25 @@ mod tests {
         boxed.score_batch(&["p"], &["a b"]).unwrap();
         assert_eq!(spent(&boxed), 16.0);
         assert_eq!(spent(&LengthTarget::words(3, 3.0)), 0.0);
-        // A boxed scorer reads conversations its own way, not as transcripts.
-        let boxed: Box<dyn RewardFn> = Box::new(Costly::new(1.0));
+        // A boxed scorer reads conversations its own way, not as transcripts, and so do the
+        // combinators over it: 2 · 7 + 0.5 · 7 = 17.5, clipped to 10, then 10 · 0.5 − 1 = 4.
         let turns = [Message::assistant("hi")];
-        assert_eq!(
-            boxed.score_conversations(&["p"], &[&turns[..]]).unwrap(),
-            vec![7.0]
-        );
+        let conv = |r: &dyn RewardFn| r.score_conversations(&["p"], &[&turns[..]]).unwrap();
+        let boxed: Box<dyn RewardFn> = Box::new(Costly::new(1.0));
+        assert_eq!(conv(&boxed), vec![7.0]);
+        let ws = WeightedSum::new(vec![
+            (2.0, Box::new(Costly::new(1.0))),
+            (0.5, Box::new(Costly::new(1.0))),
+        ]);
+        assert_eq!(conv(&ws), vec![17.5]);
+        let scaled = Scale::new(Clip::new(ws, 0.0, 10.0), 0.5, -1.0);
+        assert_eq!(conv(&scaled), vec![4.0]);
+        // A running norm keeps the statistics of those scores (through the transcripts they
+        // would be −1: `Costly` scores texts 0).
+        let norm = RunningNorm::new(scaled);
+        assert_eq!(conv(&norm), vec![0.0]);
+        assert_eq!(conv(&norm), vec![0.0]);
+        assert_eq!(norm.stats(), (4.0, 0.0));
     }
 
     #[test]
