@@ -5,14 +5,16 @@
 //! by one of two routes:
 //!
 //! - **Tensor ops** (any device, any precision): 2-D activations, weights pre-transposed once per
-//!   `generate`, attention in the cache's kind (SDPA on a GPU, two batched matmuls on CPU),
-//!   residual adds in place.
-//! - **CPU fp32**: libtorch only for the matmuls, attention (a batched matmul with the mask fused
-//!   in, softmax, a second batched matmul) and GELU; embeddings, LayerNorms, biases and the cache
-//!   writes are Rust loops over the tensors' memory.
+//!   `generate`, attention in the cache's kind (SDPA on a GPU; on a CPU, whose cache is fp32 in
+//!   every precision, the fused attention of [`attention`]), residual adds in place.
+//! - **CPU fp32**: libtorch only for the matmuls and GELU; embeddings, LayerNorms, biases, the
+//!   cache writes and the attention ([`attention`]) are Rust loops over the tensors' memory.
 //!   Measured on a 2-core CPU at the tiny size, each libtorch call costs 3–5 µs beyond its
 //!   arithmetic once the matmuls have pushed the dispatcher out of the caches, and a step of ~140
 //!   such calls spent more time in calls than in arithmetic.
+
+mod attention;
+mod host;
 
 use super::{Block, ComputeWeights, Family, Gpt, KvCache, LayerCache, LinearWeights, Norm};
 use tch::nn;
@@ -206,7 +208,7 @@ impl Gpt {
             add_and_layer_norm(&mut x, pending, layer_norm(&blk.norm_1), eps, &mut a);
             let qkv = a.mm(&bw.c_attn.w_t); // [B, 3C]
             scatter_qkv(&qkv, &bw.c_attn.b, &mut q, lc, slot, h);
-            let y = attend_batched(&q, key_bias, lc, slot).view([b, c]); // [B, C]
+            let y = attend_on_host(&q, key_bias, lc, slot).view([b, c]); // [B, C]
             let _ = x.addmm_(&y, &bw.c_proj.w_t);
             add_and_layer_norm(
                 &mut x,
@@ -247,10 +249,10 @@ impl Block {
             .copy_(&qkv.narrow(1, c, c).view([b, h, d]));
         lc.v.select(2, slot)
             .copy_(&qkv.narrow(1, 2 * c, c).view([b, h, d]));
-        let y = if x.device() == Device::Cpu {
-            attend_batched(&q.reshape([b * h, 1, d]), key_bias, lc, slot)
+        let y = if x.device() == Device::Cpu && lc.k.kind() == Kind::Float {
+            attend_on_host(&q.reshape([b * h, 1, d]), key_bias, lc, slot)
         } else {
-            // One fused kernel on a GPU.
+            // One fused kernel (on a GPU, the cache's kind is the compute kind).
             let t_bias = key_bias.size()[2];
             let mask = key_bias.view([b, h, 1, t_bias]).narrow(3, 0, slot + 1); // [B, H, 1, L]
             Tensor::scaled_dot_product_attention(
@@ -273,23 +275,29 @@ impl Block {
     }
 }
 
-/// One query per sequence and head, `q [B·H, 1, D]`, against the cache's first `slot + 1`
-/// positions with the additive `key_bias [B·H, 1, ≥ slot+1]`: [`super::attend_one_query`] (two
-/// batched matmuls, which on CPU beat SDPA's flash kernel, made for long queries); `[B·H, 1, D]`
-/// in the cache's kind.
-fn attend_batched(q: &Tensor, key_bias: &Tensor, lc: &LayerCache, slot: i64) -> Tensor {
+/// One query per sequence and head, `q [B·H, 1, D]` (fp32), against the first `slot + 1`
+/// positions of an fp32 cache on the host with the additive `key_bias [B·H, 1, ≥ slot+1]`:
+/// [`attention::attend`], fused, which on a CPU beats both SDPA (made for long queries) and two
+/// batched matmuls (one MKL matrix-vector call per sequence-head each). `[B·H, 1, D]`.
+fn attend_on_host(q: &Tensor, key_bias: &Tensor, lc: &LayerCache, slot: i64) -> Tensor {
+    let (q, key_bias) = (q.contiguous(), key_bias.contiguous());
     let (bh, _, d) = q.size3().expect("[B·H, 1, D]");
-    let (b, h, len) = (lc.k.size()[0], lc.k.size()[1], slot + 1);
-    let mask = key_bias
-        .view([b, h, 1, key_bias.size()[2]])
-        .narrow(3, 0, len); // [B, H, 1, L]
-    super::attend_one_query(
-        &q.view([b, h, 1, d]),
-        &lc.k.narrow(2, 0, len), // [B, H, L, D]
-        &lc.v.narrow(2, 0, len), // [B, H, L, D]
-        &mask,
-    )
-    .view([bh, 1, d])
+    let mut y = Tensor::empty([bh, 1, d], (Kind::Float, Device::Cpu)); // [B·H, 1, D]
+    attention::attend(
+        attention::Shape {
+            rows: bh as usize,
+            d: d as usize,
+            t_max: lc.k.size()[2] as usize,
+            len: slot as usize + 1,
+            bias_len: key_bias.size()[2] as usize,
+        },
+        host(&q),
+        host(&lc.k),
+        host(&lc.v),
+        host(&key_bias),
+        host_mut(&mut y),
+    );
+    y
 }
 
 /// The elements of a contiguous fp32 CPU tensor, read in place.
@@ -345,20 +353,53 @@ fn add_and_layer_norm(
     eps: f32,
     out: &mut Tensor,
 ) {
-    if let Some(bias) = bias {
-        add_rows(x, bias);
-    }
     let gamma = host(ln.ws.as_ref().expect("LayerNorm has a weight"));
     let beta = host(ln.bs.as_ref().expect("LayerNorm has a bias"));
+    let bias = bias.map(host);
+    let (x, out) = (host_mut(x), host_mut(out));
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, the one feature `layer_norm_avx2` is compiled for beyond the
+        // baseline.
+        return unsafe { layer_norm_avx2(x, bias, gamma, beta, eps, out) };
+    }
+    layer_norm_rows(x, bias, gamma, beta, eps, out);
+}
+
+/// [`layer_norm_rows`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn layer_norm_avx2(
+    x: &mut [f32],
+    bias: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    out: &mut [f32],
+) {
+    layer_norm_rows(x, bias, gamma, beta, eps, out);
+}
+
+#[inline(always)]
+fn layer_norm_rows(
+    x: &mut [f32],
+    bias: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    out: &mut [f32],
+) {
     let c = gamma.len();
-    for (row, o) in host(x)
-        .chunks_exact(c)
-        .zip(host_mut(out).chunks_exact_mut(c))
-    {
-        let mean = row.iter().sum::<f32>() / c as f32;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+    for (row, o) in x.chunks_exact_mut(c).zip(out.chunks_exact_mut(c)) {
+        if let Some(bias) = bias {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+        let mean = host::lane_sum(row, |v| v) / c as f32;
+        let var = host::lane_sum(row, |v| (v - mean) * (v - mean)) / c as f32;
         let inv = 1.0 / (var + eps).sqrt();
-        for (((o, v), g), b) in o.iter_mut().zip(row).zip(gamma).zip(beta) {
+        for (((o, v), g), b) in o.iter_mut().zip(&*row).zip(gamma).zip(beta) {
             *o = (v - mean) * inv * g + b;
         }
     }

@@ -1,0 +1,271 @@
+//! Decoding attention on the host, fused: for each sequence-head, one pass over its cached keys
+//! (the scores, with the additive mask), a softmax, and one pass over its cached values — each
+//! cached row read once, the next row's lines prefetched while this one is read. libtorch's route
+//! for one query row is two batched matmuls around a softmax: an MKL matrix-vector call per
+//! sequence-head for the scores and another for the values, each with its own overhead, and the
+//! intermediates written out and read back. The rows are split over libtorch's threads
+//! ([`super::host`]) and vectorised for AVX2 where the CPU has it (checked at run time).
+
+use super::host;
+
+/// Lanes of the vectorised loops: one AVX2 register of f32.
+const W: usize = 8;
+/// Below this many sequence-heads one thread does them all (a parallel region's start and end
+/// cost more than the work).
+const MIN_SPLIT: usize = 16;
+
+/// The shapes of one call: `rows` sequence-heads of `d` channels, a cache of `t_max` slots per
+/// row of which the first `len` are read, and `bias_len ≥ len` mask entries per row.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Shape {
+    pub rows: usize,
+    pub d: usize,
+    pub t_max: usize,
+    pub len: usize,
+    pub bias_len: usize,
+}
+
+/// `out[r] = softmax(q[r]·K[r]ᵀ / √d + bias[r]) · V[r]` for every row `r`: `q`, `out` `[rows, d]`,
+/// `keys`, `values` `[rows, t_max, d]` (the first `len` slots read), `bias` `[rows, bias_len]`
+/// (0 or −∞; the first `len` read). A row whose keys are all masked gets zeros.
+pub(super) fn attend(
+    s: Shape,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) {
+    assert!(
+        s.d > 0 && s.len >= 1 && s.len <= s.t_max && s.len <= s.bias_len,
+        "attention shape {s:?}"
+    );
+    assert!(q.len() == s.rows * s.d && out.len() == q.len());
+    assert!(keys.len() == s.rows * s.t_max * s.d && values.len() == keys.len());
+    assert!(bias.len() == s.rows * s.bias_len);
+    let out_at = out.as_mut_ptr() as usize;
+    let (d, kv) = (s.d, s.t_max * s.d);
+    host::split_rows(s.rows, MIN_SPLIT, &|rows| {
+        // SAFETY: the threads' row ranges are disjoint and inside `0..s.rows`, so their parts
+        // of `out` are too; `out` is borrowed until every thread is done.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut((out_at as *mut f32).add(rows.start * d), rows.len() * d)
+        };
+        let part = Shape {
+            rows: rows.len(),
+            ..s
+        };
+        let q = &q[rows.start * d..rows.end * d];
+        let keys = &keys[rows.start * kv..rows.end * kv];
+        let values = &values[rows.start * kv..rows.end * kv];
+        let bias = &bias[rows.start * s.bias_len..rows.end * s.bias_len];
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, the one feature `attend_avx2` is compiled for beyond the
+            // baseline.
+            return unsafe { attend_avx2(part, q, keys, values, bias, out) };
+        }
+        attend_rows(part, q, keys, values, bias, out);
+    });
+}
+
+/// [`attend_rows`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn attend_avx2(s: Shape, q: &[f32], keys: &[f32], values: &[f32], bias: &[f32], out: &mut [f32]) {
+    attend_rows(s, q, keys, values, bias, out);
+}
+
+#[inline(always)]
+fn attend_rows(s: Shape, q: &[f32], keys: &[f32], values: &[f32], bias: &[f32], out: &mut [f32]) {
+    let (d, kv) = (s.d, s.t_max * s.d);
+    let scale = 1.0 / (d as f32).sqrt();
+    // Padded to whole lanes with −∞, which the exponential turns into 0.
+    let mut scores = vec![f32::NEG_INFINITY; s.len.next_multiple_of(W)];
+    for r in 0..s.rows {
+        let q = &q[r * d..][..d];
+        let k = &keys[r * kv..][..s.len * d];
+        let v = &values[r * kv..][..s.len * d];
+        let bias = &bias[r * s.bias_len..][..s.len];
+        let next = (r + 1 < s.rows).then_some((r + 1) * kv);
+        let live = scores.iter_mut().zip(k.chunks_exact(d)).zip(bias);
+        for (j, ((score, key), b)) in live.enumerate() {
+            if let Some(n) = next {
+                prefetch(&keys[n + j * d..][..d]);
+            }
+            *score = dot(q, key) * scale + b;
+        }
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let o = &mut out[r * d..][..d];
+        o.fill(0.0);
+        if max == f32::NEG_INFINITY {
+            continue;
+        }
+        let mut total = [0f32; W];
+        for lanes in scores.chunks_exact_mut(W) {
+            for i in 0..W {
+                lanes[i] = exp(lanes[i] - max);
+                total[i] += lanes[i];
+            }
+        }
+        for (j, (p, value)) in scores.iter().zip(v.chunks_exact(d)).enumerate() {
+            if let Some(n) = next {
+                prefetch(&values[n + j * d..][..d]);
+            }
+            for (o, x) in o.iter_mut().zip(value) {
+                *o += p * x;
+            }
+        }
+        let norm = 1.0 / total.iter().sum::<f32>();
+        for o in o.iter_mut() {
+            *o *= norm;
+        }
+        scores.fill(f32::NEG_INFINITY);
+    }
+}
+
+/// Asks for the cache lines of `x` ahead of their reads: the hardware's prefetchers stop at page
+/// bounds, and each row's keys are a few KiB at a stride of `t_max` slots.
+#[inline(always)]
+fn prefetch(x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in x.chunks(16) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch only hints the cache, at an address inside a live slice.
+        unsafe { _mm_prefetch(line.as_ptr() as *const i8, _MM_HINT_T0) };
+    }
+}
+
+/// `a·b` over W lanes, so that it vectorises (a serial sum cannot be reassociated).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; W];
+    let (ac, bc) = (a.chunks_exact(W), b.chunks_exact(W));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for ((acc, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *acc += x * y;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `eˣ` for `x ≤ 0` (a softmax's shifted scores), within 2 ulp, and 0 below −87 (and at −∞):
+/// `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2` (ln 2 split in two so that `n·ln 2` is exact enough),
+/// `eʳ` by its Taylor series to degree 7 (the remainder is under 2⁻²⁴ relative), and `2ⁿ` written
+/// into the exponent bits. Branch-free, so that a loop over it vectorises.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5·2²³ rounds to an integer and leaves it in the low bits of the mantissa, where
+    // integer arithmetic reads it (a float-to-int cast would not vectorise).
+    const ROUND: f32 = 12_582_912.0;
+    let y = x.max(-87.0);
+    let shifted = y * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let r = (y - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.0 / 5040.0;
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = p * r + c;
+    }
+    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    let two_n = f32::from_bits((n_int.wrapping_add(127) as u32) << 23);
+    // All ones where x ≥ −87, zeros below (and at −∞): a select without a branch.
+    let keep = ((x >= -87.0) as u32).wrapping_neg();
+    f32::from_bits((p * two_n).to_bits() & keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp_of_the_correctly_rounded_value() {
+        let mut worst = 0f64;
+        for i in 0..87_000 {
+            let x = -(i as f32) * 1e-3;
+            let want = (x as f64).exp();
+            let ulp = (want as f32).next_up() as f64 - want as f32 as f64;
+            worst = worst.max((exp(x) as f64 - want).abs() / ulp);
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-87.01), 0.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+    }
+
+    /// The same attention in f64, one row at a time, straight from its definition.
+    fn naive(s: Shape, q: &[f32], k: &[f32], v: &[f32], bias: &[f32]) -> Vec<f64> {
+        let mut out = Vec::new();
+        for r in 0..s.rows {
+            let score = |j: usize| {
+                let key = &k[(r * s.t_max + j) * s.d..][..s.d];
+                let dot: f64 = (0..s.d)
+                    .map(|c| q[r * s.d + c] as f64 * key[c] as f64)
+                    .sum();
+                dot / (s.d as f64).sqrt() + bias[r * s.bias_len + j] as f64
+            };
+            let max = (0..s.len).map(score).fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = (0..s.len).map(|j| (score(j) - max).exp()).collect();
+            let total: f64 = w.iter().sum();
+            for c in 0..s.d {
+                let acc: f64 = (0..s.len)
+                    .map(|j| w[j] * v[(r * s.t_max + j) * s.d + c] as f64)
+                    .sum();
+                out.push(if max == f64::NEG_INFINITY {
+                    0.0
+                } else {
+                    acc / total
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn fused_attention_matches_its_definition_with_masks_and_odd_widths() {
+        // d = 12 leaves a tail after the 8 lanes; len 5 of 7 slots; 3 rows, so two threads get
+        // unequal shares; row 1 masks two keys, row 2 masks all of them.
+        for (d, rows) in [(12, 3), (32, 40)] {
+            let s = Shape {
+                rows,
+                d,
+                t_max: 7,
+                len: 5,
+                bias_len: 9,
+            };
+            let val = |i: usize, m: usize| ((i * 37 + m) % 23) as f32 / 11.0 - 1.0;
+            let q: Vec<f32> = (0..rows * d).map(|i| val(i, 1)).collect();
+            let k: Vec<f32> = (0..rows * 7 * d).map(|i| val(i, 5)).collect();
+            let v: Vec<f32> = (0..rows * 7 * d).map(|i| val(i, 9)).collect();
+            let mut bias = vec![0f32; rows * 9];
+            bias[9 + 1] = f32::NEG_INFINITY;
+            bias[9 + 3] = f32::NEG_INFINITY;
+            bias[18..23].fill(f32::NEG_INFINITY);
+            let mut out = vec![f32::NAN; rows * d];
+            attend(s, &q, &k, &v, &bias, &mut out);
+            let want = naive(s, &q, &k, &v, &bias);
+            for (i, (o, w)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    (*o as f64 - w).abs() < 1e-5,
+                    "d {d}, element {i}: {o} vs {w}"
+                );
+            }
+            assert!(out[2 * d..3 * d].iter().all(|&x| x == 0.0));
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The decoding step's host loops run on libtorch's own threads. Its CPU build runs its kernels
+//! and MKL's on a libgomp team, whose workers spin for a while after each parallel region, so
+//! threads of our own compete with them for the cores. Measured on 2 cores (tiny fp32 W6's
+//! sampling, medians of 12 iterations): the fused attention split over rayon's two threads was no
+//! faster than on one thread (0.32 / 0.31 s); split over libtorch's team in a parallel region of
+//! its own, 0.23 s against one thread's 0.34 s in the same run. libgomp's entry points are looked
+//! up in the running process; where they are absent (another OpenMP runtime, or none), the loops
+//! run on the calling thread.
+
+use std::ffi::{c_void, CStr};
+use std::ops::Range;
+use std::sync::OnceLock;
+
+/// `GOMP_parallel(body, data, num_threads, flags)`: what GCC compiles `#pragma omp parallel` to.
+type Parallel = unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, u32, u32);
+/// `omp_get_thread_num()` and `omp_get_num_threads()`.
+type Query = unsafe extern "C" fn() -> i32;
+
+/// libgomp's entry points.
+struct Gomp {
+    parallel: Parallel,
+    thread_num: Query,
+    num_threads: Query,
+}
+
+fn gomp() -> Option<&'static Gomp> {
+    static GOMP: OnceLock<Option<Gomp>> = OnceLock::new();
+    GOMP.get_or_init(|| {
+        let find = |name: &CStr| {
+            // SAFETY: a lookup in the process's global scope; it reads only the name.
+            unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) }
+        };
+        let parallel = find(c"GOMP_parallel");
+        let thread_num = find(c"omp_get_thread_num");
+        let num_threads = find(c"omp_get_num_threads");
+        if parallel.is_null() || thread_num.is_null() || num_threads.is_null() {
+            return None;
+        }
+        // SAFETY: each symbol has the C signature libgomp's ABI gives it.
+        unsafe {
+            Some(Gomp {
+                parallel: std::mem::transmute::<*mut c_void, Parallel>(parallel),
+                thread_num: std::mem::transmute::<*mut c_void, Query>(thread_num),
+                num_threads: std::mem::transmute::<*mut c_void, Query>(num_threads),
+            })
+        }
+    })
+    .as_ref()
+}
+
+/// Runs `f` over `0..n` split into contiguous ranges, one per thread of libtorch's team (as many
+/// threads as its intra-op setting), or over the whole range on this thread where `n < min_split`
+/// or the team cannot be reached. `f` must not panic (a panic cannot unwind out of the team).
+pub(super) fn split_rows(n: usize, min_split: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
+    let gomp = match gomp() {
+        Some(g) if n >= min_split && tch::get_num_threads() > 1 => g,
+        _ => return f(0..n),
+    };
+    struct Job<'a> {
+        gomp: &'a Gomp,
+        n: usize,
+        f: &'a (dyn Fn(Range<usize>) + Sync),
+    }
+    extern "C" fn body(data: *mut c_void) {
+        // SAFETY: `data` is the `Job` below, alive until `GOMP_parallel` returns.
+        let job = unsafe { &*(data as *const Job) };
+        // SAFETY: both calls only read the calling thread's place in its team.
+        let (t, threads) = unsafe { ((job.gomp.thread_num)(), (job.gomp.num_threads)()) };
+        let (t, threads) = (t.max(0) as usize, threads.max(1) as usize);
+        let per = job.n.div_ceil(threads);
+        let start = (t * per).min(job.n);
+        (job.f)(start..(start + per).min(job.n));
+    }
+    let job = Job { gomp, n, f };
+    // SAFETY: `body` reads only `job`, which outlives the region; 0 threads asks for the team's
+    // size as libtorch set it.
+    unsafe { (gomp.parallel)(body, &job as *const Job as *mut c_void, 0, 0) };
+}
+
+/// `Σ f(x)` over `xs`, summed in eight lanes so that it vectorises (a serial sum cannot be
+/// reassociated), then across them.
+#[inline(always)]
+pub(super) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+    for chunk in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane += f(x);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
