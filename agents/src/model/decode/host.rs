@@ -91,3 +91,50 @@ pub(super) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     }
     lanes.iter().sum::<f32>() + tail
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn split_rows_visits_every_row_once_in_contiguous_ranges() {
+        // More rows than threads, fewer (some threads get an empty range), one, and none; split
+        // and, with min_split above n, not.
+        for (n, min_split) in [(37, 1), (1_000, 16), (1, 1), (0, 1), (5, 6)] {
+            let visits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            let calls = AtomicUsize::new(0);
+            split_rows(n, min_split, &|rows| {
+                assert!(rows.start <= rows.end && rows.end <= n, "{rows:?} of {n}");
+                calls.fetch_add(1, Ordering::Relaxed);
+                for v in &visits[rows] {
+                    v.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            assert!(
+                visits.iter().all(|v| v.load(Ordering::Relaxed) == 1),
+                "n {n}"
+            );
+            let threads = tch::get_num_threads().max(1) as usize;
+            let expected = if n < min_split || gomp().is_none() {
+                1
+            } else {
+                threads
+            };
+            assert_eq!(calls.load(Ordering::Relaxed), expected, "n {n}");
+        }
+        // The pinned torch for Linux ships libgomp; without it decoding would run on one thread.
+        if cfg!(target_os = "linux") {
+            assert!(gomp().is_some(), "libgomp's entry points were not found");
+        }
+    }
+
+    #[test]
+    fn lane_sum_sums_every_element_through_the_function() {
+        // 19 elements: two whole lane blocks and a tail of 3.
+        let xs: Vec<f32> = (1..=19).map(|i| i as f32).collect();
+        assert_eq!(lane_sum(&xs, |x| x), 190.0);
+        assert_eq!(lane_sum(&xs, |x| x * x), 2_470.0);
+        assert_eq!(lane_sum(&[], |x| x), 0.0);
+    }
+}
