@@ -119,7 +119,12 @@ fn check_kv_cache_against_full_forward(cfg: &GptConfig) {
         assert!(d < 1e-4, "{:?}: max |Δlogit| = {d}", cfg.family);
         // Sampling's decoding step, by both of its routes, gives the same logits (with a cache
         // longer than the mask, which the step must not confuse).
-        for host in [true, false] {
+        // A mask in another kind than the cache's reads the same (0 and −∞ are exact in bf16).
+        for (host, mask_kind) in [
+            (true, Kind::Float),
+            (false, Kind::Float),
+            (true, Kind::BFloat16),
+        ] {
             let w = m.decode_weights(&m.compute_weights());
             let w = if host { w } else { w.tensor_ops_only() };
             let mut cache = KvCache::new(m.config(), b, lp + steps + 3, Device::Cpu, Kind::Float);
@@ -130,7 +135,7 @@ fn check_kv_cache_against_full_forward(cfg: &GptConfig) {
                 Some(&mut cache),
                 false,
             );
-            let bias = key_bias(&key_valid, m.config().n_head as i64, Kind::Float);
+            let bias = key_bias(&key_valid, m.config().n_head as i64, mask_kind);
             let mut dec = vec![m.lm_logits(&h.select(1, lp - 1))];
             for t in 0..steps - 1 {
                 let p = &last + (t + 1);
@@ -139,7 +144,7 @@ fn check_kv_cache_against_full_forward(cfg: &GptConfig) {
             let d = max_abs(&Tensor::stack(&dec, 1), &full);
             assert!(
                 d < 1e-4,
-                "decode_step (host route: {host}): max |Δlogit| = {d}"
+                "decode_step (host route: {host}, mask {mask_kind:?}): max |Δlogit| = {d}"
             );
         }
         // And left padding changes nothing: the short prompt alone gives the same logits.

@@ -123,8 +123,8 @@ impl Gpt {
 
     /// One decoding step for `tokens [B]` (i64) at `positions [B]` (i64): writes their keys and
     /// values at the cache's next slot, advances it, and returns the fp32 LM logits `[B, V]`.
-    /// `key_bias [B·H, 1, ≥ slot+1]` (compute kind) is added to the attention scores: 0 where a
-    /// key may be read, −∞ where not. Call it under `no_grad`.
+    /// `key_bias [B·H, 1, ≥ slot+1]` (the cache's kind) is added to the attention scores: 0
+    /// where a key may be read, −∞ where not. Call it under `no_grad`.
     pub fn decode_step(
         &self,
         w: &DecodeWeights,
@@ -280,7 +280,7 @@ impl Block {
 /// [`attention::attend`], fused, which on a CPU beats both SDPA (made for long queries) and two
 /// batched matmuls (one MKL matrix-vector call per sequence-head each). `[B·H, 1, D]`.
 fn attend_on_host(q: &Tensor, key_bias: &Tensor, lc: &LayerCache, slot: i64) -> Tensor {
-    let (q, key_bias) = (q.contiguous(), key_bias.contiguous());
+    let (q, key_bias) = (q.contiguous(), key_bias.to_kind(Kind::Float).contiguous());
     let (bh, _, d) = q.size3().expect("[B·H, 1, D]");
     let mut y = Tensor::empty([bh, 1, d], (Kind::Float, Device::Cpu)); // [B·H, 1, D]
     attention::attend(
