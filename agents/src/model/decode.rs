@@ -7,18 +7,29 @@
 //! - **Tensor ops** (any device, any precision): 2-D activations, weights pre-transposed once per
 //!   `generate`, attention in the cache's kind (SDPA on a GPU; on a CPU, whose cache is fp32 in
 //!   every precision, the fused attention of [`attention`]), residual adds in place.
-//! - **CPU fp32**: libtorch only for the matmuls and GELU; embeddings, LayerNorms, biases, the
-//!   cache writes and the attention ([`attention`]) are Rust loops over the tensors' memory.
-//!   Measured on a 2-core CPU at the tiny size, each libtorch call costs 3–5 µs beyond its
-//!   arithmetic once the matmuls have pushed the dispatcher out of the caches, and a step of ~140
-//!   such calls spent more time in calls than in arithmetic.
+//! - **CPU fp32** (where libtorch links a BLAS with `sgemm`, as its own builds do): no libtorch
+//!   call inside the step. One parallel region on libtorch's OpenMP team ([`host`]), each thread
+//!   taking its own sequences through every layer and the head: the matmuls are `sgemm` on its
+//!   rows ([`blas`]); embeddings, LayerNorms, biases, GELU ([`activation`]), the cache writes
+//!   and the attention ([`attention`]) are Rust loops over the tensors' memory. Each libtorch call
+//!   costs 3–5 µs beyond its arithmetic once the matmuls have pushed the dispatcher out of the
+//!   caches, and each of its parallel ops opens a region of its own, while the other thread spins
+//!   (10–20% of `perf`'s samples in sampling) through every serial stretch between them. Against
+//!   the route before it (libtorch for the matmuls and GELU, Rust loops for the rest), tiny fp32
+//!   W6's sampling went from 0.246 to 0.183 s (medians of 24 iterations, interleaved).
 
+mod activation;
 mod attention;
+mod blas;
 mod host;
 
 use super::{Block, ComputeWeights, Family, Gpt, KvCache, LayerCache, LinearWeights, Norm};
+use host::avx2_dispatch;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
+
+/// Below this many sequences the host route's step runs on the calling thread.
+const MIN_SPLIT: usize = 2;
 
 /// A linear layer as decoding reads it: the weight transposed to `[I, O]` and contiguous (at a
 /// decoding step's few rows a plain matmul on it is 1.2–2× faster on CPU than `linear`'s
@@ -66,8 +77,8 @@ struct DecodeBlock {
 pub struct DecodeWeights {
     blocks: Vec<DecodeBlock>,
     wte_t: Tensor, // [C, V], for the LM head
-    /// Whether the CPU fp32 route applies.
-    host: bool,
+    /// The BLAS of the CPU fp32 route, where that route applies.
+    host: Option<blas::Gemm>,
     /// The Llama family's weights, for decoding through the forward pass.
     forward: Option<ComputeWeights>,
 }
@@ -76,7 +87,7 @@ impl DecodeWeights {
     /// Take the tensor-ops route even where the CPU route applies (to test one against the other).
     #[cfg(test)]
     pub(crate) fn tensor_ops_only(mut self) -> Self {
-        self.host = false;
+        self.host = None;
         self
     }
 }
@@ -100,7 +111,7 @@ impl Gpt {
             return DecodeWeights {
                 blocks: Vec::new(),
                 wte_t: w.head.shallow_clone(),
-                host: false,
+                host: None,
                 forward: Some(w.shallow_clone()),
             };
         }
@@ -116,7 +127,10 @@ impl Gpt {
                 })
                 .collect(),
             wte_t: w.head.tr().contiguous(),
-            host: self.device() == Device::Cpu && w.head.kind() == Kind::Float,
+            // The CPU fp32 route calls the BLAS libtorch links (its own builds carry MKL's).
+            host: (self.device() == Device::Cpu && w.head.kind() == Kind::Float)
+                .then(blas::sgemm)
+                .flatten(),
             forward: None,
         }
     }
@@ -141,8 +155,8 @@ impl Gpt {
             let hidden = self.forward_with(fw, &tokens, &positions, &mask, Some(cache), false);
             return self.lm_logits_from(fw, &hidden.squeeze_dim(1)); // [B, V]
         }
-        let logits = if w.host {
-            self.decode_on_host(w, tokens, positions, key_bias, cache)
+        let logits = if let Some(gemm) = w.host {
+            self.decode_on_host(w, gemm, tokens, positions, key_bias, cache)
         } else {
             self.decode_with_tensor_ops(w, tokens, positions, key_bias, cache)
         };
@@ -168,63 +182,242 @@ impl Gpt {
         h.mm(&w.wte_t).to_kind(Kind::Float) // [B, V]
     }
 
+    /// The CPU fp32 route: the whole step in one parallel region on libtorch's team, each thread
+    /// taking its own rows (sequences) through every layer and the LM head. A row's arithmetic
+    /// reads only its own activations and cache, so the threads never wait for each other; the
+    /// matmuls are `sgemm` on the thread's rows ([`blas`]), the rest Rust loops.
     fn decode_on_host(
         &self,
         w: &DecodeWeights,
+        gemm: blas::Gemm,
         tokens: &Tensor,
         positions: &Tensor,
         key_bias: &Tensor,
         cache: &mut KvCache,
     ) -> Tensor {
-        let slot = cache.len;
-        let b = tokens.size()[0];
-        let c = self.cfg.n_embd as i64;
-        let (h, d) = (self.cfg.n_head as i64, c / self.cfg.n_head as i64);
-        let opts = (Kind::Float, Device::Cpu);
-        let mut x = Tensor::empty([b, c], opts); // [B, C], the fp32 residual stream
-        {
-            let tokens = tokens.contiguous();
-            let positions = positions.contiguous();
-            let (tok, pos) = (host_i64(&tokens), host_i64(&positions));
-            let (wte, wpe) = (host(&self.wte), host(self.gpt2_wpe()));
-            let c = c as usize;
-            for (row, (&t, &p)) in host_mut(&mut x)
-                .chunks_exact_mut(c)
-                .zip(tok.iter().zip(pos))
-            {
-                let (e, q) = (&wte[t as usize * c..][..c], &wpe[p as usize * c..][..c]);
-                for ((o, e), q) in row.iter_mut().zip(e).zip(q) {
-                    *o = e + q;
-                }
+        let b = tokens.size()[0] as usize;
+        let c = self.cfg.n_embd;
+        let h = self.cfg.n_head;
+        let vocab = w.wte_t.size()[1] as usize;
+        let (tokens, positions) = (tokens.contiguous(), positions.contiguous());
+        let key_bias = key_bias.to_kind(Kind::Float).contiguous(); // [B·H, 1, L]
+        let mut logits = Tensor::empty([b as i64, vocab as i64], (Kind::Float, Device::Cpu));
+        let t_max = cache.layers.first().map_or(0, |lc| lc.k.size()[2] as usize);
+        let attention = attention::Shape {
+            rows: 0,
+            d: c / h,
+            t_max,
+            len: cache.len as usize + 1,
+            bias_len: key_bias.size()[2] as usize,
+        };
+        let step = HostStep {
+            gemm,
+            c,
+            h,
+            slot: cache.len as usize,
+            attention,
+            eps: self.cfg.norm_eps as f32,
+            approximate: self.cfg.activation == super::Activation::GeluTanh,
+            tokens: host_i64(&tokens),
+            positions: host_i64(&positions),
+            wte: host(&self.wte),
+            wpe: host(self.gpt2_wpe()),
+            key_bias: host(&key_bias),
+            blocks: self
+                .blocks
+                .iter()
+                .zip(&w.blocks)
+                .zip(&mut cache.layers)
+                .map(|((blk, bw), lc)| HostBlock {
+                    norm_1: HostNorm::of(&blk.norm_1),
+                    qkv: HostLinear::of(&bw.c_attn),
+                    o_proj: HostLinear::of(&bw.c_proj),
+                    norm_2: HostNorm::of(&blk.norm_2),
+                    fc: HostLinear::of(&bw.c_fc),
+                    mlp_proj: HostLinear::of(&bw.mlp_proj),
+                    keys: host_mut(&mut lc.k).as_mut_ptr() as usize,
+                    values: host_mut(&mut lc.v).as_mut_ptr() as usize,
+                })
+                .collect(),
+            norm_f: HostNorm::of(&self.norm_f),
+            head: host(&w.wte_t),
+            logits: host_mut(&mut logits).as_mut_ptr() as usize,
+            vocab,
+        };
+        host::split_rows(b, MIN_SPLIT, &|rows| step.run(rows));
+        logits
+    }
+}
+
+/// A LayerNorm's weight and bias, on the host.
+struct HostNorm<'a> {
+    gamma: &'a [f32],
+    beta: &'a [f32],
+}
+
+impl<'a> HostNorm<'a> {
+    fn of(n: &'a Norm) -> Self {
+        let ln = layer_norm(n);
+        Self {
+            gamma: host(ln.ws.as_ref().expect("LayerNorm has a weight")),
+            beta: host(ln.bs.as_ref().expect("LayerNorm has a bias")),
+        }
+    }
+}
+
+/// A linear layer on the host: `w_t [I, O]` and `b [O]`.
+struct HostLinear<'a> {
+    w_t: &'a [f32],
+    b: &'a [f32],
+}
+
+impl<'a> HostLinear<'a> {
+    fn of(l: &'a DecodeLinear) -> Self {
+        Self {
+            w_t: host(&l.w_t),
+            b: host(&l.b),
+        }
+    }
+
+    /// `out [m, O] := x [m, I] · w_t + beta · out` (the bias is the caller's).
+    fn product(&self, gemm: blas::Gemm, x: &[f32], beta: f32, out: &mut [f32]) {
+        let o = self.b.len();
+        let i = self.w_t.len() / o;
+        gemm.rows(x.len() / i, o, i, x, self.w_t, beta, out);
+    }
+}
+
+/// One block's weights and the addresses of its cache `[B, H, T_max, D]` (keys, values), which
+/// the threads write at their own rows.
+struct HostBlock<'a> {
+    norm_1: HostNorm<'a>,
+    qkv: HostLinear<'a>,
+    o_proj: HostLinear<'a>,
+    norm_2: HostNorm<'a>,
+    fc: HostLinear<'a>,
+    mlp_proj: HostLinear<'a>,
+    keys: usize,
+    values: usize,
+}
+
+/// Everything one decoding step on the host reads, and where it writes (the cache and the logits
+/// `[B, V]`, by address: each thread writes its own rows).
+struct HostStep<'a> {
+    gemm: blas::Gemm,
+    c: usize,
+    h: usize,
+    slot: usize,
+    /// The attention's shape (its `rows` set per thread).
+    attention: attention::Shape,
+    eps: f32,
+    /// GELU's tanh form rather than the exact one.
+    approximate: bool,
+    tokens: &'a [i64],
+    positions: &'a [i64],
+    wte: &'a [f32],
+    wpe: &'a [f32],
+    key_bias: &'a [f32],
+    blocks: Vec<HostBlock<'a>>,
+    norm_f: HostNorm<'a>,
+    head: &'a [f32],
+    logits: usize,
+    vocab: usize,
+}
+
+impl HostStep<'_> {
+    /// The step for sequences `rows`, on the calling thread.
+    fn run(&self, rows: std::ops::Range<usize>) {
+        let (m, c, h) = (rows.len(), self.c, self.h);
+        if m == 0 {
+            return;
+        }
+        let d = c / h;
+        let per_row = h * self.attention.t_max * d;
+        let mut x = vec![0f32; m * c]; // [m, C], the residual stream
+        for (r, row) in x.chunks_exact_mut(c).enumerate() {
+            let (t, p) = (self.tokens[rows.start + r], self.positions[rows.start + r]);
+            let (e, q) = (
+                &self.wte[t as usize * c..][..c],
+                &self.wpe[p as usize * c..][..c],
+            );
+            for ((o, e), q) in row.iter_mut().zip(e).zip(q) {
+                *o = e + q;
             }
         }
-        let mut a = Tensor::empty([b, c], opts); // [B, C], LayerNorm output
-        let mut q = Tensor::empty([b * h, 1, d], opts); // [B·H, 1, D]
-        let eps = self.cfg.norm_eps as f32;
-        let approximate = self.cfg.activation.gelu_approximate();
+        let mut a = vec![0f32; m * c]; // [m, C], a LayerNorm's output
+        let mut qkv = vec![0f32; m * 3 * c]; // [m, 3C]
+        let mut q = vec![0f32; m * c]; // [m·H, D]
+        let mut y = vec![0f32; m * c]; // [m·H, D], the attention's output
+        let mut hidden = vec![0f32; m * 4 * c]; // [m, 4C]
+        let bias_len = self.attention.bias_len;
+        let key_bias = &self.key_bias[rows.start * h * bias_len..rows.end * h * bias_len];
         // The MLP's output bias of the block before, added with the next LayerNorm.
-        let mut pending: Option<&Tensor> = None;
-        for ((blk, bw), lc) in self.blocks.iter().zip(&w.blocks).zip(&mut cache.layers) {
-            add_and_layer_norm(&mut x, pending, layer_norm(&blk.norm_1), eps, &mut a);
-            let qkv = a.mm(&bw.c_attn.w_t); // [B, 3C]
-            scatter_qkv(&qkv, &bw.c_attn.b, &mut q, lc, slot, h);
-            let y = attend_on_host(&q, key_bias, lc, slot).view([b, c]); // [B, C]
-            let _ = x.addmm_(&y, &bw.c_proj.w_t);
+        let mut pending: Option<&[f32]> = None;
+        for blk in &self.blocks {
+            // SAFETY: rows `rows` of the cache, which no other thread of the step touches; the
+            // cache is borrowed mutably by `decode_on_host` until every thread is done.
+            let (keys, values) = unsafe {
+                let at = rows.start * per_row;
+                (
+                    std::slice::from_raw_parts_mut((blk.keys as *mut f32).add(at), m * per_row),
+                    std::slice::from_raw_parts_mut((blk.values as *mut f32).add(at), m * per_row),
+                )
+            };
             add_and_layer_norm(
                 &mut x,
-                Some(&bw.c_proj.b),
-                layer_norm(&blk.norm_2),
-                eps,
+                pending,
+                blk.norm_1.gamma,
+                blk.norm_1.beta,
+                self.eps,
                 &mut a,
             );
-            let mut hidden = a.mm(&bw.c_fc.w_t); // [B, 4C]
-            add_rows(&mut hidden, &bw.c_fc.b);
-            let _ = hidden.gelu_(approximate);
-            let _ = x.addmm_(&hidden, &bw.mlp_proj.w_t);
-            pending = Some(&bw.mlp_proj.b);
+            blk.qkv.product(self.gemm, &a, 0.0, &mut qkv);
+            scatter_qkv(
+                &qkv,
+                blk.qkv.b,
+                &mut q,
+                keys,
+                values,
+                self.slot,
+                h,
+                self.attention.t_max,
+            );
+            let shape = attention::Shape {
+                rows: m * h,
+                ..self.attention
+            };
+            attention::attend_part(shape, &q, keys, values, key_bias, &mut y);
+            blk.o_proj.product(self.gemm, &y, 1.0, &mut x);
+            add_and_layer_norm(
+                &mut x,
+                Some(blk.o_proj.b),
+                blk.norm_2.gamma,
+                blk.norm_2.beta,
+                self.eps,
+                &mut a,
+            );
+            blk.fc.product(self.gemm, &a, 0.0, &mut hidden);
+            bias_and_gelu(&mut hidden, blk.fc.b, self.approximate);
+            blk.mlp_proj.product(self.gemm, &hidden, 1.0, &mut x);
+            pending = Some(blk.mlp_proj.b);
         }
-        add_and_layer_norm(&mut x, pending, layer_norm(&self.norm_f), eps, &mut a);
-        a.mm(&w.wte_t) // [B, V]
+        add_and_layer_norm(
+            &mut x,
+            pending,
+            self.norm_f.gamma,
+            self.norm_f.beta,
+            self.eps,
+            &mut a,
+        );
+        // SAFETY: rows `rows` of the logits, which no other thread writes; `logits` outlives
+        // the step.
+        let logits = unsafe {
+            std::slice::from_raw_parts_mut(
+                (self.logits as *mut f32).add(rows.start * self.vocab),
+                m * self.vocab,
+            )
+        };
+        self.gemm.rows(m, self.vocab, c, &a, self.head, 0.0, logits);
     }
 }
 
@@ -321,16 +514,6 @@ fn host_i64(t: &Tensor) -> &[i64] {
     unsafe { std::slice::from_raw_parts(t.data_ptr() as *const i64, t.numel()) }
 }
 
-/// `m [B, N] += bias [N]` on every row.
-fn add_rows(m: &mut Tensor, bias: &Tensor) {
-    let bias = host(bias);
-    for row in host_mut(m).chunks_exact_mut(bias.len()) {
-        for (v, b) in row.iter_mut().zip(bias) {
-            *v += b;
-        }
-    }
-}
-
 /// GPT-2's LayerNorm (the routes of this file are GPT-2's).
 fn layer_norm(n: &Norm) -> &nn::LayerNorm {
     match n {
@@ -345,82 +528,65 @@ impl Gpt {
     }
 }
 
-/// `x [B, C] += bias` (when given), then `out = LayerNorm(x)` (epsilon `eps`) row by row.
-fn add_and_layer_norm(
-    x: &mut Tensor,
-    bias: Option<&Tensor>,
-    ln: &nn::LayerNorm,
-    eps: f32,
-    out: &mut Tensor,
-) {
-    let gamma = host(ln.ws.as_ref().expect("LayerNorm has a weight"));
-    let beta = host(ln.bs.as_ref().expect("LayerNorm has a bias"));
-    let bias = bias.map(host);
-    let (x, out) = (host_mut(x), host_mut(out));
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, the one feature `layer_norm_avx2` is compiled for beyond the
-        // baseline.
-        return unsafe { layer_norm_avx2(x, bias, gamma, beta, eps, out) };
+avx2_dispatch! {
+    /// `x [m, C] += bias` (when given), then `out = LayerNorm(x)` (`gamma`, `beta`, epsilon
+    /// `eps`) row by row.
+    fn add_and_layer_norm(
+        x: &mut [f32],
+        bias: Option<&[f32]>,
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        out: &mut [f32],
+    ) {
+        let c = gamma.len();
+        for (row, o) in x.chunks_exact_mut(c).zip(out.chunks_exact_mut(c)) {
+            if let Some(bias) = bias {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v += b;
+                }
+            }
+            let mean = host::lane_sum(row, |v| v) / c as f32;
+            let var = host::lane_sum(row, |v| (v - mean) * (v - mean)) / c as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for (((o, v), g), b) in o.iter_mut().zip(&*row).zip(gamma).zip(beta) {
+                *o = (v - mean) * inv * g + b;
+            }
+        }
     }
-    layer_norm_rows(x, bias, gamma, beta, eps, out);
 }
 
-/// [`layer_norm_rows`] compiled for AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn layer_norm_avx2(
-    x: &mut [f32],
-    bias: Option<&[f32]>,
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    out: &mut [f32],
-) {
-    layer_norm_rows(x, bias, gamma, beta, eps, out);
-}
-
-#[inline(always)]
-fn layer_norm_rows(
-    x: &mut [f32],
-    bias: Option<&[f32]>,
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    out: &mut [f32],
-) {
-    let c = gamma.len();
-    for (row, o) in x.chunks_exact_mut(c).zip(out.chunks_exact_mut(c)) {
-        if let Some(bias) = bias {
+avx2_dispatch! {
+    /// `hidden [m, N] += bias [N]` on every row, then GELU (its tanh form if `approximate`).
+    fn bias_and_gelu(hidden: &mut [f32], bias: &[f32], approximate: bool) {
+        for row in hidden.chunks_exact_mut(bias.len()) {
             for (v, b) in row.iter_mut().zip(bias) {
                 *v += b;
             }
-        }
-        let mean = host::lane_sum(row, |v| v) / c as f32;
-        let var = host::lane_sum(row, |v| (v - mean) * (v - mean)) / c as f32;
-        let inv = 1.0 / (var + eps).sqrt();
-        for (((o, v), g), b) in o.iter_mut().zip(&*row).zip(gamma).zip(beta) {
-            *o = (v - mean) * inv * g + b;
+            if approximate {
+                activation::gelu_tanh(row);
+            } else {
+                activation::gelu_erf(row);
+            }
         }
     }
 }
 
-/// Adds the attention bias to `qkv [B, 3C]` and scatters it: queries into `q [B·H, 1, D]`, keys
-/// and values into the cache at `slot` (both `[B, H, T_max, D]`).
+/// Adds the attention bias to `qkv [m, 3C]` and scatters it: queries into `q [m·H, D]`, keys
+/// and values into the cache rows `keys`, `values` (both `[m, H, T_max, D]`) at `slot`.
+#[allow(clippy::too_many_arguments)]
 fn scatter_qkv(
-    qkv: &Tensor,
-    bias: &Tensor,
-    q: &mut Tensor,
-    lc: &mut LayerCache,
-    slot: i64,
-    h: i64,
+    qkv: &[f32],
+    bias: &[f32],
+    q: &mut [f32],
+    keys: &mut [f32],
+    values: &mut [f32],
+    slot: usize,
+    h: usize,
+    t_max: usize,
 ) {
-    let (qkv, bias) = (host(qkv), host(bias));
     let c = bias.len() / 3;
-    let d = c / h as usize;
-    let t_max = lc.v.size()[2] as usize;
-    let slot = slot as usize;
-    let (q, keys, values) = (host_mut(q), host_mut(&mut lc.k), host_mut(&mut lc.v));
+    let d = c / h;
     let add = |out: &mut [f32], x: &[f32], b: &[f32]| {
         for ((o, x), b) in out.iter_mut().zip(x).zip(b) {
             *o = x + b;
@@ -432,9 +598,9 @@ fn scatter_qkv(
         .enumerate()
     {
         add(q, &row[..c], &bias[..c]);
-        for j in 0..h as usize {
+        for j in 0..h {
             // Head j's channels are columns j·D..(j+1)·D of the key and value parts of the row.
-            let at = ((i * h as usize + j) * t_max + slot) * d;
+            let at = ((i * h + j) * t_max + slot) * d;
             let (kc, vc) = (c + j * d, 2 * c + j * d);
             add(&mut keys[at..at + d], &row[kc..kc + d], &bias[kc..kc + d]);
             add(&mut values[at..at + d], &row[vc..vc + d], &bias[vc..vc + d]);

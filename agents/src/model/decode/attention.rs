@@ -6,7 +6,7 @@
 //! intermediates written out and read back. The rows are split over libtorch's threads
 //! ([`super::host`]) and vectorised for AVX2 where the CPU has it (checked at run time).
 
-use super::host;
+use super::host::{self, avx2_dispatch};
 
 /// Lanes of the vectorised loops: one AVX2 register of f32.
 const W: usize = 8;
@@ -59,68 +59,64 @@ pub(super) fn attend(
         let keys = &keys[rows.start * kv..rows.end * kv];
         let values = &values[rows.start * kv..rows.end * kv];
         let bias = &bias[rows.start * s.bias_len..rows.end * s.bias_len];
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2, the one feature `attend_avx2` is compiled for beyond the
-            // baseline.
-            return unsafe { attend_avx2(part, q, keys, values, bias, out) };
-        }
-        attend_rows(part, q, keys, values, bias, out);
+        attend_part(part, q, keys, values, bias, out);
     });
 }
 
-/// [`attend_rows`] compiled for AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn attend_avx2(s: Shape, q: &[f32], keys: &[f32], values: &[f32], bias: &[f32], out: &mut [f32]) {
-    attend_rows(s, q, keys, values, bias, out);
-}
-
-#[inline(always)]
-fn attend_rows(s: Shape, q: &[f32], keys: &[f32], values: &[f32], bias: &[f32], out: &mut [f32]) {
-    let (d, kv) = (s.d, s.t_max * s.d);
-    let scale = 1.0 / (d as f32).sqrt();
-    // Padded to whole lanes with −∞, which the exponential turns into 0.
-    let mut scores = vec![f32::NEG_INFINITY; s.len.next_multiple_of(W)];
-    for r in 0..s.rows {
-        let q = &q[r * d..][..d];
-        let k = &keys[r * kv..][..s.len * d];
-        let v = &values[r * kv..][..s.len * d];
-        let bias = &bias[r * s.bias_len..][..s.len];
-        let next = (r + 1 < s.rows).then_some((r + 1) * kv);
-        let live = scores.iter_mut().zip(k.chunks_exact(d)).zip(bias);
-        for (j, ((score, key), b)) in live.enumerate() {
-            if let Some(n) = next {
-                prefetch(&keys[n + j * d..][..d]);
+avx2_dispatch! {
+    /// [`attend`]'s arithmetic for all of `s.rows` on the calling thread (the same slices).
+    pub(super) fn attend_part(
+        s: Shape,
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        bias: &[f32],
+        out: &mut [f32],
+    ) {
+        let (d, kv) = (s.d, s.t_max * s.d);
+        let scale = 1.0 / (d as f32).sqrt();
+        // Padded to whole lanes with −∞, which the exponential turns into 0.
+        let mut scores = vec![f32::NEG_INFINITY; s.len.next_multiple_of(W)];
+        for r in 0..s.rows {
+            let q = &q[r * d..][..d];
+            let k = &keys[r * kv..][..s.len * d];
+            let v = &values[r * kv..][..s.len * d];
+            let bias = &bias[r * s.bias_len..][..s.len];
+            let next = (r + 1 < s.rows).then_some((r + 1) * kv);
+            let live = scores.iter_mut().zip(k.chunks_exact(d)).zip(bias);
+            for (j, ((score, key), b)) in live.enumerate() {
+                if let Some(n) = next {
+                    prefetch(&keys[n + j * d..][..d]);
+                }
+                *score = dot(q, key) * scale + b;
             }
-            *score = dot(q, key) * scale + b;
-        }
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let o = &mut out[r * d..][..d];
-        o.fill(0.0);
-        if max == f32::NEG_INFINITY {
-            continue;
-        }
-        let mut total = [0f32; W];
-        for lanes in scores.chunks_exact_mut(W) {
-            for i in 0..W {
-                lanes[i] = exp(lanes[i] - max);
-                total[i] += lanes[i];
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let o = &mut out[r * d..][..d];
+            o.fill(0.0);
+            if max == f32::NEG_INFINITY {
+                continue;
             }
-        }
-        for (j, (p, value)) in scores.iter().zip(v.chunks_exact(d)).enumerate() {
-            if let Some(n) = next {
-                prefetch(&values[n + j * d..][..d]);
+            let mut total = [0f32; W];
+            for lanes in scores.chunks_exact_mut(W) {
+                for i in 0..W {
+                    lanes[i] = exp(lanes[i] - max);
+                    total[i] += lanes[i];
+                }
             }
-            for (o, x) in o.iter_mut().zip(value) {
-                *o += p * x;
+            for (j, (p, value)) in scores.iter().zip(v.chunks_exact(d)).enumerate() {
+                if let Some(n) = next {
+                    prefetch(&values[n + j * d..][..d]);
+                }
+                for (o, x) in o.iter_mut().zip(value) {
+                    *o += p * x;
+                }
             }
+            let norm = 1.0 / total.iter().sum::<f32>();
+            for o in o.iter_mut() {
+                *o *= norm;
+            }
+            scores.fill(f32::NEG_INFINITY);
         }
-        let norm = 1.0 / total.iter().sum::<f32>();
-        for o in o.iter_mut() {
-            *o *= norm;
-        }
-        scores.fill(f32::NEG_INFINITY);
     }
 }
 
@@ -160,7 +156,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `eʳ` by its Taylor series to degree 7 (the remainder is under 2⁻²⁴ relative), and `2ⁿ` written
 /// into the exponent bits. Branch-free, so that a loop over it vectorises.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding 1.5·2²³ rounds to an integer and leaves it in the low bits of the mantissa, where

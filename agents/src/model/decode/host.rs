@@ -77,6 +77,33 @@ pub(super) fn split_rows(n: usize, min_split: usize, f: &(dyn Fn(Range<usize>) +
     unsafe { (gomp.parallel)(body, &job as *const Job as *mut c_void, 0, 0) };
 }
 
+/// Defines `fn $name(args) { body }` so that the body runs compiled for AVX2 where the CPU has
+/// it (checked at run time; the wheels' baseline is SSE2) and as compiled elsewhere: the body is
+/// an `#[inline(always)]` function compiled again inside an AVX2 copy.
+macro_rules! avx2_dispatch {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2, the one feature `avx2` is compiled for beyond
+                    // the baseline.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(super) use avx2_dispatch;
+
 /// `Σ f(x)` over `xs`, summed in eight lanes so that it vectorises (a serial sum cannot be
 /// reassociated), then across them.
 #[inline(always)]
