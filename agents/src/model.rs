@@ -287,6 +287,19 @@ pub struct LayerCache {
 pub struct KvCache {
     layers: Vec<LayerCache>,
     len: i64,
+    /// Rows holding copies of one row's first slots, when [`KvCache::select_rows`] made them.
+    shared: Option<SharedPrefix>,
+}
+
+/// Which rows of a cache hold identical first `slots` positions: the G samples of a prompt, each
+/// with a copy of its prefill. Those slots are never written again, so a reader may take any
+/// row's copy; the host attention reads one per group while it stays in the CPU's caches.
+#[derive(Clone, Debug)]
+pub(crate) struct SharedPrefix {
+    /// Positions shared.
+    pub slots: usize,
+    /// Per row, the lowest row with the same copy (itself if none is lower).
+    pub first: Vec<usize>,
 }
 
 impl KvCache {
@@ -299,7 +312,11 @@ impl KvCache {
                 v: Tensor::zeros([batch, h, max_len, d], (kind, device)),
             })
             .collect();
-        Self { layers, len: 0 }
+        Self {
+            layers,
+            len: 0,
+            shared: None,
+        }
     }
     /// Positions held so far.
     pub fn len(&self) -> i64 {
@@ -336,10 +353,30 @@ impl KvCache {
                 v: pick(&l.v),
             })
             .collect();
+        // Rows copied from one row share its held positions. (Rows of `self` that were already
+        // copies of each other are not recognised: their copies are read separately, as before.)
+        let shared = (rows.device() == Device::Cpu && len > 0)
+            .then(|| Vec::<i64>::try_from(rows).ok())
+            .flatten()
+            .map(|rows| {
+                let mut seen = std::collections::HashMap::new();
+                let first = (0..rows.len())
+                    .map(|r| *seen.entry(rows[r]).or_insert(r))
+                    .collect();
+                SharedPrefix {
+                    slots: len as usize,
+                    first,
+                }
+            });
         Self {
             layers,
             len: self.len,
+            shared,
         }
+    }
+    /// The rows sharing their first positions, where known.
+    pub(crate) fn shared_prefix(&self) -> Option<&SharedPrefix> {
+        self.shared.as_ref()
     }
     /// Make room for `more` positions after the ones held (a conversation outgrowing its first
     /// allocation), keeping what is cached.

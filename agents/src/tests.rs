@@ -117,14 +117,10 @@ fn check_kv_cache_against_full_forward(cfg: &GptConfig) {
         let full = m.lm_logits(&h.narrow(1, lp - 1, steps));
         let d = max_abs(&inc, &full);
         assert!(d < 1e-4, "{:?}: max |Δlogit| = {d}", cfg.family);
-        // Sampling's decoding step, by both of its routes, gives the same logits (with a cache
-        // longer than the mask, which the step must not confuse).
-        // A mask in another kind than the cache's reads the same (0 and −∞ are exact in bf16).
-        for (host, mask_kind) in [
-            (true, Kind::Float),
-            (false, Kind::Float),
-            (true, Kind::BFloat16),
-        ] {
+        // Prefill (into a cache longer than the mask, which the step must not confuse), copy the
+        // prefill's rows `rows` if given, and decode `tokens [B', steps]` after them by one
+        // route: the logits `[B', steps, V]`.
+        let decode = |host: bool, mask_kind: Kind, rows: Option<&Tensor>, tokens: &Tensor| {
             let w = m.decode_weights(&m.compute_weights());
             let w = if host { w } else { w.tensor_ops_only() };
             let mut cache = KvCache::new(m.config(), b, lp + steps + 3, Device::Cpu, Kind::Float);
@@ -135,16 +131,53 @@ fn check_kv_cache_against_full_forward(cfg: &GptConfig) {
                 Some(&mut cache),
                 false,
             );
-            let bias = key_bias(&key_valid, m.config().n_head as i64, mask_kind);
-            let mut dec = vec![m.lm_logits(&h.select(1, lp - 1))];
+            let mut first = m.lm_logits(&h.select(1, lp - 1)); // [B, V]
+            let (mut valid, mut last) = (key_valid.shallow_clone(), last.shallow_clone());
+            if let Some(rows) = rows {
+                cache = cache.select_rows(rows);
+                first = first.index_select(0, rows);
+                valid = valid.index_select(0, rows);
+                last = last.index_select(0, rows);
+            }
+            let bias = key_bias(&valid, m.config().n_head as i64, mask_kind);
+            let mut dec = vec![first];
             for t in 0..steps - 1 {
                 let p = &last + (t + 1);
-                dec.push(m.decode_step(&w, &next.select(1, t), &p, &bias, &mut cache));
+                dec.push(m.decode_step(&w, &tokens.select(1, t), &p, &bias, &mut cache));
             }
-            let d = max_abs(&Tensor::stack(&dec, 1), &full);
+            Tensor::stack(&dec, 1)
+        };
+        // Sampling's decoding step, by both of its routes, gives the same logits; a mask in
+        // another kind than the cache's reads the same (0 and −∞ are exact in bf16).
+        for (host, mask_kind) in [
+            (true, Kind::Float),
+            (false, Kind::Float),
+            (true, Kind::BFloat16),
+        ] {
+            let d = max_abs(&decode(host, mask_kind, None, &next), &full);
             assert!(
                 d < 1e-4,
                 "decode_step (host route: {host}, mask {mask_kind:?}): max |Δlogit| = {d}"
+            );
+        }
+        // Copies of a prefill (the group agents' G samples of a prompt, which the host attention
+        // reads once per group) decode as if each had been prefilled alone, each copy with a
+        // continuation of its own, by both routes.
+        let rows = Tensor::from_slice(&[0i64, 0, 1, 2, 2, 0]);
+        let b2 = rows.size()[0];
+        let next2 = (Tensor::arange(b2 * steps, (Kind::Int64, Device::Cpu)).remainder(20) + 25)
+            .view([b2, steps]);
+        let h2 = m.forward_full(
+            &Tensor::cat(&[prompt.index_select(0, &rows), next2.shallow_clone()], 1),
+            &key_valid.index_select(0, &rows),
+            false,
+        );
+        let full2 = m.lm_logits(&h2.narrow(1, lp - 1, steps)); // [B', steps, V]
+        for host in [true, false] {
+            let d = max_abs(&decode(host, Kind::Float, Some(&rows), &next2), &full2);
+            assert!(
+                d < 1e-4,
+                "copies of a prefill (host route: {host}): max |Δlogit| = {d}"
             );
         }
         // And left padding changes nothing: the short prompt alone gives the same logits.

@@ -175,8 +175,18 @@ impl Gpt {
         let slot = cache.len;
         let mut x = Tensor::embedding(&self.wte, tokens, -1, false, false); // [B, C]
         x += Tensor::embedding(self.gpt2_wpe(), positions, -1, false, false);
+        // Once per step rather than per layer: the mask in the cache's kind, and which rows
+        // share their first positions.
+        let cache_kind = cache.layers.first().map_or(Kind::Float, |lc| lc.k.kind());
+        let key_bias = key_bias.to_kind(cache_kind).contiguous(); // [B·H, 1, L]
+        let (shared, first) = head_sources(cache, self.cfg.n_head);
+        let sources = attention::Sources {
+            slots: shared,
+            first: &first,
+            offset: 0,
+        };
         for ((blk, bw), lc) in self.blocks.iter().zip(&w.blocks).zip(&mut cache.layers) {
-            blk.decode(bw, &mut x, key_bias, slot, lc);
+            blk.decode(bw, &mut x, &key_bias, sources, slot, lc);
         }
         let h = self.norm_f.forward(&x).to_kind(w.wte_t.kind()); // [B, C]
         h.mm(&w.wte_t).to_kind(Kind::Float) // [B, V]
@@ -202,6 +212,7 @@ impl Gpt {
         let (tokens, positions) = (tokens.contiguous(), positions.contiguous());
         let key_bias = key_bias.to_kind(Kind::Float).contiguous(); // [B·H, 1, L]
         let mut logits = Tensor::empty([b as i64, vocab as i64], (Kind::Float, Device::Cpu));
+        let (shared, first) = head_sources(cache, h);
         let t_max = cache.layers.first().map_or(0, |lc| lc.k.size()[2] as usize);
         let attention = attention::Shape {
             rows: 0,
@@ -223,6 +234,11 @@ impl Gpt {
             wte: host(&self.wte),
             wpe: host(self.gpt2_wpe()),
             key_bias: host(&key_bias),
+            sources: attention::Sources {
+                slots: shared,
+                first: &first,
+                offset: 0,
+            },
             blocks: self
                 .blocks
                 .iter()
@@ -317,6 +333,8 @@ struct HostStep<'a> {
     wte: &'a [f32],
     wpe: &'a [f32],
     key_bias: &'a [f32],
+    /// Which attention rows share their first positions (all the step's rows).
+    sources: attention::Sources<'a>,
     blocks: Vec<HostBlock<'a>>,
     norm_f: HostNorm<'a>,
     head: &'a [f32],
@@ -386,7 +404,8 @@ impl HostStep<'_> {
                 rows: m * h,
                 ..self.attention
             };
-            attention::attend_part(shape, &q, keys, values, key_bias, &mut y);
+            let sources = self.sources.from(rows.start * h);
+            attention::attend_part(shape, &q, keys, values, key_bias, sources, &mut y);
             blk.o_proj.product(self.gemm, &y, 1.0, &mut x);
             add_and_layer_norm(
                 &mut x,
@@ -429,6 +448,7 @@ impl Block {
         w: &DecodeBlock,
         x: &mut Tensor,
         key_bias: &Tensor,
+        sources: attention::Sources<'_>,
         slot: i64,
         lc: &mut LayerCache,
     ) {
@@ -443,7 +463,7 @@ impl Block {
         lc.v.select(2, slot)
             .copy_(&qkv.narrow(1, 2 * c, c).view([b, h, d]));
         let y = if x.device() == Device::Cpu && lc.k.kind() == Kind::Float {
-            attend_on_host(&q.reshape([b * h, 1, d]), key_bias, lc, slot)
+            attend_on_host(&q.reshape([b * h, 1, d]), key_bias, sources, lc, slot)
         } else {
             // One fused kernel (on a GPU, the cache's kind is the compute kind).
             let t_bias = key_bias.size()[2];
@@ -469,11 +489,17 @@ impl Block {
 }
 
 /// One query per sequence and head, `q [B·H, 1, D]` (fp32), against the first `slot + 1`
-/// positions of an fp32 cache on the host with the additive `key_bias [B·H, 1, ≥ slot+1]`:
-/// [`attention::attend`], fused, which on a CPU beats both SDPA (made for long queries) and two
-/// batched matmuls (one MKL matrix-vector call per sequence-head each). `[B·H, 1, D]`.
-fn attend_on_host(q: &Tensor, key_bias: &Tensor, lc: &LayerCache, slot: i64) -> Tensor {
-    let (q, key_bias) = (q.contiguous(), key_bias.to_kind(Kind::Float).contiguous());
+/// positions of an fp32 cache on the host with the additive `key_bias [B·H, 1, ≥ slot+1]`
+/// (fp32): [`attention::attend`], fused, which on a CPU beats both SDPA (made for long queries)
+/// and two batched matmuls (one MKL matrix-vector call per sequence-head each). `[B·H, 1, D]`.
+fn attend_on_host(
+    q: &Tensor,
+    key_bias: &Tensor,
+    sources: attention::Sources<'_>,
+    lc: &LayerCache,
+    slot: i64,
+) -> Tensor {
+    let q = q.contiguous();
     let (bh, _, d) = q.size3().expect("[B·H, 1, D]");
     let mut y = Tensor::empty([bh, 1, d], (Kind::Float, Device::Cpu)); // [B·H, 1, D]
     attention::attend(
@@ -487,10 +513,26 @@ fn attend_on_host(q: &Tensor, key_bias: &Tensor, lc: &LayerCache, slot: i64) -> 
         host(&q),
         host(&lc.k),
         host(&lc.v),
-        host(&key_bias),
+        host(key_bias),
+        sources,
         host_mut(&mut y),
     );
     y
+}
+
+/// The first positions that rows of `cache` share, and per sequence-head (`h` per sequence,
+/// the attention's rows) the row whose copy to read.
+fn head_sources(cache: &KvCache, h: usize) -> (usize, Vec<usize>) {
+    match cache.shared_prefix() {
+        Some(p) => (
+            p.slots,
+            p.first
+                .iter()
+                .flat_map(|&f| (0..h).map(move |j| f * h + j))
+                .collect(),
+        ),
+        None => (0, Vec::new()),
+    }
 }
 
 /// The elements of a contiguous fp32 CPU tensor, read in place.

@@ -25,15 +25,59 @@ pub(super) struct Shape {
     pub bias_len: usize,
 }
 
+/// Where each row reads its first `slots` positions: from row `first[r]` (≤ r), which holds the
+/// same copy (the G samples of a prompt share its prefill). Reading one copy per group, while it
+/// is still in the CPU's caches, instead of G copies from memory cuts the kernel's traffic by
+/// the prompt's share of the positions times (G − 1)/G. Indices count from `offset`: a thread
+/// given rows `offset..` reads a source below them from the row's own copy instead.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Sources<'a> {
+    pub slots: usize,
+    pub first: &'a [usize],
+    pub offset: usize,
+}
+
+impl<'a> Sources<'a> {
+    /// Every row reads its own copy.
+    #[cfg(test)]
+    pub(super) const NONE: Sources<'static> = Sources {
+        slots: 0,
+        first: &[],
+        offset: 0,
+    };
+
+    /// The same sources for the rows from `offset` on (counted from this one's).
+    pub(super) fn from(self, offset: usize) -> Self {
+        Self {
+            offset: self.offset + offset,
+            ..self
+        }
+    }
+
+    /// The row (counted from `offset`) whose first `slots` positions row `r` reads.
+    #[inline(always)]
+    fn of(&self, r: usize) -> usize {
+        if self.slots == 0 {
+            return r;
+        }
+        match self.first[r + self.offset].checked_sub(self.offset) {
+            Some(src) if src <= r => src,
+            _ => r,
+        }
+    }
+}
+
 /// `out[r] = softmax(q[r]·K[r]ᵀ / √d + bias[r]) · V[r]` for every row `r`: `q`, `out` `[rows, d]`,
-/// `keys`, `values` `[rows, t_max, d]` (the first `len` slots read), `bias` `[rows, bias_len]`
-/// (0 or −∞; the first `len` read). A row whose keys are all masked gets zeros.
+/// `keys`, `values` `[rows, t_max, d]` (the first `len` slots read, the first `sources.slots`
+/// of them from the row `sources` names), `bias` `[rows, bias_len]` (0 or −∞; the first `len`
+/// read). A row whose keys are all masked gets zeros.
 pub(super) fn attend(
     s: Shape,
     q: &[f32],
     keys: &[f32],
     values: &[f32],
     bias: &[f32],
+    sources: Sources<'_>,
     out: &mut [f32],
 ) {
     assert!(
@@ -43,6 +87,7 @@ pub(super) fn attend(
     assert!(q.len() == s.rows * s.d && out.len() == q.len());
     assert!(keys.len() == s.rows * s.t_max * s.d && values.len() == keys.len());
     assert!(bias.len() == s.rows * s.bias_len);
+    assert!(sources.slots == 0 || sources.first.len() >= sources.offset + s.rows);
     let out_at = out.as_mut_ptr() as usize;
     let (d, kv) = (s.d, s.t_max * s.d);
     host::split_rows(s.rows, MIN_SPLIT, &|rows| {
@@ -59,7 +104,7 @@ pub(super) fn attend(
         let keys = &keys[rows.start * kv..rows.end * kv];
         let values = &values[rows.start * kv..rows.end * kv];
         let bias = &bias[rows.start * s.bias_len..rows.end * s.bias_len];
-        attend_part(part, q, keys, values, bias, out);
+        attend_part(part, q, keys, values, bias, sources.from(rows.start), out);
     });
 }
 
@@ -71,22 +116,24 @@ avx2_dispatch! {
         keys: &[f32],
         values: &[f32],
         bias: &[f32],
+        sources: Sources<'_>,
         out: &mut [f32],
     ) {
-        let (d, kv) = (s.d, s.t_max * s.d);
+        let d = s.d;
         let scale = 1.0 / (d as f32).sqrt();
+        let shared = sources.slots.min(s.len);
+        let slots = |x, r| row_slots(x, s, r, sources.of(r), shared);
         // Padded to whole lanes with −∞, which the exponential turns into 0.
         let mut scores = vec![f32::NEG_INFINITY; s.len.next_multiple_of(W)];
         for r in 0..s.rows {
             let q = &q[r * d..][..d];
-            let k = &keys[r * kv..][..s.len * d];
-            let v = &values[r * kv..][..s.len * d];
             let bias = &bias[r * s.bias_len..][..s.len];
-            let next = (r + 1 < s.rows).then_some((r + 1) * kv);
-            let live = scores.iter_mut().zip(k.chunks_exact(d)).zip(bias);
-            for (j, ((score, key), b)) in live.enumerate() {
-                if let Some(n) = next {
-                    prefetch(&keys[n + j * d..][..d]);
+            let next = (r + 1 < s.rows).then_some(r + 1);
+            let mut ahead = next.map(|n| slots(keys, n));
+            let live = scores.iter_mut().zip(slots(keys, r)).zip(bias);
+            for ((score, key), b) in live {
+                if let Some(line) = ahead.as_mut().and_then(|a| a.next()) {
+                    prefetch(line);
                 }
                 *score = dot(q, key) * scale + b;
             }
@@ -103,9 +150,10 @@ avx2_dispatch! {
                     total[i] += lanes[i];
                 }
             }
-            for (j, (p, value)) in scores.iter().zip(v.chunks_exact(d)).enumerate() {
-                if let Some(n) = next {
-                    prefetch(&values[n + j * d..][..d]);
+            let mut ahead = next.map(|n| slots(values, n));
+            for (p, value) in scores.iter().zip(slots(values, r)) {
+                if let Some(line) = ahead.as_mut().and_then(|a| a.next()) {
+                    prefetch(line);
                 }
                 for (o, x) in o.iter_mut().zip(value) {
                     *o += p * x;
@@ -118,6 +166,22 @@ avx2_dispatch! {
             scores.fill(f32::NEG_INFINITY);
         }
     }
+}
+
+/// Row `r`'s first `s.len` slots of `x [rows, t_max, d]`, one `[d]` slice each: the first
+/// `shared` from row `src`'s copy, the rest from its own.
+#[inline(always)]
+fn row_slots(
+    x: &[f32],
+    s: Shape,
+    r: usize,
+    src: usize,
+    shared: usize,
+) -> std::iter::Chain<std::slice::ChunksExact<'_, f32>, std::slice::ChunksExact<'_, f32>> {
+    let (d, kv) = (s.d, s.t_max * s.d);
+    x[src * kv..][..shared * d]
+        .chunks_exact(d)
+        .chain(x[r * kv + shared * d..][..(s.len - shared) * d].chunks_exact(d))
 }
 
 /// Asks for the cache lines of `x` ahead of their reads: the hardware's prefetchers stop at page
@@ -253,7 +317,7 @@ mod tests {
             bias[9 + 3] = f32::NEG_INFINITY;
             bias[18..23].fill(f32::NEG_INFINITY);
             let mut out = vec![f32::NAN; rows * d];
-            attend(s, &q, &k, &v, &bias, &mut out);
+            attend(s, &q, &k, &v, &bias, Sources::NONE, &mut out);
             let want = naive(s, &q, &k, &v, &bias);
             for (i, (o, w)) in out.iter().zip(&want).enumerate() {
                 assert!(
@@ -263,5 +327,59 @@ mod tests {
             }
             assert!(out[2 * d..3 * d].iter().all(|&x| x == 0.0));
         }
+    }
+
+    #[test]
+    fn shared_slots_are_read_from_the_source_row() {
+        // 40 rows in groups of 4, 3 shared slots of len 5: each row reads its group's first row
+        // for slots 0..3 and its own for 3..5.
+        let (rows, d, t_max, len) = (40, 16, 6, 5);
+        let s = Shape {
+            rows,
+            d,
+            t_max,
+            len,
+            bias_len: len,
+        };
+        let val = |i: usize, m: usize| ((i * 29 + m) % 19) as f32 / 9.0 - 1.0;
+        let q: Vec<f32> = (0..rows * d).map(|i| val(i, 2)).collect();
+        let mut k: Vec<f32> = (0..rows * t_max * d).map(|i| val(i, 3)).collect();
+        let mut v: Vec<f32> = (0..rows * t_max * d).map(|i| val(i, 7)).collect();
+        let first: Vec<usize> = (0..rows).map(|r| r / 4 * 4).collect();
+        let sources = Sources {
+            slots: 3,
+            first: &first,
+            offset: 0,
+        };
+        let bias = vec![0f32; rows * len];
+        // True copies: every row's shared slots equal its source's.
+        for (r, &f) in first.iter().enumerate() {
+            let (to, from) = (r * t_max * d, f * t_max * d);
+            k.copy_within(from..from + 3 * d, to);
+            v.copy_within(from..from + 3 * d, to);
+        }
+        let want = naive(s, &q, &k, &v, &bias);
+        let close = |out: &[f32]| {
+            for (i, (o, w)) in out.iter().zip(&want).enumerate() {
+                assert!((*o as f64 - w).abs() < 1e-5, "element {i}: {o} vs {w}");
+            }
+        };
+        // Split over the threads (a range may start inside a group: its first rows read their
+        // own copies, which are true).
+        let mut out = vec![f32::NAN; rows * d];
+        attend(s, &q, &k, &v, &bias, sources, &mut out);
+        close(&out);
+        // On one thread with the other copies spoilt: nothing but the sources' copies is read.
+        for r in (0..rows).filter(|&r| first[r] != r) {
+            k[r * t_max * d..][..3 * d].fill(1e3);
+            v[r * t_max * d..][..3 * d].fill(-1e3);
+        }
+        let mut out = vec![f32::NAN; rows * d];
+        attend_part(s, &q, &k, &v, &bias, sources, &mut out);
+        close(&out);
+        // A range starting at row 6 reads row 7's (group 4..8) own copy, row 9's from row 8.
+        assert_eq!(sources.from(6).of(1), 1);
+        assert_eq!(sources.from(8).of(1), 0);
+        assert_eq!(Sources::NONE.of(3), 3);
     }
 }
