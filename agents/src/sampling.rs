@@ -372,8 +372,10 @@ pub fn completion_hidden(model: &Gpt, s: &Sequences, train: bool) -> Tensor {
     let (prompt_rows, inverse) = distinct_prompts(s); // [U, 2·L_p], [B]
     let (b, u) = (s.prompt.size()[0], prompt_rows.size()[0]);
     if u == b || n == 0 {
-        let full = Tensor::cat(&[&s.prompt, &s.tokens], 1); // [B, L_p + N]
-        let h = model.forward_full(&full, &valid, train); // [B, L_p + N, C]
+        // The last token predicts nothing: the pass stops before it.
+        let m = (n - 1).max(0);
+        let full = Tensor::cat(&[&s.prompt, &s.tokens.narrow(1, 0, m)], 1); // [B, L_p + N − 1]
+        let h = model.forward_full(&full, &valid.narrow(1, 0, lp + m), train); // [B, L_p + N − 1, C]
         return h.narrow(1, lp - 1, n); // [B, N, C]
     }
     shared_prompt_hidden(model, s, &prompt_rows, &inverse, &valid, train)
@@ -406,20 +408,27 @@ fn shared_prompt_hidden(
     let prompt = prompt_rows.narrow(1, 0, lp); // [U, L_p]
     let prompt_valid = prompt_rows.narrow(1, lp, lp).to_kind(Kind::Bool); // [U, L_p]
     let w = model.compute_weights();
-    let mut cache = KvCache::new(model.config(), u, lp + n, s.prompt.device(), Kind::Float);
+    // The last completion token predicts nothing: the completions' pass stops before it.
+    let m = n - 1;
+    let mut cache = KvCache::new(model.config(), u, lp + m, s.prompt.device(), Kind::Float);
     let pos = positions_from_valid(&prompt_valid); // [U, L_p]
     let mask = attention_mask(&prompt_valid, 0, lp);
     let h_prompt = model.forward_with(&w, &prompt, &pos, &mask, Some(&mut cache), train); // [U, L_p, C]
-    let mut cache = cache.select_rows(inverse); // B rows
-    let positions = positions_from_valid(valid).narrow(1, lp, n); // [B, N]
-    let mask = attention_mask(valid, lp, n); // [B, 1, N, L_p + N]
-    let h = model.forward_with(&w, &s.tokens, &positions, &mask, Some(&mut cache), train); // [B, N, C]
-                                                                                           // The prompt's last position predicts the first completion token.
+                                                                                          // The prompt's last position predicts the first completion token.
     let first = h_prompt
         .select(1, lp - 1)
         .index_select(0, inverse)
         .unsqueeze(1); // [B, 1, C]
-    Tensor::cat(&[first, h.narrow(1, 0, n - 1)], 1) // [B, N, C]
+    if m == 0 {
+        return first; // [B, 1, C]
+    }
+    let mut cache = cache.select_rows(inverse); // B rows
+    let valid = valid.narrow(1, 0, lp + m); // [B, L_p + N − 1]
+    let positions = positions_from_valid(&valid).narrow(1, lp, m); // [B, N − 1]
+    let mask = attention_mask(&valid, lp, m); // [B, 1, N − 1, L_p + N − 1]
+    let tokens = s.tokens.narrow(1, 0, m); // [B, N − 1]
+    let h = model.forward_with(&w, &tokens, &positions, &mask, Some(&mut cache), train); // [B, N − 1, C]
+    Tensor::cat(&[first, h], 1) // [B, N, C]
 }
 
 /// Next-token log-distributions `[B, N, V]` at `temperature` (0 reads as 1, as greedy sampling
