@@ -374,10 +374,6 @@ impl KvCache {
             shared,
         }
     }
-    /// The rows sharing their first positions, where known.
-    pub(crate) fn shared_prefix(&self) -> Option<&SharedPrefix> {
-        self.shared.as_ref()
-    }
     /// Make room for `more` positions after the ones held (a conversation outgrowing its first
     /// allocation), keeping what is cached.
     pub fn reserve(&mut self, more: i64) {

@@ -23,7 +23,9 @@ mod attention;
 mod blas;
 mod host;
 
-use super::{Block, ComputeWeights, Family, Gpt, KvCache, LayerCache, LinearWeights, Norm};
+use super::{
+    Block, ComputeWeights, Family, Gpt, KvCache, LayerCache, LinearWeights, Norm, SharedPrefix,
+};
 use host::avx2_dispatch;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
@@ -179,12 +181,7 @@ impl Gpt {
         // share their first positions.
         let cache_kind = cache.layers.first().map_or(Kind::Float, |lc| lc.k.kind());
         let key_bias = key_bias.to_kind(cache_kind).contiguous(); // [B·H, 1, L]
-        let (shared, first) = head_sources(cache, self.cfg.n_head);
-        let sources = attention::Sources {
-            slots: shared,
-            first: &first,
-            offset: 0,
-        };
+        let sources = sources(cache.shared.as_ref(), self.cfg.n_head);
         for ((blk, bw), lc) in self.blocks.iter().zip(&w.blocks).zip(&mut cache.layers) {
             blk.decode(bw, &mut x, &key_bias, sources, slot, lc);
         }
@@ -212,7 +209,6 @@ impl Gpt {
         let (tokens, positions) = (tokens.contiguous(), positions.contiguous());
         let key_bias = key_bias.to_kind(Kind::Float).contiguous(); // [B·H, 1, L]
         let mut logits = Tensor::empty([b as i64, vocab as i64], (Kind::Float, Device::Cpu));
-        let (shared, first) = head_sources(cache, h);
         let t_max = cache.layers.first().map_or(0, |lc| lc.k.size()[2] as usize);
         let attention = attention::Shape {
             rows: 0,
@@ -234,11 +230,7 @@ impl Gpt {
             wte: host(&self.wte),
             wpe: host(self.gpt2_wpe()),
             key_bias: host(&key_bias),
-            sources: attention::Sources {
-                slots: shared,
-                first: &first,
-                offset: 0,
-            },
+            sources: sources(cache.shared.as_ref(), h),
             blocks: self
                 .blocks
                 .iter()
@@ -520,19 +512,14 @@ fn attend_on_host(
     y
 }
 
-/// The first positions that rows of `cache` share, and per sequence-head (`h` per sequence,
-/// the attention's rows) the row whose copy to read.
-fn head_sources(cache: &KvCache, h: usize) -> (usize, Vec<usize>) {
-    match cache.shared_prefix() {
-        Some(p) => (
-            p.slots,
-            p.first
-                .iter()
-                .flat_map(|&f| (0..h).map(move |j| f * h + j))
-                .collect(),
-        ),
-        None => (0, Vec::new()),
-    }
+/// Which attention rows (`heads` per sequence) read their first positions from another's copy.
+fn sources(shared: Option<&SharedPrefix>, heads: usize) -> attention::Sources<'_> {
+    shared.map_or(attention::Sources::NONE, |p| attention::Sources {
+        slots: p.slots,
+        first: &p.first,
+        heads,
+        offset: 0,
+    })
 }
 
 /// The elements of a contiguous fp32 CPU tensor, read in place.

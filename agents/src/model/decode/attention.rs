@@ -25,24 +25,26 @@ pub(super) struct Shape {
     pub bias_len: usize,
 }
 
-/// Where each row reads its first `slots` positions: from row `first[r]` (≤ r), which holds the
-/// same copy (the G samples of a prompt share its prefill). Reading one copy per group, while it
-/// is still in the CPU's caches, instead of G copies from memory cuts the kernel's traffic by
-/// the prompt's share of the positions times (G − 1)/G. Indices count from `offset`: a thread
-/// given rows `offset..` reads a source below them from the row's own copy instead.
+/// Where each row reads its first `slots` positions. Rows are sequence-heads, `heads` per
+/// sequence; sequence `i` reads them from sequence `first[i]` (≤ i), which holds the same copy
+/// (the G samples of a prompt share its prefill). Reading one copy per group, while it is still
+/// in the CPU's caches, instead of G copies from memory cuts the kernel's traffic by the prompt's
+/// share of the positions times (G − 1)/G. Rows count from `offset`: a thread given rows
+/// `offset..` reads a source below them from the row's own copy instead.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Sources<'a> {
     pub slots: usize,
     pub first: &'a [usize],
+    pub heads: usize,
     pub offset: usize,
 }
 
 impl<'a> Sources<'a> {
     /// Every row reads its own copy.
-    #[cfg(test)]
     pub(super) const NONE: Sources<'static> = Sources {
         slots: 0,
         first: &[],
+        heads: 1,
         offset: 0,
     };
 
@@ -60,10 +62,9 @@ impl<'a> Sources<'a> {
         if self.slots == 0 {
             return r;
         }
-        match self.first[r + self.offset].checked_sub(self.offset) {
-            Some(src) if src <= r => src,
-            _ => r,
-        }
+        let row = r + self.offset;
+        let source = self.first[row / self.heads] * self.heads + row % self.heads;
+        source.checked_sub(self.offset).unwrap_or(r)
     }
 }
 
@@ -87,7 +88,7 @@ pub(super) fn attend(
     assert!(q.len() == s.rows * s.d && out.len() == q.len());
     assert!(keys.len() == s.rows * s.t_max * s.d && values.len() == keys.len());
     assert!(bias.len() == s.rows * s.bias_len);
-    assert!(sources.slots == 0 || sources.first.len() >= sources.offset + s.rows);
+    assert!(sources.slots == 0 || sources.first.len() * sources.heads >= sources.offset + s.rows);
     let out_at = out.as_mut_ptr() as usize;
     let (d, kv) = (s.d, s.t_max * s.d);
     host::split_rows(s.rows, MIN_SPLIT, &|rows| {
@@ -349,6 +350,7 @@ mod tests {
         let sources = Sources {
             slots: 3,
             first: &first,
+            heads: 1,
             offset: 0,
         };
         let bias = vec![0f32; rows * len];
@@ -381,5 +383,14 @@ mod tests {
         assert_eq!(sources.from(6).of(1), 1);
         assert_eq!(sources.from(8).of(1), 0);
         assert_eq!(Sources::NONE.of(3), 3);
+        // Two heads per sequence, sequences [0, 0, 2]: row 5 (sequence 2, head 1) reads row 5,
+        // row 3 (sequence 1, head 1) reads row 1.
+        let by_head = Sources {
+            slots: 3,
+            first: &[0, 0, 2],
+            heads: 2,
+            offset: 0,
+        };
+        assert_eq!([by_head.of(3), by_head.of(5), by_head.of(2)], [1, 5, 0]);
     }
 }
