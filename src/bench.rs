@@ -59,7 +59,10 @@ pub struct BenchReport {
     pub threads: i32,
     /// Compute precision of the workloads (`fp32` or `bf16`).
     pub dtype: String,
-    /// 1024³ matmul GFLOP/s in that precision (the peak `of_peak` divides by).
+    /// The kind the workloads' matmuls compute in: the precision's own, or `fp32` for bf16 on
+    /// a CPU without native bf16 (bf16 values multiplied in fp32).
+    pub arithmetic: String,
+    /// 1024³ matmul GFLOP/s in that arithmetic (the peak `of_peak` divides by).
     pub matmul_gflops: f64,
     /// The workloads.
     pub rows: Vec<BenchRow>,
@@ -439,7 +442,8 @@ pub fn run_bench(
 ) -> Result<BenchReport> {
     let want = |w: Workload| only.is_empty() || only.contains(&w);
     let fx = Fixture::new(size, device, dtype)?;
-    let peak = matmul_gflops(1024, repeats.max(3), device, dtype.kind())?;
+    let arithmetic = aligngym_agents::device::matmul_arithmetic(dtype, device);
+    let peak = matmul_gflops(1024, repeats.max(3), device, arithmetic)?;
     let (b, lp, n, sft_t) = (BATCH, PROMPT_LEN, NEW_TOKENS, SFT_LEN);
     let fpt = |t: i64| fx.cfg.flops_per_token(t as usize);
     let mut rows = Vec::new();
@@ -559,6 +563,12 @@ pub fn run_bench(
         device: aligngym_agents::device::describe(device),
         threads: tch::get_num_threads(),
         dtype: dtype.to_string(),
+        arithmetic: if arithmetic == Kind::Float {
+            "fp32"
+        } else {
+            "bf16"
+        }
+        .to_string(),
         matmul_gflops: peak,
         rows,
     })
@@ -648,8 +658,13 @@ fn time_updates(agent: &mut dyn Agent, repeats: usize, device: Device) -> Result
 
 /// The report as a table.
 pub fn format_report(r: &BenchReport) -> String {
+    let arithmetic = if r.arithmetic == r.dtype {
+        String::new()
+    } else {
+        format!(", its matmuls in {} arithmetic", r.arithmetic)
+    };
     let mut s = format!(
-        "aligngym bench — size {}, device {}, {} (1024³ matmul {:.1} GFLOP/s)\n",
+        "aligngym bench — size {}, device {}, {}{arithmetic} (1024³ matmul {:.1} GFLOP/s)\n",
         r.size, r.device, r.dtype, r.matmul_gflops
     );
     s.push_str(&format!(

@@ -205,6 +205,52 @@ pub fn matmul_peaks(device: Device) -> MatmulPeaks {
     })
 }
 
+/// Whether `device` runs bf16 matmuls in hardware: a GPU (libtorch's own check refuses bf16 on
+/// one that cannot), or a CPU with AVX512-BF16 or AMX-BF16, the instructions oneDNN's native bf16
+/// kernels use. Read from the CPU's identification, not timed, so that the numerics a machine
+/// picks never depend on how busy it was.
+pub fn native_bf16(device: Device) -> bool {
+    if device != Device::Cpu {
+        return true;
+    }
+    cpu_has_bf16()
+}
+
+/// The kind `precision`'s matmuls run their arithmetic in on `device`: its own, except bf16 on a
+/// CPU without native bf16, which multiplies the same bf16 values in fp32 (see `model::MatmulKind`).
+pub fn matmul_arithmetic(precision: Precision, device: Device) -> tch::Kind {
+    match precision {
+        Precision::Bf16 if !native_bf16(device) => tch::Kind::Float,
+        p => p.kind(),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cpu_has_bf16() -> bool {
+    use std::arch::x86_64::{__cpuid, __cpuid_count};
+    // Leaf 7 exists where the maximum basic leaf (leaf 0's EAX) reaches it; sub-leaf 1 likewise.
+    let max_leaf = __cpuid(0).eax;
+    if max_leaf < 7 {
+        return false;
+    }
+    let leaf7 = __cpuid_count(7, 0);
+    let amx_bf16 = leaf7.edx & (1 << 22) != 0;
+    let avx512_bf16 = leaf7.eax >= 1
+        && __cpuid_count(7, 1).eax & (1 << 5) != 0
+        && std::arch::is_x86_feature_detected!("avx512f");
+    amx_bf16 || avx512_bf16
+}
+
+#[cfg(target_arch = "aarch64")]
+fn cpu_has_bf16() -> bool {
+    std::arch::is_aarch64_feature_detected!("bf16")
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn cpu_has_bf16() -> bool {
+    false
+}
+
 fn device_index(device: Device) -> i64 {
     match device {
         Device::Cuda(i) => i as i64,
@@ -266,13 +312,9 @@ impl DtypeChoice {
                 pick
             }
             Self::Exactly(Precision::Bf16) => {
-                let p = matmul_peaks(device);
-                if p.bf16 * 2.0 < p.fp32 {
+                if !native_bf16(device) {
                     notice(format!(
-                        "warning: {where_} has no native bf16: its bf16 matmuls ran {:.0}× slower than fp32 ({:.1} vs {:.0} GFLOP/s); --dtype auto would pick fp32",
-                        p.fp32 / p.bf16.max(1e-9),
-                        p.bf16,
-                        p.fp32
+                        "warning: {where_} has no native bf16 instructions: bf16 runs its matmuls as fp32 products of bf16 values, no faster than fp32 and with bf16's rounding; --dtype auto would pick fp32"
                     ));
                 }
                 Precision::Bf16

@@ -519,7 +519,7 @@ impl Block {
     /// The matmul weights in `kind`: the variables themselves for fp32, differentiable casts
     /// otherwise (gradients flow back into the fp32 variables). Split projections are fused here
     /// (q, k, v into one matrix; gate and up into one) so that each costs one matmul.
-    fn weights(&self, kind: Kind) -> BlockWeights {
+    fn weights(&self, kind: MatmulKind) -> BlockWeights {
         BlockWeights {
             qkv: match &self.qkv {
                 QkvProj::Fused(l) => LinearWeights::of(&[l], kind),
@@ -550,7 +550,7 @@ impl Block {
     ) -> Tensor {
         let (b, t, c) = x.size3().expect("[B, T, C]");
         let (h, hkv, d) = (self.n_head, self.n_kv_head, self.head_dim);
-        let kind = w.qkv.w.kind();
+        let kind = w.qkv.kind.values;
         let qkv = w.qkv.apply(&self.norm_1.forward(x).to_kind(kind)); // [B, T, (H + 2·H_kv)·D]
 
         // Training and scoring passes attend in fp32 (without a cache, or with an fp32 one):
@@ -613,26 +613,62 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     x * cos + rotated * sin
 }
 
+/// The kinds a matmul of the compute precision reads and runs in.
+///
+/// A CPU without native bf16 (neither AVX512-BF16 nor AMX) runs libtorch's bf16 matmuls through
+/// oneDNN's emulation at a fifth of its fp32 rate (58 against 275 GFLOP/s for 1024³ on a 2-core
+/// Xeon); there a bf16 matmul becomes an fp32 matmul of the same bf16 values (upcasting bf16 is
+/// exact, and native kernels accumulate in fp32 too) whose output is rounded back to bf16: the
+/// values and rounding points of the native route at the fp32 kernels' speed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MatmulKind {
+    /// The kind weights and activations are rounded to (the compute precision's).
+    pub(crate) values: Kind,
+    /// The kind the products run in: `values`, or fp32 where bf16 is emulated.
+    pub(crate) arithmetic: Kind,
+}
+
+impl MatmulKind {
+    fn of(precision: Precision, device: Device) -> Self {
+        Self {
+            values: precision.kind(),
+            arithmetic: crate::device::matmul_arithmetic(precision, device),
+        }
+    }
+    /// `t` rounded to the values' kind, in the arithmetic's (differentiable).
+    fn operand(self, t: &Tensor) -> Tensor {
+        t.to_kind(self.values).to_kind(self.arithmetic)
+    }
+    /// A product computed in the arithmetic's kind, rounded to the values'.
+    fn result(self, t: Tensor) -> Tensor {
+        t.to_kind(self.values)
+    }
+}
+
 /// A linear layer's weight `[O, I]` and bias `[O]` in the compute kind.
 struct LinearWeights {
     w: Tensor,
     b: Option<Tensor>,
+    kind: MatmulKind,
 }
 
 impl LinearWeights {
     /// The layers' weights stacked along the output dimension, cast to `kind`.
-    fn of(layers: &[&nn::Linear], kind: Kind) -> Self {
+    fn of(layers: &[&nn::Linear], kind: MatmulKind) -> Self {
         let w = if layers.len() == 1 {
-            layers[0].ws.to_kind(kind)
+            kind.operand(&layers[0].ws)
         } else {
-            Tensor::cat(&layers.iter().map(|l| &l.ws).collect::<Vec<_>>(), 0).to_kind(kind)
+            kind.operand(&Tensor::cat(
+                &layers.iter().map(|l| &l.ws).collect::<Vec<_>>(),
+                0,
+            ))
         };
         let b = if layers.iter().all(|l| l.bs.is_some()) {
             let bs: Vec<&Tensor> = layers.iter().filter_map(|l| l.bs.as_ref()).collect();
             Some(if bs.len() == 1 {
-                bs[0].to_kind(kind)
+                kind.operand(bs[0])
             } else {
-                Tensor::cat(&bs, 0).to_kind(kind)
+                kind.operand(&Tensor::cat(&bs, 0))
             })
         } else if layers.iter().any(|l| l.bs.is_some()) {
             // Qwen2 has biases on q, k and v but not o; a mix within one fused matrix pads the
@@ -644,19 +680,22 @@ impl LinearWeights {
                     None => Tensor::zeros([l.ws.size()[0]], (l.ws.kind(), l.ws.device())),
                 })
                 .collect();
-            Some(Tensor::cat(&bs, 0).to_kind(kind))
+            Some(kind.operand(&Tensor::cat(&bs, 0)))
         } else {
             None
         };
-        Self { w, b }
+        Self { w, b, kind }
     }
+    /// `x·Wᵀ + b` in the values' kind for `x [.., I]` in the values' kind.
     fn apply(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.w, self.b.as_ref())
+        let x = x.to_kind(self.kind.arithmetic);
+        self.kind.result(x.linear(&self.w, self.b.as_ref()))
     }
     fn shallow_clone(&self) -> Self {
         Self {
             w: self.w.shallow_clone(),
             b: self.b.as_ref().map(Tensor::shallow_clone),
+            kind: self.kind,
         }
     }
 }
@@ -684,6 +723,7 @@ impl BlockWeights {
 pub struct ComputeWeights {
     blocks: Vec<BlockWeights>,
     head: Tensor, // [V, C], the LM head (the token embedding when tied)
+    kind: MatmulKind,
 }
 
 impl ComputeWeights {
@@ -695,6 +735,7 @@ impl ComputeWeights {
                 .map(BlockWeights::shallow_clone)
                 .collect(),
             head: self.head.shallow_clone(),
+            kind: self.kind,
         }
     }
 }
@@ -811,11 +852,20 @@ impl Gpt {
 
     /// The weights in the compute precision (differentiable; under `no_grad` a plain cast).
     pub fn compute_weights(&self) -> ComputeWeights {
-        let kind = self.compute_kind();
+        self.compute_weights_in(self.matmul_kind())
+    }
+
+    /// [`Gpt::compute_weights`] for matmuls of `kind`, whatever the device runs natively.
+    pub(crate) fn compute_weights_in(&self, kind: MatmulKind) -> ComputeWeights {
         ComputeWeights {
             blocks: self.blocks.iter().map(|b| b.weights(kind)).collect(),
-            head: self.lm_head.as_ref().unwrap_or(&self.wte).to_kind(kind),
+            head: kind.operand(self.lm_head.as_ref().unwrap_or(&self.wte)),
+            kind,
         }
+    }
+
+    fn matmul_kind(&self) -> MatmulKind {
+        MatmulKind::of(self.precision, self.device())
     }
 
     /// Trunk output `[B, T, C]` (fp32) for `tokens [B, T]` at `positions [B, T]`, attending where
@@ -885,12 +935,13 @@ impl Gpt {
     /// fp32 LM logits `[.., V]` of trunk output `[.., C]` (the matmul runs in the compute
     /// precision, the softmaxes that follow in fp32).
     pub fn lm_logits(&self, hidden: &Tensor) -> Tensor {
+        let kind = self.matmul_kind();
         let head = self.lm_head.as_ref().unwrap_or(&self.wte);
-        lm_logits_with(&head.to_kind(self.compute_kind()), hidden)
+        lm_logits_with(&kind.operand(head), kind, hidden)
     }
     /// [`Gpt::lm_logits`] with the head from [`Gpt::compute_weights`].
     pub fn lm_logits_from(&self, w: &ComputeWeights, hidden: &Tensor) -> Tensor {
-        lm_logits_with(&w.head, hidden)
+        lm_logits_with(&w.head, w.kind, hidden)
     }
     /// Value estimates `[..]` of trunk output `[.., C]`.
     pub fn value(&self, hidden: &Tensor) -> Tensor {
@@ -902,9 +953,9 @@ impl Gpt {
     }
 }
 
-fn lm_logits_with(head: &Tensor, hidden: &Tensor) -> Tensor {
-    let logits = hidden.to_kind(head.kind()).matmul(&head.tr()); // [.., V]
-    logits.to_kind(Kind::Float)
+fn lm_logits_with(head: &Tensor, kind: MatmulKind, hidden: &Tensor) -> Tensor {
+    let logits = kind.operand(hidden).matmul(&head.tr()); // [.., V]
+    kind.result(logits).to_kind(Kind::Float)
 }
 
 /// Position of each token: the number of valid tokens before it (0 for padding).

@@ -555,6 +555,38 @@ fn bf16_compute_tracks_fp32_and_trains_fp32_master_weights() {
 }
 
 #[test]
+fn emulated_bf16_rounds_where_native_bf16_does() {
+    let _guard = lock();
+    let (_vs, mut m) = small_model(6, 60);
+    m.set_precision(crate::Precision::Bf16);
+    let x = Tensor::randint_low(3, 60, [4, 12], (Kind::Int64, Device::Cpu));
+    let v = Tensor::ones([4, 12], (Kind::Bool, Device::Cpu));
+    let kind = |values: Kind, arithmetic: Kind| crate::model::MatmulKind { values, arithmetic };
+    let logits = |k: crate::model::MatmulKind| {
+        tch::no_grad(|| {
+            let w = m.compute_weights_in(k);
+            let positions = crate::model::positions_from_valid(&v);
+            let mask = crate::model::attention_mask(&v, 0, 12);
+            let h = m.forward_with(&w, &x, &positions, &mask, None, false);
+            m.lm_logits_from(&w, &h) // [4, 12, V]
+        })
+    };
+    let native = logits(kind(Kind::BFloat16, Kind::BFloat16));
+    let emulated = logits(kind(Kind::BFloat16, Kind::Float));
+    let fp32 = logits(kind(Kind::Float, Kind::Float));
+    // The emulated route's logits are bf16 values (its products were rounded back)...
+    let rounded = emulated.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+    assert_eq!(max_abs(&rounded, &emulated), 0.0);
+    // ...and it sits far closer to the native route (which differs from it only in summation
+    // order) than fp32 does (which rounds nothing).
+    let (d_native, d_fp32) = (max_abs(&native, &emulated), max_abs(&native, &fp32));
+    assert!(
+        d_fp32 > 0.0 && d_native < 0.25 * d_fp32,
+        "emulated vs native bf16 {d_native}, fp32 vs native {d_fp32}"
+    );
+}
+
+#[test]
 fn turn_sampler_continues_the_kv_cache_across_replies_with_gaps() {
     // Sequences stop at different steps (many stop ids), replies of different lengths (some none)
     // leave gaps in the cache: the recorded log-probs must still equal a teacher-forced pass over

@@ -24,7 +24,8 @@ mod blas;
 mod host;
 
 use super::{
-    Block, ComputeWeights, Family, Gpt, KvCache, LayerCache, LinearWeights, Norm, SharedPrefix,
+    Block, ComputeWeights, Family, Gpt, KvCache, LayerCache, LinearWeights, MatmulKind, Norm,
+    SharedPrefix,
 };
 use host::avx2_dispatch;
 use tch::nn;
@@ -35,10 +36,11 @@ const MIN_SPLIT: usize = 2;
 
 /// A linear layer as decoding reads it: the weight transposed to `[I, O]` and contiguous (at a
 /// decoding step's few rows a plain matmul on it is 1.2–2× faster on CPU than `linear`'s
-/// transposed read) and the bias `[O]`, both in the compute kind.
+/// transposed read) and the bias `[O]`, both in the matmuls' arithmetic kind.
 struct DecodeLinear {
     w_t: Tensor,
     b: Tensor,
+    kind: MatmulKind,
 }
 
 impl DecodeLinear {
@@ -49,20 +51,23 @@ impl DecodeLinear {
                 .as_ref()
                 .expect("GPT-2 layers have biases")
                 .shallow_clone(),
+            kind: l.kind,
         }
     }
-    /// `x·Wᵀ + b` `[B, O]` for `x [B, I]`.
+    /// `x·Wᵀ + b` `[B, O]` in the values' kind for `x [B, I]` in the values' kind.
     fn apply(&self, x: &Tensor) -> Tensor {
-        let mut y = x.mm(&self.w_t);
+        let mut y = x.to_kind(self.kind.arithmetic).mm(&self.w_t);
         y += &self.b;
-        y
+        self.kind.result(y)
     }
     /// Adds `x·Wᵀ + b` into the fp32 stream `acc [B, O]`.
     fn add_into(&self, acc: &mut Tensor, x: &Tensor) {
         if x.kind() == acc.kind() {
             let _ = acc.addmm_(x, &self.w_t);
         } else {
-            *acc += x.mm(&self.w_t);
+            *acc += self
+                .kind
+                .result(x.to_kind(self.kind.arithmetic).mm(&self.w_t));
         }
         *acc += &self.b;
     }
@@ -79,6 +84,7 @@ struct DecodeBlock {
 pub struct DecodeWeights {
     blocks: Vec<DecodeBlock>,
     wte_t: Tensor, // [C, V], for the LM head
+    kind: MatmulKind,
     /// The BLAS of the CPU fp32 route, where that route applies.
     host: Option<blas::Gemm>,
     /// The Llama family's weights, for decoding through the forward pass.
@@ -113,6 +119,7 @@ impl Gpt {
             return DecodeWeights {
                 blocks: Vec::new(),
                 wte_t: w.head.shallow_clone(),
+                kind: w.kind,
                 host: None,
                 forward: Some(w.shallow_clone()),
             };
@@ -129,8 +136,9 @@ impl Gpt {
                 })
                 .collect(),
             wte_t: w.head.tr().contiguous(),
+            kind: w.kind,
             // The CPU fp32 route calls the BLAS libtorch links (its own builds carry MKL's).
-            host: (self.device() == Device::Cpu && w.head.kind() == Kind::Float)
+            host: (self.device() == Device::Cpu && w.kind.values == Kind::Float)
                 .then(blas::sgemm)
                 .flatten(),
             forward: None,
@@ -185,8 +193,8 @@ impl Gpt {
         for ((blk, bw), lc) in self.blocks.iter().zip(&w.blocks).zip(&mut cache.layers) {
             blk.decode(bw, &mut x, &key_bias, sources, slot, lc);
         }
-        let h = self.norm_f.forward(&x).to_kind(w.wte_t.kind()); // [B, C]
-        h.mm(&w.wte_t).to_kind(Kind::Float) // [B, V]
+        let h = w.kind.operand(&self.norm_f.forward(&x)); // [B, C]
+        w.kind.result(h.mm(&w.wte_t)).to_kind(Kind::Float) // [B, V]
     }
 
     /// The CPU fp32 route: the whole step in one parallel region on libtorch's team, each thread
@@ -446,7 +454,7 @@ impl Block {
     ) {
         let (b, c) = x.size2().expect("[B, C]");
         let (h, d) = (self.n_head, c / self.n_head);
-        let kind = w.c_attn.w_t.kind();
+        let kind = w.c_attn.kind.values;
         // Attention runs in the cache's kind (fp32 on CPU, see `Gpt::cache_kind`).
         let qkv = w.c_attn.apply(&self.norm_1.forward(x).to_kind(kind)); // [B, 3C]
         let q = qkv.narrow(1, 0, c).to_kind(lc.k.kind()); // [B, C]
