@@ -202,11 +202,13 @@ impl Agent for KtoAgent {
         let n = self.desirable.size()[0] as usize;
         let idx_v = epoch_batch(n, c.batch_size, self.seed, step);
         let idx = Tensor::from_slice(&idx_v).to_device(self.policy.device()); // [k]
-                                                                              // Phase 2: own and mismatched completions in one pass.
+
+        // Phase 2: own and mismatched completions in one pass.
         let (own, mismatched) = pair_logps(&self.policy, &self.data, &idx, true); // [k], [k]
         let delta = &own - self.ref_own.index_select(0, &idx); // [k]
         let kl = mismatched.detach() - self.ref_mismatched.index_select(0, &idx); // [k]
-                                                                                  // Phase 3: the loss around the reference point.
+
+        // Phase 3: the loss around the reference point.
         let z0 = kto_reference_point(&kl); // []
         let good = self.desirable.index_select(0, &idx); // [k]
         let losses = kto_loss(

@@ -267,7 +267,8 @@ impl Agent for OnlineDpoAgent {
             }
         };
         let mask = rollout.seqs.mask.shallow_clone(); // [2P, N]
-                                                      // Phase 3: the DPO loss on the judged pairs, one step.
+
+        // Phase 3: the DPO loss on the judged pairs, one step.
         let out = sequence_outputs(
             &self.core.actor.model,
             &rollout.seqs,

@@ -109,7 +109,8 @@ pub struct RewardModel {
 fn raw_scores(net: &LmPolicy, s: &Sequences, train: bool) -> Tensor {
     let lp = s.prompt.size()[1];
     let h = completion_trunk(net, s, train); // [B, L_p + N, C]
-                                             // Right-padded: the last real token sits at (number of real tokens − 1).
+
+    // Right-padded: the last real token sits at (number of real tokens − 1).
     let last = s
         .valid
         .to_kind(Kind::Int64)

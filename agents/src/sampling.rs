@@ -368,7 +368,8 @@ pub fn completion_hidden(model: &Gpt, s: &Sequences, train: bool) -> Tensor {
         s.valid.to_kind(Kind::Bool),
     ];
     let valid = Tensor::cat(&key_valid, 1); // [B, L_p + N]
-                                            // Rows that share their prompt (the group agents' G samples of one) run its tokens once.
+
+    // Rows that share their prompt (the group agents' G samples of one) run its tokens once.
     let (prompt_rows, inverse) = distinct_prompts(s); // [U, 2·L_p], [B]
     let (b, u) = (s.prompt.size()[0], prompt_rows.size()[0]);
     if u == b || n == 0 {
@@ -414,7 +415,8 @@ fn shared_prompt_hidden(
     let pos = positions_from_valid(&prompt_valid); // [U, L_p]
     let mask = attention_mask(&prompt_valid, 0, lp);
     let h_prompt = model.forward_with(&w, &prompt, &pos, &mask, Some(&mut cache), train); // [U, L_p, C]
-                                                                                          // The prompt's last position predicts the first completion token.
+
+    // The prompt's last position predicts the first completion token.
     let first = h_prompt
         .select(1, lp - 1)
         .index_select(0, inverse)
