@@ -82,9 +82,10 @@ pub enum Precision {
     /// fp32 everywhere: the default, and the one the determinism tests use.
     #[default]
     Fp32,
-    /// bf16 matmuls and KV cache (and attention while decoding); the weights the optimiser
-    /// updates, the LayerNorms, the residual stream, softmaxes, losses and attention in passes that
-    /// take a backward stay fp32 (mixed precision with master weights).
+    /// bf16 matmuls (on a CPU without native bf16, fp32 products of bf16 values rounded back to
+    /// bf16) and, on a GPU, KV cache and decoding attention; the weights the optimiser updates,
+    /// the LayerNorms, the residual stream, softmaxes, losses and attention in passes that take a
+    /// backward stay fp32 (mixed precision with master weights).
     Bf16,
 }
 
