@@ -214,7 +214,9 @@ pub fn native_bf16(device: Device) -> bool {
     if device != Device::Cpu {
         return true;
     }
-    cpu_has_bf16()
+    // Every `compute_weights` call asks; CPUID serialises the pipeline, so it is read once.
+    static CPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CPU.get_or_init(cpu_has_bf16)
 }
 
 /// The kind `precision`'s matmuls run their arithmetic in on `device`: its own, except bf16 on a
