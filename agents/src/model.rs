@@ -318,6 +318,12 @@ impl KvCache {
             shared: None,
         }
     }
+    /// A cache for `batch` sequences that holds exactly what was written to it, growing by
+    /// concatenation: for passes that write it once or twice and read it with gradients (the
+    /// shared prompt of a scoring or training pass), where a preallocated one costs copies.
+    pub fn growing(cfg: &GptConfig, batch: i64, device: Device, kind: Kind) -> Self {
+        Self::new(cfg, batch, 0, device, kind)
+    }
     /// Positions held so far.
     pub fn len(&self) -> i64 {
         self.len
@@ -571,10 +577,22 @@ impl Block {
             k = apply_rope(&k, &cos, &sin);
         }
         let (k, v) = match cache {
-            Some(lc) => {
+            Some(lc) if past + t <= lc.k.size()[2] => {
                 lc.k.narrow(2, past, t).copy_(&k);
                 lc.v.narrow(2, past, t).copy_(&v);
                 (lc.k.narrow(2, 0, past + t), lc.v.narrow(2, 0, past + t)) // [B, H_kv, past+T, D]
+            }
+            Some(lc) => {
+                // A cache without room (`KvCache::growing`) grows by concatenation: autograd then
+                // records a cat, whose backward is views of the gradient, where a copy into a
+                // preallocated buffer records a CopySlices that clones the buffer's whole gradient.
+                let grow = |held: &Tensor, new: Tensor| match past {
+                    0 => new,
+                    _ => Tensor::cat(&[&held.narrow(2, 0, past), &new], 2),
+                };
+                lc.k = grow(&lc.k, k);
+                lc.v = grow(&lc.v, v);
+                (lc.k.shallow_clone(), lc.v.shallow_clone()) // [B, H_kv, past+T, D]
             }
             None => (k, v),
         };

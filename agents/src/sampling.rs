@@ -411,7 +411,7 @@ fn shared_prompt_hidden(
     let w = model.compute_weights();
     // The last completion token predicts nothing: the completions' pass stops before it.
     let m = n - 1;
-    let mut cache = KvCache::new(model.config(), u, lp + m, s.prompt.device(), Kind::Float);
+    let mut cache = KvCache::growing(model.config(), u, s.prompt.device(), Kind::Float);
     let pos = positions_from_valid(&prompt_valid); // [U, L_p]
     let mask = attention_mask(&prompt_valid, 0, lp);
     let h_prompt = model.forward_with(&w, &prompt, &pos, &mask, Some(&mut cache), train); // [U, L_p, C]
