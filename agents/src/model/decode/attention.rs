@@ -120,38 +120,81 @@ avx2_dispatch! {
         sources: Sources<'_>,
         out: &mut [f32],
     ) {
-        let d = s.d;
-        let scale = 1.0 / (d as f32).sqrt();
-        let shared = sources.slots.min(s.len);
-        let slots = |x, r| row_slots(x, s, r, sources.of(r), shared);
-        // Padded to whole lanes with −∞, which the exponential turns into 0.
-        let mut scores = vec![f32::NEG_INFINITY; s.len.next_multiple_of(W)];
-        for r in 0..s.rows {
-            let q = &q[r * d..][..d];
-            let bias = &bias[r * s.bias_len..][..s.len];
-            let next = (r + 1 < s.rows).then_some(r + 1);
-            let mut ahead = next.map(|n| slots(keys, n));
-            let live = scores.iter_mut().zip(slots(keys, r)).zip(bias);
-            for ((score, key), b) in live {
+        // The common head widths get a copy compiled for their width, which keeps a row's
+        // output in registers across its keys (in `out` it is a load and a store per key, on
+        // the loop's critical path) and unrolls the per-key loops.
+        match s.d {
+            32 => attend_rows::<32>(s, q, keys, values, bias, sources, out),
+            64 => attend_rows::<64>(s, q, keys, values, bias, sources, out),
+            128 => attend_rows::<128>(s, q, keys, values, bias, sources, out),
+            _ => attend_rows::<0>(s, q, keys, values, bias, sources, out),
+        }
+    }
+}
+
+/// [`attend_part`] for heads `D` wide, or for any width `s.d` when `D` is 0.
+#[inline(always)]
+fn attend_rows<const D: usize>(
+    s: Shape,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    bias: &[f32],
+    sources: Sources<'_>,
+    out: &mut [f32],
+) {
+    let d = if D > 0 { D } else { s.d };
+    let scale = 1.0 / (d as f32).sqrt();
+    let shared = sources.slots.min(s.len);
+    let slots = |x, r| row_slots(x, s, r, sources.of(r), shared);
+    // Padded to whole lanes with −∞, which the exponential turns into 0.
+    let mut scores = vec![f32::NEG_INFINITY; s.len.next_multiple_of(W)];
+    for r in 0..s.rows {
+        let q = &q[r * d..][..d];
+        let bias = &bias[r * s.bias_len..][..s.len];
+        let next = (r + 1 < s.rows).then_some(r + 1);
+        let mut ahead = next.map(|n| slots(keys, n));
+        let live = scores.iter_mut().zip(slots(keys, r)).zip(bias);
+        for ((score, key), b) in live {
+            if let Some(line) = ahead.as_mut().and_then(|a| a.next()) {
+                prefetch(line);
+            }
+            let dot = if D > 0 {
+                dot_fixed::<D>(q, key)
+            } else {
+                dot(q, key)
+            };
+            *score = dot * scale + b;
+        }
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let o = &mut out[r * d..][..d];
+        o.fill(0.0);
+        if max == f32::NEG_INFINITY {
+            continue;
+        }
+        let mut total = [0f32; W];
+        for lanes in scores.chunks_exact_mut(W) {
+            for i in 0..W {
+                lanes[i] = exp(lanes[i] - max);
+                total[i] += lanes[i];
+            }
+        }
+        let mut ahead = next.map(|n| slots(values, n));
+        let norm = 1.0 / total.iter().sum::<f32>();
+        if D > 0 {
+            let mut acc = [0f32; D];
+            for (p, value) in scores.iter().zip(slots(values, r)) {
                 if let Some(line) = ahead.as_mut().and_then(|a| a.next()) {
                     prefetch(line);
                 }
-                *score = dot(q, key) * scale + b;
-            }
-            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let o = &mut out[r * d..][..d];
-            o.fill(0.0);
-            if max == f32::NEG_INFINITY {
-                continue;
-            }
-            let mut total = [0f32; W];
-            for lanes in scores.chunks_exact_mut(W) {
-                for i in 0..W {
-                    lanes[i] = exp(lanes[i] - max);
-                    total[i] += lanes[i];
+                for (a, x) in acc.iter_mut().zip(value) {
+                    *a += p * x;
                 }
             }
-            let mut ahead = next.map(|n| slots(values, n));
+            for (o, a) in o.iter_mut().zip(acc) {
+                *o = a * norm;
+            }
+        } else {
             for (p, value) in scores.iter().zip(slots(values, r)) {
                 if let Some(line) = ahead.as_mut().and_then(|a| a.next()) {
                     prefetch(line);
@@ -160,12 +203,11 @@ avx2_dispatch! {
                     *o += p * x;
                 }
             }
-            let norm = 1.0 / total.iter().sum::<f32>();
             for o in o.iter_mut() {
                 *o *= norm;
             }
-            scores.fill(f32::NEG_INFINITY);
         }
+        scores.fill(f32::NEG_INFINITY);
     }
 }
 
@@ -214,6 +256,19 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// [`dot`] for slices `D` long (a multiple of W), fully unrolled.
+#[inline(always)]
+fn dot_fixed<const D: usize>(a: &[f32], b: &[f32]) -> f32 {
+    let (a, b): (&[f32; D], &[f32; D]) = (a.try_into().unwrap(), b.try_into().unwrap());
+    let mut acc = [0f32; W];
+    for c in (0..D).step_by(W) {
+        for l in 0..W {
+            acc[l] += a[c + l] * b[c + l];
+        }
+    }
+    acc.iter().sum()
 }
 
 /// `eˣ` for `x ≤ 0` (a softmax's shifted scores), within 2 ulp, and 0 below −87 (and at −∞):
@@ -301,7 +356,7 @@ mod tests {
     fn fused_attention_matches_its_definition_with_masks_and_odd_widths() {
         // d = 12 leaves a tail after the 8 lanes; len 5 of 7 slots; 3 rows, so two threads get
         // unequal shares; row 1 masks two keys, row 2 masks all of them.
-        for (d, rows) in [(12, 3), (32, 40)] {
+        for (d, rows) in [(12, 3), (32, 40), (64, 5), (128, 3)] {
             let s = Shape {
                 rows,
                 d,
