@@ -344,10 +344,11 @@ impl KvCache {
         let len = self.len;
         let pick = |x: &Tensor| {
             let (_, h, t, d) = x.size4().expect("[B, H, T, D]");
-            let held = x.narrow(2, 0, len).index_select(0, rows); // [B', H, len, D]
             if t == len {
-                return held;
+                // No narrow: its backward would zero-fill and copy the gradient.
+                return x.index_select(0, rows); // [B', H, len, D]
             }
+            let held = x.narrow(2, 0, len).index_select(0, rows); // [B', H, len, D]
             let free = Tensor::zeros([rows.size()[0], h, t - len, d], (x.kind(), x.device()));
             Tensor::cat(&[held, free], 2) // [B', H, T, D]
         };
@@ -586,8 +587,11 @@ impl Block {
                 // A cache without room (`KvCache::growing`) grows by concatenation: autograd then
                 // records a cat, whose backward is views of the gradient, where a copy into a
                 // preallocated buffer records a CopySlices that clones the buffer's whole gradient.
+                // A narrow, even over the whole tensor, would add a backward that zero-fills and
+                // copies the gradient: a grown cache holds exactly `past` slots.
                 let grow = |held: &Tensor, new: Tensor| match past {
                     0 => new,
+                    _ if held.size()[2] == past => Tensor::cat(&[held, &new], 2),
                     _ => Tensor::cat(&[&held.narrow(2, 0, past), &new], 2),
                 };
                 lc.k = grow(&lc.k, k);
@@ -946,7 +950,7 @@ impl Gpt {
     pub fn forward_full(&self, tokens: &Tensor, valid: &Tensor, train: bool) -> Tensor {
         let t = tokens.size()[1];
         let positions = positions_from_valid(valid);
-        let mask = attention_mask(valid, 0, t);
+        let mask = additive_mask(&attention_mask(valid, 0, t));
         self.forward(tokens, &positions, &mask, None, train)
     }
 
@@ -993,6 +997,14 @@ pub fn attention_mask(key_valid: &Tensor, past: i64, t: i64) -> Tensor {
     let own = k.eq_tensor(&q).unsqueeze(0); // [1, T, T_k]
     let valid = key_valid.to_kind(Kind::Bool).unsqueeze(1); // [B, 1, T_k]
     causal.logical_and(&valid).logical_or(&own).unsqueeze(1) // [B, 1, T, T_k]
+}
+
+/// A boolean attention `mask` as the fp32 bias attention adds to its scores: 0 where it is true,
+/// −∞ where not. SDPA makes the same conversion at every call; a pass through L layers converts
+/// once.
+pub fn additive_mask(mask: &Tensor) -> Tensor {
+    Tensor::zeros(mask.size(), (Kind::Float, mask.device()))
+        .masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
 }
 
 /// Attention of one new token per sequence, `q [B, H, 1, D]`, over the cached keys and values
