@@ -1302,7 +1302,8 @@ fn ppo_and_dpo_on_guess_number_through_the_cli() {
     // One seed of 20 updates is a noisy measure here, and which seeds stall depends on the CPU
     // (its kernels round differently): over seeds 0, 1, 2 PPO ended at 0.313, 0.581 and 0.595 on
     // a 2-core EPYC (seed 0 stalls, then reaches 0.405 at 40 updates), and seeds 0–3 went from
-    // 0.344, 0.312, 0.298, 0.336 to 0.365, 0.319, 0.627, 0.545 on a 2-core Ice Lake Xeon. Seed 2,
+    // 0.344, 0.312, 0.298, 0.336 to 0.365, 0.319, 0.627, 0.545 on a 2-core Xeon (AVX-512
+    // without BF16). Seed 2,
     // the test's, learns on both.
     args.extend([
         "--quiet",
@@ -1327,7 +1328,7 @@ fn ppo_and_dpo_on_guess_number_through_the_cli() {
     assert!(last > first + 0.15, "GRPO gold {first:.3} -> {last:.3}");
     // The other critic-free agents on the same multi-turn start: RLOO (k = 4) and online DPO
     // (two fresh conversations per prompt, ranked by the gold reward). Both learn slowly at
-    // first: on the Ice Lake Xeon, seeds 0 and 1 gained +0.03, +0.05 (RLOO) at 20 updates and
+    // first: on that Xeon, seeds 0 and 1 gained +0.03, +0.05 (RLOO) at 20 updates and
     // +0.23, +0.20 at 60; online DPO +0.02, +0.13 at 40 and +0.14, +0.31 at 80.
     for (agent, updates, margin) in [
         ("rloo", "run.updates=60", 0.1),

@@ -950,7 +950,7 @@ impl Gpt {
     pub fn forward_full(&self, tokens: &Tensor, valid: &Tensor, train: bool) -> Tensor {
         let t = tokens.size()[1];
         let positions = positions_from_valid(valid);
-        let mask = additive_mask(&attention_mask(valid, 0, t));
+        let mask = additive_mask(&attention_mask(valid, 0, t), Kind::Float);
         self.forward(tokens, &positions, &mask, None, train)
     }
 
@@ -999,11 +999,11 @@ pub fn attention_mask(key_valid: &Tensor, past: i64, t: i64) -> Tensor {
     causal.logical_and(&valid).logical_or(&own).unsqueeze(1) // [B, 1, T, T_k]
 }
 
-/// A boolean attention `mask` as the fp32 bias attention adds to its scores: 0 where it is true,
-/// −∞ where not. SDPA makes the same conversion at every call; a pass through L layers converts
-/// once.
-pub fn additive_mask(mask: &Tensor) -> Tensor {
-    Tensor::zeros(mask.size(), (Kind::Float, mask.device()))
+/// A boolean attention `mask` as the bias in `kind` that attention adds to its scores: 0 where it
+/// is true, −∞ where not. SDPA makes the same conversion at every call; a pass through L layers
+/// converts once.
+pub fn additive_mask(mask: &Tensor, kind: Kind) -> Tensor {
+    Tensor::zeros(mask.size(), (kind, mask.device()))
         .masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
 }
 

@@ -413,7 +413,7 @@ fn shared_prompt_hidden(
     let m = n - 1;
     let mut cache = KvCache::growing(model.config(), u, s.prompt.device(), Kind::Float);
     let pos = positions_from_valid(&prompt_valid); // [U, L_p]
-    let mask = additive_mask(&attention_mask(&prompt_valid, 0, lp));
+    let mask = additive_mask(&attention_mask(&prompt_valid, 0, lp), Kind::Float);
     let h_prompt = model.forward_with(&w, &prompt, &pos, &mask, Some(&mut cache), train); // [U, L_p, C]
 
     // The prompt's last position predicts the first completion token.
@@ -427,7 +427,7 @@ fn shared_prompt_hidden(
     let mut cache = cache.select_rows(inverse); // B rows
     let valid = valid.narrow(1, 0, lp + m); // [B, L_p + N − 1]
     let positions = positions_from_valid(&valid).narrow(1, lp, m); // [B, N − 1]
-    let mask = additive_mask(&attention_mask(&valid, lp, m)); // [B, 1, N − 1, L_p + N − 1]
+    let mask = additive_mask(&attention_mask(&valid, lp, m), Kind::Float); // [B, 1, N − 1, L_p + N − 1]
     let tokens = s.tokens.narrow(1, 0, m); // [B, N − 1]
     let h = model.forward_with(&w, &tokens, &positions, &mask, Some(&mut cache), train); // [B, N − 1, C]
     Tensor::cat(&[first, h], 1) // [B, N, C]

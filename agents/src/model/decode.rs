@@ -24,8 +24,8 @@ mod blas;
 mod host;
 
 use super::{
-    Block, ComputeWeights, Family, Gpt, KvCache, LayerCache, LinearWeights, MatmulKind, Norm,
-    SharedPrefix,
+    additive_mask, Block, ComputeWeights, Family, Gpt, KvCache, LayerCache, LinearWeights,
+    MatmulKind, Norm, SharedPrefix,
 };
 use host::avx2_dispatch;
 use tch::nn;
@@ -104,8 +104,7 @@ impl DecodeWeights {
 /// `key_valid [B, L]` is true, −∞ where not.
 pub fn key_bias(key_valid: &Tensor, n_head: i64, kind: Kind) -> Tensor {
     let (b, l) = key_valid.size2().expect("[B, L]");
-    Tensor::zeros([b, l], (kind, key_valid.device()))
-        .masked_fill(&key_valid.logical_not(), f64::NEG_INFINITY)
+    additive_mask(key_valid, kind)
         .unsqueeze(1)
         .expand([b, n_head, l], false)
         .reshape([b * n_head, 1, l])

@@ -181,31 +181,22 @@ fn attend_rows<const D: usize>(
         }
         let mut ahead = next.map(|n| slots(values, n));
         let norm = 1.0 / total.iter().sum::<f32>();
+        // At a fixed width the sum runs in a local array, which lives in registers.
+        let mut acc = [0f32; D];
+        let sum: &mut [f32] = if D > 0 { &mut acc } else { &mut *o };
+        for (p, value) in scores.iter().zip(slots(values, r)) {
+            if let Some(line) = ahead.as_mut().and_then(|a| a.next()) {
+                prefetch(line);
+            }
+            for (a, x) in sum.iter_mut().zip(value) {
+                *a += p * x;
+            }
+        }
+        for a in sum.iter_mut() {
+            *a *= norm;
+        }
         if D > 0 {
-            let mut acc = [0f32; D];
-            for (p, value) in scores.iter().zip(slots(values, r)) {
-                if let Some(line) = ahead.as_mut().and_then(|a| a.next()) {
-                    prefetch(line);
-                }
-                for (a, x) in acc.iter_mut().zip(value) {
-                    *a += p * x;
-                }
-            }
-            for (o, a) in o.iter_mut().zip(acc) {
-                *o = a * norm;
-            }
-        } else {
-            for (p, value) in scores.iter().zip(slots(values, r)) {
-                if let Some(line) = ahead.as_mut().and_then(|a| a.next()) {
-                    prefetch(line);
-                }
-                for (o, x) in o.iter_mut().zip(value) {
-                    *o += p * x;
-                }
-            }
-            for o in o.iter_mut() {
-                *o *= norm;
-            }
+            o.copy_from_slice(&acc);
         }
         scores.fill(f32::NEG_INFINITY);
     }
