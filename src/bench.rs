@@ -13,13 +13,15 @@
 //! of 48 tokens, rule reward, a reference pass (β = 0.05), leave-one-out advantages, one step.
 
 use crate::commands::ModelSize;
+use aligngym_agents::lm::model::{Activation, Family};
+use aligngym_agents::lm::optim::{AdamW, AdamWConfig};
+use aligngym_agents::lm::sampling::{
+    generate, generate_until, generate_without_cache, SamplingConfig,
+};
 use aligngym_agents::losses::{dpo_loss, DpoLoss, DpoLossParams, PairScores};
-use aligngym_agents::model::{Activation, Family};
-use aligngym_agents::optim::{AdamW, AdamWConfig};
-use aligngym_agents::pairs::{pair_lengths, pair_logps, PairBatch};
 use aligngym_agents::rollout::{collect, Start};
-use aligngym_agents::sampling::{generate, generate_until, generate_without_cache, SamplingConfig};
-use aligngym_agents::sft::{init_model, lm_loss};
+use aligngym_agents::stages::pairs::{pair_lengths, pair_logps, PairBatch};
+use aligngym_agents::stages::sft::{init_model, lm_loss};
 use aligngym_agents::{
     Agent, GptConfig, GrpoAgent, GrpoConfig, LmPolicy, PpoAgent, PpoConfig, Precision, Result,
     RlooAgent, RlooConfig, Tokenizer,
@@ -174,7 +176,7 @@ impl Fixture {
     /// The fixture at `size` on `device`, computing in `dtype`, from a fixed seed.
     pub fn new(size: ModelSize, device: Device, dtype: Precision) -> Result<Self> {
         // The binary sets this at start-up; the criterion benches get here without it.
-        aligngym_agents::device::keep_freed_memory();
+        aligngym_agents::lm::device::keep_freed_memory();
         tch::manual_seed(0);
         let vocab = size.bench_vocab() as i64;
         let cfg = size.config(vocab as usize);
@@ -342,7 +344,7 @@ impl Fixture {
             cfg,
             task,
             self.policy.duplicate(true)?,
-            aligngym_agents::ppo::RewardSignal::Gold,
+            aligngym_agents::RewardSignal::Gold,
             0,
         )
     }
@@ -362,7 +364,7 @@ impl Fixture {
             cfg,
             self.task(),
             self.policy.duplicate(true)?,
-            aligngym_agents::ppo::RewardSignal::Gold,
+            aligngym_agents::RewardSignal::Gold,
             0,
         )
     }
@@ -382,7 +384,7 @@ impl Fixture {
             cfg,
             self.task(),
             self.policy.duplicate(true)?,
-            aligngym_agents::ppo::RewardSignal::Gold,
+            aligngym_agents::RewardSignal::Gold,
             0,
         )
     }
@@ -442,7 +444,7 @@ pub fn run_bench(
 ) -> Result<BenchReport> {
     let want = |w: Workload| only.is_empty() || only.contains(&w);
     let fx = Fixture::new(size, device, dtype)?;
-    let arithmetic = aligngym_agents::device::matmul_arithmetic(dtype, device);
+    let arithmetic = aligngym_agents::lm::device::matmul_arithmetic(dtype, device);
     let peak = matmul_gflops(1024, repeats.max(3), device, arithmetic)?;
     let (b, lp, n, sft_t) = (BATCH, PROMPT_LEN, NEW_TOKENS, SFT_LEN);
     let fpt = |t: i64| fx.cfg.flops_per_token(t as usize);
@@ -560,7 +562,7 @@ pub fn run_bench(
 
     Ok(BenchReport {
         size: format!("{size:?}").to_lowercase(),
-        device: aligngym_agents::device::describe(device),
+        device: aligngym_agents::lm::device::describe(device),
         threads: tch::get_num_threads(),
         dtype: dtype.to_string(),
         arithmetic: if arithmetic == Kind::Float {

@@ -6,10 +6,10 @@ use crate::eval::{EvalConfig, Evaluator};
 use crate::runner;
 use crate::spec::{build_agent, read_train_spec, AgentKind, RewardSpec, TrainSpec};
 use crate::sweep::{run_sweep, Part, SweepOptions, SweepSpec};
-use aligngym_agents::device::DtypeChoice;
-use aligngym_agents::preferences::Branching;
-use aligngym_agents::sampling::SamplingConfig;
-use aligngym_agents::sft::SftConfig;
+use aligngym_agents::lm::device::DtypeChoice;
+use aligngym_agents::lm::sampling::SamplingConfig;
+use aligngym_agents::stages::preferences::Branching;
+use aligngym_agents::stages::sft::SftConfig;
 use aligngym_agents::{AgentError, DeviceChoice, LmPolicy, Precision, Result, RmConfig};
 use aligngym_envs::{
     check_chat_env, check_env, make, task, tasks, write_pairs, OracleConfig, TextEnvConfig,
@@ -532,7 +532,7 @@ where
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    aligngym_agents::device::keep_freed_memory();
+    aligngym_agents::lm::device::keep_freed_memory();
     // A panic is a bug of ours, not the user's: one line and a hint, no backtrace, exit 1.
     std::panic::set_hook(Box::new(|info| {
         let msg = info
@@ -552,7 +552,7 @@ where
     }));
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(cli.cmd))) {
         Ok(Ok(())) => {
-            if let Some(n) = aligngym_agents::device::take_dtype_notice() {
+            if let Some(n) = aligngym_agents::lm::device::take_dtype_notice() {
                 eprintln!("{n}");
             }
             ExitCode::SUCCESS
@@ -620,7 +620,7 @@ fn cmd_import(args: ImportArgs) -> Result<()> {
         overwrite,
     } = args;
     commands::check_out(&out, &[("FILE", file.as_path())], overwrite, |_| false)?;
-    let r = aligngym_agents::gguf::import(&file, &out)?;
+    let r = aligngym_agents::lm::gguf::import(&file, &out)?;
     let types: Vec<String> = r.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
     let c = &r.config;
     println!(
@@ -885,7 +885,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
             }
             spec.apply_sets(&sets)?;
             // This process owns the run: finish a commit a kill interrupted before reading it.
-            aligngym_agents::fsio::recover(&dir.join("state"))?;
+            aligngym_agents::lm::fsio::recover(&dir.join("state"))?;
             let done = runner::committed_step(&dir)?.unwrap_or(0);
             if spec.run.updates < done {
                 return Err(AgentError::config(
@@ -1437,13 +1437,13 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
         &workloads,
     )?;
     print!("{}", crate::bench::format_report(&r));
-    let peaks = aligngym_agents::device::matmul_peaks(dev);
+    let peaks = aligngym_agents::lm::device::matmul_peaks(dev);
     println!(
         "--dtype auto picks {} here at this size (512³ matmul: bf16 {:.0} GFLOP/s, fp32 {:.0} GFLOP/s; bf16 from {} parameters where native)",
         DtypeChoice::Auto.resolve(dev, params),
         peaks.bf16,
         peaks.fp32,
-        aligngym_agents::device::BF16_MIN_PARAMS
+        aligngym_agents::lm::device::BF16_MIN_PARAMS
     );
     if let Some(p) = json {
         let text = serde_json::to_string_pretty(&r).map_err(|e| AgentError::Data(e.to_string()))?;

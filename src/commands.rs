@@ -1,12 +1,13 @@
 //! The work behind each CLI command, callable from tests and from the sweep driver.
 
-use aligngym_agents::checkpoint::{CheckpointConfig, ModelKind};
-use aligngym_agents::fsio;
-use aligngym_agents::preferences::{make_pairs, Branching, PrefsConfig};
-use aligngym_agents::sampling::SamplingConfig;
-use aligngym_agents::sft::{self, SftConfig, SftLogRow};
+use aligngym_agents::lm::checkpoint::{CheckpointConfig, ModelKind};
+use aligngym_agents::lm::fsio;
+use aligngym_agents::lm::sampling::SamplingConfig;
+use aligngym_agents::stages::preferences::{make_pairs, Branching, PrefsConfig};
+use aligngym_agents::stages::sft::{self, SftConfig, SftLogRow};
 use aligngym_agents::{
-    checkpoint, AgentError, GptConfig, LmPolicy, Result, RewardModel, RmConfig, RmReport, Tokenizer,
+    lm::checkpoint, AgentError, GptConfig, LmPolicy, Result, RewardModel, RmConfig, RmReport,
+    Tokenizer,
 };
 use aligngym_envs::{
     derive_seed, BradleyTerryOracle, OracleConfig, PreferencePair, Task, TextCodec,
@@ -401,8 +402,8 @@ pub fn train_rm(
 /// `make gpu-check`: print the device, run forward/backward and sampling on CUDA, compare with CPU.
 /// Fails (non-zero exit) when CUDA is not usable — it never falls back to CPU.
 pub fn gpu_check() -> Result<()> {
-    use aligngym_agents::model::Gpt;
-    use aligngym_agents::sampling::{generate, sequence_logprobs};
+    use aligngym_agents::lm::model::Gpt;
+    use aligngym_agents::lm::sampling::{generate, sequence_logprobs};
     use tch::{nn, Device, Kind, Tensor};
     println!(
         "tch::Cuda::is_available() = {}, cudnn = {}, devices = {}",
@@ -411,7 +412,7 @@ pub fn gpu_check() -> Result<()> {
         tch::Cuda::device_count()
     );
     let cuda = aligngym_agents::DeviceChoice::Cuda.resolve()?;
-    println!("device: {}", aligngym_agents::device::describe(cuda));
+    println!("device: {}", aligngym_agents::lm::device::describe(cuda));
     let cfg = GptConfig::tiny(512);
     tch::manual_seed(0);
     let vs_cpu = nn::VarStore::new(Device::Cpu);
@@ -433,7 +434,7 @@ pub fn gpu_check() -> Result<()> {
     let toks = g.tokens.shallow_clone();
     // The same sequences scored on both devices: forward logits and backward gradients agree.
     let on = |m: &Gpt, d: Device| {
-        let s = aligngym_agents::sampling::Sequences {
+        let s = aligngym_agents::lm::sampling::Sequences {
             prompt: g.prompt.to_device(d),
             prompt_valid: g.prompt_valid.to_device(d),
             tokens: toks.to_device(d),
@@ -492,5 +493,5 @@ pub fn gpu_check() -> Result<()> {
 /// Parameters of the model in checkpoint `dir` (0 when it cannot be read: the caller's later load
 /// says why).
 pub fn params_of(dir: &Path) -> usize {
-    aligngym_agents::checkpoint::read_config(dir).map_or(0, |c| c.model.num_params())
+    aligngym_agents::lm::checkpoint::read_config(dir).map_or(0, |c| c.model.num_params())
 }

@@ -3,9 +3,11 @@
 //! frozen reference episodes. Episodes run through the rollout collector, so a multi-turn env is
 //! evaluated on whole conversations and the KL and entropy count the policy's tokens only.
 
-use aligngym_agents::best_of_n::{best_of_n_kl, best_of_n_kl_bound};
+use aligngym_agents::algorithms::best_of_n::{best_of_n_kl, best_of_n_kl_bound};
+use aligngym_agents::lm::sampling::{
+    sequence_logprobs, sequence_outputs, EntropyGrad, SamplingConfig,
+};
 use aligngym_agents::rollout::{chat_envs, collect, Rollout, Start};
-use aligngym_agents::sampling::{sequence_logprobs, sequence_outputs, EntropyGrad, SamplingConfig};
 use aligngym_agents::{LmPolicy, Metrics, Result, Selection};
 use aligngym_envs::{
     derive_seed, BradleyTerryOracle, ChatEnvConfig, OracleConfig, PreferenceOracle, RewardFn,

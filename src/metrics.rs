@@ -26,7 +26,7 @@ pub fn write_long_csv(path: &Path, rows: &[MetricRow]) -> Result<()> {
     let bytes = w
         .into_inner()
         .map_err(|e| AgentError::Data(format!("{}: {e}", path.display())))?;
-    aligngym_agents::fsio::write_atomic(path, &bytes)
+    aligngym_agents::lm::fsio::write_atomic(path, &bytes)
 }
 
 /// Read a `step,metric,value` file.

@@ -3,7 +3,7 @@
 
 use crate::eval::Evaluator;
 use crate::metrics::{read_long_csv, write_long_csv, MetricRow};
-use aligngym_agents::{fsio, AgentError, Precision, Result, RunnableAgent};
+use aligngym_agents::{lm::fsio, AgentError, Precision, Result, RunnableAgent};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;

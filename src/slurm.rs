@@ -11,7 +11,7 @@
 
 use crate::commands;
 use crate::sweep::{self, RunFile, Stage, SweepSpec};
-use aligngym_agents::fsio::Lock;
+use aligngym_agents::lm::fsio::Lock;
 use aligngym_agents::{AgentError, DeviceChoice, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;

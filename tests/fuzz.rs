@@ -238,7 +238,7 @@ fn fuzz_checkpoint_config_json() {
     let dir = path.parent().unwrap().to_path_buf();
     fuzz("config", |bytes| {
         std::fs::write(&path, bytes).unwrap();
-        match aligngym::agents::checkpoint::read_config(&dir) {
+        match aligngym::agents::lm::checkpoint::read_config(&dir) {
             Ok(c) => {
                 // Accepted shapes have a parameter count (saturating: no overflow on absurd ones).
                 if c.model.validate().is_ok() {
@@ -274,7 +274,7 @@ fn fuzz_safetensors() {
     let path = scratch("safetensors", "model.safetensors");
     fuzz("safetensors", |bytes| {
         std::fs::write(&path, bytes).unwrap();
-        if let Err(e) = aligngym::agents::checkpoint::read_safetensors(&path) {
+        if let Err(e) = aligngym::agents::lm::safetensors::read_safetensors(&path) {
             one_line(e.to_string(), &path)?;
         }
         Ok(())

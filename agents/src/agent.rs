@@ -1,6 +1,7 @@
 //! The `Agent` interface every learner implements, and the budget it reports.
 
-use crate::policy::LmPolicy;
+use crate::lm::optim::AdamW;
+use crate::lm::policy::LmPolicy;
 use crate::Result;
 use aligngym_envs::RewardFn;
 use serde::{Deserialize, Serialize};
@@ -95,7 +96,7 @@ impl StateFile {
     /// the last good one is kept); the step is filled in by the runner.
     pub(crate) fn write(&self, dir: &Path, name: &str, scalars: &impl Serialize) -> Result<()> {
         for (k, t) in &self.tensors {
-            if crate::checkpoint::finite(k, t, dir).is_err() {
+            if crate::lm::safetensors::finite(k, t, dir).is_err() {
                 return Err(crate::AgentError::NonFinite {
                     metric: format!("weights {k}"),
                     step: 0,
@@ -116,7 +117,7 @@ impl StateFile {
         name: &str,
     ) -> Result<(Self, T, std::path::PathBuf)> {
         let path = dir.join(format!("{name}.safetensors"));
-        let tensors = crate::checkpoint::read_safetensors(&path)?;
+        let tensors = crate::lm::safetensors::read_safetensors(&path)?;
         let jp = dir.join(format!("{name}.json"));
         let text = std::fs::read_to_string(&jp).map_err(|e| crate::AgentError::io(&jp, e))?;
         let scalars = serde_json::from_str(&text).map_err(|e| crate::AgentError::Checkpoint {
@@ -137,4 +138,40 @@ impl StateFile {
             })
             .collect()
     }
+}
+
+/// The scalars of a policy-trained agent's state beside its weights and optimiser.
+#[derive(Debug, Serialize, Deserialize)]
+struct PolicyState {
+    budget: Budget,
+}
+
+/// Save an agent's policy weights (as the tensor group `group`), optimiser moments and budget
+/// under `<dir>/<name>.*`: the whole state of DPO, KTO and the group agents.
+pub(crate) fn save_policy_state(
+    dir: &Path,
+    name: &str,
+    group: &str,
+    policy: &LmPolicy,
+    opt: &AdamW,
+    budget: Budget,
+) -> Result<()> {
+    let mut st = StateFile::new();
+    st.add(group, policy.vs.variables().into_iter().collect());
+    st.add("opt", opt.state());
+    st.write(dir, name, &PolicyState { budget })
+}
+
+/// Restore what [`save_policy_state`] wrote; returns the budget.
+pub(crate) fn load_policy_state(
+    dir: &Path,
+    name: &str,
+    group: &str,
+    policy: &mut LmPolicy,
+    opt: &mut AdamW,
+) -> Result<Budget> {
+    let (st, s, path): (StateFile, PolicyState, _) = StateFile::read(dir, name)?;
+    crate::lm::checkpoint::load_tensors_into(&mut policy.vs, st.group(group), &path)?;
+    opt.load_state(st.group("opt"))?;
+    Ok(s.budget)
 }

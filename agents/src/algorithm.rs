@@ -4,8 +4,8 @@
 //! `algorithms!`) lists each once.
 
 use crate::agent::RunnableAgent;
-use crate::policy::LmPolicy;
-use crate::ppo::RewardSignal;
+use crate::lm::policy::LmPolicy;
+use crate::rollout::RewardSignal;
 use crate::{AgentError, Result};
 use aligngym_envs::Task;
 use serde::de::DeserializeOwned;

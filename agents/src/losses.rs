@@ -200,6 +200,32 @@ pub struct DpoLossParams {
     pub rpo_alpha: f64,
 }
 
+impl DpoLossParams {
+    /// Check the ranges every DPO-family agent shares; the error names the field.
+    pub fn check(&self) -> crate::Result<()> {
+        use crate::AgentError;
+        if !(self.beta > 0.0 && self.beta.is_finite()) {
+            return Err(AgentError::config("beta", "expected a finite value > 0"));
+        }
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            return Err(AgentError::config(
+                "label_smoothing",
+                "expected a value in [0, 0.5)",
+            ));
+        }
+        if !self.simpo_gamma.is_finite() {
+            return Err(AgentError::config("simpo_gamma", "expected a finite value"));
+        }
+        if !(self.rpo_alpha >= 0.0 && self.rpo_alpha.is_finite()) {
+            return Err(AgentError::config(
+                "rpo_alpha",
+                "expected a finite value ≥ 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Per-pair losses and what the trainers log of them.
 pub struct DpoLossOut {
     /// `[B]` the loss of each pair.
@@ -288,6 +314,136 @@ pub fn kto_loss(
 /// Bradley–Terry loss `−log σ(r⁺ − r⁻)` per pair.
 pub fn bradley_terry_loss(r_chosen: &Tensor, r_rejected: &Tensor) -> Tensor {
     -(r_chosen - r_rejected).log_sigmoid()
+}
+
+/// How the per-token losses of a batch are reduced to one number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum GrpoLoss {
+    /// Mean over each sequence's tokens, then over sequences (the GRPO paper); std-scaled
+    /// advantages.
+    Grpo,
+    /// Sum over all tokens divided by a constant (rows × `max_new_tokens`): no length bias (Dr.
+    /// GRPO); advantages not divided by the group's std.
+    DrGrpo,
+    /// Sum over all tokens divided by their count: token-level (DAPO; TRL's default).
+    #[default]
+    Dapo,
+}
+
+/// What the clipped surrogate measured on one minibatch.
+pub struct GrpoLossOut {
+    /// The loss to minimise (scalar).
+    pub loss: Tensor,
+    /// Fraction of tokens clipped below (ratio < 1 − ε_low with a negative advantage).
+    pub clip_low: Tensor,
+    /// Fraction of tokens clipped above (ratio > 1 + ε_high with a positive advantage).
+    pub clip_high: Tensor,
+    /// Mean k3 KL to the reference over the tokens (0 without one).
+    pub kl: Tensor,
+}
+
+/// What a GRPO-family loss and its token metrics divide by, taken from the mask `[B, N]` of the
+/// whole minibatch: losses of parts of a minibatch computed with the whole's norm sum to the
+/// whole's loss, so a minibatch can run forward and backward in several passes.
+pub struct GrpoNorm {
+    /// The loss's denominator (scalar): live rows (`grpo`), rows × `max_len` (`dr_grpo`) or
+    /// policy tokens (`dapo`).
+    loss: Tensor,
+    /// Policy tokens (scalar), for the per-token metrics.
+    tokens: Tensor,
+}
+
+impl GrpoNorm {
+    /// The norm of a minibatch with policy-token mask `mask [B, N]`.
+    pub fn of(mask: &Tensor, loss_type: GrpoLoss, max_len: i64) -> Self {
+        let tokens = mask.sum(Kind::Float).clamp_min(1e-8);
+        let loss = match loss_type {
+            GrpoLoss::Grpo => {
+                let live = mask.sum_dim_intlist(1, false, Kind::Float).gt(0.0); // [B]
+                live.to_kind(Kind::Float).sum(Kind::Float).clamp_min(1.0)
+            }
+            GrpoLoss::DrGrpo => {
+                Tensor::from((mask.size()[0] * max_len).max(1) as f32).to_device(mask.device())
+            }
+            GrpoLoss::Dapo => tokens.shallow_clone(),
+        };
+        Self { loss, tokens }
+    }
+    /// `Σ x·mask / tokens`: a per-token mean over the minibatch, summed over its parts.
+    pub fn token_mean(&self, x: &Tensor, mask: &Tensor) -> Tensor {
+        (x * mask).sum(Kind::Float) / &self.tokens
+    }
+}
+
+/// The GRPO-family loss over `[B, N]` tokens: per token `−min(ρ A, clip(ρ, 1 − ε_low, 1 + ε_high)
+/// A) + β k3`, with ρ = exp(logp − old_logp), A = `adv [B]` on every token of its row (or per
+/// token, `adv [B, N]`, for REINFORCE++), k3 =
+/// exp(ref − logp) − (ref − logp) − 1; reduced per `loss_type` over the tokens where `mask` is 1
+/// (`max_len` is Dr. GRPO's constant).
+#[allow(clippy::too_many_arguments)]
+pub fn grpo_loss(
+    logp: &Tensor,
+    old_logp: &Tensor,
+    ref_logp: Option<&Tensor>,
+    adv: &Tensor,
+    mask: &Tensor,
+    loss_type: GrpoLoss,
+    eps: (f64, f64),
+    beta: f64,
+    max_len: i64,
+) -> GrpoLossOut {
+    let norm = GrpoNorm::of(mask, loss_type, max_len);
+    grpo_loss_part(
+        logp, old_logp, ref_logp, adv, mask, loss_type, eps, beta, &norm,
+    )
+}
+
+/// [`grpo_loss`] of some rows of a minibatch whose [`GrpoNorm`] is `norm`: the loss, clip
+/// fractions and KL of the parts sum to the whole minibatch's.
+#[allow(clippy::too_many_arguments)]
+pub fn grpo_loss_part(
+    logp: &Tensor,
+    old_logp: &Tensor,
+    ref_logp: Option<&Tensor>,
+    adv: &Tensor,
+    mask: &Tensor,
+    loss_type: GrpoLoss,
+    eps: (f64, f64),
+    beta: f64,
+    norm: &GrpoNorm,
+) -> GrpoLossOut {
+    let a = match adv.dim() {
+        2 => adv.to_kind(Kind::Float),              // [B, N]
+        _ => adv.to_kind(Kind::Float).unsqueeze(1), // [B, 1]
+    };
+    let ratio = ((logp - old_logp) * mask).exp(); // [B, N]
+    let unclipped = &ratio * &a;
+    let clipped = ratio.clamp(1.0 - eps.0, 1.0 + eps.1) * &a;
+    let surrogate = -unclipped.minimum(&clipped); // [B, N]
+    let (per_token, kl) = match ref_logp {
+        Some(r) => {
+            let d = r - logp;
+            let k3 = d.exp() - &d - 1.0; // [B, N]
+            (surrogate + beta * &k3, norm.token_mean(&k3, mask))
+        }
+        None => (surrogate, Tensor::from(0.0f32).to_device(logp.device())),
+    };
+    let summed = match loss_type {
+        // Each row's token mean (0 on a row with no policy tokens), summed over the rows.
+        GrpoLoss::Grpo => ((&per_token * mask).sum_dim_intlist(1, false, Kind::Float)
+            / mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0))
+        .sum(Kind::Float),
+        GrpoLoss::DrGrpo | GrpoLoss::Dapo => (&per_token * mask).sum(Kind::Float),
+    };
+    let low = ratio.lt(1.0 - eps.0).logical_and(&a.lt(0.0));
+    let high = ratio.gt(1.0 + eps.1).logical_and(&a.gt(0.0));
+    GrpoLossOut {
+        loss: summed / &norm.loss,
+        clip_low: norm.token_mean(&low.to_kind(Kind::Float), mask),
+        clip_high: norm.token_mean(&high.to_kind(Kind::Float), mask),
+        kl,
+    }
 }
 
 #[cfg(test)]
@@ -553,5 +709,162 @@ mod tests {
             &bradley_terry_loss(&t(&[2.0], &[1]), &t(&[1.0], &[1])),
             &[0.313_261_7],
         );
+    }
+}
+
+/// The GRPO family's clipped surrogate, worked by hand.
+#[cfg(test)]
+mod clipped_surrogate_tests {
+    use super::*;
+
+    fn t(v: &[f32], shape: &[i64]) -> Tensor {
+        Tensor::from_slice(v).view(shape)
+    }
+
+    fn close(x: &Tensor, want: f64) {
+        let got = x.double_value(&[]);
+        assert!((got - want).abs() < 1e-5, "got {got}, want {want}");
+    }
+
+    /// Two rows with unequal lengths: row 0 has 1 token, row 1 has 3; on-policy (ratio 1).
+    #[test]
+    fn parts_of_a_minibatch_sum_to_its_loss() {
+        // Each row as its own pass, with the whole minibatch's norm: the same values as the
+        // worked ones above (row 0 contributes −1, row 1 the rest).
+        let (logp, mask, adv) = unequal();
+        for (lt, want, row0) in [
+            (GrpoLoss::Grpo, -0.25, -0.5),
+            (GrpoLoss::DrGrpo, 0.0625, -0.125),
+            (GrpoLoss::Dapo, 0.125, -0.25),
+        ] {
+            let norm = GrpoNorm::of(&mask, lt, 4);
+            let part = |r: i64| {
+                let row = |x: &Tensor| x.narrow(0, r, 1);
+                grpo_loss_part(
+                    &row(&logp),
+                    &row(&logp),
+                    None,
+                    &row(&adv),
+                    &row(&mask),
+                    lt,
+                    (0.2, 0.2),
+                    0.0,
+                    &norm,
+                )
+                .loss
+            };
+            close(&part(0), row0);
+            close(&(part(0) + part(1)), want);
+        }
+    }
+
+    fn unequal() -> (Tensor, Tensor, Tensor) {
+        let logp = t(&[-1.0, 0.0, 0.0, -1.0, -1.0, -1.0], &[2, 3]);
+        let mask = t(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[2, 3]);
+        let adv = t(&[1.0, -0.5], &[2]);
+        (logp, mask, adv)
+    }
+
+    #[test]
+    fn grpo_dr_grpo_and_dapo_normalise_differently() {
+        let (logp, mask, adv) = unequal();
+        let run = |lt| grpo_loss(&logp, &logp, None, &adv, &mask, lt, (0.2, 0.2), 0.0, 4).loss;
+        // Per-token loss −A (ratio 1): row 0 [−1], row 1 [0.5, 0.5, 0.5].
+        // grpo: mean of per-row means = (−1 + 0.5) / 2 = −0.25.
+        close(&run(GrpoLoss::Grpo), -0.25);
+        // dr_grpo: sum / (2 rows × 4) = (−1 + 1.5) / 8 = 0.0625.
+        close(&run(GrpoLoss::DrGrpo), 0.0625);
+        // dapo: sum / 4 tokens = 0.5 / 4 = 0.125.
+        close(&run(GrpoLoss::Dapo), 0.125);
+    }
+
+    #[test]
+    fn dapo_clips_higher_above_one_plus_eps_low() {
+        // One token, A = 1, ratio e^0.25 ≈ 1.2840: past both 1 + ε = 1.2 and 1 + ε_high = 1.28,
+        // so the loss is −1.2 with symmetric clipping and −1.28 with clip-higher.
+        let old = t(&[0.0], &[1, 1]);
+        let logp = t(&[0.25], &[1, 1]);
+        let mask = t(&[1.0], &[1, 1]);
+        let adv = t(&[1.0], &[1]);
+        let sym = grpo_loss(
+            &logp,
+            &old,
+            None,
+            &adv,
+            &mask,
+            GrpoLoss::Dapo,
+            (0.2, 0.2),
+            0.0,
+            1,
+        );
+        close(&sym.loss, -1.2);
+        close(&sym.clip_high, 1.0);
+        let hi = grpo_loss(
+            &logp,
+            &old,
+            None,
+            &adv,
+            &mask,
+            GrpoLoss::Dapo,
+            (0.2, 0.28),
+            0.0,
+            1,
+        );
+        close(&hi.loss, -1.28);
+        // A ratio of e^0.22 ≈ 1.2461 is clipped at 1.2 symmetric, not at all with ε_high 0.28.
+        let logp = t(&[0.22], &[1, 1]);
+        let hi = grpo_loss(
+            &logp,
+            &old,
+            None,
+            &adv,
+            &mask,
+            GrpoLoss::Dapo,
+            (0.2, 0.28),
+            0.0,
+            1,
+        );
+        close(&hi.loss, -(0.22f64.exp()));
+        close(&hi.clip_high, 0.0);
+        // A negative advantage with a ratio below 1 − ε_low counts as clipped low.
+        let logp = t(&[-0.5], &[1, 1]);
+        let neg = t(&[-2.0], &[1]);
+        let lo = grpo_loss(
+            &logp,
+            &old,
+            None,
+            &neg,
+            &mask,
+            GrpoLoss::Dapo,
+            (0.2, 0.28),
+            0.0,
+            1,
+        );
+        // −min(ρA, clip(ρ)A) = −min(−2·0.6065, −2·0.8) = 1.6.
+        close(&lo.loss, 1.6);
+        close(&lo.clip_low, 1.0);
+    }
+
+    #[test]
+    fn the_kl_term_is_k3_weighted_by_beta() {
+        // logp = ref + 0.5 on one token, A = 0: loss = β k3, k3 = e^−0.5 + 0.5 − 1 ≈ 0.106531.
+        let logp = t(&[-0.5], &[1, 1]);
+        let reference = t(&[-1.0], &[1, 1]);
+        let mask = t(&[1.0], &[1, 1]);
+        let adv = t(&[0.0], &[1]);
+        let l = grpo_loss(
+            &logp,
+            &logp,
+            Some(&reference),
+            &adv,
+            &mask,
+            GrpoLoss::Dapo,
+            (0.2, 0.2),
+            0.1,
+            1,
+        );
+        let k3 = (-0.5f64).exp() + 0.5 - 1.0;
+        close(&l.kl, k3);
+        close(&l.loss, 0.1 * k3);
     }
 }

@@ -1,15 +1,15 @@
 //! Tests of the model core: KV cache, sampling log-probs, checkpoints, SFT.
 
-use crate::checkpoint::{self, CheckpointConfig, ModelKind};
-use crate::model::{
+use crate::lm::checkpoint::{self, CheckpointConfig, ModelKind};
+use crate::lm::model::{
     attention_mask, key_bias, positions_from_valid, Activation, Family, Gpt, GptConfig, KvCache,
 };
-use crate::sampling::{
+use crate::lm::sampling::{
     generate, left_pad, sequence_logprobs, sequence_outputs, EntropyGrad, Generation,
     SamplingConfig,
 };
-use crate::sft::{self, SftConfig};
-use crate::tokenizer::Tokenizer;
+use crate::lm::tokenizer::Tokenizer;
+use crate::stages::sft::{self, SftConfig};
 use aligngym_envs::TextCodec;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -358,7 +358,7 @@ fn save_load_round_trip_and_bad_checkpoints() {
     assert!(a.equal(&c));
 
     // A tensor with the wrong shape, then a missing tensor: errors name it (transformers' names).
-    let mut named = crate::hf::export(&vs, Family::Gpt2);
+    let mut named = crate::lm::hf::export(&vs, Family::Gpt2);
     for (n, t) in named.iter_mut() {
         if n == "transformer.h.0.attn.c_attn.weight" {
             *t = Tensor::zeros([3, 3], (Kind::Float, Device::Cpu));
@@ -478,7 +478,7 @@ fn categorical_sampling_matches_its_probabilities() {
     let mut counts = [[0usize; 4]; 3];
     for _ in 0..n / 100 {
         let batch = probs.repeat([100, 1]); // [300, 4]
-        let toks = Vec::<i64>::try_from(&crate::sampling::sample_categorical(&batch)).unwrap();
+        let toks = Vec::<i64>::try_from(&crate::lm::sampling::sample_categorical(&batch)).unwrap();
         for (i, t) in toks.iter().enumerate() {
             counts[i % 3][*t as usize] += 1;
         }
@@ -515,7 +515,7 @@ fn bf16_compute_tracks_fp32_and_trains_fp32_master_weights() {
         (logits.detach(), loss.double_value(&[]), g.copy())
     };
     let (l32, loss32, g32) = grads(&m);
-    m.set_precision(crate::Precision::Bf16);
+    m.set_precision(crate::lm::device::Precision::Bf16);
     let (l16, loss16, g16) = grads(&m);
     // The variables stay fp32 and receive fp32 gradients through the casts.
     for (name, t) in vs.variables() {
@@ -558,15 +558,15 @@ fn bf16_compute_tracks_fp32_and_trains_fp32_master_weights() {
 fn emulated_bf16_rounds_where_native_bf16_does() {
     let _guard = lock();
     let (_vs, mut m) = small_model(6, 60);
-    m.set_precision(crate::Precision::Bf16);
+    m.set_precision(crate::lm::device::Precision::Bf16);
     let x = Tensor::randint_low(3, 60, [4, 12], (Kind::Int64, Device::Cpu));
     let v = Tensor::ones([4, 12], (Kind::Bool, Device::Cpu));
-    let kind = |values: Kind, arithmetic: Kind| crate::model::MatmulKind { values, arithmetic };
-    let logits = |k: crate::model::MatmulKind| {
+    let kind = |values: Kind, arithmetic: Kind| crate::lm::model::MatmulKind { values, arithmetic };
+    let logits = |k: crate::lm::model::MatmulKind| {
         tch::no_grad(|| {
             let w = m.compute_weights_in(k);
-            let positions = crate::model::positions_from_valid(&v);
-            let mask = crate::model::attention_mask(&v, 0, 12);
+            let positions = crate::lm::model::positions_from_valid(&v);
+            let mask = crate::lm::model::attention_mask(&v, 0, 12);
             let h = m.forward_with(&w, &x, &positions, &mask, None, false);
             m.lm_logits_from(&w, &h) // [4, 12, V]
         })
@@ -591,7 +591,7 @@ fn turn_sampler_continues_the_kv_cache_across_replies_with_gaps() {
     // Sequences stop at different steps (many stop ids), replies of different lengths (some none)
     // leave gaps in the cache: the recorded log-probs must still equal a teacher-forced pass over
     // each conversation without the gaps.
-    use crate::sampling::{right_pad, Sequences, TurnSampler};
+    use crate::lm::sampling::{right_pad, Sequences, TurnSampler};
     let _guard = lock();
     let (vs, m) = small_model(3, 60);
     tch::no_grad(|| {
@@ -686,7 +686,7 @@ fn turn_sampler_continues_the_kv_cache_across_replies_with_gaps() {
 /// Rows that share a prompt run it once (`completion_hidden`'s shared pass): outputs and every
 /// parameter's gradient must equal the whole-sequence pass over each row.
 fn check_shared_prompt_pass(cfg: &GptConfig) {
-    use crate::sampling::{completion_hidden, right_pad, Sequences};
+    use crate::lm::sampling::{completion_hidden, right_pad, Sequences};
     let _guard = lock();
     let (vs, m) = sft::init_model(cfg, Device::Cpu, 5).unwrap();
     // Two prompts of different lengths (left padding), each three times, interleaved; the

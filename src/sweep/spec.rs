@@ -3,7 +3,7 @@
 
 use crate::commands;
 use crate::spec::{AgentKind, RewardSpec, TrainSpec};
-use aligngym_agents::preferences::Branching;
+use aligngym_agents::stages::preferences::Branching;
 use aligngym_agents::{AgentError, Learns, Result};
 use aligngym_envs::task;
 use serde::{Deserialize, Serialize};

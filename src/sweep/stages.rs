@@ -3,9 +3,9 @@
 
 use super::spec::SweepSpec;
 use crate::commands::{self, ModelSize};
-use aligngym_agents::preferences::Branching;
-use aligngym_agents::sampling::SamplingConfig;
-use aligngym_agents::sft::SftConfig;
+use aligngym_agents::lm::sampling::SamplingConfig;
+use aligngym_agents::stages::preferences::Branching;
+use aligngym_agents::stages::sft::SftConfig;
 use aligngym_agents::{AgentError, LmPolicy, Result, RmConfig};
 use aligngym_envs::{read_pairs, task, write_pairs, OracleConfig, PreferencePair};
 use serde::Serialize;
@@ -172,8 +172,9 @@ fn build_once(
     if mode != Mode::Build {
         return Err(not_built(stage, done));
     }
-    let _lock =
-        aligngym_agents::fsio::Lock::exclusive(&out.join("stages").join(format!(".{stage}.lock")))?;
+    let _lock = aligngym_agents::lm::fsio::Lock::exclusive(
+        &out.join("stages").join(format!(".{stage}.lock")),
+    )?;
     if done.exists() {
         return Ok(());
     }

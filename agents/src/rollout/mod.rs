@@ -14,14 +14,36 @@
 //! ([`TurnSampler`]). A reply's tokens are what the checkpoint's chat template adds for it
 //! (rendered with and without it), so a template that is not append-only is refused.
 
-use crate::policy::LmPolicy;
-use crate::sampling::{left_pad, right_pad, SamplingConfig, Sequences, TurnSampler};
+use crate::lm::policy::LmPolicy;
+use crate::lm::sampling::{left_pad, right_pad, SamplingConfig, Sequences, TurnSampler};
 use crate::{AgentError, Result};
 use aligngym_envs::{
     AutoresetMode, ChatEnv, ChatEnvConfig, Message, RewardFn, Task, TextCodec, VecEnv,
 };
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
+
+/// The reward an online agent trains on.
+pub enum RewardSignal {
+    /// The env's gold reward, computed by the env on its rayon worker; each score is a gold query.
+    Gold,
+    /// A batched scorer on the calling thread (a learned reward model, an external judge).
+    Scorer(Box<dyn RewardFn>),
+}
+
+impl RewardSignal {
+    /// The scorer the collector calls, when the reward is not the env's own.
+    pub fn scorer(&self) -> Option<&dyn RewardFn> {
+        match self {
+            RewardSignal::Gold => None,
+            RewardSignal::Scorer(s) => Some(s.as_ref()),
+        }
+    }
+    /// What the scorer has spent so far ([`RewardFn::flops_spent`]); the gold reward costs none.
+    pub fn flops_spent(&self) -> f64 {
+        self.scorer().map_or(0.0, |s| s.flops_spent())
+    }
+}
 
 /// Which episodes to start.
 #[derive(Debug, Clone, Copy)]
@@ -326,7 +348,7 @@ pub fn collect(
 /// Step each env through its branch's assistant turns, appending each turn (as
 /// [`Tokenizer::turn_ids`] encodes it) and the env's reply to that episode's prompt ids.
 fn replay(
-    tok: &crate::tokenizer::Tokenizer,
+    tok: &crate::lm::tokenizer::Tokenizer,
     envs: &mut VecEnv<ChatEnv>,
     branches: &[Branch],
     eps: &mut [Running],

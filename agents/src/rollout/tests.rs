@@ -4,13 +4,14 @@
 //! identical PPO updates.
 
 use super::{chat_envs, collect, Branch, Start};
+use crate::algorithms::ppo::{PpoAgent, PpoConfig};
+use crate::lm::model::GptConfig;
+use crate::lm::policy::LmPolicy;
+use crate::lm::sampling::{sequence_logprobs, SamplingConfig};
+use crate::lm::tokenizer::Tokenizer;
 use crate::losses::ppo_policy_loss;
-use crate::model::GptConfig;
-use crate::policy::LmPolicy;
-use crate::ppo::{PpoAgent, PpoConfig, RewardSignal};
-use crate::sampling::{sequence_logprobs, SamplingConfig};
-use crate::sft;
-use crate::tokenizer::Tokenizer;
+use crate::rollout::RewardSignal;
+use crate::stages::sft;
 use crate::Agent;
 use aligngym_envs::chat::END_OF_TURN;
 use aligngym_envs::tasks::guess_number::GuessNumberTask;
@@ -221,10 +222,10 @@ fn a_branch_replays_its_turns_as_dpo_encodes_them_and_samples_on() {
         // The context the sampler saw is the prompt, then the replayed turn and reply exactly as
         // DPO tokenises them in a conversational pair.
         let user = [Message::user(&e.prompt)];
-        let dpo = crate::pairs::encode_sequences(
+        let dpo = crate::stages::pairs::encode_sequences(
             &pi,
             &[e.prompt.as_str()],
-            &[crate::pairs::Continuation::Turns {
+            &[crate::stages::pairs::Continuation::Turns {
                 prompt: &user,
                 turns: &e.turns[..2],
             }],
@@ -432,11 +433,11 @@ fn trained_reward_model(
     task: &Arc<dyn Task>,
     pi: &LmPolicy,
 ) -> (
-    crate::reward_model::RewardModel,
+    crate::stages::reward_model::RewardModel,
     super::Rollout,
     Vec<aligngym_envs::PreferencePair>,
 ) {
-    use crate::reward_model::{RewardModel, RmConfig};
+    use crate::stages::reward_model::{RewardModel, RmConfig};
     use aligngym_envs::{ConversationPair, PreferencePair};
     let mut envs = chat_envs(task.clone(), 6, ChatEnvConfig::default(), false).unwrap();
     tch::manual_seed(3);
@@ -465,7 +466,7 @@ fn trained_reward_model(
 fn a_reward_model_scores_episodes_as_it_was_trained_on_conversations() {
     // PPO with a reward model on a multi-turn env: the collector asks the scorer for whole
     // conversations, and the reward model reads them with the tokens of its training pairs.
-    use crate::pairs::{encode_pairs, stack_pairs};
+    use crate::stages::pairs::{encode_pairs, stack_pairs};
     use aligngym_envs::RewardFn;
     let _g = crate::tests::lock();
     let task: Arc<dyn Task> = Arc::new(GuessNumberTask::new());
@@ -497,7 +498,7 @@ fn a_reward_model_scores_episodes_as_it_was_trained_on_conversations() {
 
 #[test]
 fn a_reward_models_scoring_passes_count_in_the_budget() {
-    use crate::rloo::{RlooAgent, RlooConfig};
+    use crate::algorithms::rloo::{RlooAgent, RlooConfig};
     use aligngym_envs::RewardFn;
     let _g = crate::tests::lock();
     let task: Arc<dyn Task> = Arc::new(GuessNumberTask::new());

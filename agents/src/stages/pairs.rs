@@ -3,9 +3,9 @@
 //! right-padded with a mask of the policy's tokens (a conversation's assistant turns only) — and
 //! the batched log-prob passes over them.
 
-use crate::policy::LmPolicy;
-use crate::sampling::{left_pad, right_pad, sequence_logprobs, Sequences};
-use crate::tokenizer::Tokenizer;
+use crate::lm::policy::LmPolicy;
+use crate::lm::sampling::{left_pad, right_pad, sequence_logprobs, Sequences};
+use crate::lm::tokenizer::Tokenizer;
 use crate::Result;
 use aligngym_envs::{derive_seed, Message, PreferencePair, Role, TextCodec};
 use rand::rngs::StdRng;

@@ -11,10 +11,11 @@
 //! decoding keeps a preallocated KV cache per layer (of the key/value heads).
 //!
 //! Variable names: GPT-2 keeps the names aligngym always used (`wte`, `h.0.attn.c_attn`, …; the
-//! Hugging Face layout is mapped in [`crate::hf`]); Llama and Qwen2 use transformers' own names
+//! Hugging Face layout is mapped in [`crate::lm::hf`]); Llama and Qwen2 use transformers' own names
 //! (`model.layers.0.self_attn.q_proj`, …), so their checkpoints need no renaming.
 
-use crate::{AgentError, Precision, Result};
+use crate::lm::device::Precision;
+use crate::{AgentError, Result};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
@@ -87,7 +88,7 @@ fn default_true() -> bool {
 }
 
 /// Shape of the transformer; serialised into aligngym's run files (checkpoints carry transformers'
-/// `config.json`, see [`crate::hf`]).
+/// `config.json`, see [`crate::lm::hf`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GptConfig {
@@ -654,7 +655,7 @@ impl MatmulKind {
     fn of(precision: Precision, device: Device) -> Self {
         Self {
             values: precision.kind(),
-            arithmetic: crate::device::matmul_arithmetic(precision, device),
+            arithmetic: crate::lm::device::matmul_arithmetic(precision, device),
         }
     }
     /// `t` rounded to the values' kind, in the arithmetic's (differentiable).

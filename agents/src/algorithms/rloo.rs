@@ -13,12 +13,11 @@
 
 use crate::agent::{Agent, Metrics};
 use crate::algorithm::{Algorithm, BuildContext, Learns};
-use crate::grpo::{
-    group_agent_accessors, group_agent_plumbing, GroupBatch, GroupCore, GrpoLoss, Steps,
-};
-use crate::policy::LmPolicy;
-use crate::ppo::RewardSignal;
-use crate::RunnableAgent;
+use crate::online::{group_agent_accessors, group_agent_plumbing, GroupBatch, GroupCore, Steps};
+use crate::losses::GrpoLoss;
+use crate::lm::policy::LmPolicy;
+use crate::rollout::RewardSignal;
+use crate::agent::RunnableAgent;
 use crate::{AgentError, Result};
 use aligngym_envs::Task;
 use serde::{Deserialize, Serialize};

@@ -1,10 +1,10 @@
 //! Supervised fine-tuning: next-token cross-entropy on a task corpus (each example
 //! `[BOS] text [EOS]`, right-padded), AdamW with warm-up and decay, gradient clipping.
 
-use crate::model::{Gpt, GptConfig};
-use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
-use crate::sampling::right_pad;
-use crate::tokenizer::Tokenizer;
+use crate::lm::model::{Gpt, GptConfig};
+use crate::lm::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
+use crate::lm::sampling::right_pad;
+use crate::lm::tokenizer::Tokenizer;
 use crate::{AgentError, Result};
 use aligngym_envs::TextCodec;
 use rand::rngs::StdRng;
@@ -37,7 +37,7 @@ pub struct SftConfig {
     /// Target BPE vocabulary size. Default 512.
     pub vocab_size: usize,
     /// Compute precision: fp32 (default) or bf16 with fp32 master weights.
-    pub dtype: crate::Precision,
+    pub dtype: crate::lm::device::Precision,
 }
 
 impl Default for SftConfig {
@@ -53,7 +53,7 @@ impl Default for SftConfig {
             max_grad_norm: 1.0,
             corpus_size: 8000,
             vocab_size: 512,
-            dtype: crate::Precision::Fp32,
+            dtype: crate::lm::device::Precision::Fp32,
         }
     }
 }

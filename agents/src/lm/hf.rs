@@ -6,7 +6,7 @@
 //! layer's `[out, in]`; they are transposed on the way in and out. The Llama family's variables
 //! already carry transformers' names.
 
-use crate::model::{Activation, Family, GptConfig};
+use crate::lm::model::{Activation, Family, GptConfig};
 use crate::{AgentError, Result};
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
@@ -380,7 +380,7 @@ pub fn read_weights(dir: &Path) -> Result<HashMap<String, Tensor>> {
     };
     let mut out = HashMap::new();
     for f in files {
-        let tensors = crate::checkpoint::read_safetensors(&f)?;
+        let tensors = crate::lm::safetensors::read_safetensors(&f)?;
         out.extend(tensors);
     }
     Ok(out)
@@ -427,7 +427,7 @@ pub fn load_into(
                 ),
             ));
         }
-        crate::checkpoint::finite(&theirs, &t, source)?;
+        crate::lm::safetensors::finite(&theirs, &t, source)?;
         tch::no_grad(|| {
             let mut v = var.shallow_clone();
             v.copy_(&t.to_device(var.device()).to_kind(var.kind()))

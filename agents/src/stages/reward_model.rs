@@ -3,14 +3,14 @@
 //! samples it was trained on score 0 on average. It implements `RewardFn`, so PPO and the oracle
 //! can use it.
 
-use crate::checkpoint::{self, CheckpointConfig, ModelKind};
+use crate::lm::checkpoint::{self, CheckpointConfig, ModelKind};
+use crate::lm::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
+use crate::lm::policy::LmPolicy;
+use crate::lm::sampling::Sequences;
 use crate::losses::bradley_terry_loss;
-use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
-use crate::pairs::{
+use crate::stages::pairs::{
     encode_completions, encode_pairs, encode_sequences, stack_pairs, Continuation, PairBatch,
 };
-use crate::policy::LmPolicy;
-use crate::sampling::Sequences;
 use crate::{AgentError, Result};
 use aligngym_envs::{derive_seed, EnvError, Message, PreferencePair, RewardFn};
 use rand::rngs::StdRng;
@@ -164,7 +164,7 @@ fn accuracy(net: &LmPolicy, d: &PairBatch, ids: &[i64]) -> (f64, f64, f64) {
 
 impl RewardModel {
     /// This reward model, scoring in `precision`.
-    pub fn with_precision(mut self, precision: crate::Precision) -> Self {
+    pub fn with_precision(mut self, precision: crate::lm::device::Precision) -> Self {
         self.net.model.set_precision(precision);
         self
     }

@@ -1,16 +1,16 @@
 //! GGUF import (llama.cpp's single-file format, v2 and v3): the header is read here, every length
 //! checked against the file before anything is allocated; the tensors are dequantised by candle's
 //! ggml kernels (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants); the result is
-//! written as a Hugging Face checkpoint directory ([`crate::hf`]) with a `tokenizer.json` built
+//! written as a Hugging Face checkpoint directory ([`crate::lm::hf`]) with a `tokenizer.json` built
 //! from the file's vocabulary and merges.
 //!
 //! llama.cpp's converter permutes the rows of Llama's query and key projections for its
 //! interleaved RoPE; the import undoes it so that the weights match transformers' rotate-half
 //! layout (Qwen2 files are not permuted).
 
-use crate::checkpoint::{self, CheckpointConfig, ModelKind};
-use crate::model::{Activation, Family, GptConfig};
-use crate::tokenizer::Tokenizer;
+use crate::lm::checkpoint::{self, CheckpointConfig, ModelKind};
+use crate::lm::model::{Activation, Family, GptConfig};
+use crate::lm::tokenizer::Tokenizer;
 use crate::{AgentError, Result};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType};
 use std::collections::{BTreeMap, HashMap};
@@ -630,8 +630,8 @@ pub fn import(path: &Path, out: &Path) -> Result<ImportReport> {
         tensors.insert(name, w);
     }
     let vs = nn::VarStore::new(Device::Cpu);
-    let _model = crate::model::Gpt::new(&vs.root(), &cfg)?;
-    crate::hf::load_into(&vs, cfg.family, tensors, path)?;
+    let _model = crate::lm::model::Gpt::new(&vs.root(), &cfg)?;
+    crate::lm::hf::load_into(&vs, cfg.family, tensors, path)?;
     let ck = CheckpointConfig {
         kind: ModelKind::Policy,
         model: cfg.clone(),

@@ -16,15 +16,15 @@ use crate::losses::{
     gae, kl_per_token, masked_mean, masked_var, ppo_policy_loss, ppo_value_loss, shaped_rewards,
     whiten, KlEstimator,
 };
-use crate::optim::{AdamW, AdamWConfig};
-use crate::policy::{ActorCritic, LmPolicy, Policy};
-use crate::rollout::{chat_envs, collect, Rollout, Start};
-use crate::sampling::{
+use crate::lm::optim::{AdamW, AdamWConfig};
+use crate::lm::policy::{ActorCritic, LmPolicy, Policy};
+use crate::rollout::{chat_envs, collect, RewardSignal, Rollout, Start};
+use crate::lm::sampling::{
     completion_hidden, sequence_logprobs, sequence_outputs, EntropyGrad, Generation,
     SamplingConfig, Sequences,
 };
-use crate::tokenizer::Tokenizer;
-use crate::RunnableAgent;
+use crate::lm::tokenizer::Tokenizer;
+use crate::agent::RunnableAgent;
 use crate::{AgentError, Result};
 use aligngym_envs::{
     derive_seed, ChatEnv, ChatEnvConfig, RewardFn, RewardSource, Split, Task, VecEnv,
@@ -191,28 +191,6 @@ impl Algorithm for PpoConfig {
         let reward = (ctx.reward)()?;
         let agent = PpoAgent::new(self.clone(), ctx.task, ctx.policy, reward, ctx.seed)?;
         Ok(Box::new(agent.with_prior_oracle_queries(prior)))
-    }
-}
-
-/// The reward an online agent trains on.
-pub enum RewardSignal {
-    /// The env's gold reward, computed by the env on its rayon worker; each score is a gold query.
-    Gold,
-    /// A batched scorer on the calling thread (a learned reward model, an external judge).
-    Scorer(Box<dyn RewardFn>),
-}
-
-impl RewardSignal {
-    /// The scorer the collector calls, when the reward is not the env's own.
-    pub fn scorer(&self) -> Option<&dyn RewardFn> {
-        match self {
-            RewardSignal::Gold => None,
-            RewardSignal::Scorer(s) => Some(s.as_ref()),
-        }
-    }
-    /// What the scorer has spent so far ([`RewardFn::flops_spent`]); the gold reward costs none.
-    pub fn flops_spent(&self) -> f64 {
-        self.scorer().map_or(0.0, |s| s.flops_spent())
     }
 }
 
@@ -789,10 +767,10 @@ impl Resumable for PpoAgent {
 
     fn load_state(&mut self, dir: &Path) -> Result<()> {
         let (st, s, path): (StateFile, PpoState, _) = StateFile::read(dir, "ppo_state")?;
-        crate::checkpoint::load_tensors_into(&mut self.actor.vs, st.group("actor"), &path)?;
+        crate::lm::checkpoint::load_tensors_into(&mut self.actor.vs, st.group("actor"), &path)?;
         self.actor_opt.load_state(st.group("actor_opt"))?;
         if let (Some(cr), Some(o)) = (self.critic.as_mut(), self.critic_opt.as_mut()) {
-            crate::checkpoint::load_tensors_into(&mut cr.vs, st.group("critic"), &path)?;
+            crate::lm::checkpoint::load_tensors_into(&mut cr.vs, st.group("critic"), &path)?;
             o.load_state(st.group("critic_opt"))?;
         }
         self.kl_coef = s.kl_coef;

@@ -3,15 +3,15 @@
 //! Mitchell 2023). Reference log-probs are computed once up front (the reference is frozen), which
 //! halves the forward work of every step.
 
-use crate::agent::{Agent, Budget, Metrics, Resumable, StateFile};
+use crate::agent::{load_policy_state, save_policy_state, Agent, Budget, Metrics, Resumable};
 use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::losses::{dpo_loss, DpoLoss, DpoLossParams, PairScores};
-use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
-use crate::pairs::{
+use crate::lm::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
+use crate::stages::pairs::{
     encode_pairs, epoch_batch, pair_lengths, pair_logps, reference_pair_logps, PairBatch,
 };
-use crate::policy::LmPolicy;
-use crate::RunnableAgent;
+use crate::lm::policy::LmPolicy;
+use crate::agent::RunnableAgent;
 use crate::{AgentError, Result};
 use aligngym_envs::PreferencePair;
 use serde::{Deserialize, Serialize};
@@ -65,6 +65,17 @@ impl Default for DpoConfig {
 }
 
 impl DpoConfig {
+    /// The loss's parameters.
+    pub fn loss_params(&self) -> DpoLossParams {
+        DpoLossParams {
+            beta: self.beta,
+            loss: self.loss_type,
+            label_smoothing: self.label_smoothing,
+            simpo_gamma: self.simpo_gamma,
+            rpo_alpha: self.rpo_alpha,
+        }
+    }
+
     /// Check the ranges.
     pub fn validate(&self) -> Result<()> {
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
@@ -73,27 +84,10 @@ impl DpoConfig {
                 "expected a finite value > 0",
             ));
         }
-        if !(self.beta > 0.0 && self.beta.is_finite()) {
-            return Err(AgentError::config("beta", "expected a finite value > 0"));
-        }
         if self.batch_size == 0 {
             return Err(AgentError::config("batch_size", "expected > 0"));
         }
-        if !(0.0..0.5).contains(&self.label_smoothing) {
-            return Err(AgentError::config(
-                "label_smoothing",
-                "expected a value in [0, 0.5)",
-            ));
-        }
-        if !self.simpo_gamma.is_finite() {
-            return Err(AgentError::config("simpo_gamma", "expected a finite value"));
-        }
-        if !(self.rpo_alpha >= 0.0 && self.rpo_alpha.is_finite()) {
-            return Err(AgentError::config(
-                "rpo_alpha",
-                "expected a finite value ≥ 0",
-            ));
-        }
+        self.loss_params().check()?;
         Ok(())
     }
 }
@@ -236,13 +230,7 @@ impl Agent for DpoAgent {
                 chosen_len: &len_c,
                 rejected_len: &len_r,
             },
-            &DpoLossParams {
-                beta: c.beta,
-                loss: c.loss_type,
-                label_smoothing: c.label_smoothing,
-                simpo_gamma: c.simpo_gamma,
-                rpo_alpha: c.rpo_alpha,
-            },
+            &c.loss_params(),
         )
         .ok_or_else(|| {
             AgentError::Data("DPO has neither reference log-probs nor a reference model".into())
@@ -335,46 +323,13 @@ impl Agent for DpoAgent {
     }
 }
 
-/// The scalars of an offline agent's state (DPO, KTO) beside its weights and optimiser.
-#[derive(Debug, Serialize, Deserialize)]
-struct OfflineState {
-    budget: Budget,
-}
-
-/// Save an offline agent's weights, optimiser moments and budget under `<dir>/<name>.*`.
-pub(crate) fn save_offline_state(
-    dir: &Path,
-    name: &str,
-    policy: &LmPolicy,
-    opt: &AdamW,
-    budget: Budget,
-) -> Result<()> {
-    let mut st = StateFile::new();
-    st.add("policy", policy.vs.variables().into_iter().collect());
-    st.add("opt", opt.state());
-    st.write(dir, name, &OfflineState { budget })
-}
-
-/// Restore what [`save_offline_state`] wrote; returns the budget.
-pub(crate) fn load_offline_state(
-    dir: &Path,
-    name: &str,
-    policy: &mut LmPolicy,
-    opt: &mut AdamW,
-) -> Result<Budget> {
-    let (st, s, path): (StateFile, OfflineState, _) = StateFile::read(dir, name)?;
-    crate::checkpoint::load_tensors_into(&mut policy.vs, st.group("policy"), &path)?;
-    opt.load_state(st.group("opt"))?;
-    Ok(s.budget)
-}
-
 impl Resumable for DpoAgent {
     fn save_state(&self, dir: &Path) -> Result<()> {
-        save_offline_state(dir, "dpo_state", &self.policy, &self.opt, self.budget)
+        save_policy_state(dir, "dpo_state", "policy", &self.policy, &self.opt, self.budget)
     }
 
     fn load_state(&mut self, dir: &Path) -> Result<()> {
-        self.budget = load_offline_state(dir, "dpo_state", &mut self.policy, &mut self.opt)?;
+        self.budget = load_policy_state(dir, "dpo_state", "policy", &mut self.policy, &mut self.opt)?;
         Ok(())
     }
 }

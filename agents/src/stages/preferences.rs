@@ -3,9 +3,9 @@
 //! `rejected`, plus `chosen_score`, `rejected_score`, `source`) — plain text for single-turn tasks,
 //! the conversational form (whole conversations) for multi-turn ones.
 
-use crate::policy::LmPolicy;
+use crate::lm::policy::LmPolicy;
+use crate::lm::sampling::SamplingConfig;
 use crate::rollout::{chat_envs, collect, Branch, Start};
-use crate::sampling::SamplingConfig;
 use crate::{AgentError, Result};
 use aligngym_envs::{
     derive_seed, ChatEnvConfig, ConversationPair, Message, PreferenceOracle, PreferencePair,

@@ -1,7 +1,9 @@
 //! Batched sampling with the KV cache: left-padded prompts of different lengths, temperature, top-k,
 //! top-p; each sequence stops at its own EOS and is padded after it.
 
-use crate::model::{additive_mask, attention_mask, key_bias, positions_from_valid, Gpt, KvCache};
+use crate::lm::model::{
+    additive_mask, attention_mask, key_bias, positions_from_valid, Gpt, KvCache,
+};
 use crate::{AgentError, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -562,8 +564,8 @@ pub struct Turn {
 /// teacher-forced pass over the conversation without the gaps.
 pub struct TurnSampler<'a> {
     model: &'a Gpt,
-    weights: crate::model::ComputeWeights,
-    decode: crate::model::DecodeWeights,
+    weights: crate::lm::model::ComputeWeights,
+    decode: crate::lm::model::DecodeWeights,
     cache: KvCache,
     /// Which cache slots hold real tokens `[B, len]` (bool).
     key_valid: Tensor,

@@ -12,9 +12,9 @@
 
 use crate::agent::{Agent, Budget, Metrics, Resumable, Selection, StateFile};
 use crate::algorithm::{Algorithm, BuildContext, Learns};
-use crate::policy::LmPolicy;
-use crate::ppo::RewardSignal;
-use crate::RunnableAgent;
+use crate::lm::policy::LmPolicy;
+use crate::rollout::RewardSignal;
+use crate::agent::RunnableAgent;
 use crate::{AgentError, Result};
 use aligngym_envs::RewardFn;
 use serde::{Deserialize, Serialize};

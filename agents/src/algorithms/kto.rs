@@ -9,14 +9,13 @@
 //! prompt) in one forward pass; the reference's were computed once at the start → **loss**:
 //! [`kto_loss`] around [`kto_reference_point`] → **step** → **budget**.
 
-use crate::agent::{Agent, Budget, Metrics, Resumable};
+use crate::agent::{load_policy_state, save_policy_state, Agent, Budget, Metrics, Resumable};
 use crate::algorithm::{Algorithm, BuildContext, Learns};
-use crate::dpo::{load_offline_state, save_offline_state};
 use crate::losses::{kto_loss, kto_reference_point};
-use crate::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
-use crate::pairs::{encode_pairs, epoch_batch, pair_logps, reference_pair_logps, PairBatch};
-use crate::policy::LmPolicy;
-use crate::RunnableAgent;
+use crate::lm::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
+use crate::stages::pairs::{encode_pairs, epoch_batch, pair_logps, reference_pair_logps, PairBatch};
+use crate::lm::policy::LmPolicy;
+use crate::agent::RunnableAgent;
 use crate::{AgentError, Result};
 use aligngym_envs::{ConversationPair, PreferencePair, UnpairedExample};
 use serde::{Deserialize, Serialize};
@@ -302,11 +301,11 @@ impl Agent for KtoAgent {
 
 impl Resumable for KtoAgent {
     fn save_state(&self, dir: &Path) -> Result<()> {
-        save_offline_state(dir, "kto_state", &self.policy, &self.opt, self.budget)
+        save_policy_state(dir, "kto_state", "policy", &self.policy, &self.opt, self.budget)
     }
 
     fn load_state(&mut self, dir: &Path) -> Result<()> {
-        self.budget = load_offline_state(dir, "kto_state", &mut self.policy, &mut self.opt)?;
+        self.budget = load_policy_state(dir, "kto_state", "policy", &mut self.policy, &mut self.opt)?;
         Ok(())
     }
 }
@@ -320,10 +319,10 @@ mod tests {
         let corpus: Vec<String> = (0..40)
             .map(|i| format!("guess {i} higher lower found it"))
             .collect();
-        let tokenizer = crate::tokenizer::Tokenizer::train(&corpus, 300).unwrap();
+        let tokenizer = crate::lm::tokenizer::Tokenizer::train(&corpus, 300).unwrap();
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-        let cfg = crate::model::GptConfig::tiny(tokenizer.vocab_size());
-        let model = crate::model::Gpt::new(&vs.root(), &cfg).unwrap();
+        let cfg = crate::lm::model::GptConfig::tiny(tokenizer.vocab_size());
+        let model = crate::lm::model::Gpt::new(&vs.root(), &cfg).unwrap();
         LmPolicy {
             vs,
             model,

@@ -13,12 +13,12 @@
 
 use crate::agent::{Agent, Metrics};
 use crate::algorithm::{Algorithm, BuildContext, Learns};
-use crate::grpo::{group_agent_accessors, group_agent_plumbing, GroupBatch, GroupCore, StepStats};
+use crate::online::{group_agent_accessors, group_agent_plumbing, GroupBatch, GroupCore, StepStats};
 use crate::losses::{dpo_loss, masked_mean, DpoLoss, DpoLossParams, PairScores};
-use crate::policy::LmPolicy;
-use crate::ppo::RewardSignal;
-use crate::sampling::{sequence_outputs, EntropyGrad};
-use crate::RunnableAgent;
+use crate::lm::policy::LmPolicy;
+use crate::rollout::RewardSignal;
+use crate::lm::sampling::{sequence_outputs, EntropyGrad};
+use crate::agent::RunnableAgent;
 use crate::{AgentError, Result};
 use aligngym_envs::{oracle::preference_probability, OracleConfig, Task};
 use rand::{Rng, SeedableRng};
@@ -97,19 +97,21 @@ impl Default for OnlineDpoConfig {
 }
 
 impl OnlineDpoConfig {
-    /// Check the ranges (the loss's as offline DPO checks them).
-    pub fn validate(&self) -> Result<()> {
-        crate::dpo::DpoConfig {
-            learning_rate: self.learning_rate,
+    /// The loss's parameters.
+    pub fn loss_params(&self) -> DpoLossParams {
+        DpoLossParams {
             beta: self.beta,
-            loss_type: self.loss_type,
+            loss: self.loss_type,
             label_smoothing: self.label_smoothing,
             simpo_gamma: self.simpo_gamma,
             rpo_alpha: self.rpo_alpha,
-            max_grad_norm: self.max_grad_norm,
-            ..Default::default()
         }
-        .validate()?;
+    }
+
+    /// Check the ranges (the loss's as offline DPO checks them).
+    pub fn validate(&self) -> Result<()> {
+        AgentError::positive("learning_rate", self.learning_rate)?;
+        self.loss_params().check()?;
         let pos = AgentError::positive;
         pos("temperature", self.temperature)?;
         pos("max_grad_norm", self.max_grad_norm)?;
@@ -293,13 +295,7 @@ impl Agent for OnlineDpoAgent {
                 chosen_len: &lc,
                 rejected_len: &lr,
             },
-            &DpoLossParams {
-                beta: c.beta,
-                loss: c.loss_type,
-                label_smoothing: c.label_smoothing,
-                simpo_gamma: c.simpo_gamma,
-                rpo_alpha: c.rpo_alpha,
-            },
+            &c.loss_params(),
         )
         .ok_or_else(|| AgentError::Data("online DPO's loss needs the reference model".into()))?;
         let n_decided = decided.sum(Kind::Float).clamp_min(1.0);

@@ -1,7 +1,7 @@
 //! A byte-level BPE tokenizer (the `tokenizers` crate) with PAD, BOS and EOS, saved as the standard
 //! `tokenizer.json`, so a tokenizer made elsewhere loads too.
 
-use crate::chat_template::ChatTemplate;
+use crate::lm::chat_template::ChatTemplate;
 use crate::{AgentError, Result};
 use aligngym_envs::{Message, TextCodec};
 use std::path::Path;
@@ -163,7 +163,7 @@ impl Tokenizer {
             None | Some(serde_json::Value::Null) => Ok(()),
             Some(serde_json::Value::String(t)) => {
                 self.template = ChatTemplate::new(t)?;
-                self.chat_prompts = t != crate::chat_template::BUILTIN;
+                self.chat_prompts = t != crate::lm::chat_template::BUILTIN;
                 let probe = [Message::user("hi")];
                 self.template
                     .render(&probe, true, &self.bos_token, &self.eos_token)
@@ -353,7 +353,10 @@ mod tests {
             (t.pad_id(), t.bos_id(), t.eos_id(), t.eot_id())
         );
         assert!(t.eot_id().is_some());
-        assert_eq!(u.chat_template().source(), crate::chat_template::BUILTIN);
+        assert_eq!(
+            u.chat_template().source(),
+            crate::lm::chat_template::BUILTIN
+        );
         // A checkpoint's own template replaces the built-in one; a broken one names the file.
         std::fs::write(
             dir.join(CONFIG_FILE),

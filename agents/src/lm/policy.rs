@@ -1,10 +1,11 @@
 //! A language-model policy (the actor), its frozen copies (the reference), and the critic.
 
-use crate::checkpoint::{self, CheckpointConfig, ModelKind};
-use crate::model::Gpt;
-use crate::sampling::{generate, Generation, SamplingConfig};
-use crate::tokenizer::Tokenizer;
-use crate::{AgentError, Precision, Result};
+use crate::lm::checkpoint::{self, CheckpointConfig, ModelKind};
+use crate::lm::device::Precision;
+use crate::lm::model::Gpt;
+use crate::lm::sampling::{generate, Generation, SamplingConfig};
+use crate::lm::tokenizer::Tokenizer;
+use crate::{AgentError, Result};
 use aligngym_envs::TextCodec;
 use std::path::Path;
 use tch::{nn, Device, Tensor};

@@ -1,11 +1,12 @@
-//! Checkpoints: a directory in the Hugging Face layout (see [`crate::hf`]) that transformers opens
+//! Checkpoints: a directory in the Hugging Face layout (see [`crate::lm::hf`]) that transformers opens
 //! as it is, plus aligngym's heads and metadata in files of their own; written under a temporary
 //! name and renamed into place. Loading validates every tensor's name and shape, and still reads
 //! the single-`config.json` checkpoints of earlier versions.
 
-use crate::hf;
-use crate::model::{Gpt, GptConfig};
-use crate::tokenizer::Tokenizer;
+use crate::lm::hf;
+use crate::lm::model::{Gpt, GptConfig};
+use crate::lm::safetensors::{ck, finite, read_safetensors};
+use crate::lm::tokenizer::Tokenizer;
 use crate::{AgentError, Result};
 use aligngym_envs::TextCodec;
 use serde::{Deserialize, Serialize};
@@ -51,13 +52,6 @@ pub struct LoadedModel {
     pub config: CheckpointConfig,
 }
 
-fn ck(path: &Path, msg: impl Into<String>) -> AgentError {
-    AgentError::Checkpoint {
-        path: path.to_path_buf(),
-        msg: msg.into(),
-    }
-}
-
 /// aligngym's own file beside a checkpoint: what it is and how it was made.
 pub const META: &str = "aligngym.json";
 /// aligngym's value and reward heads (transformers knows nothing of them).
@@ -86,12 +80,12 @@ pub fn save(
     config: &CheckpointConfig,
 ) -> Result<()> {
     let dir = dir.as_ref();
-    let parent = crate::fsio::parent_of(dir);
+    let parent = crate::lm::fsio::parent_of(dir);
     std::fs::create_dir_all(parent).map_err(|e| AgentError::io(parent, e))?;
     if dir.file_name().is_none() {
         return Err(ck(dir, "not a directory name"));
     }
-    let staged = crate::fsio::Staged::for_dir(dir)?;
+    let staged = crate::lm::fsio::Staged::for_dir(dir)?;
     write_into(staged.path(), vs, tokenizer, config)?;
     staged.commit()
 }
@@ -101,7 +95,7 @@ fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
     std::fs::write(path, text).map_err(|e| AgentError::io(path, e))
 }
 
-/// Write a checkpoint's files into the existing folder `tmp` (a [`crate::fsio::Staged`] one, which
+/// Write a checkpoint's files into the existing folder `tmp` (a [`crate::lm::fsio::Staged`] one, which
 /// callers may add files of their own to before committing it).
 pub fn write_into(
     tmp: &Path,
@@ -220,37 +214,10 @@ fn load_matching(
     Ok(())
 }
 
-/// Read every tensor of a safetensors file; a malformed one (header, offsets, dtypes) is one line
-/// naming the file.
-pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    Tensor::read_safetensors(path).map_err(|e| {
-        ck(
-            path,
-            format!("cannot read: {}", e.to_string().replace('\n', " ")),
-        )
-    })
-}
-
-/// Refuse a tensor holding NaN or infinity: weights that blew up must not be trained, sampled or
-/// evaluated from as if they were a model.
-pub(crate) fn finite(name: &str, t: &Tensor, source: &Path) -> Result<()> {
-    let floating = matches!(
-        t.kind(),
-        tch::Kind::Float | tch::Kind::Double | tch::Kind::Half | tch::Kind::BFloat16
-    );
-    if floating && t.numel() > 0 && !bool::try_from(t.isfinite().all())? {
-        return Err(ck(
-            source,
-            format!("tensor `{name}` holds NaN or infinite values"),
-        ));
-    }
-    Ok(())
-}
-
 /// Refuse a model too large for this machine before allocating it (fp32 weights alone).
 fn fits(dir: &Path, model: &GptConfig) -> Result<()> {
     let params = model.num_params() as u64;
-    let total = crate::device::host_memory_bytes();
+    let total = crate::lm::device::host_memory_bytes();
     if total > 0 && params.saturating_mul(4) > total {
         return Err(ck(
             dir,
@@ -351,6 +318,6 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 /// Copy aligngym's heads from `tensors` into `vs` (names and shapes checked).
 fn load_heads(vs: &nn::VarStore, tensors: Vec<(String, Tensor)>, source: &Path) -> Result<()> {
     load_matching(vs, tensors, source, |n| {
-        hf::hf_name(crate::model::Family::Gpt2, n).is_none()
+        hf::hf_name(crate::lm::model::Family::Gpt2, n).is_none()
     })
 }
