@@ -8,6 +8,7 @@ use crate::spec::{build_agent, read_train_spec, AgentKind, RewardSpec, TrainSpec
 use crate::sweep::{run_sweep, Part, SweepOptions, SweepSpec};
 use aligngym_agents::lm::device::DtypeChoice;
 use aligngym_agents::lm::sampling::SamplingConfig;
+use aligngym_agents::metric;
 use aligngym_agents::stages::preferences::Branching;
 use aligngym_agents::stages::sft::SftConfig;
 use aligngym_agents::{AgentError, DeviceChoice, LmPolicy, Precision, Result, RmConfig};
@@ -962,7 +963,7 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
             resuming,
             |step, rows| {
                 pb.set_position(step);
-                if let Some(r) = rows.iter().find(|r| r.metric == "eval/gold_reward") {
+                if let Some(r) = rows.iter().find(|r| r.metric == metric::EVAL_GOLD_REWARD) {
                     pb.set_message(format!("gold {:.3}", r.value));
                 }
             },
@@ -983,10 +984,10 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     };
     let first = rows
         .iter()
-        .find(|r| r.metric == "eval/gold_reward")
+        .find(|r| r.metric == metric::EVAL_GOLD_REWARD)
         .map_or(f64::NAN, |r| r.value);
-    let last = crate::metrics::last(&rows, "eval/gold_reward").unwrap_or(f64::NAN);
-    let kl = crate::metrics::last(&rows, "eval/kl_to_ref").unwrap_or(f64::NAN);
+    let last = crate::metrics::last(&rows, metric::EVAL_GOLD_REWARD).unwrap_or(f64::NAN);
+    let kl = crate::metrics::last(&rows, metric::EVAL_KL_TO_REF).unwrap_or(f64::NAN);
     println!(
         "train {}: eval/gold_reward {first:.3} -> {last:.3}, eval/kl_to_ref {kl:.3}; run in {}",
         spec.agent(),

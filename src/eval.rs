@@ -7,6 +7,7 @@ use aligngym_agents::algorithms::best_of_n::{best_of_n_kl, best_of_n_kl_bound};
 use aligngym_agents::lm::sampling::{
     sequence_logprobs, sequence_outputs, EntropyGrad, SamplingConfig,
 };
+use aligngym_agents::metric;
 use aligngym_agents::rollout::{chat_envs, collect, Rollout, Start};
 use aligngym_agents::{LmPolicy, Metrics, Result, Selection};
 use aligngym_envs::{
@@ -216,13 +217,13 @@ impl Evaluator {
         let comps: Vec<&str> = eps.iter().map(|e| e.transcript.as_str()).collect();
         let mut m = Metrics::new();
         m.insert(
-            "eval/gold_reward".into(),
+            metric::EVAL_GOLD_REWARD.into(),
             mean(eps.iter().map(|e| e.gold as f64)),
         );
         if let Some(p) = proxy {
             let s = p.score_batch(&prompts, &comps)?;
             m.insert(
-                "eval/proxy_reward".into(),
+                metric::EVAL_PROXY_REWARD.into(),
                 mean(s.iter().map(|&x| x as f64)),
             );
         }
@@ -240,14 +241,14 @@ impl Evaluator {
         match selected_kl {
             // The policy is its own reference here; the selection is what moved.
             Some((measured, bound)) => {
-                m.insert("eval/kl_to_ref".into(), measured);
-                m.insert("eval/kl_bound".into(), bound);
+                m.insert(metric::EVAL_KL_TO_REF.into(), measured);
+                m.insert(metric::EVAL_KL_BOUND.into(), bound);
             }
             None => {
-                m.insert("eval/kl_to_ref".into(), kl);
+                m.insert(metric::EVAL_KL_TO_REF.into(), kl);
             }
         }
-        m.insert("eval/entropy".into(), ent);
+        m.insert(metric::EVAL_ENTROPY.into(), ent);
         let refs: Vec<&str> = self.ref_transcripts.iter().map(|s| s.as_str()).collect();
         let mut oracle = BradleyTerryOracle::new(
             self.gold.clone(),
@@ -267,13 +268,13 @@ impl Evaluator {
                     0.0
                 }
             });
-        m.insert("eval/win_rate_vs_ref".into(), mean(wins));
+        m.insert(metric::EVAL_WIN_RATE_VS_REF.into(), mean(wins));
         let ids: Vec<Vec<u32>> = eps.iter().map(|e| e.policy_tokens()).collect();
         m.insert(
-            "eval/response_len".into(),
+            metric::EVAL_RESPONSE_LEN.into(),
             mean(ids.iter().map(|c| c.len() as f64)),
         );
-        m.insert("eval/distinct_2".into(), distinct_2(&ids));
+        m.insert(metric::EVAL_DISTINCT_2.into(), distinct_2(&ids));
         Ok(m)
     }
 }

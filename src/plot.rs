@@ -4,6 +4,7 @@
 
 use crate::metrics::MetricRow;
 use crate::sweep::{load_sweep_dir, SweepSpec};
+use aligngym_agents::metric;
 use aligngym_agents::{AgentError, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -319,7 +320,7 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
                 .filter(|(_, c)| !c.is_empty())
                 .collect()
         };
-        let g = "eval/gold_reward";
+        let g = metric::EVAL_GOLD_REWARD;
         let panel =
             |title: String, xlabel: &str, ylabel: &str, series: Series, band, lines| Panel {
                 title,
@@ -345,7 +346,7 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
                     format!("{env}: gold reward vs samples"),
                     "samples (episodes)",
                     "gold reward",
-                    ser("budget/samples", g),
+                    ser(metric::BUDGET_SAMPLES, g),
                     true,
                     true,
                 ),
@@ -353,7 +354,7 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
                     format!("{env}: gold reward vs wall time"),
                     "wall time (s)",
                     "gold reward",
-                    ser("budget/wall_seconds", g),
+                    ser(metric::BUDGET_WALL_SECONDS, g),
                     true,
                     true,
                 ),
@@ -365,7 +366,7 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
                 format!("{env}: gold reward vs KL(π‖π_ref)"),
                 "KL(π‖π_ref) (nats)",
                 "gold reward (median over seeds)",
-                ser("eval/kl_to_ref", g),
+                ser(metric::EVAL_KL_TO_REF, g),
                 false,
                 true,
             )],
@@ -436,12 +437,15 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
                 let last_of = |m: &str| -> Vec<(f64, f64, f64, f64)> {
                     let mut pts: Vec<(f64, f64, f64, f64)> = by_point
                         .values()
-                        .filter_map(|rs| curve(rs, "eval/kl_to_ref", m).last().copied())
+                        .filter_map(|rs| curve(rs, metric::EVAL_KL_TO_REF, m).last().copied())
                         .collect();
                     pts.sort_by(|x, y| x.0.total_cmp(&y.0));
                     sq(pts)
                 };
-                over.push((format!("{} proxy", a.name), last_of("eval/proxy_reward")));
+                over.push((
+                    format!("{} proxy", a.name),
+                    last_of(metric::EVAL_PROXY_REWARD),
+                ));
                 over.push((format!("{} gold", a.name), last_of(g)));
             } else {
                 for (point, rs) in &by_point {
@@ -452,9 +456,12 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
                     };
                     over.push((
                         format!("{name} proxy"),
-                        sq(curve(rs, "eval/kl_to_ref", "eval/proxy_reward")),
+                        sq(curve(rs, metric::EVAL_KL_TO_REF, metric::EVAL_PROXY_REWARD)),
                     ));
-                    over.push((format!("{name} gold"), sq(curve(rs, "eval/kl_to_ref", g))));
+                    over.push((
+                        format!("{name} gold"),
+                        sq(curve(rs, metric::EVAL_KL_TO_REF, g)),
+                    ));
                 }
             }
             peaks.extend(runs.iter().filter_map(|r| {

@@ -6,6 +6,7 @@
 use crate::metrics::MetricRow;
 use crate::plot::{read_sweep_metrics, series_key};
 use crate::sweep::load_sweep_dir;
+use aligngym_agents::metric;
 use aligngym_agents::Result;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -56,11 +57,11 @@ pub fn env_stats(metrics: &BTreeMap<String, Vec<MetricRow>>, env: &str) -> (Vec<
             // Best-of-n evaluates its selection from step 0 on: not the starting policy.
             for r in runs
                 .iter()
-                .filter(|r| !r.iter().any(|x| x.metric == "eval/kl_bound"))
+                .filter(|r| !r.iter().any(|x| x.metric == metric::EVAL_KL_BOUND))
             {
                 if let Some(x) = r
                     .iter()
-                    .find(|x| x.step == 0 && x.metric == "eval/gold_reward")
+                    .find(|x| x.step == 0 && x.metric == metric::EVAL_GOLD_REWARD)
                 {
                     start.push(x.value);
                 }
@@ -69,12 +70,12 @@ pub fn env_stats(metrics: &BTreeMap<String, Vec<MetricRow>>, env: &str) -> (Vec<
             SeriesStats {
                 name,
                 runs: runs.len(),
-                gold: col("eval/gold_reward"),
-                kl: col("eval/kl_to_ref"),
-                win: col("eval/win_rate_vs_ref"),
-                wall: col("budget/wall_seconds"),
-                flops: col("budget/flops"),
-                queries: col("budget/oracle_queries"),
+                gold: col(metric::EVAL_GOLD_REWARD),
+                kl: col(metric::EVAL_KL_TO_REF),
+                win: col(metric::EVAL_WIN_RATE_VS_REF),
+                wall: col(metric::BUDGET_WALL_SECONDS),
+                flops: col(metric::BUDGET_FLOPS),
+                queries: col(metric::BUDGET_ORACLE_QUERIES),
             }
         })
         .collect();
@@ -109,7 +110,7 @@ fn cost_to_reach(
         }
         let step = rows
             .iter()
-            .filter(|r| r.metric == "eval/gold_reward" && r.step > 0 && r.value >= target)
+            .filter(|r| r.metric == metric::EVAL_GOLD_REWARD && r.step > 0 && r.value >= target)
             .map(|r| r.step)
             .min()?;
         let at = |m: &str| {
@@ -118,9 +119,9 @@ fn cost_to_reach(
                 .map(|r| r.value)
                 .unwrap_or(f64::NAN)
         };
-        walls.push(at("budget/wall_seconds"));
-        flops.push(at("budget/flops"));
-        toks.push(at("budget/train_tokens") + at("budget/tokens_generated"));
+        walls.push(at(metric::BUDGET_WALL_SECONDS));
+        flops.push(at(metric::BUDGET_FLOPS));
+        toks.push(at(metric::BUDGET_TRAIN_TOKENS) + at(metric::BUDGET_TOKENS_GENERATED));
     }
     if walls.is_empty() {
         return None;

@@ -3,6 +3,7 @@
 
 use crate::eval::Evaluator;
 use crate::metrics::{read_long_csv, write_long_csv, MetricRow};
+use aligngym_agents::metric;
 use aligngym_agents::{lm::fsio, AgentError, Precision, Result, RunnableAgent};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -44,12 +45,12 @@ struct RunnerState {
 fn budget_rows(agent: &dyn RunnableAgent, step: u64, wall: f64) -> Vec<MetricRow> {
     let b = agent.budget();
     [
-        ("budget/samples", b.samples as f64),
-        ("budget/tokens_generated", b.tokens_generated as f64),
-        ("budget/train_tokens", b.train_tokens as f64),
-        ("budget/oracle_queries", b.oracle_queries as f64),
-        ("budget/wall_seconds", wall),
-        ("budget/flops", b.flops),
+        (metric::BUDGET_SAMPLES, b.samples as f64),
+        (metric::BUDGET_TOKENS_GENERATED, b.tokens_generated as f64),
+        (metric::BUDGET_TRAIN_TOKENS, b.train_tokens as f64),
+        (metric::BUDGET_ORACLE_QUERIES, b.oracle_queries as f64),
+        (metric::BUDGET_WALL_SECONDS, wall),
+        (metric::BUDGET_FLOPS, b.flops),
     ]
     .into_iter()
     .map(|(k, v)| MetricRow {

@@ -6,6 +6,7 @@
 use crate::metrics::MetricRow;
 use crate::stats::{self, Comparison};
 use crate::sweep::SweepSpec;
+use aligngym_agents::metric;
 use aligngym_agents::{AgentError, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -287,7 +288,7 @@ fn at_step(rows: &[MetricRow], step: u64, metric: &str) -> Option<f64> {
 }
 
 fn final_gold(rows: &[MetricRow]) -> f64 {
-    crate::metrics::last(rows, "eval/gold_reward").unwrap_or(f64::NAN)
+    crate::metrics::last(rows, metric::EVAL_GOLD_REWARD).unwrap_or(f64::NAN)
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -299,8 +300,8 @@ fn median(v: &[f64]) -> f64 {
 /// The (KL, gold) points of a run's evaluations.
 pub fn kl_gold_curve(rows: &[MetricRow]) -> Vec<(f64, f64)> {
     rows.iter()
-        .filter(|r| r.metric == "eval/gold_reward")
-        .filter_map(|g| at_step(rows, g.step, "eval/kl_to_ref").map(|kl| (kl, g.value)))
+        .filter(|r| r.metric == metric::EVAL_GOLD_REWARD)
+        .filter_map(|g| at_step(rows, g.step, metric::EVAL_KL_TO_REF).map(|kl| (kl, g.value)))
         .collect()
 }
 
@@ -452,7 +453,7 @@ fn values(
             let start = median(
                 &a.iter()
                     .chain(b)
-                    .filter_map(|r| at_step(r.rows, 0, "eval/gold_reward"))
+                    .filter_map(|r| at_step(r.rows, 0, metric::EVAL_GOLD_REWARD))
                     .collect::<Vec<_>>(),
             );
             let gain = |v: &[Run]| {
@@ -471,14 +472,16 @@ fn values(
             };
             let target = start + g;
             let metric = if rule.quantity == Quantity::WallToReach {
-                "budget/wall_seconds"
+                metric::BUDGET_WALL_SECONDS
             } else {
-                "budget/flops"
+                metric::BUDGET_FLOPS
             };
             let cost = |r: &Run| {
                 r.rows
                     .iter()
-                    .filter(|x| x.metric == "eval/gold_reward" && x.step > 0 && x.value >= target)
+                    .filter(|x| {
+                        x.metric == metric::EVAL_GOLD_REWARD && x.step > 0 && x.value >= target
+                    })
                     .map(|x| x.step)
                     .min()
                     .and_then(|s| at_step(r.rows, s, metric))

@@ -1059,26 +1059,94 @@ fn readme() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap()
 }
 
+/// The page that walks the user through defining an env.
+fn envs_doc() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/envs.md")).unwrap()
+}
+
 #[test]
-fn readme_shows_the_custom_env_example_verbatim() {
+fn docs_show_the_custom_env_example_verbatim() {
     let example = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("envs/examples/custom_task.rs"),
     )
     .unwrap();
     assert!(
-        readme().contains(&example),
-        "README's 'Define your own env' block differs from envs/examples/custom_task.rs"
+        envs_doc().contains(&example),
+        "docs/envs.md's 'Define your own env' block differs from envs/examples/custom_task.rs"
     );
 }
 
 #[test]
-fn readme_shows_the_users_binary_verbatim() {
+fn docs_show_the_users_binary_verbatim() {
     let example =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/my_gym.rs"))
             .unwrap();
     assert!(
-        readme().contains(example.trim_end()),
-        "README's multi-turn env block differs from tests/my_gym.rs"
+        envs_doc().contains(example.trim_end()),
+        "docs/envs.md's multi-turn env block differs from tests/my_gym.rs"
+    );
+}
+
+/// A markdown heading's anchor as GitHub makes it.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == '-' || *c == ' ' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn readme_and_docs_links_resolve() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md")];
+    for e in std::fs::read_dir(root.join("docs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "md") {
+            pages.push(p);
+        }
+    }
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for (i, _) in text.match_indices("](") {
+            let rest = &text[i + 2..];
+            let target = &rest[..rest.find(')').unwrap_or(0)];
+            if target.is_empty() || target.starts_with("http") || target.contains(' ') {
+                continue;
+            }
+            let (file, frag) = target.split_once('#').unwrap_or((target, ""));
+            let dest = if file.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(file)
+            };
+            checked += 1;
+            let Ok(dest_text) = std::fs::read_to_string(&dest) else {
+                if !dest.is_dir() {
+                    broken.push(format!("{}: {target} (no such file)", page.display()));
+                }
+                continue;
+            };
+            if !frag.is_empty()
+                && !dest_text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix('#'))
+                    .any(|h| anchor(h.trim_start_matches('#')) == frag)
+            {
+                broken.push(format!("{}: {target} (no such heading)", page.display()));
+            }
+        }
+    }
+    assert!(checked >= 15, "only {checked} links found");
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+    let readme_lines = readme().lines().count();
+    assert!(
+        readme_lines <= 300,
+        "README.md is {readme_lines} lines; reference material goes in docs/"
     );
 }
 

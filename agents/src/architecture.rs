@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 /// The rooms from the bottom up; a room may import only rooms of a lower rank, or its own.
 const ROOMS: &[(&str, u8)] = &[
     ("error", 0),
+    ("metric", 0),
     ("lm", 1),
     ("losses", 1),
     ("rollout", 2),
@@ -329,5 +330,11 @@ fn adding_an_algorithm_is_one_file_and_one_registry_line() {
     let mut agent = cfg.build(ctx).unwrap();
     let m = agent.update(0).unwrap();
     assert!(m["loss"].is_finite() && m["grad_norm"] > 0.0, "{m:?}");
+    for name in m.keys() {
+        assert!(
+            crate::metric::GLOSSARY.iter().any(|e| e.name == name),
+            "`{name}` is not in the glossary"
+        );
+    }
     assert_eq!(agent.budget().samples, 8);
 }

@@ -20,6 +20,7 @@ pub mod algorithms;
 pub mod error;
 pub mod lm;
 pub mod losses;
+pub mod metric;
 pub mod online;
 pub mod rollout;
 pub mod stages;

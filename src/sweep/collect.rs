@@ -3,24 +3,25 @@
 use super::spec::{value_str, SweepSpec};
 use crate::commands;
 use crate::metrics::{read_long_csv, MetricRow};
+use aligngym_agents::metric;
 use aligngym_agents::{AgentError, Result};
 use std::path::Path;
 
 /// The final-metric columns of `runs.csv`, in order (documented in the README; never reordered).
 pub const RUN_COLUMNS: &[&str] = &[
-    "eval/gold_reward",
-    "eval/proxy_reward",
-    "eval/kl_to_ref",
-    "eval/win_rate_vs_ref",
-    "eval/entropy",
-    "eval/response_len",
-    "eval/distinct_2",
-    "budget/samples",
-    "budget/tokens_generated",
-    "budget/train_tokens",
-    "budget/oracle_queries",
-    "budget/wall_seconds",
-    "budget/flops",
+    metric::EVAL_GOLD_REWARD,
+    metric::EVAL_PROXY_REWARD,
+    metric::EVAL_KL_TO_REF,
+    metric::EVAL_WIN_RATE_VS_REF,
+    metric::EVAL_ENTROPY,
+    metric::EVAL_RESPONSE_LEN,
+    metric::EVAL_DISTINCT_2,
+    metric::BUDGET_SAMPLES,
+    metric::BUDGET_TOKENS_GENERATED,
+    metric::BUDGET_TRAIN_TOKENS,
+    metric::BUDGET_ORACLE_QUERIES,
+    metric::BUDGET_WALL_SECONDS,
+    metric::BUDGET_FLOPS,
 ];
 
 /// Write `runs.csv` (one row per finished run) and `metrics.csv` (long) from the run folders.

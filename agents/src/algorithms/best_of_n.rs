@@ -10,6 +10,7 @@
 //! candidates' rewards: the plug-in estimate on their empirical distribution, lower where rewards
 //! tie (a rule reward with few values).
 
+use crate::metric;
 use crate::agent::{Agent, Budget, Metrics, Resumable, Selection, StateFile};
 use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::lm::policy::LmPolicy;
@@ -133,8 +134,8 @@ impl Agent for BestOfNAgent {
     /// Nothing to learn: the update records n and the KL bound.
     fn update(&mut self, _step: u64) -> Result<Metrics> {
         let mut m = Metrics::new();
-        m.insert("best_of_n/n".into(), self.cfg.n as f64);
-        m.insert("best_of_n/kl_bound".into(), best_of_n_kl_bound(self.cfg.n));
+        m.insert(metric::BEST_OF_N_N.into(), self.cfg.n as f64);
+        m.insert(metric::BEST_OF_N_KL_BOUND.into(), best_of_n_kl_bound(self.cfg.n));
         Ok(m)
     }
 

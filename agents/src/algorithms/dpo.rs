@@ -3,6 +3,7 @@
 //! Mitchell 2023). Reference log-probs are computed once up front (the reference is frozen), which
 //! halves the forward work of every step.
 
+use crate::metric;
 use crate::agent::{load_policy_state, save_policy_state, Agent, Budget, Metrics, Resumable};
 use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::losses::{dpo_loss, DpoLoss, DpoLossParams, PairScores};
@@ -267,9 +268,9 @@ impl Agent for DpoAgent {
         if !v[0].is_finite() || !v[7].is_finite() {
             return Err(AgentError::NonFinite {
                 metric: if v[0].is_finite() {
-                    "grad_norm".into()
+                    metric::GRAD_NORM.into()
                 } else {
-                    "loss/dpo".into()
+                    metric::LOSS_DPO.into()
                 },
                 step,
             });
@@ -294,23 +295,23 @@ impl Agent for DpoAgent {
             };
         let mut m = Metrics::new();
         for (i, name) in [
-            "loss/dpo",
-            "rewards/chosen",
-            "rewards/rejected",
-            "rewards/margins",
-            "rewards/accuracies",
-            "logps/chosen",
-            "logps/rejected",
-            "train/grad_norm",
+            metric::LOSS_DPO,
+            metric::REWARDS_CHOSEN,
+            metric::REWARDS_REJECTED,
+            metric::REWARDS_MARGINS,
+            metric::REWARDS_ACCURACIES,
+            metric::LOGPS_CHOSEN,
+            metric::LOGPS_REJECTED,
+            metric::TRAIN_GRAD_NORM,
         ]
         .iter()
         .enumerate()
         {
             m.insert(name.to_string(), v[i]);
         }
-        m.insert("train/lr".into(), lr);
+        m.insert(metric::TRAIN_LR.into(), lr);
         if let Some(n) = nll {
-            m.insert("nll_loss".into(), n.double_value(&[]));
+            m.insert(metric::NLL_LOSS.into(), n.double_value(&[]));
         }
         Ok(m)
     }

@@ -9,6 +9,7 @@
 //! prompt) in one forward pass; the reference's were computed once at the start → **loss**:
 //! [`kto_loss`] around [`kto_reference_point`] → **step** → **budget**.
 
+use crate::metric;
 use crate::agent::{load_policy_state, save_policy_state, Agent, Budget, Metrics, Resumable};
 use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::losses::{kto_loss, kto_reference_point};
@@ -251,9 +252,9 @@ impl Agent for KtoAgent {
         if let Some(i) = [0, 5].into_iter().find(|&i| !v[i].is_finite()) {
             return Err(AgentError::NonFinite {
                 metric: if i == 0 {
-                    "loss/kto"
+                    metric::LOSS_KTO
                 } else {
-                    "train/grad_norm"
+                    metric::TRAIN_GRAD_NORM
                 }
                 .into(),
                 step,
@@ -275,19 +276,19 @@ impl Agent for KtoAgent {
         self.budget.flops += 3.0 * fpt * toks as f64;
         let mut m = Metrics::new();
         for (i, name) in [
-            "loss/kto",
-            "kl",
-            "rewards/chosen",
-            "rewards/rejected",
-            "rewards/margins",
-            "train/grad_norm",
+            metric::LOSS_KTO,
+            metric::KL,
+            metric::REWARDS_CHOSEN,
+            metric::REWARDS_REJECTED,
+            metric::REWARDS_MARGINS,
+            metric::TRAIN_GRAD_NORM,
         ]
         .iter()
         .enumerate()
         {
             m.insert(name.to_string(), v[i]);
         }
-        m.insert("train/lr".into(), lr);
+        m.insert(metric::TRAIN_LR.into(), lr);
         Ok(m)
     }
 

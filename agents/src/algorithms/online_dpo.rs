@@ -11,6 +11,7 @@
 //! both under the policy (and the frozen reference, unless the loss needs none), the loss, one
 //! gradient step → **budget**.
 
+use crate::metric;
 use crate::agent::{Agent, Metrics};
 use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::online::{group_agent_accessors, group_agent_plumbing, GroupBatch, GroupCore, StepStats};
@@ -352,22 +353,22 @@ impl Agent for OnlineDpoAgent {
             self.core.budget.oracle_queries -= ci.size()[0] as u64;
         }
         for k in [
-            "clip_ratio/low_mean",
-            "clip_ratio/high_mean",
-            "clip_ratio/region_mean",
+            metric::CLIP_RATIO_LOW_MEAN,
+            metric::CLIP_RATIO_HIGH_MEAN,
+            metric::CLIP_RATIO_REGION_MEAN,
         ] {
             m.remove(k);
         }
         GroupCore::kl_in_reward_metrics(&mut m, &seq_kl, &score, 0.0, step)?;
-        m.remove("objective/non_score_reward");
-        m.remove("objective/rlhf_reward");
+        m.remove(metric::OBJECTIVE_NON_SCORE_REWARD);
+        m.remove(metric::OBJECTIVE_RLHF_REWARD);
         for (i, k) in [
-            "rewards/chosen",
-            "rewards/rejected",
-            "rewards/margins",
-            "rewards/accuracies",
-            "logps/chosen",
-            "logps/rejected",
+            metric::REWARDS_CHOSEN,
+            metric::REWARDS_REJECTED,
+            metric::REWARDS_MARGINS,
+            metric::REWARDS_ACCURACIES,
+            metric::LOGPS_CHOSEN,
+            metric::LOGPS_REJECTED,
         ]
         .iter()
         .enumerate()
@@ -375,7 +376,7 @@ impl Agent for OnlineDpoAgent {
             m.insert(k.to_string(), v[3 + i]);
         }
         if let Some(n) = o.nll {
-            m.insert("nll_loss".into(), w(&n).double_value(&[]));
+            m.insert(metric::NLL_LOSS.into(), w(&n).double_value(&[]));
         }
         Ok(m)
     }

@@ -10,6 +10,7 @@
 //! gradient clipping and an optional `target_kl` stop → **KL control** (fixed or adaptive
 //! `kl_coef`) → **budget**.
 
+use crate::metric;
 use crate::agent::{Agent, Budget, Metrics, Resumable, StateFile};
 use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::losses::{
@@ -257,15 +258,15 @@ pub struct OptimiseStats {
 impl OptimiseStats {
     /// The `loss/*`, `policy/*` and `val/*` metrics.
     pub fn to_metrics(&self, m: &mut Metrics) {
-        m.insert("loss/policy_avg".into(), self.policy_loss);
-        m.insert("loss/value_avg".into(), self.value_loss);
-        m.insert("policy/clipfrac_avg".into(), self.clipfrac);
-        m.insert("policy/approxkl_avg".into(), self.approxkl);
-        m.insert("val/ratio".into(), self.ratio);
-        m.insert("val/clipfrac_avg".into(), self.value_clipfrac);
-        m.insert("policy/entropy_avg".into(), self.entropy);
+        m.insert(metric::LOSS_POLICY_AVG.into(), self.policy_loss);
+        m.insert(metric::LOSS_VALUE_AVG.into(), self.value_loss);
+        m.insert(metric::POLICY_CLIPFRAC_AVG.into(), self.clipfrac);
+        m.insert(metric::POLICY_APPROXKL_AVG.into(), self.approxkl);
+        m.insert(metric::VAL_RATIO.into(), self.ratio);
+        m.insert(metric::VAL_CLIPFRAC_AVG.into(), self.value_clipfrac);
+        m.insert(metric::POLICY_ENTROPY_AVG.into(), self.entropy);
         m.insert(
-            "policy/early_stop".into(),
+            metric::POLICY_EARLY_STOP.into(),
             if self.stopped_early { 1.0 } else { 0.0 },
         );
     }
@@ -293,18 +294,18 @@ pub struct RolloutStats {
 impl RolloutStats {
     /// The `objective/*` metrics, with the KL coefficient the rewards were shaped with.
     pub fn to_metrics(&self, kl_coef: f64, m: &mut Metrics) {
-        m.insert("objective/kl".into(), self.kl);
-        m.insert("objective/entropy".into(), self.entropy);
-        m.insert("objective/scores".into(), self.scores);
-        m.insert("objective/non_score_reward".into(), -kl_coef * self.kl);
+        m.insert(metric::OBJECTIVE_KL.into(), self.kl);
+        m.insert(metric::OBJECTIVE_ENTROPY.into(), self.entropy);
+        m.insert(metric::OBJECTIVE_SCORES.into(), self.scores);
+        m.insert(metric::OBJECTIVE_NON_SCORE_REWARD.into(), -kl_coef * self.kl);
         m.insert(
-            "objective/rlhf_reward".into(),
+            metric::OBJECTIVE_RLHF_REWARD.into(),
             self.scores - kl_coef * self.kl,
         );
-        m.insert("objective/kl_coef".into(), kl_coef);
-        m.insert("val/num_eos_tokens".into(), self.num_eos);
-        m.insert("val/explained_variance".into(), self.explained_variance);
-        m.insert("objective/turns".into(), self.turns);
+        m.insert(metric::OBJECTIVE_KL_COEF.into(), kl_coef);
+        m.insert(metric::VAL_NUM_EOS_TOKENS.into(), self.num_eos);
+        m.insert(metric::VAL_EXPLAINED_VARIANCE.into(), self.explained_variance);
+        m.insert(metric::OBJECTIVE_TURNS.into(), self.turns);
     }
 }
 
@@ -518,10 +519,10 @@ impl PpoAgent {
                 let checks = Tensor::stack(&[pg.detach(), vf.detach(), gn, cgn], 0).isfinite();
                 let ok: Vec<bool> = Vec::try_from(&checks)?;
                 const NAMES: [&str; 4] = [
-                    "loss/policy_avg",
-                    "loss/value_avg",
-                    "policy/grad_norm",
-                    "val/grad_norm",
+                    metric::LOSS_POLICY_AVG,
+                    metric::LOSS_VALUE_AVG,
+                    metric::POLICY_GRAD_NORM,
+                    metric::VAL_GRAD_NORM,
                 ];
                 if let Some(i) = ok.iter().position(|&x| !x) {
                     return Err(AgentError::NonFinite {
@@ -713,9 +714,9 @@ impl Agent for PpoAgent {
         let mut m = Metrics::new();
         roll.to_metrics(batch.kl_coef, &mut m);
         opt.to_metrics(&mut m);
-        m.insert("train/lr".into(), self.cfg.learning_rate);
+        m.insert(metric::TRAIN_LR.into(), self.cfg.learning_rate);
         for (k, v) in &m {
-            if !v.is_finite() && k != "val/explained_variance" {
+            if !v.is_finite() && k != metric::VAL_EXPLAINED_VARIANCE {
                 return Err(AgentError::NonFinite {
                     metric: k.clone(),
                     step,

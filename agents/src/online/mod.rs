@@ -11,6 +11,7 @@ use crate::lm::sampling::{
     distinct_prompts, sequence_logprobs, sequence_outputs, EntropyGrad, SamplingConfig,
 };
 use crate::losses::{grpo_loss_part, GrpoLoss, GrpoNorm};
+use crate::metric;
 use crate::rollout::{chat_envs, collect, RewardSignal, Rollout, Start};
 use crate::{AgentError, Result};
 use aligngym_envs::{
@@ -201,7 +202,7 @@ impl GroupCore {
         coef: f64,
         step: u64,
     ) -> Result<()> {
-        m.remove("kl");
+        m.remove(metric::KL);
         let v: Vec<f64> = Vec::try_from(
             Tensor::stack(&[seq_kl.mean(Kind::Float), score.mean(Kind::Float)], 0)
                 .to_kind(Kind::Double),
@@ -209,14 +210,14 @@ impl GroupCore {
         let (kl, mean_score) = (v[0], v[1]);
         if !kl.is_finite() {
             return Err(AgentError::NonFinite {
-                metric: "objective/kl".into(),
+                metric: metric::OBJECTIVE_KL.into(),
                 step,
             });
         }
-        m.insert("objective/kl".into(), kl);
-        m.insert("objective/scores".into(), mean_score);
-        m.insert("objective/non_score_reward".into(), -coef * kl);
-        m.insert("objective/rlhf_reward".into(), mean_score - coef * kl);
+        m.insert(metric::OBJECTIVE_KL.into(), kl);
+        m.insert(metric::OBJECTIVE_SCORES.into(), mean_score);
+        m.insert(metric::OBJECTIVE_NON_SCORE_REWARD.into(), -coef * kl);
+        m.insert(metric::OBJECTIVE_RLHF_REWARD.into(), mean_score - coef * kl);
         Ok(())
     }
 
@@ -334,7 +335,7 @@ impl GroupCore {
         let ok: Vec<bool> = Vec::try_from(&checks)?;
         if let Some(i) = ok.iter().position(|&x| !x) {
             return Err(AgentError::NonFinite {
-                metric: ["loss", "grad_norm"][i].into(),
+                metric: [metric::LOSS, metric::GRAD_NORM][i].into(),
                 step,
             });
         }
@@ -479,19 +480,22 @@ impl GroupCore {
             + 3.0 * fpt * run_tokens * iterations as f64;
 
         let mut m = Metrics::new();
-        m.insert("reward".into(), v[0]);
-        m.insert("reward_std".into(), v[1]);
-        m.insert("frac_reward_zero_std".into(), v[2]);
-        m.insert("completions/mean_length".into(), v[3]);
-        m.insert("completions/clipped_ratio".into(), truncated);
-        m.insert("loss".into(), st.loss);
-        m.insert("kl".into(), st.kl);
-        m.insert("entropy".into(), st.entropy);
-        m.insert("clip_ratio/low_mean".into(), st.clip_low);
-        m.insert("clip_ratio/high_mean".into(), st.clip_high);
-        m.insert("clip_ratio/region_mean".into(), st.clip_low + st.clip_high);
-        m.insert("grad_norm".into(), st.grad_norm);
-        m.insert("train/lr".into(), learning_rate);
+        m.insert(metric::REWARD.into(), v[0]);
+        m.insert(metric::REWARD_STD.into(), v[1]);
+        m.insert(metric::FRAC_REWARD_ZERO_STD.into(), v[2]);
+        m.insert(metric::COMPLETIONS_MEAN_LENGTH.into(), v[3]);
+        m.insert(metric::COMPLETIONS_CLIPPED_RATIO.into(), truncated);
+        m.insert(metric::LOSS.into(), st.loss);
+        m.insert(metric::KL.into(), st.kl);
+        m.insert(metric::ENTROPY.into(), st.entropy);
+        m.insert(metric::CLIP_RATIO_LOW_MEAN.into(), st.clip_low);
+        m.insert(metric::CLIP_RATIO_HIGH_MEAN.into(), st.clip_high);
+        m.insert(
+            metric::CLIP_RATIO_REGION_MEAN.into(),
+            st.clip_low + st.clip_high,
+        );
+        m.insert(metric::GRAD_NORM.into(), st.grad_norm);
+        m.insert(metric::TRAIN_LR.into(), learning_rate);
         if let Some((k, _)) = m.iter().find(|(_, v)| !v.is_finite()) {
             return Err(AgentError::NonFinite {
                 metric: k.clone(),
