@@ -6,6 +6,8 @@ mod real_models;
 mod reliability;
 mod slurm;
 
+use aligngym::agents::Learns;
+use aligngym::spec::AgentKind;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -245,9 +247,19 @@ fn the_online_agents_beat_sft_on_arithmetic() {
             "rewards/accuracies",
         ),
     ];
-    for (agent, set, kl_name, own) in runs {
+    // Every other registered agent that learns from rollouts, at its defaults: a new algorithm
+    // is checked here without a line of its own (PPO and best-of-n have tests of their own).
+    let others: Vec<(&str, &str, &str, &str)> = AgentKind::ALL
+        .iter()
+        .filter(|k| k.learns() == Learns::Online)
+        .filter(|k| !matches!(k, AgentKind::Ppo | AgentKind::BestOfN))
+        .filter(|k| !runs.iter().any(|r| r.0 == k.name()))
+        .map(|k| (k.name(), "", "loss", "grad_norm"))
+        .collect();
+    for (agent, set, kl_name, own) in runs.into_iter().chain(others) {
         let name = format!("{agent}-{}", set.replace('=', "-"));
-        let dir = train(agent, env, &name, &["--set", set]);
+        let sets: &[&str] = if set.is_empty() { &[] } else { &["--set", set] };
+        let dir = train(agent, env, &name, sets);
         let (first, last, kl) = gold_first_last(&dir);
         eprintln!("{env} {name}: eval/gold_reward {first:.3} -> {last:.3}, KL {kl:.2}");
         assert!(last > first + 0.12, "{name}: gold {first:.3} -> {last:.3}");
@@ -573,22 +585,21 @@ fn same_seed_same_metrics_and_resume_equals_uninterrupted() {
         "--set",
         "batch_size=16",
     ];
-    for agent in [
-        "ppo",
-        "dpo",
-        "grpo",
-        "rloo",
-        "reinforce_pp",
-        "online_dpo",
-        "kto",
-    ] {
+    // Every registered algorithm, its batch made small by whichever knob its config has.
+    for kind in AgentKind::ALL {
+        let agent = kind.name();
+        let defaults = kind.default_config().to_value().unwrap();
         let mut extra: Vec<&str> = short.to_vec();
-        match agent {
-            "dpo" | "kto" => extra.extend_from_slice(&["--prefs", p.to_str().unwrap()]),
-            // Groups of completions per prompt; the critic-free agents have no `batch_size`.
-            "grpo" | "rloo" | "reinforce_pp" | "online_dpo" => extra[5] = "num_prompts=4",
-            "best_of_n" => extra[5] = "n=2",
-            _ => {}
+        if kind.learns() == Learns::Offline {
+            extra.extend_from_slice(&["--prefs", p.to_str().unwrap()]);
+        }
+        if defaults.get("batch_size").is_none() {
+            // Groups of completions per prompt (the critic-free agents), or best-of-n's n.
+            extra[5] = if defaults.get("num_prompts").is_some() {
+                "num_prompts=4"
+            } else {
+                "n=2"
+            };
         }
         let a = train(agent, env, &format!("det-a-{agent}"), &extra);
         let b = train(agent, env, &format!("det-b-{agent}"), &extra);

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 const ROOMS: &[(&str, u8)] = &[
     ("error", 0),
     ("metric", 0),
+    ("scalars", 0),
     ("lm", 1),
     ("losses", 1),
     ("rollout", 2),

@@ -23,6 +23,7 @@ pub mod losses;
 pub mod metric;
 pub mod online;
 pub mod rollout;
+pub mod scalars;
 pub mod stages;
 
 pub use agent::{Agent, Budget, Metrics, Resumable, RunnableAgent, Selection};

@@ -101,41 +101,61 @@ pub fn gae(
     (adv, ret)
 }
 
-/// Clipped PPO policy loss `mean(max(−A ρ, −A clip(ρ, 1−ε, 1+ε)))` over masked tokens; returns
-/// `(loss, clipfrac, approxkl = mean(½ (log ρ)²), mean ratio)`.
+/// What the clipped PPO policy loss measured on a minibatch (0-d tensors).
+pub struct PolicyLoss {
+    /// The loss, `mean(max(−A ρ, −A clip(ρ, 1−ε, 1+ε)))` over the masked tokens.
+    pub loss: Tensor,
+    /// Fraction of tokens whose ratio was clipped.
+    pub clipfrac: Tensor,
+    /// `mean(½ (log ρ)²)`, the `target_kl` quantity.
+    pub approxkl: Tensor,
+    /// Mean ratio ρ.
+    pub ratio: Tensor,
+}
+
+/// Clipped PPO policy loss `mean(max(−A ρ, −A clip(ρ, 1−ε, 1+ε)))` over masked tokens.
 pub fn ppo_policy_loss(
     logp: &Tensor,
     old_logp: &Tensor,
     adv: &Tensor,
     mask: &Tensor,
     clip: f64,
-) -> (Tensor, Tensor, Tensor, Tensor) {
+) -> PolicyLoss {
     let logratio = (logp - old_logp) * mask;
     let ratio = logratio.exp();
     let l1 = -adv * &ratio;
     let l2 = -adv * ratio.clamp(1.0 - clip, 1.0 + clip);
-    let loss = masked_mean(&l1.maximum(&l2), mask);
-    let clipfrac = masked_mean(&l2.gt_tensor(&l1).to_kind(Kind::Float), mask);
-    let approxkl = masked_mean(&(0.5 * &logratio * &logratio), mask);
-    let mean_ratio = masked_mean(&ratio, mask);
-    (loss, clipfrac, approxkl, mean_ratio)
+    PolicyLoss {
+        loss: masked_mean(&l1.maximum(&l2), mask),
+        clipfrac: masked_mean(&l2.gt_tensor(&l1).to_kind(Kind::Float), mask),
+        approxkl: masked_mean(&(0.5 * &logratio * &logratio), mask),
+        ratio: masked_mean(&ratio, mask),
+    }
 }
 
-/// Clipped value loss `½ mean(max((V − R)², (V_old + clip(V − V_old, −ε_v, ε_v) − R)²))`; returns
-/// `(loss, clipfrac)`.
+/// What the clipped value loss measured on a minibatch (0-d tensors).
+pub struct ValueLoss {
+    /// `½ mean(max((V − R)², (V_old + clip(V − V_old, −ε_v, ε_v) − R)²))`.
+    pub loss: Tensor,
+    /// Fraction of value predictions whose clipped form was the larger loss.
+    pub clipfrac: Tensor,
+}
+
+/// Clipped value loss `½ mean(max((V − R)², (V_old + clip(V − V_old, −ε_v, ε_v) − R)²))`.
 pub fn ppo_value_loss(
     v: &Tensor,
     v_old: &Tensor,
     returns: &Tensor,
     mask: &Tensor,
     clip: f64,
-) -> (Tensor, Tensor) {
+) -> ValueLoss {
     let clipped = v_old + (v - v_old).clamp(-clip, clip);
     let a = (v - returns).square();
     let b = (&clipped - returns).square();
-    let loss = 0.5 * masked_mean(&a.maximum(&b), mask);
-    let clipfrac = masked_mean(&b.gt_tensor(&a).to_kind(Kind::Float), mask);
-    (loss, clipfrac)
+    ValueLoss {
+        loss: 0.5 * masked_mean(&a.maximum(&b), mask),
+        clipfrac: masked_mean(&b.gt_tensor(&a).to_kind(Kind::Float), mask),
+    }
 }
 
 /// Which DPO-family loss. `Δ = log π − log π_ref` summed over a completion's policy tokens,
@@ -553,7 +573,12 @@ mod tests {
         let old = t(&[0.0, 0.0, 0.0], &[1, 3]);
         let adv = t(&[1.0, 1.0, 1.0], &[1, 3]);
         let m = t(&[1.0, 1.0, 0.0], &[1, 3]);
-        let (loss, cf, akl, ratio) = ppo_policy_loss(&lp, &old, &adv, &m, 0.2);
+        let PolicyLoss {
+            loss,
+            clipfrac: cf,
+            approxkl: akl,
+            ratio,
+        } = ppo_policy_loss(&lp, &old, &adv, &m, 0.2);
         assert!(
             (scalar(&loss) + 0.903_265).abs() < 1e-5,
             "{}",
@@ -564,7 +589,10 @@ mod tests {
         assert!((scalar(&ratio) - (1.648_721 + 0.606_531) / 2.0).abs() < 1e-5);
         // Value: V = 1, V_old = 0, R = 2, ε = 0.2: (1−2)² = 1; clipped V = 0.2 → (0.2−2)² = 3.24
         // → ½·3.24 = 1.62, clipfrac 1
-        let (vl, vcf) = ppo_value_loss(
+        let ValueLoss {
+            loss: vl,
+            clipfrac: vcf,
+        } = ppo_value_loss(
             &t(&[1.0], &[1, 1]),
             &t(&[0.0], &[1, 1]),
             &t(&[2.0], &[1, 1]),

@@ -4,6 +4,7 @@
 //! halves the forward work of every step.
 
 use crate::metric;
+use crate::scalars::host_scalars;
 use crate::agent::{load_policy_state, save_policy_state, Agent, Budget, Metrics, Resumable};
 use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::losses::{dpo_loss, DpoLoss, DpoLossParams, PairScores};
@@ -251,23 +252,20 @@ impl Agent for DpoAgent {
             LrSchedule::Constant,
         );
         let margins = &chosen_r - &rejected_r;
-        let row = Tensor::stack(
-            &[
-                loss.detach(),
-                chosen_r.mean(Kind::Float),
-                rejected_r.mean(Kind::Float),
-                margins.mean(Kind::Float),
-                margins.gt(0.0).to_kind(Kind::Float).mean(Kind::Float),
-                pc.detach().mean(Kind::Float),
-                pr.detach().mean(Kind::Float),
-                gn,
-            ],
-            0,
-        );
-        let v: Vec<f64> = Vec::try_from(row.to_kind(Kind::Double))?;
-        if !v[0].is_finite() || !v[7].is_finite() {
+        let [loss_v, chosen, rejected, margin, accuracy, logps_chosen, logps_rejected, grad_norm] =
+            host_scalars([
+                &loss.detach(),
+                &chosen_r.mean(Kind::Float),
+                &rejected_r.mean(Kind::Float),
+                &margins.mean(Kind::Float),
+                &margins.gt(0.0).to_kind(Kind::Float).mean(Kind::Float),
+                &pc.detach().mean(Kind::Float),
+                &pr.detach().mean(Kind::Float),
+                &gn,
+            ])?;
+        if !loss_v.is_finite() || !grad_norm.is_finite() {
             return Err(AgentError::NonFinite {
-                metric: if v[0].is_finite() {
+                metric: if loss_v.is_finite() {
                     metric::GRAD_NORM.into()
                 } else {
                     metric::LOSS_DPO.into()
@@ -294,20 +292,17 @@ impl Agent for DpoAgent {
                 0.0
             };
         let mut m = Metrics::new();
-        for (i, name) in [
-            metric::LOSS_DPO,
-            metric::REWARDS_CHOSEN,
-            metric::REWARDS_REJECTED,
-            metric::REWARDS_MARGINS,
-            metric::REWARDS_ACCURACIES,
-            metric::LOGPS_CHOSEN,
-            metric::LOGPS_REJECTED,
-            metric::TRAIN_GRAD_NORM,
-        ]
-        .iter()
-        .enumerate()
-        {
-            m.insert(name.to_string(), v[i]);
+        for (name, value) in [
+            (metric::LOSS_DPO, loss_v),
+            (metric::REWARDS_CHOSEN, chosen),
+            (metric::REWARDS_REJECTED, rejected),
+            (metric::REWARDS_MARGINS, margin),
+            (metric::REWARDS_ACCURACIES, accuracy),
+            (metric::LOGPS_CHOSEN, logps_chosen),
+            (metric::LOGPS_REJECTED, logps_rejected),
+            (metric::TRAIN_GRAD_NORM, grad_norm),
+        ] {
+            m.insert(name.to_string(), value);
         }
         m.insert(metric::TRAIN_LR.into(), lr);
         if let Some(n) = nll {

@@ -10,6 +10,7 @@
 //! [`kto_loss`] around [`kto_reference_point`] → **step** → **budget**.
 
 use crate::metric;
+use crate::scalars::host_scalars;
 use crate::agent::{load_policy_state, save_policy_state, Agent, Budget, Metrics, Resumable};
 use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::losses::{kto_loss, kto_reference_point};
@@ -235,26 +236,20 @@ impl Agent for KtoAgent {
         let bad = 1.0 - &good;
         let over = |w: &Tensor| (&rewards * w).sum(Kind::Float) / w.sum(Kind::Float).clamp_min(1.0);
         let (chosen, rejected) = (over(&good), over(&bad));
-        let v: Vec<f64> = Vec::try_from(
-            Tensor::stack(
-                &[
-                    loss.detach(),
-                    z0,
-                    chosen.shallow_clone(),
-                    rejected.shallow_clone(),
-                    &chosen - &rejected,
-                    gn,
-                ],
-                0,
-            )
-            .to_kind(Kind::Double),
-        )?;
-        if let Some(i) = [0, 5].into_iter().find(|&i| !v[i].is_finite()) {
+        let [loss_v, z0, chosen, rejected, margin, grad_norm] = host_scalars([
+            &loss.detach(),
+            &z0,
+            &chosen,
+            &rejected,
+            &(&chosen - &rejected),
+            &gn,
+        ])?;
+        if !loss_v.is_finite() || !grad_norm.is_finite() {
             return Err(AgentError::NonFinite {
-                metric: if i == 0 {
-                    metric::LOSS_KTO
-                } else {
+                metric: if loss_v.is_finite() {
                     metric::TRAIN_GRAD_NORM
+                } else {
+                    metric::LOSS_KTO
                 }
                 .into(),
                 step,
@@ -275,18 +270,15 @@ impl Agent for KtoAgent {
             .flops_per_token((per_row / 2) as usize);
         self.budget.flops += 3.0 * fpt * toks as f64;
         let mut m = Metrics::new();
-        for (i, name) in [
-            metric::LOSS_KTO,
-            metric::KL,
-            metric::REWARDS_CHOSEN,
-            metric::REWARDS_REJECTED,
-            metric::REWARDS_MARGINS,
-            metric::TRAIN_GRAD_NORM,
-        ]
-        .iter()
-        .enumerate()
-        {
-            m.insert(name.to_string(), v[i]);
+        for (name, value) in [
+            (metric::LOSS_KTO, loss_v),
+            (metric::KL, z0),
+            (metric::REWARDS_CHOSEN, chosen),
+            (metric::REWARDS_REJECTED, rejected),
+            (metric::REWARDS_MARGINS, margin),
+            (metric::TRAIN_GRAD_NORM, grad_norm),
+        ] {
+            m.insert(name.to_string(), value);
         }
         m.insert(metric::TRAIN_LR.into(), lr);
         Ok(m)

@@ -12,6 +12,7 @@
 //! gradient step → **budget**.
 
 use crate::metric;
+use crate::scalars::host_scalars;
 use crate::agent::{Agent, Metrics};
 use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::online::{group_agent_accessors, group_agent_plumbing, GroupBatch, GroupCore, StepStats};
@@ -310,23 +311,18 @@ impl Agent for OnlineDpoAgent {
             Some(r) => logp.detach() - r,
             None => logp.zeros_like(),
         }; // [2P]
-        let v: Vec<f64> = Vec::try_from(
-            Tensor::stack(
-                &[
-                    loss.detach(),
-                    masked_mean(&out.entropy, &mask),
-                    gn.shallow_clone(),
-                    w(&o.chosen_rewards),
-                    w(&o.rejected_rewards),
-                    w(&margins),
-                    w(&margins.gt(0.0).to_kind(Kind::Float)),
-                    w(&pc.detach()),
-                    w(&pr.detach()),
-                ],
-                0,
-            )
-            .to_kind(Kind::Double),
-        )?;
+        let [loss_v, entropy, grad_norm, chosen, rejected, margin, accuracy, logps_chosen, logps_rejected] =
+            host_scalars([
+                &loss.detach(),
+                &masked_mean(&out.entropy, &mask),
+                &gn,
+                &w(&o.chosen_rewards),
+                &w(&o.rejected_rewards),
+                &w(&margins),
+                &w(&margins.gt(0.0).to_kind(Kind::Float)),
+                &w(&pc.detach()),
+                &w(&pr.detach()),
+            ])?;
         let group_std = score.view([-1, 2]).std_dim(1, true, false); // [P]
         let batch = GroupBatch {
             rollout,
@@ -337,12 +333,12 @@ impl Agent for OnlineDpoAgent {
             group_std,
         };
         let st = StepStats {
-            loss: v[0],
+            loss: loss_v,
             clip_low: 0.0,
             clip_high: 0.0,
             kl: 0.0,
-            entropy: v[1],
-            grad_norm: v[2],
+            entropy,
+            grad_norm,
         };
         // Phase 4: the budget, and GRPO's sampling metrics (`frac_reward_zero_std` is the
         // fraction of tied pairs); no ratio is clipped here.
@@ -362,18 +358,15 @@ impl Agent for OnlineDpoAgent {
         GroupCore::kl_in_reward_metrics(&mut m, &seq_kl, &score, 0.0, step)?;
         m.remove(metric::OBJECTIVE_NON_SCORE_REWARD);
         m.remove(metric::OBJECTIVE_RLHF_REWARD);
-        for (i, k) in [
-            metric::REWARDS_CHOSEN,
-            metric::REWARDS_REJECTED,
-            metric::REWARDS_MARGINS,
-            metric::REWARDS_ACCURACIES,
-            metric::LOGPS_CHOSEN,
-            metric::LOGPS_REJECTED,
-        ]
-        .iter()
-        .enumerate()
-        {
-            m.insert(k.to_string(), v[3 + i]);
+        for (name, value) in [
+            (metric::REWARDS_CHOSEN, chosen),
+            (metric::REWARDS_REJECTED, rejected),
+            (metric::REWARDS_MARGINS, margin),
+            (metric::REWARDS_ACCURACIES, accuracy),
+            (metric::LOGPS_CHOSEN, logps_chosen),
+            (metric::LOGPS_REJECTED, logps_rejected),
+        ] {
+            m.insert(name.to_string(), value);
         }
         if let Some(n) = o.nll {
             m.insert(metric::NLL_LOSS.into(), w(&n).double_value(&[]));

@@ -11,10 +11,12 @@
 //! `kl_coef`) → **budget**.
 
 use crate::metric;
+use crate::scalars::{host_scalars, ScalarRows};
 use crate::agent::{Agent, Budget, Metrics, Resumable, StateFile};
 use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::losses::{
     gae, kl_per_token, masked_mean, masked_var, ppo_policy_loss, ppo_value_loss, shaped_rewards,
+    PolicyLoss, ValueLoss,
     whiten, KlEstimator,
 };
 use crate::lm::optim::{AdamW, AdamWConfig};
@@ -471,7 +473,7 @@ impl PpoAgent {
         let dev = self.actor.device();
         let b = batch.rollout.episodes.len() as i64;
         let mb = (b / c.num_minibatches as i64).max(1);
-        let mut rows: Vec<Tensor> = Vec::new(); // per minibatch: the 7 OptimiseStats means
+        let mut rows = ScalarRows::<7>::default(); // per minibatch: the OptimiseStats means
         let mut stopped_early = false;
         'epochs: for _ in 0..c.update_epochs {
             let mut perm: Vec<i64> = (0..b).collect();
@@ -487,7 +489,12 @@ impl PpoAgent {
                 };
                 let out =
                     sequence_outputs(&self.actor.model, &s, c.temperature, true, entropy_grad);
-                let (pg, clipfrac, approxkl, ratio) = ppo_policy_loss(
+                let PolicyLoss {
+                    loss: pg,
+                    clipfrac,
+                    approxkl,
+                    ratio,
+                } = ppo_policy_loss(
                     &out.logprobs,
                     &batch.rollout.logprobs.index_select(0, &idx),
                     &batch.advantages.index_select(0, &idx),
@@ -495,7 +502,10 @@ impl PpoAgent {
                     c.clip_coef,
                 );
                 let v = self.values(&s, true); // [mb, N]
-                let (vf, vclip) = ppo_value_loss(
+                let ValueLoss {
+                    loss: vf,
+                    clipfrac: vclip,
+                } = ppo_value_loss(
                     &v,
                     &batch.old_values.index_select(0, &idx),
                     &batch.returns.index_select(0, &idx),
@@ -534,37 +544,31 @@ impl PpoAgent {
                 if let Some(o) = self.critic_opt.as_mut() {
                     o.step(c.learning_rate);
                 }
-                rows.push(Tensor::stack(
-                    &[
-                        pg.detach(),
-                        vf.detach(),
-                        clipfrac,
-                        approxkl.detach(),
-                        ratio.detach(),
-                        vclip,
-                        ent.detach(),
-                    ],
-                    0,
-                ));
+                rows.push([
+                    &pg.detach(),
+                    &vf.detach(),
+                    &clipfrac,
+                    &approxkl.detach(),
+                    &ratio.detach(),
+                    &vclip,
+                    &ent.detach(),
+                ]);
                 if c.target_kl > 0.0 && approxkl.double_value(&[]) > c.target_kl {
                     stopped_early = true;
                     break 'epochs;
                 }
             }
         }
-        let mean: Vec<f64> = Vec::try_from(
-            Tensor::stack(&rows, 0)
-                .mean_dim(0, false, Kind::Float)
-                .to_kind(Kind::Double),
-        )?;
+        let [policy_loss, value_loss, clipfrac, approxkl, ratio, value_clipfrac, entropy] =
+            rows.means()?;
         Ok(OptimiseStats {
-            policy_loss: mean[0],
-            value_loss: mean[1],
-            clipfrac: mean[2],
-            approxkl: mean[3],
-            ratio: mean[4],
-            value_clipfrac: mean[5],
-            entropy: mean[6],
+            policy_loss,
+            value_loss,
+            clipfrac,
+            approxkl,
+            ratio,
+            value_clipfrac,
+            entropy,
             minibatches: rows.len(),
             stopped_early,
         })
@@ -578,26 +582,20 @@ impl PpoAgent {
         let ev = 1.0
             - masked_var(&(&batch.returns - &batch.old_values), mask)
                 / masked_var(&batch.returns, mask).clamp_min(1e-8);
-        let v: Vec<f64> = Vec::try_from(
-            Tensor::stack(
-                &[
-                    seq_kl.mean(Kind::Float),
-                    ent_seq.mean(Kind::Float),
-                    batch.score.mean(Kind::Float),
-                    mask.sum(Kind::Float),
-                    ev,
-                ],
-                0,
-            )
-            .to_kind(Kind::Double),
-        )?;
+        let [kl, entropy, scores, policy_tokens, explained_variance] = host_scalars([
+            &seq_kl.mean(Kind::Float),
+            &ent_seq.mean(Kind::Float),
+            &batch.score.mean(Kind::Float),
+            &mask.sum(Kind::Float),
+            &ev,
+        ])?;
         let eps = &batch.rollout.episodes;
         Ok(RolloutStats {
-            kl: v[0],
-            entropy: v[1],
-            scores: v[2],
-            policy_tokens: v[3],
-            explained_variance: v[4],
+            kl,
+            entropy,
+            scores,
+            policy_tokens,
+            explained_variance,
             num_eos: eps.iter().filter(|e| e.ended_turn).count() as f64,
             turns: eps.iter().map(|e| e.policy_turns as f64).sum::<f64>() / eps.len().max(1) as f64,
         })

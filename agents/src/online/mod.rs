@@ -13,6 +13,7 @@ use crate::lm::sampling::{
 use crate::losses::{grpo_loss_part, GrpoLoss, GrpoNorm};
 use crate::metric;
 use crate::rollout::{chat_envs, collect, RewardSignal, Rollout, Start};
+use crate::scalars::{host_scalars, ScalarRows};
 use crate::{AgentError, Result};
 use aligngym_envs::{
     derive_seed, ChatEnv, ChatEnvConfig, RewardFn, RewardSource, Split, Task, VecEnv,
@@ -203,11 +204,7 @@ impl GroupCore {
         step: u64,
     ) -> Result<()> {
         m.remove(metric::KL);
-        let v: Vec<f64> = Vec::try_from(
-            Tensor::stack(&[seq_kl.mean(Kind::Float), score.mean(Kind::Float)], 0)
-                .to_kind(Kind::Double),
-        )?;
-        let (kl, mean_score) = (v[0], v[1]);
+        let [kl, mean_score] = host_scalars([&seq_kl.mean(Kind::Float), &score.mean(Kind::Float)])?;
         if !kl.is_finite() {
             return Err(AgentError::NonFinite {
                 metric: metric::OBJECTIVE_KL.into(),
@@ -358,7 +355,7 @@ impl GroupCore {
         let per_mb = groups / c.minibatches;
         let seq_len = batch.rollout.seqs.prompt.size()[1] + batch.rollout.seqs.tokens.size()[1];
         let pass = rows_per_pass(dev, seq_len, self.actor.model.config().n_embd as i64, g);
-        let mut rows: Vec<Tensor> = Vec::new();
+        let mut rows = ScalarRows::<6>::default(); // per minibatch: loss, clips, KL, entropy, norm
         for _ in 0..c.iterations {
             let mut order: Vec<usize> = (0..groups).collect();
             order.shuffle(&mut rng);
@@ -408,21 +405,18 @@ impl GroupCore {
                 }
                 let sums = Tensor::stack(&parts, 0).sum_dim_intlist(0, false, Kind::Float); // [5]
                 let gn = self.apply_step(&sums.get(0), c.learning_rate, c.max_grad_norm, step)?;
-                rows.push(Tensor::cat(&[sums, gn.view([1])], 0));
+                let sum = |i: i64| sums.get(i);
+                rows.push([&sum(0), &sum(1), &sum(2), &sum(3), &sum(4), &gn]);
             }
         }
-        let m: Vec<f64> = Vec::try_from(
-            Tensor::stack(&rows, 0)
-                .mean_dim(0, false, Kind::Float)
-                .to_kind(Kind::Double),
-        )?;
+        let [loss, clip_low, clip_high, kl, entropy, grad_norm] = rows.means()?;
         Ok(StepStats {
-            loss: m[0],
-            clip_low: m[1],
-            clip_high: m[2],
-            kl: m[3],
-            entropy: m[4],
-            grad_norm: m[5],
+            loss,
+            clip_low,
+            clip_high,
+            kl,
+            entropy,
+            grad_norm,
         })
     }
 
@@ -438,23 +432,17 @@ impl GroupCore {
     ) -> Result<Metrics> {
         let mask = &batch.rollout.seqs.mask;
         let lengths = mask.sum_dim_intlist(1, false, Kind::Float); // [B]
-        let v: Vec<f64> = Vec::try_from(
-            Tensor::stack(
-                &[
-                    batch.rewards.mean(Kind::Float),
-                    batch.rewards.std(true),
-                    batch
-                        .group_std
-                        .le(0.0)
-                        .to_kind(Kind::Float)
-                        .mean(Kind::Float),
-                    lengths.mean(Kind::Float),
-                    mask.sum(Kind::Float),
-                ],
-                0,
-            )
-            .to_kind(Kind::Double),
-        )?;
+        let [reward, reward_std, zero_std, mean_length, policy_tokens] = host_scalars([
+            &batch.rewards.mean(Kind::Float),
+            &batch.rewards.std(true),
+            &batch
+                .group_std
+                .le(0.0)
+                .to_kind(Kind::Float)
+                .mean(Kind::Float),
+            &lengths.mean(Kind::Float),
+            &mask.sum(Kind::Float),
+        ])?;
         let eps = &batch.rollout.episodes;
         let truncated = eps.iter().filter(|e| !e.ended_turn).count() as f64 / eps.len() as f64;
 
@@ -469,21 +457,21 @@ impl GroupCore {
         // passes hold whole groups).
         let run_tokens = (distinct_prompts(s).0.size()[0] * lp) as f64 + b * n as f64;
         self.budget.samples += b as u64;
-        self.budget.tokens_generated += v[4] as u64;
+        self.budget.tokens_generated += policy_tokens as u64;
         self.budget.train_tokens += train_tokens as u64;
         if matches!(self.reward, RewardSignal::Gold) {
             self.budget.oracle_queries += b as u64;
         }
         let prefill = run_tokens - b * n as f64;
-        self.budget.flops += fpt * (prefill + v[4])
+        self.budget.flops += fpt * (prefill + policy_tokens)
             + reference * fpt * run_tokens
             + 3.0 * fpt * run_tokens * iterations as f64;
 
         let mut m = Metrics::new();
-        m.insert(metric::REWARD.into(), v[0]);
-        m.insert(metric::REWARD_STD.into(), v[1]);
-        m.insert(metric::FRAC_REWARD_ZERO_STD.into(), v[2]);
-        m.insert(metric::COMPLETIONS_MEAN_LENGTH.into(), v[3]);
+        m.insert(metric::REWARD.into(), reward);
+        m.insert(metric::REWARD_STD.into(), reward_std);
+        m.insert(metric::FRAC_REWARD_ZERO_STD.into(), zero_std);
+        m.insert(metric::COMPLETIONS_MEAN_LENGTH.into(), mean_length);
         m.insert(metric::COMPLETIONS_CLIPPED_RATIO.into(), truncated);
         m.insert(metric::LOSS.into(), st.loss);
         m.insert(metric::KL.into(), st.kl);

@@ -122,7 +122,7 @@ fn multi_turn_logprobs_masks_gradients_and_reward_positions() {
             v.zero_grad();
         }
         let lp = sequence_logprobs(&pi.model, &roll.seqs, 1.0, true);
-        let (loss, ..) = ppo_policy_loss(&lp, &roll.logprobs, adv, &roll.seqs.mask, 0.2);
+        let loss = ppo_policy_loss(&lp, &roll.logprobs, adv, &roll.seqs.mask, 0.2).loss;
         loss.backward();
         let mut v: Vec<_> = pi.vs.variables().into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
