@@ -266,7 +266,7 @@ pub struct TrainArgs {
     pub spec: Option<PathBuf>,
     /// An online agent's reward: `gold` (the env's) or `rm:DIR` (a trained reward model).
     #[arg(long)]
-    pub reward: Option<String>,
+    pub reward: Option<RewardSpec>,
     /// The preference JSONL of DPO (pairs) and KTO (`{prompt, completion, label}` lines, or pairs).
     #[arg(long)]
     pub prefs: Option<PathBuf>,
@@ -845,9 +845,8 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
     if threads > 0 {
         tch::set_num_threads(threads);
     }
-    // `--dtype` is `--set run.dtype=…`, so a resumed run records it the same way; a resumed run
-    // keeps its own unless told otherwise, and `--set run.dtype` is not overruled by `auto`.
-    let mut sets = sets;
+    // `--dtype` overrides `--set run.dtype`; a resumed run keeps its own unless told otherwise,
+    // and `--set run.dtype` is not overruled by `auto`.
     let chosen = sets.iter().any(|s| s.starts_with("run.dtype="));
     // A spec file is the whole run as its writer decided it, precision included.
     let from_file = match &spec_file {
@@ -858,14 +857,13 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
         .as_deref()
         .or(from_file.as_ref().map(|s| s.policy.as_path()))
         .map_or(0, params_of);
-    match compute.dtype {
-        Some(d) => sets.push(format!("run.dtype={}", d.resolve(dev, params))),
-        None if resume.is_none() && from_file.is_none() && !chosen => sets.push(format!(
-            "run.dtype={}",
-            DtypeChoice::Auto.resolve(dev, params)
-        )),
-        None => {}
-    }
+    let dtype = match compute.dtype {
+        Some(d) => Some(d.resolve(dev, params)),
+        None if resume.is_none() && from_file.is_none() && !chosen => {
+            Some(DtypeChoice::Auto.resolve(dev, params))
+        }
+        None => None,
+    };
     let (spec, dir, resuming) = match resume {
         Some(dir) => {
             let path = dir.join("config.json");
@@ -885,6 +883,9 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
                 ));
             }
             spec.apply_sets(&sets)?;
+            if let Some(d) = dtype {
+                spec.run.dtype = d;
+            }
             // This process owns the run: finish a commit a kill interrupted before reading it.
             aligngym_agents::lm::fsio::recover(&dir.join("state"))?;
             let done = runner::committed_step(&dir)?.unwrap_or(0);
@@ -908,23 +909,19 @@ fn cmd_train(args: TrainArgs) -> Result<()> {
             let out = out.unwrap_or_default();
             let mut spec = match from_file {
                 Some(spec) => spec,
-                None => {
-                    let reward: RewardSpec = reward
-                        .as_deref()
-                        .unwrap_or("gold")
-                        .parse()
-                        .map_err(|m: String| AgentError::config("reward", m))?;
-                    TrainSpec::new(
-                        agent.unwrap_or(AgentKind::Ppo),
-                        &env.unwrap_or_default(),
-                        policy.unwrap_or_default(),
-                        reward,
-                        prefs,
-                        seed.unwrap_or(0),
-                    )
-                }
+                None => TrainSpec::new(
+                    agent.unwrap_or(AgentKind::Ppo),
+                    &env.unwrap_or_default(),
+                    policy.unwrap_or_default(),
+                    reward.unwrap_or(RewardSpec::Gold),
+                    prefs,
+                    seed.unwrap_or(0),
+                ),
             };
             spec.apply_sets(&sets)?;
+            if let Some(d) = dtype {
+                spec.run.dtype = d;
+            }
             let cwd = std::env::current_dir().map_err(|e| AgentError::io(".", e))?;
             spec.anchor_inputs(&cwd);
             let mut inputs: Vec<(&str, &Path)> = vec![("--policy", &spec.policy)];

@@ -60,9 +60,22 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Points `(x, median y, min y, max y)` of `y_metric` against `x_metric` over the runs of a series,
-/// at the eval steps.
-fn curve(runs: &[&Vec<MetricRow>], x_metric: &str, y_metric: &str) -> Vec<(f64, f64, f64, f64)> {
+/// One point of a series: where it is, and the band drawn around it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CurvePoint {
+    /// The x value (the median over the runs).
+    x: f64,
+    /// The line's y value (the median over the runs).
+    y: f64,
+    /// The band's lower edge (the least y, or a lower quantile).
+    lo: f64,
+    /// The band's upper edge.
+    hi: f64,
+}
+
+/// The median of `y_metric` against `x_metric` over the runs of a series at the eval steps,
+/// banded by its least and greatest value.
+fn curve(runs: &[&Vec<MetricRow>], x_metric: &str, y_metric: &str) -> Vec<CurvePoint> {
     let mut by_step: BTreeMap<u64, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for rows in runs {
         let xs: BTreeMap<u64, f64> = rows
@@ -88,7 +101,12 @@ fn curve(runs: &[&Vec<MetricRow>], x_metric: &str, y_metric: &str) -> Vec<(f64, 
         .map(|(mut xs, mut ys)| {
             let lo = ys.iter().cloned().fold(f64::INFINITY, f64::min);
             let hi = ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            (median(&mut xs), median(&mut ys), lo, hi)
+            CurvePoint {
+                x: median(&mut xs),
+                y: median(&mut ys),
+                lo,
+                hi,
+            }
         })
         .collect()
 }
@@ -105,7 +123,7 @@ fn register_font() {
     });
 }
 
-type Series = Vec<(String, Vec<(f64, f64, f64, f64)>)>;
+type Series = Vec<(String, Vec<CurvePoint>)>;
 
 /// One panel of a figure.
 struct Panel {
@@ -150,7 +168,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
     let pts = series
         .iter()
         .flat_map(|(_, s)| s.iter())
-        .filter(|p| p.0.is_finite() && p.1.is_finite());
+        .filter(|p| p.x.is_finite() && p.y.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (
         f64::INFINITY,
         f64::NEG_INFINITY,
@@ -158,10 +176,10 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
         f64::NEG_INFINITY,
     );
     for p in pts {
-        x0 = x0.min(p.0);
-        x1 = x1.max(p.0);
-        y0 = y0.min(if band { p.2 } else { p.1 });
-        y1 = y1.max(if band { p.3 } else { p.1 });
+        x0 = x0.min(p.x);
+        x1 = x1.max(p.x);
+        y0 = y0.min(if band { p.lo } else { p.y });
+        y1 = y1.max(if band { p.hi } else { p.y });
     }
     for (x, y) in p.markers.iter().flat_map(|(_, m)| m.iter()) {
         if x.is_finite() && y.is_finite() {
@@ -196,8 +214,8 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
     for (i, (name, s)) in series.iter().enumerate() {
         let color = colour(i);
         if band && s.len() > 1 {
-            let mut poly: Vec<(f64, f64)> = s.iter().map(|p| (p.0, p.3)).collect();
-            poly.extend(s.iter().rev().map(|p| (p.0, p.2)));
+            let mut poly: Vec<(f64, f64)> = s.iter().map(|p| (p.x, p.hi)).collect();
+            poly.extend(s.iter().rev().map(|p| (p.x, p.lo)));
             chart
                 .draw_series(std::iter::once(Polygon::new(
                     poly,
@@ -205,7 +223,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
                 )))
                 .map_err(|e| err(e.to_string()))?;
         }
-        let line: Vec<(f64, f64)> = s.iter().map(|p| (p.0, p.1)).collect();
+        let line: Vec<(f64, f64)> = s.iter().map(|p| (p.x, p.y)).collect();
         let drawn = if lines {
             chart
                 .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
@@ -381,7 +399,14 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
                     let pts = grid
                         .iter()
                         .zip(b)
-                        .filter_map(|(&k, q)| q.map(|q| (k, q.median, q.q25, q.q75)))
+                        .filter_map(|(&k, q)| {
+                            q.map(|q| CurvePoint {
+                                x: k,
+                                y: q.median,
+                                lo: q.q25,
+                                hi: q.q75,
+                            })
+                        })
                         .collect();
                     (name, pts)
                 })
@@ -406,9 +431,12 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
         // evaluations; best-of-n one curve over its grid of n (each run's final evaluation).
         let mut over: Series = Vec::new();
         let mut peaks: Vec<(f64, f64)> = Vec::new();
-        let sq = |c: Vec<(f64, f64, f64, f64)>| {
+        let sq = |c: Vec<CurvePoint>| {
             c.into_iter()
-                .map(|(x, y, lo, hi)| (x.max(0.0).sqrt(), y, lo, hi))
+                .map(|p| CurvePoint {
+                    x: p.x.max(0.0).sqrt(),
+                    ..p
+                })
                 .collect::<Vec<_>>()
         };
         let all_runs = spec.runs();
@@ -432,14 +460,14 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
                 continue;
             }
             let runs: Vec<&Vec<MetricRow>> = by_point.values().flatten().copied().collect();
-            if a.agent == crate::spec::AgentKind::BestOfN {
+            if !a.agent.trains() {
                 // Per n: the median over seeds of the final (KL, reward).
-                let last_of = |m: &str| -> Vec<(f64, f64, f64, f64)> {
-                    let mut pts: Vec<(f64, f64, f64, f64)> = by_point
+                let last_of = |m: &str| -> Vec<CurvePoint> {
+                    let mut pts: Vec<CurvePoint> = by_point
                         .values()
                         .filter_map(|rs| curve(rs, metric::EVAL_KL_TO_REF, m).last().copied())
                         .collect();
-                    pts.sort_by(|x, y| x.0.total_cmp(&y.0));
+                    pts.sort_by(|a, b| a.x.total_cmp(&b.x));
                     sq(pts)
                 };
                 over.push((

@@ -334,7 +334,7 @@ fn overoptimisation_section(
         .iter()
         .filter(|a| a.reward == crate::sweep::SweepReward::Rm)
     {
-        let bon = a.agent == crate::spec::AgentKind::BestOfN;
+        let selects = !a.agent.trains();
         let mut d = Vec::new();
         let mut y = Vec::new();
         let mut peaks = Vec::new();
@@ -347,7 +347,7 @@ fn overoptimisation_section(
                 continue;
             };
             let mut curve = crate::verdict::kl_gold_curve(rows);
-            if bon {
+            if selects {
                 curve = curve.split_off(curve.len().saturating_sub(1));
             }
             if let Some(p) = curve.iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
@@ -362,7 +362,7 @@ fn overoptimisation_section(
         }
         let x2: Vec<f64> = d
             .iter()
-            .map(|&x| if bon { x * x } else { x * x.ln() })
+            .map(|&x| if selects { x * x } else { x * x.ln() })
             .collect();
         let Some(f) = crate::stats::fit_two(&d, &x2, &y, 0.95) else {
             continue;
@@ -372,7 +372,7 @@ fn overoptimisation_section(
         rows.push(format!(
             "| {} | {} | {:.3} [{:.3}, {:.3}] | {:.3} [{:.3}, {:.3}] | {:.2} | {} | {:.3} at √KL {:.2} |",
             a.name,
-            if bon { "d(α − β d)" } else { "d(α − β log d)" },
+            if selects { "d(α − β d)" } else { "d(α − β log d)" },
             f.alpha,
             f.alpha_ci.0,
             f.alpha_ci.1,

@@ -69,6 +69,10 @@ pub trait Algorithm: Serialize + DeserializeOwned + Default + Clone + PartialEq 
     const ABOUT: &'static str;
     /// What it learns from.
     const LEARNS: Learns;
+    /// Whether its updates change the policy. An algorithm that only selects among samples
+    /// (best-of-n) does not: its place on the gold-vs-KL frontier is set by its config, not by
+    /// its updates, so plots and reports draw it as one point per config rather than a curve.
+    const TRAINS: bool = true;
     /// Check the config's ranges: one line naming the field.
     fn check(&self) -> Result<()>;
     /// The agent.

@@ -17,8 +17,8 @@ pub struct PrefsSpec {
     /// Name agents refer to.
     pub name: String,
     /// Generator: `sft` (the sweep's SFT policy: on-policy) or a checkpoint path (off-policy).
-    #[serde(default = "default_generator")]
-    pub generator: String,
+    #[serde(default)]
+    pub generator: Generator,
     /// Generator sampling temperature. Default 0.7.
     #[serde(default = "default_temperature")]
     pub temperature: f64,
@@ -36,9 +36,52 @@ pub struct PrefsSpec {
     pub branch: Branching,
 }
 
-fn default_generator() -> String {
-    "sft".into()
+/// The policy a preference set's completions are sampled from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", from = "String")]
+pub enum Generator {
+    /// The sweep's SFT policy (on-policy pairs), written `sft`.
+    #[default]
+    Sft,
+    /// Another checkpoint (off-policy pairs), written as its path.
+    Checkpoint(PathBuf),
 }
+
+impl Generator {
+    /// The checkpoint it samples from, given the sweep's SFT policy.
+    pub fn policy<'a>(&'a self, sft: &'a Path) -> &'a Path {
+        match self {
+            Generator::Sft => sft,
+            Generator::Checkpoint(p) => p,
+        }
+    }
+}
+
+impl From<String> for Generator {
+    fn from(s: String) -> Self {
+        if s == "sft" {
+            Generator::Sft
+        } else {
+            Generator::Checkpoint(PathBuf::from(s))
+        }
+    }
+}
+
+impl From<Generator> for String {
+    fn from(g: Generator) -> String {
+        g.to_string()
+    }
+}
+
+impl std::fmt::Display for Generator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Generator::Sft => f.write_str("sft"),
+            Generator::Checkpoint(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 fn default_temperature() -> f64 {
     0.7
 }
@@ -192,7 +235,7 @@ impl SweepSpec {
         if self.prefs.is_empty() {
             self.prefs.push(PrefsSpec {
                 name: "on".into(),
-                generator: "sft".into(),
+                generator: Generator::Sft,
                 temperature: 0.7,
                 pairs: 1024,
                 flip_rate: 0.0,

@@ -243,11 +243,7 @@ fn stage_prefs(
     let mut done: BTreeMap<String, (PathBuf, u64)> = BTreeMap::new();
     let scaled = |n: usize| ((n as f64 * spec.scale).round() as usize).max(2);
     for p in spec.prefs.iter().filter(|p| p.mix.is_empty()) {
-        let gen_path = if p.generator == "sft" {
-            sft.to_path_buf()
-        } else {
-            PathBuf::from(&p.generator)
-        };
+        let gen_path = p.generator.policy(sft).to_path_buf();
         // Branching is in the key only where it changes the data (multi-turn, `turn`), so the
         // stages built before it existed stay valid.
         let base = (
@@ -284,7 +280,7 @@ fn stage_prefs(
                 4,
                 oracle,
                 sampling,
-                &p.generator,
+                &p.generator.to_string(),
                 true,
                 p.branch,
                 0,

@@ -50,6 +50,7 @@ impl Algorithm for BestOfNConfig {
     const ABOUT: &'static str =
         "Best-of-n: no training; each episode the best of n samples by the reward";
     const LEARNS: Learns = Learns::Online;
+    const TRAINS: bool = false;
     fn check(&self) -> Result<()> {
         self.validate()
     }

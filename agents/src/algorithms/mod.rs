@@ -53,6 +53,13 @@ macro_rules! algorithms {
                 }
             }
 
+            /// Whether its updates change the policy ([`Algorithm::TRAINS`]).
+            pub fn trains(self) -> bool {
+                match self {
+                    $($(#[cfg($when)])? Self::$variant => <$module::$cfg as Algorithm>::TRAINS),+
+                }
+            }
+
             /// Its config with every default.
             pub fn default_config(self) -> AgentConfig {
                 match self {
