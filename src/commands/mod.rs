@@ -1,14 +1,33 @@
 //! The work behind each CLI command, callable from tests and from the sweep driver.
 
+pub mod bench;
+pub mod check_env;
+pub mod claims;
+pub mod compare;
+pub mod envs;
+pub mod eval;
+pub mod import;
+pub mod plot;
+pub mod prefs;
+pub mod report;
+pub mod sample;
+pub mod sft;
+pub mod status;
+pub mod sweep;
+pub mod train;
+pub mod train_rm;
+
 use aligngym_agents::lm::checkpoint::{CheckpointConfig, ModelKind};
+use aligngym_agents::lm::device::DtypeChoice;
 use aligngym_agents::lm::fsio;
 use aligngym_agents::lm::sampling::SamplingConfig;
 use aligngym_agents::stages::preferences::{make_pairs, Branching, PrefsConfig};
-use aligngym_agents::stages::sft::{self, SftConfig, SftLogRow};
+use aligngym_agents::stages::sft::{self as sft_stage, SftConfig, SftLogRow};
 use aligngym_agents::{
     lm::checkpoint, AgentError, GptConfig, LmPolicy, Result, RewardModel, RmConfig, RmReport,
     Tokenizer,
 };
+use aligngym_agents::{DeviceChoice, Precision};
 use aligngym_envs::{
     derive_seed, BradleyTerryOracle, OracleConfig, PreferencePair, Task, TextCodec,
 };
@@ -295,11 +314,11 @@ pub fn run_sft(
     cfg.validate()?;
     let tok = Tokenizer::train(corpus, cfg.vocab_size)?;
     let gcfg = size.config(tok.vocab_size());
-    let seqs = sft::encode_corpus(&tok, corpus, gcfg.block_size)?;
-    let (vs, mut model) = sft::init_model(&gcfg, device, seed)?;
+    let seqs = sft_stage::encode_corpus(&tok, corpus, gcfg.block_size)?;
+    let (vs, mut model) = sft_stage::init_model(&gcfg, device, seed)?;
     model.set_precision(cfg.dtype);
     let pb = progress(cfg.steps as u64, "sft", quiet);
-    let rows = sft::train(&vs, &model, &seqs, tok.pad_id(), cfg, seed, |r| {
+    let rows = sft_stage::train(&vs, &model, &seqs, tok.pad_id(), cfg, seed, |r| {
         pb.inc(1);
         if r.step % 10 == 0 {
             pb.set_message(format!("loss {:.3}", r.loss));
@@ -322,7 +341,7 @@ pub fn run_sft(
     }
     std::fs::write(stage.join("sft_log.csv"), csv)
         .map_err(|e| AgentError::io(stage.join("sft_log.csv"), e))?;
-    let h = sft::unigram_entropy(&seqs);
+    let h = sft_stage::unigram_entropy(&seqs);
     std::fs::write(
         stage.join("corpus_stats.json"),
         format!(
@@ -494,4 +513,26 @@ pub fn gpu_check() -> Result<()> {
 /// says why).
 pub fn params_of(dir: &Path) -> usize {
     aligngym_agents::lm::checkpoint::read_config(dir).map_or(0, |c| c.model.num_params())
+}
+
+/// Where and in what precision a command computes.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct Compute {
+    /// Device: auto (CUDA when available), cpu or cuda (an error without CUDA).
+    #[arg(long, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Compute precision: auto (the default; for `train --resume`, the run's own) picks bf16
+    /// where the device runs it natively (CUDA with bf16, a CPU with AMX or AVX512-BF16: a matmul
+    /// of each is timed at start-up) and fp32 elsewhere; or fp32, or bf16 (bf16 matmuls and KV
+    /// cache; fp32 master weights, norms, softmaxes, losses and attention under training).
+    #[arg(long)]
+    pub dtype: Option<DtypeChoice>,
+}
+
+impl Compute {
+    /// The precision to compute in on `device` for a model of `params` parameters (`auto` when
+    /// none was asked for).
+    pub fn precision(&self, device: tch::Device, params: usize) -> Precision {
+        self.dtype.unwrap_or_default().resolve(device, params)
+    }
 }

@@ -1,0 +1,283 @@
+//! `aligngym train`: Train an agent from a policy checkpoint, with the shared evaluation.
+
+use crate::commands::{self, params_of, Compute};
+use crate::eval::Evaluator;
+use crate::runner;
+use crate::spec::{build_agent, read_train_spec, AgentKind, RewardSpec, TrainSpec};
+use aligngym_agents::lm::device::DtypeChoice;
+use aligngym_agents::metric;
+use aligngym_agents::{AgentError, Precision, Result};
+use aligngym_envs::task;
+use std::path::{Path, PathBuf};
+
+/// The arguments of `aligngym train`.
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Which agent.
+    #[arg(long, value_enum, required_unless_present_any = ["resume", "spec"])]
+    pub agent: Option<AgentKind>,
+    /// Environment id.
+    #[arg(long, required_unless_present_any = ["resume", "spec"])]
+    pub env: Option<String>,
+    /// Starting policy checkpoint (also the frozen reference).
+    #[arg(long, required_unless_present_any = ["resume", "spec"])]
+    pub policy: Option<PathBuf>,
+    /// A whole run spec in `config.json`'s form (what a sweep hands each run) instead of
+    /// --agent, --env, --policy, --reward, --prefs, --seed and --set.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["agent", "env", "policy", "reward", "prefs", "sets", "seed", "resume"])]
+    pub spec: Option<PathBuf>,
+    /// An online agent's reward: `gold` (the env's) or `rm:DIR` (a trained reward model).
+    #[arg(long)]
+    pub reward: Option<RewardSpec>,
+    /// The preference JSONL of DPO (pairs) and KTO (`{prompt, completion, label}` lines, or pairs).
+    #[arg(long)]
+    pub prefs: Option<PathBuf>,
+    /// Run directory (config.json, metrics.csv, policy/, state/).
+    #[arg(long, required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
+    /// Replace `--out` when it exists and is not empty (never when it is, holds or sits inside an
+    /// input, the current directory or /).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Override a hyperparameter: a key of the agent's config, or run.updates, run.eval_every,
+    /// run.dtype, eval.prompts … (repeatable). With --resume, only run.* keys (e.g. to extend
+    /// a run).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Run seed (default 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub compute: Compute,
+    /// Continue a stopped run from its directory (weights, optimiser, KL controller, counters).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["agent", "env", "policy", "out"])]
+    pub resume: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// libtorch intra-op threads (0 = libtorch's default); sweeps running several runs at
+    /// once pass 1.
+    #[arg(long, default_value_t = 0)]
+    pub threads: i32,
+}
+
+/// `aligngym train`.
+pub fn run(args: TrainArgs) -> Result<()> {
+    let TrainArgs {
+        agent,
+        env,
+        policy,
+        spec: spec_file,
+        reward,
+        prefs,
+        out,
+        sets,
+        seed,
+        compute,
+        resume,
+        quiet,
+        threads,
+        overwrite,
+    } = args;
+    let dev = compute.device.resolve()?;
+    if threads > 0 {
+        tch::set_num_threads(threads);
+    }
+    // `--dtype` overrides `--set run.dtype`; a resumed run keeps its own unless told otherwise,
+    // and `--set run.dtype` is not overruled by `auto`.
+    let chosen = sets.iter().any(|s| s.starts_with("run.dtype="));
+    // A spec file is the whole run as its writer decided it, precision included.
+    let from_file = match &spec_file {
+        Some(file) => Some(read_train_spec(file)?),
+        None => None,
+    };
+    let params = policy
+        .as_deref()
+        .or(from_file.as_ref().map(|s| s.policy.as_path()))
+        .map_or(0, params_of);
+    let dtype = match compute.dtype {
+        Some(d) => Some(d.resolve(dev, params)),
+        None if resume.is_none() && from_file.is_none() && !chosen => {
+            Some(DtypeChoice::Auto.resolve(dev, params))
+        }
+        None => None,
+    };
+    let (spec, dir, resuming) = match resume {
+        Some(dir) => (resumed_spec(&dir, &sets, dtype)?, dir, true),
+        None => {
+            let out = out.unwrap_or_default();
+            let request = NewRun {
+                from_file,
+                spec_file: spec_file.as_deref(),
+                agent,
+                env,
+                policy,
+                reward,
+                prefs,
+                seed,
+            };
+            (
+                new_spec(request, &out, &sets, dtype, overwrite)?,
+                out,
+                false,
+            )
+        }
+    };
+    let t = task(&spec.env)?;
+    let (mut agent, start) = build_agent(&spec, t.clone(), dev)?;
+    let ev = Evaluator::new(t.clone(), &start, spec.eval.clone(), spec.seed)?;
+    let existed = dir.exists();
+    let was_empty = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
+    let mut started = || -> Result<Vec<crate::metrics::MetricRow>> {
+        if !resuming {
+            std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
+            let json =
+                serde_json::to_string_pretty(&spec).map_err(|e| AgentError::Data(e.to_string()))?;
+            commands::write_atomic(&dir.join("config.json"), &json)?;
+        }
+        let pb = commands::progress(spec.run.updates, &spec.agent().to_string(), quiet);
+        let rows = runner::run(
+            agent.as_mut(),
+            &ev,
+            &spec.run,
+            &dir,
+            resuming,
+            |step, rows| {
+                pb.set_position(step);
+                if let Some(r) = rows.iter().find(|r| r.metric == metric::EVAL_GOLD_REWARD) {
+                    pb.set_message(format!("gold {:.3}", r.value));
+                }
+            },
+        );
+        pb.finish_and_clear();
+        rows
+    };
+    let rows = match started() {
+        Ok(rows) => rows,
+        // A new run that failed before its first commit holds nothing worth keeping: `--out` is
+        // left as it was found (absent, or empty). A run with committed steps is kept to resume.
+        Err(e) => {
+            if !resuming && was_empty && matches!(runner::committed_step(&dir), Ok(None)) {
+                commands::discard(&dir, existed);
+            }
+            return Err(e);
+        }
+    };
+    let first = rows
+        .iter()
+        .find(|r| r.metric == metric::EVAL_GOLD_REWARD)
+        .map_or(f64::NAN, |r| r.value);
+    let last = crate::metrics::last(&rows, metric::EVAL_GOLD_REWARD).unwrap_or(f64::NAN);
+    let kl = crate::metrics::last(&rows, metric::EVAL_KL_TO_REF).unwrap_or(f64::NAN);
+    println!(
+        "train {}: eval/gold_reward {first:.3} -> {last:.3}, eval/kl_to_ref {kl:.3}; run in {}",
+        spec.agent(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// The spec of a run to resume from `dir`, with `sets` (run.* keys only) and `dtype` applied and
+/// recorded in its `config.json`.
+fn resumed_spec(dir: &Path, sets: &[String], dtype: Option<Precision>) -> Result<TrainSpec> {
+    let path = dir.join("config.json");
+    let mut spec = read_train_spec(&path)?;
+    // Runs recorded before inputs were stored absolute: relative to the working directory
+    // they were started from, when it is this one, else to the run folder.
+    let base = if spec.policy.exists() {
+        std::env::current_dir().map_err(|e| AgentError::io(".", e))?
+    } else {
+        std::path::absolute(dir).map_err(|e| AgentError::io(dir, e))?
+    };
+    spec.anchor_inputs(&base);
+    if let Some(bad) = sets.iter().find(|s| !s.starts_with("run.")) {
+        return Err(AgentError::config(
+            bad.clone(),
+            "with --resume only run.* keys may be changed",
+        ));
+    }
+    spec.apply_sets(sets)?;
+    if let Some(d) = dtype {
+        spec.run.dtype = d;
+    }
+    // This process owns the run: finish a commit a kill interrupted before reading it.
+    aligngym_agents::lm::fsio::recover(&dir.join("state"))?;
+    let done = runner::committed_step(dir)?.unwrap_or(0);
+    if spec.run.updates < done {
+        return Err(AgentError::config(
+            "run.updates",
+            format!(
+                "{} is fewer than the {done} updates {} has already done",
+                spec.run.updates,
+                dir.display()
+            ),
+        ));
+    }
+    // Keep the extended length in the run's record.
+    let json = serde_json::to_string_pretty(&spec).map_err(|e| AgentError::Data(e.to_string()))?;
+    commands::write_atomic(&path, &json)?;
+    Ok(spec)
+}
+
+/// What a new run was asked for on the command line.
+struct NewRun<'a> {
+    from_file: Option<TrainSpec>,
+    spec_file: Option<&'a Path>,
+    agent: Option<AgentKind>,
+    env: Option<String>,
+    policy: Option<PathBuf>,
+    reward: Option<RewardSpec>,
+    prefs: Option<PathBuf>,
+    seed: Option<u64>,
+}
+
+/// The spec of a new run into `out`: from a spec file or the flags, with `sets` and `dtype`
+/// applied, its inputs made absolute, and `out` checked against them.
+fn new_spec(
+    request: NewRun,
+    out: &Path,
+    sets: &[String],
+    dtype: Option<Precision>,
+    overwrite: bool,
+) -> Result<TrainSpec> {
+    let NewRun {
+        from_file,
+        spec_file,
+        agent,
+        env,
+        policy,
+        reward,
+        prefs,
+        seed,
+    } = request;
+    let mut spec = match from_file {
+        Some(spec) => spec,
+        None => TrainSpec::new(
+            agent.unwrap_or(AgentKind::Ppo),
+            &env.unwrap_or_default(),
+            policy.unwrap_or_default(),
+            reward.unwrap_or(RewardSpec::Gold),
+            prefs,
+            seed.unwrap_or(0),
+        ),
+    };
+    spec.apply_sets(sets)?;
+    if let Some(d) = dtype {
+        spec.run.dtype = d;
+    }
+    let cwd = std::env::current_dir().map_err(|e| AgentError::io(".", e))?;
+    spec.anchor_inputs(&cwd);
+    let mut inputs: Vec<(&str, &Path)> = vec![("--policy", &spec.policy)];
+    // A spec file is an input too: `--out` must not replace the folder that holds it.
+    if let Some(f) = spec_file {
+        inputs.push(("--spec", f));
+    }
+    if let Some(p) = &spec.prefs {
+        inputs.push(("--prefs", p));
+    }
+    if let RewardSpec::Rm(d) = &spec.reward {
+        inputs.push(("--reward", d));
+    }
+    commands::check_out(out, &inputs, overwrite, |_| false)?;
+    Ok(spec)
+}
