@@ -242,6 +242,83 @@ pub fn mann_whitney(a: &[f64], b: &[f64], margin: f64, confidence: f64) -> Compa
     }
 }
 
+/// Welch's t comparison of mean(a) − mean(b) against `margin`: the interval from Student's t
+/// with the Welch–Satterthwaite degrees of freedom, and the two one-sided p-values. Valid for
+/// small groups where a percentile bootstrap is not (it has no valid interval over 2–5 values).
+/// Each group needs at least 2 finite values.
+pub fn welch(a: &[f64], b: &[f64], margin: f64, confidence: f64) -> Comparison {
+    let var = |v: &[f64]| {
+        let m = mean(v);
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64
+    };
+    let (na, nb) = (a.len() as f64, b.len() as f64);
+    let (ea, eb) = (var(a) / na, var(b) / nb);
+    let estimate = mean(a) - mean(b);
+    let se = (ea + eb).sqrt();
+    let tail = (1.0 - confidence) / 2.0;
+    if se <= 0.0 || !se.is_finite() {
+        // No spread at all: the difference is known exactly.
+        let side = |holds: bool| match estimate.total_cmp(&margin) {
+            std::cmp::Ordering::Equal => 0.5,
+            std::cmp::Ordering::Greater => f64::from(u8::from(!holds)),
+            std::cmp::Ordering::Less => f64::from(u8::from(holds)),
+        };
+        return Comparison {
+            estimate,
+            lo: estimate,
+            hi: estimate,
+            p_holds: side(true),
+            p_refuted: side(false),
+            rank_biserial: None,
+        };
+    }
+    let df = (ea + eb).powi(2) / (ea * ea / (na - 1.0) + eb * eb / (nb - 1.0));
+    let t = StudentsT::new(0.0, 1.0, df).expect("positive degrees of freedom");
+    let crit = t.inverse_cdf(1.0 - tail);
+    let z = (estimate - margin) / se;
+    Comparison {
+        estimate,
+        lo: estimate - crit * se,
+        hi: estimate + crit * se,
+        p_holds: 1.0 - t.cdf(z),
+        p_refuted: t.cdf(z),
+        rank_biserial: None,
+    }
+}
+
+/// The smallest one-sided p-value an exact rank test of `n` against `m` values can give:
+/// 1 / C(n + m, n), when every value of one group lies beyond every value of the other.
+pub fn least_rank_p(n: usize, m: usize) -> f64 {
+    1.0 / binomial(n + m, n)
+}
+
+/// Whether `n` and `m` seeds could decide a comparison at one-sided level `alpha` in a Holm
+/// family of `family` tests, by the strictest exact standard: the smallest p a rank test can
+/// reach, times the family size (Holm's first step), must be at most `alpha`. Below that no
+/// data at all could make a distribution-free test reject, so no verdict is given.
+pub fn seeds_can_decide(n: usize, m: usize, alpha: f64, family: usize) -> bool {
+    least_rank_p(n, m) * family.max(1) as f64 <= alpha
+}
+
+/// The fewest seeds per agent at which [`seeds_can_decide`] holds.
+pub fn seeds_to_decide(alpha: f64, family: usize) -> usize {
+    (2..)
+        .find(|&n| seeds_can_decide(n, n, alpha, family))
+        .unwrap_or(2)
+}
+
+/// A p-value as a report prints it: three decimals, and `< 0.001` below that (never `0.000`,
+/// which no permutation or resampling test can give).
+pub fn format_p(p: f64) -> String {
+    if p.is_nan() {
+        "–".into()
+    } else if p < 0.001 {
+        "< 0.001".into()
+    } else {
+        format!("{p:.3}")
+    }
+}
+
 /// Holm's step-down adjustment of `p` (any order): the adjusted p-values, in the same order.
 /// Rejecting where the adjusted value is at most α controls the family-wise error at α.
 pub fn holm(p: &[f64]) -> Vec<f64> {
@@ -501,5 +578,58 @@ mod tests {
         assert_eq!(interpolate(&p, 1.5), Some(0.75));
         assert_eq!(interpolate(&p, 0.5), Some(0.25));
         assert_eq!(interpolate(&p, 2.5), None);
+    }
+
+    #[test]
+    fn exact_tests_cannot_decide_below_four_seeds_a_side() {
+        // C(4, 2) = 6, C(6, 3) = 20, C(8, 4) = 70, C(10, 5) = 252.
+        assert!((least_rank_p(2, 2) - 1.0 / 6.0).abs() < 1e-12);
+        assert!((least_rank_p(3, 3) - 0.05).abs() < 1e-12);
+        assert!((least_rank_p(5, 5) - 1.0 / 252.0).abs() < 1e-12);
+        // One-sided 0.025 (a two-sided 95% level): 2 and 3 a side never reach it, 4 does alone,
+        // and Holm over 3 tasks needs 5 (3/70 = 0.043 > 0.025 ≥ 3/252 = 0.012).
+        assert!(!seeds_can_decide(2, 2, 0.025, 1));
+        assert!(!seeds_can_decide(3, 3, 0.025, 1));
+        assert!(seeds_can_decide(4, 4, 0.025, 1));
+        assert!(!seeds_can_decide(4, 4, 0.025, 3));
+        assert!(seeds_can_decide(5, 5, 0.025, 3));
+        assert_eq!(seeds_to_decide(0.025, 1), 4);
+        assert_eq!(seeds_to_decide(0.025, 3), 5);
+    }
+
+    #[test]
+    fn welch_matches_hand_worked_values_at_two_three_and_five_seeds() {
+        // n = 2 each: a = [1, 3], b = [0, 0]: d = 2, s²_a = 2, s²_b = 0, se = √(2/2) = 1,
+        // df = 1 (all the variance is a's, n − 1 = 1): t₀.₉₇₅(1) = 12.706, interval [−10.71, 14.71].
+        let c = welch(&[1.0, 3.0], &[0.0, 0.0], 0.0, 0.95);
+        assert!((c.estimate - 2.0).abs() < 1e-12);
+        assert!((c.hi - (2.0 + 12.706_204_736)).abs() < 1e-6, "{c:?}");
+        // P(T₁ ≥ 2) = ½ − atan(2)/π = 0.147584.
+        assert!((c.p_holds - 0.147_583_617_650_433_3).abs() < 1e-9, "{c:?}");
+        assert!((c.p_holds + c.p_refuted - 1.0).abs() < 1e-12);
+        // n = 3 each, equal variances 1: a = [1, 2, 3], b = [0, 1, 2]: d = 1, se = √(2/3),
+        // df = 4: t₀.₉₇₅(4) = 2.776445, half-width 2.776445 · 0.816497 = 2.266949.
+        let c = welch(&[1.0, 2.0, 3.0], &[0.0, 1.0, 2.0], 0.0, 0.95);
+        assert!((c.hi - c.estimate - 2.266_949).abs() < 1e-5, "{c:?}");
+        // n = 5 each, identical values but for a shift of 0.5 against a margin of 0.5: z = 0,
+        // so each one-sided p is ½.
+        let b = [0.1, 0.4, 0.2, 0.9, 0.5];
+        let a: Vec<f64> = b.iter().map(|x| x + 0.5).collect();
+        let c = welch(&a, &b, 0.5, 0.95);
+        assert!(
+            (c.p_holds - 0.5).abs() < 1e-9 && (c.p_refuted - 0.5).abs() < 1e-9,
+            "{c:?}"
+        );
+        // No spread: the sign of d − margin decides.
+        let c = welch(&[1.0, 1.0], &[0.0, 0.0], 0.5, 0.95);
+        assert_eq!((c.p_holds, c.p_refuted), (0.0, 1.0));
+    }
+
+    #[test]
+    fn p_values_never_print_as_zero() {
+        assert_eq!(format_p(0.0), "< 0.001");
+        assert_eq!(format_p(1.0 / 10_001.0), "< 0.001");
+        assert_eq!(format_p(0.0123), "0.012");
+        assert_eq!(format_p(f64::NAN), "–");
     }
 }

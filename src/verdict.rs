@@ -112,6 +112,9 @@ fn default_confidence() -> f64 {
 
 /// Bootstrap resamples (fixed, and the stream seeded: the same runs give the same verdict).
 const RESAMPLES: usize = 10_000;
+/// Seeds per agent below which a bootstrap rule is decided by Welch's t instead: a percentile
+/// bootstrap over fewer values has no valid interval.
+const BOOTSTRAP_MIN_SEEDS: usize = 10;
 
 impl DecisionRule {
     /// Check the rule against the spec's agents.
@@ -623,6 +626,11 @@ pub fn evaluate(
                     Err("infinite values: the bootstrap needs finite ones".into())
                 } else {
                     Ok(match rule.statistic {
+                        // A percentile bootstrap over a handful of values has no valid
+                        // interval: below BOOTSTRAP_MIN_SEEDS a side, Welch's t stands in.
+                        Statistic::Bootstrap if oa.len().min(ob.len()) < BOOTSTRAP_MIN_SEEDS => {
+                            stats::welch(&oa, &ob, margin, rule.confidence)
+                        }
                         Statistic::Bootstrap => stats::bootstrap_mean_diff(
                             &oa,
                             &ob,
@@ -668,7 +676,11 @@ pub fn evaluate(
             };
             let (ph, pr) = (adj_holds[k], adj_refuted[k]);
             k += 1;
-            let verdict = if ph <= alpha {
+            // Too few seeds for any test to reach the level: no verdict, whatever the data.
+            let decidable = stats::seeds_can_decide(p.seeds.0, p.seeds.1, alpha, family);
+            let verdict = if !decidable {
+                Verdict::Inconclusive
+            } else if ph <= alpha {
                 Verdict::Holds
             } else if pr <= alpha {
                 Verdict::Refuted
@@ -695,6 +707,20 @@ pub fn evaluate(
             match verdict {
                 Verdict::Refuted if c.hi < -1e-9 => say("the effect goes the other way".into()),
                 Verdict::Refuted => say("the effect is smaller than the margin".into()),
+                Verdict::Inconclusive if !decidable => say(format!(
+                    "{}+{} seeds cannot decide at {:.0}%{}; about {} per agent would",
+                    p.seeds.0,
+                    p.seeds.1,
+                    rule.confidence * 100.0,
+                    if family > 1 {
+                        format!(" over {family} tasks")
+                    } else {
+                        String::new()
+                    },
+                    stats::seeds_to_decide(alpha, family).max(
+                        stats::seeds_to_resolve(p.seeds.0.min(p.seeds.1), &c, margin).unwrap_or(0)
+                    )
+                )),
                 Verdict::Inconclusive => {
                     let n = p.seeds.0.min(p.seeds.1);
                     say(match stats::seeds_to_resolve(n, &c, margin) {
@@ -770,14 +796,11 @@ pub fn markdown_table(claims: &[ClaimVerdict]) -> String {
                         num(e.hi),
                         c.rule.confidence * 100.0
                     ),
-                    format!(
-                        "{:.3}",
-                        if t.verdict == Verdict::Refuted {
-                            e.p_refuted
-                        } else {
-                            e.p_holds
-                        }
-                    ),
+                    stats::format_p(if t.verdict == Verdict::Refuted {
+                        e.p_refuted
+                    } else {
+                        e.p_holds
+                    }),
                 ),
                 None => ("–".into(), "–".into(), "–".into()),
             };
@@ -1015,13 +1038,8 @@ mod tests {
         // far higher. Mean over the 11 points: 0.3 for both.
         let mut r = rule(Quantity::GoldAtKl, Direction::Greater, Statistic::Bootstrap);
         r.margin = 0.05;
-        let s = spec(&["sentiment-v0"], 3, r);
-        let m = metrics(
-            "sentiment-v0",
-            &[0.9, 0.9, 0.9],
-            &[0.5, 0.5, 0.5],
-            (2.0, 1.0),
-        );
+        let s = spec(&["sentiment-v0"], 5, r);
+        let m = metrics("sentiment-v0", &[0.9; 5], &[0.5; 5], (2.0, 1.0));
         let v = evaluate(&s, &m).unwrap();
         let t = &v.tasks[0];
         let e = t.effect.as_ref().unwrap();
@@ -1033,5 +1051,38 @@ mod tests {
         assert!(t.detail.contains("[0.000, 1.000]"), "{}", t.detail);
         assert_eq!(t.verdict, Verdict::Refuted, "{t:?}");
         assert!(t.detail.contains("smaller than the margin"));
+    }
+
+    #[test]
+    fn too_few_seeds_give_no_verdict_however_clear_the_data() {
+        // a ends at 0.9 and b at 0.1 on every seed: as clear as data gets. With 2 or 3 seeds a
+        // side no test reaches a one-sided 0.025 (the least exact p is 1/6 and 1/20), so the
+        // verdict is inconclusive and says how many would do; with 5 it holds.
+        for (seeds, want) in [
+            (2, Verdict::Inconclusive),
+            (3, Verdict::Inconclusive),
+            (5, Verdict::Holds),
+        ] {
+            for statistic in [Statistic::Bootstrap, Statistic::MannWhitney] {
+                let s = spec(
+                    &["sentiment-v0"],
+                    seeds,
+                    rule(Quantity::FinalGold, Direction::Greater, statistic),
+                );
+                let a: Vec<f64> = (0..seeds).map(|i| 0.9 + 0.01 * i as f64).collect();
+                let b: Vec<f64> = (0..seeds).map(|i| 0.1 + 0.01 * i as f64).collect();
+                let m = metrics("sentiment-v0", &a, &b, (1.0, 1.0));
+                let t = &evaluate(&s, &m).unwrap().tasks[0];
+                assert_eq!(t.verdict, want, "{seeds} seeds, {statistic:?}: {t:?}");
+                if want == Verdict::Inconclusive {
+                    assert!(
+                        t.detail
+                            .contains("seeds cannot decide at 95%; about 4 per agent would"),
+                        "{}",
+                        t.detail
+                    );
+                }
+            }
+        }
     }
 }

@@ -80,18 +80,14 @@ fn claims_at_test_size_write_verdicts_and_a_report_chromium_renders() {
         stderr.contains("dpo-frontier [14/14] run ") && stderr.contains("about 0s left"),
         "{stderr}"
     );
-    // The verdict table: one row per claim × task, each with a verdict.
+    // The verdict table: one row per claim × task. Two seeds a side cannot decide anything at
+    // 95% (no exact test's p reaches 0.025 below four), so every verdict is inconclusive.
     for claim in ["dpo-cheaper", "dpo-frontier"] {
         let row = stdout
             .lines()
             .find(|l| l.starts_with(&format!("| {claim} | arithmetic-v0 |")))
             .unwrap_or_else(|| panic!("no row for {claim}:\n{stdout}"));
-        assert!(
-            ["**holds**", "**refuted**", "**inconclusive**"]
-                .iter()
-                .any(|v| row.contains(v)),
-            "{row}"
-        );
+        assert!(row.contains("**inconclusive**"), "{row}");
         // Two seeds each enter the cost comparison (the frontier's needs KL ranges that overlap,
         // which runs this short need not have).
         if claim == "dpo-cheaper" {
