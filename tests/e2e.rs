@@ -1161,7 +1161,7 @@ fn readme_and_docs_links_resolve() {
     );
 }
 
-/// Test-size versions of the README's quickstart lines.
+/// Test-size versions of the README walkthrough's commands.
 fn at_test_size(args: &mut Vec<String>) {
     match args[0].as_str() {
         "sft" => args.extend(["--steps".into(), "300".into()]),
@@ -1204,7 +1204,9 @@ fn at_test_size(args: &mut Vec<String>) {
 #[test]
 fn readme_quickstart_runs_at_test_size() {
     let text = readme();
-    let start = text.find("## Quickstart").expect("a Quickstart section");
+    let start = text
+        .find("## From a task to a verdict")
+        .expect("the walkthrough section");
     let block = &text[start..];
     let body = &block[block.find("```sh").unwrap() + 5..];
     let body = &body[..body.find("```").unwrap()];
