@@ -48,12 +48,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         &workloads,
     )?;
     print!("{}", crate::bench::format_report(&r));
-    let peaks = aligngym_agents::lm::device::matmul_peaks(dev);
     println!(
-        "--dtype auto picks {} here at this size (512³ matmul: bf16 {:.0} GFLOP/s, fp32 {:.0} GFLOP/s; bf16 from {} parameters where native)",
+        "--dtype auto picks {} here at this size (native bf16: {}, from the CPU's identification or the device; bf16 from {} parameters where native)",
         DtypeChoice::Auto.resolve(dev, params),
-        peaks.bf16,
-        peaks.fp32,
+        if aligngym_agents::lm::device::native_bf16(dev) { "yes" } else { "no" },
         aligngym_agents::lm::device::BF16_MIN_PARAMS
     );
     if let Some(p) = json {

@@ -523,7 +523,7 @@ pub struct Compute {
     pub device: DeviceChoice,
     /// Compute precision: auto (the default; for `train --resume`, the run's own) picks bf16
     /// where the device runs it natively (CUDA with bf16, a CPU with AMX or AVX512-BF16: a matmul
-    /// of each is timed at start-up) and fp32 elsewhere; or fp32, or bf16 (bf16 matmuls and KV
+    /// read from the CPU's identification, never timed) and fp32 elsewhere; or fp32, or bf16 (bf16 matmuls and KV
     /// cache; fp32 master weights, norms, softmaxes, losses and attention under training).
     #[arg(long)]
     pub dtype: Option<DtypeChoice>,

@@ -151,61 +151,6 @@ impl std::fmt::Display for DtypeChoice {
     }
 }
 
-/// Matmul throughput of each precision on a device, in GFLOP/s.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MatmulPeaks {
-    /// fp32.
-    pub fp32: f64,
-    /// bf16.
-    pub bf16: f64,
-}
-
-impl MatmulPeaks {
-    /// The precision `auto` picks: bf16 when its matmuls are clearly faster (the margin keeps the
-    /// choice stable from run to run: native bf16 measures 2–3× fp32 on CPUs that have it and
-    /// more on GPUs, emulated bf16 a hundredth of it).
-    pub fn auto(&self) -> Precision {
-        if self.bf16 >= 1.3 * self.fp32 {
-            Precision::Bf16
-        } else {
-            Precision::Fp32
-        }
-    }
-}
-
-/// A 512³ matmul in each precision on `device` (median of 3 after a warm-up), measured once per
-/// process and device kind: about 0.2 s on a CPU without native bf16, milliseconds with it.
-pub fn matmul_peaks(device: Device) -> MatmulPeaks {
-    static CPU: std::sync::OnceLock<MatmulPeaks> = std::sync::OnceLock::new();
-    static CUDA: std::sync::OnceLock<MatmulPeaks> = std::sync::OnceLock::new();
-    let cell = if device.is_cuda() { &CUDA } else { &CPU };
-    *cell.get_or_init(|| {
-        let gflops = |kind: tch::Kind| {
-            let n = 512i64;
-            let a = tch::Tensor::randn([n, n], (kind, device));
-            let b = tch::Tensor::randn([n, n], (kind, device));
-            let mut times = Vec::new();
-            for i in 0..4 {
-                let t = std::time::Instant::now();
-                let c = a.matmul(&b);
-                if device.is_cuda() {
-                    tch::Cuda::synchronize(device_index(device));
-                }
-                drop(c);
-                if i > 0 {
-                    times.push(t.elapsed().as_secs_f64());
-                }
-            }
-            times.sort_by(f64::total_cmp);
-            2.0 * (n as f64).powi(3) / times[1].max(1e-9) / 1e9
-        };
-        tch::no_grad(|| MatmulPeaks {
-            fp32: gflops(tch::Kind::Float),
-            bf16: gflops(tch::Kind::BFloat16),
-        })
-    })
-}
-
 /// Whether `device` runs bf16 matmuls in hardware: a GPU (libtorch's own check refuses bf16 on
 /// one that cannot), or a CPU with AVX512-BF16 or AMX-BF16, the instructions oneDNN's native bf16
 /// kernels use. Read from the CPU's identification, not timed, so that the numerics a machine
@@ -254,13 +199,6 @@ fn cpu_has_bf16() -> bool {
     false
 }
 
-fn device_index(device: Device) -> i64 {
-    match device {
-        Device::Cuda(i) => i as i64,
-        _ => 0,
-    }
-}
-
 /// The smallest model `auto` computes in bf16. Below it, fp32: on a 2-core CPU with AVX512-BF16
 /// the tiny size's training steps were 1.35–1.7× faster in bf16 but its KV-cache sampling 1.6×
 /// slower, and DPO from defaults learned less (arithmetic-v0: +0.011 gold against ≥ +0.03 in
@@ -285,8 +223,8 @@ pub fn take_dtype_notice() -> Option<String> {
 
 impl DtypeChoice {
     /// The precision to compute in on `device` for a model of `params` parameters. `auto` takes
-    /// bf16 where the device runs it natively and the model has at least [`BF16_MIN_PARAMS`], and
-    /// records what it picked and why; an explicit bf16 on a device that emulates it runs,
+    /// bf16 where the device runs it natively ([`native_bf16`]: read from CPUID, not timed) and the
+    /// model has at least [`BF16_MIN_PARAMS`], and records what it picked and why; an explicit bf16 on a device that emulates it runs,
     /// recording the measured slowdown (see [`take_dtype_notice`]).
     pub fn resolve(self, device: Device, params: usize) -> Precision {
         let where_ = if device.is_cuda() {
@@ -296,21 +234,23 @@ impl DtypeChoice {
         };
         match self {
             Self::Auto => {
-                let p = matmul_peaks(device);
-                let native = p.auto();
-                let pick = if params >= BF16_MIN_PARAMS {
-                    native
+                // Decided from what the machine is (CPUID, the device) and the model's size,
+                // never from a timing: a busy machine must not change a run's numerics.
+                let native = native_bf16(device);
+                let pick = if native && params >= BF16_MIN_PARAMS {
+                    Precision::Bf16
                 } else {
                     Precision::Fp32
                 };
-                let why = if native == Precision::Bf16 && pick == Precision::Fp32 {
-                    format!(", but the model has {params} parameters, under the {BF16_MIN_PARAMS} where bf16 pays")
+                let source = if device.is_cuda() {
+                    "a GPU"
+                } else if native {
+                    "this CPU has AVX512-BF16 or AMX (CPUID)"
                 } else {
-                    String::new()
+                    "this CPU has no native bf16 (CPUID)"
                 };
                 notice(format!(
-                    "dtype auto: {pick} (matmul on {where_}: bf16 {:.0} GFLOP/s, fp32 {:.0} GFLOP/s{why})",
-                    p.bf16, p.fp32
+                    "dtype auto: {pick} ({source}; the model has {params} parameters, bf16 from {BF16_MIN_PARAMS} where native)"
                 ));
                 pick
             }
