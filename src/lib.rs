@@ -14,6 +14,7 @@ pub mod bench;
 pub mod claims;
 pub mod cli;
 pub mod commands;
+pub mod convergence;
 pub mod eval;
 pub mod html;
 pub mod metrics;

@@ -40,6 +40,8 @@ pub struct SeriesStats {
     pub flops: Vec<f64>,
     /// Oracle queries of each run.
     pub queries: Vec<f64>,
+    /// Whether it was still improving when its budget ended, and its collapsed runs.
+    pub health: crate::convergence::Health,
 }
 
 /// Statistics per series for `env`, plus the starting gold reward (step 0).
@@ -76,10 +78,35 @@ pub fn env_stats(metrics: &BTreeMap<String, Vec<MetricRow>>, env: &str) -> (Vec<
                 wall: col(metric::BUDGET_WALL_SECONDS),
                 flops: col(metric::BUDGET_FLOPS),
                 queries: col(metric::BUDGET_ORACLE_QUERIES),
+                health: crate::convergence::health(
+                    &runs.iter().map(|r| r.as_slice()).collect::<Vec<_>>(),
+                ),
             }
         })
         .collect();
     (stats, quantile(&start, 0.5))
+}
+
+/// The table of an env's series: final values (median [IQR] over seeds), costs, and whether
+/// each was still improving or collapsed (see [`crate::convergence`]).
+fn series_table(stats: &[SeriesStats]) -> String {
+    let mut md = String::from("| series | runs | eval/gold_reward | eval/kl_to_ref | eval/win_rate_vs_ref | wall s | GFLOPs | oracle queries | trend |\n|---|---|---|---|---|---|---|---|---|\n");
+    for s in stats {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.0} | {} |",
+            s.name,
+            s.runs,
+            fmt_med(&s.gold),
+            fmt_med(&s.kl),
+            fmt_med(&s.win),
+            quantile(&s.wall, 0.5),
+            quantile(&s.flops, 0.5) / 1e9,
+            quantile(&s.queries, 0.5),
+            s.health.label()
+        );
+    }
+    md
 }
 
 fn fmt_med(v: &[f64]) -> String {
@@ -174,21 +201,7 @@ pub fn write_report(dir: &Path) -> Result<String> {
             md,
             "## {env}\n\nStarting policy (SFT): eval/gold_reward {start:.3}.\n"
         );
-        let _ = writeln!(md, "| series | runs | eval/gold_reward | eval/kl_to_ref | eval/win_rate_vs_ref | wall s | GFLOPs | oracle queries |\n|---|---|---|---|---|---|---|---|");
-        for s in &stats {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.0} |",
-                s.name,
-                s.runs,
-                fmt_med(&s.gold),
-                fmt_med(&s.kl),
-                fmt_med(&s.win),
-                quantile(&s.wall, 0.5),
-                quantile(&s.flops, 0.5) / 1e9,
-                quantile(&s.queries, 0.5)
-            );
-        }
+        md.push_str(&series_table(&stats));
         // A common level every series improved to reaches: half the smallest median gain.
         let gains: Vec<f64> = stats
             .iter()
@@ -540,6 +553,54 @@ mod tests {
                 "is larger on the multi-turn envs (+0.300) than on the single-turn ones (+0.100)"
             ),
             "{md}"
+        );
+    }
+
+    #[test]
+    fn the_series_table_marks_a_run_still_improving_and_one_collapsed() {
+        let curve = |golds: &[f64]| -> Vec<MetricRow> {
+            golds
+                .iter()
+                .enumerate()
+                .map(|(i, &g)| MetricRow {
+                    step: 10 * i as u64,
+                    metric: "eval/gold_reward".into(),
+                    value: g,
+                })
+                .collect()
+        };
+        let mut m = BTreeMap::new();
+        // Cut short while climbing, on both seeds.
+        m.insert(
+            "arithmetic-v0.short.s0".to_string(),
+            curve(&[0.1, 0.2, 0.3, 0.4]),
+        );
+        m.insert(
+            "arithmetic-v0.short.s1".to_string(),
+            curve(&[0.1, 0.2, 0.3, 0.41]),
+        );
+        // One seed falls from 0.3 to 0.05, far beyond the seeds' spread.
+        m.insert(
+            "arithmetic-v0.fall.s0".to_string(),
+            curve(&[0.3, 0.2, 0.1, 0.05]),
+        );
+        m.insert(
+            "arithmetic-v0.fall.s1".to_string(),
+            curve(&[0.3, 0.3, 0.3, 0.25]),
+        );
+        let (stats, _) = env_stats(&m, "arithmetic-v0");
+        let table = series_table(&stats);
+        let row = |name: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(&format!("| {name} |")))
+                .unwrap()
+                .to_string()
+        };
+        assert!(row("short").ends_with("| still improving |"), "{table}");
+        assert!(
+            row("fall").contains("| collapsed (1 of 2 runs); settled |"),
+            "{table}"
         );
     }
 }

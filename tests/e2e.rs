@@ -934,6 +934,7 @@ fn sweeps_write_csvs_skip_finished_runs_shard_and_plot() {
         "budget/wall_seconds",
         "budget/flops",
         "final_step",
+        "collapsed",
     ] {
         assert!(
             runs_header.iter().any(|h| h == c),

@@ -2,9 +2,11 @@
 
 use super::spec::{value_str, SweepSpec};
 use crate::commands;
+use crate::convergence;
 use crate::metrics::{read_long_csv, MetricRow};
 use aligngym_agents::metric;
 use aligngym_agents::{AgentError, Result};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The final-metric columns of `runs.csv`, in order (documented in the README; never reordered).
@@ -49,18 +51,35 @@ pub fn collect(spec: &SweepSpec, out: &Path) -> Result<()> {
     header.extend(hp_keys.iter().map(|k| format!("hp.{k}")));
     header.extend(RUN_COLUMNS.iter().map(|s| s.to_string()));
     header.push("final_step".into());
+    header.push("collapsed".into());
     runs_csv
         .write_record(&header)
         .map_err(|e| AgentError::Data(e.to_string()))?;
     let mut long = csv::Writer::from_writer(Vec::new());
     long.write_record(["run_id", "step", "metric", "value"])
         .map_err(|e| AgentError::Data(e.to_string()))?;
+    let mut finished = Vec::new();
     for r in spec.runs() {
         let dir = out.join("runs").join(&r.id);
-        if !dir.join("done").exists() {
-            continue;
+        if dir.join("done").exists() {
+            let rows: Vec<MetricRow> = read_long_csv(&dir.join("metrics.csv"))?;
+            finished.push((r, rows));
         }
-        let rows: Vec<MetricRow> = read_long_csv(&dir.join("metrics.csv"))?;
+    }
+    // A run collapsed when it ends below its start by more than its series' spread over seeds.
+    let mut series: BTreeMap<String, Vec<&[MetricRow]>> = BTreeMap::new();
+    for (r, rows) in &finished {
+        series
+            .entry(crate::plot::series_key(&r.id))
+            .or_default()
+            .push(rows.as_slice());
+    }
+    let spreads: BTreeMap<&String, f64> = series
+        .iter()
+        .map(|(k, runs)| (k, convergence::series_spread(runs)))
+        .collect();
+    for (r, rows) in &finished {
+        let spread = spreads[&crate::plot::series_key(&r.id)];
         let mut rec: Vec<String> = vec![
             r.id.clone(),
             r.env.clone(),
@@ -76,15 +95,16 @@ pub fn collect(spec: &SweepSpec, out: &Path) -> Result<()> {
                 .map(|k| r.point.get(k).map(value_str).unwrap_or_default()),
         );
         rec.extend(RUN_COLUMNS.iter().map(|m| {
-            crate::metrics::last(&rows, m)
+            crate::metrics::last(rows, m)
                 .map(|v| v.to_string())
                 .unwrap_or_default()
         }));
         rec.push(rows.iter().map(|x| x.step).max().unwrap_or(0).to_string());
+        rec.push(u8::from(convergence::collapsed(rows, spread)).to_string());
         runs_csv
             .write_record(&rec)
             .map_err(|e| AgentError::Data(e.to_string()))?;
-        for x in &rows {
+        for x in rows {
             long.write_record([
                 r.id.as_str(),
                 &x.step.to_string(),
