@@ -1,7 +1,7 @@
 //! What every algorithm provides so that the CLI, `config.json`, sweeps and Slurm jobs know it: a
 //! name, what it learns from, how to check its config and how to build its agent. An algorithm's
-//! file implements [`Algorithm`] for its config struct; the root crate's registry (`spec.rs`,
-//! `algorithms!`) lists each once.
+//! file implements [`Algorithm`] for its config struct; the registry in `algorithms/mod.rs`
+//! (`algorithms!`) lists each once.
 
 use crate::agent::RunnableAgent;
 use crate::lm::policy::LmPolicy;

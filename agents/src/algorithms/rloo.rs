@@ -4,7 +4,7 @@
 //! reward at the sequence level, as in the paper and TRL's `RLOOTrainer`.
 //!
 //! Per update, in named phases: **collect** k completions for each of `num_prompts` training
-//! prompts through the rollout collector (the same group sampling as GRPO, `grpo.rs`) →
+//! prompts through the rollout collector (the same group sampling as GRPO, `online/`) →
 //! **advantages**: `r_i = R_i − β Σ_t (log π − log π_ref)` over the policy's tokens, then
 //! `A_i = r_i − mean_{j≠i} r_j`, the same on every token of the completion (optionally whitened over
 //! the batch) → **optimise**: `num_iterations` × `num_minibatches` clipped steps (one on-policy

@@ -44,7 +44,7 @@ pub(crate) fn rows_per_pass(device: Device, seq_len: i64, width: i64, group: usi
     }
 }
 
-/// What the group-sampling agents (GRPO here, RLOO in `rloo.rs`) share: the policy and its
+/// What the group-sampling agents (GRPO, RLOO, REINFORCE++, online DPO) share: the policy and its
 /// optimiser, the envs that sample G completions per prompt, the frozen reference when a KL term
 /// needs one, the reward, the clipped optimisation steps, the budget and the saved state. Each
 /// algorithm adds only how it turns a rollout into advantages.
