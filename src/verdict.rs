@@ -571,6 +571,28 @@ fn values(
     }
 }
 
+/// One task's comparison before Holm's correction.
+struct Partial {
+    env: String,
+    seeds: (usize, usize),
+    medians: (f64, f64),
+    cmp: std::result::Result<Comparison, String>,
+    detail: String,
+}
+
+/// What turns one task's comparison into its verdict.
+struct Decision<'a> {
+    rule: &'a DecisionRule,
+    /// +1 when the claim is "greater", −1 when "less".
+    sign: f64,
+    /// The margin on the oriented scale (log for ratios).
+    margin: f64,
+    /// The one-sided level, (1 − confidence)/2.
+    alpha: f64,
+    /// Tasks in the Holm family.
+    family: usize,
+}
+
 /// The verdicts of `spec`'s rule on each of its envs; `None` when the spec has no rule.
 pub fn evaluate(
     spec: &SweepSpec,
@@ -588,13 +610,6 @@ pub fn evaluate(
     } else {
         rule.margin
     };
-    struct Partial {
-        env: String,
-        seeds: (usize, usize),
-        medians: (f64, f64),
-        cmp: std::result::Result<Comparison, String>,
-        detail: String,
-    }
     let mut parts = Vec::new();
     for (i, env) in spec.envs.iter().enumerate() {
         let a = runs_of(spec, metrics, env, &rule.a);
@@ -661,96 +676,22 @@ pub fn evaluate(
     let adj_refuted = stats::holm(&ok.iter().map(|c| c.p_refuted).collect::<Vec<_>>());
     let alpha = (1.0 - rule.confidence) / 2.0;
     let family = ok.len();
+    let decision = Decision {
+        rule: &rule,
+        sign,
+        margin,
+        alpha,
+        family,
+    };
     let mut k = 0;
     let tasks = parts
         .into_iter()
         .map(|p| {
-            let Ok(c) = p.cmp else {
-                return TaskVerdict {
-                    env: p.env,
-                    verdict: Verdict::Inconclusive,
-                    effect: None,
-                    seeds: p.seeds,
-                    detail: p.detail,
-                };
-            };
-            let (ph, pr) = (adj_holds[k], adj_refuted[k]);
-            k += 1;
-            // Too few seeds for any test to reach the level: no verdict, whatever the data.
-            let decidable = stats::seeds_can_decide(p.seeds.0, p.seeds.1, alpha, family);
-            let verdict = if !decidable {
-                Verdict::Inconclusive
-            } else if ph <= alpha {
-                Verdict::Holds
-            } else if pr <= alpha {
-                Verdict::Refuted
-            } else {
-                Verdict::Inconclusive
-            };
-            // Back to the quantity's units: a − b, or a / b.
-            let raw = |x: f64| {
-                let y = sign * x;
-                if rule.quantity.is_ratio() {
-                    y.exp()
-                } else {
-                    y
-                }
-            };
-            let (lo, hi) = (raw(c.lo).min(raw(c.hi)), raw(c.lo).max(raw(c.hi)));
-            let mut detail = p.detail;
-            let mut say = |s: String| {
-                if !detail.is_empty() {
-                    detail.push_str("; ");
-                }
-                detail.push_str(&s);
-            };
-            match verdict {
-                Verdict::Refuted if c.hi < -1e-9 => say("the effect goes the other way".into()),
-                Verdict::Refuted => say("the effect is smaller than the margin".into()),
-                Verdict::Inconclusive if !decidable => say(format!(
-                    "{}+{} seeds cannot decide at {:.0}%{}; about {} per agent would",
-                    p.seeds.0,
-                    p.seeds.1,
-                    rule.confidence * 100.0,
-                    if family > 1 {
-                        format!(" over {family} tasks")
-                    } else {
-                        String::new()
-                    },
-                    stats::seeds_to_decide(alpha, family).max(
-                        stats::seeds_to_resolve(p.seeds.0.min(p.seeds.1), &c, margin).unwrap_or(0)
-                    )
-                )),
-                Verdict::Inconclusive => {
-                    let n = p.seeds.0.min(p.seeds.1);
-                    say(match stats::seeds_to_resolve(n, &c, margin) {
-                        Some(m) => {
-                            format!("at this spread about {m} seeds per agent would resolve it")
-                        }
-                        None => "the estimate sits on the margin: more seeds would not resolve it"
-                            .into(),
-                    })
-                }
-                Verdict::Holds => {}
-            }
-            if family > 1 {
-                say(format!("Holm over {family} tasks"));
-            }
-            TaskVerdict {
-                env: p.env,
-                verdict,
-                effect: Some(Effect {
-                    value: raw(c.estimate),
-                    lo,
-                    hi,
-                    p_holds: ph,
-                    p_refuted: pr,
-                    rank_biserial: c.rank_biserial,
-                    medians: p.medians,
-                }),
-                seeds: p.seeds,
-                detail,
-            }
+            let holm = p.cmp.is_ok().then(|| {
+                k += 1;
+                (adj_holds[k - 1], adj_refuted[k - 1])
+            });
+            task_verdict(p, holm, &decision)
         })
         .collect();
     Some(ClaimVerdict {
@@ -811,6 +752,93 @@ pub fn markdown_table(claims: &[ClaimVerdict]) -> String {
         }
     }
     md
+}
+
+/// A task's verdict from its comparison and its Holm-adjusted p-values (holds, refuted).
+fn task_verdict(p: Partial, holm: Option<(f64, f64)>, d: &Decision) -> TaskVerdict {
+    let Ok(c) = p.cmp else {
+        return TaskVerdict {
+            env: p.env,
+            verdict: Verdict::Inconclusive,
+            effect: None,
+            seeds: p.seeds,
+            detail: p.detail,
+        };
+    };
+    let (ph, pr) = holm.unwrap_or((1.0, 1.0));
+    // Too few seeds for any test to reach the level: no verdict, whatever the data.
+    let decidable = stats::seeds_can_decide(p.seeds.0, p.seeds.1, d.alpha, d.family);
+    let verdict = if !decidable {
+        Verdict::Inconclusive
+    } else if ph <= d.alpha {
+        Verdict::Holds
+    } else if pr <= d.alpha {
+        Verdict::Refuted
+    } else {
+        Verdict::Inconclusive
+    };
+    // Back to the quantity's units: a − b, or a / b.
+    let raw = |x: f64| {
+        let y = d.sign * x;
+        if d.rule.quantity.is_ratio() {
+            y.exp()
+        } else {
+            y
+        }
+    };
+    let (lo, hi) = (raw(c.lo).min(raw(c.hi)), raw(c.lo).max(raw(c.hi)));
+    let mut detail = p.detail;
+    let mut say = |s: String| {
+        if !detail.is_empty() {
+            detail.push_str("; ");
+        }
+        detail.push_str(&s);
+    };
+    match verdict {
+        Verdict::Refuted if c.hi < -1e-9 => say("the effect goes the other way".into()),
+        Verdict::Refuted => say("the effect is smaller than the margin".into()),
+        Verdict::Inconclusive if !decidable => say(format!(
+            "{}+{} seeds cannot decide at {:.0}%{}; about {} per agent would",
+            p.seeds.0,
+            p.seeds.1,
+            d.rule.confidence * 100.0,
+            if d.family > 1 {
+                format!(" over {} tasks", d.family)
+            } else {
+                String::new()
+            },
+            stats::seeds_to_decide(d.alpha, d.family)
+                .max(stats::seeds_to_resolve(p.seeds.0.min(p.seeds.1), &c, d.margin).unwrap_or(0))
+        )),
+        Verdict::Inconclusive => {
+            let n = p.seeds.0.min(p.seeds.1);
+            say(match stats::seeds_to_resolve(n, &c, d.margin) {
+                Some(m) => {
+                    format!("at this spread about {m} seeds per agent would resolve it")
+                }
+                None => "the estimate sits on the margin: more seeds would not resolve it".into(),
+            })
+        }
+        Verdict::Holds => {}
+    }
+    if d.family > 1 {
+        say(format!("Holm over {} tasks", d.family));
+    }
+    TaskVerdict {
+        env: p.env,
+        verdict,
+        effect: Some(Effect {
+            value: raw(c.estimate),
+            lo,
+            hi,
+            p_holds: ph,
+            p_refuted: pr,
+            rank_biserial: c.rank_biserial,
+            medians: p.medians,
+        }),
+        seeds: p.seeds,
+        detail,
+    }
 }
 
 #[cfg(test)]

@@ -115,19 +115,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
         }
         tch::set_num_threads(n);
     }
-    let slurm_opts = slurm.slurm.then_some(crate::slurm::SlurmOptions {
-        partition: slurm.partition,
-        gpus_per_run: slurm.gpus_per_run,
-        cpus_per_run: slurm.cpus_per_run,
-        time: slurm.time,
-        max_parallel: slurm.max_parallel,
-        sbatch_args: slurm.sbatch_arg,
-        dry_run: slurm.dry_run,
-        device,
-    });
-    if let Some(o) = &slurm_opts {
-        o.validate()?;
-    }
+    let slurm_opts = slurm_options(slurm, device)?;
     let from_dir = spec.is_dir();
     if from_dir {
         if let Some(o) = &out {
@@ -166,32 +154,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
         None => None,
         Some(t) => Some(parse_shard(&t)?),
     };
-    let out = match (out, from_dir) {
-        (Some(o), _) => o,
-        (None, true) => spec.clone(),
-        (None, false) => PathBuf::from("results").join(&s.name),
-    };
-    // A sweep folder is resumable: re-running the same sweep into it finishes what is missing.
-    let inputs: Vec<(&str, &Path)> = if from_dir {
-        vec![]
-    } else {
-        vec![("SPEC", &spec)]
-    };
-    commands::check_out(&out, &inputs, overwrite, |d| d.join("sweep.json").exists())?;
-    // Its finished runs would pass for this spec's: a folder resumes only the sweep it holds.
-    if out.join("sweep.json").is_file() {
-        let old = crate::sweep::load_sweep_dir(&out)?;
-        if let Some(what) = s.conflict_with(&old) {
-            return Err(AgentError::config(
-                "--out",
-                format!(
-                    "{} holds a sweep whose finished runs differ from this spec's: {what}; resume it with its own spec (`aligngym sweep {}`) or choose a new --out",
-                    out.display(),
-                    out.display()
-                ),
-            ));
-        }
-    }
+    let out = sweep_out(&s, &spec, out, from_dir, overwrite)?;
     if let Some(o) = slurm_opts {
         return submit_sweep(&s, &out, &o);
     }
@@ -381,4 +344,63 @@ fn decide_dtype(
         }
     }
     Ok(())
+}
+
+/// The sweep's folder: `--out`, the folder a sweep resumes from, or `results/<name>`; checked
+/// against the spec file and against a different sweep already there.
+fn sweep_out(
+    s: &SweepSpec,
+    spec: &Path,
+    out: Option<PathBuf>,
+    from_dir: bool,
+    overwrite: bool,
+) -> Result<PathBuf> {
+    let out = match (out, from_dir) {
+        (Some(o), _) => o,
+        (None, true) => spec.to_path_buf(),
+        (None, false) => PathBuf::from("results").join(&s.name),
+    };
+    // A sweep folder is resumable: re-running the same sweep into it finishes what is missing.
+    let inputs: Vec<(&str, &Path)> = if from_dir {
+        vec![]
+    } else {
+        vec![("SPEC", spec)]
+    };
+    commands::check_out(&out, &inputs, overwrite, |d| d.join("sweep.json").exists())?;
+    // Its finished runs would pass for this spec's: a folder resumes only the sweep it holds.
+    if out.join("sweep.json").is_file() {
+        let old = crate::sweep::load_sweep_dir(&out)?;
+        if let Some(what) = s.conflict_with(&old) {
+            return Err(AgentError::config(
+                "--out",
+                format!(
+                    "{} holds a sweep whose finished runs differ from this spec's: {what}; resume it with its own spec (`aligngym sweep {}`) or choose a new --out",
+                    out.display(),
+                    out.display()
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The Slurm options of `--slurm`, checked (none without it).
+fn slurm_options(
+    slurm: SlurmArgs,
+    device: DeviceChoice,
+) -> Result<Option<crate::slurm::SlurmOptions>> {
+    let opts = slurm.slurm.then_some(crate::slurm::SlurmOptions {
+        partition: slurm.partition,
+        gpus_per_run: slurm.gpus_per_run,
+        cpus_per_run: slurm.cpus_per_run,
+        time: slurm.time,
+        max_parallel: slurm.max_parallel,
+        sbatch_args: slurm.sbatch_arg,
+        dry_run: slurm.dry_run,
+        device,
+    });
+    if let Some(o) = &opts {
+        o.validate()?;
+    }
+    Ok(opts)
 }
