@@ -59,16 +59,6 @@ fn gold_curve(rows: &[MetricRow]) -> Vec<(u64, f64)> {
     c
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => v[n / 2],
-        _ => 0.5 * (v[n / 2 - 1] + v[n / 2]),
-    }
-}
-
 /// The spread over seeds: the range of the runs' final gold rewards (0 with one run).
 fn spread(curves: &[Vec<(u64, f64)>]) -> f64 {
     let finals: Vec<f64> = curves
@@ -114,7 +104,11 @@ pub fn health(runs: &[&[MetricRow]]) -> Health {
                 .iter()
                 .filter_map(|c| c.iter().find(|p| p.0 == *s).map(|p| p.1))
                 .collect();
-            (at.len() == curves.len()).then(|| median(at))
+            (at.len() == curves.len()).then(|| {
+                let mut at = at;
+                at.sort_by(f64::total_cmp);
+                crate::stats::quantile_sorted(&at, 0.5)
+            })
         })
         .collect();
     let trend = if med.len() < 3 {

@@ -258,17 +258,17 @@ pub fn welch(a: &[f64], b: &[f64], margin: f64, confidence: f64) -> Comparison {
     let tail = (1.0 - confidence) / 2.0;
     if se <= 0.0 || !se.is_finite() {
         // No spread at all: the difference is known exactly.
-        let side = |holds: bool| match estimate.total_cmp(&margin) {
-            std::cmp::Ordering::Equal => 0.5,
-            std::cmp::Ordering::Greater => f64::from(u8::from(!holds)),
-            std::cmp::Ordering::Less => f64::from(u8::from(holds)),
+        let (p_holds, p_refuted) = match estimate.total_cmp(&margin) {
+            std::cmp::Ordering::Greater => (0.0, 1.0),
+            std::cmp::Ordering::Less => (1.0, 0.0),
+            std::cmp::Ordering::Equal => (0.5, 0.5),
         };
         return Comparison {
             estimate,
             lo: estimate,
             hi: estimate,
-            p_holds: side(true),
-            p_refuted: side(false),
+            p_holds,
+            p_refuted,
             rank_biserial: None,
         };
     }

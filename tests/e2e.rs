@@ -252,7 +252,7 @@ fn the_online_agents_beat_sft_on_arithmetic() {
     let others: Vec<(&str, &str, &str, &str)> = AgentKind::ALL
         .iter()
         .filter(|k| k.learns() == Learns::Online)
-        .filter(|k| !matches!(k, AgentKind::Ppo | AgentKind::BestOfN))
+        .filter(|k| k.trains() && **k != AgentKind::Ppo)
         .filter(|k| !runs.iter().any(|r| r.0 == k.name()))
         .map(|k| (k.name(), "", "loss", "grad_norm"))
         .collect();

@@ -106,21 +106,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(dir) => (resumed_spec(&dir, &sets, dtype)?, dir, true),
         None => {
             let out = out.unwrap_or_default();
-            let request = NewRun {
-                from_file,
-                spec_file: spec_file.as_deref(),
-                agent,
-                env,
-                policy,
-                reward,
-                prefs,
-                seed,
+            let spec = match from_file {
+                Some(spec) => spec,
+                None => TrainSpec::new(
+                    agent.unwrap_or(AgentKind::Ppo),
+                    &env.unwrap_or_default(),
+                    policy.unwrap_or_default(),
+                    reward.unwrap_or(RewardSpec::Gold),
+                    prefs,
+                    seed.unwrap_or(0),
+                ),
             };
-            (
-                new_spec(request, &out, &sets, dtype, overwrite)?,
-                out,
-                false,
-            )
+            let spec = new_spec(spec, spec_file.as_deref(), &out, &sets, dtype, overwrite)?;
+            (spec, out, false)
         }
     };
     let t = task(&spec.env)?;
@@ -219,48 +217,16 @@ fn resumed_spec(dir: &Path, sets: &[String], dtype: Option<Precision>) -> Result
     Ok(spec)
 }
 
-/// What a new run was asked for on the command line.
-struct NewRun<'a> {
-    from_file: Option<TrainSpec>,
-    spec_file: Option<&'a Path>,
-    agent: Option<AgentKind>,
-    env: Option<String>,
-    policy: Option<PathBuf>,
-    reward: Option<RewardSpec>,
-    prefs: Option<PathBuf>,
-    seed: Option<u64>,
-}
-
-/// The spec of a new run into `out`: from a spec file or the flags, with `sets` and `dtype`
-/// applied, its inputs made absolute, and `out` checked against them.
+/// A new run's `spec` (from a spec file or the flags) with `sets` and `dtype` applied, its
+/// inputs made absolute, and `out` checked against them (and against `spec_file`).
 fn new_spec(
-    request: NewRun,
+    mut spec: TrainSpec,
+    spec_file: Option<&Path>,
     out: &Path,
     sets: &[String],
     dtype: Option<Precision>,
     overwrite: bool,
 ) -> Result<TrainSpec> {
-    let NewRun {
-        from_file,
-        spec_file,
-        agent,
-        env,
-        policy,
-        reward,
-        prefs,
-        seed,
-    } = request;
-    let mut spec = match from_file {
-        Some(spec) => spec,
-        None => TrainSpec::new(
-            agent.unwrap_or(AgentKind::Ppo),
-            &env.unwrap_or_default(),
-            policy.unwrap_or_default(),
-            reward.unwrap_or(RewardSpec::Gold),
-            prefs,
-            seed.unwrap_or(0),
-        ),
-    };
     spec.apply_sets(sets)?;
     if let Some(d) = dtype {
         spec.run.dtype = d;

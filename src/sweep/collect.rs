@@ -74,9 +74,9 @@ pub fn collect(spec: &SweepSpec, out: &Path) -> Result<()> {
             .or_default()
             .push(rows.as_slice());
     }
-    let spreads: BTreeMap<&String, f64> = series
-        .iter()
-        .map(|(k, runs)| (k, convergence::series_spread(runs)))
+    let spreads: BTreeMap<String, f64> = series
+        .into_iter()
+        .map(|(k, runs)| (k, convergence::series_spread(&runs)))
         .collect();
     for (r, rows) in &finished {
         let spread = spreads[&crate::plot::series_key(&r.id)];
