@@ -4,8 +4,9 @@ what transformers computes, for aligngym's reference tests (agents/tests/hf_refe
     python scripts/hf_check.py CHECKPOINT_DIR REQUEST.json OUT_DIR
 
 REQUEST.json: {"texts": [...], "messages": [{"role": ..., "content": ...}, ...]}. Writes
-OUT_DIR/ids.json (each text's ids from AutoTokenizer, no special tokens added; the chat
-template's rendering of the messages with a generation prompt) and OUT_DIR/logits.safetensors
+OUT_DIR/ids.json (each text's ids from AutoTokenizer, no special tokens added, and with the
+tokenizer's own special tokens; the chat template's rendering of the messages with a generation
+prompt; the BOS token and the generation config's EOS ids) and OUT_DIR/logits.safetensors
 (`logits_i`: AutoModelForCausalLM's logits `[T, V]` on text i's ids).
 """
 
@@ -15,7 +16,7 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 
 def main(checkpoint, request, out):
@@ -31,7 +32,18 @@ def main(checkpoint, request, out):
             logits[f"logits_{i}"] = model(input_ids=torch.tensor([row])).logits[0].contiguous()
     save_file(logits, out / "logits.safetensors")
     rendered = tok.apply_chat_template(req["messages"], tokenize=False, add_generation_prompt=True)
-    (out / "ids.json").write_text(json.dumps({"ids": ids, "chat": rendered}))
+    eos = GenerationConfig.from_pretrained(checkpoint).eos_token_id
+    (out / "ids.json").write_text(
+        json.dumps(
+            {
+                "ids": ids,
+                "with_specials": [tok(t)["input_ids"] for t in req["texts"]],
+                "chat": rendered,
+                "bos_token": tok.bos_token,
+                "eos_token_id": eos if isinstance(eos, list) else [eos],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

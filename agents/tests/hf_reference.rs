@@ -7,6 +7,7 @@ use aligngym_agents::lm::checkpoint;
 use aligngym_agents::lm::sampling::{generate_until, SamplingConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 mod common;
@@ -23,6 +24,15 @@ fn fixtures() -> &'static Path {
     })
 }
 
+/// The tests that read the fixtures; the last one to finish removes them.
+static FIXTURE_USERS: AtomicUsize = AtomicUsize::new(2);
+
+fn done_with_fixtures() {
+    if FIXTURE_USERS.fetch_sub(1, Ordering::SeqCst) == 1 {
+        let _ = std::fs::remove_dir_all(fixtures());
+    }
+}
+
 fn reference(dir: &Path) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(dir.join("reference.safetensors"))
         .unwrap()
@@ -36,7 +46,14 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn logits_and_greedy_generation_equal_transformers_for_every_family() {
-    for name in ["gpt2", "llama-gqa-tied", "llama-untied-sharded", "qwen2"] {
+    for name in [
+        "gpt2",
+        "llama-gqa-tied",
+        "llama-untied-sharded",
+        "qwen2",
+        "llama-head-dim",
+        "llama3-rope-scaling",
+    ] {
         let dir = fixtures().join(name);
         let r = reference(&dir);
         let (_vs, model) = checkpoint::load_model(&dir, Device::Cpu).unwrap();
@@ -87,7 +104,127 @@ fn logits_and_greedy_generation_equal_transformers_for_every_family() {
             assert!(d < 1e-4, "{name}: KV-cache log-prob max |Δ| = {d}");
         });
     }
-    let _ = std::fs::remove_dir_all(fixtures());
+    done_with_fixtures();
+}
+
+/// Qwen2.5's tokenizer (no BOS, a ChatML template in `chat_template.jinja`, PAD among the EOS
+/// ids) and Llama 3's (BOS from the tokenizer's post-processor, EOS ids listed in
+/// `generation_config.json`), each with a third EOS id that greedy decoding reaches: prompts,
+/// logits and where generation stops equal transformers', and a checkpoint saved here keeps them
+/// for transformers.
+#[test]
+fn published_tokenizers_load_and_stop_as_transformers_resolves_them() {
+    use aligngym_agents::lm::tokenizer::PromptFormat;
+    use aligngym_agents::{LmPolicy, Policy};
+    let questions = ["what is 3 plus 6?", "what is 17 plus 20? the answer"];
+    for (name, chat) in [("qwen2.5-tokenizer", true), ("llama3-tokenizer", false)] {
+        let dir = fixtures().join(name);
+        let r = reference(&dir);
+        let policy = LmPolicy::load(&dir, Device::Cpu).unwrap();
+        let tok = &policy.tokenizer;
+        let eos: Vec<u32> = Vec::<i64>::try_from(&r["eos_ids"])
+            .unwrap()
+            .iter()
+            .map(|&i| i as u32)
+            .collect();
+        assert_eq!(tok.eos_ids(), eos.as_slice(), "{name}: EOS ids");
+        assert_eq!(tok.chat_prompts(), chat, "{name}: chat prompts");
+        assert_eq!(tok.bos_id().is_none(), chat, "{name}: BOS");
+        assert_eq!(tok.adds_bos(), !chat, "{name}: BOS added");
+        let prompts: Vec<Vec<u32>> = questions.iter().map(|q| tok.encode_prompt(q)).collect();
+        let sampling = SamplingConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens: 12,
+        };
+        let gen = policy.sample(&prompts, &sampling).unwrap();
+        let completions = gen.completions();
+        for (i, ids) in prompts.iter().enumerate() {
+            let theirs: Vec<i64> = Vec::try_from(&r[&format!("prompt_{i}")]).unwrap();
+            let ours: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+            assert_eq!(ours, theirs, "{name}: prompt {i}");
+            let x = Tensor::from_slice(&ours).view([1, -1]);
+            let valid = x.ones_like().to_kind(Kind::Bool);
+            let logits = tch::no_grad(|| {
+                policy
+                    .model
+                    .lm_logits(&policy.model.forward_full(&x, &valid, false))
+            });
+            let d = max_abs(&logits.squeeze_dim(0), &r[&format!("logits_{i}")]);
+            assert!(d < 1e-4, "{name}: logits of prompt {i}: max |Δ| = {d}");
+            let generated: Vec<i64> = Vec::try_from(&r[&format!("generated_{i}")]).unwrap();
+            let ours: Vec<i64> = completions[i].iter().map(|&t| t as i64).collect();
+            assert_eq!(ours, generated, "{name}: greedy completion {i}");
+        }
+        // The first question stops at the third EOS id, before the token budget.
+        assert!(completions[0].len() <= 4, "{name}: {:?}", completions[0]);
+        assert!(eos.contains(completions[0].last().unwrap()));
+
+        // Saved here, the checkpoint keeps no BOS, the EOS ids and the template, for aligngym and
+        // for transformers.
+        let saved = std::env::temp_dir().join(format!("aligngym-{name}-{}", std::process::id()));
+        policy.save(&saved).unwrap();
+        let again = LmPolicy::load(&saved, Device::Cpu).unwrap();
+        assert_eq!(again.tokenizer.eos_ids(), tok.eos_ids(), "{name}");
+        assert_eq!(again.tokenizer.bos_id(), tok.bos_id(), "{name}");
+        assert_eq!(again.tokenizer.encode_prompt(questions[1]), prompts[1]);
+        let request = saved.with_file_name(format!("{name}-request.json"));
+        let messages = [aligngym_envs::Message::user(questions[0])];
+        std::fs::write(
+            &request,
+            serde_json::json!({"texts": questions, "messages": messages}).to_string(),
+        )
+        .unwrap();
+        let out = saved.with_file_name(format!("{name}-out"));
+        py(&[
+            "scripts/hf_check.py",
+            saved.to_str().unwrap(),
+            request.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
+        let theirs: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("ids.json")).unwrap()).unwrap();
+        let their_eos: Vec<u32> = serde_json::from_value(theirs["eos_token_id"].clone()).unwrap();
+        assert_eq!(
+            their_eos, eos,
+            "{name}: transformers' EOS ids of the saved checkpoint"
+        );
+        assert_eq!(
+            theirs["bos_token"].is_null(),
+            chat,
+            "{name}: {}",
+            theirs["bos_token"]
+        );
+        // `sample --format raw` gives a chat model's tokenizer the plain text as transformers
+        // encodes it; a model without a template of its own has one format only.
+        let with_specials: Vec<u32> =
+            serde_json::from_value(theirs["with_specials"][1].clone()).unwrap();
+        assert_eq!(
+            tok.encode_prompt_as(questions[1], PromptFormat::Raw),
+            with_specials,
+            "{name}: raw prompt"
+        );
+        assert_eq!(
+            tok.encode_prompt_as(questions[1], PromptFormat::Chat),
+            prompts[1],
+            "{name}: chat prompt"
+        );
+        if chat {
+            let rendered = tok
+                .chat_template()
+                .render(&messages, true, "", "<|im_end|>")
+                .unwrap();
+            assert_eq!(theirs["chat"].as_str().unwrap(), rendered, "{name}");
+        } else {
+            assert_eq!(with_specials, prompts[1], "{name}: ids with special tokens");
+        }
+        for p in [saved.clone(), out] {
+            let _ = std::fs::remove_dir_all(p);
+        }
+        let _ = std::fs::remove_file(request);
+    }
+    done_with_fixtures();
 }
 
 #[test]

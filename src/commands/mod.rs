@@ -354,20 +354,6 @@ pub fn run_sft(
     Ok(rows)
 }
 
-/// Sample completions from a checkpoint.
-pub fn sample_texts(
-    policy: &LmPolicy,
-    prompt: &str,
-    n: usize,
-    sampling: &SamplingConfig,
-    seed: u64,
-) -> Result<Vec<String>> {
-    tch::manual_seed(seed as i64);
-    let ids = vec![policy.tokenizer.encode_prompt(prompt); n];
-    let gen = aligngym_agents::Policy::sample(policy, &ids, sampling)?;
-    Ok(policy.decode(&gen))
-}
-
 /// Build `pairs` oracle-labelled preference pairs from `generator` on `task`.
 #[allow(clippy::too_many_arguments)]
 pub fn build_prefs(

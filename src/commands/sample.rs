@@ -1,7 +1,8 @@
 //! `aligngym sample`: Print completions sampled from a checkpoint.
 
-use crate::commands::{self, params_of, Compute};
+use crate::commands::{params_of, Compute};
 use aligngym_agents::lm::sampling::SamplingConfig;
+use aligngym_agents::lm::tokenizer::PromptFormat;
 use aligngym_agents::{LmPolicy, Result};
 use std::path::PathBuf;
 
@@ -32,6 +33,14 @@ pub struct SampleArgs {
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// How the prompt reaches the model: `auto` renders it through the checkpoint's own chat
+    /// template where it has one (an instruct model answers as it was trained to), `chat` always,
+    /// `raw` never (a base model continues the text).
+    #[arg(long, value_enum, default_value_t = PromptFormat::Auto)]
+    pub format: PromptFormat,
+    /// Shorthand for `--format chat`.
+    #[arg(long, conflicts_with = "format")]
+    pub chat: bool,
     #[command(flatten)]
     pub compute: Compute,
 }
@@ -47,8 +56,11 @@ pub fn run(args: SampleArgs) -> Result<()> {
         top_p,
         max_new_tokens,
         seed,
+        format,
+        chat,
         compute,
     } = args;
+    let format = if chat { PromptFormat::Chat } else { format };
     let dev = compute.device.resolve()?;
     let p =
         LmPolicy::load(&policy, dev)?.with_precision(compute.precision(dev, params_of(&policy)));
@@ -58,11 +70,23 @@ pub fn run(args: SampleArgs) -> Result<()> {
         top_p,
         max_new_tokens,
     };
-    for (i, c) in commands::sample_texts(&p, &prompt, n, &cfg, seed)?
-        .iter()
-        .enumerate()
-    {
+    let ids = p.tokenizer.encode_prompt_as(&prompt, format);
+    for (i, c) in sample_texts(&p, &ids, n, &cfg, seed)?.iter().enumerate() {
         println!("[{i}] {prompt}{c}");
     }
     Ok(())
+}
+
+/// `n` completions of `prompt`'s ids.
+fn sample_texts(
+    policy: &LmPolicy,
+    prompt: &[u32],
+    n: usize,
+    sampling: &SamplingConfig,
+    seed: u64,
+) -> Result<Vec<String>> {
+    tch::manual_seed(seed as i64);
+    let ids = vec![prompt.to_vec(); n];
+    let gen = aligngym_agents::Policy::sample(policy, &ids, sampling)?;
+    Ok(policy.decode(&gen))
 }

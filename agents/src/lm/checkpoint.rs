@@ -108,16 +108,16 @@ pub fn write_into(
     Tensor::write_safetensors(&hf::export_heads(vs), tmp.join(HEADS))?;
     let ids = hf::TokenIds {
         bos: tokenizer.bos_id(),
-        eos: tokenizer.eos_id(),
+        eos: tokenizer.eos_ids().to_vec(),
         pad: tokenizer.pad_id(),
     };
     write_json(
         &tmp.join(hf::CONFIG),
-        &hf::config_to_json(&config.model, ids),
+        &hf::config_to_json(&config.model, &ids),
     )?;
     write_json(
         &tmp.join(hf::GENERATION_CONFIG),
-        &hf::generation_config_json(ids),
+        &hf::generation_config_json(&ids),
     )?;
     let meta = Meta {
         kind: config.kind,

@@ -6,7 +6,7 @@
 //! layer's `[out, in]`; they are transposed on the way in and out. The Llama family's variables
 //! already carry transformers' names.
 
-use crate::lm::model::{Activation, Family, GptConfig};
+use crate::lm::model::{Activation, Family, GptConfig, RopeScaling};
 use crate::{AgentError, Result};
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
@@ -159,13 +159,6 @@ pub fn config_from_json(v: &Value, path: &Path) -> Result<GptConfig> {
                 "hidden_act",
                 "an activation other than silu",
             )?;
-            if let Some(d) = f.opt_usize("head_dim")? {
-                f.refuse_if(
-                    d * heads != hidden,
-                    "head_dim",
-                    "a head width other than hidden_size / num_attention_heads",
-                )?;
-            }
             if family == Family::Llama {
                 f.refuse_if(
                     f.bool_or("attention_bias", false)?,
@@ -180,32 +173,16 @@ pub fn config_from_json(v: &Value, path: &Path) -> Result<GptConfig> {
                     "sliding-window attention",
                 )?;
             }
-            // transformers 5 keeps RoPE's settings in `rope_parameters`; 4.x had `rope_theta`
-            // and `rope_scaling` at the top level.
-            let rope = f.present("rope_parameters").or(f.present("rope_scaling"));
-            let mut theta = f.f64_or("rope_theta", 10_000.0)?;
-            if let Some(r) = rope {
-                let kind = r
-                    .get("rope_type")
-                    .or(r.get("type"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("default");
-                f.refuse_if(
-                    kind != "default",
-                    "rope_parameters",
-                    &format!("RoPE scaling `{kind}`"),
-                )?;
-                if let Some(t) = r.get("rope_theta").and_then(Value::as_f64) {
-                    theta = t;
-                }
-            }
+            let (rope_theta, rope_scaling) = rope_of(&f)?;
             let kv = f.opt_usize("num_key_value_heads")?;
             GptConfig {
                 family,
                 n_kv_head: kv.filter(|&k| k != heads),
                 intermediate_size: Some(f.usize("intermediate_size")?),
                 activation: Activation::Silu,
-                rope_theta: theta,
+                rope_theta,
+                rope_scaling,
+                head_dim: f.opt_usize("head_dim")?.filter(|&d| d * heads != hidden),
                 norm_eps: f.f64_or("rms_norm_eps", 1e-6)?,
                 tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
                 ..GptConfig::gpt2(
@@ -222,22 +199,87 @@ pub fn config_from_json(v: &Value, path: &Path) -> Result<GptConfig> {
     Ok(cfg)
 }
 
+/// RoPE's base and scaling. transformers 5 keeps them in `rope_parameters`; 4.x had
+/// `rope_theta` and `rope_scaling` at the top level. Kinds aligngym does not compute (YaRN,
+/// dynamic NTK, LongRoPE, partial rotation) are refused by name.
+fn rope_of(f: &Fields) -> Result<(f64, Option<RopeScaling>)> {
+    let mut theta = f.f64_or("rope_theta", 10_000.0)?;
+    let (field, r) = match (f.present("rope_parameters"), f.present("rope_scaling")) {
+        (Some(r), _) => ("rope_parameters", r),
+        (None, Some(r)) => ("rope_scaling", r),
+        (None, None) => return Ok((theta, None)),
+    };
+    let sub = Fields { v: r, path: f.path };
+    let named = |e: AgentError| match e {
+        AgentError::Checkpoint { path, msg } => AgentError::Checkpoint {
+            path,
+            msg: msg.replacen("field `", &format!("field `{field}."), 1),
+        },
+        e => e,
+    };
+    let kind = match sub.present("rope_type") {
+        Some(_) => sub.str_or("rope_type", "default"),
+        None => sub.str_or("type", "default"),
+    }
+    .map_err(named)?;
+    theta = sub.f64_or("rope_theta", theta).map_err(named)?;
+    f.refuse_if(
+        sub.f64_or("partial_rotary_factor", 1.0).map_err(named)? != 1.0,
+        &format!("{field}.partial_rotary_factor"),
+        "rotation of part of each head",
+    )?;
+    let factor = || sub.f64_or("factor", 1.0).map_err(named);
+    let scaling = match kind {
+        "default" => None,
+        "linear" => Some(RopeScaling::Linear { factor: factor()? }),
+        "llama3" => Some(RopeScaling::Llama3 {
+            factor: factor()?,
+            low_freq_factor: sub.f64_or("low_freq_factor", 1.0).map_err(named)?,
+            high_freq_factor: sub.f64_or("high_freq_factor", 4.0).map_err(named)?,
+            original_max_position_embeddings: match sub
+                .opt_usize("original_max_position_embeddings")
+                .map_err(named)?
+            {
+                Some(n) => n,
+                None => f.usize("max_position_embeddings")?,
+            },
+        }),
+        other => {
+            return Err(err(
+                f.path,
+                format!("field `{field}`: RoPE scaling `{other}` is not supported (default, linear, llama3)"),
+            ))
+        }
+    };
+    Ok((theta, scaling))
+}
+
 /// Special-token ids a `config.json` and `generation_config.json` carry.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TokenIds {
-    /// Beginning of sequence.
-    pub bos: u32,
-    /// End of sequence.
-    pub eos: u32,
+    /// Beginning of sequence, where the tokenizer has one.
+    pub bos: Option<u32>,
+    /// The ids that end a generation, EOS first.
+    pub eos: Vec<u32>,
     /// Padding.
     pub pad: u32,
 }
 
+impl TokenIds {
+    /// EOS as transformers writes `eos_token_id`: one id, or the list where there are several.
+    fn eos_json(&self) -> Value {
+        match self.eos.as_slice() {
+            [one] => json!(one),
+            many => json!(many),
+        }
+    }
+}
+
 /// transformers' `config.json` for `cfg` (what `save_pretrained` writes for the family).
-pub fn config_to_json(cfg: &GptConfig, ids: TokenIds) -> Value {
+pub fn config_to_json(cfg: &GptConfig, ids: &TokenIds) -> Value {
     let common = json!({
         "bos_token_id": ids.bos,
-        "eos_token_id": ids.eos,
+        "eos_token_id": ids.eos.first(),
         "pad_token_id": ids.pad,
         "dtype": "float32",
         "tie_word_embeddings": cfg.tie_word_embeddings,
@@ -281,7 +323,7 @@ pub fn config_to_json(cfg: &GptConfig, ids: TokenIds) -> Value {
                 "max_position_embeddings": cfg.block_size,
                 "rms_norm_eps": cfg.norm_eps,
                 "rope_theta": cfg.rope_theta,
-                "rope_parameters": {"rope_theta": cfg.rope_theta, "rope_type": "default"},
+                "rope_parameters": rope_json(cfg),
                 "attention_bias": false,
                 "attention_dropout": cfg.dropout,
                 "mlp_bias": false,
@@ -295,11 +337,23 @@ pub fn config_to_json(cfg: &GptConfig, ids: TokenIds) -> Value {
     out
 }
 
+/// `rope_parameters` as transformers 5 writes them: the base, the kind and its fields.
+fn rope_json(cfg: &GptConfig) -> Value {
+    let mut r = match &cfg.rope_scaling {
+        Some(s) => serde_json::to_value(s).unwrap_or_else(|_| json!({})),
+        None => json!({"rope_type": "default"}),
+    };
+    if let Some(o) = r.as_object_mut() {
+        o.insert("rope_theta".into(), json!(cfg.rope_theta));
+    }
+    r
+}
+
 /// transformers' `generation_config.json` for a model with these special tokens.
-pub fn generation_config_json(ids: TokenIds) -> Value {
+pub fn generation_config_json(ids: &TokenIds) -> Value {
     json!({
         "bos_token_id": ids.bos,
-        "eos_token_id": ids.eos,
+        "eos_token_id": ids.eos_json(),
         "pad_token_id": ids.pad,
     })
 }
@@ -475,4 +529,114 @@ pub fn export_heads(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llama(extra: Value) -> Value {
+        let mut v = json!({
+            "model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 128, "rope_theta": 500.0,
+        });
+        if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        v
+    }
+
+    fn parse(v: Value) -> std::result::Result<GptConfig, String> {
+        config_from_json(&v, Path::new("config.json")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn head_width_and_rope_scaling_are_read_and_written_back() {
+        let cfg = parse(llama(json!({
+            "head_dim": 16,
+            "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
+                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64},
+        })))
+        .unwrap();
+        assert_eq!((cfg.head_dim(), cfg.attention_width()), (16, 64));
+        assert_eq!(cfg.rope_theta, 5e5);
+        assert_eq!(
+            cfg.rope_scaling,
+            Some(RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 64
+            })
+        );
+        let ids = TokenIds {
+            bos: None,
+            eos: vec![3, 5],
+            pad: 0,
+        };
+        let written = config_to_json(&cfg, &ids);
+        assert_eq!(parse(written.clone()).unwrap(), cfg);
+        assert!(written["bos_token_id"].is_null());
+        assert_eq!(written["eos_token_id"], json!(3));
+        assert_eq!(generation_config_json(&ids)["eos_token_id"], json!([3, 5]));
+
+        // transformers 4.x: `rope_scaling` with `type`; a head width equal to hidden / heads is
+        // no quirk.
+        let cfg = parse(llama(json!({"head_dim": 8,
+            "rope_scaling": {"type": "linear", "factor": 2.0}})))
+        .unwrap();
+        assert_eq!(cfg.head_dim, None);
+        assert_eq!(cfg.rope_scaling, Some(RopeScaling::Linear { factor: 2.0 }));
+        // Llama 3.1 without its own pretraining length falls back to max_position_embeddings.
+        let cfg = parse(llama(
+            json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}),
+        ))
+        .unwrap();
+        assert!(matches!(
+            cfg.rope_scaling,
+            Some(RopeScaling::Llama3 {
+                original_max_position_embeddings: 128,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn rope_kinds_not_computed_here_are_refused_by_name() {
+        for (extra, expected) in [
+            (
+                json!({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}),
+                "field `rope_parameters`: RoPE scaling `yarn` is not supported",
+            ),
+            (
+                json!({"rope_scaling": {"rope_type": "dynamic", "factor": 4.0}}),
+                "field `rope_scaling`: RoPE scaling `dynamic`",
+            ),
+            (
+                json!({"rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}}),
+                "field `rope_parameters.partial_rotary_factor`",
+            ),
+            (
+                json!({"rope_parameters": {"rope_type": "linear", "factor": "two"}}),
+                "field `rope_parameters.factor`: expected a number",
+            ),
+            (
+                json!({"rope_parameters": {"rope_type": "linear", "factor": 0.5}}),
+                "factor ≥ 1",
+            ),
+            (
+                json!({"rope_parameters": {"rope_type": "llama3", "factor": 8.0,
+                    "low_freq_factor": 4.0, "high_freq_factor": 1.0}}),
+                "low_freq_factor < high_freq_factor",
+            ),
+        ] {
+            let e = parse(llama(extra)).unwrap_err();
+            assert!(
+                e.contains("config.json") && e.contains(expected),
+                "{e} lacks {expected}"
+            );
+        }
+    }
 }

@@ -77,6 +77,84 @@ impl Activation {
     }
 }
 
+/// How RoPE's frequencies are stretched for contexts past the pretraining length, as
+/// transformers' `rope_parameters` (`rope_scaling` in 4.x) names the kinds aligngym computes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RopeScaling {
+    /// Position interpolation: every frequency divided by `factor`.
+    Linear {
+        /// How many times longer the context is than in pretraining.
+        factor: f64,
+    },
+    /// Llama 3.1's: wavelengths past the pretraining context divided by `factor`, those shorter
+    /// than a `high_freq_factor`-th of it kept, and a smooth blend between.
+    Llama3 {
+        /// How many times longer the context is than in pretraining.
+        factor: f64,
+        /// Wavelengths longer than `original_max_position_embeddings / low_freq_factor` are scaled.
+        low_freq_factor: f64,
+        /// Wavelengths shorter than `original_max_position_embeddings / high_freq_factor` are kept.
+        high_freq_factor: f64,
+        /// The context length of pretraining.
+        original_max_position_embeddings: usize,
+    },
+}
+
+impl RopeScaling {
+    fn validate(&self) -> Result<()> {
+        let (factor, bands) = match *self {
+            RopeScaling::Linear { factor } => (factor, true),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => (
+                factor,
+                low_freq_factor > 0.0
+                    && high_freq_factor > low_freq_factor
+                    && original_max_position_embeddings > 0,
+            ),
+        };
+        if !(factor.is_finite() && factor >= 1.0) {
+            return Err(AgentError::config("rope_scaling", "expected factor ≥ 1"));
+        }
+        if !bands {
+            return Err(AgentError::config(
+                "rope_scaling",
+                "expected 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The scaled inverse frequencies from plain RoPE's `inv_freq [D/2]` (fp32), computed as
+    /// transformers computes them so that the logits agree to fp32 rounding.
+    fn apply(&self, inv_freq: Tensor) -> Tensor {
+        match *self {
+            RopeScaling::Linear { factor } => inv_freq / factor,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let old = original_max_position_embeddings as f64;
+                let (low_wavelen, high_wavelen) = (old / low_freq_factor, old / high_freq_factor);
+                let wavelen = (2.0 * std::f64::consts::PI) / &inv_freq; // [D/2]
+                let long = wavelen.gt(low_wavelen);
+                let scaled = inv_freq.where_self(&long.logical_not(), &(&inv_freq / factor));
+                let smooth =
+                    (old / &wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor); // [D/2]
+                let blended: Tensor = (1.0 - &smooth) * &scaled / factor + &smooth * &scaled;
+                let medium = wavelen.ge(high_wavelen).logical_and(&long.logical_not());
+                blended.where_self(&medium, &scaled)
+            }
+        }
+    }
+}
+
 fn default_rope_theta() -> f64 {
     10_000.0
 }
@@ -121,6 +199,13 @@ pub struct GptConfig {
     /// RoPE's base (the Llama family).
     #[serde(default = "default_rope_theta")]
     pub rope_theta: f64,
+    /// RoPE's frequency scaling (Llama 3.1's `llama3`, `linear`); `None` for plain RoPE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+    /// Channels per attention head where a checkpoint sets it apart from `n_embd / n_head` (the
+    /// query projection is then `n_head · head_dim` wide); `None` means `n_embd / n_head`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
     /// Epsilon of the LayerNorms or RMSNorms.
     #[serde(default = "default_norm_eps")]
     pub norm_eps: f64,
@@ -150,6 +235,8 @@ impl GptConfig {
             intermediate_size: None,
             activation: Activation::Gelu,
             rope_theta: default_rope_theta(),
+            rope_scaling: None,
+            head_dim: None,
             norm_eps: default_norm_eps(),
             tie_word_embeddings: true,
         }
@@ -168,7 +255,11 @@ impl GptConfig {
     }
     /// Channels per attention head.
     pub fn head_dim(&self) -> usize {
-        self.n_embd / self.n_head.max(1)
+        self.head_dim.unwrap_or(self.n_embd / self.n_head.max(1))
+    }
+    /// Width of the attention's query and output projections: `n_head · head_dim`.
+    pub fn attention_width(&self) -> usize {
+        self.n_head * self.head_dim()
     }
     /// Width of the MLP's hidden layer.
     pub fn mlp_width(&self) -> usize {
@@ -190,7 +281,15 @@ impl GptConfig {
         pos("block_size", self.block_size)?;
         pos("n_kv_head", self.kv_heads())?;
         pos("intermediate_size", self.mlp_width())?;
-        if !self.n_embd.is_multiple_of(self.n_head) {
+        if let Some(d) = self.head_dim {
+            pos("head_dim", d)?;
+            if self.family == Family::Gpt2 && d * self.n_head != self.n_embd {
+                return Err(AgentError::config(
+                    "head_dim",
+                    "GPT-2's heads split n_embd evenly",
+                ));
+            }
+        } else if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(AgentError::config(
                 "n_head",
                 format!("{} does not divide n_embd {}", self.n_head, self.n_embd),
@@ -230,6 +329,15 @@ impl GptConfig {
         if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
             return Err(AgentError::config("rope_theta", "expected a value > 1"));
         }
+        if let Some(r) = &self.rope_scaling {
+            if !self.family.rotary() {
+                return Err(AgentError::config(
+                    "rope_scaling",
+                    "GPT-2 has no rotary embeddings",
+                ));
+            }
+            r.validate()?;
+        }
         Ok(())
     }
     /// Parameters of the trunk and LM head (value and reward heads excluded); counted in 128 bits
@@ -238,6 +346,7 @@ impl GptConfig {
         let w = |x: usize| x as u128;
         let (c, m, v) = (w(self.n_embd), w(self.mlp_width()), w(self.vocab_size));
         let kv = w(self.kv_heads()) * w(self.head_dim());
+        let a = w(self.attention_width());
         let head = if self.tie_word_embeddings { 0 } else { v * c };
         let n = match self.family {
             Family::Gpt2 => {
@@ -247,11 +356,11 @@ impl GptConfig {
             }
             Family::Llama | Family::Qwen2 => {
                 let bias = if self.family == Family::Qwen2 {
-                    c + 2 * kv
+                    a + 2 * kv
                 } else {
                     0
                 };
-                let per_layer = 2 * c + 2 * c * c + 2 * c * kv + bias + 3 * c * m;
+                let per_layer = 2 * c + 2 * c * a + 2 * c * kv + bias + 3 * c * m;
                 v * c + w(self.n_layer) * per_layer + c + head
             }
         };
@@ -261,6 +370,7 @@ impl GptConfig {
     pub fn flops_per_token(&self, t: usize) -> f64 {
         let (c, m) = (self.n_embd as f64, self.mlp_width() as f64);
         let kv = (self.kv_heads() * self.head_dim()) as f64;
+        let a = self.attention_width() as f64;
         let l = self.n_layer as f64;
         let mlp = if self.family == Family::Gpt2 {
             2.0
@@ -268,8 +378,8 @@ impl GptConfig {
             3.0
         } * c
             * m;
-        let per_layer = 2.0 * c * c + 2.0 * c * kv + mlp;
-        2.0 * (l * per_layer + self.vocab_size as f64 * c) + 2.0 * l * 2.0 * t as f64 * c
+        let per_layer = 2.0 * c * a + 2.0 * c * kv + mlp;
+        2.0 * (l * per_layer + self.vocab_size as f64 * c) + 2.0 * l * 2.0 * t as f64 * a
     }
     /// [`GptConfig::flops_per_token`] without the LM head: a pass that reads the trunk only (a
     /// value or reward head costs next to nothing).
@@ -476,7 +586,7 @@ fn linear(p: nn::Path, i: usize, o: usize, std: f64, bias: bool) -> nn::Linear {
 
 impl Block {
     fn new(p: nn::Path, cfg: &GptConfig) -> Self {
-        let (c, m) = (cfg.n_embd, cfg.mlp_width());
+        let (c, m, a) = (cfg.n_embd, cfg.mlp_width(), cfg.attention_width());
         let kv = cfg.kv_heads() * cfg.head_dim();
         // GPT-2's scaled init of the residual projections keeps the stream's variance flat in depth.
         let proj_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
@@ -504,14 +614,14 @@ impl Block {
             ),
             Family::Llama | Family::Qwen2 => {
                 let bias = cfg.family == Family::Qwen2;
-                let (a, f) = (&p / "self_attn", &p / "mlp");
+                let (at, f) = (&p / "self_attn", &p / "mlp");
                 shape(
                     QkvProj::Split {
-                        q: linear(&a / "q_proj", c, c, 0.02, bias),
-                        k: linear(&a / "k_proj", c, kv, 0.02, bias),
-                        v: linear(&a / "v_proj", c, kv, 0.02, bias),
+                        q: linear(&at / "q_proj", c, a, 0.02, bias),
+                        k: linear(&at / "k_proj", c, kv, 0.02, bias),
+                        v: linear(&at / "v_proj", c, kv, 0.02, bias),
                     },
-                    linear(&a / "o_proj", c, c, proj_std, false),
+                    linear(&at / "o_proj", a, c, proj_std, false),
                     MlpIn::Gated {
                         gate: linear(&f / "gate_proj", c, m, 0.02, false),
                         up: linear(&f / "up_proj", c, m, 0.02, false),
@@ -556,7 +666,7 @@ impl Block {
         cache: Option<&mut LayerCache>,
         train: bool,
     ) -> Tensor {
-        let (b, t, c) = x.size3().expect("[B, T, C]");
+        let (b, t, _) = x.size3().expect("[B, T, C]");
         let (h, hkv, d) = (self.n_head, self.n_kv_head, self.head_dim);
         let kind = w.qkv.kind.values;
         let qkv = w.qkv.apply(&self.norm_1.forward(x).to_kind(kind)); // [B, T, (H + 2·H_kv)·D]
@@ -608,7 +718,11 @@ impl Block {
         } else {
             Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, gqa)
         }; // [B, H, T, D]
-        let y = y.transpose(1, 2).contiguous().view([b, t, c]).to_kind(kind); // [B, T, C]
+        let y = y
+            .transpose(1, 2)
+            .contiguous()
+            .view([b, t, h * d])
+            .to_kind(kind); // [B, T, H·D]
         let x = x + w.o_proj.apply(&y).dropout(p, train); // fp32 [B, T, C]
         let hidden = w.mlp_in.apply(&self.norm_2.forward(&x).to_kind(kind)); // [B, T, M or 2M]
         let m = w.mlp_out.apply(&self.activate(&hidden)); // [B, T, C]
@@ -808,10 +922,14 @@ impl Gpt {
             let exponent = Tensor::arange_start_step(0, d, 2, (Kind::Int64, p.device()))
                 .to_kind(Kind::Float)
                 / d as f64; // [D/2]
-            Tensor::from(cfg.rope_theta as f32)
+            let inv_freq = Tensor::from(cfg.rope_theta as f32)
                 .to_device(p.device())
                 .pow(&exponent)
-                .reciprocal()
+                .reciprocal(); // [D/2]
+            match &cfg.rope_scaling {
+                Some(r) => r.apply(inv_freq),
+                None => inv_freq,
+            }
         });
         let zero = nn::LinearConfig {
             ws_init: nn::Init::Const(0.0),

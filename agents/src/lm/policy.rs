@@ -3,7 +3,7 @@
 use crate::lm::checkpoint::{self, CheckpointConfig, ModelKind};
 use crate::lm::device::Precision;
 use crate::lm::model::Gpt;
-use crate::lm::sampling::{generate, Generation, SamplingConfig};
+use crate::lm::sampling::{generate_until, Generation, SamplingConfig};
 use crate::lm::tokenizer::Tokenizer;
 use crate::{AgentError, Result};
 use aligngym_envs::TextCodec;
@@ -110,11 +110,11 @@ impl LmPolicy {
 
 impl Policy for LmPolicy {
     fn sample(&self, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> Result<Generation> {
-        generate(
+        generate_until(
             &self.model,
             prompts,
             self.tokenizer.pad_id(),
-            self.tokenizer.eos_id(),
+            self.tokenizer.eos_ids(),
             cfg,
             self.device(),
         )

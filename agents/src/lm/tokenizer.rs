@@ -2,6 +2,7 @@
 //! `tokenizer.json`, so a tokenizer made elsewhere loads too.
 
 use crate::lm::chat_template::ChatTemplate;
+use crate::lm::hf;
 use crate::{AgentError, Result};
 use aligngym_envs::{Message, TextCodec};
 use std::path::Path;
@@ -17,19 +18,39 @@ pub const BOS: &str = "<|bos|>";
 pub const EOS: &str = "<|eos|>";
 /// The Hugging Face file beside `tokenizer.json` with the special tokens and the chat template.
 pub const CONFIG_FILE: &str = "tokenizer_config.json";
+/// Where transformers 5 saves a chat template (beside `tokenizer.json`).
+pub const TEMPLATE_FILE: &str = "chat_template.jinja";
 /// End of a policy turn in a multi-turn conversation (the built-in chat format; never EOS or PAD).
 pub const EOT: &str = aligngym_envs::chat::END_OF_TURN;
+
+/// How a prompt reaches the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PromptFormat {
+    /// Through the checkpoint's own chat template where it has one (instruct models), else as
+    /// plain text.
+    #[default]
+    Auto,
+    /// As the user's message, rendered by the chat template with the assistant's turn opened
+    /// (aligngym's built-in template renders a prompt as plain text).
+    Chat,
+    /// As plain text after BOS, as a base model continues it.
+    Raw,
+}
 
 /// The tokenizer every model of a run shares.
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pad: u32,
-    bos: u32,
+    /// None where the tokenizer has no BOS (Qwen2's `"bos_token": null`).
+    bos: Option<u32>,
     eos: u32,
+    /// Every id that ends a generation: EOS first, then the other `eos_token_id`s of the
+    /// checkpoint's `generation_config.json` (Llama 3 and Qwen2.5-Instruct list several).
+    eos_ids: Vec<u32>,
     eot: Option<u32>,
     template: ChatTemplate,
-    /// The BOS and EOS strings, as chat templates read them.
+    /// The BOS and EOS strings, as chat templates read them (BOS empty where there is none).
     bos_token: String,
     eos_token: String,
     /// Whether a prompt starts with BOS (aligngym's models; Llama's tokenizers).
@@ -47,6 +68,30 @@ fn token_field(cfg: Option<&serde_json::Value>, field: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The `eos_token_id` of a `generation_config.json` or `config.json`: one id, a list, or none.
+fn eos_token_ids(v: &serde_json::Value) -> std::result::Result<Vec<u32>, String> {
+    let id = |x: &serde_json::Value| {
+        x.as_u64()
+            .and_then(|i| u32::try_from(i).ok())
+            .ok_or_else(|| format!("field `eos_token_id`: expected token ids, found {x}"))
+    };
+    match v.get("eos_token_id") {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(serde_json::Value::Array(a)) => a.iter().map(id).collect(),
+        Some(x) => Ok(vec![id(x)?]),
+    }
+}
+
+fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| AgentError::io(path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", path.display())))
+}
+
 fn tok_err(e: impl std::fmt::Display) -> AgentError {
     AgentError::Tokenizer(e.to_string())
 }
@@ -55,11 +100,11 @@ impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Tokenizer(vocab={}, pad={}, bos={}, eos={})",
+            "Tokenizer(vocab={}, pad={}, bos={:?}, eos={:?})",
             self.vocab_size(),
             self.pad,
             self.bos,
-            self.eos
+            self.eos_ids
         )
     }
 }
@@ -99,19 +144,26 @@ impl Tokenizer {
         Self::from_inner(inner, None)
     }
 
-    /// The tokenizer with its special tokens: those `cfg` (a `tokenizer_config.json`) names, else
-    /// aligngym's own. PAD must differ from EOS: where the config names none (or names EOS, as
-    /// many instruct models do), the first of aligngym's PAD, `<|endoftext|>`, `<pad>` and `<unk>`
-    /// that the vocabulary has and that is not EOS.
+    /// The tokenizer with its special tokens, resolved as transformers resolves them: those `cfg`
+    /// (a `tokenizer_config.json`) names, else aligngym's own. A config whose `bos_token` is null
+    /// or absent (Qwen2's) means no BOS. BOS starts a prompt where the config's `add_bos_token`
+    /// says so, else where the tokenizer's own post-processor adds it (Llama 3's template). PAD
+    /// must differ from EOS: where the config names none (or names EOS, as many instruct models
+    /// do), the first of aligngym's PAD, `<|endoftext|>`, `<pad>` and `<unk>` that the vocabulary
+    /// has and that is not EOS.
     fn from_inner(inner: tokenizers::Tokenizer, cfg: Option<&serde_json::Value>) -> Result<Self> {
         let id = |t: &str| {
             inner.token_to_id(t).ok_or_else(|| {
                 AgentError::Tokenizer(format!("the tokenizer has no special token `{t}`"))
             })
         };
-        let bos_token = token_field(cfg, "bos_token").unwrap_or_else(|| BOS.to_string());
+        let bos_token = match cfg {
+            Some(_) => token_field(cfg, "bos_token"),
+            None => inner.token_to_id(BOS).map(|_| BOS.to_string()),
+        };
         let eos_token = token_field(cfg, "eos_token").unwrap_or_else(|| EOS.to_string());
-        let (bos, eos) = (id(&bos_token)?, id(&eos_token)?);
+        let bos = bos_token.as_deref().map(id).transpose()?;
+        let eos = id(&eos_token)?;
         let named_pad = token_field(cfg, "pad_token").and_then(|t| inner.token_to_id(&t));
         let pad = named_pad
             .into_iter()
@@ -130,22 +182,48 @@ impl Tokenizer {
         // Tokenizers from before multi-turn support have no end-of-turn token: their models end
         // every turn with EOS.
         let eot = inner.token_to_id(EOT).filter(|&t| t != pad && t != eos);
-        let add_bos = cfg
-            .and_then(|c| c.get("add_bos_token"))
-            .and_then(|v| v.as_bool())
-            .unwrap_or(bos_token == BOS);
+        let post_processor_adds_bos = || {
+            let first = inner.encode("a", true).ok()?.get_ids().first().copied();
+            Some(first == bos)
+        };
+        // aligngym's own tokenizers (no config yet) start every prompt with BOS.
+        let add_bos = bos.is_some()
+            && cfg.is_none_or(|c| {
+                c.get("add_bos_token")
+                    .and_then(|v| v.as_bool())
+                    .or_else(post_processor_adds_bos)
+                    .unwrap_or(false)
+            });
         Ok(Self {
             inner,
             pad,
             bos,
             eos,
+            eos_ids: vec![eos],
             eot,
             template: ChatTemplate::builtin(),
-            bos_token,
+            bos_token: bos_token.unwrap_or_default(),
             eos_token,
             add_bos,
             chat_prompts: false,
         })
+    }
+
+    /// Add the ids that end a generation besides EOS (a `generation_config.json`'s
+    /// `eos_token_id` list; Qwen2.5-Instruct's includes its PAD, which then ends a turn too).
+    fn add_eos_ids(&mut self, ids: &[u32]) -> std::result::Result<(), String> {
+        for &i in ids {
+            if i as usize >= self.vocab_size() {
+                return Err(format!(
+                    "field `eos_token_id`: {i} is outside the tokenizer's {} ids",
+                    self.vocab_size()
+                ));
+            }
+            if !self.eos_ids.contains(&i) {
+                self.eos_ids.push(i);
+            }
+        }
+        Ok(())
     }
 
     /// A tokenizer built elsewhere (from a GGUF file's vocabulary), with the special tokens and
@@ -161,18 +239,20 @@ impl Tokenizer {
     fn apply_template(&mut self, cfg: &serde_json::Value) -> Result<()> {
         match cfg.get("chat_template") {
             None | Some(serde_json::Value::Null) => Ok(()),
-            Some(serde_json::Value::String(t)) => {
-                self.template = ChatTemplate::new(t)?;
-                self.chat_prompts = t != crate::lm::chat_template::BUILTIN;
-                let probe = [Message::user("hi")];
-                self.template
-                    .render(&probe, true, &self.bos_token, &self.eos_token)
-                    .map(|_| ())
-            }
+            Some(serde_json::Value::String(t)) => self.use_template(t),
             Some(_) => Err(AgentError::Tokenizer(
                 "field `chat_template`: expected a string".into(),
             )),
         }
+    }
+
+    fn use_template(&mut self, source: &str) -> Result<()> {
+        self.template = ChatTemplate::new(source)?;
+        self.chat_prompts = source != crate::lm::chat_template::BUILTIN;
+        let probe = [Message::user("hi")];
+        self.template
+            .render(&probe, true, &self.bos_token, &self.eos_token)
+            .map(|_| ())
     }
 
     /// Load a standard `tokenizer.json`, with the special tokens and chat template of the
@@ -182,21 +262,30 @@ impl Tokenizer {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", path.display())))?;
         let cfg_path = path.with_file_name(CONFIG_FILE);
-        let cfg: Option<serde_json::Value> = if cfg_path.exists() {
-            let text =
-                std::fs::read_to_string(&cfg_path).map_err(|e| AgentError::io(&cfg_path, e))?;
-            Some(
-                serde_json::from_str(&text)
-                    .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", cfg_path.display())))?,
-            )
-        } else {
-            None
-        };
+        let cfg = read_json(&cfg_path)?;
         let mut tok = Self::from_inner(inner, cfg.as_ref())
             .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", path.display())))?;
         if let Some(cfg) = &cfg {
             tok.apply_template(cfg)
                 .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", cfg_path.display())))?;
+        }
+        // transformers 5 saves the template in a file of its own, which wins over the config's.
+        let jinja = path.with_file_name(TEMPLATE_FILE);
+        if jinja.exists() {
+            let source = std::fs::read_to_string(&jinja).map_err(|e| AgentError::io(&jinja, e))?;
+            tok.use_template(&source)
+                .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", jinja.display())))?;
+        }
+        // transformers' `generate` stops at the generation config's EOS ids, which it takes from
+        // `config.json` where a checkpoint has no `generation_config.json`.
+        for name in [hf::GENERATION_CONFIG, hf::CONFIG] {
+            let file = path.with_file_name(name);
+            if let Some(v) = read_json(&file)? {
+                eos_token_ids(&v)
+                    .and_then(|ids| tok.add_eos_ids(&ids))
+                    .map_err(|e| AgentError::Tokenizer(format!("{}: {e}", file.display())))?;
+                break;
+            }
         }
         Ok(tok)
     }
@@ -211,7 +300,7 @@ impl Tokenizer {
         let cfg = path.with_file_name(CONFIG_FILE);
         let pad_token = self.inner.id_to_token(self.pad).unwrap_or_default();
         let v = serde_json::json!({
-            "bos_token": self.bos_token,
+            "bos_token": self.bos.map(|_| &self.bos_token),
             "eos_token": self.eos_token,
             "pad_token": pad_token,
             "add_bos_token": self.add_bos,
@@ -250,7 +339,17 @@ impl Tokenizer {
     /// chat template's rendering of `prompt` as the user's message with the assistant's turn
     /// opened; for aligngym's models, `[BOS] + ids(prompt)`.
     pub fn encode_prompt(&self, prompt: &str) -> Vec<u32> {
-        if self.chat_prompts {
+        self.encode_prompt_as(prompt, PromptFormat::Auto)
+    }
+
+    /// `prompt`'s ids in the given format ([`PromptFormat::Auto`] is [`Tokenizer::encode_prompt`]).
+    pub fn encode_prompt_as(&self, prompt: &str, format: PromptFormat) -> Vec<u32> {
+        let chat = match format {
+            PromptFormat::Auto => self.chat_prompts,
+            PromptFormat::Chat => self.template.source() != crate::lm::chat_template::BUILTIN,
+            PromptFormat::Raw => false,
+        };
+        if chat {
             let user = [Message::user(prompt)];
             // The template rendered a conversation when it was loaded, so this cannot fail on
             // one message; the bare text is the fallback all the same.
@@ -262,8 +361,8 @@ impl Tokenizer {
             }
         }
         let mut ids = Vec::with_capacity(prompt.len() + 1);
-        if self.add_bos {
-            ids.push(self.bos);
+        if let Some(bos) = self.bos.filter(|_| self.add_bos) {
+            ids.push(bos);
         }
         ids.extend(self.encode_ids(prompt));
         ids
@@ -279,9 +378,19 @@ impl Tokenizer {
         self.inner.decode(ids, true).unwrap_or_default()
     }
 
-    /// The BOS id.
-    pub fn bos_id(&self) -> u32 {
+    /// The BOS id, where the tokenizer has one.
+    pub fn bos_id(&self) -> Option<u32> {
         self.bos
+    }
+
+    /// Whether prompts start with BOS.
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Every id that ends a generation: EOS, then the generation config's other EOS ids.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
     }
 
     /// The end-of-turn id, when the tokenizer has one.
@@ -298,9 +407,9 @@ impl Tokenizer {
         ids
     }
 
-    /// The ids that end a policy turn: EOS and, where there is one, end-of-turn.
+    /// The ids that end a policy turn: the EOS ids and, where there is one, end-of-turn.
     pub fn turn_stops(&self) -> Vec<u32> {
-        std::iter::once(self.eos).chain(self.eot).collect()
+        self.eos_ids.iter().copied().chain(self.eot).collect()
     }
 }
 
@@ -389,6 +498,42 @@ mod tests {
         );
         std::fs::remove_file(dir.join(CONFIG_FILE)).unwrap();
         assert_ne!(t.pad_id(), t.eos_id());
+
+        // Qwen2's `"bos_token": null`: nothing before the prompt; a template file beside the
+        // tokenizer wins over the config's (transformers 5 writes one); the generation config's
+        // EOS ids end generations and turns; an id past the vocabulary names the file.
+        std::fs::write(
+            dir.join(CONFIG_FILE),
+            r#"{"bos_token": null, "eos_token": "<|eos|>", "chat_template": "{{ messages[0].content }}"}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join(TEMPLATE_FILE), "[{{ messages[0].content }}]").unwrap();
+        std::fs::write(
+            dir.join(hf::GENERATION_CONFIG),
+            r#"{"eos_token_id": [7, 2, 9]}"#,
+        )
+        .unwrap();
+        let q = Tokenizer::load(dir.join("tokenizer.json")).unwrap();
+        assert_eq!((q.bos_id(), q.adds_bos()), (None, false));
+        assert_eq!(q.encode_prompt("hi"), q.encode_ids("[hi]"));
+        assert_eq!(q.eos_id(), 2);
+        assert_eq!(q.eos_ids(), &[2, 7, 9]);
+        assert_eq!(q.turn_stops(), vec![2, 7, 9, q.eot_id().unwrap()]);
+        std::fs::write(
+            dir.join(hf::GENERATION_CONFIG),
+            r#"{"eos_token_id": 99999}"#,
+        )
+        .unwrap();
+        let e = Tokenizer::load(dir.join("tokenizer.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(hf::GENERATION_CONFIG) && e.contains("eos_token_id") && e.contains("99999"),
+            "{e}"
+        );
+        for f in [CONFIG_FILE, TEMPLATE_FILE, hf::GENERATION_CONFIG] {
+            std::fs::remove_file(dir.join(f)).unwrap();
+        }
         assert!(Tokenizer::train(&[String::new()], 300).is_err());
         std::fs::write(dir.join("bad.json"), "{oops").unwrap();
         assert!(Tokenizer::load(dir.join("bad.json"))
