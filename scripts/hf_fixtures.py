@@ -181,12 +181,14 @@ def tokenizers():
 
 
 QUESTIONS = ["what is 3 plus 6?", "what is 17 plus 20? the answer"]
+ANSWER = "the answer is 9."
 
 
 def with_tokenizer(out, name, model, tok, eos_ids, mode):
     """A checkpoint as its family publishes it, and what transformers makes of its prompts: the
     ids of each question (`prompt_i`, through the chat template in chat mode, else with the
-    tokenizer's own special tokens), their logits, and greedy generation stopping at the
+    tokenizer's own special tokens; in chat mode also a whole `conversation` of the first question
+    and its answer), their logits, and greedy generation stopping at the
     generation config's EOS ids. A third EOS id, the token greedy decoding of the first question
     reaches at its 4th step, makes stopping at an id past the tokenizer's EOS visible."""
     perturb(model)
@@ -196,7 +198,11 @@ def with_tokenizer(out, name, model, tok, eos_ids, mode):
     # What a user of the published checkpoint gets (transformers may impose a family's own
     # pre-tokenizer on tokenizer.json).
     tok = AutoTokenizer.from_pretrained(folder)
+    tensors = {}
     if mode == "chat":
+        conversation = [{"role": "user", "content": QUESTIONS[0]}, {"role": "assistant", "content": ANSWER}]
+        ids = tok.apply_chat_template(conversation, tokenize=True)["input_ids"]
+        tensors["conversation"] = torch.tensor(list(ids))
         prompts = [
             list(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True)["input_ids"])
             for q in QUESTIONS
@@ -204,7 +210,6 @@ def with_tokenizer(out, name, model, tok, eos_ids, mode):
     else:
         prompts = [tok(q)["input_ids"] for q in QUESTIONS]
     pad = tok.pad_token_id
-    tensors = {}
     with torch.no_grad():
         first = model.generate(
             input_ids=torch.tensor([prompts[0]]),

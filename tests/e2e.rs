@@ -1520,3 +1520,84 @@ fn bad_conversational_jsonl_gets_one_line_naming_file_line_and_field() {
         fails(&args, want);
     }
 }
+
+/// `sft --policy DIR --data FILE`: SFT continues from a pretrained checkpoint on TRL's three data
+/// forms, counting as targets only texts, completions and the assistant's turns; a bad line is one
+/// line naming file, line and field, with nothing written.
+#[test]
+fn sft_from_a_pretrained_policy_trains_on_completions_and_assistant_turns_only() {
+    use aligngym_agents::Tokenizer;
+    use aligngym_envs::TextCodec;
+    let base = sft("arithmetic-v0");
+    let dir = root().join("sft-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("data.jsonl");
+    std::fs::write(
+        &data,
+        concat!(
+            r#"{"messages":[{"role":"user","content":"1+2="},{"role":"assistant","content":"3"},{"role":"user","content":"again: 2+2="},{"role":"assistant","content":"4"}]}"#,
+            "\n",
+            r#"{"prompt":"5+5=","completion":"10"}"#,
+            "\n",
+            r#"{"text":"7+1=8"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.join("tuned");
+    run(&[
+        "sft",
+        "--policy",
+        base.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--learning-rate",
+        "1e-4",
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    let tok = Tokenizer::load(base.join("tokenizer.json")).unwrap();
+    let expected = tok.turn_ids("3").len()
+        + tok.turn_ids("4").len()
+        + tok.turn_ids("10").len()
+        + tok.encode_prompt("7+1=8").len(); // [BOS] text [EOS], less the first id
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("corpus_stats.json")).unwrap())
+            .unwrap();
+    assert_eq!(stats["examples"], 3);
+    assert_eq!(stats["trained_tokens"], expected, "{stats}");
+    assert!(stats["tokens"].as_u64().unwrap() > expected as u64 + 8);
+    let log = std::fs::read_to_string(out.join("sft_log.csv")).unwrap();
+    assert_eq!(log.lines().count(), 4, "{log}");
+    // The tuned policy keeps the base's tokenizer and shape, with moved weights.
+    let tuned = Tokenizer::load(out.join("tokenizer.json")).unwrap();
+    assert_eq!(tuned.vocab_size(), tok.vocab_size());
+    assert_ne!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        std::fs::read(base.join("model.safetensors")).unwrap()
+    );
+
+    std::fs::write(&data, "{\"text\":\"1+1=2\"}\n{\"prompt\":\"2+2=\"}\n").unwrap();
+    let bad = dir.join("bad");
+    fails(
+        &[
+            "sft",
+            "--policy",
+            base.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            bad.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        "data.jsonl:2: expected a field `text`, `prompt` and `completion`, or `messages`",
+    );
+    assert!(!bad.exists());
+}

@@ -124,6 +124,41 @@ fn smollm2_runs(m: &str) {
         "cpu",
     ]);
     assert!(!out.stdout.is_empty());
+
+    // SFT from the instruct model on a conversation: ChatML through its own template, only the
+    // assistant's answer and the end of its turn trained on.
+    let data = root().join("smollm2-sft.jsonl");
+    std::fs::write(
+        &data,
+        r#"{"messages":[{"role":"user","content":"Capital of France?"},{"role":"assistant","content":"Paris."}]}"#,
+    )
+    .unwrap();
+    let tuned = root().join("smollm2-sft");
+    run(&[
+        "sft",
+        "--policy",
+        m,
+        "--data",
+        data.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--out",
+        tuned.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    let tok =
+        aligngym_agents::Tokenizer::load(std::path::Path::new(m).join("tokenizer.json")).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tuned.join("corpus_stats.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        stats["trained_tokens"],
+        tok.encode_ids("Paris.<|im_end|>\n").len(),
+        "{stats}"
+    );
 }
 
 /// Bytes free on the file system holding `dir`.

@@ -466,6 +466,93 @@ fn sft_beats_unigram_entropy_and_is_reproducible() {
 }
 
 #[test]
+fn sft_records_train_only_completions_and_assistant_turns() {
+    use aligngym_envs::{Message, Role, SftRecord};
+    let _guard = lock();
+    let corpus = corpus();
+    let tok = Tokenizer::train(&corpus, 300).unwrap();
+    let eot = tok.eot_id().unwrap();
+    let conv = vec![
+        Message::user("the film 3"),
+        Message::assistant(" great"),
+        Message::new(Role::Tool, "again"),
+        Message::assistant(" bad"),
+    ];
+    let records = [
+        SftRecord::Text("the film".into()),
+        SftRecord::PromptCompletion {
+            prompt: "the film".into(),
+            completion: " was great".into(),
+        },
+        SftRecord::Conversation(conv.clone()),
+    ];
+    let ex = sft::encode_records(&tok, &records, 64).unwrap();
+    // A text: [BOS] text [EOS], every target trained.
+    let mut text = tok.encode_prompt("the film");
+    text.push(tok.eos_id());
+    assert_eq!(ex[0], sft::SftExample::full(text.clone()));
+    // A prompt and its completion: the completion as the policy's turn, only it trained.
+    let answer = tok.turn_ids(" was great");
+    let prompt = tok.encode_prompt("the film");
+    assert_eq!(ex[1].ids, [prompt.clone(), answer.clone()].concat());
+    assert_eq!(ex[1].targets(), answer.len());
+    assert!(ex[1].train[..prompt.len()].iter().all(|&t| !t));
+    // A conversation: the built-in format after BOS, the assistant's turns (and their
+    // end-of-turn) trained, the env's reply not.
+    let trained: Vec<u32> = ex[2]
+        .ids
+        .iter()
+        .zip(&ex[2].train)
+        .filter(|(_, &t)| t)
+        .map(|(&i, _)| i)
+        .collect();
+    assert_eq!(
+        trained,
+        [tok.turn_ids(" great"), tok.turn_ids(" bad")].concat()
+    );
+    assert_eq!(ex[2].ids[0], tok.bos_id().unwrap());
+    assert_eq!(trained.iter().filter(|&&i| i == eot).count(), 2);
+    let whole = tok.chat_template().render(&conv, false, "", "").unwrap();
+    assert_eq!(
+        tok.decode_ids(&ex[2].ids),
+        tok.decode_ids(&tok.encode_ids(&whole))
+    );
+    // Cut off before its answer, an example has nothing to train on.
+    let e = sft::encode_records(&tok, &records[1..2], prompt.len())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("example 1") && e.contains("nothing left to train on"),
+        "{e}"
+    );
+
+    // The loss is the mean negative log-likelihood of the marked targets only.
+    let cfg = GptConfig::gpt2(tok.vocab_size(), 1, 2, 32, 64);
+    let (_vs, m) = sft::init_model(&cfg, Device::Cpu, 3).unwrap();
+    let ids: Vec<i64> = ex[2].ids.iter().map(|&i| i as i64).collect();
+    let x = Tensor::from_slice(&ids).view([1, -1]);
+    let valid = x.ones_like().to_kind(Kind::Bool);
+    let marks = Tensor::from_slice(&ex[2].train).view([1, -1]);
+    let loss = tch::no_grad(|| sft::lm_loss_on(&m, &x, &valid, &marks, false)).double_value(&[]);
+    let logp = tch::no_grad(|| m.lm_logits(&m.forward_full(&x, &valid, false)))
+        .log_softmax(-1, Kind::Float)
+        .squeeze_dim(0); // [T, V]
+    let (mut sum, mut n) = (0.0, 0);
+    for t in 1..ids.len() {
+        if ex[2].train[t] {
+            sum -= logp.double_value(&[t as i64 - 1, ids[t]]);
+            n += 1;
+        }
+    }
+    assert_eq!(n, ex[2].targets());
+    assert!(
+        (loss - sum / n as f64).abs() < 1e-5,
+        "{loss} vs {}",
+        sum / n as f64
+    );
+}
+
+#[test]
 fn categorical_sampling_matches_its_probabilities() {
     let _guard = lock();
     tch::manual_seed(3);

@@ -157,6 +157,29 @@ fn published_tokenizers_load_and_stop_as_transformers_resolves_them() {
             let ours: Vec<i64> = completions[i].iter().map(|&t| t as i64).collect();
             assert_eq!(ours, generated, "{name}: greedy completion {i}");
         }
+        if chat {
+            // SFT on a conversation: transformers' ids, the assistant's answer and its end trained.
+            let conv = [
+                aligngym_envs::Message::user(questions[0]),
+                aligngym_envs::Message::assistant("the answer is 9."),
+            ];
+            let (ids, mine) = tok.conversation_ids(&conv).unwrap();
+            let theirs: Vec<i64> = Vec::try_from(&r["conversation"]).unwrap();
+            let ours: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+            assert_eq!(ours, theirs, "{name}: conversation ids");
+            let trained: Vec<u32> = ids
+                .iter()
+                .zip(&mine)
+                .filter(|(_, &m)| m)
+                .map(|(&i, _)| i)
+                .collect();
+            assert_eq!(
+                trained,
+                tok.encode_ids("the answer is 9.<|im_end|>\n"),
+                "{name}"
+            );
+            assert_eq!(&ids[..prompts[0].len()], prompts[0].as_slice(), "{name}");
+        }
         // The first question stops at the third EOS id, before the token budget.
         assert!(completions[0].len() <= 4, "{name}: {:?}", completions[0]);
         assert!(eos.contains(completions[0].last().unwrap()));

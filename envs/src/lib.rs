@@ -30,8 +30,8 @@ pub use env::{Env, Info, RewardSource, Step, TextEnv, TextEnvConfig};
 pub use error::{one_line, EnvError, Result};
 pub use oracle::{BradleyTerryOracle, OracleConfig, Preference, PreferenceOracle};
 pub use prefs::{
-    read_pairs, read_unpaired, write_pairs, ConversationExample, ConversationPair, PrefReader,
-    PrefWriter, PreferencePair, UnpairedExample,
+    read_pairs, read_sft, read_unpaired, write_pairs, ConversationExample, ConversationPair,
+    PrefReader, PrefWriter, PreferencePair, SftRecord, UnpairedExample,
 };
 pub use registry::{make, register, task, tasks};
 pub use reward::{Clip, RewardFn, Rule, RunningNorm, Scale, WeightedSum};

@@ -532,6 +532,92 @@ pub fn read_unpaired(path: impl AsRef<Path>) -> Result<Vec<UnpairedExample>> {
     Ok(out)
 }
 
+/// One example of an SFT data file, in the three forms TRL's `SFTTrainer` reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SftRecord {
+    /// `{"text"}`: language modelling, every token trained on.
+    Text(String),
+    /// `{"prompt", "completion"}`: only the completion trained on (TRL's `completion_only_loss`).
+    PromptCompletion {
+        /// The prompt, presented as rollouts present a task's prompt.
+        prompt: String,
+        /// The answer learned.
+        completion: String,
+    },
+    /// `{"messages": [{role, content}, …]}`: rendered by the chat template, only the assistant's
+    /// turns trained on (TRL's `assistant_only_loss`).
+    Conversation(Vec<Message>),
+}
+
+impl<R: BufRead> PrefReader<R> {
+    /// The next line as an SFT example.
+    pub fn next_sft(&mut self) -> Option<Result<SftRecord>> {
+        let text = match self.next_text()? {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(self.parse_sft(&text))
+    }
+
+    fn parse_sft(&self, text: &str) -> Result<SftRecord> {
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| self.bad(format!("invalid JSON: {e}")))?;
+        let Value::Object(mut obj) = v else {
+            return Err(self.bad(
+                "expected a JSON object with `text`, `prompt` and `completion`, or `messages`",
+            ));
+        };
+        let string = |obj: &mut Map<String, Value>, field: &str| -> Result<String> {
+            match obj.remove(field) {
+                Some(Value::String(s)) if !s.trim().is_empty() => Ok(s),
+                Some(Value::String(_)) => Err(self.bad(format!("field `{field}` is empty"))),
+                Some(other) => Err(self.bad(format!(
+                    "field `{field}`: expected a string, found {}",
+                    kind(&other)
+                ))),
+                None => Err(self.bad(format!("missing field `{field}`"))),
+            }
+        };
+        if let Some(messages) = obj.remove("messages") {
+            let messages = self.messages("messages", messages)?;
+            if !messages.iter().any(|m| m.role == Role::Assistant) {
+                return Err(
+                    self.bad("field `messages`: no assistant message (nothing to learn from)")
+                );
+            }
+            return Ok(SftRecord::Conversation(messages));
+        }
+        if obj.contains_key("completion") {
+            let prompt = string(&mut obj, "prompt")?;
+            let completion = string(&mut obj, "completion")?;
+            return Ok(SftRecord::PromptCompletion { prompt, completion });
+        }
+        if obj.contains_key("text") {
+            return Ok(SftRecord::Text(string(&mut obj, "text")?));
+        }
+        Err(self.bad("expected a field `text`, `prompt` and `completion`, or `messages`"))
+    }
+}
+
+/// Read an SFT data file (JSONL: `{"text"}`, `{"prompt", "completion"}` or `{"messages"}` per
+/// line, forms mixed freely); the first bad line is the error, as is a file without examples.
+pub fn read_sft(path: impl AsRef<Path>) -> Result<Vec<SftRecord>> {
+    let path = path.as_ref();
+    let mut r = PrefReader::open(path)?;
+    let mut out = Vec::new();
+    while let Some(x) = r.next_sft() {
+        out.push(x?);
+    }
+    if out.is_empty() {
+        return Err(EnvError::BadData {
+            path: path.to_path_buf(),
+            line: 0,
+            msg: "no examples in file".into(),
+        });
+    }
+    Ok(out)
+}
+
 impl<R: BufRead> Iterator for PrefReader<R> {
     type Item = Result<PreferencePair>;
     fn next(&mut self) -> Option<Self::Item> {
@@ -808,6 +894,63 @@ mod tests {
             e.contains("e.jsonl") && e.contains("no preference pairs"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn sft_reads_text_prompt_completion_and_messages_and_names_bad_lines() {
+        let d = tmpdir("sft");
+        let f = d.join("s.jsonl");
+        std::fs::write(
+            &f,
+            "{\"text\":\"a b\"}\n\n{\"prompt\":\"2+2=\",\"completion\":\"4\"}\n\
+             {\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\"yo\"}]}\n",
+        )
+        .unwrap();
+        let got = read_sft(&f).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                SftRecord::Text("a b".into()),
+                SftRecord::PromptCompletion {
+                    prompt: "2+2=".into(),
+                    completion: "4".into()
+                },
+                SftRecord::Conversation(vec![
+                    Message::new(Role::System, "be brief"),
+                    Message::user("hi"),
+                    Message::assistant("yo"),
+                ]),
+            ]
+        );
+        for (line, expected) in [
+            ("{\"prompt\":\"p\"}", "s.jsonl:2: expected a field `text`"),
+            (
+                "{\"prompt\":\"p\",\"completion\":3}",
+                "s.jsonl:2: field `completion`: expected a string, found a number",
+            ),
+            (
+                "{\"completion\":\"c\"}",
+                "s.jsonl:2: missing field `prompt`",
+            ),
+            (
+                "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+                "s.jsonl:2: field `messages`: no assistant message",
+            ),
+            (
+                "{\"messages\":[{\"role\":\"bot\",\"content\":\"hi\"}]}",
+                "s.jsonl:2: field `messages[0].role`: unknown role `bot`",
+            ),
+            ("[1]", "s.jsonl:2: expected a JSON object"),
+        ] {
+            std::fs::write(&f, format!("{{\"text\":\"ok\"}}\n{line}\n")).unwrap();
+            let e = read_sft(&f).unwrap_err().to_string();
+            assert!(e.contains(expected), "{e} lacks {expected}");
+        }
+        std::fs::write(&f, "\n").unwrap();
+        assert!(read_sft(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("no examples"));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use aligngym_agents::{
 };
 use aligngym_agents::{DeviceChoice, Precision};
 use aligngym_envs::{
-    derive_seed, BradleyTerryOracle, OracleConfig, PreferencePair, Task, TextCodec,
+    derive_seed, BradleyTerryOracle, OracleConfig, PreferencePair, SftRecord, Task, TextCodec,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Component, Path, PathBuf};
@@ -284,13 +284,9 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Read a corpus file: one example per line; blank lines are skipped; none at all is an error.
-pub fn read_corpus(path: &Path) -> Result<Vec<String>> {
+pub fn read_corpus(path: &Path) -> Result<Vec<SftRecord>> {
     let text = std::fs::read_to_string(path).map_err(|e| AgentError::io(path, e))?;
-    let lines: Vec<String> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(String::from)
-        .collect();
+    let lines = corpus_records(text.lines().map(String::from).collect());
     if lines.is_empty() {
         return Err(AgentError::Data(format!(
             "{}: the corpus is empty (expected one example per line)",
@@ -300,11 +296,42 @@ pub fn read_corpus(path: &Path) -> Result<Vec<String>> {
     Ok(lines)
 }
 
-/// Train the base policy: tokenizer on the corpus, then SFT; writes a checkpoint and `sft_log.csv`
-/// to `out` (nothing is left there on failure). Returns the loss curve.
+/// A corpus's non-blank lines as texts to train on.
+pub fn corpus_records(lines: Vec<String>) -> Vec<SftRecord> {
+    lines
+        .into_iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(SftRecord::Text)
+        .collect()
+}
+
+/// Where SFT starts.
+pub enum SftStart {
+    /// A fresh model of this size, with a tokenizer trained on the data's text.
+    Fresh(ModelSize),
+    /// A pretrained checkpoint: its tokenizer and chat template, its weights.
+    Pretrained(Box<LmPolicy>),
+}
+
+/// Every string of the data, for training a tokenizer on.
+fn record_texts(data: &[SftRecord]) -> Vec<String> {
+    data.iter()
+        .flat_map(|r| match r {
+            SftRecord::Text(t) => vec![t.clone()],
+            SftRecord::PromptCompletion { prompt, completion } => {
+                vec![prompt.clone(), completion.clone()]
+            }
+            SftRecord::Conversation(ms) => ms.iter().map(|m| m.content.clone()).collect(),
+        })
+        .collect()
+}
+
+/// Train the base policy: SFT on `data` from `start`; writes a checkpoint, `sft_log.csv` and
+/// `corpus_stats.json` (examples, tokens, the tokens trained on, the unigram entropy) to `out`
+/// (nothing is left there on failure). Returns the loss curve.
 pub fn run_sft(
-    corpus: &[String],
-    size: ModelSize,
+    data: &[SftRecord],
+    start: SftStart,
     cfg: &SftConfig,
     seed: u64,
     device: tch::Device,
@@ -312,13 +339,19 @@ pub fn run_sft(
     quiet: bool,
 ) -> Result<Vec<SftLogRow>> {
     cfg.validate()?;
-    let tok = Tokenizer::train(corpus, cfg.vocab_size)?;
-    let gcfg = size.config(tok.vocab_size());
-    let seqs = sft_stage::encode_corpus(&tok, corpus, gcfg.block_size)?;
-    let (vs, mut model) = sft_stage::init_model(&gcfg, device, seed)?;
+    let (vs, mut model, tok) = match start {
+        SftStart::Fresh(size) => {
+            let tok = Tokenizer::train(&record_texts(data), cfg.vocab_size)?;
+            let (vs, model) = sft_stage::init_model(&size.config(tok.vocab_size()), device, seed)?;
+            (vs, model, tok)
+        }
+        SftStart::Pretrained(p) => (p.vs, p.model, p.tokenizer),
+    };
+    let gcfg = model.config().clone();
+    let examples = sft_stage::encode_records(&tok, data, gcfg.block_size)?;
     model.set_precision(cfg.dtype);
     let pb = progress(cfg.steps as u64, "sft", quiet);
-    let rows = sft_stage::train(&vs, &model, &seqs, tok.pad_id(), cfg, seed, |r| {
+    let rows = sft_stage::train(&vs, &model, &examples, tok.pad_id(), cfg, seed, |r| {
         pb.inc(1);
         if r.step % 10 == 0 {
             pb.set_message(format!("loss {:.3}", r.loss));
@@ -341,15 +374,14 @@ pub fn run_sft(
     }
     std::fs::write(stage.join("sft_log.csv"), csv)
         .map_err(|e| AgentError::io(stage.join("sft_log.csv"), e))?;
-    let h = sft_stage::unigram_entropy(&seqs);
-    std::fs::write(
-        stage.join("corpus_stats.json"),
-        format!(
-            "{{\"examples\": {}, \"unigram_entropy_nats\": {h}}}\n",
-            seqs.len()
-        ),
-    )
-    .map_err(|e| AgentError::io(stage, e))?;
+    let stats = serde_json::json!({
+        "examples": examples.len(),
+        "tokens": examples.iter().map(|e| e.ids.len()).sum::<usize>(),
+        "trained_tokens": examples.iter().map(|e| e.targets()).sum::<usize>(),
+        "unigram_entropy_nats": sft_stage::unigram_entropy(&examples),
+    });
+    std::fs::write(stage.join("corpus_stats.json"), format!("{stats}\n"))
+        .map_err(|e| AgentError::io(stage, e))?;
     staged.commit()?;
     Ok(rows)
 }

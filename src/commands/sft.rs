@@ -1,31 +1,54 @@
-//! `aligngym sft`: Train the base policy (tokenizer and supervised fine-tuning).
+//! `aligngym sft`: Train the base policy — from scratch (a tokenizer and a fresh model on an env's
+//! corpus or a text file), or from a pretrained checkpoint on a data file of texts, prompt–completion
+//! pairs or conversations.
 
-use crate::commands::{self, Compute, ModelSize};
+use crate::commands::{self, params_of, Compute, ModelSize, SftStart};
 use aligngym_agents::stages::sft::SftConfig;
-use aligngym_agents::{AgentError, Result};
+use aligngym_agents::{AgentError, LmPolicy, Result};
 use aligngym_envs::task;
 use std::path::{Path, PathBuf};
+
+/// TRL's `SFTConfig` default learning rate, for a pretrained model.
+const PRETRAINED_LEARNING_RATE: f64 = 2e-5;
+/// TRL's default passes over a data file.
+const EPOCHS: usize = 3;
 
 /// The arguments of `aligngym sft`.
 #[derive(clap::Args)]
 pub struct SftArgs {
     /// Environment whose corpus generator provides the training text.
-    #[arg(long, required_unless_present = "corpus")]
+    #[arg(long, required_unless_present_any = ["corpus", "data"])]
     pub env: Option<String>,
     /// A text file with one example per line, instead of an env's corpus.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "env")]
     pub corpus: Option<PathBuf>,
-    /// Output checkpoint directory (model.safetensors, config.json, tokenizer.json, sft_log.csv).
+    /// A JSONL data file in TRL's SFT forms, mixed freely: `{"text"}` (every token trained on),
+    /// `{"prompt", "completion"}` (the completion only) or `{"messages": [{role, content}, …]}`
+    /// (rendered by the chat template, the assistant's turns only).
+    #[arg(long, conflicts_with_all = ["env", "corpus"])]
+    pub data: Option<PathBuf>,
+    /// Start from this pretrained checkpoint (its weights, tokenizer and chat template) instead of
+    /// a fresh model; `--size` is then unused.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Output checkpoint directory (model.safetensors, config.json, tokenizer.json, sft_log.csv,
+    /// corpus_stats.json).
     #[arg(long)]
     pub out: PathBuf,
     /// Replace `--out` when it exists and is not empty (never when it is, holds or sits inside an
     /// input, the current directory or /).
     #[arg(long)]
     pub overwrite: bool,
-    /// Optimiser steps (default: the env's recommended count, else 600).
+    /// Optimiser steps (default: the env's recommended count; 3 passes over `--data`; else 600).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Model size.
+    /// Peak learning rate (default: 1e-3 from scratch, 2e-5 from `--policy`, as TRL).
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// Sequences per step (default 32).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Model size, from scratch.
     #[arg(long, value_enum, default_value_t = ModelSize::Tiny)]
     pub size: ModelSize,
     /// Seed for the corpus, initialisation and batches.
@@ -40,35 +63,71 @@ pub fn run(args: SftArgs) -> Result<()> {
     let SftArgs {
         env,
         corpus,
+        data,
+        policy,
         out,
         steps,
+        learning_rate,
+        batch_size,
         size,
         seed,
         compute,
         overwrite,
     } = args;
     let dev = compute.device.resolve()?;
-    let dtype = compute.precision(
-        dev,
-        size.config(SftConfig::default().vocab_size).num_params(),
-    );
-    let inputs: Vec<(&str, &Path)> = corpus.iter().map(|c| ("--corpus", c.as_path())).collect();
+    let params = match &policy {
+        Some(p) => params_of(p),
+        None => size.config(SftConfig::default().vocab_size).num_params(),
+    };
+    let dtype = compute.precision(dev, params);
+    let inputs: Vec<(&str, &Path)> = [
+        ("--corpus", &corpus),
+        ("--data", &data),
+        ("--policy", &policy),
+    ]
+    .into_iter()
+    .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+    .collect();
     commands::check_out(&out, &inputs, overwrite, |_| false)?;
     let mut cfg = SftConfig::default();
-    let text = match (&corpus, &env) {
-        (Some(p), _) => commands::read_corpus(p)?,
-        (None, Some(id)) => {
+    if let Some(b) = batch_size {
+        cfg.batch_size = b;
+    }
+    let records = match (&data, &corpus, &env) {
+        (Some(p), _, _) => {
+            let records = aligngym_envs::read_sft(p)?;
+            cfg.steps = (EPOCHS * records.len()).div_ceil(cfg.batch_size.max(1));
+            records
+        }
+        (None, Some(p), _) => commands::read_corpus(p)?,
+        (None, None, Some(id)) => {
             let t = task(id)?;
             cfg.steps = t.sft_steps();
-            t.corpus(cfg.corpus_size, seed)
+            commands::corpus_records(t.corpus(cfg.corpus_size, seed))
         }
-        (None, None) => return Err(AgentError::config("env", "give --env ID or --corpus FILE")),
+        (None, None, None) => {
+            return Err(AgentError::config(
+                "env",
+                "give --env ID, --corpus FILE or --data FILE",
+            ))
+        }
+    };
+    let start = match &policy {
+        Some(dir) => {
+            cfg.learning_rate = PRETRAINED_LEARNING_RATE;
+            cfg.warmup_steps = 0;
+            SftStart::Pretrained(Box::new(LmPolicy::load(dir, dev)?))
+        }
+        None => SftStart::Fresh(size),
     };
     if let Some(s) = steps {
         cfg.steps = s;
     }
+    if let Some(lr) = learning_rate {
+        cfg.learning_rate = lr;
+    }
     cfg.dtype = dtype;
-    let rows = commands::run_sft(&text, size, &cfg, seed, dev, &out, false)?;
+    let rows = commands::run_sft(&records, start, &cfg, seed, dev, &out, false)?;
     let last = rows.last().map_or(f64::NAN, |r| r.loss);
     println!(
         "sft: {} steps, final loss {last:.4} nats/token; checkpoint in {}",

@@ -222,8 +222,9 @@ fn stage_sft(
         &dir.join("model.safetensors"),
         quiet,
         || {
-            let corpus = t.corpus(cfg.corpus_size, 0);
-            commands::run_sft(&corpus, ModelSize::Tiny, &cfg, 0, dev, &dir, quiet).map(|_| ())
+            let corpus = commands::corpus_records(t.corpus(cfg.corpus_size, 0));
+            let start = commands::SftStart::Fresh(ModelSize::Tiny);
+            commands::run_sft(&corpus, start, &cfg, 0, dev, &dir, quiet).map(|_| ())
         },
     )?;
     Ok(dir)

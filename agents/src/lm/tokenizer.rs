@@ -327,6 +327,58 @@ impl Tokenizer {
         Ok(self.encode_ids(&text))
     }
 
+    /// The ids of a whole conversation as the chat template renders it, and which of them are
+    /// the assistant's own: its turns' text and what ends them, not the header the generation
+    /// prompt opens (TRL's `assistant_only_loss`). aligngym's built-in format starts with BOS, as
+    /// its prompts do.
+    pub fn conversation_ids(&self, messages: &[Message]) -> Result<(Vec<u32>, Vec<bool>)> {
+        use aligngym_envs::Role;
+        if messages.first().is_none_or(|m| m.role == Role::Assistant) {
+            return Err(AgentError::Data(
+                "a conversation starts with a system or user message".into(),
+            ));
+        }
+        let (bos, eos) = (self.bos_token.as_str(), self.eos_token.as_str());
+        let render =
+            |upto: usize, open: bool| self.template.render(&messages[..upto], open, bos, eos);
+        let mut ids = Vec::new();
+        let mut mine = Vec::new();
+        if let Some(b) = self.bos.filter(|_| self.add_bos && !self.chat_prompts) {
+            ids.push(b);
+            mine.push(false);
+        }
+        let mut push = |text: &str, assistant: bool| {
+            let part = self.encode_ids(text);
+            mine.extend(std::iter::repeat_n(assistant, part.len()));
+            ids.extend(part);
+        };
+        let mut done = String::new();
+        for (i, m) in messages.iter().enumerate() {
+            let whole = render(i + 1, false)?;
+            if m.role == Role::Assistant {
+                let opened = render(i, true)?;
+                let header = opened.strip_prefix(done.as_str());
+                let body = whole.strip_prefix(opened.as_str());
+                let (Some(header), Some(body)) = (header, body) else {
+                    return Err(AgentError::Tokenizer(format!(
+                        "chat_template: the assistant's message {i} does not continue the conversation before it and the generation prompt"
+                    )));
+                };
+                push(header, false);
+                push(body, true);
+            } else {
+                let Some(text) = whole.strip_prefix(done.as_str()) else {
+                    return Err(AgentError::Tokenizer(format!(
+                        "chat_template is not append-only: adding message {i} changes the text before it"
+                    )));
+                };
+                push(text, false);
+            }
+            done = whole;
+        }
+        Ok((ids, mine))
+    }
+
     /// Ids of `text` (no special tokens added).
     pub fn encode_ids(&self, text: &str) -> Vec<u32> {
         self.inner

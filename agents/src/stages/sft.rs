@@ -1,12 +1,14 @@
 //! Supervised fine-tuning: next-token cross-entropy on a task corpus (each example
-//! `[BOS] text [EOS]`, right-padded), AdamW with warm-up and decay, gradient clipping.
+//! `[BOS] text [EOS]`, right-padded) or on a data file of texts, prompt–completion pairs and
+//! conversations, where only the completion or the assistant's turns are trained on; AdamW with
+//! warm-up and decay, gradient clipping.
 
 use crate::lm::model::{Gpt, GptConfig};
 use crate::lm::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
 use crate::lm::sampling::right_pad;
 use crate::lm::tokenizer::Tokenizer;
 use crate::{AgentError, Result};
-use aligngym_envs::TextCodec;
+use aligngym_envs::{SftRecord, TextCodec};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -83,37 +85,108 @@ impl SftConfig {
     }
 }
 
+/// One tokenised example: its ids, and for each whether the loss predicts it (the first id,
+/// having no context, never is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SftExample {
+    /// Token ids, prompt first.
+    pub ids: Vec<u32>,
+    /// Whether each id is a training target.
+    pub train: Vec<bool>,
+}
+
+impl SftExample {
+    /// An example every id of which is trained on.
+    pub fn full(ids: Vec<u32>) -> Self {
+        let train = vec![true; ids.len()];
+        Self { ids, train }
+    }
+
+    /// Ids trained on (the first id has no context, so it never counts).
+    pub fn targets(&self) -> usize {
+        self.train.iter().skip(1).filter(|&&t| t).count()
+    }
+
+    fn truncate(mut self, block_size: usize) -> Self {
+        self.ids.truncate(block_size);
+        self.train.truncate(block_size);
+        self
+    }
+}
+
 /// Tokenised corpus: `[BOS] ids [EOS]` per example, cut to `block_size`.
 pub fn encode_corpus(
     tok: &Tokenizer,
     corpus: &[String],
     block_size: usize,
-) -> Result<Vec<Vec<u32>>> {
-    let seqs: Vec<Vec<u32>> = corpus
+) -> Result<Vec<SftExample>> {
+    let records: Vec<SftRecord> = corpus
         .iter()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let mut ids = tok.encode_prompt(l);
-            ids.push(tok.eos_id());
-            ids.truncate(block_size);
-            ids
-        })
+        .map(|l| SftRecord::Text(l.clone()))
         .collect();
-    if seqs.is_empty() {
+    encode_records(tok, &records, block_size)
+}
+
+/// Tokenise SFT records, cut to `block_size`: a text as `[BOS] ids [EOS]`, all trained on; a
+/// prompt as rollouts present it (the chat template's user turn for an instruct model) and its
+/// completion as the policy's turn ends, only the completion trained on; a conversation through
+/// the chat template, only the assistant's turns trained on. An example left with nothing to
+/// train on (its answer cut off by `block_size`) is an error naming it.
+pub fn encode_records(
+    tok: &Tokenizer,
+    records: &[SftRecord],
+    block_size: usize,
+) -> Result<Vec<SftExample>> {
+    if records.is_empty() {
         return Err(AgentError::Data(
             "the corpus is empty: no non-blank lines to train on".into(),
         ));
     }
-    Ok(seqs)
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let ex = match r {
+                SftRecord::Text(t) => {
+                    let mut ids = tok.encode_prompt(t);
+                    ids.push(tok.eos_id());
+                    SftExample::full(ids)
+                }
+                SftRecord::PromptCompletion { prompt, completion } => {
+                    let mut ids = tok.encode_prompt(prompt);
+                    let mut train = vec![false; ids.len()];
+                    let answer = tok.turn_ids(completion);
+                    train.extend(std::iter::repeat_n(true, answer.len()));
+                    ids.extend(answer);
+                    SftExample { ids, train }
+                }
+                SftRecord::Conversation(messages) => {
+                    let (ids, train) = tok
+                        .conversation_ids(messages)
+                        .map_err(|e| AgentError::Data(format!("example {}: {e}", i + 1)))?;
+                    SftExample { ids, train }
+                }
+            }
+            .truncate(block_size);
+            if ex.targets() == 0 {
+                return Err(AgentError::Data(format!(
+                    "example {}: nothing left to train on within the model's {block_size} positions",
+                    i + 1
+                )));
+            }
+            Ok(ex)
+        })
+        .collect()
 }
 
 /// Entropy (nats per token) of the unigram distribution of the tokens SFT predicts: a baseline a
 /// model that learned nothing about context would reach.
-pub fn unigram_entropy(seqs: &[Vec<u32>]) -> f64 {
+pub fn unigram_entropy(examples: &[SftExample]) -> f64 {
     let mut counts = std::collections::HashMap::new();
     let mut n = 0usize;
-    for s in seqs {
-        for &t in &s[1..] {
+    for ex in examples {
+        for (&t, _) in ex.ids.iter().zip(&ex.train).skip(1).filter(|(_, &k)| k) {
             *counts.entry(t).or_insert(0usize) += 1;
             n += 1;
         }
@@ -129,14 +202,26 @@ pub fn unigram_entropy(seqs: &[Vec<u32>]) -> f64 {
 
 /// Mean next-token cross-entropy over valid targets of a right-padded batch.
 pub fn lm_loss(model: &Gpt, tokens: &Tensor, valid: &Tensor, train: bool) -> Tensor {
+    lm_loss_on(model, tokens, valid, valid, train)
+}
+
+/// Mean next-token cross-entropy over the targets `targets [B, T]` (bool) marks, attending over
+/// `valid [B, T]`.
+pub fn lm_loss_on(
+    model: &Gpt,
+    tokens: &Tensor,
+    valid: &Tensor,
+    targets: &Tensor,
+    train: bool,
+) -> Tensor {
     let t = tokens.size()[1];
     let h = model.forward_full(tokens, valid, train); // [B, T, C]
     let logits = model.lm_logits(&h.narrow(1, 0, t - 1)); // [B, T-1, V]
-    let targets = tokens.narrow(1, 1, t - 1); // [B, T-1]
-    let tmask = valid.narrow(1, 1, t - 1).to_kind(Kind::Float); // [B, T-1]
+    let next = tokens.narrow(1, 1, t - 1); // [B, T-1]
+    let tmask = targets.narrow(1, 1, t - 1).to_kind(Kind::Float); // [B, T-1]
     let nll = -logits
         .log_softmax(-1, Kind::Float)
-        .gather(2, &targets.unsqueeze(-1), false)
+        .gather(2, &next.unsqueeze(-1), false)
         .squeeze_dim(-1); // [B, T-1]
     (nll * &tmask).sum(Kind::Float) / tmask.sum(Kind::Float).clamp_min(1.0)
 }
@@ -159,7 +244,7 @@ pub struct SftLogRow {
 pub fn train(
     vs: &nn::VarStore,
     model: &Gpt,
-    seqs: &[Vec<u32>],
+    examples: &[SftExample],
     pad: u32,
     cfg: &SftConfig,
     seed: u64,
@@ -178,11 +263,26 @@ pub fn train(
     );
     let mut rows = Vec::with_capacity(cfg.steps);
     for step in 0..cfg.steps {
-        let batch: Vec<&Vec<u32>> = (0..cfg.batch_size)
-            .map(|_| &seqs[rng.random_range(0..seqs.len())])
+        let batch: Vec<&SftExample> = (0..cfg.batch_size)
+            .map(|_| &examples[rng.random_range(0..examples.len())])
             .collect();
-        let (tokens, valid) = right_pad(&batch, pad, device);
-        let loss = lm_loss(model, &tokens, &valid, true);
+        let ids: Vec<&Vec<u32>> = batch.iter().map(|e| &e.ids).collect();
+        let (tokens, valid) = right_pad(&ids, pad, device); // [B, T]
+        let width = tokens.size()[1] as usize;
+        let flags: Vec<bool> = batch
+            .iter()
+            .flat_map(|e| {
+                let pad_to = width - e.train.len();
+                e.train
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(false, pad_to))
+            })
+            .collect();
+        let targets = Tensor::from_slice(&flags)
+            .view([batch.len() as i64, width as i64])
+            .to_device(device); // [B, T]
+        let loss = lm_loss_on(model, &tokens, &valid, &targets, true);
         opt.zero_grad();
         loss.backward();
         let norm = opt.clip_grad_norm(cfg.max_grad_norm);
