@@ -538,9 +538,9 @@ fn sft_records_train_only_completions_and_assistant_turns() {
         .log_softmax(-1, Kind::Float)
         .squeeze_dim(0); // [T, V]
     let (mut sum, mut n) = (0.0, 0);
-    for t in 1..ids.len() {
-        if ex[2].train[t] {
-            sum -= logp.double_value(&[t as i64 - 1, ids[t]]);
+    for (t, (&id, &trained)) in ids.iter().zip(&ex[2].train).enumerate().skip(1) {
+        if trained {
+            sum -= logp.double_value(&[t as i64 - 1, id]);
             n += 1;
         }
     }
