@@ -8,7 +8,7 @@ use aligngym_agents::lm::sampling::{
     sequence_logprobs, sequence_outputs, EntropyGrad, SamplingConfig,
 };
 use aligngym_agents::metric;
-use aligngym_agents::rollout::{chat_envs, collect, Rollout, Start};
+use aligngym_agents::rollout::{chat_envs, collect, score_episodes, Episode, Rollout, Start};
 use aligngym_agents::{LmPolicy, Metrics, Result, Selection};
 use aligngym_envs::{
     derive_seed, BradleyTerryOracle, ChatEnvConfig, OracleConfig, PreferenceOracle, RewardFn,
@@ -221,7 +221,9 @@ impl Evaluator {
             mean(eps.iter().map(|e| e.gold as f64)),
         );
         if let Some(p) = proxy {
-            let s = p.score_batch(&prompts, &comps)?;
+            // Scored as the collector scores training episodes: one code path.
+            let all: Vec<&Episode> = eps.iter().collect();
+            let s = score_episodes(p, &all, self.task.max_turns() > 1)?;
             m.insert(
                 metric::EVAL_PROXY_REWARD.into(),
                 mean(s.iter().map(|&x| x as f64)),
@@ -276,5 +278,60 @@ impl Evaluator {
         );
         m.insert(metric::EVAL_DISTINCT_2.into(), distinct_2(&ids));
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aligngym_agents::stages::sft;
+    use aligngym_agents::{GptConfig, Tokenizer};
+    use aligngym_envs::{Message, TextCodec};
+
+    /// Tells the two scoring paths apart: a conversation scores its number of turns, a transcript 0.
+    struct TurnCounter;
+    impl RewardFn for TurnCounter {
+        fn name(&self) -> String {
+            "turns".into()
+        }
+        fn score_batch(&self, _: &[&str], completions: &[&str]) -> aligngym_envs::Result<Vec<f32>> {
+            Ok(vec![0.0; completions.len()])
+        }
+        fn score_conversations(
+            &self,
+            _: &[&str],
+            turns: &[&[Message]],
+        ) -> aligngym_envs::Result<Vec<f32>> {
+            Ok(turns.iter().map(|t| t.len() as f32).collect())
+        }
+    }
+
+    #[test]
+    fn the_proxy_reward_scores_multi_turn_eval_episodes_as_training_does() {
+        let task = aligngym_envs::task("guess-number-v0").unwrap();
+        let tok = Tokenizer::train(&task.corpus(400, 0), 300).unwrap();
+        let cfg = GptConfig::gpt2(tok.vocab_size(), 1, 2, 32, 128);
+        let (vs, model) = sft::init_model(&cfg, tch::Device::Cpu, 1).unwrap();
+        let policy = LmPolicy {
+            vs,
+            model,
+            tokenizer: tok,
+        };
+        let eval_cfg = EvalConfig {
+            prompts: 4,
+            samples_per_prompt: 1,
+            ..Default::default()
+        };
+        let ev = Evaluator::new(task.clone(), &policy, eval_cfg, 5).unwrap();
+        let m = ev.evaluate(&policy, Some(&TurnCounter), None, 0).unwrap();
+        // The same episodes (same sampling seed), scored as whole conversations.
+        let roll = ev.sample(&policy).unwrap();
+        let turns = roll.episodes.iter().map(|e| e.turns.len() as f64);
+        let want = turns.clone().sum::<f64>() / roll.episodes.len() as f64;
+        assert!(
+            turns.clone().any(|t| t > 1.0),
+            "no episode went past one turn"
+        );
+        assert_eq!(m[metric::EVAL_PROXY_REWARD], want);
     }
 }

@@ -26,7 +26,8 @@ metrics! {
     /// ground truth).
     EVAL_GOLD_REWARD = "eval/gold_reward";
     /// The shared evaluation: mean of the reward the agent optimised (the reward model for PPO-RM;
-    /// the gold reward for PPO-gold); absent for DPO.
+    /// the gold reward for PPO-gold), scored exactly as training scores episodes (a multi-turn one
+    /// as a conversation); absent for DPO.
     EVAL_PROXY_REWARD = "eval/proxy_reward";
     /// The shared evaluation: mean sequence KL(π ‖ π_ref) on those samples, Σ over tokens of
     /// log π − log π_ref at the eval temperature (best-of-n: its KL measured on the candidates'

@@ -317,20 +317,8 @@ pub fn collect(
             .filter(|&i| episodes[i].reward.is_nan())
             .collect();
         if !need.is_empty() {
-            let p: Vec<&str> = need.iter().map(|&i| episodes[i].prompt.as_str()).collect();
-            // A multi-turn episode is scored as a conversation (a learned scorer reads it as its
-            // conversational training pairs were tokenised); a single turn as a completion.
-            let scores = if multi_turn {
-                let t: Vec<&[Message]> =
-                    need.iter().map(|&i| episodes[i].turns.as_slice()).collect();
-                scorer.score_conversations(&p, &t)?
-            } else {
-                let c: Vec<&str> = need
-                    .iter()
-                    .map(|&i| episodes[i].transcript.as_str())
-                    .collect();
-                scorer.score_batch(&p, &c)?
-            };
+            let unscored: Vec<&Episode> = need.iter().map(|&i| &episodes[i]).collect();
+            let scores = score_episodes(scorer, &unscored, multi_turn)?;
             for (&i, s) in need.iter().zip(scores) {
                 episodes[i].reward = s;
             }
@@ -343,6 +331,24 @@ pub fn collect(
         )));
     }
     batch(policy, &eps, episodes)
+}
+
+/// `scorer`'s score of each episode, as training and evaluation both score them: a multi-turn
+/// episode as a conversation (a learned scorer reads it as its conversational training pairs were
+/// tokenised), a single turn as a completion.
+pub fn score_episodes(
+    scorer: &dyn RewardFn,
+    episodes: &[&Episode],
+    multi_turn: bool,
+) -> Result<Vec<f32>> {
+    let p: Vec<&str> = episodes.iter().map(|e| e.prompt.as_str()).collect();
+    Ok(if multi_turn {
+        let t: Vec<&[Message]> = episodes.iter().map(|e| e.turns.as_slice()).collect();
+        scorer.score_conversations(&p, &t)?
+    } else {
+        let c: Vec<&str> = episodes.iter().map(|e| e.transcript.as_str()).collect();
+        scorer.score_batch(&p, &c)?
+    })
 }
 
 /// Step each env through its branch's assistant turns, appending each turn (as
