@@ -143,13 +143,17 @@ pub fn committed_step(dir: &Path) -> Result<Option<u64>> {
 }
 
 /// Run `agent` for `cfg.updates` updates into `dir` (metrics.csv, policy/, state/); with `resume`,
-/// continue from the state saved in `dir`. `on_update` sees each step (progress bars).
+/// continue from the state saved in `dir`. `setup_seconds` is what building the agent took (its
+/// data loaded, DPO's reference pass): a new run's `budget/wall_seconds` starts there, so no work
+/// of the run happens outside its clock (a resumed run keeps the clock it saved). `on_update` sees
+/// each step (progress bars).
 pub fn run(
     agent: &mut dyn RunnableAgent,
     evaluator: &Evaluator,
     cfg: &RunConfig,
     dir: &Path,
     resume: bool,
+    setup_seconds: f64,
     mut on_update: impl FnMut(u64, &[MetricRow]),
 ) -> Result<Vec<MetricRow>> {
     if cfg.eval_every == 0 {
@@ -186,7 +190,8 @@ pub fn run(
             metric: k,
             value: v,
         }));
-        rows.extend(budget_rows(agent, 0, 0.0));
+        st.wall_seconds = setup_seconds;
+        rows.extend(budget_rows(agent, 0, st.wall_seconds));
         checkpoint(agent, dir, &rows, st)?;
     }
     let mut wall = st.wall_seconds;

@@ -405,6 +405,13 @@ fn dpo_family_losses_and_kto_learn_the_preferences() {
         assert_eq!(has_nll, name == "rpo" || name == "orpo", "{name}: nll_loss");
         assert!(last(&dir, "eval/gold_reward").is_finite());
         flops.insert(name, last(&dir, "budget/flops"));
+        // The clock starts with the command: building the agent (the pairs encoded, the
+        // reference pass) is on it before the first update, as in the FLOPs.
+        let at_start = |metric: &str| rows.iter().find(|r| r.0 == 0 && r.1 == metric).unwrap().2;
+        assert!(at_start("budget/wall_seconds") > 0.0, "{name}");
+        if !matches!(name, "simpo" | "orpo") {
+            assert!(at_start("budget/flops") > 0.0, "{name}: the reference pass");
+        }
     }
     // Same policy passes; the reference pass over the pairs is what the others add.
     assert!(flops["simpo"] < flops["sigmoid"] && flops["orpo"] < flops["sigmoid"]);

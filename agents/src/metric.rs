@@ -59,8 +59,9 @@ metrics! {
     /// Gold-reward evaluations or preference labels used as training signal (PPO-RM counts its
     /// reward model's labels).
     BUDGET_ORACLE_QUERIES = "budget/oracle_queries";
-    /// Training wall-clock seconds (evaluation excluded); the one column that differs between
-    /// identical runs.
+    /// Training wall-clock seconds from the moment `train` starts: loading the run's data, building
+    /// the agent (DPO's reference pass, a reward model's loading) and every update; evaluation and
+    /// checkpoint commits excluded. The one column that differs between identical runs.
     BUDGET_WALL_SECONDS = "budget/wall_seconds";
     /// Estimated FLOPs (forward 1×, backward 2×, attention included; a critic's passes without the
     /// LM head it does not run); for the group agents (GRPO, RLOO, REINFORCE++, online DPO) the

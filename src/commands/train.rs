@@ -63,6 +63,9 @@ pub struct TrainArgs {
 
 /// `aligngym train`.
 pub fn run(args: TrainArgs) -> Result<()> {
+    // A run's clock starts with the command: loading its data and building the agent (DPO's
+    // reference pass) are the run's work too.
+    let clock = std::time::Instant::now();
     let TrainArgs {
         agent,
         env,
@@ -123,6 +126,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let t = task(&spec.env)?;
     let (mut agent, start) = build_agent(&spec, t.clone(), dev)?;
+    let setup_seconds = clock.elapsed().as_secs_f64();
     let ev = Evaluator::new(t.clone(), &start, spec.eval.clone(), spec.seed)?;
     let existed = dir.exists();
     let was_empty = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
@@ -140,6 +144,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             &spec.run,
             &dir,
             resuming,
+            setup_seconds,
             |step, rows| {
                 pb.set_position(step);
                 if let Some(r) = rows.iter().find(|r| r.metric == metric::EVAL_GOLD_REWARD) {
