@@ -176,6 +176,7 @@ pub fn run_claims(out: &Path, o: &ClaimsOptions, command: &str) -> Result<Claims
         }
     }
     let mut verdicts = Vec::new();
+    let mut collapses = Vec::new();
     for s in &specs {
         let dir = out.join(&s.name);
         if !dir.join("metrics.csv").exists() {
@@ -183,6 +184,7 @@ pub fn run_claims(out: &Path, o: &ClaimsOptions, command: &str) -> Result<Claims
         }
         let metrics = crate::plot::read_sweep_metrics(&dir)?;
         if let Some(v) = verdict::evaluate(s, &metrics) {
+            collapses.extend(collapsed_sides(s, &v, &metrics));
             verdicts.push(v);
         }
     }
@@ -191,6 +193,7 @@ pub fn run_claims(out: &Path, o: &ClaimsOptions, command: &str) -> Result<Claims
         command: command.to_string(),
         wall_seconds: wall,
         failed: failed.clone(),
+        shared_collapses: shared_collapses(&collapses),
     };
     let md = report_md(out, &specs, &verdicts, &summary)?;
     crate::commands::write_atomic(&out.join("report.md"), &md)?;
@@ -205,6 +208,89 @@ struct Summary {
     command: String,
     wall_seconds: f64,
     failed: Vec<(String, String)>,
+    /// One sentence per agent whose collapse on a task decided verdicts in several claims.
+    shared_collapses: Vec<String>,
+}
+
+/// A side of a decided verdict whose series collapsed: which claim, task and agent, and how many
+/// of its runs.
+#[derive(Debug, Clone, PartialEq)]
+struct CollapsedSide {
+    claim: String,
+    env: String,
+    agent: String,
+    collapsed: usize,
+    runs: usize,
+}
+
+/// The sides of `v`'s decided verdicts (holds or refuted) with collapsed runs (see
+/// [`crate::convergence`]; each grid point of an agent is a series of its own).
+fn collapsed_sides(
+    spec: &SweepSpec,
+    v: &ClaimVerdict,
+    metrics: &std::collections::BTreeMap<String, Vec<crate::metrics::MetricRow>>,
+) -> Vec<CollapsedSide> {
+    let mut out = Vec::new();
+    for t in v
+        .tasks
+        .iter()
+        .filter(|t| t.verdict != verdict::Verdict::Inconclusive)
+    {
+        for agent in [&v.rule.a, &v.rule.b] {
+            let mut series: std::collections::BTreeMap<String, Vec<&[crate::metrics::MetricRow]>> =
+                Default::default();
+            for r in spec.runs() {
+                if r.env == t.env && &r.agent.name == agent {
+                    if let Some(rows) = metrics.get(&r.id) {
+                        series
+                            .entry(format!("{:?}", r.point))
+                            .or_default()
+                            .push(rows);
+                    }
+                }
+            }
+            let (collapsed, runs) = series.values().fold((0, 0), |(c, n), runs| {
+                let h = crate::convergence::health(runs);
+                (c + h.collapsed, n + h.runs)
+            });
+            if collapsed > 0 {
+                out.push(CollapsedSide {
+                    claim: v.name.clone(),
+                    env: t.env.clone(),
+                    agent: agent.clone(),
+                    collapsed,
+                    runs,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A sentence for each agent and task whose collapsed runs decided verdicts in more than one
+/// claim: one failure read as several findings.
+fn shared_collapses(sides: &[CollapsedSide]) -> Vec<String> {
+    let mut by: std::collections::BTreeMap<(&str, &str), Vec<&CollapsedSide>> = Default::default();
+    for s in sides {
+        by.entry((s.agent.as_str(), s.env.as_str()))
+            .or_default()
+            .push(s);
+    }
+    by.into_iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|((agent, env), v)| {
+            let claims: Vec<String> = v
+                .iter()
+                .map(|s| format!("{} ({} of {} runs)", s.claim, s.collapsed, s.runs))
+                .collect();
+            format!(
+                "`{agent}` collapsed on {env} in {} claims, and its collapse decides each of their verdicts there: {}. Read them as one failure of `{agent}` on {env}, not {} findings.",
+                v.len(),
+                claims.join(", "),
+                v.len()
+            )
+        })
+        .collect()
 }
 
 /// The combined markdown: verdicts first, then each claim's own report with its figure paths made
@@ -231,6 +317,9 @@ fn report_md(
                 md.push_str(&format!("- {} on {}: {}.\n", v.name, t.env, t.detail));
             }
         }
+    }
+    for line in &s.shared_collapses {
+        md.push_str(&format!("\n**One collapse, several verdicts.** {line}\n"));
     }
     if !s.failed.is_empty() {
         md.push_str("\n**Incomplete:**\n\n");
@@ -321,6 +410,83 @@ fn verdicts_csv(verdicts: &[ClaimVerdict]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::MetricRow;
+    use crate::verdict::{Direction, Quantity, Statistic};
+
+    /// A run whose gold reward goes from 0.4 to `end` over three evaluations.
+    fn run(end: f64) -> Vec<MetricRow> {
+        [(0u64, 0.4), (10, (0.4 + end) / 2.0), (20, end)]
+            .into_iter()
+            .map(|(step, value)| MetricRow {
+                step,
+                metric: aligngym_agents::metric::EVAL_GOLD_REWARD.into(),
+                value,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_collapse_deciding_several_claims_is_named_once() {
+        let env = "arithmetic-v0";
+        let mut spec = crate::sweep::compare_spec(env, 3, 1.0).unwrap();
+        spec.rule = Some(crate::verdict::DecisionRule {
+            quantity: Quantity::FinalGold,
+            a: "ppo-rm".into(),
+            b: "dpo".into(),
+            direction: Direction::Greater,
+            statistic: Statistic::Bootstrap,
+            confidence: 0.95,
+            margin: 0.0,
+        });
+        // ppo-rm: two runs end just under their start (0.38), one falls to 0: a drop of 0.4, more
+        // than the spread of the finals (0.38), so that run collapsed; dpo rises.
+        let mut metrics = std::collections::BTreeMap::new();
+        for r in spec.runs() {
+            let end = match (r.agent.name.as_str(), r.seed) {
+                ("ppo-rm", 0) => 0.0,
+                ("ppo-rm", _) => 0.38,
+                _ => 0.6,
+            };
+            metrics.insert(r.id.clone(), run(end));
+        }
+        let decided = |name: &str, verdict| ClaimVerdict {
+            name: name.into(),
+            claim: String::new(),
+            rule: spec.rule.clone().unwrap(),
+            tasks: vec![crate::verdict::TaskVerdict {
+                env: env.into(),
+                verdict,
+                effect: None,
+                seeds: (3, 3),
+                detail: String::new(),
+            }],
+        };
+        let mut sides = Vec::new();
+        for name in ["ppo-aligns-better", "dpo-cheaper"] {
+            sides.extend(collapsed_sides(
+                &spec,
+                &decided(name, crate::verdict::Verdict::Refuted),
+                &metrics,
+            ));
+        }
+        // An undecided verdict is driven by nothing.
+        let undecided = decided("ppo-long-horizon", crate::verdict::Verdict::Inconclusive);
+        assert!(collapsed_sides(&spec, &undecided, &metrics).is_empty());
+        assert_eq!(sides.len(), 2, "{sides:?}");
+        assert!(sides
+            .iter()
+            .all(|s| s.agent == "ppo-rm" && s.collapsed == 1 && s.runs == 3));
+        let lines = shared_collapses(&sides);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("`ppo-rm` collapsed on arithmetic-v0 in 2 claims")
+                && lines[0].contains("ppo-aligns-better (1 of 3 runs), dpo-cheaper (1 of 3 runs)"),
+            "{}",
+            lines[0]
+        );
+        // In one claim only, it is that claim's own finding.
+        assert!(shared_collapses(&sides[..1]).is_empty());
+    }
 
     #[test]
     fn every_claim_spec_parses_with_a_rule_on_enough_tasks_and_seeds() {
