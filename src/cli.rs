@@ -3,8 +3,8 @@
 //! a user's own binary with its own tasks has every command.
 
 use crate::commands::{
-    bench, check_env, claims, compare, envs, eval, import, plot, prefs, report, sample, sft,
-    status, sweep, train, train_rm,
+    bench, check_env, claims, compare, envs, episodes, eval, import, plot, prefs, report, sample,
+    sft, status, sweep, train, train_rm,
 };
 use aligngym_agents::AgentError;
 use aligngym_agents::Result;
@@ -30,6 +30,8 @@ enum Cmd {
     Sft(sft::SftArgs),
     /// Print completions sampled from a checkpoint.
     Sample(sample::SampleArgs),
+    /// Play a policy through an env's episodes and show each transcript with its rewards.
+    Episodes(episodes::EpisodesArgs),
     /// Sample completions from a generator policy and label pairs with the env's oracle (JSONL).
     Prefs(prefs::PrefsArgs),
     /// Train a Bradley–Terry reward model on preference pairs.
@@ -135,6 +137,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Import(a) => import::run(a),
         Cmd::Sft(a) => sft::run(a),
         Cmd::Sample(a) => sample::run(a),
+        Cmd::Episodes(a) => episodes::run(a),
         Cmd::Prefs(a) => prefs::run(a),
         Cmd::TrainRm(a) => train_rm::run(a),
         Cmd::Train(a) => train::run(a),

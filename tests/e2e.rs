@@ -1608,3 +1608,61 @@ fn sft_from_a_pretrained_policy_trains_on_completions_and_assistant_turns_only()
     );
     assert!(!bad.exists());
 }
+
+/// `episodes` plays a multi-turn policy through its env with the training collector: each
+/// transcript has the env's replies between the policy's turns, a reward on each policy turn (the
+/// episode's on the last) and the gold reward; `--json` writes them and never overwrites a file.
+#[test]
+fn episodes_shows_a_multi_turn_episode_with_the_envs_replies_and_rewards() {
+    let pol = sft("guess-number-v0");
+    let dir = root().join("episodes");
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("episodes.json");
+    let args = [
+        "episodes",
+        "--env",
+        "guess-number-v0",
+        "--policy",
+        pol.to_str().unwrap(),
+        "-n",
+        "3",
+        "--seed",
+        "4",
+        "--json",
+        json.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ];
+    let out = run(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("── episode 3") && text.contains("gold reward"),
+        "{text}"
+    );
+    let eps: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let eps = eps.as_array().unwrap();
+    assert_eq!(eps.len(), 3);
+    let mut replies = 0;
+    for e in eps {
+        let turns = e["turns"].as_array().unwrap();
+        assert_eq!(turns[0]["role"], "assistant", "{e}");
+        let policy: Vec<&serde_json::Value> =
+            turns.iter().filter(|t| t["role"] == "assistant").collect();
+        assert!(turns
+            .iter()
+            .all(|t| (t["role"] == "assistant") == t.get("reward").is_some()));
+        assert_eq!(policy.last().unwrap()["reward"], e["reward"], "{e}");
+        replies += turns.len() - policy.len();
+        let gold = e["gold_reward"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&gold), "{e}");
+        assert!(text.contains(e["prompt"].as_str().unwrap()));
+    }
+    assert!(replies > 0, "no env reply in {eps:?}");
+    // The same seed plays the same episodes; an existing file is left alone.
+    let again = bin().args(&args).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists; not overwriting it"));
+    std::fs::remove_file(&json).unwrap();
+    assert_eq!(run(&args).stdout, out.stdout);
+}

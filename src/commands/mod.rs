@@ -5,6 +5,7 @@ pub mod check_env;
 pub mod claims;
 pub mod compare;
 pub mod envs;
+pub mod episodes;
 pub mod eval;
 pub mod import;
 pub mod plot;
