@@ -18,6 +18,7 @@ pub mod convergence;
 pub mod eval;
 pub mod html;
 pub mod metrics;
+pub mod pipeline;
 pub mod plot;
 pub mod report;
 pub mod runner;

@@ -3,6 +3,7 @@
 
 use crate::eval::Evaluator;
 use crate::metrics::{read_long_csv, write_long_csv, MetricRow};
+use crate::pipeline::StageCost;
 use aligngym_agents::metric;
 use aligngym_agents::{lm::fsio, AgentError, Precision, Result, RunnableAgent};
 use serde::{Deserialize, Serialize};
@@ -42,7 +43,18 @@ struct RunnerState {
     wall_seconds: f64,
 }
 
-fn budget_rows(agent: &dyn RunnableAgent, step: u64, wall: f64) -> Vec<MetricRow> {
+/// What a run is charged besides its updates.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Charges {
+    /// Seconds building the agent took (its data loaded, DPO's reference pass): a new run's
+    /// `budget/wall_seconds` starts there, so no work of the run happens outside its clock (a
+    /// resumed run keeps the clock it saved).
+    pub setup_seconds: f64,
+    /// The stages the run consumes, added to its `budget/*` in `pipeline/*`.
+    pub consumed: StageCost,
+}
+
+fn budget_rows(agent: &dyn RunnableAgent, step: u64, wall: f64, c: &Charges) -> Vec<MetricRow> {
     let b = agent.budget();
     [
         (metric::BUDGET_SAMPLES, b.samples as f64),
@@ -53,6 +65,7 @@ fn budget_rows(agent: &dyn RunnableAgent, step: u64, wall: f64) -> Vec<MetricRow
         (metric::BUDGET_FLOPS, b.flops),
     ]
     .into_iter()
+    .chain(crate::pipeline::rows(&b, wall, &c.consumed))
     .map(|(k, v)| MetricRow {
         step,
         metric: k.to_string(),
@@ -143,17 +156,15 @@ pub fn committed_step(dir: &Path) -> Result<Option<u64>> {
 }
 
 /// Run `agent` for `cfg.updates` updates into `dir` (metrics.csv, policy/, state/); with `resume`,
-/// continue from the state saved in `dir`. `setup_seconds` is what building the agent took (its
-/// data loaded, DPO's reference pass): a new run's `budget/wall_seconds` starts there, so no work
-/// of the run happens outside its clock (a resumed run keeps the clock it saved). `on_update` sees
-/// each step (progress bars).
+/// continue from the state saved in `dir`. `charges` are what the run spent before its first
+/// update and the stages it consumed. `on_update` sees each step (progress bars).
 pub fn run(
     agent: &mut dyn RunnableAgent,
     evaluator: &Evaluator,
     cfg: &RunConfig,
     dir: &Path,
     resume: bool,
-    setup_seconds: f64,
+    charges: &Charges,
     mut on_update: impl FnMut(u64, &[MetricRow]),
 ) -> Result<Vec<MetricRow>> {
     if cfg.eval_every == 0 {
@@ -190,8 +201,8 @@ pub fn run(
             metric: k,
             value: v,
         }));
-        st.wall_seconds = setup_seconds;
-        rows.extend(budget_rows(agent, 0, st.wall_seconds));
+        st.wall_seconds = charges.setup_seconds;
+        rows.extend(budget_rows(agent, 0, st.wall_seconds, charges));
         checkpoint(agent, dir, &rows, st)?;
     }
     let mut wall = st.wall_seconds;
@@ -225,7 +236,7 @@ pub fn run(
                 metric: k,
                 value: v,
             }));
-            rows.extend(budget_rows(agent, done, wall));
+            rows.extend(budget_rows(agent, done, wall, charges));
         }
         on_update(done, &rows[start..]);
         if done % save_every == 0 || done == cfg.updates {

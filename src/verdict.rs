@@ -21,8 +21,9 @@ pub enum Quantity {
     /// grid common to every run of both agents; per seed the best of the agent's runs (its grid
     /// points: the frontier) at each grid KL, averaged over the grid.
     GoldAtKl,
-    /// Wall seconds of training until a run's evaluation first reaches a common gold-reward level
-    /// (half the smaller of the two agents' median gains over the start); ∞ when it never does.
+    /// Wall seconds until a run's evaluation first reaches a common gold-reward level (half the
+    /// smaller of the two agents' median gains over the start), the whole pipeline's
+    /// (`pipeline/wall_seconds`: the run's own and the stages it consumed); ∞ when it never does.
     /// Compared as a ratio.
     WallToReach,
     /// FLOPs until that level, as [`Quantity::WallToReach`].
@@ -474,12 +475,19 @@ fn values(
                 ));
             };
             let target = start + g;
-            let metric = if rule.quantity == Quantity::WallToReach {
-                metric::BUDGET_WALL_SECONDS
+            // The whole pipeline's cost (the run's own plus the stages it consumed); runs made
+            // before `pipeline/*` existed have their own budget only.
+            let (pipeline, own) = if rule.quantity == Quantity::WallToReach {
+                (metric::PIPELINE_WALL_SECONDS, metric::BUDGET_WALL_SECONDS)
             } else {
-                metric::BUDGET_FLOPS
+                (metric::PIPELINE_FLOPS, metric::BUDGET_FLOPS)
             };
             let cost = |r: &Run| {
+                let metric = if r.rows.iter().any(|x| x.metric == pipeline) {
+                    pipeline
+                } else {
+                    own
+                };
                 r.rows
                     .iter()
                     .filter(|x| {
@@ -1057,6 +1065,45 @@ mod tests {
         let mut s2 = s.clone();
         s2.rule = Some(bad.clone());
         assert!(bad.validate(&s2).is_err());
+    }
+
+    #[test]
+    fn costs_to_reach_charge_the_stages_a_run_consumed() {
+        // The same curves and the same own clock: no difference. Charge b's runs 100 s of stages
+        // (its pairs and reward model) in `pipeline/wall_seconds`: a reaches the level cheaper.
+        let r = rule(
+            Quantity::WallToReach,
+            Direction::Less,
+            Statistic::MannWhitney,
+        );
+        let s = spec(&["sentiment-v0"], 5, r);
+        let mut m = metrics("sentiment-v0", &[0.9; 5], &[0.9; 5], (1.0, 1.0));
+        let v = evaluate(&s, &m).unwrap();
+        assert_eq!(
+            v.tasks[0].verdict,
+            Verdict::Inconclusive,
+            "{:?}",
+            v.tasks[0]
+        );
+        for (id, rows) in m.iter_mut() {
+            let stages = if id.contains(".b.") { 100.0 } else { 0.0 };
+            let walls: Vec<(u64, f64)> = rows
+                .iter()
+                .filter(|x| x.metric == metric::BUDGET_WALL_SECONDS)
+                .map(|x| (x.step, x.value))
+                .collect();
+            for (step, w) in walls {
+                rows.push(row(step, metric::PIPELINE_WALL_SECONDS, w + stages));
+            }
+        }
+        let v = evaluate(&s, &m).unwrap();
+        let t = &v.tasks[0];
+        assert_eq!(t.verdict, Verdict::Holds, "{t:?}");
+        // Level 0.5 reached at step 10: 10 s against 110 s.
+        assert!(
+            (t.effect.as_ref().unwrap().value - 10.0 / 110.0).abs() < 1e-9,
+            "{t:?}"
+        );
     }
 
     #[test]

@@ -412,6 +412,15 @@ fn dpo_family_losses_and_kto_learn_the_preferences() {
         if !matches!(name, "simpo" | "orpo") {
             assert!(at_start("budget/flops") > 0.0, "{name}: the reference pass");
         }
+        // DPO's whole pipeline adds its pairs' sampling and labelling to its own FLOPs.
+        let mut sidecar = p.file_name().unwrap().to_os_string();
+        sidecar.push(".cost.json");
+        let pairs: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p.with_file_name(sidecar)).unwrap())
+                .unwrap();
+        let want = last(&dir, "budget/flops") + pairs["flops"].as_f64().unwrap();
+        let got = last(&dir, "pipeline/flops");
+        assert!((got - want).abs() <= 1e-9 * want, "{name}: {got} vs {want}");
     }
     // Same policy passes; the reference pass over the pairs is what the others add.
     assert!(flops["simpo"] < flops["sigmoid"] && flops["orpo"] < flops["sigmoid"]);
@@ -536,6 +545,49 @@ fn ppo_with_a_reward_model_trained_on_dpos_pairs_runs_end_to_end() {
     let m = metrics(&dir);
     assert!(m.iter().any(|r| r.1 == "eval/proxy_reward" && r.0 == 6));
     assert!(m.iter().any(|r| r.1 == "objective/scores"));
+    // The whole pipeline's cost: the reward model recorded its training and its pairs' sampling
+    // and labelling, and the run's pipeline/* adds them to its own budget/* at every evaluation.
+    let cost = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let mut sidecar = p.file_name().unwrap().to_os_string();
+    sidecar.push(".cost.json");
+    let pairs_cost = cost(&p.with_file_name(sidecar));
+    let rm_cost = cost(&rm.join("cost.json"));
+    let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
+    assert!(num(&pairs_cost, "oracle_queries") >= 1024.0, "{pairs_cost}");
+    assert!(num(&pairs_cost, "tokens_generated") > 0.0 && num(&pairs_cost, "flops") > 0.0);
+    assert!(num(&rm_cost, "train_tokens") > 0.0);
+    for k in ["wall_seconds", "flops", "tokens_generated", "samples"] {
+        assert!(
+            num(&rm_cost, k) >= num(&pairs_cost, k),
+            "{k}: {rm_cost} vs {pairs_cost}"
+        );
+    }
+    assert!(num(&rm_cost, "flops") > num(&pairs_cost, "flops"));
+    for step in [0, 3, 6] {
+        let at = |metric: &str| m.iter().find(|r| r.0 == step && r.1 == metric).unwrap().2;
+        for (k, own, whole) in [
+            (
+                "wall_seconds",
+                "budget/wall_seconds",
+                "pipeline/wall_seconds",
+            ),
+            ("flops", "budget/flops", "pipeline/flops"),
+            (
+                "train_tokens",
+                "budget/train_tokens",
+                "pipeline/train_tokens",
+            ),
+        ] {
+            let want = at(own) + num(&rm_cost, k);
+            assert!(
+                (at(whole) - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "step {step} {whole}: {} vs {want}",
+                at(whole)
+            );
+        }
+    }
     // A reward-model directory is not a policy, and a policy is not a reward model.
     fails(
         &[
@@ -576,7 +628,7 @@ fn ppo_with_a_reward_model_trained_on_dpos_pairs_runs_end_to_end() {
 
 fn without_wall(rows: Vec<(u64, String, f64)>) -> Vec<(u64, String, f64)> {
     rows.into_iter()
-        .filter(|r| r.1 != "budget/wall_seconds")
+        .filter(|r| !r.1.ends_with("/wall_seconds"))
         .collect()
 }
 
@@ -1660,7 +1712,7 @@ fn episodes_shows_a_multi_turn_episode_with_the_envs_replies_and_rewards() {
     }
     assert!(replies > 0, "no env reply in {eps:?}");
     // The same seed plays the same episodes; an existing file is left alone.
-    let again = bin().args(&args).output().unwrap();
+    let again = bin().args(args).output().unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists; not overwriting it"));
     std::fs::remove_file(&json).unwrap();

@@ -11,20 +11,7 @@ use std::path::Path;
 /// Named scalar metrics of one update (RLHF practitioners' names, e.g. `objective/kl`).
 pub type Metrics = BTreeMap<String, f64>;
 
-/// What a run has spent so far (the `budget/*` columns).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Budget {
-    /// Completions sampled for training.
-    pub samples: u64,
-    /// Tokens generated for training.
-    pub tokens_generated: u64,
-    /// Tokens passed through a gradient step.
-    pub train_tokens: u64,
-    /// Gold-reward or oracle evaluations used as training signal (preference labels, gold scores).
-    pub oracle_queries: u64,
-    /// Estimated floating-point operations (forward ×1, backward ×2).
-    pub flops: f64,
-}
+pub use crate::metric::Budget;
 
 /// A learner: each `update` collects what it needs and takes its optimisation step(s).
 pub trait Agent {

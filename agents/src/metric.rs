@@ -2,6 +2,34 @@
 //! [`GLOSSARY`] lists them in this order, and `docs/metrics.md` is generated from it (a test checks
 //! that the file is current). The names follow TRL's where TRL logs the same quantity.
 
+/// What a run (or a stage it consumes) has spent: the `budget/*` columns but wall time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Budget {
+    /// Completions sampled for training.
+    pub samples: u64,
+    /// Tokens generated for training.
+    pub tokens_generated: u64,
+    /// Tokens passed through a gradient step.
+    pub train_tokens: u64,
+    /// Gold-reward or oracle evaluations used as training signal (preference labels, gold scores).
+    pub oracle_queries: u64,
+    /// Estimated floating-point operations (forward ×1, backward ×2).
+    pub flops: f64,
+}
+
+impl Budget {
+    /// Both spendings together.
+    pub fn plus(&self, other: &Budget) -> Budget {
+        Budget {
+            samples: self.samples + other.samples,
+            tokens_generated: self.tokens_generated + other.tokens_generated,
+            train_tokens: self.train_tokens + other.train_tokens,
+            oracle_queries: self.oracle_queries + other.oracle_queries,
+            flops: self.flops + other.flops,
+        }
+    }
+}
+
 /// Declares each metric as a constant and collects them, with their doc lines, in [`GLOSSARY`].
 macro_rules! metrics {
     ($($(#[doc = $doc:literal])+ $name:ident = $value:literal;)+) => {
@@ -69,6 +97,19 @@ metrics! {
     /// agents add a learned reward model's scoring passes (its trunk over every padded position; a
     /// scorer of your own reports its FLOPs through `RewardFn::flops_spent`, 0 by default).
     BUDGET_FLOPS = "budget/flops";
+    /// `budget/samples` plus the completions sampled for the stages the run consumed (its
+    /// preference pairs, or its reward model's pairs).
+    PIPELINE_SAMPLES = "pipeline/samples";
+    /// `budget/tokens_generated` plus the tokens the consumed stages generated.
+    PIPELINE_TOKENS_GENERATED = "pipeline/tokens_generated";
+    /// `budget/train_tokens` plus the tokens the consumed stages trained on (a reward model's).
+    PIPELINE_TRAIN_TOKENS = "pipeline/train_tokens";
+    /// `budget/wall_seconds` plus the consumed stages' wall time (sampling and labelling pairs,
+    /// training a reward model); a shared stage counts in full for each run that uses it, the SFT
+    /// start for none. Cost rules (`wall_to_reach`) read this.
+    PIPELINE_WALL_SECONDS = "pipeline/wall_seconds";
+    /// `budget/flops` plus the consumed stages' FLOPs (`flops_to_reach` reads this).
+    PIPELINE_FLOPS = "pipeline/flops";
     /// PPO, RLOO, REINFORCE++, online DPO: mean sequence KL of the rollout to the reference (PPO:
     /// the estimator `kl_estimator`; RLOO, REINFORCE++: k1).
     OBJECTIVE_KL = "objective/kl";

@@ -18,6 +18,7 @@ pub mod sweep;
 pub mod train;
 pub mod train_rm;
 
+use crate::pipeline::StageCost;
 use aligngym_agents::lm::checkpoint::{CheckpointConfig, ModelKind};
 use aligngym_agents::lm::device::DtypeChoice;
 use aligngym_agents::lm::fsio;
@@ -349,6 +350,7 @@ pub fn run_sft(
         SftStart::Pretrained(p) => (p.vs, p.model, p.tokenizer),
     };
     let gcfg = model.config().clone();
+    let clock = std::time::Instant::now();
     let examples = sft_stage::encode_records(&tok, data, gcfg.block_size)?;
     model.set_precision(cfg.dtype);
     let pb = progress(cfg.steps as u64, "sft", quiet);
@@ -383,6 +385,15 @@ pub fn run_sft(
     });
     std::fs::write(stage.join("corpus_stats.json"), format!("{stats}\n"))
         .map_err(|e| AgentError::io(stage, e))?;
+    let cost = StageCost {
+        wall_seconds: clock.elapsed().as_secs_f64(),
+        spent: aligngym_agents::metric::Budget {
+            train_tokens: rows.iter().map(|r| r.tokens as u64).sum(),
+            flops: rows.iter().map(|r| r.flops).sum(),
+            ..Default::default()
+        },
+    };
+    crate::pipeline::write(&stage.join(crate::pipeline::COST_FILE), &cost)?;
     staged.commit()?;
     Ok(rows)
 }
@@ -400,7 +411,8 @@ pub fn build_prefs(
     skip_ties: bool,
     branching: Branching,
     seed: u64,
-) -> Result<(Vec<PreferencePair>, u64)> {
+) -> Result<(Vec<PreferencePair>, StageCost)> {
+    let clock = std::time::Instant::now();
     let mut oracle = BradleyTerryOracle::new(task.gold(), oracle, derive_seed(seed, 0x0ac1e))?;
     let cfg = PrefsConfig {
         pairs,
@@ -410,19 +422,27 @@ pub fn build_prefs(
         skip_ties,
         branching,
     };
-    let out = make_pairs(generator, task, &mut oracle, &cfg, seed)?;
-    Ok((out, aligngym_envs::PreferenceOracle::queries(&oracle)))
+    let (out, mut spent) = make_pairs(generator, task, &mut oracle, &cfg, seed)?;
+    spent.oracle_queries = aligngym_envs::PreferenceOracle::queries(&oracle);
+    let cost = StageCost {
+        wall_seconds: clock.elapsed().as_secs_f64(),
+        spent,
+    };
+    Ok((out, cost))
 }
 
-/// Train a reward model on `pairs` from `init`, save it to `out`, and return its report.
+/// Train a reward model on `pairs` (which cost `pairs_cost` to make) from `init`, save it to
+/// `out` with its cost (training plus the pairs') and report, and return the report.
 pub fn train_rm(
     init: &LmPolicy,
     pairs: &[PreferencePair],
+    pairs_cost: &StageCost,
     cfg: &RmConfig,
     seed: u64,
     out: &Path,
     quiet: bool,
 ) -> Result<RmReport> {
+    let clock = std::time::Instant::now();
     let pb = progress(0, "rm", quiet);
     let (rm, report) = RewardModel::train(init, pairs, cfg, seed, |s, total, loss| {
         pb.set_length(total as u64);
@@ -431,6 +451,14 @@ pub fn train_rm(
     })?;
     pb.finish_and_clear();
     rm.save(out)?;
+    let cost = StageCost {
+        wall_seconds: clock.elapsed().as_secs_f64(),
+        spent: report.spent,
+    };
+    crate::pipeline::write(
+        &out.join(crate::pipeline::COST_FILE),
+        &cost.plus(pairs_cost),
+    )?;
     let json =
         serde_json::to_string_pretty(&report).map_err(|e| AgentError::Data(e.to_string()))?;
     write_atomic(&out.join("rm_report.json"), &json)?;

@@ -80,7 +80,7 @@ pub fn run(args: PrefsArgs) -> Result<()> {
         max_new_tokens: t.max_new_tokens(),
         ..Default::default()
     };
-    let (data, queries) = commands::build_prefs(
+    let (data, cost) = commands::build_prefs(
         &p,
         t.clone(),
         pairs,
@@ -93,9 +93,12 @@ pub fn run(args: PrefsArgs) -> Result<()> {
         seed,
     )?;
     write_pairs(&out, &data)?;
+    crate::pipeline::write(&crate::pipeline::pairs_cost_path(&out), &cost)?;
     println!(
-        "prefs: {} pairs ({queries} oracle queries) written to {}",
+        "prefs: {} pairs ({} oracle queries, {:.1} s) written to {}",
         data.len(),
+        cost.spent.oracle_queries,
+        cost.wall_seconds,
         out.display()
     );
     Ok(())

@@ -125,8 +125,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     };
     let t = task(&spec.env)?;
+    let consumed = consumed_stages(&spec)?;
     let (mut agent, start) = build_agent(&spec, t.clone(), dev)?;
-    let setup_seconds = clock.elapsed().as_secs_f64();
+    let charges = runner::Charges {
+        setup_seconds: clock.elapsed().as_secs_f64(),
+        consumed,
+    };
     let ev = Evaluator::new(t.clone(), &start, spec.eval.clone(), spec.seed)?;
     let existed = dir.exists();
     let was_empty = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
@@ -144,7 +148,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             &spec.run,
             &dir,
             resuming,
-            setup_seconds,
+            &charges,
             |step, rows| {
                 pb.set_position(step);
                 if let Some(r) = rows.iter().find(|r| r.metric == metric::EVAL_GOLD_REWARD) {
@@ -251,4 +255,19 @@ fn new_spec(
     }
     commands::check_out(out, &inputs, overwrite, |_| false)?;
     Ok(spec)
+}
+
+/// What the stages `spec` uses cost, as they recorded it ([`crate::pipeline`]): its preference
+/// pairs, and its reward model (whose record includes its own pairs). Data made elsewhere, with
+/// no record, adds nothing.
+fn consumed_stages(spec: &TrainSpec) -> Result<crate::pipeline::StageCost> {
+    use crate::pipeline::{pairs_cost_path, read, COST_FILE};
+    let mut total = crate::pipeline::StageCost::default();
+    if let Some(p) = &spec.prefs {
+        total = total.plus(&read(&pairs_cost_path(p))?.unwrap_or_default());
+    }
+    if let RewardSpec::Rm(dir) = &spec.reward {
+        total = total.plus(&read(&dir.join(COST_FILE))?.unwrap_or_default());
+    }
+    Ok(total)
 }

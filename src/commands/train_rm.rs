@@ -63,7 +63,9 @@ pub fn run(args: TrainRmArgs) -> Result<()> {
     cfg.validate()?;
     let pairs = aligngym_envs::read_pairs(&prefs)?;
     let p = LmPolicy::load(&init, dev)?.with_precision(dtype);
-    let r = commands::train_rm(&p, &pairs, &cfg, seed, &out, false)?;
+    let pairs_cost =
+        crate::pipeline::read(&crate::pipeline::pairs_cost_path(&prefs))?.unwrap_or_default();
+    let r = commands::train_rm(&p, &pairs, &pairs_cost, &cfg, seed, &out, false)?;
     let held = match r.heldout_accuracy {
         Some(a) => format!("{a:.3}"),
         None => "none (no pair held out: too few pairs for heldout_fraction)".into(),

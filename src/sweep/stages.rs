@@ -3,6 +3,7 @@
 
 use super::spec::SweepSpec;
 use crate::commands::{self, ModelSize};
+use crate::pipeline;
 use aligngym_agents::lm::sampling::SamplingConfig;
 use aligngym_agents::stages::preferences::Branching;
 use aligngym_agents::stages::sft::SftConfig;
@@ -274,7 +275,7 @@ fn stage_prefs(
                 flip_rate: p.flip_rate,
                 ..Default::default()
             };
-            let (pairs, q) = commands::build_prefs(
+            let (pairs, cost) = commands::build_prefs(
                 &g,
                 t.clone(),
                 scaled(p.pairs),
@@ -287,7 +288,8 @@ fn stage_prefs(
                 0,
             )?;
             write_pairs(&path, &pairs)?;
-            commands::write_atomic(&meta, &q.to_string())
+            pipeline::write(&pipeline::pairs_cost_path(&path), &cost)?;
+            commands::write_atomic(&meta, &cost.spent.oracle_queries.to_string())
         })?;
         let q: u64 = std::fs::read_to_string(&meta)
             .ok()
@@ -305,14 +307,29 @@ fn stage_prefs(
         let per = n / p.mix.len();
         let mut all: Vec<PreferencePair> = Vec::new();
         let mut q = 0;
+        // A mix costs the share of each source's cost that its pairs are of that source.
+        let mut cost = pipeline::StageCost::default();
         for m in &p.mix {
             let (src, sq) = &done[m];
             let pairs = read_pairs(src)?;
             let take = per.min(pairs.len());
             q += sq * take as u64 / pairs.len().max(1) as u64;
+            let share = take as f64 / pairs.len().max(1) as f64;
+            let c = pipeline::read(&pipeline::pairs_cost_path(src))?.unwrap_or_default();
+            cost = cost.plus(&pipeline::StageCost {
+                wall_seconds: c.wall_seconds * share,
+                spent: aligngym_agents::metric::Budget {
+                    samples: (c.spent.samples as f64 * share) as u64,
+                    tokens_generated: (c.spent.tokens_generated as f64 * share) as u64,
+                    train_tokens: 0,
+                    oracle_queries: sq * take as u64 / pairs.len().max(1) as u64,
+                    flops: c.spent.flops * share,
+                },
+            });
             all.extend(pairs.into_iter().take(take));
         }
         build_once(out, &stage, mode, &path, quiet, || {
+            pipeline::write(&pipeline::pairs_cost_path(&path), &cost)?;
             write_pairs(&path, &all)?;
             Ok(())
         })?;
@@ -350,8 +367,10 @@ fn stage_rm(
         quiet,
         || {
             let pairs = read_pairs(&prefs.0)?;
+            let pairs_cost =
+                pipeline::read(&pipeline::pairs_cost_path(&prefs.0))?.unwrap_or_default();
             let init = LmPolicy::load(sft, dev)?;
-            commands::train_rm(&init, &pairs, &cfg, 0, &dir, quiet).map(|_| ())
+            commands::train_rm(&init, &pairs, &pairs_cost, &cfg, 0, &dir, quiet).map(|_| ())
         },
     )?;
     Ok(dir)

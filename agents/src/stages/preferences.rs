@@ -5,7 +5,8 @@
 
 use crate::lm::policy::LmPolicy;
 use crate::lm::sampling::SamplingConfig;
-use crate::rollout::{chat_envs, collect, Branch, Start};
+use crate::metric::Budget;
+use crate::rollout::{chat_envs, collect, Branch, Rollout, Start};
 use crate::{AgentError, Result};
 use aligngym_envs::{
     derive_seed, ChatEnvConfig, ConversationPair, Message, PreferenceOracle, PreferencePair,
@@ -85,7 +86,7 @@ pub fn make_pairs(
     oracle: &mut dyn PreferenceOracle,
     cfg: &PrefsConfig,
     seed: u64,
-) -> Result<Vec<PreferencePair>> {
+) -> Result<(Vec<PreferencePair>, Budget)> {
     if cfg.samples_per_prompt < 2 {
         return Err(AgentError::config("samples_per_prompt", "expected ≥ 2"));
     }
@@ -93,6 +94,7 @@ pub fn make_pairs(
     let n_prompts = task.prompts(Split::Train).len();
     let all: Vec<usize> = (0..n_prompts).collect();
     let mut out = Vec::with_capacity(cfg.pairs);
+    let mut spent = Budget::default();
     let k = cfg.samples_per_prompt;
     let per_round = 64usize.div_ceil(k).max(1);
     let mut round = 0u64;
@@ -132,6 +134,7 @@ pub fn make_pairs(
                 &cfg.sampling,
                 None,
             )?;
+            spend_sampling(&mut spent, generator, &trunk);
             let mut out = Vec::with_capacity(indices.len());
             for e in &trunk.episodes {
                 let mine: Vec<String> = e
@@ -156,6 +159,7 @@ pub fn make_pairs(
             None => Start::Prompts(&indices),
         };
         let roll = collect(generator, &mut envs, start, &cfg.sampling, None)?;
+        spend_sampling(&mut spent, generator, &roll);
         let texts: Vec<&str> = roll.episodes.iter().map(|e| e.prompt.as_str()).collect();
         let comps: Vec<&str> = roll
             .episodes
@@ -178,6 +182,7 @@ pub fn make_pairs(
             }
         }
         let labels = oracle.compare_batch(&ps, &a, &b)?;
+        spent.oracle_queries += labels.len() as u64;
         for (i, l) in labels.iter().enumerate() {
             if out.len() == cfg.pairs {
                 break;
@@ -208,5 +213,21 @@ pub fn make_pairs(
         }
         round += 1;
     }
-    Ok(out)
+    Ok((out, spent))
+}
+
+/// Add what sampling `roll` cost: its episodes, the policy's tokens, and one forward per token
+/// (the prompts' prefill included).
+fn spend_sampling(spent: &mut Budget, generator: &LmPolicy, roll: &Rollout) {
+    let s = &roll.seqs;
+    let (b, lp, n) = (s.prompt.size()[0], s.prompt.size()[1], s.tokens.size()[1]);
+    let generated: u64 = roll
+        .episodes
+        .iter()
+        .map(|e| e.policy_tokens().len() as u64)
+        .sum();
+    spent.samples += b as u64;
+    spent.tokens_generated += generated;
+    let fpt = generator.model.config().flops_per_token((lp + n) as usize);
+    spent.flops += fpt * ((b * lp) as f64 + generated as f64);
 }

@@ -95,6 +95,10 @@ pub struct RmReport {
     pub final_loss: f64,
     /// Training pairs and held-out pairs.
     pub pairs: (usize, usize),
+    /// What training spent (tokens through gradient steps, FLOPs); what a run using the reward
+    /// model adds to its `pipeline/*`.
+    #[serde(default)]
+    pub spent: crate::metric::Budget,
 }
 
 /// The reward model.
@@ -203,6 +207,15 @@ impl RewardModel {
         let steps_per_epoch = train.len().div_ceil(bs);
         let total = steps_per_epoch * cfg.epochs.max(1);
         let mut final_loss = f64::NAN;
+        let mut spent = crate::metric::Budget::default();
+        // Both sides of a pair run the trunk over the prompt and the continuation, padding included.
+        let width = (data.prompt.size()[1] + data.chosen.size()[1]) as usize;
+        let valid = |t: &Tensor, rows: &Tensor| -> u64 {
+            t.index_select(0, rows)
+                .to_kind(Kind::Int64)
+                .sum(Kind::Int64)
+                .int64_value(&[]) as u64
+        };
         for step in 0..total {
             let epoch = step / steps_per_epoch;
             let mut perm = train.clone();
@@ -214,6 +227,12 @@ impl RewardModel {
             let chunk = &perm[k * bs..((k + 1) * bs).min(perm.len())];
             let idx = Tensor::from_slice(chunk).to_device(net.device());
             let (rc, rr) = pair_scores(&net, &data, &idx, true);
+            spent.train_tokens += 2 * valid(&data.prompt_valid, &idx)
+                + valid(&data.chosen_valid, &idx)
+                + valid(&data.rejected_valid, &idx);
+            spent.flops += 3.0
+                * net.model.config().trunk_flops_per_token(width)
+                * (2 * chunk.len() * width) as f64;
             let loss = bradley_terry_loss(&rc, &rr).mean(Kind::Float);
             opt.zero_grad();
             loss.backward();
@@ -244,6 +263,7 @@ impl RewardModel {
             offset,
             final_loss,
             pairs: (train.len(), held.len()),
+            spent,
         };
         Ok((
             Self {

@@ -237,6 +237,10 @@ pub struct SftLogRow {
     pub lr: f64,
     /// Gradient norm before clipping.
     pub grad_norm: f64,
+    /// Tokens of the batch (padding excluded).
+    pub tokens: usize,
+    /// Estimated FLOPs of the step: forward and backward (×3) over every padded position.
+    pub flops: f64,
 }
 
 /// Train `model` (variables in `vs`) on `seqs` for `cfg.steps` steps, sampling batches with `seed`.
@@ -295,11 +299,14 @@ pub fn train(
             cfg.schedule,
         );
         opt.step(lr);
+        let positions = batch.len() * width;
         let row = SftLogRow {
             step,
             loss: loss.double_value(&[]),
             lr,
             grad_norm: norm.double_value(&[]),
+            tokens: batch.iter().map(|e| e.ids.len()).sum(),
+            flops: 3.0 * model.config().flops_per_token(width) * positions as f64,
         };
         if !row.loss.is_finite() {
             return Err(AgentError::NonFinite {
