@@ -1006,6 +1006,23 @@ fn sweeps_write_csvs_skip_finished_runs_shard_and_plot() {
         csv_header(&out.join("metrics.csv")),
         vec!["run_id", "step", "metric", "value"]
     );
+    // The sweep's stages recorded their costs: DPO's pipeline adds its pairs' to its own, PPO on
+    // the gold reward consumed no stage.
+    let long = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let final_of = |run: &str, metric: &str| -> f64 {
+        long.lines()
+            .filter(|l| l.starts_with(&format!("{run},4,{metric},")))
+            .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
+            .next()
+            .unwrap_or_else(|| panic!("{run} {metric}"))
+    };
+    let (dpo, ppo) = ("arithmetic-v0.dpo.s0", "arithmetic-v0.ppo-gold.s0");
+    assert!(final_of(dpo, "pipeline/flops") > final_of(dpo, "budget/flops"));
+    assert!(final_of(dpo, "pipeline/tokens_generated") > final_of(dpo, "budget/tokens_generated"));
+    assert_eq!(
+        final_of(ppo, "pipeline/flops"),
+        final_of(ppo, "budget/flops")
+    );
     // Interrupted after the first run: the rest is redone, the first is not touched.
     let ids: Vec<String> = rows
         .lines()
