@@ -372,6 +372,8 @@ fn verdicts_csv(verdicts: &[ClaimVerdict]) -> String {
         "seeds_a",
         "seeds_b",
         "detail",
+        "not_converged",
+        "at_half_budget",
     ]);
     let f = |x: f64| x.to_string();
     for v in verdicts {
@@ -401,6 +403,8 @@ fn verdicts_csv(verdicts: &[ClaimVerdict]) -> String {
                 t.seeds.0.to_string(),
                 t.seeds.1.to_string(),
                 t.detail.clone(),
+                t.not_converged.join(" "),
+                t.at_half_budget.map_or(String::new(), |v| v.to_string()),
             ]);
         }
     }
@@ -459,6 +463,8 @@ mod tests {
                 effect: None,
                 seeds: (3, 3),
                 detail: String::new(),
+                not_converged: Vec::new(),
+                at_half_budget: None,
             }],
         };
         let mut sides = Vec::new();

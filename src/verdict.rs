@@ -42,6 +42,13 @@ impl Quantity {
         )
     }
 
+    /// Read where training ended (final gold, the frontier, the spread of final golds), so a
+    /// budget that ended while an agent was still improving leaves it undecided; a cost to reach
+    /// a level does not depend on what came after.
+    fn reads_the_end(self) -> bool {
+        !matches!(self, Quantity::WallToReach | Quantity::FlopsToReach)
+    }
+
     /// May be infinite (never reached) or zero: only rank statistics apply.
     fn needs_ranks(self) -> bool {
         self.is_ratio()
@@ -244,6 +251,13 @@ pub struct TaskVerdict {
     pub seeds: (usize, usize),
     /// Why, in words (the level, the KL range, what would resolve it).
     pub detail: String,
+    /// The rule's agents with a series still improving when its budget ended
+    /// ([`crate::convergence`]); where the quantity reads the end of training, a decided verdict
+    /// resting on one is "inconclusive (not converged)".
+    pub not_converged: Vec<String>,
+    /// The verdict the same rule gives on the first half of each run (its evaluations up to half
+    /// its final step), where that differs: the verdict is budget-dependent.
+    pub at_half_budget: Option<Verdict>,
 }
 
 /// A claim's verdicts over its tasks.
@@ -586,6 +600,42 @@ struct Partial {
     medians: (f64, f64),
     cmp: std::result::Result<Comparison, String>,
     detail: String,
+    not_converged: Vec<String>,
+}
+
+/// The rule's agents (of `agents`) with a series (one per grid point) still improving at the end.
+fn still_improving(
+    spec: &SweepSpec,
+    metrics: &BTreeMap<String, Vec<MetricRow>>,
+    env: &str,
+    agents: [&str; 2],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for agent in agents {
+        let mut series: BTreeMap<String, Vec<&[MetricRow]>> = BTreeMap::new();
+        for r in runs_of(spec, metrics, env, agent) {
+            series.entry(r.point).or_default().push(r.rows);
+        }
+        let improving = series.values().any(|runs| {
+            crate::convergence::health(runs).trend == crate::convergence::Trend::StillImproving
+        });
+        if improving && !out.iter().any(|a: &String| a == agent) {
+            out.push(agent.to_string());
+        }
+    }
+    out
+}
+
+/// Each run cut at half its final step: what the claim would have seen with half the budget.
+fn first_half(metrics: &BTreeMap<String, Vec<MetricRow>>) -> BTreeMap<String, Vec<MetricRow>> {
+    metrics
+        .iter()
+        .map(|(id, rows)| {
+            let end = rows.iter().map(|r| r.step).max().unwrap_or(0);
+            let kept = rows.iter().filter(|r| r.step <= end / 2).cloned().collect();
+            (id.clone(), kept)
+        })
+        .collect()
 }
 
 /// What turns one task's comparison into its verdict.
@@ -603,6 +653,27 @@ struct Decision<'a> {
 
 /// The verdicts of `spec`'s rule on each of its envs; `None` when the spec has no rule.
 pub fn evaluate(
+    spec: &SweepSpec,
+    metrics: &BTreeMap<String, Vec<MetricRow>>,
+) -> Option<ClaimVerdict> {
+    let mut full = evaluate_once(spec, metrics)?;
+    let half = evaluate_once(spec, &first_half(metrics))?;
+    for (t, h) in full.tasks.iter_mut().zip(half.tasks) {
+        if h.verdict != t.verdict {
+            t.at_half_budget = Some(h.verdict);
+            let note = format!("budget-dependent: {} at half the budget", h.verdict);
+            t.detail = if t.detail.is_empty() {
+                note
+            } else {
+                format!("{}; {note}", t.detail)
+            };
+        }
+    }
+    Some(full)
+}
+
+/// The verdicts of `spec`'s rule on `metrics`, without the half-budget check.
+fn evaluate_once(
     spec: &SweepSpec,
     metrics: &BTreeMap<String, Vec<MetricRow>>,
 ) -> Option<ClaimVerdict> {
@@ -670,12 +741,18 @@ pub fn evaluate(
                 (cmp, (oa.len(), ob.len()), medians, detail)
             }
         };
+        let not_converged = if rule.quantity.reads_the_end() {
+            still_improving(spec, metrics, env, [&rule.a, &rule.b])
+        } else {
+            Vec::new()
+        };
         parts.push(Partial {
             env: env.clone(),
             seeds,
             medians,
             cmp,
             detail,
+            not_converged,
         });
     }
     // Holm over the tasks that could be compared, for each one-sided family.
@@ -753,9 +830,19 @@ pub fn markdown_table(claims: &[ClaimVerdict]) -> String {
                 ),
                 None => ("–".into(), "–".into(), "–".into()),
             };
+            let mut verdict = format!("**{}**", t.verdict);
+            if t.verdict == Verdict::Inconclusive
+                && !t.not_converged.is_empty()
+                && c.rule.quantity.reads_the_end()
+            {
+                verdict.push_str(" (not converged)");
+            }
+            if let Some(h) = t.at_half_budget {
+                verdict.push_str(&format!(" (budget-dependent: {h} at half)"));
+            }
             md.push_str(&format!(
-                "| {} | {} | **{}** | `{}` vs `{}` | {eff} | {int} | {p} | {}+{} |\n",
-                c.name, t.env, t.verdict, c.rule.a, c.rule.b, t.seeds.0, t.seeds.1
+                "| {} | {} | {verdict} | `{}` vs `{}` | {eff} | {int} | {p} | {}+{} |\n",
+                c.name, t.env, c.rule.a, c.rule.b, t.seeds.0, t.seeds.1
             ));
         }
     }
@@ -771,12 +858,14 @@ fn task_verdict(p: Partial, holm: Option<(f64, f64)>, d: &Decision) -> TaskVerdi
             effect: None,
             seeds: p.seeds,
             detail: p.detail,
+            not_converged: p.not_converged,
+            at_half_budget: None,
         };
     };
     let (ph, pr) = holm.unwrap_or((1.0, 1.0));
     // Too few seeds for any test to reach the level: no verdict, whatever the data.
     let decidable = stats::seeds_can_decide(p.seeds.0, p.seeds.1, d.alpha, d.family);
-    let verdict = if !decidable {
+    let decided = if !decidable {
         Verdict::Inconclusive
     } else if ph <= d.alpha {
         Verdict::Holds
@@ -784,6 +873,13 @@ fn task_verdict(p: Partial, holm: Option<(f64, f64)>, d: &Decision) -> TaskVerdi
         Verdict::Refuted
     } else {
         Verdict::Inconclusive
+    };
+    // A verdict on where training ended needs both agents to have got there.
+    let unsettled = decided != Verdict::Inconclusive && !p.not_converged.is_empty();
+    let verdict = if unsettled {
+        Verdict::Inconclusive
+    } else {
+        decided
     };
     // Back to the quantity's units: a − b, or a / b.
     let raw = |x: f64| {
@@ -802,7 +898,18 @@ fn task_verdict(p: Partial, holm: Option<(f64, f64)>, d: &Decision) -> TaskVerdi
         }
         detail.push_str(&s);
     };
+    if unsettled {
+        say(format!(
+            "not converged: {} still improving when the budget ended (the data alone say {decided})",
+            p.not_converged
+                .iter()
+                .map(|a| format!("`{a}`"))
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ));
+    }
     match verdict {
+        _ if unsettled => {}
         Verdict::Refuted if c.hi < -1e-9 => say("the effect goes the other way".into()),
         Verdict::Refuted => say("the effect is smaller than the margin".into()),
         Verdict::Inconclusive if !decidable => say(format!(
@@ -846,6 +953,8 @@ fn task_verdict(p: Partial, holm: Option<(f64, f64)>, d: &Decision) -> TaskVerdi
         }),
         seeds: p.seeds,
         detail,
+        not_converged: p.not_converged,
+        at_half_budget: None,
     }
 }
 
@@ -894,11 +1003,11 @@ mod tests {
     }
 
     /// A run evaluated at steps 0, 10, 20 with gold rising linearly from 0.1 to `end`, KL from
-    /// 0 to `kl_end`, 1 s per step.
+    /// 0 to `kl_end`, then settled there at step 30; 1 s per step.
     fn run(end: f64, kl_end: f64) -> Vec<MetricRow> {
         let mut v = Vec::new();
-        for (i, s) in [0u64, 10, 20].into_iter().enumerate() {
-            let f = i as f64 / 2.0;
+        for (i, s) in [0u64, 10, 20, 30].into_iter().enumerate() {
+            let f = (i as f64 / 2.0).min(1.0);
             v.push(row(s, "eval/gold_reward", 0.1 + (end - 0.1) * f));
             v.push(row(s, "eval/kl_to_ref", kl_end * f));
             v.push(row(s, "budget/wall_seconds", s as f64));
@@ -1126,6 +1235,118 @@ mod tests {
         assert!(t.detail.contains("[0.000, 1.000]"), "{}", t.detail);
         assert_eq!(t.verdict, Verdict::Refuted, "{t:?}");
         assert!(t.detail.contains("smaller than the margin"));
+    }
+
+    #[test]
+    fn a_verdict_resting_on_an_agent_still_improving_is_not_converged() {
+        // The data say a > b, but a's last evaluations still gain far more than the spread of
+        // its seeds: the budget ended before a settled, so no verdict; the table says why.
+        let r = rule(
+            Quantity::FinalGold,
+            Direction::Greater,
+            Statistic::Bootstrap,
+        );
+        let s = spec(&["sentiment-v0"], 5, r.clone());
+        let mut m = metrics(
+            "sentiment-v0",
+            &[0.8, 0.82, 0.79, 0.81, 0.8],
+            &[0.5; 5],
+            (1.0, 1.0),
+        );
+        for (_, rows) in m.iter_mut().filter(|(id, _)| id.contains(".a.")) {
+            let end = rows
+                .iter()
+                .rfind(|x| x.metric == metric::EVAL_GOLD_REWARD)
+                .unwrap()
+                .value;
+            for x in rows
+                .iter_mut()
+                .filter(|x| x.metric == metric::EVAL_GOLD_REWARD)
+            {
+                // Still rising at step 30: 0.1, 0.3, 0.5, `end`.
+                x.value = match x.step {
+                    0 => 0.1,
+                    10 => 0.3,
+                    20 => 0.5,
+                    _ => end,
+                };
+            }
+        }
+        let v = evaluate(&s, &m).unwrap();
+        let t = &v.tasks[0];
+        assert_eq!(t.verdict, Verdict::Inconclusive, "{t:?}");
+        assert_eq!(t.not_converged, vec!["a".to_string()]);
+        assert!(
+            t.detail.contains("not converged: `a` still improving")
+                && t.detail.contains("say holds"),
+            "{}",
+            t.detail
+        );
+        let table = markdown_table(std::slice::from_ref(&v));
+        assert!(
+            table.contains("**inconclusive** (not converged)"),
+            "{table}"
+        );
+        // At half the budget (steps 0 and 10: too few evaluations to judge a trend) a was at
+        // 0.3, level with b: "a > b" refuted there.
+        assert_eq!(t.at_half_budget, Some(Verdict::Refuted), "{t:?}");
+
+        // A cost to reach a level does not wait for convergence.
+        let cost = rule(
+            Quantity::WallToReach,
+            Direction::Less,
+            Statistic::MannWhitney,
+        );
+        let v = evaluate(&spec(&["sentiment-v0"], 5, cost), &m).unwrap();
+        assert!(v.tasks[0].not_converged.is_empty(), "{:?}", v.tasks[0]);
+    }
+
+    #[test]
+    fn a_verdict_that_changes_with_half_the_budget_is_budget_dependent() {
+        // b leads at half the budget (step 40: 0.6 against 0.3, both settled) and a overtakes
+        // it and settles by the end (step 80): holds at the full budget, refuted at half.
+        let r = rule(
+            Quantity::FinalGold,
+            Direction::Greater,
+            Statistic::Bootstrap,
+        );
+        let s = spec(&["sentiment-v0"], 5, r);
+        let mut m = BTreeMap::new();
+        let curve = |golds: [f64; 9]| -> Vec<MetricRow> {
+            golds
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &g)| {
+                    let step = 10 * i as u64;
+                    [
+                        row(step, metric::EVAL_GOLD_REWARD, g),
+                        row(step, metric::EVAL_KL_TO_REF, 0.1 * i as f64),
+                    ]
+                })
+                .collect()
+        };
+        for i in 0..5 {
+            let d = 0.005 * i as f64;
+            let (a, b) = (0.3 + d, 0.6 + d);
+            let late = 0.9 + d;
+            m.insert(
+                format!("sentiment-v0.a.s{i}"),
+                curve([0.1, a, a, a, a, late, late, late, late]),
+            );
+            m.insert(
+                format!("sentiment-v0.b.s{i}"),
+                curve([0.1, b, b, b, b, b, b, b, b]),
+            );
+        }
+        let t = &evaluate(&s, &m).unwrap().tasks[0];
+        assert_eq!(t.verdict, Verdict::Holds, "{t:?}");
+        assert_eq!(t.at_half_budget, Some(Verdict::Refuted), "{t:?}");
+        assert!(
+            t.detail
+                .contains("budget-dependent: refuted at half the budget"),
+            "{}",
+            t.detail
+        );
     }
 
     #[test]
