@@ -187,7 +187,7 @@ pub fn write_report(dir: &Path) -> Result<String> {
         let _ = writeln!(md, "**Claim tested:** {}\n", spec.claim);
     }
     let _ = writeln!(md, "Seeds: {:?}; updates per run: {}; scale {}. Values are median [IQR] over seeds of the final evaluation.\n", spec.seeds, spec.scaled_updates(), spec.scale);
-    if let Some(v) = crate::verdict::evaluate(&spec, &metrics) {
+    for v in crate::verdict::evaluate_all(&spec, &metrics) {
         let r = &v.rule;
         let _ = writeln!(
             md,

@@ -656,8 +656,29 @@ pub fn evaluate(
     spec: &SweepSpec,
     metrics: &BTreeMap<String, Vec<MetricRow>>,
 ) -> Option<ClaimVerdict> {
-    let mut full = evaluate_once(spec, metrics)?;
-    let half = evaluate_once(spec, &first_half(metrics))?;
+    Some(evaluate_rule(spec, spec.rule.as_ref()?, metrics))
+}
+
+/// The verdicts of every rule of `spec` (the claim's own first, then `rules`).
+pub fn evaluate_all(
+    spec: &SweepSpec,
+    metrics: &BTreeMap<String, Vec<MetricRow>>,
+) -> Vec<ClaimVerdict> {
+    spec.rule
+        .iter()
+        .chain(&spec.rules)
+        .map(|r| evaluate_rule(spec, r, metrics))
+        .collect()
+}
+
+/// The verdicts of `rule` on `spec`'s runs, with the half-budget check.
+pub fn evaluate_rule(
+    spec: &SweepSpec,
+    rule: &DecisionRule,
+    metrics: &BTreeMap<String, Vec<MetricRow>>,
+) -> ClaimVerdict {
+    let mut full = evaluate_once(spec, rule, metrics);
+    let half = evaluate_once(spec, rule, &first_half(metrics));
     for (t, h) in full.tasks.iter_mut().zip(half.tasks) {
         if h.verdict != t.verdict {
             t.at_half_budget = Some(h.verdict);
@@ -669,15 +690,16 @@ pub fn evaluate(
             };
         }
     }
-    Some(full)
+    full
 }
 
-/// The verdicts of `spec`'s rule on `metrics`, without the half-budget check.
+/// The verdicts of `rule` on `metrics`, without the half-budget check.
 fn evaluate_once(
     spec: &SweepSpec,
+    rule: &DecisionRule,
     metrics: &BTreeMap<String, Vec<MetricRow>>,
-) -> Option<ClaimVerdict> {
-    let rule = spec.rule.clone()?;
+) -> ClaimVerdict {
+    let rule = rule.clone();
     let sign = match rule.direction {
         Direction::Greater => 1.0,
         Direction::Less => -1.0,
@@ -779,12 +801,12 @@ fn evaluate_once(
             task_verdict(p, holm, &decision)
         })
         .collect();
-    Some(ClaimVerdict {
+    ClaimVerdict {
         name: spec.name.clone(),
         claim: spec.claim.clone(),
         rule,
         tasks,
-    })
+    }
 }
 
 /// A unit enum's name as the spec spells it (`wall_to_reach`, `less`, …).
@@ -1347,6 +1369,43 @@ mod tests {
             "{}",
             t.detail
         );
+    }
+
+    #[test]
+    fn the_default_comparison_decides_its_two_questions() {
+        // `make run`'s spec: PPO-RM vs DPO at matched KL, and DPO's pipeline cost to a level.
+        // DPO reaches a higher gold at every KL and at a tenth of the wall time.
+        let s = crate::sweep::compare_spec("sentiment-v0", 4, 1.0).unwrap();
+        assert!(s.rule.is_none());
+        let mut m = BTreeMap::new();
+        for r in s.runs() {
+            let (end, slow) = match r.agent.name.as_str() {
+                "dpo" => (0.9 + 0.01 * r.seed as f64, 1.0),
+                _ => (0.5 + 0.01 * r.seed as f64, 10.0),
+            };
+            let mut rows = run(end, 1.0);
+            for x in rows
+                .iter_mut()
+                .filter(|x| x.metric == metric::BUDGET_WALL_SECONDS)
+            {
+                x.value *= slow;
+            }
+            m.insert(r.id, rows);
+        }
+        let v = evaluate_all(&s, &m);
+        assert_eq!(v.len(), 2);
+        assert_eq!(
+            (v[0].rule.quantity, v[1].rule.quantity),
+            (Quantity::GoldAtKl, Quantity::WallToReach)
+        );
+        // "PPO aligns better" is refuted (DPO is ahead at matched KL); "DPO is cheaper" holds.
+        assert_eq!(
+            v[0].tasks[0].verdict,
+            Verdict::Refuted,
+            "{:?}",
+            v[0].tasks[0]
+        );
+        assert_eq!(v[1].tasks[0].verdict, Verdict::Holds, "{:?}", v[1].tasks[0]);
     }
 
     #[test]

@@ -19,8 +19,8 @@ pub struct CompareArgs {
     /// input, the current directory or /).
     #[arg(long)]
     pub overwrite: bool,
-    /// Seeds per agent.
-    #[arg(long, default_value_t = 3)]
+    /// Seeds per agent (4 is the fewest at which the verdicts' tests can decide at 95%).
+    #[arg(long, default_value_t = 4)]
     pub seeds: u64,
     /// Runs executed at once.
     #[arg(long, default_value_t = 1)]
@@ -72,6 +72,13 @@ pub fn run(args: CompareArgs) -> Result<()> {
     )?;
     crate::plot::plot_sweep(&out)?;
     crate::report::write_report(&out)?;
+    let metrics = crate::plot::read_sweep_metrics(&out)?;
+    println!("Verdicts (PPO on a reward model vs DPO on the same pairs):\n");
+    print!(
+        "{}",
+        crate::verdict::markdown_table(&crate::verdict::evaluate_all(&s, &metrics))
+    );
+    println!();
     print!("{}", crate::report::summary_table(&out)?);
     println!(
         "CSV: {0}/runs.csv, {0}/metrics.csv; plots: {0}/plots; report: {0}/report.md, {0}/report.html",

@@ -177,6 +177,10 @@ pub struct SweepSpec {
     /// the margin), fixed before the runs; the report gives a verdict per env from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<crate::verdict::DecisionRule>,
+    /// Further decision rules (`[[rules]]`), each with a verdict per env in the report beside
+    /// the claim's own (the default comparison's: gold at matched KL, and the cost to a level).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<crate::verdict::DecisionRule>,
 }
 
 fn one() -> f64 {
@@ -308,7 +312,7 @@ impl SweepSpec {
                 }
             }
         }
-        if let Some(r) = &self.rule {
+        for r in self.rule.iter().chain(&self.rules) {
             r.validate(self)?;
         }
         for p in &self.prefs {
@@ -510,6 +514,33 @@ pub fn load_sweep_dir(dir: &Path) -> Result<SweepSpec> {
     serde_json::from_str(&text).map_err(|e| AgentError::Data(format!("{}: {e}", p.display())))
 }
 
+/// The default comparison's questions, PPO on a reward model against DPO on the same pairs: does
+/// PPO align better (gold reward at matched KL), and is DPO cheaper (the whole pipeline's wall
+/// time to a common gold level).
+fn compare_rules() -> Vec<crate::verdict::DecisionRule> {
+    use crate::verdict::{DecisionRule, Direction, Quantity, Statistic};
+    vec![
+        DecisionRule {
+            quantity: Quantity::GoldAtKl,
+            a: "ppo-rm".into(),
+            b: "dpo".into(),
+            direction: Direction::Greater,
+            statistic: Statistic::Bootstrap,
+            confidence: 0.95,
+            margin: 0.0,
+        },
+        DecisionRule {
+            quantity: Quantity::WallToReach,
+            a: "dpo".into(),
+            b: "ppo-rm".into(),
+            direction: Direction::Less,
+            statistic: Statistic::MannWhitney,
+            confidence: 0.95,
+            margin: 0.0,
+        },
+    ]
+}
+
 /// The default comparison as a sweep: PPO on the gold reward (where the env shows it), PPO on a
 /// reward model trained on exactly DPO's pairs, and DPO on those pairs; same SFT start.
 pub fn compare_spec(env: &str, seeds: u64, scale: f64) -> Result<SweepSpec> {
@@ -542,6 +573,7 @@ pub fn compare_spec(env: &str, seeds: u64, scale: f64) -> Result<SweepSpec> {
         agents,
         gap: None,
         rule: None,
+        rules: compare_rules(),
     };
     s.fill_defaults();
     s.validate()?;
