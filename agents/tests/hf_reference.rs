@@ -116,6 +116,7 @@ fn logits_and_greedy_generation_equal_transformers_for_every_family() {
 fn published_tokenizers_load_and_stop_as_transformers_resolves_them() {
     use aligngym_agents::lm::tokenizer::PromptFormat;
     use aligngym_agents::{LmPolicy, Policy};
+    use aligngym_envs::TextCodec;
     let questions = ["what is 3 plus 6?", "what is 17 plus 20? the answer"];
     for (name, chat) in [("qwen2.5-tokenizer", true), ("llama3-tokenizer", false)] {
         let dir = fixtures().join(name);
@@ -179,6 +180,17 @@ fn published_tokenizers_load_and_stop_as_transformers_resolves_them() {
                 "{name}"
             );
             assert_eq!(&ids[..prompts[0].len()], prompts[0].as_slice(), "{name}");
+            // A `{"text"}` line is language modelling on the text as it is: no template, and
+            // no BOS where the tokenizer has none.
+            let text = aligngym_agents::stages::sft::encode_records(
+                tok,
+                &[aligngym_envs::SftRecord::Text(questions[1].into())],
+                64,
+            )
+            .unwrap();
+            let mut want = tok.encode_ids(questions[1]);
+            want.push(tok.eos_id());
+            assert_eq!(text[0].ids, want, "{name}: a text line");
         }
         // The first question stops at the third EOS id, before the token budget.
         assert!(completions[0].len() <= 4, "{name}: {:?}", completions[0]);

@@ -6,7 +6,7 @@
 use crate::lm::model::{Gpt, GptConfig};
 use crate::lm::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
 use crate::lm::sampling::right_pad;
-use crate::lm::tokenizer::Tokenizer;
+use crate::lm::tokenizer::{PromptFormat, Tokenizer};
 use crate::{AgentError, Result};
 use aligngym_envs::{SftRecord, TextCodec};
 use rand::rngs::StdRng;
@@ -149,7 +149,8 @@ pub fn encode_records(
         .map(|(i, r)| {
             let ex = match r {
                 SftRecord::Text(t) => {
-                    let mut ids = tok.encode_prompt(t);
+                    // Language modelling on the text as it is, never through a chat template.
+                    let mut ids = tok.encode_prompt_as(t, PromptFormat::Raw);
                     ids.push(tok.eos_id());
                     SftExample::full(ids)
                 }
