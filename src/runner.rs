@@ -41,6 +41,9 @@ impl Default for RunConfig {
 struct RunnerState {
     step: u64,
     wall_seconds: f64,
+    /// Seconds of evaluation so far (`eval/wall_seconds`); absent in states saved before it.
+    #[serde(default)]
+    eval_seconds: f64,
 }
 
 /// What a run is charged besides its updates.
@@ -52,6 +55,58 @@ pub struct Charges {
     pub setup_seconds: f64,
     /// The stages the run consumes, added to its `budget/*` in `pipeline/*`.
     pub consumed: StageCost,
+    /// Seconds building the evaluator took (sampling the reference's evaluation episodes): the
+    /// first of `eval/wall_seconds`.
+    pub eval_setup_seconds: f64,
+}
+
+/// Where this process's time went while it ran a run, in seconds: what `train` reports, so that
+/// a test can check no work of a run happens outside its clocks.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Accounted {
+    /// Building the agent (in `budget/wall_seconds` for a new run).
+    pub setup: f64,
+    /// Updates (`budget/wall_seconds`).
+    pub training: f64,
+    /// The evaluator's construction and every evaluation (`eval/wall_seconds`).
+    pub evaluation: f64,
+    /// Step commits and exports (durable writes of the state, the policy, `metrics.csv`).
+    pub commits: f64,
+}
+
+/// What [`run`] returns: every metric row of the run, and this process's accounted time.
+pub struct Ran {
+    /// The run's rows, from step 0.
+    pub rows: Vec<MetricRow>,
+    /// This process's time, by what it was spent on.
+    pub seconds: Accounted,
+}
+
+/// Evaluate `agent` at `step`, adding the seconds it took to `seconds`; the rows carry the
+/// running total as `eval/wall_seconds`.
+fn evaluate(
+    evaluator: &Evaluator,
+    agent: &dyn RunnableAgent,
+    step: u64,
+    seconds: &mut f64,
+) -> Result<Vec<MetricRow>> {
+    let t0 = Instant::now();
+    let ev = evaluator.evaluate(
+        agent.policy(),
+        agent.proxy_reward(),
+        agent.selection(),
+        step,
+    )?;
+    *seconds += t0.elapsed().as_secs_f64();
+    Ok(ev
+        .into_iter()
+        .chain([(metric::EVAL_WALL_SECONDS.to_string(), *seconds)])
+        .map(|(k, v)| MetricRow {
+            step,
+            metric: k,
+            value: v,
+        })
+        .collect())
 }
 
 fn budget_rows(agent: &dyn RunnableAgent, step: u64, wall: f64, c: &Charges) -> Vec<MetricRow> {
@@ -166,7 +221,12 @@ pub fn run(
     resume: bool,
     charges: &Charges,
     mut on_update: impl FnMut(u64, &[MetricRow]),
-) -> Result<Vec<MetricRow>> {
+) -> Result<Ran> {
+    let mut spent = Accounted {
+        setup: charges.setup_seconds,
+        evaluation: charges.eval_setup_seconds,
+        ..Accounted::default()
+    };
     if cfg.eval_every == 0 {
         return Err(AgentError::config("eval_every", "expected > 0"));
     }
@@ -193,19 +253,21 @@ pub fn run(
                 .collect(),
             Err(e) => return Err(e),
         };
+        let t0 = Instant::now();
         export(agent, dir, &rows)?;
+        spent.commits += t0.elapsed().as_secs_f64();
     } else {
-        let ev = evaluator.evaluate(agent.policy(), agent.proxy_reward(), agent.selection(), 0)?;
-        rows.extend(ev.into_iter().map(|(k, v)| MetricRow {
-            step: 0,
-            metric: k,
-            value: v,
-        }));
+        st.eval_seconds = charges.eval_setup_seconds;
+        rows.extend(evaluate(evaluator, agent, 0, &mut st.eval_seconds)?);
+        spent.evaluation = st.eval_seconds;
         st.wall_seconds = charges.setup_seconds;
         rows.extend(budget_rows(agent, 0, st.wall_seconds, charges));
+        let t0 = Instant::now();
         checkpoint(agent, dir, &rows, st)?;
+        spent.commits += t0.elapsed().as_secs_f64();
     }
     let mut wall = st.wall_seconds;
+    let mut eval_seconds = st.eval_seconds;
     for step in st.step..cfg.updates {
         let t0 = Instant::now();
         // Errors name the update by the step its metrics would have carried (updates done).
@@ -217,6 +279,7 @@ pub fn run(
             other => other,
         })?;
         wall += t0.elapsed().as_secs_f64();
+        spent.training += t0.elapsed().as_secs_f64();
         let done = step + 1;
         let start = rows.len();
         rows.extend(m.into_iter().map(|(k, v)| MetricRow {
@@ -225,21 +288,14 @@ pub fn run(
             value: v,
         }));
         if done % cfg.eval_every == 0 || done == cfg.updates {
-            let ev = evaluator.evaluate(
-                agent.policy(),
-                agent.proxy_reward(),
-                agent.selection(),
-                done,
-            )?;
-            rows.extend(ev.into_iter().map(|(k, v)| MetricRow {
-                step: done,
-                metric: k,
-                value: v,
-            }));
+            let before = eval_seconds;
+            rows.extend(evaluate(evaluator, agent, done, &mut eval_seconds)?);
+            spent.evaluation += eval_seconds - before;
             rows.extend(budget_rows(agent, done, wall, charges));
         }
         on_update(done, &rows[start..]);
         if done % save_every == 0 || done == cfg.updates {
+            let t0 = Instant::now();
             checkpoint(
                 agent,
                 dir,
@@ -247,9 +303,14 @@ pub fn run(
                 RunnerState {
                     step: done,
                     wall_seconds: wall,
+                    eval_seconds,
                 },
             )?;
+            spent.commits += t0.elapsed().as_secs_f64();
         }
     }
-    Ok(rows)
+    Ok(Ran {
+        rows,
+        seconds: spent,
+    })
 }

@@ -626,6 +626,36 @@ fn ppo_with_a_reward_model_trained_on_dpos_pairs_runs_end_to_end() {
     );
 }
 
+/// No work of a run happens outside its clocks: what `train` says it spent (building the agent,
+/// training, evaluation, checkpoint commits) covers at least 90% of the time since the command
+/// started, and its training and evaluation equal the run's final `budget/wall_seconds` and
+/// `eval/wall_seconds`.
+fn accounts_for_its_time(agent: &str, said: &str, rows: &[(u64, String, f64)]) {
+    let line = said
+        .lines()
+        .find(|l| l.starts_with("time: "))
+        .unwrap_or_else(|| panic!("{agent}: no time line in {said}"));
+    let nums: Vec<f64> = line
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [total, setup, training, evaluation, commits] = nums[..] else {
+        panic!("{agent}: {line}")
+    };
+    let accounted = setup + training + evaluation + commits;
+    assert!(accounted >= 0.9 * total, "{agent}: {line}");
+    let last = |m: &str| rows.iter().rev().find(|r| r.1 == m).unwrap().2;
+    // The line prints milliseconds.
+    assert!(
+        (last("budget/wall_seconds") - setup - training).abs() < 2e-3,
+        "{agent}: {line}"
+    );
+    assert!(
+        (last("eval/wall_seconds") - evaluation).abs() < 2e-3,
+        "{agent}: {line}"
+    );
+}
+
 fn without_wall(rows: Vec<(u64, String, f64)>) -> Vec<(u64, String, f64)> {
     rows.into_iter()
         .filter(|r| !r.1.ends_with("/wall_seconds"))
@@ -660,7 +690,18 @@ fn same_seed_same_metrics_and_resume_equals_uninterrupted() {
                 "n=2"
             };
         }
-        let a = train(agent, env, &format!("det-a-{agent}"), &extra);
+        let a = root().join(format!("det-a-{agent}"));
+        let policy = sft(env);
+        let mut args = train_cmd(
+            agent,
+            env,
+            policy.to_str().unwrap(),
+            a.to_str().unwrap(),
+            &["--quiet"],
+        );
+        args.extend_from_slice(&extra);
+        let said = String::from_utf8_lossy(&run(&args).stdout).into_owned();
+        accounts_for_its_time(agent, &said, &metrics(&a));
         let b = train(agent, env, &format!("det-b-{agent}"), &extra);
         let (ma, mb) = (without_wall(metrics(&a)), without_wall(metrics(&b)));
         assert!(ma.len() > 20);

@@ -74,6 +74,10 @@ metrics! {
     EVAL_DISTINCT_2 = "eval/distinct_2";
     /// Best-of-n: `log n − (n − 1)/n`, the bound its measured `eval/kl_to_ref` stays under.
     EVAL_KL_BOUND = "eval/kl_bound";
+    /// Wall-clock seconds the shared evaluation has taken so far in this run (the reference's
+    /// evaluation episodes sampled at the start included); with `budget/wall_seconds` it accounts
+    /// for a run's time. Differs between identical runs, as every `*/wall_seconds` does.
+    EVAL_WALL_SECONDS = "eval/wall_seconds";
     /// Best-of-n, each update: n.
     BEST_OF_N_N = "best_of_n/n";
     /// Best-of-n, each update: the bound `log n − (n − 1)/n` on its KL to the reference.

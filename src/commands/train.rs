@@ -127,14 +127,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let t = task(&spec.env)?;
     let consumed = consumed_stages(&spec)?;
     let (mut agent, start) = build_agent(&spec, t.clone(), dev)?;
-    let charges = runner::Charges {
-        setup_seconds: clock.elapsed().as_secs_f64(),
-        consumed,
-    };
+    let setup_seconds = clock.elapsed().as_secs_f64();
     let ev = Evaluator::new(t.clone(), &start, spec.eval.clone(), spec.seed)?;
+    let charges = runner::Charges {
+        setup_seconds,
+        consumed,
+        eval_setup_seconds: clock.elapsed().as_secs_f64() - setup_seconds,
+    };
     let existed = dir.exists();
     let was_empty = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
-    let mut started = || -> Result<Vec<crate::metrics::MetricRow>> {
+    let mut started = || -> Result<runner::Ran> {
         if !resuming {
             std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
             let json =
@@ -159,8 +161,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         pb.finish_and_clear();
         rows
     };
-    let rows = match started() {
-        Ok(rows) => rows,
+    let ran = match started() {
+        Ok(ran) => ran,
         // A new run that failed before its first commit holds nothing worth keeping: `--out` is
         // left as it was found (absent, or empty). A run with committed steps is kept to resume.
         Err(e) => {
@@ -170,6 +172,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             return Err(e);
         }
     };
+    let rows = ran.rows;
     let first = rows
         .iter()
         .find(|r| r.metric == metric::EVAL_GOLD_REWARD)
@@ -180,6 +183,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "train {}: eval/gold_reward {first:.3} -> {last:.3}, eval/kl_to_ref {kl:.3}; run in {}",
         spec.agent(),
         dir.display()
+    );
+    let a = ran.seconds;
+    println!(
+        "time: {:.3} s since the command started: building the agent {:.3}, training {:.3}, evaluation {:.3}, checkpoint commits {:.3}",
+        clock.elapsed().as_secs_f64(),
+        a.setup,
+        a.training,
+        a.evaluation,
+        a.commits
     );
     Ok(())
 }
