@@ -70,7 +70,8 @@ pub struct Accounted {
     pub training: f64,
     /// The evaluator's construction and every evaluation (`eval/wall_seconds`).
     pub evaluation: f64,
-    /// Step commits and exports (durable writes of the state, the policy, `metrics.csv`).
+    /// File work: the run's folder and `config.json`, step commits and exports (durable writes
+    /// of the state, the policy, `metrics.csv`).
     pub commits: f64,
 }
 
@@ -230,6 +231,8 @@ pub fn run(
     if cfg.eval_every == 0 {
         return Err(AgentError::config("eval_every", "expected > 0"));
     }
+    // Preparing the run's folder and reading a saved state count with the commits (file work).
+    let prep = Instant::now();
     std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
     let save_every = if cfg.save_every == 0 {
         cfg.eval_every
@@ -240,6 +243,7 @@ pub fn run(
     let mut rows: Vec<MetricRow> = Vec::new();
     // A run killed before its first commit has nothing to continue: it starts over.
     let saved = if resume { committed(dir)? } else { None };
+    spent.commits += prep.elapsed().as_secs_f64();
     if let Some(saved) = saved {
         st = saved;
         let state = dir.join(STATE);

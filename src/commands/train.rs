@@ -137,12 +137,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let existed = dir.exists();
     let was_empty = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
     let mut started = || -> Result<runner::Ran> {
+        let files = std::time::Instant::now();
         if !resuming {
             std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
             let json =
                 serde_json::to_string_pretty(&spec).map_err(|e| AgentError::Data(e.to_string()))?;
             commands::write_atomic(&dir.join("config.json"), &json)?;
         }
+        let config_seconds = files.elapsed().as_secs_f64();
         let pb = commands::progress(spec.run.updates, &spec.agent().to_string(), quiet);
         let rows = runner::run(
             agent.as_mut(),
@@ -159,7 +161,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             },
         );
         pb.finish_and_clear();
-        rows
+        rows.map(|mut ran| {
+            ran.seconds.commits += config_seconds;
+            ran
+        })
     };
     let ran = match started() {
         Ok(ran) => ran,
