@@ -237,22 +237,9 @@ fn collapsed_sides(
         .filter(|t| t.verdict != verdict::Verdict::Inconclusive)
     {
         for agent in [&v.rule.a, &v.rule.b] {
-            let mut series: std::collections::BTreeMap<String, Vec<&[crate::metrics::MetricRow]>> =
-                Default::default();
-            for r in spec.runs() {
-                if r.env == t.env && &r.agent.name == agent {
-                    if let Some(rows) = metrics.get(&r.id) {
-                        series
-                            .entry(format!("{:?}", r.point))
-                            .or_default()
-                            .push(rows);
-                    }
-                }
-            }
-            let (collapsed, runs) = series.values().fold((0, 0), |(c, n), runs| {
-                let h = crate::convergence::health(runs);
-                (c + h.collapsed, n + h.runs)
-            });
+            let (collapsed, runs) = verdict::series_health(spec, metrics, &t.env, agent)
+                .iter()
+                .fold((0, 0), |(c, n), h| (c + h.collapsed, n + h.runs));
             if collapsed > 0 {
                 out.push(CollapsedSide {
                     claim: v.name.clone(),

@@ -58,6 +58,20 @@ pub fn read(path: &Path) -> Result<Option<StageCost>> {
     }
 }
 
+/// Which of a cost's two columns to read in a run's `rows`: the whole pipeline's (`pipeline`)
+/// where the run recorded it, else its own (`own`: runs made before `pipeline/*` existed).
+pub fn cost_metric(
+    rows: &[crate::metrics::MetricRow],
+    pipeline: &'static str,
+    own: &'static str,
+) -> &'static str {
+    if rows.iter().any(|r| r.metric == pipeline) {
+        pipeline
+    } else {
+        own
+    }
+}
+
 /// The `pipeline/*` values at a step: the run's own spending and wall time plus what it consumed.
 /// Oracle labels are not repeated here: `budget/oracle_queries` already counts the labels of the
 /// pairs a run uses.

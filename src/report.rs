@@ -147,13 +147,7 @@ fn cost_to_reach(
                 .unwrap_or(f64::NAN)
         };
         // The whole pipeline's cost where the run recorded it (the stages it consumed included).
-        let cost = |pipeline: &str, own: &str| {
-            if rows.iter().any(|r| r.metric == pipeline) {
-                at(pipeline)
-            } else {
-                at(own)
-            }
-        };
+        let cost = |pipeline, own| at(crate::pipeline::cost_metric(rows, pipeline, own));
         walls.push(cost(
             metric::PIPELINE_WALL_SECONDS,
             metric::BUDGET_WALL_SECONDS,

@@ -489,19 +489,13 @@ fn values(
                 ));
             };
             let target = start + g;
-            // The whole pipeline's cost (the run's own plus the stages it consumed); runs made
-            // before `pipeline/*` existed have their own budget only.
             let (pipeline, own) = if rule.quantity == Quantity::WallToReach {
                 (metric::PIPELINE_WALL_SECONDS, metric::BUDGET_WALL_SECONDS)
             } else {
                 (metric::PIPELINE_FLOPS, metric::BUDGET_FLOPS)
             };
             let cost = |r: &Run| {
-                let metric = if r.rows.iter().any(|x| x.metric == pipeline) {
-                    pipeline
-                } else {
-                    own
-                };
+                let metric = crate::pipeline::cost_metric(r.rows, pipeline, own);
                 r.rows
                     .iter()
                     .filter(|x| {
@@ -603,23 +597,36 @@ struct Partial {
     not_converged: Vec<String>,
 }
 
-/// The rule's agents (of `agents`) with a series (one per grid point) still improving at the end.
+/// The health of each of `agent`'s series on `env` (one per grid point, over its seeds).
+pub fn series_health(
+    spec: &SweepSpec,
+    metrics: &BTreeMap<String, Vec<MetricRow>>,
+    env: &str,
+    agent: &str,
+) -> Vec<crate::convergence::Health> {
+    let mut series: BTreeMap<String, Vec<&[MetricRow]>> = BTreeMap::new();
+    for r in runs_of(spec, metrics, env, agent) {
+        series.entry(r.point).or_default().push(r.rows);
+    }
+    series
+        .values()
+        .map(|runs| crate::convergence::health(runs))
+        .collect()
+}
+
+/// The rule's agents (of `agents`) with a series still improving at the end.
 fn still_improving(
     spec: &SweepSpec,
     metrics: &BTreeMap<String, Vec<MetricRow>>,
     env: &str,
     agents: [&str; 2],
 ) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut out: Vec<String> = Vec::new();
     for agent in agents {
-        let mut series: BTreeMap<String, Vec<&[MetricRow]>> = BTreeMap::new();
-        for r in runs_of(spec, metrics, env, agent) {
-            series.entry(r.point).or_default().push(r.rows);
-        }
-        let improving = series.values().any(|runs| {
-            crate::convergence::health(runs).trend == crate::convergence::Trend::StillImproving
-        });
-        if improving && !out.iter().any(|a: &String| a == agent) {
+        let improving = series_health(spec, metrics, env, agent)
+            .iter()
+            .any(|h| h.trend == crate::convergence::Trend::StillImproving);
+        if improving && !out.iter().any(|a| a == agent) {
             out.push(agent.to_string());
         }
     }

@@ -306,14 +306,12 @@ fn stage_prefs(
         let n = scaled(p.pairs);
         let per = n / p.mix.len();
         let mut all: Vec<PreferencePair> = Vec::new();
-        let mut q = 0;
         // A mix costs the share of each source's cost that its pairs are of that source.
         let mut cost = pipeline::StageCost::default();
         for m in &p.mix {
             let (src, sq) = &done[m];
             let pairs = read_pairs(src)?;
             let take = per.min(pairs.len());
-            q += sq * take as u64 / pairs.len().max(1) as u64;
             let share = take as f64 / pairs.len().max(1) as f64;
             let c = pipeline::read(&pipeline::pairs_cost_path(src))?.unwrap_or_default();
             cost = cost.plus(&pipeline::StageCost {
@@ -333,7 +331,7 @@ fn stage_prefs(
             write_pairs(&path, &all)?;
             Ok(())
         })?;
-        done.insert(p.name.clone(), (path, q));
+        done.insert(p.name.clone(), (path, cost.spent.oracle_queries));
     }
     Ok(done)
 }

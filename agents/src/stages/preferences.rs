@@ -221,11 +221,12 @@ pub fn make_pairs(
 fn spend_sampling(spent: &mut Budget, generator: &LmPolicy, roll: &Rollout) {
     let s = &roll.seqs;
     let (b, lp, n) = (s.prompt.size()[0], s.prompt.size()[1], s.tokens.size()[1]);
-    let generated: u64 = roll
+    let generated = roll
         .episodes
         .iter()
-        .map(|e| e.policy_tokens().len() as u64)
-        .sum();
+        .flat_map(|e| &e.policy)
+        .filter(|&&p| p)
+        .count() as u64;
     spent.samples += b as u64;
     spent.tokens_generated += generated;
     let fpt = generator.model.config().flops_per_token((lp + n) as usize);

@@ -210,12 +210,17 @@ impl RewardModel {
         let mut spent = crate::metric::Budget::default();
         // Both sides of a pair run the trunk over the prompt and the continuation, padding included.
         let width = (data.prompt.size()[1] + data.chosen.size()[1]) as usize;
-        let valid = |t: &Tensor, rows: &Tensor| -> u64 {
-            t.index_select(0, rows)
-                .to_kind(Kind::Int64)
-                .sum(Kind::Int64)
-                .int64_value(&[]) as u64
+        // Real tokens of each pair (its prompt on both sides), read to the host once.
+        let per_row = |t: &Tensor| {
+            t.to_kind(Kind::Int64)
+                .sum_dim_intlist(1, false, Kind::Int64)
         };
+        let pair_tokens: Vec<i64> = Vec::try_from(
+            &(per_row(&data.prompt_valid) * 2
+                + per_row(&data.chosen_valid)
+                + per_row(&data.rejected_valid))
+            .to_device(tch::Device::Cpu),
+        )?;
         for step in 0..total {
             let epoch = step / steps_per_epoch;
             let mut perm = train.clone();
@@ -227,9 +232,10 @@ impl RewardModel {
             let chunk = &perm[k * bs..((k + 1) * bs).min(perm.len())];
             let idx = Tensor::from_slice(chunk).to_device(net.device());
             let (rc, rr) = pair_scores(&net, &data, &idx, true);
-            spent.train_tokens += 2 * valid(&data.prompt_valid, &idx)
-                + valid(&data.chosen_valid, &idx)
-                + valid(&data.rejected_valid, &idx);
+            spent.train_tokens += chunk
+                .iter()
+                .map(|&i| pair_tokens[i as usize] as u64)
+                .sum::<u64>();
             spent.flops += 3.0
                 * net.model.config().trunk_flops_per_token(width)
                 * (2 * chunk.len() * width) as f64;
