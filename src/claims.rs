@@ -183,7 +183,8 @@ pub fn run_claims(out: &Path, o: &ClaimsOptions, command: &str) -> Result<Claims
             continue;
         }
         let metrics = crate::plot::read_sweep_metrics(&dir)?;
-        if let Some(v) = verdict::evaluate(s, &metrics) {
+        // The claim's rule, then any further ones (the tuned pair's beside the untuned).
+        for v in verdict::evaluate_all(s, &metrics) {
             collapses.extend(collapsed_sides(s, &v, &metrics));
             verdicts.push(v);
         }
@@ -504,6 +505,25 @@ mod tests {
                 assert!(s.envs.len() >= 3, "{}", s.name);
             }
         }
+        // Issue 35's equal tuning: "PPO aligns better" is also decided tuned against tuned.
+        let pab = specs
+            .iter()
+            .find(|s| s.name == "ppo-aligns-better")
+            .unwrap();
+        let tuned = |n: &str| {
+            pab.agents
+                .iter()
+                .find(|a| a.name == n)
+                .unwrap()
+                .configurations()
+        };
+        assert!(
+            pab.rules
+                .iter()
+                .any(|r| tuned(&r.a) > 1 && tuned(&r.a) == tuned(&r.b)),
+            "{:?}",
+            pab.rules
+        );
         let only = ClaimsOptions {
             only: vec!["no-such-claim".into()],
             ..o

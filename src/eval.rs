@@ -23,7 +23,8 @@ use tch::Kind;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvalConfig {
-    /// Held-out prompts evaluated (the first N of the eval split); 0 means all. Default 128.
+    /// Prompts evaluated (the first N of the eval split; N spread over the training prompts for
+    /// `split = "validation"`); 0 means all. Default 128.
     pub prompts: usize,
     /// Completions sampled per eval prompt (more gives steadier means on small eval splits). Default 4.
     pub samples_per_prompt: usize,
@@ -31,6 +32,35 @@ pub struct EvalConfig {
     pub sampling: SamplingConfig,
     /// The oracle judging win rates against the reference.
     pub oracle: OracleConfig,
+    /// Which prompts: `eval` (the held-out split, default: what verdicts read) or `validation`
+    /// (training prompts, evenly spaced: what a sweep's tuning chooses on, never the verdict's).
+    pub split: EvalSplit,
+}
+
+/// The prompts an evaluation reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalSplit {
+    /// The task's held-out eval split, its first `prompts`.
+    #[default]
+    Eval,
+    /// `prompts` of the task's training prompts, evenly spaced over them: disjoint from the eval
+    /// split by construction, so choosing a configuration on them leaves the verdict's prompts
+    /// unseen. (They are prompts the agents train on: a task's split has no third share, and
+    /// carving one out would change every training run.)
+    Validation,
+}
+
+impl EvalSplit {
+    /// The task split the prompts come from, and the indices of `n` of its `all` prompts (`n` = 0:
+    /// all of them).
+    fn pick(self, all: usize, n: usize) -> (Split, Vec<usize>) {
+        let n = if n == 0 { all } else { n.min(all) };
+        match self {
+            Self::Eval => (Split::Eval, (0..n).collect()),
+            Self::Validation => (Split::Train, (0..n).map(|i| i * all / n.max(1)).collect()),
+        }
+    }
 }
 
 impl Default for EvalConfig {
@@ -43,6 +73,7 @@ impl Default for EvalConfig {
                 ..Default::default()
             },
             oracle: OracleConfig::default(),
+            split: EvalSplit::Eval,
         }
     }
 }
@@ -53,7 +84,9 @@ pub struct Evaluator {
     cfg: EvalConfig,
     sampling: SamplingConfig,
     task: Arc<dyn Task>,
-    /// The eval split's prompt index of each episode.
+    /// The task split the prompts come from ([`EvalSplit::pick`]).
+    split: Split,
+    /// That split's prompt index of each episode.
     indices: Vec<usize>,
     gold: Arc<dyn Rule>,
     reference: LmPolicy,
@@ -92,14 +125,16 @@ impl Evaluator {
         cfg: EvalConfig,
         seed: u64,
     ) -> Result<Self> {
-        let all = task.prompts(Split::Eval).len();
-        let n = if cfg.prompts == 0 {
-            all
-        } else {
-            cfg.prompts.min(all)
+        let all = match cfg.split {
+            EvalSplit::Eval => task.prompts(Split::Eval).len(),
+            EvalSplit::Validation => task.prompts(Split::Train).len(),
         };
+        let (split, picked) = cfg.split.pick(all, cfg.prompts);
         let k = cfg.samples_per_prompt.max(1);
-        let indices: Vec<usize> = (0..n).flat_map(|i| std::iter::repeat_n(i, k)).collect();
+        let indices: Vec<usize> = picked
+            .into_iter()
+            .flat_map(|i| std::iter::repeat_n(i, k))
+            .collect();
         let mut sampling = cfg.sampling.clone();
         if sampling.max_new_tokens == 0 {
             sampling.max_new_tokens = task.max_new_tokens();
@@ -110,6 +145,7 @@ impl Evaluator {
             cfg,
             sampling,
             task,
+            split,
             indices,
             gold,
             reference,
@@ -125,7 +161,7 @@ impl Evaluator {
 
     /// The eval prompts, one per episode (each repeated `samples_per_prompt` times).
     pub fn prompts(&self) -> Vec<&str> {
-        let p = self.task.prompts(Split::Eval);
+        let p = self.task.prompts(self.split);
         self.indices.iter().map(|&i| p[i].as_str()).collect()
     }
     /// Mean gold reward of the reference's episodes.
@@ -151,7 +187,7 @@ impl Evaluator {
             self.task.clone(),
             indices.len(),
             ChatEnvConfig {
-                split: Split::Eval,
+                split: self.split,
                 reward: if scorer.is_some() {
                     RewardSource::External
                 } else {
@@ -287,6 +323,19 @@ mod tests {
     use aligngym_agents::stages::sft;
     use aligngym_agents::{GptConfig, Tokenizer};
     use aligngym_envs::{Message, TextCodec};
+
+    #[test]
+    fn validation_prompts_are_spread_over_the_training_split_and_eval_keeps_its_first() {
+        // 10 training prompts, 4 wanted: every 2.5th, rounded down.
+        assert_eq!(
+            EvalSplit::Validation.pick(10, 4),
+            (Split::Train, vec![0, 2, 5, 7])
+        );
+        assert_eq!(EvalSplit::Eval.pick(10, 4), (Split::Eval, vec![0, 1, 2, 3]));
+        // More wanted than there are, or 0: all of them.
+        assert_eq!(EvalSplit::Validation.pick(3, 8).1, vec![0, 1, 2]);
+        assert_eq!(EvalSplit::Eval.pick(3, 0).1, vec![0, 1, 2]);
+    }
 
     /// Tells the two scoring paths apart: a conversation scores its number of turns, a transcript 0.
     struct TurnCounter;

@@ -317,11 +317,11 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
     for env in &spec.envs {
         let mut groups: BTreeMap<String, Vec<&Vec<MetricRow>>> = BTreeMap::new();
         for (id, rows) in &metrics {
-            if id.starts_with(&format!("{env}.")) {
+            if id.starts_with(&format!("{}.", crate::sweep::sanitize(env))) {
                 groups
                     .entry(
                         series_key(id)
-                            .trim_start_matches(&format!("{env}."))
+                            .trim_start_matches(&format!("{}.", crate::sweep::sanitize(env)))
                             .to_string(),
                     )
                     .or_default()
@@ -350,7 +350,7 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
                 markers: vec![],
             };
         files.extend(figure(
-            &out.join(format!("{env}-curves")),
+            &out.join(format!("{}-curves", crate::sweep::sanitize(env))),
             &[
                 panel(
                     format!("{env}: gold reward vs updates"),
@@ -379,7 +379,7 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
             ],
         )?);
         files.extend(figure(
-            &out.join(format!("{env}-frontier")),
+            &out.join(format!("{}-frontier", crate::sweep::sanitize(env))),
             &[panel(
                 format!("{env}: gold reward vs KL(π‖π_ref)"),
                 "KL(π‖π_ref) (nats)",
@@ -414,7 +414,7 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
                 .collect();
             if !series.is_empty() {
                 files.extend(figure(
-                    &out.join(format!("{env}-frontier-bands")),
+                    &out.join(format!("{}-frontier-bands", crate::sweep::sanitize(env))),
                     &[panel(
                         format!("{env}: best gold reward at each KL over each agent's grid"),
                         "KL(π‖π_ref) (nats)",
@@ -510,7 +510,10 @@ pub fn plot_sweep(dir: &Path) -> Result<Vec<PathBuf>> {
                 true,
             );
             p.markers = vec![("gold peak of each run".into(), peaks)];
-            files.extend(figure(&out.join(format!("{env}-overoptimisation")), &[p])?);
+            files.extend(figure(
+                &out.join(format!("{}-overoptimisation", crate::sweep::sanitize(env))),
+                &[p],
+            )?);
         }
     }
     Ok(files)

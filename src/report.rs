@@ -48,7 +48,7 @@ pub struct SeriesStats {
 pub fn env_stats(metrics: &BTreeMap<String, Vec<MetricRow>>, env: &str) -> (Vec<SeriesStats>, f64) {
     let mut groups: BTreeMap<String, Vec<&Vec<MetricRow>>> = BTreeMap::new();
     for (id, rows) in metrics {
-        if let Some(rest) = id.strip_prefix(&format!("{env}.")) {
+        if let Some(rest) = id.strip_prefix(&format!("{}.", crate::sweep::sanitize(env))) {
             groups.entry(series_key(rest)).or_default().push(rows);
         }
     }
@@ -129,7 +129,7 @@ fn cost_to_reach(
     let mut flops = Vec::new();
     let mut toks = Vec::new();
     for (id, rows) in metrics {
-        let Some(rest) = id.strip_prefix(&format!("{env}.")) else {
+        let Some(rest) = id.strip_prefix(&format!("{}.", crate::sweep::sanitize(env))) else {
             continue;
         };
         if series_key(rest) != series {
@@ -203,6 +203,7 @@ pub fn write_report(dir: &Path) -> Result<String> {
         }
         let _ = writeln!(md);
     }
+    md.push_str(&crate::sweep::tuning_report(&spec, dir));
     for env in &spec.envs {
         let (stats, start) = env_stats(&metrics, env);
         if stats.is_empty() {
@@ -268,9 +269,10 @@ pub fn write_report(dir: &Path) -> Result<String> {
             frontier_section(&mut md, &spec, &metrics, env);
         }
         overoptimisation_section(&mut md, &spec, &metrics, env, start);
+        let slug = crate::sweep::sanitize(env);
         for fig in ["curves", "frontier", "frontier-bands", "overoptimisation"] {
-            if dir.join("plots").join(format!("{env}-{fig}.png")).exists() {
-                let _ = writeln!(md, "\n![{env} {fig}](plots/{env}-{fig}.png)");
+            if dir.join("plots").join(format!("{slug}-{fig}.png")).exists() {
+                let _ = writeln!(md, "\n![{env} {fig}](plots/{slug}-{fig}.png)");
             }
         }
         let _ = writeln!(md);

@@ -594,7 +594,10 @@ pub fn status(dir: &Path) -> Result<String> {
         .map(|s| {
             let state = if sweep::stage_built(&spec, dir, s) {
                 "built"
-            } else if Lock::is_held(&dir.join("stages").join(format!(".{s}.lock"))) {
+            } else if Lock::is_held(
+                &dir.join("stages")
+                    .join(format!(".{}.lock", crate::sweep::sanitize(&s.to_string()))),
+            ) {
                 "building"
             } else {
                 "missing"
@@ -759,10 +762,15 @@ mod tests {
             "sft:arithmetic-v0",
             "prefs:arithmetic-v0",
             "rm:arithmetic-v0:on",
+            // A task file's env id holds a colon of its own.
+            "sft:task:/data/t.toml",
+            "rm:task:/data/t.toml:on",
         ] {
             assert_eq!(t.parse::<Stage>().unwrap().to_string(), t);
         }
-        for bad in ["", "sft", "rm:a", "rm:a:b:c", "dpo:a"] {
+        let rm: Stage = "rm:task:/data/t.toml:on".parse().unwrap();
+        assert_eq!(rm.env(), "task:/data/t.toml");
+        for bad in ["", "sft", "sft:", "rm:a", "rm::on", "rm:a:", "dpo:a"] {
             assert!(bad.parse::<Stage>().is_err(), "{bad}");
         }
         let sft: Stage = "sft:a".parse().unwrap();

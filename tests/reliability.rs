@@ -3,7 +3,7 @@
 //! a run or a sweep killed at any instant resumes to exactly the uninterrupted result; a full disk
 //! is a clean failure that leaves nothing behind.
 
-use super::{bin, fails, metrics, root, run, sft, train_cmd, without_wall};
+use super::{bin, fails, metrics, missing, root, run, sft, train_cmd, without_wall};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -436,7 +436,7 @@ impl SmallDisk {
         std::fs::create_dir_all(dir).unwrap();
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: the disk-full cases need root to mount a small tmpfs");
+            missing("the disk-full cases need root to mount a small tmpfs");
             return None;
         }
         let out = Command::new("mount")
@@ -449,7 +449,7 @@ impl SmallDisk {
             Err(e) => Some(format!("mount: {e}")),
         };
         if let Some(why) = why {
-            eprintln!("skipped: cannot mount a tmpfs ({why})");
+            missing(&format!("the disk-full cases cannot mount a tmpfs ({why})"));
             return None;
         }
         Some(Self(dir.to_path_buf()))

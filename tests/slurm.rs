@@ -1,7 +1,7 @@
 //! Sweeps on a real one-node Slurm cluster (slurmctld, slurmd and munged started on this machine
 //! by `scripts/slurm-cluster.sh`; root only, as CI is).
 
-use super::{bin, root};
+use super::{bin, missing, root};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -155,7 +155,7 @@ fn modified(dir: &Path) -> BTreeMap<String, std::time::SystemTime> {
 fn sweeps_on_slurm_equal_local_ones_survive_cancellation_and_report_failures() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: the Slurm test needs root to install and start slurmctld and slurmd");
+        missing("the Slurm test needs root to install and start slurmctld and slurmd");
         return;
     }
     let top = root().join("slurm");

@@ -184,6 +184,9 @@ metrics! {
     TRAIN_LR = "train/lr";
     /// DPO, KTO: the gradient norm before clipping.
     TRAIN_GRAD_NORM = "train/grad_norm";
+    /// DPO, KTO: passes over the pairs (KTO: the examples) made so far, TRL's `epoch`; an epoch is
+    /// as many whole batches as the data holds.
+    TRAIN_EPOCH = "train/epoch";
     /// GRPO, RLOO, REINFORCE++, online DPO: mean of the rewards the advantages come from (GRPO:
     /// after the overlong penalty; RLOO: minus β × the sequence KL; REINFORCE++: the score).
     REWARD = "reward";

@@ -12,7 +12,10 @@ pub enum EnvError {
     )]
     ResetNeeded,
     /// No environment is registered under this id.
-    #[error("unknown env id `{}`; registered ids: {known}", one_line(id))]
+    #[error(
+        "unknown env id `{}`; registered ids: {known} (or task:PATH, a task file)",
+        one_line(id)
+    )]
     UnknownEnv { id: String, known: String },
     /// A configuration field holds a value outside its allowed range.
     #[error("invalid config field `{field}`: {}", one_line(msg))]

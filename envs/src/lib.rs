@@ -18,6 +18,7 @@ pub mod registry;
 pub mod reward;
 pub mod rules;
 pub mod task;
+pub mod task_file;
 pub mod tasks;
 pub mod testing;
 pub mod vec_env;
@@ -36,4 +37,5 @@ pub use prefs::{
 pub use registry::{make, register, task, tasks};
 pub use reward::{Clip, RewardFn, Rule, RunningNorm, Scale, WeightedSum};
 pub use task::{derive_seed, Feedback, PromptSplit, Split, Task};
+pub use task_file::{TaskFile, VerifierKind, TASK_PREFIX};
 pub use vec_env::{AutoresetMode, VecEnv, VecStep};

@@ -9,6 +9,7 @@ use crate::tasks::{
     sentiment::SentimentTask,
 };
 use crate::{EnvError, Result};
+use std::path::Path;
 use std::sync::{Arc, OnceLock, RwLock};
 
 fn table() -> &'static RwLock<Vec<Arc<dyn Task>>> {
@@ -45,8 +46,20 @@ pub fn tasks() -> Vec<Arc<dyn Task>> {
     table().read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// The task registered under `id`.
+/// The task registered under `id`; `task:PATH` reads the task file at PATH (once per process)
+/// and registers it under that id.
 pub fn task(id: &str) -> Result<Arc<dyn Task>> {
+    if let Some(path) = id.strip_prefix(crate::task_file::TASK_PREFIX) {
+        if let Some(t) = tasks().into_iter().find(|t| t.id() == id) {
+            return Ok(t);
+        }
+        let t: Arc<dyn Task> = Arc::new(crate::task_file::TaskFile::load(Path::new(path))?);
+        // Two threads may read the same file at once: the first registration stands.
+        return match register(t.clone()) {
+            Ok(()) => Ok(t),
+            Err(_) => Ok(tasks().into_iter().find(|t| t.id() == id).unwrap_or(t)),
+        };
+    }
     let all = tasks();
     all.iter()
         .find(|t| t.id() == id)

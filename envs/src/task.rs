@@ -2,6 +2,8 @@
 
 use crate::chat::Message;
 use crate::reward::Rule;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -91,6 +93,22 @@ impl PromptSplit {
             }
         }
         Self { train, eval }
+    }
+
+    /// Given sets (a data file's own split column); the caller keeps them apart.
+    pub fn from_sets(train: Vec<String>, eval: Vec<String>) -> Self {
+        Self { train, eval }
+    }
+
+    /// [`PromptSplit::from_pool`] after a seeded shuffle of the pool. A pool built in nested
+    /// loops has a period (game × range, customer × topic), and holding out every k-th prompt of
+    /// it would hold out one value of the inner loop only: an eval split of range-16 games alone.
+    pub fn shuffled(mut pool: Vec<String>, eval_every: usize, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        for i in (1..pool.len()).rev() {
+            pool.swap(i, rng.random_range(0..=i));
+        }
+        Self::from_pool(pool, eval_every)
     }
 
     /// The prompts of one split.

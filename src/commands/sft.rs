@@ -103,7 +103,14 @@ pub fn run(args: SftArgs) -> Result<()> {
         (None, None, Some(id)) => {
             let t = task(id)?;
             cfg.steps = t.sft_steps();
-            commands::corpus_records(t.corpus(cfg.corpus_size, seed))
+            let records = commands::corpus_records(t.corpus(cfg.corpus_size, seed));
+            if records.is_empty() {
+                return Err(AgentError::config(
+                    "env",
+                    format!("{id} has no SFT corpus (a task file's `corpus` names the column that completes its prompts): give --data FILE, or train from a pretrained --policy"),
+                ));
+            }
+            records
         }
         (None, None, None) => {
             return Err(AgentError::config(

@@ -175,11 +175,26 @@ pub fn run(args: SweepArgs) -> Result<()> {
         s.name,
         out.display()
     );
+    // A shard holds part of the runs: its verdicts would be on part of the seeds.
+    if shard.is_none() && (s.rule.is_some() || !s.rules.is_empty()) {
+        let metrics = crate::plot::read_sweep_metrics(&out)?;
+        println!("\nVerdicts (the spec's decision rules):\n");
+        print!(
+            "{}",
+            crate::verdict::markdown_table(&crate::verdict::evaluate_all(&s, &metrics))
+        );
+    }
     Ok(())
 }
 
 /// `aligngym sweep --slurm`.
 fn submit_sweep(s: &SweepSpec, out: &Path, o: &crate::slurm::SlurmOptions) -> Result<()> {
+    if s.agents.iter().any(|a| !a.tune.is_empty()) {
+        return Err(AgentError::config(
+            "--slurm",
+            "a sweep with `tune` grids runs locally for now: its runs wait on tuning runs, which the Slurm job array does not order",
+        ));
+    }
     let sub = crate::slurm::submit(s, out, o)?;
     let dir = commands::absolute(out)?;
     if sub.plan.is_empty() {

@@ -1,6 +1,6 @@
 //! `runs.csv` and `metrics.csv` from the finished run folders.
 
-use super::spec::{value_str, SweepSpec};
+use super::spec::{value_str, Phase, SweepSpec};
 use crate::commands;
 use crate::convergence;
 use crate::metrics::{read_long_csv, MetricRow};
@@ -31,7 +31,7 @@ pub fn collect(spec: &SweepSpec, out: &Path) -> Result<()> {
     let mut hp_keys: Vec<String> = spec
         .agents
         .iter()
-        .flat_map(|a| a.grid.keys().cloned())
+        .flat_map(|a| a.grid.keys().chain(a.tune.keys()).cloned())
         .collect();
     hp_keys.sort();
     hp_keys.dedup();
@@ -59,7 +59,8 @@ pub fn collect(spec: &SweepSpec, out: &Path) -> Result<()> {
     long.write_record(["run_id", "step", "metric", "value"])
         .map_err(|e| AgentError::Data(e.to_string()))?;
     let mut finished = Vec::new();
-    for r in spec.runs() {
+    // Tuning runs stay in their folders and `tuning.csv`: the CSVs hold what verdicts read.
+    for r in spec.runs().into_iter().filter(|r| r.phase == Phase::Main) {
         let dir = out.join("runs").join(&r.id);
         if dir.join("done").exists() {
             let rows: Vec<MetricRow> = read_long_csv(&dir.join("metrics.csv"))?;
@@ -80,6 +81,9 @@ pub fn collect(spec: &SweepSpec, out: &Path) -> Result<()> {
         .collect();
     for (r, rows) in &finished {
         let spread = spreads[&crate::plot::series_key(&r.id)];
+        // A tuned agent's runs list the configuration they ran with.
+        let point =
+            super::tuning::resolve(spec, out, r).map_or_else(|_| r.point.clone(), |x| x.point);
         let mut rec: Vec<String> = vec![
             r.id.clone(),
             r.env.clone(),
@@ -92,7 +96,7 @@ pub fn collect(spec: &SweepSpec, out: &Path) -> Result<()> {
         rec.extend(
             hp_keys
                 .iter()
-                .map(|k| r.point.get(k).map(value_str).unwrap_or_default()),
+                .map(|k| point.get(k).map(value_str).unwrap_or_default()),
         );
         rec.extend(RUN_COLUMNS.iter().map(|m| {
             crate::metrics::last(rows, m)
@@ -124,5 +128,8 @@ pub fn collect(spec: &SweepSpec, out: &Path) -> Result<()> {
         &out.join("metrics.csv"),
         &String::from_utf8_lossy(&bytes(long)?),
     )?;
+    if let Some(csv) = super::tuning::tuning_csv(spec, out) {
+        commands::write_atomic(&out.join("tuning.csv"), &csv)?;
+    }
     Ok(())
 }

@@ -6,10 +6,13 @@ mod collect;
 mod scheduler;
 mod spec;
 mod stages;
+mod tuning;
 
 pub use collect::{collect, RUN_COLUMNS};
 pub use scheduler::{run_file, run_sweep, Part, RunFile, SweepOptions};
 pub use spec::{
-    compare_spec, load_sweep_dir, shard, AgentSpec, PrefsSpec, RunSpec, SweepReward, SweepSpec,
+    compare_spec, load_sweep_dir, sanitize, shard, AgentSpec, Phase, PrefsSpec, RunSpec,
+    SweepReward, SweepSpec,
 };
 pub use stages::{stage_built, Stage};
+pub use tuning::{report_section as tuning_report, tuning_csv};

@@ -53,6 +53,8 @@ fn train_args(
 ) -> Result<Vec<String>> {
     let (prefs_path, queries) = &stages.prefs[&r.agent.prefs];
     let rm = stages.rms.get(&r.agent.prefs).map(PathBuf::as_path);
+    // A tuned agent's run takes the configuration its tuning runs chose.
+    let r = &super::tuning::resolve(spec, out, r)?;
     let mut t = spec.train_spec(r, &stages.sft, prefs_path, *queries, rm)?;
     // `auto` is decided here, once per run as `train` would, unless the grid or `set` chose.
     let chosen = r.agent.set.keys().chain(r.point.keys());
@@ -122,10 +124,17 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
         commands::write_atomic(&out.join("sweep.json"), &json)?;
     }
     let dev = opts.device.resolve()?;
-    let mut runs = spec.runs();
+    let all = spec.runs();
+    let mut runs = all.clone();
     match &opts.part {
         Part::All => {
             if let Some((i, n)) = opts.shard {
+                if all.iter().any(RunSpec::is_tuned) {
+                    return Err(AgentError::config(
+                        "--shard",
+                        "a sweep with `tune` grids runs whole: a shard's runs would wait on tuning runs of other shards",
+                    ));
+                }
                 runs = shard(runs, i, n);
             }
         }
@@ -186,7 +195,8 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
     let mut lines = commands::ProgressLines::new(&spec.name, todo.len(), opts.quiet);
     let exe = std::env::current_exe().map_err(|e| AgentError::io("aligngym", e))?;
     let jobs = opts.jobs.max(1);
-    let mut queue = todo.iter();
+    // Runs in order, except that a tuned agent's runs wait for their tuning runs.
+    let mut pending: Vec<&RunSpec> = todo;
     struct Running {
         child: std::process::Child,
         id: String,
@@ -197,7 +207,13 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
     let mut executed = 0;
     loop {
         while running.len() < jobs {
-            let Some(r) = queue.next() else { break };
+            let Some(k) = pending
+                .iter()
+                .position(|r| super::tuning::ready(&all, out, r))
+            else {
+                break;
+            };
+            let r = pending.remove(k);
             // Another process (a shard, a Slurm task of an earlier submission) runs it: theirs.
             let Some(lock) = aligngym_agents::lm::fsio::Lock::try_exclusive(&run_file(
                 out,
@@ -257,6 +273,14 @@ pub fn run_sweep(spec: &SweepSpec, out: &Path, opts: &SweepOptions) -> Result<us
             });
         }
         if running.is_empty() {
+            // Left waiting with nothing running here: their tuning runs failed (listed below)
+            // or another process holds them.
+            if !pending.is_empty() && failures.is_empty() {
+                return Err(AgentError::Data(format!(
+                    "{} run(s) wait on tuning runs that another process is running: run the sweep again when it is done",
+                    pending.len()
+                )));
+            }
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));

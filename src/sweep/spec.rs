@@ -109,6 +109,19 @@ pub struct AgentSpec {
     /// Hyperparameter grid: key → values; every combination is a run.
     #[serde(default)]
     pub grid: BTreeMap<String, Vec<toml::Value>>,
+    /// Hyperparameters tuned before the verdict: key → values. Every combination runs on the
+    /// sweep's `tune_seeds`, evaluated on the validation prompts; the one with the best median
+    /// final gold reward there is what this agent's runs on `seeds` use, evaluated on the eval
+    /// split. A rule compares agents that tried equally many configurations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tune: BTreeMap<String, Vec<toml::Value>>,
+}
+
+impl AgentSpec {
+    /// Configurations the agent tries before its runs: 1 untuned.
+    pub fn configurations(&self) -> usize {
+        grid_points(&self.tune).len()
+    }
 }
 
 /// Where an online agent of a sweep gets its reward.
@@ -181,6 +194,14 @@ pub struct SweepSpec {
     /// the claim's own (the default comparison's: gold at matched KL, and the cost to a level).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<crate::verdict::DecisionRule>,
+    /// Seeds of the tuning runs (agents with a `tune` grid), disjoint from `seeds` so the
+    /// verdict's runs are fresh. Default `[1000, 1001]`.
+    #[serde(default = "default_tune_seeds")]
+    pub tune_seeds: Vec<u64>,
+}
+
+fn default_tune_seeds() -> Vec<u64> {
+    vec![1000, 1001]
 }
 
 fn one() -> f64 {
@@ -312,6 +333,7 @@ impl SweepSpec {
                 }
             }
         }
+        self.validate_tuning()?;
         for r in self.rule.iter().chain(&self.rules) {
             r.validate(self)?;
         }
@@ -330,6 +352,38 @@ impl SweepSpec {
         for r in self.runs() {
             let rm = (r.agent.reward == SweepReward::Rm).then_some(Path::new("rm"));
             self.train_spec(&r, Path::new("sft"), Path::new("prefs.jsonl"), 0, rm)?;
+        }
+        Ok(())
+    }
+
+    /// `tune` grids: not beside a `grid`, no empty value list, tuning seeds apart from `seeds`.
+    fn validate_tuning(&self) -> Result<()> {
+        for a in self.agents.iter().filter(|a| !a.tune.is_empty()) {
+            let field = format!("agents.{}.tune", a.name);
+            if !a.grid.is_empty() {
+                return Err(AgentError::config(
+                    field,
+                    "an agent either tunes (picks one configuration) or sweeps a grid (runs them all), not both",
+                ));
+            }
+            if let Some((k, _)) = a.tune.iter().find(|(_, v)| v.is_empty()) {
+                return Err(AgentError::config(
+                    format!("{field}.{k}"),
+                    "expected at least one value",
+                ));
+            }
+            if self.tune_seeds.is_empty() {
+                return Err(AgentError::config(
+                    "tune_seeds",
+                    "expected at least one seed",
+                ));
+            }
+            if let Some(s) = self.tune_seeds.iter().find(|s| self.seeds.contains(s)) {
+                return Err(AgentError::config(
+                    "tune_seeds",
+                    format!("seed {s} is also in `seeds`: the verdict's runs must be fresh seeds"),
+                ));
+            }
         }
         Ok(())
     }
@@ -361,6 +415,9 @@ impl SweepSpec {
         ];
         for (k, v) in r.agent.set.iter().chain(r.point.iter()) {
             sets.push(format!("{k}={}", value_str(v)));
+        }
+        if r.phase == Phase::Tune {
+            sets.push("eval.split=validation".into());
         }
         t.apply_sets(&sets).map_err(|e| match e {
             AgentError::Config { field, msg } => AgentError::Config {
@@ -400,6 +457,7 @@ impl SweepSpec {
                 )
             })
             .or_else(|| differs("policy", json(&self.policy), json(&old.policy)))
+            .or_else(|| differs("tune_seeds", json(&self.tune_seeds), json(&old.tune_seeds)))
             .or_else(|| {
                 self.prefs.iter().find_map(|p| {
                     let q = old.prefs.iter().find(|q| q.name == p.name)?;
@@ -409,31 +467,40 @@ impl SweepSpec {
             .or_else(|| {
                 self.agents.iter().find_map(|a| {
                     let b = old.agents.iter().find(|b| b.name == a.name)?;
-                    let fixed = |x: &AgentSpec| json(&(x.agent, x.reward, &x.prefs, &x.set));
+                    let fixed =
+                        |x: &AgentSpec| json(&(x.agent, x.reward, &x.prefs, &x.set, &x.tune));
                     differs(&format!("agent `{}`", a.name), fixed(a), fixed(b))
                 })
             })
     }
 
-    /// Every run of the sweep, in a fixed order.
+    /// Every run of the sweep, in a fixed order: the tuning runs first (their results decide the
+    /// configuration of their agent's other runs), then the runs the verdicts read.
     pub fn runs(&self) -> Vec<RunSpec> {
         let mut out = Vec::new();
-        for env in &self.envs {
-            for a in &self.agents {
-                for point in grid_points(&a.grid) {
-                    for &seed in &self.seeds {
-                        let hp: String = point
-                            .iter()
-                            .map(|(k, v)| format!(".{k}={}", value_str(v)))
-                            .collect();
-                        let id = sanitize(&format!("{env}.{}{hp}.s{seed}", a.name));
-                        out.push(RunSpec {
-                            id,
-                            env: env.clone(),
-                            agent: a.clone(),
-                            point: point.clone(),
-                            seed,
-                        });
+        for phase in [Phase::Tune, Phase::Main] {
+            for env in &self.envs {
+                for a in &self.agents {
+                    let (grid, seeds, tag) = match phase {
+                        Phase::Tune if a.tune.is_empty() => continue,
+                        Phase::Tune => (&a.tune, &self.tune_seeds, ".tune"),
+                        Phase::Main => (&a.grid, &self.seeds, ""),
+                    };
+                    for point in grid_points(grid) {
+                        for &seed in seeds {
+                            let hp: String = point
+                                .iter()
+                                .map(|(k, v)| format!(".{k}={}", value_str(v)))
+                                .collect();
+                            out.push(RunSpec {
+                                id: sanitize(&format!("{env}.{}{tag}{hp}.s{seed}", a.name)),
+                                env: env.clone(),
+                                agent: a.clone(),
+                                point: point.clone(),
+                                seed,
+                                phase,
+                            });
+                        }
                     }
                 }
             }
@@ -456,10 +523,29 @@ pub struct RunSpec {
     pub env: String,
     /// The agent.
     pub agent: AgentSpec,
-    /// This run's grid point.
+    /// This run's grid point (a tuning run's configuration; for the other runs of a tuned
+    /// agent, empty here and filled with the chosen configuration when the run starts).
     pub point: BTreeMap<String, toml::Value>,
     /// Seed.
     pub seed: u64,
+    /// Tuning run or a run the verdicts read.
+    pub phase: Phase,
+}
+
+/// What a run is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// A run on the eval split, on `seeds`: what the CSVs, plots and verdicts read.
+    Main,
+    /// A tuning run: a configuration of a `tune` grid on a tuning seed, on the validation prompts.
+    Tune,
+}
+
+impl RunSpec {
+    /// A run of a tuned agent that must wait for its tuning runs.
+    pub fn is_tuned(&self) -> bool {
+        self.phase == Phase::Main && !self.agent.tune.is_empty()
+    }
 }
 
 fn grid_points(grid: &BTreeMap<String, Vec<toml::Value>>) -> Vec<BTreeMap<String, toml::Value>> {
@@ -486,7 +572,9 @@ pub(super) fn value_str(v: &toml::Value) -> String {
     }
 }
 
-fn sanitize(s: &str) -> String {
+/// `s` as one plain file-name component: characters other than ASCII letters, digits and
+/// `-_.=` become `_` (an env id `task:dir/t.toml` is `task_dir_t.toml` in run ids and folders).
+pub fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "-_.=".contains(c) {
@@ -553,6 +641,7 @@ pub fn compare_spec(env: &str, seeds: u64, scale: f64) -> Result<SweepSpec> {
         prefs: "on".into(),
         set: BTreeMap::new(),
         grid: BTreeMap::new(),
+        tune: BTreeMap::new(),
     };
     if t.feedback() == aligngym_envs::Feedback::Reward {
         agents.push(mk("ppo-gold", AgentKind::Ppo, SweepReward::Gold));
@@ -574,6 +663,7 @@ pub fn compare_spec(env: &str, seeds: u64, scale: f64) -> Result<SweepSpec> {
         gap: None,
         rule: None,
         rules: compare_rules(),
+        tune_seeds: default_tune_seeds(),
     };
     s.fill_defaults();
     s.validate()?;

@@ -1,7 +1,7 @@
 //! The shared stages of a sweep (SFT, preference sets, reward models): keyed by their inputs,
 //! built once under a lock, required or skipped per invocation.
 
-use super::spec::SweepSpec;
+use super::spec::{sanitize, SweepSpec};
 use crate::commands::{self, ModelSize};
 use crate::pipeline;
 use aligngym_agents::lm::sampling::SamplingConfig;
@@ -87,12 +87,13 @@ impl std::fmt::Display for Stage {
 impl std::str::FromStr for Stage {
     type Err = AgentError;
     fn from_str(t: &str) -> Result<Self> {
-        let parts: Vec<&str> = t.split(':').collect();
+        // An env id may hold `:` itself (`task:PATH`); a preference set's name may not.
+        let (kind, rest) = t.split_once(':').unwrap_or((t, ""));
         let env = |e: &str| e.to_string();
-        match parts.as_slice() {
-            ["sft", e] => Ok(Stage::Sft { env: env(e) }),
-            ["prefs", e] => Ok(Stage::Prefs { env: env(e) }),
-            ["rm", e, p] => Ok(Stage::Rm {
+        match (kind, rest.rsplit_once(':')) {
+            ("sft", _) if !rest.is_empty() => Ok(Stage::Sft { env: env(rest) }),
+            ("prefs", _) if !rest.is_empty() => Ok(Stage::Prefs { env: env(rest) }),
+            ("rm", Some((e, p))) if !e.is_empty() && !p.is_empty() => Ok(Stage::Rm {
                 env: env(e),
                 prefs: p.to_string(),
             }),
@@ -174,7 +175,8 @@ fn build_once(
         return Err(not_built(stage, done));
     }
     let _lock = aligngym_agents::lm::fsio::Lock::exclusive(
-        &out.join("stages").join(format!(".{stage}.lock")),
+        &out.join("stages")
+            .join(format!(".{}.lock", sanitize(&stage.to_string()))),
     )?;
     if done.exists() {
         return Ok(());
@@ -212,9 +214,11 @@ fn stage_sft(
         steps,
         ..Default::default()
     };
-    let dir = out
-        .join("stages")
-        .join(format!("sft-{env}-{}", key(&(env, &cfg, "tiny"))));
+    let dir = out.join("stages").join(format!(
+        "sft-{}-{}",
+        sanitize(env),
+        key(&(env, &cfg, "tiny"))
+    ));
     let stage = Stage::Sft { env: env.into() };
     build_once(
         out,
@@ -261,7 +265,7 @@ fn stage_prefs(
         };
         let path = out
             .join("stages")
-            .join(format!("prefs-{env}-{}-{k}.jsonl", p.name));
+            .join(format!("prefs-{}-{}-{k}.jsonl", sanitize(env), p.name));
         // The query count is written after the pairs: it marks a finished set.
         let meta = path.with_extension("queries");
         build_once(out, &stage, mode, &meta, quiet, || {

@@ -10,7 +10,7 @@ use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::losses::{dpo_loss, DpoLoss, DpoLossParams, PairScores};
 use crate::lm::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
 use crate::stages::pairs::{
-    encode_pairs, epoch_batch, pair_lengths, pair_logps, reference_pair_logps, PairBatch,
+    encode_pairs, epoch_batch, epochs_done, pair_lengths, pair_logps, reference_pair_logps, PairBatch,
 };
 use crate::lm::policy::LmPolicy;
 use crate::agent::RunnableAgent;
@@ -305,6 +305,10 @@ impl Agent for DpoAgent {
             m.insert(name.to_string(), value);
         }
         m.insert(metric::TRAIN_LR.into(), lr);
+        m.insert(
+            metric::TRAIN_EPOCH.into(),
+            epochs_done(self.num_pairs(), c.batch_size, step),
+        );
         if let Some(n) = nll {
             m.insert(metric::NLL_LOSS.into(), n.double_value(&[]));
         }

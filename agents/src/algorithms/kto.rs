@@ -15,7 +15,7 @@ use crate::agent::{load_policy_state, save_policy_state, Agent, Budget, Metrics,
 use crate::algorithm::{Algorithm, BuildContext, Learns};
 use crate::losses::{kto_loss, kto_reference_point};
 use crate::lm::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
-use crate::stages::pairs::{encode_pairs, epoch_batch, pair_logps, reference_pair_logps, PairBatch};
+use crate::stages::pairs::{encode_pairs, epoch_batch, epochs_done, pair_logps, reference_pair_logps, PairBatch};
 use crate::lm::policy::LmPolicy;
 use crate::agent::RunnableAgent;
 use crate::{AgentError, Result};
@@ -281,6 +281,7 @@ impl Agent for KtoAgent {
             m.insert(name.to_string(), value);
         }
         m.insert(metric::TRAIN_LR.into(), lr);
+        m.insert(metric::TRAIN_EPOCH.into(), epochs_done(n, c.batch_size, step));
         Ok(m)
     }
 

@@ -293,6 +293,13 @@ pub fn reference_pair_logps(reference: &LmPolicy, data: &PairBatch) -> (Tensor, 
     (Tensor::cat(&cs, 0), Tensor::cat(&rs, 0), flops)
 }
 
+/// Passes over `n` examples made once update `step` (from 0) is done, in [`epoch_batch`]'s order:
+/// an epoch is `n / batch_size` whole batches (TRL's `epoch`, which a budget in updates makes).
+pub fn epochs_done(n: usize, batch_size: usize, step: u64) -> f64 {
+    let per_epoch = (n / batch_size.min(n).max(1)).max(1);
+    (step + 1) as f64 / per_epoch as f64
+}
+
 /// The indices `[≤ batch_size]` of update `step` over `n` examples: epochs of seeded
 /// permutations, batch after batch.
 pub fn epoch_batch(n: usize, batch_size: usize, seed: u64, step: u64) -> Vec<i64> {
@@ -303,4 +310,27 @@ pub fn epoch_batch(n: usize, batch_size: usize, seed: u64, step: u64) -> Vec<i64
     let mut perm: Vec<i64> = (0..n as i64).collect();
     perm.shuffle(&mut StdRng::seed_from_u64(derive_seed(seed, epoch)));
     perm[within * bs..((within + 1) * bs).min(n)].to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_count_whole_batches_as_epoch_batch_draws_them() {
+        // 10 examples in batches of 4: an epoch is 2 batches (the remainder of 2 waits for the
+        // next permutation), so update 0 ends half an epoch and update 2 one and a half.
+        assert_eq!(epochs_done(10, 4, 0), 0.5);
+        assert_eq!(epochs_done(10, 4, 2), 1.5);
+        // A batch larger than the data is the whole data: one epoch per update.
+        assert_eq!(epochs_done(3, 8, 1), 2.0);
+        // train's defaults on prefs' default file: 60 updates of 32 over 1,024 pairs.
+        assert_eq!(epochs_done(1024, 32, 59), 1.875);
+        // An epoch's batches are disjoint: the two of epoch 0 draw 8 distinct examples.
+        let mut seen = epoch_batch(10, 4, 7, 0);
+        seen.extend(epoch_batch(10, 4, 7, 1));
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 8);
+    }
 }

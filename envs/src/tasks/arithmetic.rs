@@ -35,15 +35,11 @@ impl ArithmeticTask {
     /// The task with `wrong_fraction` of the SFT corpus answered wrongly (default 0.3) and
     /// `tail_fraction` of it followed by a chatty tail (default 0.5).
     pub fn new(wrong_fraction: f64, tail_fraction: f64) -> Self {
-        let mut rng = StdRng::seed_from_u64(0xa417);
-        let mut pool: Vec<String> = (0..=MAX_OPERAND)
+        let pool: Vec<String> = (0..=MAX_OPERAND)
             .flat_map(|a| (0..=MAX_OPERAND).map(move |b| format!("{a}+{b}=")))
             .collect();
-        // Shuffle so that the eval split covers operands evenly.
-        for i in (1..pool.len()).rev() {
-            pool.swap(i, rng.random_range(0..=i));
-        }
-        let prompts = PromptSplit::from_pool(pool, 5);
+        // Shuffled so that the eval split covers operands evenly.
+        let prompts = PromptSplit::shuffled(pool, 5, 0xa417);
         Self {
             wrong_fraction: wrong_fraction.clamp(0.0, 1.0),
             tail_fraction: tail_fraction.clamp(0.0, 1.0),

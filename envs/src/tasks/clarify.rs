@@ -97,7 +97,8 @@ impl ClarifyTask {
             })
             .collect();
         Self {
-            prompts: PromptSplit::from_pool(pool, 8),
+            // Shuffled: customers × topics in order would hold out the last topic only.
+            prompts: PromptSplit::shuffled(pool, 8, 0xc1a7),
         }
     }
 }
@@ -195,6 +196,20 @@ impl Task for ClarifyTask {
 mod tests {
     use super::*;
     use crate::check::check_chat_env;
+
+    #[test]
+    fn the_eval_split_holds_every_topic() {
+        let t = ClarifyTask::new();
+        let eval = t.prompts(Split::Eval);
+        for topic in TOPICS {
+            let n = eval
+                .iter()
+                .filter(|p| hidden(p).unwrap().0.name == topic.name)
+                .count();
+            // 1,000 customers × 4 topics, one in 8 held out: about 125 of each.
+            assert!(n > 80, "{} eval prompts of {}", n, topic.name);
+        }
+    }
 
     #[test]
     fn asks_answers_and_scores() {

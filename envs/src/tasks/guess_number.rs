@@ -89,7 +89,8 @@ impl GuessNumberTask {
             })
             .collect();
         Self {
-            prompts: PromptSplit::from_pool(pool, 8),
+            // Shuffled: games × ranges in order would hold out range-16 games only.
+            prompts: PromptSplit::shuffled(pool, 8, 0x6e55),
         }
     }
 }
@@ -209,6 +210,20 @@ impl Task for GuessNumberTask {
 mod tests {
     use super::*;
     use crate::check::check_chat_env;
+
+    #[test]
+    fn the_eval_split_holds_both_ranges_as_the_training_split_does() {
+        let t = GuessNumberTask::new();
+        for split in [Split::Train, Split::Eval] {
+            let p = t.prompts(split);
+            let wide = p.iter().filter(|p| game(p).unwrap().0 == 16).count();
+            let share = wide as f64 / p.len() as f64;
+            assert!(
+                (0.4..0.6).contains(&share),
+                "{split:?}: {share} range-16 games"
+            );
+        }
+    }
 
     #[test]
     fn replies_gold_and_corpus() {

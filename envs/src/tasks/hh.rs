@@ -184,12 +184,8 @@ impl HhTask {
                 pool.push(format!("{o} {what} ?"));
             }
         }
-        let mut rng = StdRng::seed_from_u64(0x4848);
-        for i in (1..pool.len()).rev() {
-            pool.swap(i, rng.random_range(0..=i));
-        }
         Self {
-            prompts: PromptSplit::from_pool(pool, 4),
+            prompts: PromptSplit::shuffled(pool, 4, 0x4848),
         }
     }
 }
