@@ -1925,6 +1925,23 @@ weight = 0.1
         String::from_utf8_lossy(&shown.stdout)
     );
 
+    // The same problems from a Parquet file (the datasets layout: a column per field).
+    write_parquet(&dir.join("problems.parquet"), 240);
+    let pq = dir.join("apples-parquet.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&pq, text.replace("problems.jsonl", "problems.parquet")).unwrap();
+    let pq_env = format!("task:{}", pq.display());
+    run(&["check-env", &pq_env]);
+    let o = dir.join("grpo-parquet");
+    run(&train_cmd("grpo", &pq_env, s, o.to_str().unwrap(), &short));
+    assert_eq!(
+        metrics(&o)
+            .iter()
+            .filter(|r| r.1 == "eval/gold_reward")
+            .count(),
+        3
+    );
+
     // A sweep names the task file as it names an env, and decides its rule.
     let spec = dir.join("sweep.toml");
     std::fs::write(
@@ -1963,6 +1980,7 @@ weight = 0.1
         "{\"prompt\": \"q: 1?\", \"answer\": 1}\n{\"answer\": 2}\n",
     )
     .unwrap();
+    std::fs::write(dir.join("junk.parquet"), b"PAR1 not really").unwrap();
     let bad = dir.join("bad.toml");
     for (toml, said) in [
         (
@@ -1977,6 +1995,10 @@ weight = 0.1
             "prompts = \"problems.jsonl\"\n[[verifiers]]\nkind = \"exact\"\n",
             "bad.toml:3:",
         ),
+        (
+            "prompts = \"junk.parquet\"\n[[verifiers]]\nkind = \"exact_match\"\n",
+            "junk.parquet:0: not a readable Parquet file",
+        ),
     ] {
         std::fs::write(&bad, toml).unwrap();
         fails(&["check-env", &format!("task:{}", bad.display())], said);
@@ -1985,4 +2007,48 @@ weight = 0.1
         &["check-env", "task:/no/such/task.toml"],
         "/no/such/task.toml",
     );
+}
+
+/// `n` apple problems as a Parquet file: `prompt` and `solution` text, `answer` an integer.
+fn write_parquet(path: &Path, n: u32) {
+    use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+    let schema = parse_message_type(
+        "message problems { REQUIRED BYTE_ARRAY prompt (UTF8); REQUIRED INT64 answer; REQUIRED BYTE_ARRAY solution (UTF8); }",
+    )
+    .unwrap();
+    let (mut prompts, mut answers, mut solutions) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let (x, y) = (i % 9 + 1, (i / 9) % 9 + 1);
+        prompts.push(ByteArray::from(
+            format!("q: ann has {x} apples and gets {y} more. how many?").as_str(),
+        ));
+        answers.push(i64::from(x + y));
+        solutions.push(ByteArray::from(
+            format!("{x}+{y}={} #### {}", x + y, x + y).as_str(),
+        ));
+    }
+    let file = std::fs::File::create(path).unwrap();
+    let props = std::sync::Arc::new(WriterProperties::builder().build());
+    let mut w = SerializedFileWriter::new(file, std::sync::Arc::new(schema), props).unwrap();
+    let mut rg = w.next_row_group().unwrap();
+    let mut col = rg.next_column().unwrap().unwrap();
+    col.typed::<ByteArrayType>()
+        .write_batch(&prompts, None, None)
+        .unwrap();
+    col.close().unwrap();
+    let mut col = rg.next_column().unwrap().unwrap();
+    col.typed::<Int64Type>()
+        .write_batch(&answers, None, None)
+        .unwrap();
+    col.close().unwrap();
+    let mut col = rg.next_column().unwrap().unwrap();
+    col.typed::<ByteArrayType>()
+        .write_batch(&solutions, None, None)
+        .unwrap();
+    col.close().unwrap();
+    rg.close().unwrap();
+    w.close().unwrap();
 }

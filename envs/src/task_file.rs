@@ -1,4 +1,4 @@
-//! Tasks as data: a TOML file names a JSONL of prompts with reference answers and the verifiers
+//! Tasks as data: a TOML file names a JSONL or Parquet file of prompts with reference answers and the verifiers
 //! whose weighted mean is the gold reward. `task:PATH` goes wherever an env id goes (`--env`,
 //! sweep specs); the file is read once per process and registered under that id.
 //!
@@ -37,7 +37,8 @@ struct TaskFileSpec {
     /// What a good completion is, for listings. Default: what the verifiers check.
     #[serde(default)]
     description: String,
-    /// The JSONL of prompts, relative to the task file.
+    /// The prompts: a JSONL file, or a Parquet file (by its `.parquet` extension), relative to
+    /// the task file.
     prompts: PathBuf,
     /// The column of the prompts file whose text completes each training prompt in the SFT
     /// corpus (e.g. `solution`, `answer`). None: no corpus; start from a pretrained `--policy`.
@@ -446,23 +447,20 @@ impl TaskFile {
 /// The rows of a prompts file: `prompt` as text or as messages, `answer`, the corpus column,
 /// `split`.
 fn read_prompts(path: &Path, corpus: Option<&str>) -> Result<Vec<PromptRow>> {
-    let text = std::fs::read_to_string(path).map_err(|e| EnvError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let parquet = path.extension().is_some_and(|e| e == "parquet");
+    let records = if parquet {
+        parquet_records(path)?
+    } else {
+        jsonl_records(path)?
+    };
     let mut rows = Vec::new();
-    for (i, l) in text.lines().enumerate() {
-        let line = i + 1;
-        if l.trim().is_empty() {
-            continue;
-        }
+    for (line, v) in records {
         let bad = |msg: String| EnvError::BadData {
             path: path.to_path_buf(),
             line,
             msg,
         };
-        let v: serde_json::Value = serde_json::from_str(l.trim_start_matches('\u{feff}'))
-            .map_err(|e| bad(format!("not JSON: {e}")))?;
+        let v = v.map_err(bad)?;
         let obj = v
             .as_object()
             .ok_or_else(|| bad("expected a JSON object".into()))?;
@@ -518,6 +516,48 @@ fn read_prompts(path: &Path, corpus: Option<&str>) -> Result<Vec<PromptRow>> {
     }
     Ok(rows)
 }
+
+/// The lines of a JSONL file as JSON values, numbered from 1 (blank lines skipped).
+fn jsonl_records(path: &Path) -> Result<Vec<Record>> {
+    let text = std::fs::read_to_string(path).map_err(|e| EnvError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    Ok(text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let v = serde_json::from_str(l.trim_start_matches('\u{feff}'))
+                .map_err(|e| format!("not JSON: {e}"));
+            (i + 1, v)
+        })
+        .collect())
+}
+
+/// The rows of a Parquet file (the Hugging Face datasets layout: one row per example, lists of
+/// message structs as lists) as JSON values, numbered from 1.
+fn parquet_records(path: &Path) -> Result<Vec<Record>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path).map_err(|e| EnvError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let bad = |line: usize, e: parquet::errors::ParquetError| EnvError::BadData {
+        path: path.to_path_buf(),
+        line,
+        msg: format!("not a readable Parquet file: {e}"),
+    };
+    let reader = SerializedFileReader::new(file).map_err(|e| bad(0, e))?;
+    let rows = reader.get_row_iter(None).map_err(|e| bad(0, e))?;
+    rows.enumerate()
+        .map(|(i, r)| Ok((i + 1, Ok(r.map_err(|e| bad(i + 1, e))?.to_json_value()))))
+        .collect()
+}
+
+/// A record of a prompts file: its line (JSONL) or row (Parquet) number, and its value or why it
+/// has none.
+type Record = (usize, std::result::Result<serde_json::Value, String>);
 
 /// The prompt text of a conversational prompt: one user message, after at most one system
 /// message (whose text goes first, on a line of its own).
