@@ -337,6 +337,101 @@ fn report_md(
 }
 
 /// One row per claim × task.
+/// The verdicts a `verdicts.csv` holds (as [`verdicts_csv`] writes them), for `claims --table`:
+/// consecutive rows of one claim and rule make one verdict. Errors name the file and the line.
+pub fn read_verdicts_csv(path: &Path) -> Result<Vec<ClaimVerdict>> {
+    let bad =
+        |line: usize, msg: String| AgentError::Data(format!("{}:{line}: {msg}", path.display()));
+    let mut r = csv::Reader::from_path(path).map_err(|e| bad(0, e.to_string()))?;
+    let header = r.headers().map_err(|e| bad(1, e.to_string()))?.clone();
+    let mut out: Vec<ClaimVerdict> = Vec::new();
+    for (i, rec) in r.records().enumerate() {
+        let line = i + 2;
+        let rec = rec.map_err(|e| bad(line, e.to_string()))?;
+        let get = |name: &str| -> Result<&str> {
+            header
+                .iter()
+                .position(|h| h == name)
+                .and_then(|k| rec.get(k))
+                .ok_or_else(|| bad(line, format!("no column `{name}`")))
+        };
+        // A spec word (`holds`, `gold_at_kl`, …) as its enum.
+        fn word<T: serde::de::DeserializeOwned>(s: &str) -> Option<T> {
+            serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+        }
+        let parse = |name: &str| -> Result<f64> {
+            get(name)?
+                .parse()
+                .map_err(|_| bad(line, format!("column `{name}`: expected a number")))
+        };
+        let rule = verdict::DecisionRule {
+            quantity: word(get("quantity")?)
+                .ok_or_else(|| bad(line, "column `quantity`: not a quantity".into()))?,
+            a: get("a")?.to_string(),
+            b: get("b")?.to_string(),
+            direction: word(get("direction")?)
+                .ok_or_else(|| bad(line, "column `direction`: expected greater or less".into()))?,
+            statistic: word(get("statistic")?)
+                .ok_or_else(|| bad(line, "column `statistic`: not a statistic".into()))?,
+            confidence: parse("confidence")?,
+            margin: parse("margin")?,
+        };
+        let effect = if get("effect")?.is_empty() {
+            None
+        } else {
+            Some(verdict::Effect {
+                value: parse("effect")?,
+                lo: parse("lo")?,
+                hi: parse("hi")?,
+                p_holds: parse("p_holds_holm")?,
+                p_refuted: parse("p_refuted_holm")?,
+                rank_biserial: None,
+                medians: (parse("median_a")?, parse("median_b")?),
+            })
+        };
+        let count = |name: &str| -> Result<usize> {
+            get(name)?
+                .parse()
+                .map_err(|_| bad(line, format!("column `{name}`: expected a count")))
+        };
+        let verdict_of = |name: &str| -> Result<Option<verdict::Verdict>> {
+            match get(name)? {
+                "" => Ok(None),
+                v => word(v).map(Some).ok_or_else(|| {
+                    bad(
+                        line,
+                        format!("column `{name}`: expected holds, refuted or inconclusive"),
+                    )
+                }),
+            }
+        };
+        let task = verdict::TaskVerdict {
+            env: get("env")?.to_string(),
+            verdict: verdict_of("verdict")?
+                .ok_or_else(|| bad(line, "column `verdict`: empty".into()))?,
+            effect,
+            seeds: (count("seeds_a")?, count("seeds_b")?),
+            detail: get("detail")?.to_string(),
+            not_converged: get("not_converged")?
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+            at_half_budget: verdict_of("at_half_budget")?,
+        };
+        let name = get("claim")?;
+        match out.last_mut() {
+            Some(v) if v.name == name && v.rule == rule => v.tasks.push(task),
+            _ => out.push(ClaimVerdict {
+                name: name.to_string(),
+                claim: String::new(),
+                rule,
+                tasks: vec![task],
+            }),
+        }
+    }
+    Ok(out)
+}
+
 fn verdicts_csv(verdicts: &[ClaimVerdict]) -> String {
     let mut w = csv::Writer::from_writer(Vec::new());
     let _ = w.write_record([
@@ -480,6 +575,38 @@ mod tests {
         );
         // In one claim only, it is that claim's own finding.
         assert!(shared_collapses(&sides[..1]).is_empty());
+    }
+
+    #[test]
+    fn a_verdicts_csv_reads_back_and_a_bad_row_names_its_line() {
+        let dir = std::env::temp_dir().join(format!("aligngym-verdicts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let head = "claim,env,verdict,quantity,a,b,direction,statistic,confidence,margin,effect,lo,hi,p_holds_holm,p_refuted_holm,median_a,median_b,seeds_a,seeds_b,detail,not_converged,at_half_budget\n";
+        let good = "c,e1,holds,final_gold,x,y,greater,bootstrap,0.95,0,0.25,0.1,0.4,0.001,1,0.5,0.25,5,5,,,\n\
+                    c,e2,inconclusive,final_gold,x,y,greater,bootstrap,0.95,0,,,,,,,,2,2,too few,x,holds\n";
+        let p = dir.join("v.csv");
+        std::fs::write(&p, format!("{head}{good}")).unwrap();
+        let v = read_verdicts_csv(&p).unwrap();
+        assert_eq!(v.len(), 1, "one claim and rule, two tasks");
+        let t = &v[0].tasks;
+        assert_eq!(
+            (t[0].verdict, t[0].effect.as_ref().unwrap().value),
+            (verdict::Verdict::Holds, 0.25)
+        );
+        assert!(t[1].effect.is_none());
+        assert_eq!(t[1].not_converged, vec!["x".to_string()]);
+        assert_eq!(t[1].at_half_budget, Some(verdict::Verdict::Holds));
+        std::fs::write(
+            &p,
+            format!(
+                "{head}{}",
+                good.replace("holds,final_gold", "maybe,final_gold")
+            ),
+        )
+        .unwrap();
+        let e = read_verdicts_csv(&p).unwrap_err().to_string();
+        assert!(e.contains("v.csv:2: column `verdict`"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -222,7 +222,7 @@ impl DecisionRule {
 }
 
 /// A task's verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// The interval clears the margin in the claimed direction (Holm-corrected).

@@ -96,6 +96,19 @@ fn claims_at_test_size_write_verdicts_and_a_report_chromium_renders() {
     }
     let csv = std::fs::read_to_string(out.join("verdicts.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
+    // `claims --table` prints the same table from the CSV alone (what the README's comes from).
+    let table = bin()
+        .args([
+            "claims",
+            "--table",
+            out.join("verdicts.csv").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(table.status.success());
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(table.starts_with("| claim | task | verdict |"), "{table}");
+    assert!(stdout.contains(&table), "{table}\nvs\n{stdout}");
     assert!(csv.starts_with("claim,env,verdict,quantity,a,b,"));
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.starts_with("# Claims, as measured") && md.contains("## Verdicts"));

@@ -36,6 +36,10 @@ pub struct ClaimsArgs {
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
+    /// Run nothing: print the verdict table of this `verdicts.csv` (a claims folder's, or
+    /// `docs/claims/verdicts.csv`) as `claims` prints it, for the README.
+    #[arg(long, value_name = "FILE")]
+    pub table: Option<PathBuf>,
 }
 
 /// `aligngym claims`.
@@ -50,7 +54,13 @@ pub fn run(args: ClaimsArgs) -> Result<()> {
         jobs,
         compute,
         quiet,
+        table,
     } = args;
+    if let Some(file) = table {
+        let verdicts = crate::claims::read_verdicts_csv(&file)?;
+        print!("{}", crate::verdict::markdown_table(&verdicts));
+        return Ok(());
+    }
     if !(scale > 0.0 && scale.is_finite()) {
         return Err(AgentError::config("--scale", "expected a finite value > 0"));
     }
