@@ -26,4 +26,5 @@ pub mod slurm;
 pub mod spec;
 pub mod stats;
 pub mod sweep;
+pub mod tensorboard;
 pub mod verdict;

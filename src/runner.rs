@@ -213,7 +213,8 @@ pub fn committed_step(dir: &Path) -> Result<Option<u64>> {
 
 /// Run `agent` for `cfg.updates` updates into `dir` (metrics.csv, policy/, state/); with `resume`,
 /// continue from the state saved in `dir`. `charges` are what the run spent before its first
-/// update and the stages it consumed. `on_update` sees each step (progress bars).
+/// update and the stages it consumed. `on_update` sees each step with its new rows and all rows
+/// so far (progress bars, a TensorBoard log).
 pub fn run(
     agent: &mut dyn RunnableAgent,
     evaluator: &Evaluator,
@@ -221,7 +222,7 @@ pub fn run(
     dir: &Path,
     resume: bool,
     charges: &Charges,
-    mut on_update: impl FnMut(u64, &[MetricRow]),
+    mut on_update: impl FnMut(u64, &[MetricRow], &[MetricRow]),
 ) -> Result<Ran> {
     let mut spent = Accounted {
         setup: charges.setup_seconds,
@@ -297,7 +298,7 @@ pub fn run(
             spent.evaluation += eval_seconds - before;
             rows.extend(budget_rows(agent, done, wall, charges));
         }
-        on_update(done, &rows[start..]);
+        on_update(done, &rows[start..], &rows);
         if done % save_every == 0 || done == cfg.updates {
             let t0 = Instant::now();
             checkpoint(

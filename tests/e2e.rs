@@ -2052,3 +2052,94 @@ fn write_parquet(path: &Path, n: u32) {
     rg.close().unwrap();
     w.close().unwrap();
 }
+
+/// `train --log tensorboard:DIR`: TensorBoard's own reader (the `tensorboard` package in `.venv`)
+/// finds every metric of `metrics.csv` as a scalar at its step, and the config as text; a resumed
+/// run's log holds each step once.
+#[test]
+fn tensorboard_reads_the_event_files_of_a_run() {
+    let dir = root().join("tensorboard");
+    let logs = dir.join("logs");
+    let run_dir = dir.join("run");
+    let pol = sft("arithmetic-v0");
+    let log = format!("tensorboard:{}", logs.display());
+    let mut args = train_cmd(
+        "grpo",
+        "arithmetic-v0",
+        pol.to_str().unwrap(),
+        run_dir.to_str().unwrap(),
+        &[
+            "--quiet",
+            "--set",
+            "run.updates=2",
+            "--set",
+            "run.eval_every=2",
+        ],
+    );
+    args.extend(["--log", &log]);
+    run(&args);
+    // Two more updates, resumed, logging into the same folder.
+    let resumed = [
+        "train",
+        "--resume",
+        run_dir.to_str().unwrap(),
+        "--set",
+        "run.updates=4",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--log",
+        &log,
+    ];
+    run(&resumed);
+    let venv = std::env::var_os("VIRTUAL_ENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv")));
+    let script = r#"
+import sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+ea = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0, "tensors": 0})
+ea.Reload()
+for tag in sorted(ea.Tags()["scalars"]):
+    for e in ea.Scalars(tag):
+        print(f"{e.step},{tag},{e.value!r}")
+print("config", ea.Tensors("config")[0].tensor_proto.string_val[0].decode()[:30].replace(chr(10), " "))
+"#;
+    let out = Command::new(venv.join("bin/python"))
+        .args(["-c", script, logs.to_str().unwrap()])
+        .output()
+        .expect("the venv's python runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut read: Vec<(u64, String, f64)> = said
+        .lines()
+        .filter(|l| !l.starts_with("config"))
+        .map(|l| {
+            let mut f = l.splitn(3, ',');
+            let step = f.next().unwrap().parse().unwrap();
+            let tag = f.next().unwrap().to_string();
+            (step, tag, f.next().unwrap().parse().unwrap())
+        })
+        .collect();
+    let mut want = metrics(&run_dir);
+    read.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    want.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    assert_eq!(
+        read.len(),
+        want.len(),
+        "each row once, resumed steps included"
+    );
+    for (r, w) in read.iter().zip(&want) {
+        assert_eq!((r.0, &r.1), (w.0, &w.1));
+        assert_eq!(r.2, w.2 as f32 as f64, "{} at {}", w.1, w.0);
+    }
+    assert!(
+        want.iter().any(|r| r.0 == 4),
+        "the resumed updates are there"
+    );
+    assert!(said.contains("config {   \"agent\": \"grpo\""), "{said}");
+}

@@ -59,6 +59,30 @@ pub struct TrainArgs {
     /// once pass 1.
     #[arg(long, default_value_t = 0)]
     pub threads: i32,
+    /// Also log to an experiment tracker: `tensorboard:DIR` writes TensorBoard event files into
+    /// DIR (every metric as a scalar at its step, the config as text), rewritten after each
+    /// update.
+    #[arg(long, value_name = "TRACKER:DIR")]
+    pub log: Option<LogTarget>,
+}
+
+/// Where `--log` writes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogTarget {
+    /// TensorBoard event files in this folder.
+    TensorBoard(PathBuf),
+}
+
+impl std::str::FromStr for LogTarget {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.split_once(':') {
+            Some(("tensorboard", dir)) if !dir.is_empty() => {
+                Ok(LogTarget::TensorBoard(PathBuf::from(dir)))
+            }
+            _ => Err(format!("`{s}`: expected tensorboard:DIR")),
+        }
+    }
 }
 
 /// `aligngym train`.
@@ -81,6 +105,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         quiet,
         threads,
         overwrite,
+        log,
     } = args;
     let dev = compute.device.resolve()?;
     if threads > 0 {
@@ -146,6 +171,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         let config_seconds = files.elapsed().as_secs_f64();
         let pb = commands::progress(spec.run.updates, &spec.agent().to_string(), quiet);
+        let board = match &log {
+            Some(LogTarget::TensorBoard(d)) => {
+                let config = serde_json::to_string_pretty(&spec)
+                    .map_err(|e| AgentError::Data(e.to_string()))?;
+                Some(crate::tensorboard::TensorBoard::new(d, config)?)
+            }
+            None => None,
+        };
+        let mut logged = Ok(());
         let rows = runner::run(
             agent.as_mut(),
             &ev,
@@ -153,18 +187,26 @@ pub fn run(args: TrainArgs) -> Result<()> {
             &dir,
             resuming,
             &charges,
-            |step, rows| {
+            |step, rows, all| {
                 pb.set_position(step);
                 if let Some(r) = rows.iter().find(|r| r.metric == metric::EVAL_GOLD_REWARD) {
                     pb.set_message(format!("gold {:.3}", r.value));
                 }
+                if let (Some(b), Ok(())) = (&board, &logged) {
+                    logged = b.write(all);
+                }
             },
         );
         pb.finish_and_clear();
-        rows.map(|mut ran| {
-            ran.seconds.commits += config_seconds;
-            ran
-        })
+        let ran = rows?;
+        logged?;
+        // The whole run, its starting evaluation and a resumed run's earlier steps included.
+        if let Some(b) = &board {
+            b.write(&ran.rows)?;
+        }
+        let mut ran = ran;
+        ran.seconds.commits += config_seconds;
+        Ok(ran)
     };
     let ran = match started() {
         Ok(ran) => ran,
