@@ -336,8 +336,10 @@ impl TaskFile {
             source: e,
         })?;
         let spec: TaskFileSpec = toml::from_str(&text).map_err(|e| {
+            // The line holding the span's start: the newlines before it, plus one.
             let line = e.span().map_or(0, |s| {
-                text[..s.start.min(text.len())].lines().count().max(1)
+                let before = text.get(..s.start).unwrap_or(&text);
+                before.matches('\n').count() + 1
             });
             bad(line, e.message().to_string())
         })?;
@@ -711,6 +713,38 @@ mod tests {
         assert_eq!(json.score(r#" {"a": 1} "#, None), 1.0);
         assert_eq!(json.score(r#"{"b": 1}"#, None), 0.0);
         assert_eq!(json.score("[1]", None), 0.0);
+    }
+
+    #[test]
+    fn a_task_file_loads_splits_and_names_the_line_of_a_bad_key() {
+        let dir = std::env::temp_dir().join(format!("aligngym-task-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rows: String = (0..20)
+            .map(|i| {
+                let split = if i < 4 { "test" } else { "train" };
+                format!(
+                    "{{\"prompt\": \"{i}+1=\", \"answer\": {}, \"split\": \"{split}\"}}\n",
+                    i + 1
+                )
+            })
+            .collect();
+        std::fs::write(dir.join("p.jsonl"), rows).unwrap();
+        let toml = dir.join("t.toml");
+        std::fs::write(
+            &toml,
+            "prompts = \"p.jsonl\"\n[[verifiers]]\nkind = \"numeric\"\n",
+        )
+        .unwrap();
+        let t = TaskFile::load(&toml).unwrap();
+        assert_eq!(t.prompts(Split::Eval).len(), 4, "the split column decides");
+        assert_eq!(t.prompts(Split::Train).len(), 16);
+        assert_eq!(t.gold().score("3+1=", " it is 4"), 1.0);
+        assert!(t.corpus(5, 0).is_empty(), "no corpus column named");
+        // An unknown key at the start of line 2: the error names line 2.
+        std::fs::write(&toml, "prompts = \"p.jsonl\"\npromts = 1\n").unwrap();
+        let e = TaskFile::load(&toml).err().unwrap().to_string();
+        assert!(e.contains("t.toml:2:"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
