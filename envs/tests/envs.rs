@@ -7,8 +7,22 @@ use std::sync::Arc;
 #[test]
 fn check_env_passes_on_every_registered_env() {
     let codec: Arc<dyn TextCodec> = Arc::new(ByteCodec);
+    // Other tests in this binary register their own tasks (the README's polite-v0) while this one
+    // runs; those must pass check_env too, but the corpus bar is one the built-ins set themselves.
+    const BUILT_IN: [&str; 8] = [
+        "sentiment-v0",
+        "arithmetic-v0",
+        "instruct-v0",
+        "hh-v0",
+        "hidden-pref-v0",
+        "guess-number-v0",
+        "calculator-v0",
+        "clarify-v0",
+    ];
     let all = tasks();
-    assert!(all.len() >= 5);
+    for id in BUILT_IN {
+        assert!(all.iter().any(|t| t.id() == id), "{id} is not registered");
+    }
     for t in all {
         for split in [Split::Train, Split::Eval] {
             let cfg = TextEnvConfig {
@@ -25,9 +39,12 @@ fn check_env_passes_on_every_registered_env() {
             "{}",
             t.id()
         );
-        // The corpus is reproducible and varied.
+        // The corpus is reproducible and, for the built-ins, varied.
         let c = t.corpus(200, 9);
         assert_eq!(c, t.corpus(200, 9));
+        if !BUILT_IN.contains(&t.id()) {
+            continue;
+        }
         let distinct: std::collections::HashSet<_> = c.iter().collect();
         assert!(distinct.len() > 50, "{} corpus too repetitive", t.id());
     }
