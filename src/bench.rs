@@ -217,6 +217,7 @@ impl Fixture {
                 vs,
                 model,
                 tokenizer,
+                adapter_base: None,
             },
             prompts,
             prompt_ids,

@@ -365,6 +365,7 @@ mod tests {
             vs,
             model,
             tokenizer: tok,
+            adapter_base: None,
         };
         let eval_cfg = EvalConfig {
             prompts: 4,

@@ -3,6 +3,7 @@
 
 use crate::eval::EvalConfig;
 use crate::runner::RunConfig;
+use aligngym_agents::lm::lora::LoraConfig;
 pub use aligngym_agents::{AgentConfig, AgentKind};
 use aligngym_agents::{
     AgentError, BuildContext, LmPolicy, Result, RewardModel, RewardSignal, RunnableAgent,
@@ -86,6 +87,8 @@ pub struct TrainSpec {
     pub run: RunConfig,
     /// The shared evaluation.
     pub eval: EvalConfig,
+    /// LoRA adapters instead of training every weight (`r = 0`, the default: every weight).
+    pub lora: LoraConfig,
 }
 
 /// [`TrainSpec`] as `config.json` spells it.
@@ -104,6 +107,8 @@ struct SpecFile {
     sections: Map<String, Value>,
     run: RunConfig,
     eval: EvalConfig,
+    #[serde(default)]
+    lora: LoraConfig,
 }
 
 impl TryFrom<SpecFile> for TrainSpec {
@@ -129,6 +134,7 @@ impl TryFrom<SpecFile> for TrainSpec {
             config,
             run: f.run,
             eval: f.eval,
+            lora: f.lora,
         })
     }
 }
@@ -151,6 +157,7 @@ impl From<TrainSpec> for SpecFile {
             sections,
             run: s.run,
             eval: s.eval,
+            lora: s.lora,
         }
     }
 }
@@ -175,6 +182,7 @@ impl TrainSpec {
             config: agent.default_config(),
             run: RunConfig::default(),
             eval: EvalConfig::default(),
+            lora: LoraConfig::default(),
         }
     }
 
@@ -224,6 +232,7 @@ impl TrainSpec {
     /// Check every section.
     pub fn validate(&self) -> Result<()> {
         self.config.check()?;
+        self.lora.validate()?;
         // max_new_tokens 0 means "the task's own limit", filled in when the evaluator is built.
         let mut sampling = self.eval.sampling.clone();
         sampling.max_new_tokens = sampling.max_new_tokens.max(1);
@@ -234,7 +243,7 @@ impl TrainSpec {
 
 fn known_keys(v: &Value, agent: &str) -> Vec<String> {
     let mut keys = Vec::new();
-    for sec in [agent, "run", "eval"] {
+    for sec in [agent, "run", "eval", "lora"] {
         if let Some(Value::Object(m)) = v.get(sec) {
             keys.extend(m.keys().map(|k| {
                 if sec == agent {
@@ -323,7 +332,21 @@ pub fn build_agent(
     task: Arc<dyn Task>,
     device: tch::Device,
 ) -> Result<(Box<dyn RunnableAgent>, LmPolicy)> {
-    let policy = LmPolicy::load(&spec.policy, device)?.with_precision(spec.run.dtype);
+    let mut policy = LmPolicy::load(&spec.policy, device)?.with_precision(spec.run.dtype);
+    if spec.lora.enabled() {
+        if policy.model.lora().is_some() {
+            return Err(AgentError::config(
+                "lora.r",
+                format!(
+                    "{} is already a LoRA adapter; leave lora.r at 0 to train it",
+                    spec.policy.display()
+                ),
+            ));
+        }
+        policy.adapter_base = Some(spec.policy.clone());
+        policy.attach_lora(&spec.lora, aligngym_envs::derive_seed(spec.seed, 0x10a))?;
+    }
+    // With adapters, the reference is the frozen base itself (shared, not copied).
     let start = policy.duplicate(false)?;
     // The online agents' reward: the env's gold reward, or a reward model.
     let reward = || -> Result<RewardSignal> {

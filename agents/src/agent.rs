@@ -144,7 +144,7 @@ pub(crate) fn save_policy_state(
     budget: Budget,
 ) -> Result<()> {
     let mut st = StateFile::new();
-    st.add(group, policy.vs.variables().into_iter().collect());
+    st.add(group, policy.state_variables());
     st.add("opt", opt.state());
     st.write(dir, name, &PolicyState { budget })
 }
@@ -158,7 +158,7 @@ pub(crate) fn load_policy_state(
     opt: &mut AdamW,
 ) -> Result<Budget> {
     let (st, s, path): (StateFile, PolicyState, _) = StateFile::read(dir, name)?;
-    crate::lm::checkpoint::load_tensors_into(&mut policy.vs, st.group(group), &path)?;
+    policy.load_state_variables(st.group(group), &path)?;
     opt.load_state(st.group("opt"))?;
     Ok(s.budget)
 }

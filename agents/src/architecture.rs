@@ -303,6 +303,7 @@ fn adding_an_algorithm_is_one_file_and_one_registry_line() {
         vs,
         model,
         tokenizer,
+        adapter_base: None,
     };
     // A reward that differs between samples, so the update has a gradient.
     struct Length;

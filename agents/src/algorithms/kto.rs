@@ -321,6 +321,7 @@ mod tests {
             vs,
             model,
             tokenizer,
+            adapter_base: None,
         }
     }
 

@@ -748,10 +748,10 @@ struct PpoState {
 impl Resumable for PpoAgent {
     fn save_state(&self, dir: &Path) -> Result<()> {
         let mut st = StateFile::new();
-        st.add("actor", self.actor.vs.variables().into_iter().collect());
+        st.add("actor", self.actor.state_variables());
         st.add("actor_opt", self.actor_opt.state());
         if let (Some(cr), Some(o)) = (&self.critic, &self.critic_opt) {
-            st.add("critic", cr.vs.variables().into_iter().collect());
+            st.add("critic", cr.state_variables());
             st.add("critic_opt", o.state());
         }
         st.write(
@@ -766,10 +766,10 @@ impl Resumable for PpoAgent {
 
     fn load_state(&mut self, dir: &Path) -> Result<()> {
         let (st, s, path): (StateFile, PpoState, _) = StateFile::read(dir, "ppo_state")?;
-        crate::lm::checkpoint::load_tensors_into(&mut self.actor.vs, st.group("actor"), &path)?;
+        self.actor.load_state_variables(st.group("actor"), &path)?;
         self.actor_opt.load_state(st.group("actor_opt"))?;
         if let (Some(cr), Some(o)) = (self.critic.as_mut(), self.critic_opt.as_mut()) {
-            crate::lm::checkpoint::load_tensors_into(&mut cr.vs, st.group("critic"), &path)?;
+            cr.load_state_variables(st.group("critic"), &path)?;
             o.load_state(st.group("critic_opt"))?;
         }
         self.kl_coef = s.kl_coef;

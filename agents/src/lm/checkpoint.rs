@@ -79,14 +79,26 @@ pub fn save(
     tokenizer: &Tokenizer,
     config: &CheckpointConfig,
 ) -> Result<()> {
-    let dir = dir.as_ref();
+    save_with(dir.as_ref(), vs.variables(), tokenizer, config, |_| Ok(()))
+}
+
+/// [`save`] of named variables, with `extra` adding files of its own to the staged folder
+/// before it is renamed into place.
+pub fn save_with(
+    dir: &Path,
+    vars: HashMap<String, Tensor>,
+    tokenizer: &Tokenizer,
+    config: &CheckpointConfig,
+    extra: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let parent = crate::lm::fsio::parent_of(dir);
     std::fs::create_dir_all(parent).map_err(|e| AgentError::io(parent, e))?;
     if dir.file_name().is_none() {
         return Err(ck(dir, "not a directory name"));
     }
     let staged = crate::lm::fsio::Staged::for_dir(dir)?;
-    write_into(staged.path(), vs, tokenizer, config)?;
+    write_vars_into(staged.path(), vars, tokenizer, config)?;
+    extra(staged.path())?;
     staged.commit()
 }
 
@@ -103,9 +115,18 @@ pub fn write_into(
     tokenizer: &Tokenizer,
     config: &CheckpointConfig,
 ) -> Result<()> {
+    write_vars_into(tmp, vs.variables(), tokenizer, config)
+}
+
+fn write_vars_into(
+    tmp: &Path,
+    vars: HashMap<String, Tensor>,
+    tokenizer: &Tokenizer,
+    config: &CheckpointConfig,
+) -> Result<()> {
     let family = config.model.family;
-    Tensor::write_safetensors(&hf::export(vs, family), tmp.join(hf::WEIGHTS))?;
-    Tensor::write_safetensors(&hf::export_heads(vs), tmp.join(HEADS))?;
+    Tensor::write_safetensors(&hf::export_heads(&vars), tmp.join(HEADS))?;
+    Tensor::write_safetensors(&hf::export_vars(vars, family), tmp.join(hf::WEIGHTS))?;
     let ids = hf::TokenIds {
         bos: tokenizer.bos_id(),
         eos: tokenizer.eos_ids().to_vec(),
@@ -161,6 +182,23 @@ pub fn read_config(dir: impl AsRef<Path>) -> Result<CheckpointConfig> {
         reward_offset: meta.reward_offset,
         aligngym_version: meta.aligngym_version,
     })
+}
+
+/// Copy named tensors into the variables of `vs` that train (all of a fully trained model; the
+/// adapters and heads of one with LoRA adapters), checking names and shapes as
+/// [`load_tensors_into`] does: a run's state holds those alone.
+pub fn load_trainable_into(
+    vs: &nn::VarStore,
+    tensors: Vec<(String, Tensor)>,
+    source: &Path,
+) -> Result<()> {
+    let trainable: std::collections::HashSet<String> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .map(|(n, _)| n)
+        .collect();
+    load_matching(vs, tensors, source, |n| trainable.contains(n))
 }
 
 /// Copy named tensors into `vs`, checking that the names and shapes agree exactly.
@@ -317,7 +355,5 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 
 /// Copy aligngym's heads from `tensors` into `vs` (names and shapes checked).
 fn load_heads(vs: &nn::VarStore, tensors: Vec<(String, Tensor)>, source: &Path) -> Result<()> {
-    load_matching(vs, tensors, source, |n| {
-        hf::hf_name(crate::lm::model::Family::Gpt2, n).is_none()
-    })
+    load_matching(vs, tensors, source, hf::is_head)
 }

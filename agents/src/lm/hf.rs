@@ -358,6 +358,11 @@ pub fn generation_config_json(ids: &TokenIds) -> Value {
     })
 }
 
+/// True for aligngym's own heads (value and reward).
+pub fn is_head(name: &str) -> bool {
+    name.starts_with("value_head.") || name.starts_with("reward_head.")
+}
+
 /// GPT-2 projections stored as `Conv1D` (`[in, out]`).
 fn is_conv1d(name: &str) -> bool {
     name.ends_with(".weight")
@@ -369,7 +374,7 @@ fn is_conv1d(name: &str) -> bool {
 /// transformers' name of the variable `ours`, and whether the stored tensor is its transpose;
 /// `None` for aligngym's own heads (value and reward), which live in a file of their own.
 pub fn hf_name(family: Family, ours: &str) -> Option<(String, bool)> {
-    if ours.starts_with("value_head.") || ours.starts_with("reward_head.") {
+    if is_head(ours) || crate::lm::lora::is_adapter_var(ours) {
         return None;
     }
     Some(match family {
@@ -503,10 +508,14 @@ pub fn load_into(
 }
 
 /// The trunk's variables under transformers' names and layouts (fp32 on the CPU, sorted by name),
-/// ready for `model.safetensors`; aligngym's heads are left out.
+/// ready for `model.safetensors`; aligngym's heads (and LoRA adapters) are left out.
 pub fn export(vs: &nn::VarStore, family: Family) -> Vec<(String, Tensor)> {
-    let mut out: Vec<(String, Tensor)> = vs
-        .variables()
+    export_vars(vs.variables(), family)
+}
+
+/// [`export`] of named variables.
+pub fn export_vars(vars: HashMap<String, Tensor>, family: Family) -> Vec<(String, Tensor)> {
+    let mut out: Vec<(String, Tensor)> = vars
         .into_iter()
         .filter_map(|(ours, t)| {
             let (name, transposed) = hf_name(family, &ours)?;
@@ -520,12 +529,11 @@ pub fn export(vs: &nn::VarStore, family: Family) -> Vec<(String, Tensor)> {
 }
 
 /// aligngym's heads (value and reward), under their own names, for the file beside the weights.
-pub fn export_heads(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut out: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .filter(|(n, _)| hf_name(Family::Gpt2, n).is_none())
-        .map(|(n, t)| (n, t.to_device(Device::Cpu).to_kind(Kind::Float)))
+pub fn export_heads(vars: &HashMap<String, Tensor>) -> Vec<(String, Tensor)> {
+    let mut out: Vec<(String, Tensor)> = vars
+        .iter()
+        .filter(|(n, _)| is_head(n))
+        .map(|(n, t)| (n.clone(), t.to_device(Device::Cpu).to_kind(Kind::Float)))
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out

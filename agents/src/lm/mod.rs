@@ -9,6 +9,7 @@ pub mod device;
 pub mod fsio;
 pub mod gguf;
 pub mod hf;
+pub mod lora;
 pub mod model;
 pub mod optim;
 pub mod policy;

@@ -15,8 +15,10 @@
 //! (`model.layers.0.self_attn.q_proj`, …), so their checkpoints need no renaming.
 
 use crate::lm::device::Precision;
+use crate::lm::lora::LoraConfig;
 use crate::{AgentError, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
@@ -510,19 +512,26 @@ impl KvCache {
 
 /// LayerNorm (GPT-2) or RMSNorm (the Llama family); computes in fp32.
 enum Norm {
-    Layer(nn::LayerNorm),
-    Rms { weight: Tensor, eps: f64 },
+    Layer {
+        weight: Tensor,
+        bias: Tensor,
+        eps: f64,
+    },
+    Rms {
+        weight: Tensor,
+        eps: f64,
+    },
 }
 
 impl Norm {
     fn new(p: nn::Path, cfg: &GptConfig) -> Self {
         let c = cfg.n_embd as i64;
         if cfg.family == Family::Gpt2 {
-            let lc = nn::LayerNormConfig {
+            Norm::Layer {
+                weight: p.var("weight", &[c], nn::Init::Const(1.0)),
+                bias: p.var("bias", &[c], nn::Init::Const(0.0)),
                 eps: cfg.norm_eps,
-                ..Default::default()
-            };
-            Norm::Layer(nn::layer_norm(p, vec![c], lc))
+            }
         } else {
             Norm::Rms {
                 weight: p.var("weight", &[c], nn::Init::Const(1.0)),
@@ -530,9 +539,26 @@ impl Norm {
             }
         }
     }
+    /// The same variables (no copy).
+    fn share(&self) -> Self {
+        match self {
+            Norm::Layer { weight, bias, eps } => Norm::Layer {
+                weight: weight.shallow_clone(),
+                bias: bias.shallow_clone(),
+                eps: *eps,
+            },
+            Norm::Rms { weight, eps } => Norm::Rms {
+                weight: weight.shallow_clone(),
+                eps: *eps,
+            },
+        }
+    }
     fn forward(&self, x: &Tensor) -> Tensor {
         match self {
-            Norm::Layer(ln) => ln.forward(x),
+            Norm::Layer { weight, bias, eps } => {
+                let c = weight.size()[0];
+                x.layer_norm([c], Some(weight), Some(bias), *eps, true)
+            }
             Norm::Rms { weight, eps } => {
                 let x = x.to_kind(Kind::Float);
                 let inv = (x.square().mean_dim(-1, true, Kind::Float) + *eps).rsqrt(); // [.., 1]
@@ -558,7 +584,16 @@ enum MlpIn {
     Gated { gate: nn::Linear, up: nn::Linear },
 }
 
+/// A LoRA adapter of one projection `[O, I]` (see [`crate::lm::lora`]).
+struct Lora {
+    a: Tensor, // [r, I]
+    b: Tensor, // [O, r], zero at the start
+    scale: f64,
+}
+
 struct Block {
+    /// The adapter of each projection, in [`Block::modules`]' order (empty: none at all).
+    adapters: Vec<Option<Lora>>,
     norm_1: Norm,
     qkv: QkvProj,
     o_proj: nn::Linear,
@@ -570,6 +605,8 @@ struct Block {
     head_dim: i64,
     activation: Activation,
     dropout: f64,
+    /// Dropout on the adapters' input while training.
+    lora_dropout: f64,
 }
 
 fn linear(p: nn::Path, i: usize, o: usize, std: f64, bias: bool) -> nn::Linear {
@@ -591,6 +628,7 @@ impl Block {
         // GPT-2's scaled init of the residual projections keeps the stream's variance flat in depth.
         let proj_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
         let shape = |qkv, o_proj, mlp_in, mlp_out, n1, n2| Self {
+            adapters: Vec::new(),
             norm_1: n1,
             qkv,
             o_proj,
@@ -602,6 +640,7 @@ impl Block {
             head_dim: cfg.head_dim() as i64,
             activation: cfg.activation,
             dropout: cfg.dropout,
+            lora_dropout: 0.0,
         };
         match cfg.family {
             Family::Gpt2 => shape(
@@ -634,21 +673,87 @@ impl Block {
         }
     }
 
+    /// The projections under their names within the block (transformers' for the Llama
+    /// family, aligngym's GPT-2 names), in the order of the weights they make.
+    fn modules(&self) -> Vec<(&'static str, &nn::Linear)> {
+        let mut m = match &self.qkv {
+            QkvProj::Fused(l) => vec![("attn.c_attn", l), ("attn.c_proj", &self.o_proj)],
+            QkvProj::Split { q, k, v } => vec![
+                ("self_attn.q_proj", q),
+                ("self_attn.k_proj", k),
+                ("self_attn.v_proj", v),
+                ("self_attn.o_proj", &self.o_proj),
+            ],
+        };
+        match &self.mlp_in {
+            MlpIn::Plain(l) => m.extend([("mlp.c_fc", l), ("mlp.c_proj", &self.mlp_out)]),
+            MlpIn::Gated { gate, up } => m.extend([
+                ("mlp.gate_proj", gate),
+                ("mlp.up_proj", up),
+                ("mlp.down_proj", &self.mlp_out),
+            ]),
+        }
+        m
+    }
+
+    /// This block's base variables (shared, not copied), without adapters.
+    fn share(&self) -> Self {
+        let lin = |l: &nn::Linear| nn::Linear {
+            ws: l.ws.shallow_clone(),
+            bs: l.bs.as_ref().map(Tensor::shallow_clone),
+        };
+        Self {
+            adapters: Vec::new(),
+            norm_1: self.norm_1.share(),
+            qkv: match &self.qkv {
+                QkvProj::Fused(l) => QkvProj::Fused(lin(l)),
+                QkvProj::Split { q, k, v } => QkvProj::Split {
+                    q: lin(q),
+                    k: lin(k),
+                    v: lin(v),
+                },
+            },
+            o_proj: lin(&self.o_proj),
+            norm_2: self.norm_2.share(),
+            mlp_in: match &self.mlp_in {
+                MlpIn::Plain(l) => MlpIn::Plain(lin(l)),
+                MlpIn::Gated { gate, up } => MlpIn::Gated {
+                    gate: lin(gate),
+                    up: lin(up),
+                },
+            },
+            mlp_out: lin(&self.mlp_out),
+            ..*self
+        }
+    }
+
     /// The matmul weights in `kind`: the variables themselves for fp32, differentiable casts
     /// otherwise (gradients flow back into the fp32 variables). Split projections are fused here
     /// (q, k, v into one matrix; gate and up into one) so that each costs one matmul.
     fn weights(&self, kind: MatmulKind) -> BlockWeights {
+        let adapters: Vec<Option<&Lora>> = match self.adapters.is_empty() {
+            true => vec![None; self.modules().len()],
+            false => self.adapters.iter().map(Option::as_ref).collect(),
+        };
+        let nq = match &self.qkv {
+            QkvProj::Fused(_) => 1,
+            QkvProj::Split { .. } => 3,
+        };
+        let (qkv, rest) = adapters.split_at(nq);
+        let (o, rest) = rest.split_at(1);
+        let (mlp_in, mlp_out) = rest.split_at(rest.len() - 1);
         BlockWeights {
             qkv: match &self.qkv {
-                QkvProj::Fused(l) => LinearWeights::of(&[l], kind),
-                QkvProj::Split { q, k, v } => LinearWeights::of(&[q, k, v], kind),
+                QkvProj::Fused(l) => LinearWeights::of(&[l], qkv, kind),
+                QkvProj::Split { q, k, v } => LinearWeights::of(&[q, k, v], qkv, kind),
             },
-            o_proj: LinearWeights::of(&[&self.o_proj], kind),
+            o_proj: LinearWeights::of(&[&self.o_proj], o, kind),
             mlp_in: match &self.mlp_in {
-                MlpIn::Plain(l) => LinearWeights::of(&[l], kind),
-                MlpIn::Gated { gate, up } => LinearWeights::of(&[gate, up], kind),
+                MlpIn::Plain(l) => LinearWeights::of(&[l], mlp_in, kind),
+                MlpIn::Gated { gate, up } => LinearWeights::of(&[gate, up], mlp_in, kind),
             },
-            mlp_out: LinearWeights::of(&[&self.mlp_out], kind),
+            mlp_out: LinearWeights::of(&[&self.mlp_out], mlp_out, kind),
+            dropout: self.lora_dropout,
         }
     }
 
@@ -669,7 +774,8 @@ impl Block {
         let (b, t, _) = x.size3().expect("[B, T, C]");
         let (h, hkv, d) = (self.n_head, self.n_kv_head, self.head_dim);
         let kind = w.qkv.kind.values;
-        let qkv = w.qkv.apply(&self.norm_1.forward(x).to_kind(kind)); // [B, T, (H + 2·H_kv)·D]
+        let lora_p = if train { w.dropout } else { 0.0 };
+        let qkv = w.qkv.apply(&self.norm_1.forward(x).to_kind(kind), lora_p); // [B, T, (H + 2·H_kv)·D]
 
         // Training and scoring passes attend in fp32 (without a cache, or with an fp32 one):
         // libtorch's CPU backward of bf16 attention is ~6× slower than fp32's, and attention's
@@ -723,9 +829,11 @@ impl Block {
             .contiguous()
             .view([b, t, h * d])
             .to_kind(kind); // [B, T, H·D]
-        let x = x + w.o_proj.apply(&y).dropout(p, train); // fp32 [B, T, C]
-        let hidden = w.mlp_in.apply(&self.norm_2.forward(&x).to_kind(kind)); // [B, T, M or 2M]
-        let m = w.mlp_out.apply(&self.activate(&hidden)); // [B, T, C]
+        let x = x + w.o_proj.apply(&y, lora_p).dropout(p, train); // fp32 [B, T, C]
+        let hidden = w
+            .mlp_in
+            .apply(&self.norm_2.forward(&x).to_kind(kind), lora_p); // [B, T, M or 2M]
+        let m = w.mlp_out.apply(&self.activate(&hidden), lora_p); // [B, T, C]
         &x + m.dropout(p, train)
     }
 
@@ -782,23 +890,43 @@ impl MatmulKind {
     }
 }
 
-/// A linear layer's weight `[O, I]` and bias `[O]` in the compute kind.
+/// A linear layer's weight `[O, I]` and bias `[O]` in the compute kind, and its adapters' update
+/// where they are being trained.
 struct LinearWeights {
     w: Tensor,
     b: Option<Tensor>,
+    /// `(A, B)`: the layers' adapters as one update `B·A` (`A [R, I]`, `B [O, R]`, scaled),
+    /// kept apart from `w` so their gradients need no `[O, I]` product.
+    low_rank: Option<(Tensor, Tensor)>,
     kind: MatmulKind,
 }
 
+/// True when gradients will flow into `t` (a variable that requires them, outside `no_grad`).
+fn tracked(t: &Tensor) -> bool {
+    t.requires_grad() && t.reshape([-1]).narrow(0, 0, 1).requires_grad()
+}
+
 impl LinearWeights {
-    /// The layers' weights stacked along the output dimension, cast to `kind`.
-    fn of(layers: &[&nn::Linear], kind: MatmulKind) -> Self {
-        let w = if layers.len() == 1 {
-            kind.operand(&layers[0].ws)
+    /// The layers' weights stacked along the output dimension, cast to `kind`, with their
+    /// adapters (`adapters[i]` of `layers[i]`; empty or all `None`: none): merged into the
+    /// weight where no gradient reaches them (sampling, the frozen reference's passes), kept as
+    /// a low-rank product where one does.
+    fn of(layers: &[&nn::Linear], adapters: &[Option<&Lora>], kind: MatmulKind) -> Self {
+        let stacked = if layers.len() == 1 {
+            layers[0].ws.shallow_clone()
         } else {
-            kind.operand(&Tensor::cat(
-                &layers.iter().map(|l| &l.ws).collect::<Vec<_>>(),
-                0,
-            ))
+            Tensor::cat(&layers.iter().map(|l| &l.ws).collect::<Vec<_>>(), 0)
+        }; // [O, I]
+        let low_rank = Self::update(layers, adapters);
+        let (w, low_rank) = match low_rank {
+            Some((a, b)) if !tracked(&a) => {
+                (kind.operand(&(stacked + b.matmul(&a))), None) // [O, I]
+            }
+            Some((a, b)) => (
+                kind.operand(&stacked),
+                Some((kind.operand(&a), kind.operand(&b))),
+            ),
+            None => (kind.operand(&stacked), None),
         };
         let b = if layers.iter().all(|l| l.bs.is_some()) {
             let bs: Vec<&Tensor> = layers.iter().filter_map(|l| l.bs.as_ref()).collect();
@@ -821,17 +949,82 @@ impl LinearWeights {
         } else {
             None
         };
-        Self { w, b, kind }
+        Self {
+            w,
+            b,
+            low_rank,
+            kind,
+        }
     }
-    /// `x·Wᵀ + b` in the values' kind for `x [.., I]` in the values' kind.
-    fn apply(&self, x: &Tensor) -> Tensor {
+
+    /// The adapters of stacked `layers` as one fp32 update `B·A`: `A [R, I]` the adapters' `A`s
+    /// stacked, `B [O, R]` block-diagonal (each layer's rows read its own adapter's columns, and
+    /// a layer without one reads none), scaled.
+    fn update(layers: &[&nn::Linear], adapters: &[Option<&Lora>]) -> Option<(Tensor, Tensor)> {
+        if adapters.iter().all(Option::is_none) {
+            return None;
+        }
+        let rank: i64 = adapters.iter().flatten().map(|l| l.a.size()[0]).sum();
+        let a = Tensor::cat(
+            &adapters.iter().flatten().map(|l| &l.a).collect::<Vec<_>>(),
+            0,
+        ); // [R, I]
+        let mut before = 0;
+        let rows: Vec<Tensor> = layers
+            .iter()
+            .zip(adapters)
+            .map(|(l, ad)| {
+                let o = l.ws.size()[0];
+                let opts = (l.ws.kind(), l.ws.device());
+                match ad {
+                    None => Tensor::zeros([o, rank], opts),
+                    Some(ad) => {
+                        let r = ad.a.size()[0];
+                        let row = Tensor::cat(
+                            &[
+                                Tensor::zeros([o, before], opts),
+                                &ad.b * ad.scale,
+                                Tensor::zeros([o, rank - before - r], opts),
+                            ],
+                            1,
+                        ); // [O_i, R]
+                        before += r;
+                        row
+                    }
+                }
+            })
+            .collect();
+        Some((a, Tensor::cat(&rows, 0))) // [R, I], [O, R]
+    }
+
+    /// `x·Wᵀ + b` (plus the adapters' update, their input dropped out with probability `p`) in
+    /// the values' kind for `x [.., I]` in the values' kind.
+    fn apply(&self, x: &Tensor, p: f64) -> Tensor {
         let x = x.to_kind(self.kind.arithmetic);
-        self.kind.result(x.linear(&self.w, self.b.as_ref()))
+        let mut y = x.linear(&self.w, self.b.as_ref()); // [.., O]
+        if let Some((a, b)) = &self.low_rank {
+            let x = if p > 0.0 { x.dropout(p, true) } else { x };
+            y += x.matmul(&a.tr()).matmul(&b.tr()); // [.., R] → [.., O]
+        }
+        self.kind.result(y)
     }
+
+    /// The weight with the adapters' update folded in (for routes that read the weight alone).
+    fn merged(&self) -> Tensor {
+        match &self.low_rank {
+            None => self.w.shallow_clone(),
+            Some((a, b)) => self.kind.operand(&(&self.w + b.matmul(a))),
+        }
+    }
+
     fn shallow_clone(&self) -> Self {
         Self {
             w: self.w.shallow_clone(),
             b: self.b.as_ref().map(Tensor::shallow_clone),
+            low_rank: self
+                .low_rank
+                .as_ref()
+                .map(|(a, b)| (a.shallow_clone(), b.shallow_clone())),
             kind: self.kind,
         }
     }
@@ -842,6 +1035,8 @@ struct BlockWeights {
     o_proj: LinearWeights,
     mlp_in: LinearWeights,
     mlp_out: LinearWeights,
+    /// Dropout on the adapters' input while training.
+    dropout: f64,
 }
 
 impl BlockWeights {
@@ -851,6 +1046,7 @@ impl BlockWeights {
             o_proj: self.o_proj.shallow_clone(),
             mlp_in: self.mlp_in.shallow_clone(),
             mlp_out: self.mlp_out.shallow_clone(),
+            dropout: self.dropout,
         }
     }
 }
@@ -889,6 +1085,22 @@ pub struct Gpt {
     value_head: nn::Linear,
     reward_head: nn::Linear,
     precision: Precision,
+    /// The adapters' configuration, when the base is frozen and adapters train.
+    lora: Option<LoraConfig>,
+}
+
+/// The value head (zero at the start) and the reward head under `p`.
+fn heads(p: &nn::Path, cfg: &GptConfig) -> (nn::Linear, nn::Linear) {
+    let zero = nn::LinearConfig {
+        ws_init: nn::Init::Const(0.0),
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
+    };
+    let c = cfg.n_embd;
+    (
+        nn::linear(p / "value_head", c as i64, 1, zero),
+        linear(p / "reward_head", c, 1, 1.0 / (c as f64 + 1.0).sqrt(), true),
+    )
 }
 
 impl Gpt {
@@ -931,11 +1143,7 @@ impl Gpt {
                 None => inv_freq,
             }
         });
-        let zero = nn::LinearConfig {
-            ws_init: nn::Init::Const(0.0),
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias: true,
-        };
+        let (value_head, reward_head) = heads(p, cfg);
         Ok(Self {
             cfg: cfg.clone(),
             wte,
@@ -944,16 +1152,190 @@ impl Gpt {
             inv_freq,
             blocks,
             norm_f,
-            value_head: nn::linear(p / "value_head", c, 1, zero),
-            reward_head: linear(
-                p / "reward_head",
-                cfg.n_embd,
-                1,
-                1.0 / (cfg.n_embd as f64 + 1.0).sqrt(),
-                true,
-            ),
+            value_head,
+            reward_head,
             precision: Precision::Fp32,
+            lora: None,
         })
+    }
+
+    /// The variable-name prefix of block `i` (aligngym's GPT-2 names, transformers' otherwise).
+    fn block_prefix(&self, i: usize) -> String {
+        match self.cfg.family {
+            Family::Gpt2 => format!("h.{i}"),
+            Family::Llama | Family::Qwen2 => format!("model.layers.{i}"),
+        }
+    }
+
+    /// Every projection of the blocks: (variable prefix, transformers' module name).
+    fn projection_names(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (i, blk) in self.blocks.iter().enumerate() {
+            for (suffix, _) in blk.modules() {
+                let ours = format!("{}.{suffix}", self.block_prefix(i));
+                let theirs = crate::lm::hf::hf_name(self.cfg.family, &format!("{ours}.weight"))
+                    .and_then(|(n, _)| n.strip_suffix(".weight").map(String::from))
+                    .unwrap_or_else(|| ours.clone());
+                out.push((ours, theirs));
+            }
+        }
+        out
+    }
+
+    /// Add LoRA adapters under `root` (the root of this model's VarStore, or of the store a
+    /// [`Gpt::share_base`] copy was made in) on the projections `cfg` targets: `A` drawn as PEFT
+    /// draws it (uniform in ±1/√in) from `seed`, `B` zero, so the model computes as before. Freezing
+    /// the base is the caller's (it owns the store). Returns transformers' names of the adapted
+    /// modules.
+    pub fn attach_lora(
+        &mut self,
+        root: &nn::Path,
+        cfg: &LoraConfig,
+        seed: u64,
+    ) -> Result<Vec<String>> {
+        use rand::{Rng, SeedableRng};
+        cfg.validate()?;
+        if !cfg.enabled() {
+            return Err(AgentError::config("lora.r", "expected a rank ≥ 1"));
+        }
+        if self.lora.is_some() {
+            return Err(AgentError::config("lora", "the model already has adapters"));
+        }
+        let names = self.projection_names();
+        let all: Vec<String> = names.iter().map(|(_, t)| t.clone()).collect();
+        let unmatched = cfg.unmatched(&all);
+        if !unmatched.is_empty() || !all.iter().any(|m| cfg.targets(self.cfg.family, m)) {
+            let mut short: Vec<&str> = all.iter().filter_map(|m| m.rsplit('.').next()).collect();
+            short.sort_unstable();
+            short.dedup();
+            return Err(AgentError::config(
+                "lora.target_modules",
+                format!(
+                    "{} matches no projection of this {} model (its projections: {})",
+                    if unmatched.is_empty() {
+                        "the choice".to_string()
+                    } else {
+                        format!("`{}`", unmatched.join("`, `"))
+                    },
+                    self.cfg.family,
+                    short.join(", ")
+                ),
+            ));
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let r = cfg.r as i64;
+        let mut adapted = Vec::new();
+        let mut names = names.into_iter();
+        for blk in &mut self.blocks {
+            let shapes: Vec<(i64, i64)> = blk
+                .modules()
+                .iter()
+                .map(|(_, l)| (l.ws.size()[0], l.ws.size()[1]))
+                .collect();
+            blk.adapters = shapes
+                .into_iter()
+                .map(|(o, i)| {
+                    let (ours, theirs) = names.next()?;
+                    if !cfg.targets(self.cfg.family, &theirs) {
+                        return None;
+                    }
+                    let mut parts = ours.split('.');
+                    let mut p = root / parts.next().unwrap_or_default();
+                    for c in parts {
+                        p = p / c;
+                    }
+                    let bound = 1.0 / (i as f64).sqrt();
+                    let init: Vec<f32> = (0..r * i)
+                        .map(|_| rng.random_range(-bound..bound) as f32)
+                        .collect();
+                    let a0 = Tensor::from_slice(&init).view([r, i]); // [r, I]
+                    let a = (&p / "lora_A").var_copy("weight", &a0);
+                    let b = (&p / "lora_B").var("weight", &[o, r], nn::Init::Const(0.0));
+                    adapted.push(theirs);
+                    Some(Lora {
+                        a,
+                        b,
+                        scale: cfg.scale(),
+                    })
+                })
+                .collect();
+            blk.lora_dropout = cfg.lora_dropout;
+        }
+        self.lora = Some(cfg.clone());
+        Ok(adapted)
+    }
+
+    /// Each adapted projection: its variable prefix, transformers' module name, the projection
+    /// and its adapter.
+    fn adapted(&self) -> Vec<(String, String, &nn::Linear, &Lora)> {
+        let names = self.projection_names();
+        let mut out = Vec::new();
+        let mut names = names.into_iter();
+        for blk in &self.blocks {
+            for (k, (_, lin)) in blk.modules().into_iter().enumerate() {
+                let Some((ours, theirs)) = names.next() else {
+                    break;
+                };
+                if let Some(Some(ad)) = blk.adapters.get(k) {
+                    out.push((ours, theirs, lin, ad));
+                }
+            }
+        }
+        out
+    }
+
+    /// transformers' names of the adapted projections.
+    pub fn adapted_modules(&self) -> Vec<String> {
+        self.adapted().into_iter().map(|(_, t, _, _)| t).collect()
+    }
+
+    /// The variables of `vs` (this model's store) with each adapted projection's weight replaced
+    /// by `W + s·B·A` and the adapters left out: the model the adapters make, as one.
+    pub fn merged_variables(&self, vs: &nn::VarStore) -> HashMap<String, Tensor> {
+        let mut vars = vs.variables();
+        vars.retain(|n, _| !crate::lm::lora::is_adapter_var(n));
+        tch::no_grad(|| {
+            for (ours, _, lin, ad) in self.adapted() {
+                let merged = &lin.ws + ad.b.matmul(&ad.a) * ad.scale; // [O, I]
+                vars.insert(format!("{ours}.weight"), merged);
+            }
+        });
+        vars
+    }
+
+    /// The adapters' variables of `vs` (this model's store).
+    pub fn adapter_variables(&self, vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(n, _)| crate::lm::lora::is_adapter_var(n))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The adapters' configuration, when the model has them.
+    pub fn lora(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref()
+    }
+
+    /// A model computing with this one's base weights (the same tensors: no copy), without
+    /// adapters, with fresh heads under `p` (a new VarStore's root).
+    pub fn share_base(&self, p: &nn::Path) -> Self {
+        let (value_head, reward_head) = heads(p, &self.cfg);
+        Self {
+            cfg: self.cfg.clone(),
+            wte: self.wte.shallow_clone(),
+            wpe: self.wpe.as_ref().map(Tensor::shallow_clone),
+            lm_head: self.lm_head.as_ref().map(Tensor::shallow_clone),
+            inv_freq: self.inv_freq.as_ref().map(Tensor::shallow_clone),
+            blocks: self.blocks.iter().map(Block::share).collect(),
+            norm_f: self.norm_f.share(),
+            value_head,
+            reward_head,
+            precision: self.precision,
+            lora: None,
+        }
     }
 
     /// The device of the weights.

@@ -2,12 +2,13 @@
 
 use crate::lm::checkpoint::{self, CheckpointConfig, ModelKind};
 use crate::lm::device::Precision;
+use crate::lm::lora::{self, LoraConfig};
 use crate::lm::model::Gpt;
 use crate::lm::sampling::{generate_until, Generation, SamplingConfig};
 use crate::lm::tokenizer::Tokenizer;
 use crate::{AgentError, Result};
 use aligngym_envs::TextCodec;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
 
 /// Samples completions with log-probs.
@@ -24,6 +25,9 @@ pub trait ActorCritic: Policy {
     fn values(&self, gen: &Generation, train: bool) -> Tensor;
 }
 
+/// Where a policy with adapters keeps them, inside its checkpoint directory.
+pub const ADAPTER_DIR: &str = "adapter";
+
 /// A transformer LM with its variables and tokenizer.
 pub struct LmPolicy {
     /// Owns the variables.
@@ -32,12 +36,32 @@ pub struct LmPolicy {
     pub model: Gpt,
     /// Its tokenizer.
     pub tokenizer: Tokenizer,
+    /// The checkpoint its frozen base came from, when it trains LoRA adapters (PEFT's
+    /// `base_model_name_or_path` when they are saved).
+    pub adapter_base: Option<PathBuf>,
 }
 
 impl LmPolicy {
-    /// Load a policy checkpoint; a reward-model directory is refused.
+    /// Load a policy checkpoint; a reward-model directory is refused. A PEFT adapter directory
+    /// (`adapter_config.json` naming a local base checkpoint) loads as that base with the
+    /// adapters on it, frozen base and all, ready to train on.
     pub fn load(dir: impl AsRef<Path>, device: Device) -> Result<Self> {
         let dir = dir.as_ref();
+        if lora::is_adapter_dir(dir) && !dir.join(crate::lm::hf::CONFIG).exists() {
+            let file = lora::read_adapter_config(dir)?;
+            if lora::is_adapter_dir(&file.base) && !file.base.join(crate::lm::hf::CONFIG).exists() {
+                return Err(AgentError::Checkpoint {
+                    path: dir.join(lora::ADAPTER_CONFIG),
+                    msg: "field `base_model_name_or_path`: names another adapter, not a model"
+                        .into(),
+                });
+            }
+            let mut p = Self::load(&file.base, device)?;
+            p.freeze_base();
+            lora::load_adapter(&mut p.model, &p.vs, dir, &file.config)?;
+            p.adapter_base = Some(file.base);
+            return Ok(p);
+        }
         let l = checkpoint::load(dir, device)?;
         if l.config.kind != ModelKind::Policy {
             return Err(AgentError::Checkpoint {
@@ -49,10 +73,31 @@ impl LmPolicy {
             vs: l.vs,
             model: l.model,
             tokenizer: l.tokenizer,
+            adapter_base: None,
         })
     }
 
-    /// Save as a policy checkpoint.
+    /// Freeze every weight of the model and train LoRA adapters (drawn from `seed`) on the
+    /// projections `cfg` targets instead; the heads stay trainable.
+    pub fn attach_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<()> {
+        self.freeze_base();
+        self.model.attach_lora(&self.vs.root(), cfg, seed)?;
+        Ok(())
+    }
+
+    /// Stop gradients into every weight of the transformer (not the heads).
+    fn freeze_base(&mut self) {
+        let family = self.model.config().family;
+        for (name, t) in self.vs.variables() {
+            if crate::lm::hf::hf_name(family, &name).is_some() {
+                let _ = t.set_requires_grad(false);
+            }
+        }
+    }
+
+    /// Save as a policy checkpoint. With adapters, the checkpoint is the merged model (every
+    /// command and transformers open it as it is) and `adapter/` beside its files holds the
+    /// adapters alone in PEFT's layout, for `PeftModel.from_pretrained` on the base.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
         let cfg = CheckpointConfig {
             kind: ModelKind::Policy,
@@ -60,12 +105,73 @@ impl LmPolicy {
             reward_offset: 0.0,
             aligngym_version: String::new(),
         };
-        checkpoint::save(dir, &self.vs, &self.tokenizer, &cfg)
+        let Some(lora_cfg) = self.model.lora() else {
+            return checkpoint::save(dir, &self.vs, &self.tokenizer, &cfg);
+        };
+        let vars = self.model.merged_variables(&self.vs);
+        checkpoint::save_with(dir.as_ref(), vars, &self.tokenizer, &cfg, |tmp| {
+            self.write_adapter(&tmp.join(ADAPTER_DIR), lora_cfg)
+        })
+    }
+
+    /// Write the adapters in PEFT's layout into the new folder `dir`.
+    fn write_adapter(&self, dir: &Path, cfg: &LoraConfig) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
+        let family = self.model.config().family;
+        let base = self.adapter_base.clone().unwrap_or_default();
+        let json = cfg.peft_json(family, &base, &self.model.adapted_modules());
+        let path = dir.join(lora::ADAPTER_CONFIG);
+        let text =
+            serde_json::to_string_pretty(&json).map_err(|e| AgentError::Data(e.to_string()))?;
+        std::fs::write(&path, text).map_err(|e| AgentError::io(&path, e))?;
+        lora::write_adapter_weights(
+            &dir.join(lora::ADAPTER_WEIGHTS),
+            family,
+            &self.model.adapter_variables(&self.vs),
+        )
+    }
+
+    /// The variables a run's state holds: every one that trains (the adapters and heads alone
+    /// when the base is frozen).
+    pub fn state_variables(&self) -> Vec<(String, Tensor)> {
+        self.vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect()
+    }
+
+    /// Restore what [`LmPolicy::state_variables`] gave (names and shapes checked).
+    pub fn load_state_variables(
+        &mut self,
+        tensors: Vec<(String, Tensor)>,
+        source: &Path,
+    ) -> Result<()> {
+        checkpoint::load_trainable_into(&self.vs, tensors, source)
     }
 
     /// An independent copy of the weights (e.g. the frozen reference, or a critic initialised from
-    /// the policy); `trainable` false freezes it.
+    /// the policy); `trainable` false freezes it. A policy training adapters shares its frozen
+    /// base instead of copying it: the copy's reference is the base alone (adapters off, as
+    /// TRL's reference is with PEFT), a trainable copy has adapters and heads of its own.
     pub fn duplicate(&self, trainable: bool) -> Result<Self> {
+        if let Some(cfg) = self.model.lora() {
+            let mut vs = nn::VarStore::new(self.vs.device());
+            let mut model = self.model.share_base(&vs.root());
+            if trainable {
+                model.attach_lora(&vs.root(), cfg, 0)?;
+            }
+            vs.copy(&self.vs)?;
+            if !trainable {
+                vs.freeze();
+            }
+            return Ok(Self {
+                vs,
+                model,
+                tokenizer: self.tokenizer.clone(),
+                adapter_base: self.adapter_base.clone(),
+            });
+        }
         let mut vs = nn::VarStore::new(self.vs.device());
         let mut model = Gpt::new(&vs.root(), self.model.config())?;
         model.set_precision(self.model.precision());
@@ -77,6 +183,7 @@ impl LmPolicy {
             vs,
             model,
             tokenizer: self.tokenizer.clone(),
+            adapter_base: None,
         })
     }
 

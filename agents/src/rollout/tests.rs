@@ -37,6 +37,7 @@ fn policy(task: &dyn Task, block_size: usize, seed: u64) -> LmPolicy {
         vs,
         model,
         tokenizer,
+        adapter_base: None,
     }
 }
 

@@ -299,6 +299,7 @@ impl RewardModel {
                 vs,
                 model: l.model,
                 tokenizer: l.tokenizer,
+                adapter_base: None,
             },
             offset: l.config.reward_offset,
             flops: AtomicU64::new(0),

@@ -28,7 +28,6 @@ use super::{
     MatmulKind, Norm, SharedPrefix,
 };
 use host::avx2_dispatch;
-use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 /// Below this many sequences the host route's step runs on the calling thread.
@@ -46,7 +45,7 @@ struct DecodeLinear {
 impl DecodeLinear {
     fn new(l: &LinearWeights) -> Self {
         Self {
-            w_t: l.w.tr().contiguous(),
+            w_t: l.merged().tr().contiguous(),
             b: l.b
                 .as_ref()
                 .expect("GPT-2 layers have biases")
@@ -272,10 +271,10 @@ struct HostNorm<'a> {
 
 impl<'a> HostNorm<'a> {
     fn of(n: &'a Norm) -> Self {
-        let ln = layer_norm(n);
+        let (weight, bias) = layer_norm(n);
         Self {
-            gamma: host(ln.ws.as_ref().expect("LayerNorm has a weight")),
-            beta: host(ln.bs.as_ref().expect("LayerNorm has a bias")),
+            gamma: host(weight),
+            beta: host(bias),
         }
     }
 }
@@ -550,10 +549,10 @@ fn host_i64(t: &Tensor) -> &[i64] {
     unsafe { std::slice::from_raw_parts(t.data_ptr() as *const i64, t.numel()) }
 }
 
-/// GPT-2's LayerNorm (the routes of this file are GPT-2's).
-fn layer_norm(n: &Norm) -> &nn::LayerNorm {
+/// GPT-2's LayerNorm's weight and bias (the routes of this file are GPT-2's).
+fn layer_norm(n: &Norm) -> (&Tensor, &Tensor) {
     match n {
-        Norm::Layer(ln) => ln,
+        Norm::Layer { weight, bias, .. } => (weight, bias),
         Norm::Rms { .. } => unreachable!("GPT-2 blocks use LayerNorm"),
     }
 }
