@@ -812,6 +812,102 @@ fn same_seed_same_metrics_and_resume_equals_uninterrupted() {
     }
 }
 
+/// LoRA through the CLI (`--set lora.r=…`): PPO (a separate critic, itself adapters on the shared
+/// base) and DPO resume to the uninterrupted run's metrics, move the policy, keep only what trains
+/// in their state (smaller than the model it adapts), and export the merged model with the adapter
+/// beside it, which loads as a starting policy.
+#[test]
+fn lora_runs_resume_exactly_and_their_state_is_the_adapters() {
+    let env = "arithmetic-v0";
+    let p = prefs(env);
+    for agent in ["ppo", "dpo"] {
+        let mut extra = vec![
+            "--set",
+            "run.updates=4",
+            "--set",
+            "run.eval_every=2",
+            "--set",
+            "batch_size=16",
+            "--set",
+            "lora.r=4",
+            "--set",
+            "lora.lora_alpha=16",
+            "--set",
+            "lora.target_modules=all-linear",
+        ];
+        if agent == "dpo" {
+            extra.extend_from_slice(&["--prefs", p.to_str().unwrap()]);
+        }
+        let a = train(agent, env, &format!("lora-a-{agent}"), &extra);
+        let ma = without_wall(metrics(&a));
+        let mut half = extra.clone();
+        half[1] = "run.updates=2";
+        let c = train(agent, env, &format!("lora-c-{agent}"), &half);
+        run(&[
+            "train",
+            "--resume",
+            c.to_str().unwrap(),
+            "--set",
+            "run.updates=4",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]);
+        assert_eq!(
+            without_wall(metrics(&c)),
+            ma,
+            "{agent}: resumed LoRA run differs from the uninterrupted one"
+        );
+        // The policy moved away from its start.
+        let last = |name: &str| {
+            ma.iter()
+                .rev()
+                .find(|r| r.1 == name)
+                .unwrap_or_else(|| panic!("{agent}: no {name}"))
+                .2
+        };
+        let moved = if agent == "ppo" {
+            last("objective/kl")
+        } else {
+            (last("rewards/chosen") - last("rewards/rejected")).abs()
+        };
+        assert!(moved > 0.0, "{agent}: the adapters did not move the policy");
+        // The state holds the adapters, heads and their moments alone.
+        let size = |f: PathBuf| {
+            std::fs::metadata(&f)
+                .unwrap_or_else(|e| panic!("{f:?}: {e}"))
+                .len()
+        };
+        let state = size(a.join(format!("state/{agent}_state.safetensors")));
+        let model = size(a.join("policy/model.safetensors"));
+        assert!(
+            state * 2 < model,
+            "{agent}: state {state} bytes against a {model}-byte model"
+        );
+        let adapter = a.join("policy/adapter");
+        assert!(adapter.join("adapter_config.json").is_file());
+        // The adapter is a starting policy: it trains on (its base frozen) without lora.r.
+        let again = root().join(format!("lora-again-{agent}"));
+        let mut args = train_cmd(
+            agent,
+            env,
+            adapter.to_str().unwrap(),
+            again.to_str().unwrap(),
+            &["--quiet"],
+        );
+        let mut short = extra[..6].to_vec();
+        short[1] = "run.updates=1";
+        args.extend_from_slice(&short);
+        if agent == "dpo" {
+            args.extend_from_slice(&["--prefs", p.to_str().unwrap()]);
+        }
+        run(&args);
+        assert!(again
+            .join("policy/adapter/adapter_model.safetensors")
+            .is_file());
+    }
+}
+
 #[test]
 fn bad_input_gets_one_line_and_a_nonzero_exit() {
     let env = "arithmetic-v0";

@@ -4,6 +4,7 @@
 //! generation, token for token.
 
 use aligngym_agents::lm::checkpoint;
+use aligngym_agents::lm::lora::{self, LoraConfig, TargetModules};
 use aligngym_agents::lm::sampling::{generate_until, SamplingConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ fn fixtures() -> &'static Path {
 }
 
 /// The tests that read the fixtures; the last one to finish removes them.
-static FIXTURE_USERS: AtomicUsize = AtomicUsize::new(2);
+static FIXTURE_USERS: AtomicUsize = AtomicUsize::new(3);
 
 fn done_with_fixtures() {
     if FIXTURE_USERS.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -357,4 +358,83 @@ fn a_policy_trained_here_opens_in_transformers_with_identical_logits_ids_and_cha
         );
     }
     let _ = std::fs::remove_dir_all(root);
+}
+
+/// LoRA both ways with PEFT on GPT-2 (Conv1D projections), Llama (grouped-query attention, tied
+/// head) and Qwen2 (attention biases): adapters made here load onto the transformers model with
+/// `PeftModel.from_pretrained`, and adapters PEFT makes (A and B random, rsLoRA, all-linear) load
+/// here; the adapted models' logits agree.
+#[test]
+fn lora_adapters_round_trip_with_peft() {
+    let rows: Vec<Vec<i64>> = vec![vec![5, 17, 33, 2, 71, 9, 40], vec![11, 12, 90, 3]];
+    let work = std::env::temp_dir().join(format!("aligngym-peft-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let ids_path = work.join("ids.json");
+    std::fs::write(&ids_path, serde_json::to_string(&rows).unwrap()).unwrap();
+    let compare = |model: &aligngym_agents::Gpt, theirs: &Path, what: &str| {
+        let theirs: HashMap<String, Tensor> = Tensor::read_safetensors(theirs)
+            .unwrap()
+            .into_iter()
+            .collect();
+        for (i, row) in rows.iter().enumerate() {
+            let ids = Tensor::from_slice(row).unsqueeze(0); // [1, T]
+            let valid = ids.ones_like().to_kind(Kind::Bool);
+            let ours = tch::no_grad(|| model.lm_logits(&model.forward_full(&ids, &valid, false)));
+            let d = max_abs(&ours.squeeze_dim(0), &theirs[&format!("logits_{i}")]);
+            assert!(d < 1e-4, "{what}: max |Δlogit| = {d}");
+        }
+    };
+    for name in ["gpt2", "llama-gqa-tied", "qwen2"] {
+        let base = fixtures().join(name);
+        let base_s = base.to_str().unwrap();
+
+        // Ours → PEFT: PEFT's default targets, B moved off zero so the adapters matter.
+        let (vs, mut model) = checkpoint::load_model(&base, Device::Cpu).unwrap();
+        let cfg = LoraConfig {
+            r: 4,
+            lora_alpha: 16.0,
+            target_modules: TargetModules::Default,
+            ..Default::default()
+        };
+        model.attach_lora(&vs.root(), &cfg, 1).unwrap();
+        tch::manual_seed(1);
+        tch::no_grad(|| {
+            for (n, mut t) in model.adapter_variables(&vs) {
+                if n.ends_with("lora_B.weight") {
+                    t.copy_(&(t.randn_like() * 0.2));
+                }
+            }
+        });
+        let ours_dir = work.join(format!("{name}-ours"));
+        lora::save_adapter(&ours_dir, &model, &vs, &base).unwrap();
+        let out = work.join(format!("{name}-ours.safetensors"));
+        py(&[
+            "scripts/peft_check.py",
+            "load",
+            base_s,
+            ours_dir.to_str().unwrap(),
+            ids_path.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
+        compare(&model, &out, &format!("{name}: ours in PEFT"));
+
+        // PEFT → ours.
+        let theirs_dir = work.join(format!("{name}-theirs"));
+        let out = work.join(format!("{name}-theirs.safetensors"));
+        py(&[
+            "scripts/peft_check.py",
+            "make",
+            base_s,
+            theirs_dir.to_str().unwrap(),
+            ids_path.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
+        let file = lora::read_adapter_config(&theirs_dir).unwrap();
+        assert!(file.config.use_rslora && file.config.r == 4, "{name}");
+        let (vs, mut model) = checkpoint::load_model(&base, Device::Cpu).unwrap();
+        lora::load_adapter(&mut model, &vs, &theirs_dir, &file.config).unwrap();
+        compare(&model, &out, &format!("{name}: PEFT's here"));
+    }
+    std::fs::remove_dir_all(&work).unwrap();
+    done_with_fixtures();
 }

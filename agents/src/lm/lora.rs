@@ -313,6 +313,25 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterFile> {
     Ok(AdapterFile { config, base })
 }
 
+/// Write `model`'s adapters (its variables in `vs`) into the new folder `dir` in PEFT's layout,
+/// naming `base` as the model they adapt.
+pub fn save_adapter(dir: &Path, model: &Gpt, vs: &nn::VarStore, base: &Path) -> Result<()> {
+    let cfg = model
+        .lora()
+        .ok_or_else(|| ck(dir, "the model has no adapters to save"))?;
+    std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
+    let family = model.config().family;
+    let json = cfg.peft_json(family, base, &model.adapted_modules());
+    let path = dir.join(ADAPTER_CONFIG);
+    let text = serde_json::to_string_pretty(&json).map_err(|e| ck(&path, e.to_string()))?;
+    std::fs::write(&path, text).map_err(|e| AgentError::io(&path, e))?;
+    write_adapter_weights(
+        &dir.join(ADAPTER_WEIGHTS),
+        family,
+        &model.adapter_variables(vs),
+    )
+}
+
 /// Attach the adapters of the PEFT directory `dir` (configuration `cfg`, as
 /// [`read_adapter_config`] read it) to `model`, whose variables live in `vs`.
 pub fn load_adapter(

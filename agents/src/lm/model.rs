@@ -1087,6 +1087,8 @@ pub struct Gpt {
     precision: Precision,
     /// The adapters' configuration, when the base is frozen and adapters train.
     lora: Option<LoraConfig>,
+    /// True when the base weights are another model's (see [`Gpt::share_base`]).
+    shared: bool,
 }
 
 /// The value head (zero at the start) and the reward head under `p`.
@@ -1156,6 +1158,7 @@ impl Gpt {
             reward_head,
             precision: Precision::Fp32,
             lora: None,
+            shared: false,
         })
     }
 
@@ -1314,6 +1317,12 @@ impl Gpt {
         v
     }
 
+    /// True when the base weights are another model's, frozen (its store holds the heads and
+    /// any adapters alone).
+    pub fn shares_base(&self) -> bool {
+        self.shared
+    }
+
     /// The adapters' configuration, when the model has them.
     pub fn lora(&self) -> Option<&LoraConfig> {
         self.lora.as_ref()
@@ -1335,6 +1344,7 @@ impl Gpt {
             reward_head,
             precision: self.precision,
             lora: None,
+            shared: true,
         }
     }
 

@@ -105,30 +105,21 @@ impl LmPolicy {
             reward_offset: 0.0,
             aligngym_version: String::new(),
         };
-        let Some(lora_cfg) = self.model.lora() else {
+        if self.model.shares_base() && self.model.lora().is_none() {
+            return Err(AgentError::Checkpoint {
+                path: dir.as_ref().to_path_buf(),
+                msg: "a frozen reference shares its base's weights and is not saved on its own"
+                    .into(),
+            });
+        }
+        if self.model.lora().is_none() {
             return checkpoint::save(dir, &self.vs, &self.tokenizer, &cfg);
-        };
+        }
         let vars = self.model.merged_variables(&self.vs);
-        checkpoint::save_with(dir.as_ref(), vars, &self.tokenizer, &cfg, |tmp| {
-            self.write_adapter(&tmp.join(ADAPTER_DIR), lora_cfg)
-        })
-    }
-
-    /// Write the adapters in PEFT's layout into the new folder `dir`.
-    fn write_adapter(&self, dir: &Path, cfg: &LoraConfig) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
-        let family = self.model.config().family;
         let base = self.adapter_base.clone().unwrap_or_default();
-        let json = cfg.peft_json(family, &base, &self.model.adapted_modules());
-        let path = dir.join(lora::ADAPTER_CONFIG);
-        let text =
-            serde_json::to_string_pretty(&json).map_err(|e| AgentError::Data(e.to_string()))?;
-        std::fs::write(&path, text).map_err(|e| AgentError::io(&path, e))?;
-        lora::write_adapter_weights(
-            &dir.join(lora::ADAPTER_WEIGHTS),
-            family,
-            &self.model.adapter_variables(&self.vs),
-        )
+        checkpoint::save_with(dir.as_ref(), vars, &self.tokenizer, &cfg, |tmp| {
+            lora::save_adapter(&tmp.join(ADAPTER_DIR), &self.model, &self.vs, &base)
+        })
     }
 
     /// The variables a run's state holds: every one that trains (the adapters and heads alone
@@ -155,10 +146,10 @@ impl LmPolicy {
     /// base instead of copying it: the copy's reference is the base alone (adapters off, as
     /// TRL's reference is with PEFT), a trainable copy has adapters and heads of its own.
     pub fn duplicate(&self, trainable: bool) -> Result<Self> {
-        if let Some(cfg) = self.model.lora() {
+        if self.model.lora().is_some() || self.model.shares_base() {
             let mut vs = nn::VarStore::new(self.vs.device());
             let mut model = self.model.share_base(&vs.root());
-            if trainable {
+            if let (true, Some(cfg)) = (trainable, self.model.lora()) {
                 model.attach_lora(&vs.root(), cfg, 0)?;
             }
             vs.copy(&self.vs)?;
