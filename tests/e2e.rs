@@ -906,6 +906,104 @@ fn lora_runs_resume_exactly_and_their_state_is_the_adapters() {
             .join("policy/adapter/adapter_model.safetensors")
             .is_file());
     }
+
+    // A blow-up stops a LoRA run naming the metric and step; its last good policy samples.
+    let nan = root().join("lora-nan");
+    fails(
+        &train_cmd(
+            "dpo",
+            env,
+            sft(env).to_str().unwrap(),
+            nan.to_str().unwrap(),
+            &[
+                "--prefs",
+                p.to_str().unwrap(),
+                "--set",
+                "lora.r=4",
+                "--set",
+                "learning_rate=1e30",
+            ],
+        ),
+        "non-finite `loss/dpo` at step 2",
+    );
+    run(&[
+        "sample",
+        "--policy",
+        nan.join("policy/adapter").to_str().unwrap(),
+        "--prompt",
+        "1+1=",
+        "--device",
+        "cpu",
+    ]);
+    // A broken adapter is one line naming the file and what is wrong.
+    let bad = root().join("lora-bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    let good = root().join("lora-a-dpo/policy/adapter");
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(good.join(f), bad.join(f)).unwrap();
+    }
+    let weights = bad.join("adapter_model.safetensors");
+    let tensors = tch::Tensor::read_safetensors(&weights).unwrap();
+    let _ = tensors[0].1.view(-1).get(0).fill_(f64::NAN);
+    tch::Tensor::write_safetensors(&tensors, &weights).unwrap();
+    let b = bad.to_str().unwrap();
+    let args = [
+        "sample", "--policy", b, "--prompt", "1+1=", "--device", "cpu",
+    ];
+    fails(&args, "holds NaN or infinite values");
+    let cfg_path = bad.join("adapter_config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["base_model_name_or_path"] = "/nonexistent/base".into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    fails(&args, "base_model_name_or_path");
+
+    // SFT with adapters on a pretrained policy: only the adapted projections (GPT-2: PEFT's
+    // default, `c_attn`) change in the merged checkpoint.
+    let data = root().join("lora-sft.jsonl");
+    let lines: Vec<String> = (0..40)
+        .map(|i| format!("{{\"prompt\":\"{i}+{i}=\",\"completion\":\"{}\"}}", 2 * i))
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let base = sft(env);
+    let tuned = root().join("lora-sft");
+    run(&[
+        "sft",
+        "--policy",
+        base.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--lora-r",
+        "8",
+        "--learning-rate",
+        "1e-3",
+        "--steps",
+        "5",
+        "--out",
+        tuned.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    let weights = |dir: &Path| -> std::collections::HashMap<String, tch::Tensor> {
+        tch::Tensor::read_safetensors(dir.join("model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect()
+    };
+    let (before, after) = (weights(&base), weights(&tuned));
+    assert_eq!(before.len(), after.len());
+    let mut changed = 0;
+    for (name, t) in &before {
+        let same = t.equal(&after[name]);
+        if name.ends_with("attn.c_attn.weight") {
+            assert!(!same, "{name} did not train");
+            changed += 1;
+        } else {
+            assert!(same, "{name} changed, but it has no adapter");
+        }
+    }
+    assert!(changed > 0);
+    assert!(tuned.join("adapter/adapter_config.json").is_file());
 }
 
 #[test]

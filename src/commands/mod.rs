@@ -19,15 +19,13 @@ pub mod train;
 pub mod train_rm;
 
 use crate::pipeline::StageCost;
-use aligngym_agents::lm::checkpoint::{CheckpointConfig, ModelKind};
 use aligngym_agents::lm::device::DtypeChoice;
 use aligngym_agents::lm::fsio;
 use aligngym_agents::lm::sampling::SamplingConfig;
 use aligngym_agents::stages::preferences::{make_pairs, Branching, PrefsConfig};
 use aligngym_agents::stages::sft::{self as sft_stage, SftConfig, SftLogRow};
 use aligngym_agents::{
-    lm::checkpoint, AgentError, GptConfig, LmPolicy, Result, RewardModel, RmConfig, RmReport,
-    Tokenizer,
+    AgentError, GptConfig, LmPolicy, Result, RewardModel, RmConfig, RmReport, Tokenizer,
 };
 use aligngym_agents::{DeviceChoice, Precision};
 use aligngym_envs::{
@@ -341,36 +339,37 @@ pub fn run_sft(
     quiet: bool,
 ) -> Result<Vec<SftLogRow>> {
     cfg.validate()?;
-    let (vs, mut model, tok) = match start {
+    let mut policy = match start {
         SftStart::Fresh(size) => {
-            let tok = Tokenizer::train(&record_texts(data), cfg.vocab_size)?;
-            let (vs, model) = sft_stage::init_model(&size.config(tok.vocab_size()), device, seed)?;
-            (vs, model, tok)
+            let tokenizer = Tokenizer::train(&record_texts(data), cfg.vocab_size)?;
+            let (vs, model) =
+                sft_stage::init_model(&size.config(tokenizer.vocab_size()), device, seed)?;
+            LmPolicy {
+                vs,
+                model,
+                tokenizer,
+                adapter_base: None,
+            }
         }
-        SftStart::Pretrained(p) => (p.vs, p.model, p.tokenizer),
+        SftStart::Pretrained(p) => *p,
     };
-    let gcfg = model.config().clone();
+    let gcfg = policy.model.config().clone();
     let clock = std::time::Instant::now();
-    let examples = sft_stage::encode_records(&tok, data, gcfg.block_size)?;
-    model.set_precision(cfg.dtype);
+    let examples = sft_stage::encode_records(&policy.tokenizer, data, gcfg.block_size)?;
+    policy.model.set_precision(cfg.dtype);
+    let (vs, model, tok) = (&policy.vs, &policy.model, &policy.tokenizer);
     let pb = progress(cfg.steps as u64, "sft", quiet);
-    let rows = sft_stage::train(&vs, &model, &examples, tok.pad_id(), cfg, seed, |r| {
+    let rows = sft_stage::train(vs, model, &examples, tok.pad_id(), cfg, seed, |r| {
         pb.inc(1);
         if r.step % 10 == 0 {
             pb.set_message(format!("loss {:.3}", r.loss));
         }
     })?;
     pb.finish_and_clear();
-    let ck = CheckpointConfig {
-        kind: ModelKind::Policy,
-        model: gcfg,
-        reward_offset: 0.0,
-        aligngym_version: String::new(),
-    };
     // Everything is staged beside `out` and swapped in whole; an error leaves nothing behind.
     let staged = fsio::Staged::for_dir(out)?;
     let stage = staged.path();
-    checkpoint::write_into(stage, &vs, &tok, &ck)?;
+    policy.write_into(stage)?;
     let mut csv = String::from("step,loss,lr,grad_norm\n");
     for r in &rows {
         csv.push_str(&format!("{},{},{},{}\n", r.step, r.loss, r.lr, r.grad_norm));

@@ -3,6 +3,7 @@
 //! pairs or conversations.
 
 use crate::commands::{self, params_of, Compute, ModelSize, SftStart};
+use aligngym_agents::lm::lora::{LoraConfig, TargetModules};
 use aligngym_agents::stages::sft::SftConfig;
 use aligngym_agents::{AgentError, LmPolicy, Result};
 use aligngym_envs::task;
@@ -31,6 +32,18 @@ pub struct SftArgs {
     /// a fresh model; `--size` is then unused.
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// Train LoRA adapters of this rank on a frozen `--policy` instead of every weight (PEFT's
+    /// semantics; the checkpoint is the merged model, with the adapter in PEFT's layout in its
+    /// `adapter/` folder).
+    #[arg(long, requires = "policy", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub lora_r: Option<u64>,
+    /// LoRA's α (the update is scaled by α / r). Default 8, PEFT's.
+    #[arg(long, requires = "lora_r")]
+    pub lora_alpha: Option<f64>,
+    /// The projections adapted: `default` (PEFT's for the family), `all-linear`, or transformers'
+    /// module names separated by commas (`q_proj,v_proj`).
+    #[arg(long, requires = "lora_r")]
+    pub lora_target_modules: Option<String>,
     /// Output checkpoint directory (model.safetensors, config.json, tokenizer.json, sft_log.csv,
     /// corpus_stats.json).
     #[arg(long)]
@@ -73,6 +86,9 @@ pub fn run(args: SftArgs) -> Result<()> {
         seed,
         compute,
         overwrite,
+        lora_r,
+        lora_alpha,
+        lora_target_modules,
     } = args;
     let dev = compute.device.resolve()?;
     let params = match &policy {
@@ -123,7 +139,24 @@ pub fn run(args: SftArgs) -> Result<()> {
         Some(dir) => {
             cfg.learning_rate = PRETRAINED_LEARNING_RATE;
             cfg.warmup_steps = 0;
-            SftStart::Pretrained(Box::new(LmPolicy::load(dir, dev)?))
+            let mut p = LmPolicy::load(dir, dev)?;
+            if let Some(r) = lora_r {
+                let mut lora = LoraConfig {
+                    r: r as usize,
+                    ..LoraConfig::default()
+                };
+                if let Some(a) = lora_alpha {
+                    lora.lora_alpha = a;
+                }
+                if let Some(t) = lora_target_modules {
+                    lora.target_modules = TargetModules::try_from(serde_json::Value::String(t))
+                        .map_err(|e| AgentError::config("--lora-target-modules", e))?;
+                }
+                p.adapter_base =
+                    Some(std::path::absolute(dir).map_err(|e| AgentError::io(dir, e))?);
+                p.attach_lora(&lora, seed)?;
+            }
+            SftStart::Pretrained(Box::new(p))
         }
         None => SftStart::Fresh(size),
     };

@@ -79,26 +79,14 @@ pub fn save(
     tokenizer: &Tokenizer,
     config: &CheckpointConfig,
 ) -> Result<()> {
-    save_with(dir.as_ref(), vs.variables(), tokenizer, config, |_| Ok(()))
-}
-
-/// [`save`] of named variables, with `extra` adding files of its own to the staged folder
-/// before it is renamed into place.
-pub fn save_with(
-    dir: &Path,
-    vars: HashMap<String, Tensor>,
-    tokenizer: &Tokenizer,
-    config: &CheckpointConfig,
-    extra: impl FnOnce(&Path) -> Result<()>,
-) -> Result<()> {
+    let dir = dir.as_ref();
     let parent = crate::lm::fsio::parent_of(dir);
     std::fs::create_dir_all(parent).map_err(|e| AgentError::io(parent, e))?;
     if dir.file_name().is_none() {
         return Err(ck(dir, "not a directory name"));
     }
     let staged = crate::lm::fsio::Staged::for_dir(dir)?;
-    write_vars_into(staged.path(), vars, tokenizer, config)?;
-    extra(staged.path())?;
+    write_into(staged.path(), vs, tokenizer, config)?;
     staged.commit()
 }
 
@@ -118,7 +106,8 @@ pub fn write_into(
     write_vars_into(tmp, vs.variables(), tokenizer, config)
 }
 
-fn write_vars_into(
+/// [`write_into`] of named variables.
+pub fn write_vars_into(
     tmp: &Path,
     vars: HashMap<String, Tensor>,
     tokenizer: &Tokenizer,

@@ -95,10 +95,21 @@ impl LmPolicy {
         }
     }
 
-    /// Save as a policy checkpoint. With adapters, the checkpoint is the merged model (every
-    /// command and transformers open it as it is) and `adapter/` beside its files holds the
-    /// adapters alone in PEFT's layout, for `PeftModel.from_pretrained` on the base.
+    /// Save as a policy checkpoint (written beside `dir` and renamed into place). With adapters,
+    /// the checkpoint is the merged model (every command and transformers open it as it is) and
+    /// `adapter/` beside its files holds the adapters alone in PEFT's layout, for
+    /// `PeftModel.from_pretrained` on the base.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        let parent = crate::lm::fsio::parent_of(dir);
+        std::fs::create_dir_all(parent).map_err(|e| AgentError::io(parent, e))?;
+        let staged = crate::lm::fsio::Staged::for_dir(dir)?;
+        self.write_into(staged.path())?;
+        staged.commit()
+    }
+
+    /// Write the checkpoint's files (as [`LmPolicy::save`] does) into the existing folder `tmp`.
+    pub fn write_into(&self, tmp: &Path) -> Result<()> {
         let cfg = CheckpointConfig {
             kind: ModelKind::Policy,
             model: self.model.config().clone(),
@@ -107,19 +118,18 @@ impl LmPolicy {
         };
         if self.model.shares_base() && self.model.lora().is_none() {
             return Err(AgentError::Checkpoint {
-                path: dir.as_ref().to_path_buf(),
+                path: tmp.to_path_buf(),
                 msg: "a frozen reference shares its base's weights and is not saved on its own"
                     .into(),
             });
         }
         if self.model.lora().is_none() {
-            return checkpoint::save(dir, &self.vs, &self.tokenizer, &cfg);
+            return checkpoint::write_into(tmp, &self.vs, &self.tokenizer, &cfg);
         }
         let vars = self.model.merged_variables(&self.vs);
+        checkpoint::write_vars_into(tmp, vars, &self.tokenizer, &cfg)?;
         let base = self.adapter_base.clone().unwrap_or_default();
-        checkpoint::save_with(dir.as_ref(), vars, &self.tokenizer, &cfg, |tmp| {
-            lora::save_adapter(&tmp.join(ADAPTER_DIR), &self.model, &self.vs, &base)
-        })
+        lora::save_adapter(&tmp.join(ADAPTER_DIR), &self.model, &self.vs, &base)
     }
 
     /// The variables a run's state holds: every one that trains (the adapters and heads alone
