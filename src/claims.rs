@@ -36,6 +36,10 @@ pub const CLAIM_SPECS: &[(&str, &str)] = &[
         "dpo-frontier.toml",
         include_str!("sweeps/dpo-frontier.toml"),
     ),
+    (
+        "lora-matches-full.toml",
+        include_str!("sweeps/lora-matches-full.toml"),
+    ),
 ];
 
 /// How `aligngym claims` runs.

@@ -3,8 +3,8 @@
 //! a user's own binary with its own tasks has every command.
 
 use crate::commands::{
-    bench, check_env, claims, compare, envs, episodes, eval, import, plot, prefs, report, sample,
-    sft, status, sweep, train, train_rm,
+    bench, check_env, claims, compare, envs, episodes, eval, import, merge, plot, prefs, report,
+    sample, sft, status, sweep, train, train_rm,
 };
 use aligngym_agents::AgentError;
 use aligngym_agents::Result;
@@ -62,6 +62,9 @@ enum Cmd {
     /// Import a GGUF model (llama.cpp's format) as a Hugging Face checkpoint directory: weights
     /// dequantised to fp32, tokenizer.json built from the file's vocabulary, its chat template.
     Import(import::ImportArgs),
+    /// Fold a LoRA adapter (PEFT's layout: one PEFT saved, or a run's) into its base and write the
+    /// merged model in the Hugging Face layout.
+    Merge(merge::MergeArgs),
 }
 
 /// The whole command line as a library function: parse `std::env::args()`, run the command, print
@@ -135,6 +138,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Envs => envs::run(),
         Cmd::CheckEnv(a) => check_env::run(a),
         Cmd::Import(a) => import::run(a),
+        Cmd::Merge(a) => merge::run(a),
         Cmd::Sft(a) => sft::run(a),
         Cmd::Sample(a) => sample::run(a),
         Cmd::Episodes(a) => episodes::run(a),

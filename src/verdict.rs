@@ -109,7 +109,8 @@ pub struct DecisionRule {
     pub confidence: f64,
     /// Practical-significance margin the effect must clear, in the quantity's units (gold reward
     /// for `final_gold` and `gold_at_kl`; a fraction for the ratios: 0.1 = at least 10% apart).
-    /// Default 0.
+    /// A negative margin makes a non-inferiority rule: it holds when a is at most that much worse
+    /// than b (a claim that a matches b). Default 0.
     #[serde(default)]
     pub margin: f64,
 }
@@ -177,10 +178,10 @@ impl DecisionRule {
                 "expected a value in (0.5, 1)",
             ));
         }
-        if !(self.margin.is_finite() && self.margin >= 0.0) {
+        if !(self.margin.is_finite() && (!self.quantity.is_ratio() || self.margin > -1.0)) {
             return Err(AgentError::config(
                 "rule.margin",
-                "expected a finite value ≥ 0",
+                "expected a finite value (above −1 for a ratio)",
             ));
         }
         if self.quantity.needs_ranks() && self.statistic != Statistic::MannWhitney {
@@ -1290,6 +1291,29 @@ mod tests {
         assert!(t.detail.contains("[0.000, 1.000]"), "{}", t.detail);
         assert_eq!(t.verdict, Verdict::Refuted, "{t:?}");
         assert!(t.detail.contains("smaller than the margin"));
+        // The same runs under a non-inferiority rule (a at most 0.05 below b): it holds; against
+        // runs where a sits 0.1 below b at every KL, it is refuted.
+        let mut r = rule(Quantity::GoldAtKl, Direction::Greater, Statistic::Bootstrap);
+        r.margin = -0.05;
+        let s = spec(&["sentiment-v0"], 5, r);
+        let v = evaluate(&s, &m).unwrap();
+        assert_eq!(v.tasks[0].verdict, Verdict::Holds, "{:?}", v.tasks[0]);
+        let worse = metrics("sentiment-v0", &[0.3; 5], &[0.5; 5], (1.0, 1.0));
+        let v = evaluate(&s, &worse).unwrap();
+        assert_eq!(v.tasks[0].verdict, Verdict::Refuted, "{:?}", v.tasks[0]);
+        // A ratio cannot fall to −100%.
+        let mut r = rule(
+            Quantity::WallToReach,
+            Direction::Less,
+            Statistic::MannWhitney,
+        );
+        r.margin = -1.0;
+        let s = spec(&["sentiment-v0"], 5, r.clone());
+        assert!(r
+            .validate(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("rule.margin"));
     }
 
     #[test]

@@ -1004,6 +1004,37 @@ fn lora_runs_resume_exactly_and_their_state_is_the_adapters() {
     }
     assert!(changed > 0);
     assert!(tuned.join("adapter/adapter_config.json").is_file());
+    // `merge` folds the adapter into its base: the checkpoint SFT wrote, bit for bit; a run
+    // directory stands for its policy's adapter.
+    let merged = root().join("lora-merged");
+    run(&[
+        "merge",
+        tuned.join("adapter").to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    let again = weights(&merged);
+    assert!(after.iter().all(|(n, t)| t.equal(&again[n])));
+    let from_run = root().join("lora-merged-run");
+    run(&[
+        "merge",
+        root().join("lora-a-dpo").to_str().unwrap(),
+        "--out",
+        from_run.to_str().unwrap(),
+    ]);
+    let run_policy = weights(&root().join("lora-a-dpo/policy"));
+    assert!(weights(&from_run)
+        .iter()
+        .all(|(n, t)| t.equal(&run_policy[n])));
+    fails(
+        &[
+            "merge",
+            base.to_str().unwrap(),
+            "--out",
+            from_run.to_str().unwrap(),
+        ],
+        "not a LoRA adapter",
+    );
 }
 
 #[test]

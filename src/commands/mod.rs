@@ -8,6 +8,7 @@ pub mod envs;
 pub mod episodes;
 pub mod eval;
 pub mod import;
+pub mod merge;
 pub mod plot;
 pub mod prefs;
 pub mod report;
