@@ -2,11 +2,13 @@
 
     python scripts/peft_check.py load BASE_DIR ADAPTER_DIR IDS_JSON OUT.safetensors
     python scripts/peft_check.py make BASE_DIR ADAPTER_DIR IDS_JSON OUT.safetensors
+    python scripts/peft_check.py plain MODEL_DIR - IDS_JSON OUT.safetensors
 
 `load` opens an adapter aligngym wrote onto the transformers model of BASE_DIR with
 `PeftModel.from_pretrained`; `make` adds a LoRA adapter with PEFT (A and B both random, rsLoRA, on
-every linear layer) to BASE_DIR's model and saves it in ADAPTER_DIR. Both write the adapted
-model's logits (`logits_i`, `[T, V]`) on each row of ids in IDS_JSON.
+every linear layer) to BASE_DIR's model and saves it in ADAPTER_DIR; `plain` opens MODEL_DIR alone
+(a merged model). Each writes the model's logits (`logits_i`, `[T, V]`) on each row of ids in
+IDS_JSON.
 """
 
 import json
@@ -23,7 +25,7 @@ def main(mode, base, adapter, ids_path, out):
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     if mode == "load":
         model = PeftModel.from_pretrained(model, adapter)
-    else:
+    elif mode == "make":
         torch.manual_seed(0)
         cfg = LoraConfig(
             r=4,

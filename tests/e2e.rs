@@ -104,6 +104,29 @@ fn run(args: &[&str]) -> Output {
     out
 }
 
+/// The venv's Python (where `make test` installs transformers, peft, gguf and tensorboard).
+fn venv_python() -> PathBuf {
+    std::env::var_os("VIRTUAL_ENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv")))
+        .join("bin/python")
+}
+
+/// `python ARGS` in the repository root; fails the test with its stderr if it fails.
+fn python(args: &[&str]) -> String {
+    let out = Command::new(venv_python())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .expect("the venv's python runs");
+    assert!(
+        out.status.success(),
+        "python {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs that must fail: non-zero exit, one line on stderr naming `needle`.
 fn fails(args: &[&str], needle: &str) {
     let out = bin().args(args).output().expect("run aligngym");
@@ -2317,9 +2340,6 @@ fn tensorboard_reads_the_event_files_of_a_run() {
         &log,
     ];
     run(&resumed);
-    let venv = std::env::var_os("VIRTUAL_ENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv")));
     let script = r#"
 import sys
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -2330,7 +2350,7 @@ for tag in sorted(ea.Tags()["scalars"]):
         print(f"{e.step},{tag},{e.value!r}")
 print("config", ea.Tensors("config")[0].tensor_proto.string_val[0].decode()[:30].replace(chr(10), " "))
 "#;
-    let out = Command::new(venv.join("bin/python"))
+    let out = Command::new(venv_python())
         .args(["-c", script, logs.to_str().unwrap()])
         .output()
         .expect("the venv's python runs");

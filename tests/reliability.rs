@@ -221,7 +221,7 @@ fn a_train_killed_at_random_instants_resumes_to_the_uninterrupted_metrics() {
     let policy = sft(env);
     let p = policy.to_str().unwrap();
     // A commit after every update, so kills land before, inside and after commits.
-    let extra = [
+    let common = [
         "--set",
         "run.updates=6",
         "--set",
@@ -232,60 +232,80 @@ fn a_train_killed_at_random_instants_resumes_to_the_uninterrupted_metrics() {
         "batch_size=16",
         "--quiet",
     ];
-    let whole = root().join("kill-whole");
-    let w = whole.to_str().unwrap();
-    let mut args = train_cmd("ppo", env, p, w, &extra);
-    let t0 = Instant::now();
-    run(&args);
-    let span = t0.elapsed();
-    let want = without_wall(metrics(&whole));
-    assert!(want.iter().any(|r| r.0 == 6));
-    // The runs are started from the e2e root with a relative --policy and resumed from elsewhere:
-    // a run records its inputs as absolute paths.
-    let rel = policy.strip_prefix(root()).unwrap().to_str().unwrap();
-    let elsewhere = root().join("elsewhere");
-    std::fs::create_dir_all(&elsewhere).unwrap();
-    for seed in 1..=3u64 {
-        let dir = root().join(format!("kill-{seed}"));
-        let d = dir.to_str().unwrap();
-        args = train_cmd("ppo", env, rel, d, &extra);
-        // Killed twice: once in the first run, once in the resumed one.
-        for (i, f) in fractions(seed, 2).into_iter().enumerate() {
-            let child = if i == 0 || !dir.join("config.json").exists() {
-                bin().current_dir(root()).args(&args).spawn().unwrap()
-            } else {
+    // Every weight three times; LoRA adapters (their state is the adapters alone) once.
+    let lora = [
+        "--set",
+        "lora.r=4",
+        "--set",
+        "lora.target_modules=all-linear",
+    ];
+    let mut whole_full = PathBuf::new();
+    for (variant, adapters, seeds) in [("", &[][..], 1..=3u64), ("lora-", &lora[..], 4..=4)] {
+        let extra: Vec<&str> = common.iter().chain(adapters).copied().collect();
+        let whole = root().join(format!("kill-{variant}whole"));
+        let w = whole.to_str().unwrap();
+        let mut args = train_cmd("ppo", env, p, w, &extra);
+        let t0 = Instant::now();
+        run(&args);
+        let span = t0.elapsed();
+        let want = without_wall(metrics(&whole));
+        assert!(want.iter().any(|r| r.0 == 6));
+        // The runs are started from the e2e root with a relative --policy and resumed from
+        // elsewhere: a run records its inputs as absolute paths.
+        let rel = policy.strip_prefix(root()).unwrap().to_str().unwrap();
+        let elsewhere = root().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        for seed in seeds {
+            let dir = root().join(format!("kill-{variant}{seed}"));
+            let d = dir.to_str().unwrap();
+            args = train_cmd("ppo", env, rel, d, &extra);
+            // Killed twice: once in the first run, once in the resumed one.
+            for (i, f) in fractions(seed, 2).into_iter().enumerate() {
+                let child = if i == 0 || !dir.join("config.json").exists() {
+                    bin().current_dir(root()).args(&args).spawn().unwrap()
+                } else {
+                    bin()
+                        .current_dir(&elsewhere)
+                        .args(["train", "--resume", d, "--device", "cpu", "--quiet"])
+                        .spawn()
+                        .unwrap()
+                };
+                kill_after(child, span.mul_f64(f));
+            }
+            let finish = if dir.join("config.json").exists() {
                 bin()
                     .current_dir(&elsewhere)
                     .args(["train", "--resume", d, "--device", "cpu", "--quiet"])
-                    .spawn()
-                    .unwrap()
-            };
-            kill_after(child, span.mul_f64(f));
+                    .output()
+            } else {
+                // Killed before the run had a record: started again from nothing.
+                bin().current_dir(root()).args(&args).output()
+            }
+            .unwrap();
+            assert!(
+                finish.status.success(),
+                "{}",
+                String::from_utf8_lossy(&finish.stderr)
+            );
+            assert_eq!(
+                without_wall(metrics(&dir)),
+                want,
+                "{variant}seed {seed}: killed at {:?} of {span:?}, the resumed run differs",
+                fractions(seed, 2)
+            );
+            assert!(temporaries(&dir).is_empty(), "{:?}", temporaries(&dir));
+            assert!(dir.join("policy/model.safetensors").exists());
+            if !adapters.is_empty() {
+                assert!(dir
+                    .join("policy/adapter/adapter_model.safetensors")
+                    .exists());
+            }
         }
-        let finish = if dir.join("config.json").exists() {
-            bin()
-                .current_dir(&elsewhere)
-                .args(["train", "--resume", d, "--device", "cpu", "--quiet"])
-                .output()
-        } else {
-            // Killed before the run had a record: started again from nothing.
-            bin().current_dir(root()).args(&args).output()
+        if variant.is_empty() {
+            whole_full = whole;
         }
-        .unwrap();
-        assert!(
-            finish.status.success(),
-            "{}",
-            String::from_utf8_lossy(&finish.stderr)
-        );
-        assert_eq!(
-            without_wall(metrics(&dir)),
-            want,
-            "seed {seed}: killed at {:?} of {span:?}, the resumed run differs",
-            fractions(seed, 2)
-        );
-        assert!(temporaries(&dir).is_empty(), "{:?}", temporaries(&dir));
-        assert!(dir.join("policy/model.safetensors").exists());
     }
+    let w = whole_full.to_str().unwrap();
     // A resume cannot shorten a run below what it has done.
     fails(
         &[

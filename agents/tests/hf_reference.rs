@@ -5,6 +5,7 @@
 
 use aligngym_agents::lm::checkpoint;
 use aligngym_agents::lm::lora::{self, LoraConfig, TargetModules};
+use aligngym_agents::lm::peft;
 use aligngym_agents::lm::sampling::{generate_until, SamplingConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -406,7 +407,7 @@ fn lora_adapters_round_trip_with_peft() {
             }
         });
         let ours_dir = work.join(format!("{name}-ours"));
-        lora::save_adapter(&ours_dir, &model, &vs, &base).unwrap();
+        peft::save_adapter(&ours_dir, &model, &vs, &base).unwrap();
         let out = work.join(format!("{name}-ours.safetensors"));
         py(&[
             "scripts/peft_check.py",
@@ -432,7 +433,7 @@ fn lora_adapters_round_trip_with_peft() {
         let file = lora::read_adapter_config(&theirs_dir).unwrap();
         assert!(file.config.use_rslora && file.config.r == 4, "{name}");
         let (vs, mut model) = checkpoint::load_model(&base, Device::Cpu).unwrap();
-        lora::load_adapter(&mut model, &vs, &theirs_dir, &file.config).unwrap();
+        peft::load_adapter(&mut model, &vs, &theirs_dir, &file.config).unwrap();
         compare(&model, &out, &format!("{name}: PEFT's here"));
     }
     std::fs::remove_dir_all(&work).unwrap();

@@ -285,7 +285,7 @@ impl Agent for DpoAgent {
             .model
             .config()
             .flops_per_token((toks / (2 * k)) as usize);
-        self.budget.flops += 3.0 * fpt * toks as f64
+        self.budget.flops += self.policy.model.train_pass_factor() * fpt * toks as f64
             + if self.reference.is_some() {
                 fpt * toks as f64
             } else {

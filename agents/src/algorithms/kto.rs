@@ -268,7 +268,7 @@ impl Agent for KtoAgent {
             .model
             .config()
             .flops_per_token((per_row / 2) as usize);
-        self.budget.flops += 3.0 * fpt * toks as f64;
+        self.budget.flops += self.policy.model.train_pass_factor() * fpt * toks as f64;
         let mut m = Metrics::new();
         for (name, value) in [
             (metric::LOSS_KTO, loss_v),

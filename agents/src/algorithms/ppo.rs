@@ -639,9 +639,12 @@ impl PpoAgent {
                 sequence: seq_tokens,
                 train: train_tokens,
             },
-            fpt,
-            fpt_value,
-            self.critic.is_some(),
+            PassFlops {
+                forward: fpt,
+                value_forward: fpt_value,
+                train_factor: self.actor.model.train_pass_factor(),
+                critic_train_factor: self.critic.as_ref().map(|c| c.model.train_pass_factor()),
+            },
         );
     }
 
@@ -666,19 +669,29 @@ struct UpdateTokens {
     train: f64,
 }
 
-/// FLOPs of one PPO update: sampling and the reference forward through the whole LM
-/// (`fpt` per token), the value forward through a trunk only (`fpt_value`: no LM head), and the
-/// training passes at 3× a forward — the policy's, plus a separate critic's trunk when there is
-/// one (a shared critic's values come out of the policy's own pass).
-fn update_flops(t: UpdateTokens, fpt: f64, fpt_value: f64, separate_critic: bool) -> f64 {
-    let critic_train = if separate_critic {
-        3.0 * fpt_value * t.train
-    } else {
-        0.0
-    };
-    fpt * (t.prompt + t.generated)
-        + (fpt + fpt_value) * t.sequence
-        + 3.0 * fpt * t.train
+/// What one token costs each of PPO's networks.
+#[derive(Debug, Clone, Copy)]
+struct PassFlops {
+    /// A forward through the whole LM, per token.
+    forward: f64,
+    /// A forward through the value network's trunk (no LM head), per token.
+    value_forward: f64,
+    /// The policy's training pass per forward ([`Gpt::train_pass_factor`]).
+    train_factor: f64,
+    /// A separate critic's, when there is one (a shared critic's values come out of the
+    /// policy's own pass).
+    critic_train_factor: Option<f64>,
+}
+
+/// FLOPs of one PPO update: sampling and the reference forward through the whole LM, the value
+/// forward through a trunk only, and the training passes of the policy and a separate critic.
+fn update_flops(t: UpdateTokens, f: PassFlops) -> f64 {
+    let critic_train = f
+        .critic_train_factor
+        .map_or(0.0, |k| k * f.value_forward * t.train);
+    f.forward * (t.prompt + t.generated)
+        + (f.forward + f.value_forward) * t.sequence
+        + f.train_factor * f.forward * t.train
         + critic_train
 }
 
@@ -792,10 +805,18 @@ mod tests {
             sequence: 5.0,
             train: 10.0,
         };
+        let f = |train_factor, critic_train_factor| PassFlops {
+            forward: 10.0,
+            value_forward: 6.0,
+            train_factor,
+            critic_train_factor,
+        };
         // Sampling 10·5 = 50, reference 10·5 = 50, value forward 6·5 = 30, policy training
         // 3·10·10 = 300, separate critic training 3·6·10 = 180.
-        assert_eq!(update_flops(t, 10.0, 6.0, true), 610.0);
+        assert_eq!(update_flops(t, f(3.0, Some(3.0))), 610.0);
         // A shared critic's values come out of the policy's training pass.
-        assert_eq!(update_flops(t, 10.0, 6.0, false), 430.0);
+        assert_eq!(update_flops(t, f(3.0, None)), 430.0);
+        // LoRA on both (no weight gradients): training 2·10·10 = 200 and 2·6·10 = 120.
+        assert_eq!(update_flops(t, f(2.0, Some(2.0))), 450.0);
     }
 }

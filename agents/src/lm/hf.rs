@@ -382,7 +382,7 @@ pub fn hf_name(family: Family, ours: &str) -> Option<(String, bool)> {
         Family::Gpt2 => {
             let name = match ours {
                 "wte" | "wpe" => format!("transformer.{ours}.weight"),
-                _ => format!("transformer.{ours}"),
+                _ => family.transformers_module(ours),
             };
             (name, is_conv1d(ours))
         }

@@ -12,6 +12,7 @@ pub mod hf;
 pub mod lora;
 pub mod model;
 pub mod optim;
+pub mod peft;
 pub mod policy;
 pub mod safetensors;
 pub mod sampling;

@@ -39,6 +39,23 @@ pub enum Family {
 }
 
 impl Family {
+    /// transformers' name of the module aligngym names `ours` (GPT-2's live under
+    /// `transformer.`; the Llama family's names are transformers' own).
+    pub fn transformers_module(self, ours: &str) -> String {
+        match self {
+            Family::Gpt2 => format!("transformer.{ours}"),
+            Family::Llama | Family::Qwen2 => ours.to_string(),
+        }
+    }
+
+    /// PEFT's default LoRA targets for the family.
+    pub const fn lora_default_targets(self) -> &'static [&'static str] {
+        match self {
+            Family::Gpt2 => &["c_attn"],
+            Family::Llama | Family::Qwen2 => &["q_proj", "v_proj"],
+        }
+    }
+
     /// Rotary position embeddings instead of a learned position table.
     pub fn rotary(self) -> bool {
         self != Family::Gpt2
@@ -1176,9 +1193,7 @@ impl Gpt {
         for (i, blk) in self.blocks.iter().enumerate() {
             for (suffix, _) in blk.modules() {
                 let ours = format!("{}.{suffix}", self.block_prefix(i));
-                let theirs = crate::lm::hf::hf_name(self.cfg.family, &format!("{ours}.weight"))
-                    .and_then(|(n, _)| n.strip_suffix(".weight").map(String::from))
-                    .unwrap_or_else(|| ours.clone());
+                let theirs = self.cfg.family.transformers_module(&ours);
                 out.push((ours, theirs));
             }
         }
@@ -1207,7 +1222,8 @@ impl Gpt {
         let names = self.projection_names();
         let all: Vec<String> = names.iter().map(|(_, t)| t.clone()).collect();
         let unmatched = cfg.unmatched(&all);
-        if !unmatched.is_empty() || !all.iter().any(|m| cfg.targets(self.cfg.family, m)) {
+        let defaults = self.cfg.family.lora_default_targets();
+        if !unmatched.is_empty() || !all.iter().any(|m| cfg.targets(defaults, m)) {
             let mut short: Vec<&str> = all.iter().filter_map(|m| m.rsplit('.').next()).collect();
             short.sort_unstable();
             short.dedup();
@@ -1239,7 +1255,7 @@ impl Gpt {
                 .into_iter()
                 .map(|(o, i)| {
                     let (ours, theirs) = names.next()?;
-                    if !cfg.targets(self.cfg.family, &theirs) {
+                    if !cfg.targets(self.cfg.family.lora_default_targets(), &theirs) {
                         return None;
                     }
                     let mut parts = ours.split('.');
@@ -1321,6 +1337,17 @@ impl Gpt {
     /// any adapters alone).
     pub fn shares_base(&self) -> bool {
         self.shared
+    }
+
+    /// FLOPs of a training pass per forward FLOP over the same tokens: 3 (the forward, and the
+    /// backward's gradients of the inputs and of the weights), 2 when only adapters train (no
+    /// weight gradients but the adapters' few, left out).
+    pub fn train_pass_factor(&self) -> f64 {
+        if self.lora.is_some() {
+            2.0
+        } else {
+            3.0
+        }
     }
 
     /// The adapters' configuration, when the model has them.

@@ -4,6 +4,7 @@ use crate::lm::checkpoint::{self, CheckpointConfig, ModelKind};
 use crate::lm::device::Precision;
 use crate::lm::lora::{self, LoraConfig};
 use crate::lm::model::Gpt;
+use crate::lm::peft;
 use crate::lm::sampling::{generate_until, Generation, SamplingConfig};
 use crate::lm::tokenizer::Tokenizer;
 use crate::{AgentError, Result};
@@ -58,7 +59,7 @@ impl LmPolicy {
             }
             let mut p = Self::load(&file.base, device)?;
             p.freeze_base();
-            lora::load_adapter(&mut p.model, &p.vs, dir, &file.config)?;
+            peft::load_adapter(&mut p.model, &p.vs, dir, &file.config)?;
             p.adapter_base = Some(file.base);
             return Ok(p);
         }
@@ -129,7 +130,7 @@ impl LmPolicy {
         let vars = self.model.merged_variables(&self.vs);
         checkpoint::write_vars_into(tmp, vars, &self.tokenizer, &cfg)?;
         let base = self.adapter_base.clone().unwrap_or_default();
-        lora::save_adapter(&tmp.join(ADAPTER_DIR), &self.model, &self.vs, &base)
+        peft::save_adapter(&tmp.join(ADAPTER_DIR), &self.model, &self.vs, &base)
     }
 
     /// The variables a run's state holds: every one that trains (the adapters and heads alone

@@ -465,7 +465,7 @@ impl GroupCore {
         let prefill = run_tokens - b * n as f64;
         self.budget.flops += fpt * (prefill + policy_tokens)
             + reference * fpt * run_tokens
-            + 3.0 * fpt * run_tokens * iterations as f64;
+            + self.actor.model.train_pass_factor() * fpt * run_tokens * iterations as f64;
 
         let mut m = Metrics::new();
         m.insert(metric::REWARD.into(), reward);

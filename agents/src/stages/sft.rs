@@ -307,7 +307,9 @@ pub fn train(
             lr,
             grad_norm: norm.double_value(&[]),
             tokens: batch.iter().map(|e| e.ids.len()).sum(),
-            flops: 3.0 * model.config().flops_per_token(width) * positions as f64,
+            flops: model.train_pass_factor()
+                * model.config().flops_per_token(width)
+                * positions as f64,
         };
         if !row.loss.is_finite() {
             return Err(AgentError::NonFinite {
