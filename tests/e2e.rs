@@ -764,6 +764,30 @@ fn without_wall(rows: Vec<(u64, String, f64)>) -> Vec<(u64, String, f64)> {
         .collect()
 }
 
+/// A run with `extra` (whose `run.updates=4` is at index 1), stopped after 2 updates and resumed
+/// to 4, ends with the uninterrupted run's metrics `want`.
+fn resumes_to(agent: &str, env: &str, name: &str, extra: &[&str], want: &[(u64, String, f64)]) {
+    let mut half = extra.to_vec();
+    assert_eq!(half[1], "run.updates=4");
+    half[1] = "run.updates=2";
+    let c = train(agent, env, name, &half);
+    run(&[
+        "train",
+        "--resume",
+        c.to_str().unwrap(),
+        "--set",
+        "run.updates=4",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
+    assert_eq!(
+        without_wall(metrics(&c)),
+        want,
+        "{name}: the resumed run differs from the uninterrupted one"
+    );
+}
+
 #[test]
 fn same_seed_same_metrics_and_resume_equals_uninterrupted() {
     let env = "arithmetic-v0";
@@ -808,25 +832,7 @@ fn same_seed_same_metrics_and_resume_equals_uninterrupted() {
         let (ma, mb) = (without_wall(metrics(&a)), without_wall(metrics(&b)));
         assert!(ma.len() > 20);
         assert_eq!(ma, mb, "{agent}: same seed, different metrics");
-        // Interrupted after 2 updates, then resumed to 4.
-        let mut half = extra.clone();
-        half[1] = "run.updates=2";
-        let c = train(agent, env, &format!("det-c-{agent}"), &half);
-        run(&[
-            "train",
-            "--resume",
-            c.to_str().unwrap(),
-            "--set",
-            "run.updates=4",
-            "--device",
-            "cpu",
-            "--quiet",
-        ]);
-        assert_eq!(
-            without_wall(metrics(&c)),
-            ma,
-            "{agent}: resumed run differs from the uninterrupted one"
-        );
+        resumes_to(agent, env, &format!("det-c-{agent}"), &extra, &ma);
         // A different seed differs.
         let mut other = extra.clone();
         other.extend_from_slice(&["--seed", "9"]);
@@ -863,24 +869,7 @@ fn lora_runs_resume_exactly_and_their_state_is_the_adapters() {
         }
         let a = train(agent, env, &format!("lora-a-{agent}"), &extra);
         let ma = without_wall(metrics(&a));
-        let mut half = extra.clone();
-        half[1] = "run.updates=2";
-        let c = train(agent, env, &format!("lora-c-{agent}"), &half);
-        run(&[
-            "train",
-            "--resume",
-            c.to_str().unwrap(),
-            "--set",
-            "run.updates=4",
-            "--device",
-            "cpu",
-            "--quiet",
-        ]);
-        assert_eq!(
-            without_wall(metrics(&c)),
-            ma,
-            "{agent}: resumed LoRA run differs from the uninterrupted one"
-        );
+        resumes_to(agent, env, &format!("lora-c-{agent}"), &extra, &ma);
         // The policy moved away from its start.
         let last = |name: &str| {
             ma.iter()

@@ -146,7 +146,7 @@ fn smollm2_runs(m: &str) {
         "--device",
         "cpu",
     ]);
-    lora_round_trips_with_peft(m, p);
+    lora_round_trips_with_peft(m, p, &small);
     let tok =
         aligngym_agents::Tokenizer::load(std::path::Path::new(m).join("tokenizer.json")).unwrap();
     let stats: serde_json::Value =
@@ -159,13 +159,13 @@ fn smollm2_runs(m: &str) {
     );
 }
 
-/// LoRA on SmolLM2 both ways with PEFT, through the CLI: a 2-step LoRA DPO run's adapter, applied
+/// LoRA on SmolLM2 both ways with PEFT, through the CLI: a 4-step LoRA DPO run's adapter, applied
 /// by `PeftModel.from_pretrained`, computes what the run's merged policy computes in transformers;
 /// an adapter PEFT makes (A and B random, rsLoRA, every linear layer), merged by `aligngym merge`,
 /// computes what PEFT's model does.
-fn lora_round_trips_with_peft(m: &str, prefs: &str) {
+fn lora_round_trips_with_peft(m: &str, prefs: &str, small: &[&str]) {
     let run_dir = root().join("smollm2-lora");
-    run(&[
+    let mut args = vec![
         "train",
         "--agent",
         "dpo",
@@ -179,24 +179,15 @@ fn lora_round_trips_with_peft(m: &str, prefs: &str) {
         run_dir.to_str().unwrap(),
         "--device",
         "cpu",
-        "--quiet",
-        "--set",
-        "run.updates=2",
-        "--set",
-        "run.eval_every=2",
-        "--set",
-        "batch_size=4",
-        "--set",
-        "eval.prompts=2",
-        "--set",
-        "eval.samples_per_prompt=1",
         "--set",
         "learning_rate=1e-3",
         "--set",
         "lora.r=8",
         "--set",
         "lora.target_modules=all-linear",
-    ]);
+    ];
+    args.extend_from_slice(small);
+    run(&args);
     let ids = root().join("smollm2-lora-ids.json");
     std::fs::write(&ids, "[[1, 2, 3, 4, 5, 100, 2000, 30000], [45, 9001]]").unwrap();
     let logits = |mode: &str, model: &std::path::Path, adapter: &str, name: &str| {
