@@ -1,7 +1,7 @@
 //! The language model and nothing else: the transformer in its families with its CPU decode
 //! kernels, sampling with the KV cache, the tokenizer and chat templates, checkpoints (Hugging
-//! Face, GGUF, safetensors), the policy wrappers (actor, reference, critic), devices and precision,
-//! the optimiser, and durable file writes. Nothing here knows about rewards, envs or algorithms.
+//! Face, GGUF, safetensors), LoRA adapters and PEFT's files for them, the policy wrappers (actor,
+//! reference, critic), devices and precision, the optimiser, and durable file writes. Nothing here knows about rewards, envs or algorithms.
 
 pub mod chat_template;
 pub mod checkpoint;
