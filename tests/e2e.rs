@@ -1047,6 +1047,63 @@ fn lora_runs_resume_exactly_and_their_state_is_the_adapters() {
         ],
         "not a LoRA adapter",
     );
+
+    // A reward model with adapters on its frozen trunk: only the adapted projections (and its
+    // head) change, and PPO scores with it.
+    let rm = root().join("lora-rm");
+    run(&[
+        "train-rm",
+        "--prefs",
+        p.to_str().unwrap(),
+        "--init",
+        base.to_str().unwrap(),
+        "--out",
+        rm.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--set",
+        "epochs=1",
+        "--set",
+        "lora.r=8",
+        "--set",
+        "learning_rate=1e-3",
+    ]);
+    let trunk = weights(&rm);
+    for (name, t) in &before {
+        assert_eq!(
+            t.equal(&trunk[name]),
+            !name.ends_with("attn.c_attn.weight"),
+            "{name}"
+        );
+    }
+    let report = std::fs::read_to_string(rm.join("rm_report.json")).unwrap();
+    assert!(report.contains("heldout_accuracy"), "{report}");
+    let scored = root().join("lora-rm-ppo");
+    let rm_arg = format!("rm:{}", rm.display());
+    let mut args = train_cmd(
+        "ppo",
+        env,
+        base.to_str().unwrap(),
+        scored.to_str().unwrap(),
+        &["--quiet", "--reward", &rm_arg],
+    );
+    args.extend_from_slice(&["--set", "run.updates=1", "--set", "batch_size=16"]);
+    run(&args);
+    let bad = root().join("lora-rm-bad");
+    fails(
+        &[
+            "train-rm",
+            "--prefs",
+            p.to_str().unwrap(),
+            "--init",
+            base.to_str().unwrap(),
+            "--out",
+            bad.to_str().unwrap(),
+            "--set",
+            "lora.rank=8",
+        ],
+        "lora.rank",
+    );
 }
 
 #[test]

@@ -20,7 +20,9 @@ pub struct TrainRmArgs {
     /// input, the current directory or /).
     #[arg(long)]
     pub overwrite: bool,
-    /// Override a hyperparameter (learning_rate, batch_size, epochs, heldout_fraction, max_grad_norm).
+    /// Override a hyperparameter (learning_rate, batch_size, epochs, heldout_fraction,
+    /// max_grad_norm; `lora.r=16` and the other `lora.` keys train LoRA adapters on the frozen
+    /// trunk instead of every weight).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
     /// Seed for the split and the batches.
@@ -53,7 +55,12 @@ pub fn run(args: TrainRmArgs) -> Result<()> {
     cfg = crate::spec::apply_overrides(
         &cfg,
         &sets,
-        |v, k| v.get(k).map(|_| vec![k.to_string()]),
+        |v, k| {
+            let path: Vec<String> = k.split('.').map(String::from).collect();
+            path.iter()
+                .try_fold(v, |at, p| at.get(p.as_str()))
+                .map(|_| path)
+        },
         |v| {
             v.as_object()
                 .map(|m| m.keys().cloned().collect())

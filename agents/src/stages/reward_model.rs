@@ -4,6 +4,7 @@
 //! can use it.
 
 use crate::lm::checkpoint::{self, CheckpointConfig, ModelKind};
+use crate::lm::lora::LoraConfig;
 use crate::lm::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
 use crate::lm::policy::LmPolicy;
 use crate::lm::sampling::Sequences;
@@ -35,6 +36,9 @@ pub struct RmConfig {
     pub heldout_fraction: f64,
     /// Gradient-norm clip. Default 1.0.
     pub max_grad_norm: f64,
+    /// LoRA adapters on the frozen trunk instead of training every weight (`r = 0`, the
+    /// default: every weight); the reward head trains either way.
+    pub lora: LoraConfig,
 }
 
 impl RmConfig {
@@ -52,6 +56,7 @@ impl RmConfig {
         };
         positive("learning_rate", self.learning_rate)?;
         positive("max_grad_norm", self.max_grad_norm)?;
+        self.lora.validate()?;
         if self.batch_size == 0 {
             return Err(AgentError::config("batch_size", "expected > 0"));
         }
@@ -76,6 +81,7 @@ impl Default for RmConfig {
             epochs: 3,
             heldout_fraction: 0.1,
             max_grad_norm: 1.0,
+            lora: LoraConfig::default(),
         }
     }
 }
@@ -188,7 +194,10 @@ impl RewardModel {
                 pairs.len()
             )));
         }
-        let net = init.duplicate(true)?;
+        let mut net = init.duplicate(true)?;
+        if cfg.lora.enabled() {
+            net.attach_lora(&cfg.lora, derive_seed(seed, 0x10a))?;
+        }
         let data = encode_pairs(&net, pairs)?;
         let mut ids: Vec<i64> = (0..pairs.len() as i64).collect();
         ids.shuffle(&mut StdRng::seed_from_u64(seed));
@@ -236,7 +245,7 @@ impl RewardModel {
                 .iter()
                 .map(|&i| pair_tokens[i as usize] as u64)
                 .sum::<u64>();
-            spent.flops += 3.0
+            spent.flops += net.model.train_pass_factor()
                 * net.model.config().trunk_flops_per_token(width)
                 * (2 * chunk.len() * width) as f64;
             let loss = bradley_terry_loss(&rc, &rr).mean(Kind::Float);
@@ -306,7 +315,7 @@ impl RewardModel {
         })
     }
 
-    /// Save as a reward-model checkpoint.
+    /// Save as a reward-model checkpoint (one trained with adapters: the merged model).
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
         let cfg = CheckpointConfig {
             kind: ModelKind::RewardModel,
@@ -314,7 +323,16 @@ impl RewardModel {
             reward_offset: self.offset,
             aligngym_version: String::new(),
         };
-        checkpoint::save(dir, &self.net.vs, &self.net.tokenizer, &cfg)
+        if self.net.model.lora().is_none() {
+            return checkpoint::save(dir, &self.net.vs, &self.net.tokenizer, &cfg);
+        }
+        let dir = dir.as_ref();
+        let parent = crate::lm::fsio::parent_of(dir);
+        std::fs::create_dir_all(parent).map_err(|e| AgentError::io(parent, e))?;
+        let staged = crate::lm::fsio::Staged::for_dir(dir)?;
+        let vars = self.net.model.merged_variables(&self.net.vs);
+        checkpoint::write_vars_into(staged.path(), vars, &self.net.tokenizer, &cfg)?;
+        staged.commit()
     }
 
     /// Adds one scoring pass over `seqs` to the FLOPs spent: the trunk forward over every padded
