@@ -34,7 +34,7 @@ pub use prefs::{
     read_pairs, read_sft, read_unpaired, write_pairs, ConversationExample, ConversationPair,
     PrefReader, PrefWriter, PreferencePair, SftRecord, UnpairedExample,
 };
-pub use registry::{make, register, task, tasks};
+pub use registry::{built_in, make, register, task, tasks};
 pub use reward::{Clip, RewardFn, Rule, RunningNorm, Scale, WeightedSum};
 pub use task::{derive_seed, Feedback, PromptSplit, Split, Task};
 pub use task_file::{TaskFile, VerifierKind, TASK_PREFIX};

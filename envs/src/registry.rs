@@ -12,20 +12,23 @@ use crate::{EnvError, Result};
 use std::path::Path;
 use std::sync::{Arc, OnceLock, RwLock};
 
+/// The tasks aligngym ships, freshly made (the registry starts with them).
+pub fn built_in() -> Vec<Arc<dyn Task>> {
+    vec![
+        Arc::new(SentimentTask::new()) as Arc<dyn Task>,
+        Arc::new(ArithmeticTask::default()),
+        Arc::new(InstructTask::new()),
+        Arc::new(HhTask::new()),
+        Arc::new(HiddenPrefTask::new()),
+        Arc::new(GuessNumberTask::new()),
+        Arc::new(CalculatorTask::new()),
+        Arc::new(ClarifyTask::new()),
+    ]
+}
+
 fn table() -> &'static RwLock<Vec<Arc<dyn Task>>> {
     static T: OnceLock<RwLock<Vec<Arc<dyn Task>>>> = OnceLock::new();
-    T.get_or_init(|| {
-        RwLock::new(vec![
-            Arc::new(SentimentTask::new()) as Arc<dyn Task>,
-            Arc::new(ArithmeticTask::default()),
-            Arc::new(InstructTask::new()),
-            Arc::new(HhTask::new()),
-            Arc::new(HiddenPrefTask::new()),
-            Arc::new(GuessNumberTask::new()),
-            Arc::new(CalculatorTask::new()),
-            Arc::new(ClarifyTask::new()),
-        ])
-    })
+    T.get_or_init(|| RwLock::new(built_in()))
 }
 
 /// Register a task; its id must be new.

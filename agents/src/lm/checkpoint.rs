@@ -79,14 +79,19 @@ pub fn save(
     tokenizer: &Tokenizer,
     config: &CheckpointConfig,
 ) -> Result<()> {
-    let dir = dir.as_ref();
+    write_staged(dir.as_ref(), |tmp| write_into(tmp, vs, tokenizer, config))
+}
+
+/// Write a checkpoint directory atomically: `write` fills a sibling temporary folder, which is
+/// then renamed to `dir` (its parent made if missing).
+pub fn write_staged(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = crate::lm::fsio::parent_of(dir);
     std::fs::create_dir_all(parent).map_err(|e| AgentError::io(parent, e))?;
     if dir.file_name().is_none() {
         return Err(ck(dir, "not a directory name"));
     }
     let staged = crate::lm::fsio::Staged::for_dir(dir)?;
-    write_into(staged.path(), vs, tokenizer, config)?;
+    write(staged.path())?;
     staged.commit()
 }
 

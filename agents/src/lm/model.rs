@@ -748,17 +748,20 @@ impl Block {
     /// otherwise (gradients flow back into the fp32 variables). Split projections are fused here
     /// (q, k, v into one matrix; gate and up into one) so that each costs one matmul.
     fn weights(&self, kind: MatmulKind) -> BlockWeights {
-        let adapters: Vec<Option<&Lora>> = match self.adapters.is_empty() {
-            true => vec![None; self.modules().len()],
-            false => self.adapters.iter().map(Option::as_ref).collect(),
+        let adapters: Vec<Option<&Lora>> = self.adapters.iter().map(Option::as_ref).collect();
+        // Without adapters every projection gets the empty list (no update).
+        let (qkv, o, mlp_in, mlp_out): (&[_], &[_], &[_], &[_]) = if adapters.is_empty() {
+            (&[], &[], &[], &[])
+        } else {
+            let nq = match &self.qkv {
+                QkvProj::Fused(_) => 1,
+                QkvProj::Split { .. } => 3,
+            };
+            let (qkv, rest) = adapters.split_at(nq);
+            let (o, rest) = rest.split_at(1);
+            let (mlp_in, mlp_out) = rest.split_at(rest.len() - 1);
+            (qkv, o, mlp_in, mlp_out)
         };
-        let nq = match &self.qkv {
-            QkvProj::Fused(_) => 1,
-            QkvProj::Split { .. } => 3,
-        };
-        let (qkv, rest) = adapters.split_at(nq);
-        let (o, rest) = rest.split_at(1);
-        let (mlp_in, mlp_out) = rest.split_at(rest.len() - 1);
         BlockWeights {
             qkv: match &self.qkv {
                 QkvProj::Fused(l) => LinearWeights::of(&[l], qkv, kind),

@@ -101,20 +101,22 @@ impl LmPolicy {
     /// `adapter/` beside its files holds the adapters alone in PEFT's layout, for
     /// `PeftModel.from_pretrained` on the base.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
-        let dir = dir.as_ref();
-        let parent = crate::lm::fsio::parent_of(dir);
-        std::fs::create_dir_all(parent).map_err(|e| AgentError::io(parent, e))?;
-        let staged = crate::lm::fsio::Staged::for_dir(dir)?;
-        self.write_into(staged.path())?;
-        staged.commit()
+        checkpoint::write_staged(dir.as_ref(), |tmp| self.write_into(tmp))
     }
 
     /// Write the checkpoint's files (as [`LmPolicy::save`] does) into the existing folder `tmp`.
     pub fn write_into(&self, tmp: &Path) -> Result<()> {
+        self.write_checkpoint(tmp, ModelKind::Policy, 0.0)
+    }
+
+    /// Write the network as a checkpoint of `kind` into the existing folder `tmp`: with adapters,
+    /// the merged model, and for a policy the adapters alone in PEFT's layout in `adapter/` (PEFT
+    /// has no causal LM with a reward head to load a reward model's into).
+    pub fn write_checkpoint(&self, tmp: &Path, kind: ModelKind, reward_offset: f64) -> Result<()> {
         let cfg = CheckpointConfig {
-            kind: ModelKind::Policy,
+            kind,
             model: self.model.config().clone(),
-            reward_offset: 0.0,
+            reward_offset,
             aligngym_version: String::new(),
         };
         if self.model.shares_base() && self.model.lora().is_none() {
@@ -129,6 +131,9 @@ impl LmPolicy {
         }
         let vars = self.model.merged_variables(&self.vs);
         checkpoint::write_vars_into(tmp, vars, &self.tokenizer, &cfg)?;
+        if kind != ModelKind::Policy {
+            return Ok(());
+        }
         let base = self.adapter_base.clone().unwrap_or_default();
         peft::save_adapter(&tmp.join(ADAPTER_DIR), &self.model, &self.vs, &base)
     }

@@ -3,7 +3,7 @@
 //! samples it was trained on score 0 on average. It implements `RewardFn`, so PPO and the oracle
 //! can use it.
 
-use crate::lm::checkpoint::{self, CheckpointConfig, ModelKind};
+use crate::lm::checkpoint::{self, ModelKind};
 use crate::lm::lora::LoraConfig;
 use crate::lm::optim::{lr_at, AdamW, AdamWConfig, LrSchedule};
 use crate::lm::policy::LmPolicy;
@@ -317,22 +317,10 @@ impl RewardModel {
 
     /// Save as a reward-model checkpoint (one trained with adapters: the merged model).
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
-        let cfg = CheckpointConfig {
-            kind: ModelKind::RewardModel,
-            model: self.net.model.config().clone(),
-            reward_offset: self.offset,
-            aligngym_version: String::new(),
-        };
-        if self.net.model.lora().is_none() {
-            return checkpoint::save(dir, &self.net.vs, &self.net.tokenizer, &cfg);
-        }
-        let dir = dir.as_ref();
-        let parent = crate::lm::fsio::parent_of(dir);
-        std::fs::create_dir_all(parent).map_err(|e| AgentError::io(parent, e))?;
-        let staged = crate::lm::fsio::Staged::for_dir(dir)?;
-        let vars = self.net.model.merged_variables(&self.net.vs);
-        checkpoint::write_vars_into(staged.path(), vars, &self.net.tokenizer, &cfg)?;
-        staged.commit()
+        checkpoint::write_staged(dir.as_ref(), |tmp| {
+            self.net
+                .write_checkpoint(tmp, ModelKind::RewardModel, self.offset)
+        })
     }
 
     /// Adds one scoring pass over `seqs` to the FLOPs spent: the trunk forward over every padded
